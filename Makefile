@@ -1,0 +1,32 @@
+# Quickstart: `make demo` records a synthetic room; `make test` runs the tests.
+# Both set up what they need first (system packages, the venv); again, quickly.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup system demo test bench clean
+
+setup: system $(VENV)/.installed
+
+system:
+	@scripts/setup-system.sh
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+demo: setup
+	$(PY) -m compositor record --room synthetic --layout default --duration 10 -o recordings/demo.mp4
+	@echo "demo recording: $(CURDIR)/recordings/demo.mp4"
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/record.py
+
+clean:
+	rm -rf $(VENV) recordings .pytest_cache

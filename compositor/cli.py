@@ -1,0 +1,141 @@
+"""`compositor` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .config import resolve
+from .errors import CompositorError, InvalidRequest
+from .events import EventSink
+from .layouts import builtin_layouts
+from .pipeline.recorder import Recorder
+from .presets import DEFAULT_PRESET, preset_names
+from .request import RecordRequest, first_error, parse_participant
+
+
+def _record_parser(sub) -> None:
+    p = sub.add_parser("record", help="record one room or web page to a file",
+                       description="Record a room (or any web page) through Xvfb + Chromium + ffmpeg.")
+    p.add_argument("--config", type=Path, help="request JSON (same schema as the API); flags override it")
+    p.add_argument("--room", choices=["synthetic"], help="room kind (default: synthetic)")
+    p.add_argument("--room-name", help="room name (default: synthetic)")
+    p.add_argument("--participant", action="append", metavar="SPEC", default=None,
+                   help="synthetic participant: name=,color=#rrggbb,tone=Hz,speaks=S-E;S-E,"
+                        "screenshare=S-E[:#rrggbb],joins=S,leaves=S,video=FILE|URL|off (repeatable)")
+    p.add_argument("--web-url", help="record this page instead of a room")
+    p.add_argument("--layout", help=f"one of {', '.join(builtin_layouts())} (+ -light/-dark); default: default")
+    p.add_argument("--preset", help=f"quality preset: {', '.join(preset_names())} (default {DEFAULT_PRESET})")
+    p.add_argument("--duration", type=float, help="seconds of media to record (default: until stopped)")
+    p.add_argument("-o", "--output", help="output file: .mp4, .webm or .ogg")
+    p.add_argument("--sync-markers", action="store_true", default=None,
+                   help="flash every tile and click once a second (A/V sync check)")
+    p.add_argument("--audio-only", action="store_true", default=None)
+    p.add_argument("--video-only", action="store_true", default=None)
+    adv = p.add_argument_group("advanced encoding (override the preset)")
+    adv.add_argument("--width", type=int)
+    adv.add_argument("--height", type=int)
+    adv.add_argument("--fps", type=int, dest="framerate")
+    adv.add_argument("--video-bitrate", type=int, help="kbps")
+    adv.add_argument("--video-codec", choices=["H264", "VP8", "VP9"])
+    adv.add_argument("--x264-preset")
+    p.add_argument("--events", choices=["text", "json"], default="text",
+                   help="json: one JSON event per line on stdout")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug log on stderr")
+
+
+def build_request(args: argparse.Namespace) -> RecordRequest:
+    """Merge --config with the flags (flags win) and validate."""
+    data: dict = {}
+    if args.config:
+        try:
+            data = json.loads(args.config.read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidRequest(f"cannot read --config {str(args.config)!r}: {exc}") from None
+        if not isinstance(data, dict):
+            raise InvalidRequest("--config must hold a JSON object")
+    flags = {"room_name": args.room_name, "web_url": args.web_url, "layout": args.layout, "preset": args.preset,
+             "duration": args.duration, "sync_markers": args.sync_markers, "audio_only": args.audio_only,
+             "video_only": args.video_only}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if args.participant is not None:
+        data["room"] = {"participants": [parse_participant(s, i).model_dump() for i, s in enumerate(args.participant)]}
+    advanced = {k: getattr(args, k) for k in ("width", "height", "framerate", "video_bitrate", "video_codec",
+                                              "x264_preset") if getattr(args, k) is not None}
+    if advanced:
+        data["advanced"] = {**data.get("advanced", {}), **advanced}
+    if args.output:
+        data["file"] = {"filepath": args.output}
+    data.setdefault("file", {"filepath": f"recordings/recording-{time.strftime('%Y-%m-%dT%H%M%S')}.mp4"})
+    try:
+        return RecordRequest.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(first_error(exc)) from None
+
+
+async def _record(args: argparse.Namespace, events: EventSink) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    signals_seen = 0
+
+    def on_signal() -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            stop.set()  # finish the file cleanly
+        else:
+            task.cancel()  # asked twice: stop now; owners still clean up
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    config = None
+    try:
+        config = resolve(build_request(args))
+        recorder = Recorder(config, events, stop)
+        facts = await recorder.run()
+    except CompositorError as exc:
+        events.emit("error", egress_id=config.egress_id if config else None, status=_status_of(exc), **exc.to_dict(),
+                    **({"file": {"path": exc.details["file"]}} if "file" in exc.details else {}))
+        return exc.exit_status
+    events.emit("result", egress_id=config.egress_id, status="COMPLETE",
+                file={**facts.to_dict(), "started_at": recorder.timings.get("first_frame"),
+                      "ended_at": recorder.timings.get("stop_requested")},
+                timings=recorder.timings)
+    return 0
+
+
+def _status_of(exc: CompositorError) -> str:
+    return "ABORTED" if exc.code == "ABORTED" else "FAILED"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="compositor", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _record_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.verbose:
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    if args.command == "record":
+        events = EventSink(args.events)
+        try:
+            return asyncio.run(_record(args, events))
+        except asyncio.CancelledError:
+            events.emit("error", status="FAILED", code="INTERRUPTED", message="stopped by a second signal")
+            return 130
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Typed errors: every failure carries a stable code and a human message.
+
+Codes are part of the contract (events, exit status, later the API and
+webhooks), so they never change meaning once published.
+"""
+
+from __future__ import annotations
+
+
+class CompositorError(Exception):
+    """Base of every error the compositor reports to a caller."""
+
+    code = "INTERNAL"
+    #: Process exit status of `compositor record` when this error ends the job.
+    exit_status = 1
+
+    def __init__(self, message: str, *, details: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+    def to_dict(self) -> dict:
+        """The error as it appears in events and API responses."""
+        out: dict = {"code": self.code, "message": self.message}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+class InvalidRequest(CompositorError):
+    """The request is malformed: bad field, unknown layout or preset, bad colour."""
+
+    code = "INVALID_ARGUMENT"
+    exit_status = 2
+
+
+class OutputNotWritable(CompositorError):
+    code = "OUTPUT_NOT_WRITABLE"
+    exit_status = 2
+
+
+class WebUrlUnreachable(CompositorError):
+    code = "WEB_URL_UNREACHABLE"
+    exit_status = 2
+
+
+class MissingDependency(CompositorError):
+    """A system program the pipeline needs is not installed."""
+
+    code = "MISSING_DEPENDENCY"
+    exit_status = 3
+
+
+class ProcessFailed(CompositorError):
+    """A child process (display, audio, browser, encoder) failed or died."""
+
+    code = "PROCESS_FAILED"
+
+
+class DisplayFailed(ProcessFailed):
+    code = "DISPLAY_FAILED"
+
+
+class AudioFailed(ProcessFailed):
+    code = "AUDIO_FAILED"
+
+
+class BrowserFailed(ProcessFailed):
+    code = "BROWSER_FAILED"
+
+
+class EncoderFailed(ProcessFailed):
+    code = "ENCODER_FAILED"
+
+
+class StartTimeout(CompositorError):
+    """The page never signalled START_RECORDING."""
+
+    code = "START_TIMEOUT"
+
+
+class OutputInvalid(CompositorError):
+    """The finished file failed validation (unreadable, empty, wrong streams)."""
+
+    code = "OUTPUT_INVALID"
+
+
+class Aborted(CompositorError):
+    """Stopped before recording began: there is no file."""
+
+    code = "ABORTED"
+    exit_status = 130

@@ -1,0 +1,13 @@
+"""Where the page assets live: `templates/` and `static/` beside the package.
+
+`COMPOSITOR_ASSETS` points elsewhere (an installed copy, a container).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ASSETS_DIR = Path(os.environ.get("COMPOSITOR_ASSETS") or Path(__file__).resolve().parent.parent)
+TEMPLATES_DIR = ASSETS_DIR / "templates"
+STATIC_DIR = ASSETS_DIR / "static"

@@ -1,0 +1,1 @@
+"""The media pipeline of one egress: display, sink, browser, encoder, finished file."""

@@ -1,0 +1,169 @@
+"""The one encode: ffmpeg grabs the display and the sink monitor and writes the file.
+
+Timing: x11grab and pulse both stamp packets with the wall clock, so with
+`-copyts` and the same `-itsoffset` (minus the recording's start instant) the
+two streams keep their true relative timing instead of each being shifted
+to start at zero on its own (which is what put audio 45-62 ms off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import AudioSettings, EgressConfig, VideoSettings
+from ..errors import EncoderFailed
+from ..process import ManagedProcess
+
+log = logging.getLogger(__name__)
+
+# Chromium plays sound this much later than it paints the matching frame
+# (its audio output buffer); measured with --sync-markers, see bench/record.py.
+AUDIO_LATENCY_S = 0.0
+
+# ffmpeg finishes a file within this after SIGINT; past it, it is killed (a
+# stalled output can hang its exit) and the crash-safe partial file is kept.
+STOP_DEADLINE_S = 10.0
+
+
+@dataclass
+class Progress:
+    """ffmpeg's latest `-progress` block."""
+
+    frame: int = 0
+    fps: float = 0.0
+    bitrate_kbps: float = 0.0
+    total_size: int = 0
+    out_time: float = 0.0
+    dup_frames: int = 0
+    drop_frames: int = 0
+    speed: float = 0.0
+    ended: bool = False
+    raw: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_block(cls, block: dict[str, str]) -> Progress:
+        def num(key: str, kind=float, default=0):
+            value = block.get(key, "").strip().rstrip("x").removesuffix("kbits/s")
+            try:
+                return kind(value)
+            except ValueError:
+                return default
+
+        return cls(
+            frame=num("frame", int), fps=num("fps"), bitrate_kbps=num("bitrate"),
+            total_size=num("total_size", int), out_time=num("out_time_us", int) / 1e6,
+            dup_frames=num("dup_frames", int), drop_frames=num("drop_frames", int),
+            speed=num("speed"), ended=block.get("progress") == "end", raw=block,
+        )
+
+
+def video_args(v: VideoSettings) -> list[str]:
+    gop = max(1, round(v.fps * v.keyframe_interval))
+    rate = [f"-b:v", f"{v.bitrate_kbps}k", "-maxrate", f"{v.bitrate_kbps}k", "-bufsize", f"{v.bitrate_kbps * 2}k"]
+    if v.codec == "h264":
+        return ["-c:v", "libx264", "-preset", v.x264_preset, "-pix_fmt", "yuv420p", *rate,
+                "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"]
+    lib = "libvpx" if v.codec == "vp8" else "libvpx-vp9"
+    extra = ["-row-mt", "1"] if v.codec == "vp9" else []
+    return ["-c:v", lib, "-deadline", "realtime", "-cpu-used", "8", "-pix_fmt", "yuv420p", *rate,
+            "-g", str(gop), "-lag-in-frames", "0", "-auto-alt-ref", "0", "-threads", "2", *extra]
+
+
+def audio_args(a: AudioSettings) -> list[str]:
+    codec = ["-c:a", "aac"] if a.codec == "aac" else ["-c:a", "libopus"]
+    return [*codec, "-b:a", f"{a.bitrate_kbps}k", "-ar", str(a.sample_rate), "-ac", "2"]
+
+
+def container_args(container: str) -> list[str]:
+    """Muxer options that keep a killed recording playable up to its last second."""
+    if container == "mp4":
+        # Fragmented while recording; remuxed to a faststart MP4 at the end.
+        return ["-movflags", "+empty_moov+default_base_moof+frag_keyframe", "-frag_duration", "1000000",
+                "-f", "mp4"]
+    if container == "webm":
+        return ["-cluster_time_limit", "1000", "-f", "webm"]
+    return ["-page_duration", "1000000", "-f", "ogg"]
+
+
+def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_source: str,
+               start_epoch: float, out: Path) -> list[str]:
+    """The whole ffmpeg command for one egress."""
+    argv = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-progress", "pipe:1",
+            "-stats_period", "0.25", "-copyts"]
+    maps: list[str] = []
+    if config.video:
+        v = config.video
+        argv += ["-thread_queue_size", "32", "-f", "x11grab", "-draw_mouse", "0", "-framerate", str(v.fps),
+                 "-video_size", f"{v.width}x{v.height}", "-itsoffset", f"{-start_epoch:.6f}",
+                 "-i", f"{display}+0,0"]
+        maps += ["-map", f"{len(maps) // 2}:v"]  # one -map per input so far
+    if config.audio:
+        argv += ["-thread_queue_size", "64", "-f", "pulse", "-server", pulse_server,
+                 "-sample_rate", str(config.audio.sample_rate), "-channels", "2",
+                 "-itsoffset", f"{-start_epoch - AUDIO_LATENCY_S:.6f}", "-i", pulse_source]
+        maps += ["-map", f"{len(maps) // 2}:a"]
+    argv += maps
+    if config.video:
+        argv += video_args(config.video) + ["-r", str(config.video.fps), "-fps_mode", "cfr"]
+    if config.audio:
+        argv += audio_args(config.audio)
+    if config.duration:
+        argv += ["-t", f"{config.duration:.3f}"]
+    argv += ["-avoid_negative_ts", "make_zero", "-flush_packets", "1", *container_args(config.container),
+             "-y", str(out)]
+    return argv
+
+
+class Encoder:
+    """Owns the ffmpeg process of one egress and reports its progress."""
+
+    def __init__(self, argv: list[str], on_progress: Callable[[Progress], None] | None = None):
+        self._proc = ManagedProcess("ffmpeg", argv, stop_signal=signal.SIGINT, stop_timeout=STOP_DEADLINE_S,
+                                    stdout_pipe=True)
+        self._on_progress = on_progress
+        self.progress = Progress()
+        self.first_frame = asyncio.Event()
+        self._reader: asyncio.Task | None = None
+
+    @property
+    def process(self) -> ManagedProcess:
+        return self._proc
+
+    async def start(self) -> None:
+        await self._proc.start()
+        self._reader = asyncio.create_task(self._read_progress())
+
+    async def _read_progress(self) -> None:
+        assert self._proc.proc and self._proc.proc.stdout
+        block: dict[str, str] = {}
+        async for raw in self._proc.proc.stdout:
+            key, _, value = raw.decode(errors="replace").strip().partition("=")
+            block[key] = value
+            if key == "progress":
+                self.progress = Progress.from_block(block)
+                if self.progress.total_size > 0 or self.progress.frame > 0:
+                    self.first_frame.set()
+                if self._on_progress:
+                    self._on_progress(self.progress)
+                block = {}
+
+    async def wait(self) -> int:
+        code = await self._proc.wait()
+        if self._reader:
+            await self._reader
+        return code
+
+    async def stop(self) -> int | None:
+        """Finish the file (SIGINT), killing ffmpeg if it overruns its deadline."""
+        code = await self._proc.stop()
+        if self._reader:
+            await self._reader
+        return code
+
+    def failure(self) -> EncoderFailed:
+        return EncoderFailed(f"the encoder failed: {self._proc.describe_exit()}")

@@ -1,0 +1,57 @@
+"""Turn the crash-safe partial file into the final one, and check it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from ..config import EgressConfig
+from ..errors import OutputInvalid
+from ..probe import MediaFacts, ProbeError, probe
+from ..process import ManagedProcess
+
+log = logging.getLogger(__name__)
+
+
+def partial_path(output: Path) -> Path:
+    """Where the recording is written while it runs (`name.partial.ext`): playable if we die."""
+    return output.with_name(f"{output.stem}.partial{output.suffix}")
+
+
+async def finalize(config: EgressConfig, partial: Path) -> MediaFacts:
+    """Make the final file at config.output from `partial` and return its facts.
+
+    MP4 is remuxed (no re-encode) into a faststart file; WebM and OGG are
+    already complete and are renamed. The partial file stays if anything fails.
+    """
+    if not partial.exists() or partial.stat().st_size == 0:
+        raise OutputInvalid("the encoder wrote nothing")
+    output = config.output
+    if config.container == "mp4":
+        staging = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+        remux = ManagedProcess("ffmpeg-remux", ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error",
+                                                "-i", str(partial), "-map", "0", "-c", "copy",
+                                                "-movflags", "+faststart", "-f", "mp4", "-y", str(staging)],
+                               stop_timeout=30)
+        await remux.start()
+        try:
+            code = await asyncio.wait_for(remux.wait(), 600)
+        finally:
+            await remux.stop()
+        if code != 0:
+            staging.unlink(missing_ok=True)
+            raise OutputInvalid(f"could not finish the MP4: {remux.describe_exit()}",
+                                details={"partial": str(partial)})
+        staging.replace(output)
+        partial.unlink()
+    else:
+        partial.replace(output)
+    try:
+        facts = await probe(output)
+    except ProbeError as exc:
+        raise OutputInvalid(f"the finished file is not readable media: {exc}") from None
+    if facts.duration <= 0 or (config.video and not facts.video_codec) or (config.audio and not facts.audio_codec):
+        raise OutputInvalid(f"the finished file lacks expected streams or duration: {facts.to_dict()}")
+    return facts

@@ -1,0 +1,221 @@
+"""One egress from start to finished file: the worker's whole job.
+
+Order matters on the way down: the encoder finishes its file first, then the
+browser, page server, sink and display go. Every owner is stopped whatever
+happened (success, failure, signal, a child's crash), and the temp dir goes
+with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ..config import EgressConfig
+from ..errors import Aborted, AudioFailed, BrowserFailed, CompositorError, DisplayFailed, StartTimeout
+from ..events import EventSink
+from ..preflight import preflight
+from ..probe import MediaFacts
+from ..process import ManagedProcess
+from .audio import AudioSink
+from .browser import END_RECORDING, START_RECORDING, Browser
+from .display import Display
+from .encoder import Encoder, Progress, build_argv
+from .finalize import finalize, partial_path
+from .page_server import PageServer
+
+log = logging.getLogger(__name__)
+
+FIRST_FRAME_TIMEOUT_S = 10.0
+
+
+class Recorder:
+    """Runs one EgressConfig through display, sink, browser and encoder."""
+
+    def __init__(self, config: EgressConfig, events: EventSink, stop: asyncio.Event):
+        self.config = config
+        self.events = events
+        self.stop_requested = stop
+        self.timings: dict[str, float] = {"launched": time.time()}
+        self._last_progress_emit = 0.0
+
+    def _status(self, status: str, message: str = "") -> None:
+        self.events.emit("status", status=status, egress_id=self.config.egress_id,
+                         **({"message": message} if message else {}))
+
+    async def run(self) -> MediaFacts:
+        """Record to config.output; returns the final file's facts or raises CompositorError."""
+        cfg = self.config
+        self._status("STARTING")
+        await preflight(cfg)
+        workdir = Path(tempfile.mkdtemp(prefix=f"compositor-{cfg.egress_id}-"))
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                return await self._record(stack, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _record(self, stack: contextlib.AsyncExitStack, workdir: Path) -> MediaFacts:
+        cfg = self.config
+        display = Display(cfg.width, cfg.height)
+        sink = AudioSink(workdir / "pulse", cfg.audio.sample_rate if cfg.audio else 48000)
+        stack.push_async_callback(display.stop)
+        stack.push_async_callback(sink.stop)
+        await asyncio.gather(display.start(), sink.start())
+
+        pages = PageServer()
+        stack.push_async_callback(pages.stop)
+        await pages.start()
+
+        browser = Browser(display=display.name, pulse_server=sink.server, width=cfg.width, height=cfg.height,
+                          profile_dir=workdir / "profile")
+        stack.push_async_callback(browser.stop)
+        await browser.start()
+        self.timings["browser_ready"] = time.time()
+
+        watched = [p for p in (display.process, sink.process) if p is not None]
+        if cfg.source == "web":
+            await self._until_ready(browser, watched, browser.open(cfg.web_url, cfg.start_timeout))
+        else:
+            url = pages.synthetic_page_url(cfg.layout, cfg.participants, room_name=cfg.room_name,
+                                           sync_markers=cfg.sync_markers)
+            await self._until_ready(browser, watched, browser.open(url, cfg.start_timeout))
+            await self._until_ready(browser, watched, self._start_signal(browser), cfg.start_timeout)
+        self.timings["start_recording"] = start_epoch = time.time()
+
+        partial = partial_path(cfg.output)
+        encoder = Encoder(build_argv(cfg, display=display.name, pulse_server=sink.server,
+                                     pulse_source=sink.monitor, start_epoch=start_epoch, out=partial),
+                          on_progress=self._on_progress)
+        stack.push_async_callback(encoder.stop)
+        await encoder.start()
+
+        failure = await self._until_first_frame(encoder, browser, watched)
+        if failure is None:
+            self.timings["first_frame"] = time.time()
+            self._status("ACTIVE")
+            failure = await self._until_done(encoder, browser, watched)
+        self.timings["stop_requested"] = time.time()
+        self._status("ENDING")
+        code = await encoder.stop()
+        log.debug("encoder exit %s", code)
+        facts = await self._finish(partial, failure)
+        self.timings["finalized"] = time.time()
+        return facts
+
+    async def _finish(self, partial: Path, failure: CompositorError | None) -> MediaFacts:
+        try:
+            facts = await finalize(self.config, partial)
+        except CompositorError as exc:
+            kept = partial if partial.exists() else None
+            err = failure or exc
+            if kept:
+                err.details.setdefault("file", str(kept))
+            raise err from None
+        if failure is not None:
+            failure.details["file"] = facts.path
+            raise failure
+        return facts
+
+    async def _start_signal(self, browser: Browser) -> None:
+        while (signal := await browser.signals.get()) != START_RECORDING:
+            if signal == END_RECORDING:
+                raise BrowserFailed("the page ended the recording before it started")
+
+    async def _until_ready(self, browser: Browser, watched: list[ManagedProcess], step,
+                           timeout: float | None = None) -> None:
+        """Run a start-up step, failing fast if a child dies or a stop is asked for."""
+        step_task = asyncio.ensure_future(step)
+        guards = self._guards(browser, watched)
+        try:
+            done, _ = await asyncio.wait([step_task, *guards], timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in guards:
+                task.cancel()
+        if step_task in done:
+            step_task.result()
+            return
+        step_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, CompositorError):
+            await step_task
+        if not done:
+            raise StartTimeout(f"the page did not signal {START_RECORDING} within {timeout:g} s")
+        guard = done.pop()
+        if self.stop_requested.is_set():
+            raise Aborted("stopped before recording began")
+        raise guard.result()
+
+    def _guards(self, browser: Browser, watched: list[ManagedProcess]) -> list[asyncio.Task]:
+        """Tasks that finish when something ends the recording early, each returning its error."""
+
+        async def stop_asked():
+            await self.stop_requested.wait()
+            return Aborted("stopped")
+
+        async def browser_died():
+            return BrowserFailed(f"the browser failed: {await asyncio.shield(browser.failure)}")
+
+        async def child_died(proc: ManagedProcess):
+            await proc.wait()
+            kind = DisplayFailed if proc.name == "Xvfb" else AudioFailed
+            return kind(f"{proc.describe_exit()}")
+
+        return [asyncio.create_task(stop_asked()), asyncio.create_task(browser_died()),
+                *(asyncio.create_task(child_died(p)) for p in watched)]
+
+    async def _until_first_frame(self, encoder: Encoder, browser: Browser,
+                                 watched: list[ManagedProcess]) -> CompositorError | None:
+        first = asyncio.create_task(encoder.first_frame.wait())
+        exited = asyncio.create_task(encoder.wait())
+        guards = self._guards(browser, watched)
+        done, _ = await asyncio.wait([first, exited, *guards], timeout=FIRST_FRAME_TIMEOUT_S,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in (first, exited, *guards):
+            if task not in done:
+                task.cancel()
+        if first in done:
+            return None
+        if exited in done:
+            return encoder.failure()
+        if not done:
+            return StartTimeout(f"the encoder produced no frame within {FIRST_FRAME_TIMEOUT_S:g} s")
+        err = done.pop().result()
+        return None if isinstance(err, Aborted) else err
+
+    async def _until_done(self, encoder: Encoder, browser: Browser,
+                          watched: list[ManagedProcess]) -> CompositorError | None:
+        """Wait for the end: duration reached, stop asked, page ended, or a failure."""
+
+        async def page_ended():
+            while await browser.signals.get() != END_RECORDING:
+                pass
+
+        exited = asyncio.create_task(encoder.wait())
+        ended = asyncio.create_task(page_ended())
+        guards = self._guards(browser, watched)
+        done, pending = await asyncio.wait([exited, ended, *guards], return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if exited in done:
+            code = exited.result()
+            return None if code == 0 else encoder.failure()
+        if ended in done:
+            log.info("the page signalled %s", END_RECORDING)
+            return None
+        err = done.pop().result()
+        return None if isinstance(err, Aborted) else err
+
+    def _on_progress(self, p: Progress) -> None:
+        now = time.monotonic()
+        if now - self._last_progress_emit < 0.95 and not p.ended:
+            return
+        self._last_progress_emit = now
+        self.events.emit("progress", egress_id=self.config.egress_id, elapsed=round(p.out_time, 2),
+                         frames=p.frame, fps=p.fps, bitrate_kbps=p.bitrate_kbps, size=p.total_size,
+                         dup_frames=p.dup_frames, drop_frames=p.drop_frames, speed=p.speed)

@@ -1,0 +1,81 @@
+"""Checks that run before any process starts, so bad input fails fast and clearly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+import aiohttp
+
+from .config import EgressConfig
+from .errors import MissingDependency, OutputNotWritable, WebUrlUnreachable
+
+CHROMIUM_PATHS = ("/usr/lib/chromium/chromium", "/usr/bin/chromium", "/usr/bin/chromium-browser")
+
+# program -> Debian package that provides it
+PROGRAMS = {"Xvfb": "xvfb", "pulseaudio": "pulseaudio", "ffmpeg": "ffmpeg", "ffprobe": "ffmpeg"}
+
+
+def chromium_path() -> str:
+    """The Chromium binary to drive (the real one, not Debian's shell wrapper)."""
+    override = os.environ.get("COMPOSITOR_CHROMIUM")
+    for path in ((override,) if override else CHROMIUM_PATHS):
+        if path and os.access(path, os.X_OK):
+            return path
+    raise MissingDependency(
+        "Chromium is not installed: run `sudo apt-get install chromium` (or `make setup`), "
+        "or set COMPOSITOR_CHROMIUM to its binary",
+        details={"program": "chromium", "package": "chromium"})
+
+
+def check_programs() -> None:
+    """Raise MissingDependency naming the first missing program and how to install it."""
+    missing = [(prog, pkg) for prog, pkg in PROGRAMS.items() if shutil.which(prog) is None]
+    if missing:
+        progs = ", ".join(p for p, _ in missing)
+        pkgs = " ".join(sorted({pkg for _, pkg in missing}))
+        raise MissingDependency(f"missing {progs}: run `sudo apt-get install {pkgs}` (or `make setup`)",
+                                details={"programs": [p for p, _ in missing]})
+    chromium_path()
+
+
+def check_output(path: Path) -> None:
+    """The output's folder exists (or can be made) and is writable; the path is no folder."""
+    if path.is_dir():
+        raise OutputNotWritable(f"output {str(path)!r} is a directory; give a file name")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputNotWritable(f"cannot create output folder {str(folder)!r}: {exc.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputNotWritable(f"output folder {str(folder)!r} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputNotWritable(f"output {str(path)!r} exists and is not writable")
+
+
+async def check_web_url(url: str, timeout: float = 10.0) -> None:
+    """The page answers (any status below 400), or raise WebUrlUnreachable."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if not Path(parsed.path).is_file():
+            raise WebUrlUnreachable(f"web page {url!r} does not exist")
+        return
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            async with session.get(url, allow_redirects=True) as resp:
+                if resp.status >= 400:
+                    raise WebUrlUnreachable(f"web page {url!r} answered HTTP {resp.status}",
+                                            details={"status": resp.status})
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise WebUrlUnreachable(f"web page {url!r} is unreachable: {exc or type(exc).__name__}") from None
+
+
+async def preflight(config: EgressConfig) -> None:
+    """Every check that needs the machine, run before anything starts."""
+    check_programs()
+    check_output(config.output)
+    if config.web_url:
+        await check_web_url(config.web_url)

@@ -1,0 +1,59 @@
+"""Facts about a media file, from ffprobe."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class MediaFacts:
+    path: str
+    size: int
+    duration: float
+    format: str
+    video_codec: str | None = None
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    audio_codec: str | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+class ProbeError(Exception):
+    pass
+
+
+async def probe(path: Path) -> MediaFacts:
+    """Read a file's container and stream facts; ProbeError if it is not media."""
+    proc = await asyncio.create_subprocess_exec(
+        "ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise ProbeError(err.decode(errors="replace").strip() or f"ffprobe exit {proc.returncode}")
+    return facts_from_json(path, json.loads(out))
+
+
+def facts_from_json(path: Path, data: dict) -> MediaFacts:
+    fmt = data.get("format", {})
+    video = next((s for s in data.get("streams", []) if s.get("codec_type") == "video"), None)
+    audio = next((s for s in data.get("streams", []) if s.get("codec_type") == "audio"), None)
+    fields: dict = {}
+    if video:
+        rate = video.get("avg_frame_rate") or video.get("r_frame_rate") or "0/1"
+        fps = float(Fraction(rate)) if rate != "0/0" else 0.0
+        fields.update(video_codec=video.get("codec_name"), width=video.get("width"), height=video.get("height"),
+                      fps=round(fps, 3))
+    if audio:
+        fields.update(audio_codec=audio.get("codec_name"), sample_rate=int(audio.get("sample_rate", 0)),
+                      channels=audio.get("channels"))
+    return MediaFacts(path=str(path), size=int(fmt.get("size", 0)), duration=float(fmt.get("duration", 0.0)),
+                      format=fmt.get("format_name", ""), **fields)

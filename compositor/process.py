@@ -1,0 +1,116 @@
+"""One owner per child process: start it, watch it, always stop it.
+
+Children run in their own session, so a terminal's Ctrl-C reaches only the
+worker, which then stops them in order (the encoder must finish its file
+before the browser and display go away). Each child also gets
+PR_SET_PDEATHSIG, so even a SIGKILLed worker leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import logging
+import os
+import signal
+from collections.abc import Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent() -> None:
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class ManagedProcess:
+    """A child process with a name, a bounded stderr tail and a guaranteed stop."""
+
+    def __init__(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                 stop_signal: int = signal.SIGTERM, stop_timeout: float = 3.0,
+                 stdout_pipe: bool = False, pass_fds: Sequence[int] = ()):
+        self.name = name
+        self.argv = list(argv)
+        self.env = dict(env) if env is not None else None
+        self.stop_signal = stop_signal
+        self.stop_timeout = stop_timeout
+        self._stdout_pipe = stdout_pipe
+        self._pass_fds = tuple(pass_fds)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._stderr_task: asyncio.Task | None = None
+        self.stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def start(self) -> None:
+        log.debug("start %s: %s", self.name, " ".join(self.argv))
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if self._stdout_pipe else asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            pass_fds=self._pass_fds,
+        )
+        self._stderr_task = asyncio.create_task(self._read_stderr())
+
+    async def _read_stderr(self) -> None:
+        assert self.proc and self.proc.stderr
+        async for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self.stderr_tail.append(line)
+                log.debug("%s: %s", self.name, line)
+
+    async def wait(self) -> int:
+        """Wait for exit (and for stderr to drain); returns the exit code."""
+        assert self.proc
+        code = await self.proc.wait()
+        if self._stderr_task:
+            await asyncio.shield(self._stderr_task)
+        return code
+
+    def describe_exit(self) -> str:
+        """A one-line account of how the process ended, with its last words."""
+        code = self.proc.returncode if self.proc else None
+        how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"
+        tail = " | ".join(list(self.stderr_tail)[-3:])
+        return f"{self.name} ended ({how})" + (f": {tail}" if tail else "")
+
+    def signal(self, sig: int) -> None:
+        if self.running:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    async def stop(self, timeout: float | None = None) -> int | None:
+        """Ask the process to stop, kill it after the deadline, and reap it. Idempotent."""
+        if self.proc is None:
+            return None
+        self.stopping = True
+        if self.running:
+            self.signal(self.stop_signal)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()),
+                                       self.stop_timeout if timeout is None else timeout)
+            except TimeoutError:
+                log.warning("%s did not stop within its deadline; killing it", self.name)
+        # The whole session goes: helpers a child forked must not outlive it.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return await self.wait()

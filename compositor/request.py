@@ -1,0 +1,224 @@
+"""The egress request: what a caller asks for, validated at the edge.
+
+The same models serve `compositor record --config request.json` and (later)
+the HTTP API. Field names are snake_case; camelCase spellings are accepted
+too, so BaxCloud-style (`roomName`, `fileType`) and LiveKit-style
+(`room_name`, `file_type`) bodies both validate.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from .errors import InvalidRequest
+
+COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+# Distinct, saturated colours and tones 100 Hz apart (none a harmonic of
+# another below 1 kHz) so tests can tell participants apart by pixel and pitch.
+PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
+           "#bfef45", "#469990", "#9a6324", "#800000", "#808000", "#000075", "#a9a9a9"]
+TONES = [350, 450, 550, 650, 750, 850, 950, 1050, 1150, 1250, 1350, 1450, 1550, 1650]
+SCREENSHARE_COLOR = "#f0f0f0"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Window(Model):
+    """A span of room time in seconds, counted from START_RECORDING."""
+
+    start: float = Field(ge=0)
+    end: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Window:
+        if self.end <= self.start:
+            raise ValueError(f"window end {self.end} must be after its start {self.start}")
+        return self
+
+
+class ScreenShare(Window):
+    color: str = SCREENSHARE_COLOR
+
+    @field_validator("color")
+    @classmethod
+    def _color(cls, v: str) -> str:
+        return check_color(v)
+
+
+class ParticipantSpec(Model):
+    """One scripted participant of a synthetic room."""
+
+    name: str = Field(min_length=1, max_length=64)
+    color: str
+    tone: float = Field(ge=0, le=20000, description="Hz of the voice; 0 = silent")
+    speaks: list[Window] | None = Field(None, description="None: speaks all the time; []: never")
+    screenshare: ScreenShare | None = None
+    joins: float = Field(0, ge=0)
+    leaves: float | None = None
+    video: str | None = Field(None, description="media file or URL looped as camera; 'off': no camera")
+
+    @field_validator("color")
+    @classmethod
+    def _color(cls, v: str) -> str:
+        return check_color(v)
+
+    @field_validator("tone")
+    @classmethod
+    def _tone(cls, v: float) -> float:
+        if 0 < v < 20:
+            raise ValueError("tone must be 0 (silent) or at least 20 Hz")
+        return v
+
+    @model_validator(mode="after")
+    def _presence(self) -> ParticipantSpec:
+        if self.leaves is not None and self.leaves <= self.joins:
+            raise ValueError(f"leaves ({self.leaves}) must be after joins ({self.joins})")
+        return self
+
+    @property
+    def has_camera(self) -> bool:
+        return self.video != "off"
+
+
+class RoomSpec(Model):
+    kind: Literal["synthetic"] = "synthetic"
+    participants: list[ParticipantSpec] = Field(default_factory=list, max_length=100)
+
+
+class EncodingOptions(Model):
+    """Advanced encoding: each field overrides the preset's value."""
+
+    width: int | None = Field(None, ge=16, le=3840)
+    height: int | None = Field(None, ge=16, le=3840)
+    framerate: int | None = Field(None, ge=1, le=60)
+    video_bitrate: int | None = Field(None, ge=100, le=50000, description="kbps")
+    audio_bitrate: int | None = Field(None, ge=16, le=512, description="kbps")
+    audio_frequency: Literal[44100, 48000] | None = None
+    video_codec: Literal["H264", "VP8", "VP9"] | None = None
+    key_frame_interval: float | None = Field(None, gt=0, le=20, description="seconds")
+    x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] | None = None
+
+    @field_validator("width", "height")
+    @classmethod
+    def _even(cls, v: int | None) -> int | None:
+        if v is not None and v % 2:
+            raise ValueError("must be even (4:2:0 video)")
+        return v
+
+
+class FileOutput(Model):
+    filepath: str = Field(min_length=1)
+    file_type: Literal["MP4", "WEBM", "OGG"] | None = None
+
+    @field_validator("file_type", mode="before")
+    @classmethod
+    def _upper(cls, v):
+        return v.upper() if isinstance(v, str) else v
+
+
+class RecordRequest(Model):
+    """One egress as the worker receives it."""
+
+    room_name: str = "synthetic"
+    room: RoomSpec | None = None
+    web_url: str | None = None
+    layout: str = "default"
+    preset: str = Field("720p", validation_alias=AliasChoices("preset", "quality"))
+    advanced: EncodingOptions | None = None
+    file: FileOutput
+    duration: float | None = Field(None, gt=0, description="seconds of media; None: until stopped")
+    sync_markers: bool = False
+    audio_only: bool = False
+    video_only: bool = False
+    start_timeout: float = Field(20, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _source(self) -> RecordRequest:
+        if self.web_url and self.room and self.room.participants:
+            raise ValueError("give either a room or a web_url, not both")
+        if self.audio_only and self.video_only:
+            raise ValueError("audio_only and video_only exclude each other")
+        return self
+
+
+def check_color(value: str) -> str:
+    if not COLOR_RE.match(value):
+        raise ValueError(f"colour {value!r} is not #rrggbb")
+    return value.lower()
+
+
+def parse_participant(spec: str, index: int = 0) -> ParticipantSpec:
+    """Parse a CLI participant SPEC (`name=A,color=#ff0000,speaks=0-2;4-6,...`).
+
+    Missing name, colour and tone are filled from the palette by `index`, so
+    `--participant ''` alone is a valid, distinct participant.
+    """
+    fields: dict = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip().lower()
+        if not sep:
+            raise InvalidRequest(f"participant spec {spec!r}: {part!r} is not key=value")
+        if key in fields:
+            raise InvalidRequest(f"participant spec {spec!r}: {key} given twice")
+        fields[key] = value.strip()
+    known = {"name", "color", "tone", "speaks", "screenshare", "joins", "leaves", "video"}
+    unknown = set(fields) - known
+    if unknown:
+        raise InvalidRequest(f"participant spec {spec!r}: unknown key(s) {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(sorted(known))}")
+    data: dict = {
+        "name": fields.pop("name", None) or f"P{index + 1}",
+        "color": fields.pop("color", None) or PALETTE[index % len(PALETTE)],
+        "tone": fields.pop("tone", None) or TONES[index % len(TONES)],
+    }
+    if "speaks" in fields:
+        data["speaks"] = [_window(w, spec) for w in fields.pop("speaks").split(";") if w.strip()]
+    if "screenshare" in fields:
+        span, _, color = fields.pop("screenshare").partition(":")
+        share = _window(span, spec)
+        data["screenshare"] = {**share, **({"color": color} if color else {})}
+    data.update(fields)
+    try:
+        return ParticipantSpec.model_validate(data)
+    except ValueError as exc:
+        raise InvalidRequest(f"participant spec {spec!r}: {first_error(exc)}") from None
+
+
+def _window(text: str, spec: str) -> dict:
+    start, sep, end = text.strip().partition("-")
+    try:
+        if not sep:
+            raise ValueError
+        return {"start": float(start), "end": float(end)}
+    except ValueError:
+        raise InvalidRequest(f"participant spec {spec!r}: {text!r} is not START-END in seconds") from None
+
+
+def first_error(exc: Exception) -> str:
+    """A pydantic ValidationError as one line naming the field."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    err = errors()[0]
+    loc = ".".join(str(p) for p in err.get("loc", ()))
+    msg = err.get("msg", "invalid").removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+def default_participants() -> list[ParticipantSpec]:
+    """The demo room: four people taking turns, one sharing a screen."""
+    specs = [
+        "name=Ada,speaks=0-3;7-10",
+        "name=Grace,speaks=3-5",
+        "name=Linus,speaks=5-7,screenshare=6-9",
+        "name=Margaret,speaks=",
+    ]
+    return [parse_participant(s, i) for i, s in enumerate(specs)]

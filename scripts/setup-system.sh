@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the system packages the pipeline needs (Debian 12 / Ubuntu), only
+# those missing, so a second run is quick. Used by `make`, CI and the image.
+set -euo pipefail
+
+PACKAGES=(
+  ffmpeg chromium xvfb pulseaudio fonts-dejavu-core
+  python3-venv python3-pip
+)
+# Extra packages a caller may ask for (e.g. test receivers): setup-system.sh nginx-light ...
+PACKAGES+=("$@")
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  SUDO="sudo"
+fi
+echo "installing system packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,40 @@
+// Starts a layout page: builds the room named by the query string, renders
+// it with the layout, and signals START_RECORDING once the first frame worth
+// recording is on screen.
+
+import { egress } from './egress.js';
+import { Stage } from './stage.js';
+import { SyntheticRoom } from './synthetic.js';
+
+function decodeRoom(b64) {
+  const text = atob(b64.replace(/-/g, '+').replace(/_/g, '/'));
+  return JSON.parse(new TextDecoder().decode(Uint8Array.from(text, (c) => c.charCodeAt(0))));
+}
+
+function nextFrame() {
+  return new Promise((r) => requestAnimationFrame(() => r()));
+}
+
+export async function loadLayout(name) {
+  const mod = await import(`/static/layouts/${encodeURIComponent(name)}.js`);
+  return mod.default;
+}
+
+export async function boot({ layout, root = document.getElementById('stage') }) {
+  const url = egress.getRoomURL();
+  if (!url.startsWith('synthetic:')) throw new Error(`unsupported room URL ${url}`);
+  const room = new SyntheticRoom(decodeRoom(egress.params.get('room') || ''), {
+    syncMarkers: egress.params.get('sync') === '1',
+  });
+  const stage = new Stage(root, room, { layout: await loadLayout(layout), theme: egress.params.get('theme') || 'dark' });
+  egress.onLayoutChanged(async (name) => stage.setLayout(await loadLayout(name)));
+  room.addEventListener('ended', () => egress.endRecording());
+  await room.prepare();
+  stage.render();
+  // Two frames: the first paints the tiles, the second is surely on screen.
+  await nextFrame();
+  await nextFrame();
+  room.start(performance.now());
+  egress.startRecording();
+  window.compositor = { room, stage };
+}

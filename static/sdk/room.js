@@ -1,0 +1,163 @@
+// The room model every layout renders from, whatever the room kind
+// (synthetic here; LiveKit plugs in below the same model).
+//
+// Events (all on the Room, as CustomEvent with {detail}):
+//   participantJoined, participantLeft, trackPublished, trackUnpublished,
+//   speakingChanged, ended; and `change` after any of them.
+
+export const CAMERA = 'camera';
+export const SCREEN_SHARE = 'screen_share';
+export const MICROPHONE = 'microphone';
+
+export class Track {
+  // makeElement() returns a fresh element showing the track; each attach()
+  // gets its own, as livekit-client's Track.attach() does.
+  constructor({ sid, kind, source, participant, makeElement }) {
+    this.sid = sid;
+    this.kind = kind;
+    this.source = source;
+    this.participant = participant;
+    this._makeElement = makeElement;
+  }
+
+  attach() {
+    const el = this._makeElement();
+    el.dataset.trackSid = this.sid;
+    return el;
+  }
+}
+
+export class Participant {
+  constructor({ identity, name, color = null, joinedAt = 0 }) {
+    this.identity = identity;
+    this.name = name || identity;
+    this.color = color;
+    this.joinedAt = joinedAt;
+    this.tracks = new Map();
+    this.speaking = false;
+    this.lastSpokeAt = -Infinity;
+    this.speakingSince = -Infinity;
+  }
+
+  get camera() { return this.tracks.get(CAMERA) || null; }
+  get screenShare() { return this.tracks.get(SCREEN_SHARE) || null; }
+  get microphone() { return this.tracks.get(MICROPHONE) || null; }
+}
+
+export class Room extends EventTarget {
+  constructor(name = '') {
+    super();
+    this.name = name;
+    this.participants = new Map();
+  }
+
+  // Participants in join order.
+  get list() { return [...this.participants.values()]; }
+
+  _emit(type, detail = {}) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+    this.dispatchEvent(new CustomEvent('change', { detail: { type, ...detail } }));
+  }
+
+  addParticipant(p) {
+    if (this.participants.has(p.identity)) return;
+    p.joinedAt = performance.now();
+    this.participants.set(p.identity, p);
+    this._emit('participantJoined', { participant: p });
+  }
+
+  removeParticipant(identity) {
+    const p = this.participants.get(identity);
+    if (!p) return;
+    this.participants.delete(identity);
+    this._emit('participantLeft', { participant: p });
+  }
+
+  publish(identity, track) {
+    const p = this.participants.get(identity);
+    if (!p) return;
+    track.publishedAt = performance.now();
+    p.tracks.set(track.source, track);
+    this._emit('trackPublished', { participant: p, track });
+  }
+
+  unpublish(identity, source) {
+    const p = this.participants.get(identity);
+    const track = p && p.tracks.get(source);
+    if (!track) return;
+    p.tracks.delete(source);
+    this._emit('trackUnpublished', { participant: p, track });
+  }
+
+  setSpeaking(identity, speaking) {
+    const p = this.participants.get(identity);
+    if (!p || p.speaking === speaking) return;
+    const now = performance.now();
+    p.speaking = speaking;
+    if (speaking) p.speakingSince = now;
+    p.lastSpokeAt = now;
+    this._emit('speakingChanged', { participant: p });
+  }
+
+  end() { this._emit('ended'); }
+}
+
+// The participant a layout should feature, changed no more often than
+// holdMs so the picture does not flicker between voices.
+export class ActiveSpeaker extends EventTarget {
+  constructor(room, holdMs = 1000) {
+    super();
+    this.room = room;
+    this.holdMs = holdMs;
+    this.current = null;
+    this._switchedAt = -Infinity;
+    this._byDefault = false;
+    this._timer = null;
+    room.addEventListener('change', () => this.update());
+    this.update();
+  }
+
+  _candidate() {
+    const speaking = this.room.list.filter((p) => p.speaking);
+    if (!speaking.length) return null;
+    // The latest to start talking has the floor.
+    return speaking.reduce((a, b) => (b.speakingSince > a.speakingSince ? b : a));
+  }
+
+  update() {
+    const room = this.room;
+    const now = performance.now();
+    let next = this.current;
+    if (!next || !room.participants.has(next.identity)) {
+      next = this._candidate() || room.list[0] || null;
+    } else if (!next.speaking) {
+      const candidate = this._candidate();
+      if (candidate && candidate !== next) {
+        // A pick made while nobody spoke gives way at once to the first voice.
+        const wait = this._byDefault ? 0 : this._switchedAt + this.holdMs - now;
+        if (wait > 0) {
+          clearTimeout(this._timer);
+          this._timer = setTimeout(() => this.update(), wait + 1);
+          return;
+        }
+        next = candidate;
+      }
+    }
+    if (next !== this.current) {
+      this.current = next;
+      this._byDefault = !!next && !next.speaking;
+      this._switchedAt = now;
+      this.dispatchEvent(new CustomEvent('change', { detail: { participant: next } }));
+    }
+  }
+}
+
+// The newest screen share in the room, if any.
+export function latestScreenShare(room) {
+  let best = null;
+  for (const p of room.list) {
+    const t = p.screenShare;
+    if (t && (!best || (t.publishedAt || 0) >= (best.track.publishedAt || 0))) best = { participant: p, track: t };
+  }
+  return best;
+}

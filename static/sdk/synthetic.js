@@ -1,0 +1,188 @@
+// A synthetic room: participants scripted by spec (colour, voice tone,
+// speaking windows, screen share, join/leave times, looping video), for the
+// demo, layout authoring and tests. Room time 0 is START_RECORDING.
+
+import { CAMERA, MICROPHONE, Participant, Room, SCREEN_SHARE, Track } from './room.js';
+
+const VOICE_LEVEL = 0.2;
+const CLICK_HZ = 3000;
+const CLICK_S = 0.015;
+const FLASH_MS = 100;
+
+function div(className, style = {}) {
+  const el = document.createElement('div');
+  el.className = className;
+  Object.assign(el.style, style);
+  return el;
+}
+
+// A coloured picture with a moving square and the name, so every frame
+// differs; plus the white flash used by sync markers.
+function colourPicture(color, label) {
+  const el = div('syn-track', { background: color });
+  const name = div('syn-name');
+  name.textContent = label;
+  el.append(div('syn-mover'), name, div('syn-flash'));
+  return el;
+}
+
+function videoPicture(src) {
+  const el = div('syn-track');
+  const video = document.createElement('video');
+  Object.assign(video, { src, loop: true, muted: true, autoplay: true, playsInline: true });
+  el.append(video, div('syn-flash'));
+  return el;
+}
+
+function within(windows, t) {
+  return windows.some(([s, e]) => t >= s && t < e);
+}
+
+export class SyntheticRoom extends Room {
+  constructor(desc, { syncMarkers = false } = {}) {
+    super(desc.name || 'synthetic');
+    this.specs = (desc.participants || []).map((s, i) => ({
+      ...s,
+      identity: s.name || `P${i + 1}`,
+      joins: s.joins || 0,
+      leaves: s.leaves ?? Infinity,
+      // null speaks = all the time while present
+      windows: (s.speaks ?? [{ start: 0, end: Infinity }]).map((w) => [w.start, w.end]),
+    }));
+    this.syncMarkers = syncMarkers;
+    this.t0 = null;
+    this.audio = null;
+    this._videos = [];
+  }
+
+  time() { return this.t0 === null ? 0 : (performance.now() - this.t0) / 1000; }
+
+  _speaksAt(spec, t) { return spec.tone > 0 && within(spec.windows, t); }
+
+  _join(spec, t) {
+    const p = new Participant({ identity: spec.identity, name: spec.name, color: spec.color });
+    this.addParticipant(p);
+    if (spec.video !== 'off') {
+      this.publish(spec.identity, new Track({
+        sid: `TR_${spec.identity}_cam`, kind: 'video', source: CAMERA, participant: p,
+        makeElement: () => (spec.video ? this._trackVideo(videoPicture(spec.video)) : colourPicture(spec.color, spec.name)),
+      }));
+    }
+    if (spec.tone > 0) {
+      this.publish(spec.identity, new Track({
+        sid: `TR_${spec.identity}_mic`, kind: 'audio', source: MICROPHONE, participant: p, makeElement: () => div('syn-audio'),
+      }));
+    }
+    if (spec.screenshare && t >= spec.screenshare.start && t < spec.screenshare.end) this._share(spec);
+    this.setSpeaking(spec.identity, this._speaksAt(spec, t));
+  }
+
+  _share(spec) {
+    const p = this.participants.get(spec.identity);
+    if (!p) return;
+    this.publish(spec.identity, new Track({
+      sid: `TR_${spec.identity}_screen`, kind: 'video', source: SCREEN_SHARE, participant: p,
+      makeElement: () => colourPicture(spec.screenshare.color, `${spec.name}'s screen`),
+    }));
+  }
+
+  _trackVideo(el) {
+    this._videos.push(el.querySelector('video'));
+    return el;
+  }
+
+  // Everyone present at time 0, rendered and (for looping clips) playing.
+  async prepare() {
+    for (const spec of this.specs) if (spec.joins === 0) this._join(spec, 0);
+    await new Promise((r) => requestAnimationFrame(r));
+    await Promise.all(this._videos.map((v) => (v.readyState >= 3 ? null : new Promise((resolve) => {
+      v.addEventListener('playing', resolve, { once: true });
+      v.addEventListener('error', resolve, { once: true });
+      setTimeout(resolve, 5000);
+    }))));
+    this.audio = new AudioContext({ sampleRate: 48000 });
+    await this.audio.resume();
+    // getOutputTimestamp() maps the audio clock onto performance.now() once
+    // sound is flowing; wait for that so scheduled sound lands on time.
+    const until = performance.now() + 2000;
+    while (this.audio.getOutputTimestamp().performanceTime === 0 && performance.now() < until) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  // Audio-clock time at which room time t (seconds) is heard.
+  _audioTime(t) {
+    const ts = this.audio.getOutputTimestamp();
+    return ts.contextTime + (this.t0 + t * 1000 - ts.performanceTime) / 1000;
+  }
+
+  _at(t, fn) {
+    setTimeout(fn, Math.max(0, this.t0 + t * 1000 - performance.now()));
+  }
+
+  start(t0 = performance.now()) {
+    this.t0 = t0;
+    for (const spec of this.specs) {
+      if (spec.joins > 0) this._at(spec.joins, () => this._join(spec, spec.joins));
+      if (Number.isFinite(spec.leaves)) this._at(spec.leaves, () => this._leave(spec));
+      for (const [s, e] of spec.windows) {
+        if (s > 0) this._at(s, () => this.setSpeaking(spec.identity, this._speaksAt(spec, s)));
+        if (Number.isFinite(e)) this._at(e, () => this.setSpeaking(spec.identity, this._speaksAt(spec, e)));
+      }
+      if (spec.screenshare) {
+        const { start, end } = spec.screenshare;
+        if (start > 0) this._at(start, () => this._share(spec));
+        this._at(end, () => this.unpublish(spec.identity, SCREEN_SHARE));
+      }
+      this._voice(spec);
+    }
+    if (this.syncMarkers) this._startMarkers();
+  }
+
+  _leave(spec) {
+    this.removeParticipant(spec.identity);
+    const pending = this.specs.some((s) => s.joins > this.time());
+    if (this.participants.size === 0 && !pending) this.end();
+  }
+
+  // The participant's tone, gated to their speaking windows while present.
+  _voice(spec) {
+    if (!(spec.tone > 0)) return;
+    const ctx = this.audio;
+    const osc = new OscillatorNode(ctx, { type: 'sine', frequency: spec.tone });
+    const gain = new GainNode(ctx, { gain: 0 });
+    osc.connect(gain).connect(ctx.destination);
+    for (const [s, e] of spec.windows) {
+      const from = Math.max(s, spec.joins);
+      const to = Math.min(e, spec.leaves);
+      if (to <= from) continue;
+      gain.gain.setTargetAtTime(VOICE_LEVEL, this._audioTime(from), 0.002);
+      if (Number.isFinite(to)) gain.gain.setTargetAtTime(0, this._audioTime(to), 0.002);
+    }
+    osc.start();
+  }
+
+  // Every whole second: a white flash on every tile and a click, on one clock.
+  _startMarkers() {
+    let next = 1;
+    const scheduleClicks = () => {
+      while (next <= this.time() + 2) {
+        const at = this._audioTime(next);
+        const osc = new OscillatorNode(this.audio, { type: 'sine', frequency: CLICK_HZ });
+        const gain = new GainNode(this.audio, { gain: 0.6 });
+        osc.connect(gain).connect(this.audio.destination);
+        osc.start(at);
+        osc.stop(at + CLICK_S);
+        next += 1;
+      }
+    };
+    scheduleClicks();
+    setInterval(scheduleClicks, 500);
+    const frame = (now) => {
+      const ms = now - this.t0;
+      document.body.classList.toggle('sync-flash', ms >= 1000 && ms % 1000 < FLASH_MS);
+      requestAnimationFrame(frame);
+    };
+    requestAnimationFrame(frame);
+  }
+}
