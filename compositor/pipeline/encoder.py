@@ -21,9 +21,10 @@ from ..process import ManagedProcess
 
 log = logging.getLogger(__name__)
 
-# Chromium plays sound this much later than it paints the matching frame
-# (its audio output buffer); measured with --sync-markers, see bench/record.py.
-AUDIO_LATENCY_S = 0.0
+# Sound is shifted this much later to land with its picture: PulseAudio stamps
+# monitor audio ~40 ms early, and a painted frame reaches the capture ~1 frame
+# later. Measured with --sync-markers (bench/record.py reports the result).
+AUDIO_DELAY_S = 0.065
 
 # ffmpeg finishes a file within this after SIGINT; past it, it is killed (a
 # stalled output can hang its exit) and the crash-safe partial file is kept.
@@ -76,14 +77,17 @@ def video_args(v: VideoSettings) -> list[str]:
 
 def audio_args(a: AudioSettings) -> list[str]:
     codec = ["-c:a", "aac"] if a.codec == "aac" else ["-c:a", "libopus"]
-    return [*codec, "-b:a", f"{a.bitrate_kbps}k", "-ar", str(a.sample_rate), "-ac", "2"]
+    # The sink's monitor under-delivers while the page's audio stream starts
+    # up; counting samples would then run ahead of the clock. Following the
+    # timestamps (silence into gaps) keeps sound on time with the picture.
+    return ["-af", "aresample=async=1:min_hard_comp=0.03", *codec, "-b:a", f"{a.bitrate_kbps}k", "-ar", str(a.sample_rate), "-ac", "2"]
 
 
 def container_args(container: str) -> list[str]:
     """Muxer options that keep a killed recording playable up to its last second."""
     if container == "mp4":
         # Fragmented while recording; remuxed to a faststart MP4 at the end.
-        return ["-movflags", "+empty_moov+default_base_moof+frag_keyframe", "-frag_duration", "1000000",
+        return ["-movflags", "+delay_moov+default_base_moof+frag_keyframe", "-frag_duration", "1000000",
                 "-f", "mp4"]
     if container == "webm":
         return ["-cluster_time_limit", "1000", "-f", "webm"]
@@ -105,7 +109,7 @@ def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_s
     if config.audio:
         argv += ["-thread_queue_size", "64", "-f", "pulse", "-server", pulse_server,
                  "-sample_rate", str(config.audio.sample_rate), "-channels", "2",
-                 "-itsoffset", f"{-start_epoch - AUDIO_LATENCY_S:.6f}", "-i", pulse_source]
+                 "-itsoffset", f"{AUDIO_DELAY_S - start_epoch:.6f}", "-i", pulse_source]
         maps += ["-map", f"{len(maps) // 2}:a"]
     argv += maps
     if config.video:

@@ -1,0 +1,141 @@
+"""Read a recording's content back: pixels, tones, sync markers, frame cadence.
+
+Used by the tests and benchmarks to check what a viewer would see and hear
+(needs numpy, from the `dev` extra).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+CLICK_HZ = 3000  # static/sdk/synthetic.js
+AUDIO_RATE = 48000
+
+
+def _ffmpeg_out(args: list[str]) -> bytes:
+    return subprocess.run(["ffmpeg", "-v", "error", "-nostdin", *args], check=True, capture_output=True).stdout
+
+
+def frame_at(path: Path | str, t: float) -> np.ndarray:
+    """The decoded frame shown at time t (seconds) as an H x W x 3 RGB array."""
+    w, h = video_size(path)
+    raw = _ffmpeg_out(["-ss", f"{t:.3f}", "-i", str(path), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+    return np.frombuffer(raw, np.uint8)[: w * h * 3].reshape(h, w, 3)
+
+
+def video_size(path: Path | str) -> tuple[int, int]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height",
+                          "-of", "csv=p=0", str(path)], check=True, capture_output=True, text=True).stdout
+    w, h = out.strip().split(",")[:2]
+    return int(w), int(h)
+
+
+def hex_rgb(color: str) -> np.ndarray:
+    return np.array([int(color[i:i + 2], 16) for i in (1, 3, 5)], dtype=float)
+
+
+def region_color(frame: np.ndarray, x: float, y: float, w: float, h: float) -> np.ndarray:
+    """Median RGB of the middle of a rectangle given as fractions of the frame."""
+    fh, fw = frame.shape[:2]
+    x0, x1 = int((x + w * 0.3) * fw), int((x + w * 0.7) * fw)
+    y0, y1 = int((y + h * 0.3) * fh), int((y + h * 0.7) * fh)
+    return np.median(frame[y0:y1, x0:x1].reshape(-1, 3), axis=0)
+
+
+def color_distance(rgb: np.ndarray, color: str) -> float:
+    return float(np.abs(rgb - hex_rgb(color)).max())
+
+
+def audio_samples(path: Path | str) -> np.ndarray:
+    """The audio as mono float samples at 48 kHz, sample 0 at file time 0.
+
+    The audio stream may start after time 0 (an MP4 edit list); it is
+    padded with silence so indexes are file times.
+    """
+    raw = _ffmpeg_out(["-i", str(path), "-vn", "-ac", "1", "-ar", str(AUDIO_RATE),
+                       "-af", "aresample=async=1:first_pts=0", "-f", "f32le", "-"])
+    return np.frombuffer(raw, np.float32)
+
+
+def tone_level(samples: np.ndarray, freq: float, t0: float, t1: float) -> float:
+    """RMS amplitude of a pure tone at `freq` Hz between t0 and t1 seconds."""
+    seg = samples[int(t0 * AUDIO_RATE): int(t1 * AUDIO_RATE)].astype(float)
+    if len(seg) < 64:
+        return 0.0
+    n = np.arange(len(seg))
+    window = np.hanning(len(seg))
+    # Correlate with the tone (a one-bin DFT): robust to everything else playing.
+    z = np.sum(seg * window * np.exp(-2j * np.pi * freq * n / AUDIO_RATE))
+    return float(2 * abs(z) / window.sum() / np.sqrt(2))
+
+
+def click_onsets(samples: np.ndarray, hz: float = CLICK_HZ, threshold: float = 0.1) -> list[float]:
+    """Times (s) where a burst at `hz` starts (the sync marker click)."""
+    hop = 48  # 1 ms
+    win = 240  # 5 ms
+    n = np.arange(win)
+    kernel = np.exp(-2j * np.pi * hz * n / AUDIO_RATE) * np.hanning(win)
+    scale = 2 / np.hanning(win).sum()
+    starts = np.arange(0, len(samples) - win, hop)
+    frames = np.lib.stride_tricks.sliding_window_view(samples, win)[::hop][: len(starts)]
+    env = np.abs(frames @ kernel) * scale
+    onsets, last = [], -1.0
+    for i in np.flatnonzero(env > threshold):
+        t = (starts[i] + win / 2) / AUDIO_RATE
+        if t - last > 0.5:
+            onsets.append(float(t))
+        last = t if t - last > 0.5 else last
+    return onsets
+
+
+def luma_series(path: Path | str, size: tuple[int, int] = (64, 36)) -> tuple[np.ndarray, np.ndarray]:
+    """(frame times, mean luma per frame) of the whole video, decoded small."""
+    w, h = size
+    raw = _ffmpeg_out(["-i", str(path), "-an", "-vf", f"scale={w}:{h}", "-f", "rawvideo", "-pix_fmt", "gray", "-"])
+    frames = np.frombuffer(raw, np.uint8).reshape(-1, h, w).astype(float)
+    return frame_times(path)[: len(frames)], frames.mean(axis=(1, 2))
+
+
+def frame_times(path: Path | str) -> np.ndarray:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time",
+                          "-of", "csv=p=0", str(path)], check=True, capture_output=True, text=True).stdout
+    values = (x.strip(",") for x in out.split())
+    return np.array([float(x) for x in values if x not in ("", "N/A")])
+
+
+def flash_onsets(path: Path | str) -> list[float]:
+    """Times (s) of the first frame of each white sync flash."""
+    times, luma = luma_series(path)
+    base = np.median(luma)
+    if luma.max() - base < 20:
+        return []
+    high = luma > base + (luma.max() - base) * 0.5
+    return [float(times[i]) for i in range(1, len(high)) if high[i] and not high[i - 1]]
+
+
+def av_offsets(path: Path | str) -> list[float]:
+    """Audio minus video time (s) of each sync marker found in both (positive: sound late)."""
+    clicks = click_onsets(audio_samples(path))
+    out = []
+    for f in flash_onsets(path):
+        near = [c for c in clicks if abs(c - f) < 0.4]
+        if near:
+            out.append(min(near, key=lambda c: abs(c - f)) - f)
+    return out
+
+
+def distinct_frame_ratio(path: Path | str, min_pixels: int = 20, size: tuple[int, int] = (320, 180)) -> float:
+    """Share of frames that differ visibly from the one before (repeats count as not distinct)."""
+    w, h = size
+    raw = _ffmpeg_out(["-i", str(path), "-an", "-vf", f"scale={w}:{h}", "-f", "rawvideo", "-pix_fmt", "gray", "-"])
+    frames = np.frombuffer(raw, np.uint8).reshape(-1, h, w).astype(np.int16)
+    if len(frames) < 2:
+        return 0.0
+    # A repeated page frame differs only by encoder noise; a moving element
+    # changes some pixels a lot. Count frames whose largest local change is big.
+    diffs = np.abs(np.diff(frames, axis=0))
+    changed = (diffs > 24).sum(axis=(1, 2))
+    return float((changed >= min_pixels).sum() / len(diffs))
