@@ -3,7 +3,9 @@
 Children run in their own session, so a terminal's Ctrl-C reaches only the
 worker, which then stops them in order (the encoder must finish its file
 before the browser and display go away). Each child also gets
-PR_SET_PDEATHSIG, so even a SIGKILLed worker leaves nothing running.
+PR_SET_PDEATHSIG(SIGTERM), so even a SIGKILLed worker leaves nothing
+running: SIGTERM rather than SIGKILL lets ffmpeg close its file and Xvfb
+remove its lock and socket.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _die_with_parent() -> None:
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ManagedProcess:

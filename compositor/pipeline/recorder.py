@@ -44,9 +44,9 @@ class Recorder:
         self.timings: dict[str, float] = {"launched": time.time()}
         self._last_progress_emit = 0.0
 
-    def _status(self, status: str, message: str = "") -> None:
+    def _status(self, status: str, message: str = "", **extra) -> None:
         self.events.emit("status", status=status, egress_id=self.config.egress_id,
-                         **({"message": message} if message else {}))
+                         **({"message": message} if message else {}), **extra)
 
     async def run(self) -> MediaFacts:
         """Record to config.output; returns the final file's facts or raises CompositorError."""
@@ -98,7 +98,11 @@ class Recorder:
         failure = await self._until_first_frame(encoder, browser, watched)
         if failure is None:
             self.timings["first_frame"] = time.time()
-            self._status("ACTIVE")
+            # What this job holds, so a supervisor (or a test) can check it all goes away.
+            owners = {"xvfb": display.process, "pulseaudio": sink.process, "chromium": browser.process,
+                      "ffmpeg": encoder.process}
+            self._status("ACTIVE", resources={"display": display.name, "workdir": str(workdir),
+                                              "pids": {k: p.pid for k, p in owners.items() if p}})
             failure = await self._until_done(encoder, browser, watched)
         self.timings["stop_requested"] = time.time()
         self._status("ENDING")

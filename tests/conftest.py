@@ -1,0 +1,157 @@
+"""Drive `compositor record` as a user would (a subprocess), and read its events."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from compositor import analysis
+
+REPO = Path(__file__).resolve().parent.parent
+# Small frames keep the suite light on a 2-core machine.
+SMALL = ["--width", "640", "--height", "360"]
+
+
+@dataclass
+class Run:
+    code: int
+    events: list[dict]
+    stderr: str
+    output: Path
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["type"] == kind]
+
+    @property
+    def result(self) -> dict:
+        results = self.of_type("result")
+        assert results, f"no result (exit {self.code}): {self.of_type('error')} {self.stderr[-2000:]}"
+        return results[0]
+
+    @property
+    def error(self) -> dict:
+        errors = self.of_type("error")
+        assert errors, f"no error event (exit {self.code}): {self.events}"
+        return errors[0]
+
+    @property
+    def resources(self) -> dict:
+        active = [e for e in self.of_type("status") if e["status"] == "ACTIVE"]
+        assert active, f"never ACTIVE: {self.events}"
+        return active[0]["resources"]
+
+
+def record_argv(args: list[str], output: Path) -> list[str]:
+    return [sys.executable, "-m", "compositor", "record", "--events", "json", "-o", str(output), *args]
+
+
+def parse_events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def record(tmp_path):
+    """record(*args, output='out.mp4', env=None) -> Run, through the real pipeline."""
+
+    def _record(*args: str, output: str = "out.mp4", env: dict | None = None, timeout: float = 120) -> Run:
+        out = tmp_path / output
+        proc = subprocess.run(record_argv(list(args), out), capture_output=True, text=True, timeout=timeout,
+                              cwd=REPO, env=env)
+        return Run(proc.returncode, parse_events(proc.stdout), proc.stderr, out)
+
+    return _record
+
+
+@dataclass
+class LiveRun:
+    """A recording running in the background, for signal and crash tests."""
+
+    proc: subprocess.Popen
+    output: Path
+    events: list[dict] = field(default_factory=list)
+
+    def wait_for_status(self, status: str, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            event = json.loads(line)
+            self.events.append(event)
+            if event["type"] == "status" and event["status"] == status:
+                return event
+        raise AssertionError(f"no {status} within {timeout}s: {self.events}")
+
+    def finish(self, timeout: float = 30) -> Run:
+        out, err = self.proc.communicate(timeout=timeout)
+        self.events += parse_events(out)
+        return Run(self.proc.returncode, self.events, err, self.output)
+
+
+@pytest.fixture
+def start_record(tmp_path):
+    runs: list[LiveRun] = []
+
+    def _start(*args: str, output: str = "live.mp4") -> LiveRun:
+        out = tmp_path / output
+        proc = subprocess.Popen(record_argv(list(args), out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=REPO, start_new_session=True)
+        run = LiveRun(proc, out)
+        runs.append(run)
+        return run
+
+    yield _start
+    for run in runs:
+        if run.proc.poll() is None:
+            os.killpg(run.proc.pid, signal.SIGKILL)
+            run.proc.wait()
+
+
+def alive(pid: int) -> bool:
+    """True if pid exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def assert_released(resources: dict, timeout: float = 5) -> None:
+    """Everything the job held is gone: processes (no zombies), display, temp dir."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = {name: pid for name, pid in resources["pids"].items() if Path(f"/proc/{pid}").exists()}
+        number = resources["display"].lstrip(":")
+        leftovers = [p for p in (f"/tmp/.X{number}-lock", f"/tmp/.X11-unix/X{number}", resources["workdir"])
+                     if Path(p).exists()]
+        mentioning = [pid for pid in _pids() if resources["workdir"] in _cmdline(pid)]
+        if not left and not leftovers and not mentioning:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"left behind: processes {left} {mentioning} "
+                                 f"(alive: {[n for n, p in left.items() if alive(p)]}), files {leftovers}")
+        time.sleep(0.1)
+
+
+def _pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def assert_color(frame, rect: tuple[float, float, float, float], color: str, tol: float = 40) -> None:
+    rgb = analysis.region_color(frame, *rect)
+    assert analysis.color_distance(rgb, color) <= tol, f"region {rect} is {rgb.round()}, expected {color}"

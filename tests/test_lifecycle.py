@@ -1,0 +1,118 @@
+"""Stops, kills and crashes: the file survives, and nothing is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from compositor import analysis
+
+from .conftest import SMALL, assert_released, record_argv
+
+
+def mp4_top_level_boxes(path) -> list[str]:
+    boxes, data = [], path.read_bytes()
+    pos = 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos:pos + 4], "big")
+        boxes.append(data[pos + 4:pos + 8].decode("latin-1"))
+        if size == 1:
+            size = int.from_bytes(data[pos + 8:pos + 16], "big")
+        if size < 8:
+            break
+        pos += size
+    return boxes
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_cleanly_with_a_faststart_file(start_record, sig):
+    run = start_record(*SMALL, "--participant", "name=A")
+    active = run.wait_for_status("ACTIVE")
+    time.sleep(3)
+    sent = time.monotonic()
+    run.proc.send_signal(sig)
+    done = run.finish()
+    assert done.code == 0, done.stderr[-2000:]
+    f = done.result["file"]
+    assert 2.5 <= f["duration"] <= 4.5, f
+    boxes = mp4_top_level_boxes(done.output)
+    assert boxes.index("moov") < boxes.index("mdat"), boxes  # faststart
+    assert "moof" not in boxes  # a normal MP4, not the fragmented partial
+    assert not any(p.name.endswith(".partial.mp4") for p in done.output.parent.iterdir())
+    assert time.monotonic() - sent < 10
+    assert_released(active["resources"])
+
+
+def test_sigkill_leaves_a_playable_file_up_to_the_kill(start_record):
+    run = start_record(*SMALL, "--participant", "name=A")
+    active = run.wait_for_status("ACTIVE")
+    time.sleep(5)
+    os.killpg(run.proc.pid, signal.SIGKILL)
+    killed_after = 5.0
+    run.proc.wait()
+    partial = run.output.with_name("live.partial.mp4")
+    assert partial.exists()
+    facts = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+                            str(partial)], capture_output=True, text=True, check=True).stdout
+    assert float(facts) >= killed_after - 2, facts
+    # It decodes to the end: the last second is real picture.
+    frame = analysis.frame_at(partial, float(facts) - 0.5)
+    assert frame.mean() > 10
+    # The worker's children die with it (PR_SET_PDEATHSIG), even though they
+    # run in sessions of their own; the temp dir is the one thing left.
+    resources = dict(active["resources"])
+    workdir = resources.pop("workdir")
+    assert_released({**resources, "workdir": "/nonexistent"})
+    subprocess.run(["rm", "-rf", workdir], check=True)
+
+
+def test_crashed_browser_fails_the_job_but_keeps_the_file(start_record):
+    run = start_record(*SMALL, "--participant", "name=A")
+    active = run.wait_for_status("ACTIVE")
+    time.sleep(3)
+    os.kill(active["resources"]["pids"]["chromium"], signal.SIGKILL)
+    done = run.finish()
+    assert done.code != 0
+    err = done.error
+    assert err["code"] == "BROWSER_FAILED", err
+    kept = err["file"]["path"]
+    assert kept.endswith(".mp4") and os.path.getsize(kept) > 0
+    assert analysis.frame_at(kept, 1.0).shape == (360, 640, 3)
+    assert_released(active["resources"])
+
+
+def test_stop_before_start_aborts_without_leaks(tmp_path):
+    out = tmp_path / "never.mp4"
+    before = {p for p in os.listdir("/tmp") if p.startswith("compositor-")}
+    proc = subprocess.Popen(record_argv([*SMALL, "--participant", "name=A"], out), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    # STARTING is printed before any process starts; stop during start-up.
+    proc.stdout.readline()
+    time.sleep(0.8)
+    proc.send_signal(signal.SIGINT)
+    out_text, _ = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert '"ABORTED"' in out_text
+    assert not out.exists()
+    after = {p for p in os.listdir("/tmp") if p.startswith("compositor-")}
+    assert after <= before, after - before
+
+
+def test_two_workers_at_once_do_not_collide(tmp_path):
+    procs = [subprocess.Popen(record_argv([*SMALL, "--duration", "3", "--participant", f"name=W{i},color={c}"],
+                                          tmp_path / f"w{i}.mp4"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i, c in enumerate(["#e6194b", "#4363d8"])]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1000:] for o in outs]
+    events = [[json.loads(line) for line in o[0].splitlines()] for o in outs]
+    displays = [next(e for e in ev if e.get("status") == "ACTIVE")["resources"]["display"] for ev in events]
+    assert displays[0] != displays[1]
+    for i, color in enumerate(["#e6194b", "#4363d8"]):
+        frame = analysis.frame_at(tmp_path / f"w{i}.mp4", 1.5)
+        assert analysis.color_distance(analysis.region_color(frame, 0, 0, 1, 1), color) <= 40

@@ -1,0 +1,130 @@
+"""What the recording sounds like, its sync, its containers, and web pages."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+from aiohttp import web
+
+from compositor import analysis
+
+from .conftest import SMALL, assert_color, assert_released
+
+TONE_A, TONE_B, TONE_C = 450.0, 650.0, 850.0
+
+
+def test_each_speaker_is_heard_and_silent_ones_are_not(record):
+    run = record(*SMALL, "--layout", "grid", "--duration", "5",
+                 "--participant", f"name=A,tone={TONE_A}",
+                 "--participant", f"name=B,tone={TONE_B},speaks=2.5-10",
+                 "--participant", f"name=C,tone={TONE_C},speaks=")
+    assert run.code == 0, run.stderr[-2000:]
+    pcm = analysis.audio_samples(run.output)
+    early = {f: analysis.tone_level(pcm, f, 0.5, 2.0) for f in (TONE_A, TONE_B, TONE_C)}
+    late = {f: analysis.tone_level(pcm, f, 3.2, 4.7) for f in (TONE_A, TONE_B, TONE_C)}
+    assert early[TONE_A] > 0.05 and late[TONE_A] > 0.05, (early, late)
+    assert early[TONE_B] < 0.005 < 0.05 < late[TONE_B], (early, late)
+    assert early[TONE_C] < 0.005 and late[TONE_C] < 0.005, (early, late)
+
+
+def test_sync_markers_land_together(record):
+    run = record(*SMALL, "--layout", "grid", "--duration", "6", "--sync-markers",
+                 "--participant", "name=A,speaks=", "--participant", "name=B,speaks=")
+    assert run.code == 0, run.stderr[-2000:]
+    offsets = analysis.av_offsets(run.output)
+    assert len(offsets) >= 4, offsets
+    # One frame (33 ms) is the resolution of the picture; sound must be within it.
+    assert abs(float(np.mean(offsets))) <= 0.035, offsets
+    assert max(abs(o) for o in offsets) <= 0.05, offsets
+
+
+def test_webm_carries_vp8_and_opus(record):
+    run = record(*SMALL, "--layout", "grid", "--duration", "3", "--participant", "name=A,color=#4363d8",
+                 output="out.webm")
+    assert run.code == 0, run.stderr[-2000:]
+    f = run.result["file"]
+    assert (f["video_codec"], f["audio_codec"], f["width"], f["height"]) == ("vp8", "opus", 640, 360)
+    assert abs(f["duration"] - 3) <= 0.3
+    assert_color(analysis.frame_at(run.output, 1.5), (0, 0, 1, 1), "#4363d8")
+    assert analysis.tone_level(analysis.audio_samples(run.output), 350, 0.5, 2.5) > 0.05
+
+
+def test_ogg_is_audio_only_opus(record):
+    run = record("--layout", "audio-only", "--duration", "3", "--participant", f"name=A,tone={TONE_A}",
+                 output="out.ogg")
+    assert run.code == 0, run.stderr[-2000:]
+    f = run.result["file"]
+    assert f["audio_codec"] == "opus" and "video_codec" not in f
+    assert abs(f["duration"] - 3) <= 0.3
+    assert analysis.tone_level(analysis.audio_samples(run.output), TONE_A, 0.5, 2.5) > 0.05
+
+
+def test_audio_only_layout_lights_the_speaker(record):
+    run = record(*SMALL, "--layout", "audio-only", "--duration", "2.5",
+                 "--participant", "name=A", "--participant", "name=B,speaks=")
+    assert run.code == 0, run.stderr[-2000:]
+    frame = analysis.frame_at(run.output, 1.5)
+    # Two name tiles side by side; A's carries the speaking ring at its edge.
+    ring = analysis.region_color(frame, 0.0, 0.3, 0.008, 0.4)
+    assert analysis.color_distance(ring, "#3ba55d") <= 40, ring
+    quiet = analysis.region_color(frame, 0.5, 0.3, 0.008, 0.4)
+    assert analysis.color_distance(quiet, "#2b2b2b") <= 20, quiet
+
+
+@contextmanager
+def serve_page(html: str):
+    """A web page on 127.0.0.1, served from a thread for the length of the block."""
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+
+    async def page(_):
+        return web.Response(text=html, content_type="text/html")
+
+    app.router.add_get("/", page)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+
+WEB_PAGE = """<!doctype html><html><body style="margin:0;background:#1e90ff">
+<script>
+const ctx = new AudioContext();
+const osc = new OscillatorNode(ctx, {frequency: 880});
+osc.connect(new GainNode(ctx, {gain: 0.2})).connect(ctx.destination);
+osc.start();
+</script></body></html>"""
+
+
+def test_web_egress_records_any_page(record):
+    with serve_page(WEB_PAGE) as url:
+        run = record(*SMALL, "--web-url", url, "--duration", "3")
+    assert run.code == 0, run.stderr[-2000:]
+    assert abs(run.result["file"]["duration"] - 3) <= 0.3
+    assert_color(analysis.frame_at(run.output, 1.5), (0, 0, 1, 1), "#1e90ff")
+    assert analysis.tone_level(analysis.audio_samples(run.output), 880, 1.0, 2.5) > 0.05
+    assert_released(run.resources)
+
+
+def test_looping_video_file_as_camera(record, tmp_path):
+    color = "#e6194b"
+    clip = tmp_path / "clip.webm"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"color=c={color}:s=320x180:r=30:d=1",
+                    "-c:v", "libvpx", "-b:v", "300k", str(clip)], check=True)
+    run = record(*SMALL, "--layout", "grid", "--duration", "3", "--participant", f"name=A,video={clip}")
+    assert run.code == 0, run.stderr[-2000:]
+    assert_color(analysis.frame_at(run.output, 2.0), (0, 0, 1, 1), color)
