@@ -126,7 +126,9 @@ def run_job(out: Path, args: list[str], seconds: float, results: dict, key: str)
     results[key] = {
         "file": {k: f[k] for k in ("width", "height", "fps", "duration", "size")},
         "cores": {**cores, "total": round(sum(cores.values()), 3)},
-        "distinct_frames": round(analysis.distinct_frame_ratio(out), 4),
+        # Marker flashes are identical white frames by design: leave them out.
+        "distinct_frames": round(analysis.distinct_frame_ratio(
+            out, skip=[(t - 0.04, t + 0.17) for t in analysis.flash_onsets(out)]), 4),
         "frames": len(analysis.frame_times(out)),
         "expected_frames": round(f["duration"] * fps),
         "dup_frames": last_progress.get("dup_frames"),

@@ -127,11 +127,20 @@ def av_offsets(path: Path | str) -> list[float]:
     return out
 
 
-def distinct_frame_ratio(path: Path | str, min_pixels: int = 20, size: tuple[int, int] = (320, 180)) -> float:
-    """Share of frames that differ visibly from the one before (repeats count as not distinct)."""
+def distinct_frame_ratio(path: Path | str, min_pixels: int = 20, size: tuple[int, int] = (320, 180),
+                         skip: list[tuple[float, float]] = ()) -> float:
+    """Share of frames that differ visibly from the one before (repeats count as not distinct).
+
+    `skip` lists (start, end) times whose frames are left out, e.g. sync
+    marker flashes, which are identical white frames on purpose.
+    """
     w, h = size
     raw = _ffmpeg_out(["-i", str(path), "-an", "-vf", f"scale={w}:{h}", "-f", "rawvideo", "-pix_fmt", "gray", "-"])
     frames = np.frombuffer(raw, np.uint8).reshape(-1, h, w).astype(np.int16)
+    if skip:
+        times = frame_times(path)[: len(frames)]
+        keep = [i for i, t in enumerate(times) if not any(a <= t <= b for a, b in skip)]
+        frames = frames[keep]
     if len(frames) < 2:
         return 0.0
     # A repeated page frame differs only by encoder noise; a moving element

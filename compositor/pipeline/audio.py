@@ -59,7 +59,11 @@ class AudioSink:
              "--disallow-module-loading", "--log-target=stderr", "--log-level=error",
              "-L", f"module-native-protocol-unix socket={self.socket} auth-anonymous=1",
              "-L", f"module-null-sink sink_name={SINK} rate={self.sample_rate} channels=2 "
-                   f"sink_properties=device.description={SINK}"],
+                   f"sink_properties=device.description={SINK}",
+             # An idle null sink sleeps in 2 s blocks, and a stream arriving
+             # mid-block is not heard until the block ends (up to 2 s of lost
+             # sound at the start). Suspended instead, it wakes on demand.
+             "-L", "module-suspend-on-idle timeout=0"],
             env=env,
         )
         await self._proc.start()

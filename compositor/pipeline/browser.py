@@ -86,8 +86,8 @@ class Browser:
             env=env,
         )
         await self._proc.start()
-        port = await self._devtools_port(timeout)
-        self._pw = await async_playwright().start()
+        # Start Playwright's driver while Chromium comes up.
+        port, self._pw = await asyncio.gather(self._devtools_port(timeout), async_playwright().start())
         self._browser = await self._pw.chromium.connect_over_cdp(f"http://127.0.0.1:{port}", timeout=timeout * 1000)
         self._browser.on("disconnected", lambda _: self._fail("the browser disconnected"))
         context = self._browser.contexts[0]

@@ -22,9 +22,9 @@ from ..process import ManagedProcess
 log = logging.getLogger(__name__)
 
 # Sound is shifted this much later to land with its picture: PulseAudio stamps
-# monitor audio ~40 ms early, and a painted frame reaches the capture ~1 frame
-# later. Measured with --sync-markers (bench/record.py reports the result).
-AUDIO_DELAY_S = 0.065
+# monitor audio ~40 ms early, while a painted frame reaches the capture within
+# a frame. Measured with --sync-markers (bench/record.py reports the result).
+AUDIO_DELAY_S = 0.036
 
 # ffmpeg finishes a file within this after SIGINT; past it, it is killed (a
 # stalled output can hang its exit) and the crash-safe partial file is kept.
@@ -113,7 +113,9 @@ def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_s
         maps += ["-map", f"{len(maps) // 2}:a"]
     argv += maps
     if config.video:
-        argv += video_args(config.video) + ["-r", str(config.video.fps), "-fps_mode", "cfr"]
+        # Constant rate made in the filter, from the first captured frame on:
+        # the encoder's own cfr would repeat that frame back to time 0.
+        argv += ["-vf", f"fps={config.video.fps}", "-fps_mode", "passthrough", *video_args(config.video)]
     if config.audio:
         argv += audio_args(config.audio)
     if config.duration:

@@ -8,6 +8,7 @@ const VOICE_LEVEL = 0.2;
 const CLICK_HZ = 3000;
 const CLICK_S = 0.015;
 const FLASH_MS = 100;
+const AUDIO_LOOKAHEAD_S = 0.3;
 
 function div(className, style = {}) {
   const el = document.createElement('div');
@@ -52,6 +53,7 @@ export class SyntheticRoom extends Room {
     this.syncMarkers = syncMarkers;
     this.t0 = null;
     this.audio = null;
+    this._soundQueue = [];
     this._videos = [];
   }
 
@@ -95,18 +97,30 @@ export class SyntheticRoom extends Room {
   async prepare() {
     for (const spec of this.specs) if (spec.joins === 0) this._join(spec, 0);
     await new Promise((r) => requestAnimationFrame(r));
-    await Promise.all(this._videos.map((v) => (v.readyState >= 3 ? null : new Promise((resolve) => {
+    const videosReady = Promise.all(this._videos.map((v) => (v.readyState >= 3 ? null : new Promise((resolve) => {
       v.addEventListener('playing', resolve, { once: true });
       v.addEventListener('error', resolve, { once: true });
       setTimeout(resolve, 5000);
     }))));
+    // Audio and video load side by side: start the sound before waiting.
     this.audio = new AudioContext({ sampleRate: 48000 });
+    await Promise.all([videosReady, this._audioSettled()]);
+  }
+
+  // getOutputTimestamp() maps the audio clock onto performance.now() only
+  // once sound flows, and drifts while the output settles: wait until the two
+  // clocks advance together, so scheduled sound lands on its picture.
+  async _audioSettled(timeoutMs = 3000) {
     await this.audio.resume();
-    // getOutputTimestamp() maps the audio clock onto performance.now() once
-    // sound is flowing; wait for that so scheduled sound lands on time.
-    const until = performance.now() + 2000;
-    while (this.audio.getOutputTimestamp().performanceTime === 0 && performance.now() < until) {
-      await new Promise((r) => setTimeout(r, 10));
+    const until = performance.now() + timeoutMs;
+    let a = this.audio.getOutputTimestamp();
+    while (performance.now() < until) {
+      await new Promise((r) => setTimeout(r, 100));
+      const b = this.audio.getOutputTimestamp();
+      const audioMs = (b.contextTime - a.contextTime) * 1000;
+      const perfMs = b.performanceTime - a.performanceTime;
+      if (a.performanceTime > 0 && audioMs > 50 && Math.abs(audioMs - perfMs) < 2) return;
+      a = b;
     }
   }
 
@@ -118,6 +132,21 @@ export class SyntheticRoom extends Room {
 
   _at(t, fn) {
     setTimeout(fn, Math.max(0, this.t0 + t * 1000 - performance.now()));
+  }
+
+  // Sound events are handed to the audio clock shortly before they are due,
+  // each with the clock mapping of that moment, so drift never accumulates.
+  _sound(t, fn) {
+    this._soundQueue.push({ t, fn });
+  }
+
+  _pumpSound() {
+    const horizon = this.time() + AUDIO_LOOKAHEAD_S;
+    this._soundQueue.sort((a, b) => a.t - b.t);
+    while (this._soundQueue.length && this._soundQueue[0].t <= horizon) {
+      const { t, fn } = this._soundQueue.shift();
+      fn(this._audioTime(t));
+    }
   }
 
   start(t0 = performance.now()) {
@@ -137,6 +166,8 @@ export class SyntheticRoom extends Room {
       this._voice(spec);
     }
     if (this.syncMarkers) this._startMarkers();
+    this._pumpSound();
+    setInterval(() => this._pumpSound(), 100);
   }
 
   _leave(spec) {
@@ -152,32 +183,30 @@ export class SyntheticRoom extends Room {
     const osc = new OscillatorNode(ctx, { type: 'sine', frequency: spec.tone });
     const gain = new GainNode(ctx, { gain: 0 });
     osc.connect(gain).connect(ctx.destination);
+    osc.start();
     for (const [s, e] of spec.windows) {
       const from = Math.max(s, spec.joins);
       const to = Math.min(e, spec.leaves);
       if (to <= from) continue;
-      gain.gain.setTargetAtTime(VOICE_LEVEL, this._audioTime(from), 0.002);
-      if (Number.isFinite(to)) gain.gain.setTargetAtTime(0, this._audioTime(to), 0.002);
+      this._sound(from, (at) => gain.gain.setTargetAtTime(VOICE_LEVEL, at, 0.002));
+      if (Number.isFinite(to)) this._sound(to, (at) => gain.gain.setTargetAtTime(0, at, 0.002));
     }
-    osc.start();
   }
 
   // Every whole second: a white flash on every tile and a click, on one clock.
   _startMarkers() {
     let next = 1;
-    const scheduleClicks = () => {
-      while (next <= this.time() + 2) {
-        const at = this._audioTime(next);
-        const osc = new OscillatorNode(this.audio, { type: 'sine', frequency: CLICK_HZ });
-        const gain = new GainNode(this.audio, { gain: 0.6 });
-        osc.connect(gain).connect(this.audio.destination);
-        osc.start(at);
-        osc.stop(at + CLICK_S);
-        next += 1;
-      }
+    const click = (at) => {
+      const osc = new OscillatorNode(this.audio, { type: 'sine', frequency: CLICK_HZ });
+      osc.connect(new GainNode(this.audio, { gain: 0.6 })).connect(this.audio.destination);
+      osc.start(at);
+      osc.stop(at + CLICK_S);
     };
-    scheduleClicks();
-    setInterval(scheduleClicks, 500);
+    const queueClicks = () => {
+      for (; next <= this.time() + 2; next += 1) this._sound(next, click);
+    };
+    queueClicks();
+    setInterval(queueClicks, 500);
     const frame = (now) => {
       const ms = now - this.t0;
       document.body.classList.toggle('sync-flash', ms >= 1000 && ms % 1000 < FLASH_MS);
