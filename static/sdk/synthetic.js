@@ -54,6 +54,7 @@ export class SyntheticRoom extends Room {
     this.t0 = null;
     this.audio = null;
     this._soundQueue = [];
+    this._clockOffsets = [];
     this._videos = [];
   }
 
@@ -108,26 +109,36 @@ export class SyntheticRoom extends Room {
   }
 
   // getOutputTimestamp() maps the audio clock onto performance.now() only
-  // once sound flows, and drifts while the output settles: wait until the two
-  // clocks advance together, so scheduled sound lands on its picture.
+  // once sound flows; wait for that, then keep a running median of the
+  // mapping (single readings jitter by ~10 ms under load).
   async _audioSettled(timeoutMs = 3000) {
     await this.audio.resume();
     const until = performance.now() + timeoutMs;
-    let a = this.audio.getOutputTimestamp();
+    let last = this.audio.getOutputTimestamp();
     while (performance.now() < until) {
-      await new Promise((r) => setTimeout(r, 100));
-      const b = this.audio.getOutputTimestamp();
-      const audioMs = (b.contextTime - a.contextTime) * 1000;
-      const perfMs = b.performanceTime - a.performanceTime;
-      if (a.performanceTime > 0 && audioMs > 50 && Math.abs(audioMs - perfMs) < 2) return;
-      a = b;
+      await new Promise((r) => setTimeout(r, 50));
+      const now = this.audio.getOutputTimestamp();
+      if (last.performanceTime > 0 && now.contextTime - last.contextTime > 0.02) break;
+      last = now;
     }
+    for (let i = 0; i < 5; i++) {
+      this._sampleClock();
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  _sampleClock() {
+    const ts = this.audio.getOutputTimestamp();
+    if (ts.performanceTime <= 0) return;
+    this._clockOffsets.push(ts.contextTime * 1000 - ts.performanceTime);
+    if (this._clockOffsets.length > 15) this._clockOffsets.shift();
   }
 
   // Audio-clock time at which room time t (seconds) is heard.
   _audioTime(t) {
-    const ts = this.audio.getOutputTimestamp();
-    return ts.contextTime + (this.t0 + t * 1000 - ts.performanceTime) / 1000;
+    const sorted = [...this._clockOffsets].sort((a, b) => a - b);
+    const offset = sorted[Math.floor(sorted.length / 2)] ?? 0;
+    return (this.t0 + t * 1000 + offset) / 1000;
   }
 
   _at(t, fn) {
@@ -135,12 +146,13 @@ export class SyntheticRoom extends Room {
   }
 
   // Sound events are handed to the audio clock shortly before they are due,
-  // each with the clock mapping of that moment, so drift never accumulates.
+  // with the clock mapping of that moment, so drift never accumulates.
   _sound(t, fn) {
     this._soundQueue.push({ t, fn });
   }
 
   _pumpSound() {
+    this._sampleClock();
     const horizon = this.time() + AUDIO_LOOKAHEAD_S;
     this._soundQueue.sort((a, b) => a.t - b.t);
     while (this._soundQueue.length && this._soundQueue[0].t <= horizon) {
