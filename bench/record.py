@@ -158,10 +158,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--only", choices=["720p", "1080p", "two-720p"], action="append")
     parser.add_argument("--x264-preset", help="override the encoder preset for every run")
+    parser.add_argument("--keep", type=Path, help="keep the recordings in this folder")
     opts = parser.parse_args()
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-record-") as tmp:
-        folder = Path(tmp)
+        folder = opts.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         clips = make_clips(folder)
         common = ["--layout", "grid", "--sync-markers", *participants(clips)]
         if opts.x264_preset:
