@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import aiohttp
 
 from .config import EgressConfig
-from .errors import MissingDependency, OutputNotWritable, WebUrlUnreachable
+from .errors import InvalidRequest, MissingDependency, OutputNotWritable, WebUrlUnreachable
 
 CHROMIUM_PATHS = ("/usr/lib/chromium/chromium", "/usr/bin/chromium", "/usr/bin/chromium-browser")
 
@@ -73,9 +73,19 @@ async def check_web_url(url: str, timeout: float = 10.0) -> None:
         raise WebUrlUnreachable(f"web page {url!r} is unreachable: {exc or type(exc).__name__}") from None
 
 
+def check_media(config: EgressConfig) -> None:
+    """Every participant's camera clip that is a local file exists."""
+    for p in config.participants:
+        if p.video and p.video != "off" and not p.video.startswith(("http://", "https://")):
+            if not Path(p.video).expanduser().is_file():
+                raise InvalidRequest(f"participant {p.name!r}: video file {p.video!r} does not exist",
+                                     details={"field": "room.participants.video"})
+
+
 async def preflight(config: EgressConfig) -> None:
     """Every check that needs the machine, run before anything starts."""
     check_programs()
     check_output(config.output)
+    check_media(config)
     if config.web_url:
         await check_web_url(config.web_url)

@@ -44,7 +44,6 @@ class ManagedProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._stderr_task: asyncio.Task | None = None
-        self.stopping = False
 
     @property
     def pid(self) -> int | None:
@@ -102,7 +101,6 @@ class ManagedProcess:
         """Ask the process to stop, kill it after the deadline, and reap it. Idempotent."""
         if self.proc is None:
             return None
-        self.stopping = True
         if self.running:
             self.signal(self.stop_signal)
             try:

@@ -52,3 +52,9 @@ def test_missing_system_program_names_the_package(record, tmp_path):
     assert run.error["code"] == "MISSING_DEPENDENCY"
     assert "apt-get install" in run.error["message"] and "ffmpeg" in run.error["message"]
     assert not Path(tmp_path / "out.mp4").exists()
+
+
+def test_missing_camera_clip_is_refused(record):
+    run = record("--duration", "1", "--participant", "name=A,video=/nonexistent/clip.webm", timeout=30)
+    assert run.error["code"] == "INVALID_ARGUMENT"
+    assert "does not exist" in run.error["message"]

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from compositor import analysis
+from compositor.pipeline.recorder import sweep_stale_workdirs
 
 from .conftest import SMALL, assert_released, record_argv
 
@@ -64,11 +65,14 @@ def test_sigkill_leaves_a_playable_file_up_to_the_kill(start_record):
     frame = analysis.frame_at(partial, float(facts) - 0.5)
     assert frame.mean() > 10
     # The worker's children die with it (PR_SET_PDEATHSIG), even though they
-    # run in sessions of their own; the temp dir is the one thing left.
+    # run in sessions of their own; the temp dir is the one thing left, and
+    # the next worker sweeps it away.
     resources = dict(active["resources"])
     workdir = resources.pop("workdir")
     assert_released({**resources, "workdir": "/nonexistent"})
-    subprocess.run(["rm", "-rf", workdir], check=True)
+    assert os.path.isdir(workdir)
+    sweep_stale_workdirs()
+    assert not os.path.exists(workdir)
 
 
 def test_crashed_browser_fails_the_job_but_keeps_the_file(start_record):

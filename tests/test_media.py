@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import subprocess
 import threading
 from contextlib import contextmanager
@@ -128,3 +130,45 @@ def test_looping_video_file_as_camera(record, tmp_path):
     run = record(*SMALL, "--layout", "grid", "--duration", "3", "--participant", f"name=A,video={clip}")
     assert run.code == 0, run.stderr[-2000:]
     assert_color(analysis.frame_at(run.output, 2.0), (0, 0, 1, 1), color)
+
+
+def test_config_file_carries_the_same_request(record, tmp_path):
+    config = tmp_path / "request.json"
+    config.write_text(json.dumps({
+        "roomName": "standup", "layout": "single-speaker",
+        "advanced": {"width": 640, "height": 360},
+        "room": {"participants": [{"name": "Zed", "color": "#911eb4", "tone": 550}]},
+        "duration": 2,
+    }))
+    run = record("--config", str(config))
+    assert run.code == 0, run.stderr[-2000:]
+    assert abs(run.result["file"]["duration"] - 2) <= 0.3
+    assert_color(analysis.frame_at(run.output, 1.0), (0, 0, 1, 1), "#911eb4")
+    assert analysis.tone_level(analysis.audio_samples(run.output), 550, 0.3, 1.7) > 0.05
+
+
+def test_room_that_empties_ends_the_recording(record):
+    # No --duration: the synthetic room says END_RECORDING when the last one leaves.
+    run = record(*SMALL, "--participant", "name=A,leaves=2", "--participant", "name=B,leaves=3")
+    assert run.code == 0, run.stderr[-2000:]
+    assert 2.5 <= run.result["file"]["duration"] <= 3.6, run.result["file"]
+
+
+def test_page_that_never_starts_times_out(record, tmp_path):
+    # The camera clip's server accepts connections and never answers, so the
+    # page never gets its first frame ready within the start timeout.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        config = tmp_path / "request.json"
+        config.write_text(json.dumps({"startTimeout": 1.5, "room": {"participants": [
+            {"name": "A", "color": "#e6194b", "tone": 450,
+             "video": f"http://127.0.0.1:{silent.getsockname()[1]}/clip.webm"}]}}))
+        run = record(*SMALL, "--config", str(config), "--duration", "2", timeout=60)
+    finally:
+        silent.close()
+    assert run.code != 0
+    assert run.error["code"] == "START_TIMEOUT", run.error
+    assert "START_RECORDING within 1.5 s" in run.error["message"]
+    assert not run.output.exists()

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import AudioSettings, EgressConfig, VideoSettings
@@ -44,7 +44,6 @@ class Progress:
     drop_frames: int = 0
     speed: float = 0.0
     ended: bool = False
-    raw: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_block(cls, block: dict[str, str]) -> Progress:
@@ -59,7 +58,7 @@ class Progress:
             frame=num("frame", int), fps=num("fps"), bitrate_kbps=num("bitrate"),
             total_size=num("total_size", int), out_time=num("out_time_us", int) / 1e6,
             dup_frames=num("dup_frames", int), drop_frames=num("drop_frames", int),
-            speed=num("speed"), ended=block.get("progress") == "end", raw=block,
+            speed=num("speed"), ended=block.get("progress") == "end",
         )
 
 

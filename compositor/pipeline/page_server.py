@@ -27,8 +27,8 @@ def jinja_env() -> jinja2.Environment:
 class PageServer:
     """Owns the worker's local HTTP server."""
 
-    def __init__(self, media: Sequence[Path] = ()):
-        self._media = list(media)
+    def __init__(self):
+        self._media: list[Path] = []
         self._env = jinja_env()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -32,6 +33,15 @@ from .page_server import PageServer
 log = logging.getLogger(__name__)
 
 FIRST_FRAME_TIMEOUT_S = 10.0
+WORKDIR_PREFIX = "compositor-"
+
+
+def sweep_stale_workdirs() -> None:
+    """Remove temp dirs of workers that were killed (SIGKILL leaves them; nothing else does)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-EG_*"):
+        pid = path.name.removeprefix(WORKDIR_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class Recorder:
@@ -53,7 +63,8 @@ class Recorder:
         cfg = self.config
         self._status("STARTING")
         await preflight(cfg)
-        workdir = Path(tempfile.mkdtemp(prefix=f"compositor-{cfg.egress_id}-"))
+        sweep_stale_workdirs()
+        workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{cfg.egress_id}-"))
         try:
             async with contextlib.AsyncExitStack() as stack:
                 return await self._record(stack, workdir)
@@ -149,7 +160,9 @@ class Recorder:
         with contextlib.suppress(asyncio.CancelledError, CompositorError):
             await step_task
         if not done:
-            raise StartTimeout(f"the page did not signal {START_RECORDING} within {timeout:g} s")
+            errors = "; ".join(browser.page_errors[-3:])
+            raise StartTimeout(f"the page did not signal {START_RECORDING} within {timeout:g} s"
+                               + (f" (page errors: {errors})" if errors else ""))
         guard = done.pop()
         if self.stop_requested.is_set():
             raise Aborted("stopped before recording began")
