@@ -78,6 +78,8 @@ def test_preset_size_exact_with_every_edge_pixel(record):
                   "--participant", f"name=Solo,color={color},speaks=")
     assert run.code == 0, run.stderr[-2000:]
     assert_facts(run, width=854, height=480, fps=30, duration=2)
+    # The very first frame is already the room: no black or half-loaded lead-in.
+    assert_color(analysis.frame_at(run.output, 0.0), (0, 0, 1, 1), color)
     frame = analysis.frame_at(run.output, 1.0)
     # No browser UI, no missing row or column: the frame's edges show the tile.
     for edge in (frame[0, 40:-40], frame[-1, 40:-40], frame[40:-40, 0], frame[40:-40, -1]):

@@ -10,6 +10,7 @@ import threading
 from contextlib import contextmanager
 
 import numpy as np
+import pytest
 from aiohttp import web
 
 from compositor import analysis
@@ -44,12 +45,13 @@ def test_sync_markers_land_together(record):
     assert max(abs(o) for o in offsets) <= 0.05, offsets
 
 
-def test_webm_carries_vp8_and_opus(record):
+@pytest.mark.parametrize("codec", ["VP8", "VP9"])
+def test_webm_carries_vp8_or_vp9_and_opus(record, codec):
     run = record(*SMALL, "--layout", "grid", "--duration", "3", "--participant", "name=A,color=#4363d8",
-                 output="out.webm")
+                 "--video-codec", codec, output="out.webm")
     assert run.code == 0, run.stderr[-2000:]
     f = run.result["file"]
-    assert (f["video_codec"], f["audio_codec"], f["width"], f["height"]) == ("vp8", "opus", 640, 360)
+    assert (f["video_codec"], f["audio_codec"], f["width"], f["height"]) == (codec.lower(), "opus", 640, 360)
     assert abs(f["duration"] - 3) <= 0.3
     assert_color(analysis.frame_at(run.output, 1.5), (0, 0, 1, 1), "#4363d8")
     assert analysis.tone_level(analysis.audio_samples(run.output), 350, 0.5, 2.5) > 0.05
