@@ -91,11 +91,16 @@ def click_onsets(samples: np.ndarray, hz: float = CLICK_HZ, threshold: float = 0
     return onsets
 
 
-def luma_series(path: Path | str, size: tuple[int, int] = (64, 36)) -> tuple[np.ndarray, np.ndarray]:
-    """(frame times, mean luma per frame) of the whole video, decoded small."""
+def gray_frames(path: Path | str, size: tuple[int, int]) -> np.ndarray:
+    """Every frame of the video, scaled to size (w, h), as N x h x w grey levels."""
     w, h = size
     raw = _ffmpeg_out(["-i", str(path), "-an", "-vf", f"scale={w}:{h}", "-f", "rawvideo", "-pix_fmt", "gray", "-"])
-    frames = np.frombuffer(raw, np.uint8).reshape(-1, h, w).astype(float)
+    return np.frombuffer(raw, np.uint8).reshape(-1, h, w)
+
+
+def luma_series(path: Path | str, size: tuple[int, int] = (64, 36)) -> tuple[np.ndarray, np.ndarray]:
+    """(frame times, mean luma per frame) of the whole video, decoded small."""
+    frames = gray_frames(path, size).astype(float)
     return frame_times(path)[: len(frames)], frames.mean(axis=(1, 2))
 
 
@@ -134,9 +139,7 @@ def distinct_frame_ratio(path: Path | str, min_pixels: int = 20, size: tuple[int
     `skip` lists (start, end) times whose frames are left out, e.g. sync
     marker flashes, which are identical white frames on purpose.
     """
-    w, h = size
-    raw = _ffmpeg_out(["-i", str(path), "-an", "-vf", f"scale={w}:{h}", "-f", "rawvideo", "-pix_fmt", "gray", "-"])
-    frames = np.frombuffer(raw, np.uint8).reshape(-1, h, w).astype(np.int16)
+    frames = gray_frames(path, size).astype(np.int16)
     if skip:
         times = frame_times(path)[: len(frames)]
         keep = [i for i, t in enumerate(times) if not any(a <= t <= b for a, b in skip)]
