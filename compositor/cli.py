@@ -49,7 +49,46 @@ def _record_parser(sub) -> None:
     adv.add_argument("--x264-preset")
     p.add_argument("--events", choices=["text", "json"], default="text",
                    help="json: one JSON event per line on stdout")
+    p.add_argument("--egress-id", help="use this id (the service names its egresses)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug log on stderr")
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="run the egress service (HTTP API)",
+                       description="Run the egress HTTP API; each egress runs as its own worker.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed at start)")
+    p.add_argument("--data-dir", help="store, jobs and recordings (env COMPOSITOR_DATA_DIR; default ./compositor-data)")
+    p.add_argument("--api-key", action="append", help="accepted API key (repeatable; env COMPOSITOR_API_KEYS, "
+                                                       "comma-separated; default: one generated into the data dir)")
+    p.add_argument("--capacity", type=float, help="CPU cores egresses may use (env COMPOSITOR_CAPACITY; default all)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug log on stderr")
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .api import make_app
+    from .service import Service, load_settings
+
+    service = Service(load_settings(args.data_dir, args.api_key, args.capacity))
+    for rec in service.settle_unfinished():
+        logging.getLogger(__name__).warning("settled %s left %s by a previous run", rec.id, "running")
+    runner = web.AppRunner(make_app(service), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    host, port = site._server.sockets[0].getsockname()[:2]
+    print(f"compositor serve: listening on http://{host}:{port} (data in {service.settings.data_dir})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("compositor serve: draining", flush=True)
+    await service.shutdown()
+    await runner.cleanup()
+    return 0
 
 
 def build_request(args: argparse.Namespace) -> RecordRequest:
@@ -99,7 +138,7 @@ async def _record(args: argparse.Namespace, events: EventSink) -> int:
         loop.add_signal_handler(sig, on_signal)
     config = None
     try:
-        config = resolve(build_request(args))
+        config = resolve(build_request(args), egress_id=args.egress_id)
         recorder = Recorder(config, events, stop)
         facts = await recorder.run()
     except CompositorError as exc:
@@ -109,7 +148,7 @@ async def _record(args: argparse.Namespace, events: EventSink) -> int:
     events.emit("result", egress_id=config.egress_id, status="COMPLETE",
                 file={**facts.to_dict(), "started_at": recorder.timings.get("first_frame"),
                       "ended_at": recorder.timings.get("stop_requested")},
-                timings=recorder.timings)
+                timings=recorder.timings, stopped_by=recorder.stopped_by)
     return 0
 
 
@@ -121,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="compositor", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _record_parser(sub)
+    _serve_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -133,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         except asyncio.CancelledError:
             events.emit("error", status="FAILED", code="INTERRUPTED", message="stopped by a second signal")
             return 130
+    if args.command == "serve":
+        return asyncio.run(_serve(args))
     parser.error(f"unknown command {args.command}")
     return 2
 

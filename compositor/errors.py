@@ -13,6 +13,10 @@ class CompositorError(Exception):
     code = "INTERNAL"
     #: Process exit status of `compositor record` when this error ends the job.
     exit_status = 1
+    #: HTTP status when the API reports this error.
+    http_status = 500
+    #: Seconds a client should wait before trying again (HTTP Retry-After), if any.
+    retry_after: int | None = None
 
     def __init__(self, message: str, *, details: dict | None = None):
         super().__init__(message)
@@ -32,6 +36,7 @@ class InvalidRequest(CompositorError):
 
     code = "INVALID_ARGUMENT"
     exit_status = 2
+    http_status = 400
 
 
 class OutputNotWritable(CompositorError):
@@ -90,3 +95,40 @@ class Aborted(CompositorError):
 
     code = "ABORTED"
     exit_status = 130
+
+
+class Unsupported(CompositorError):
+    code = "UNSUPPORTED"
+    http_status = 400
+
+
+class NotFound(CompositorError):
+    code = "NOT_FOUND"
+    http_status = 404
+
+
+class Unauthenticated(CompositorError):
+    code = "UNAUTHENTICATED"
+    http_status = 401
+
+
+class Conflict(CompositorError):
+    """The egress is in a state that does not allow this (e.g. delete while active)."""
+
+    http_status = 409
+
+    def __init__(self, code: str, message: str, **kw):
+        super().__init__(message, **kw)
+        self.code = code
+
+
+class CapacityExceeded(CompositorError):
+    code = "CAPACITY_EXCEEDED"
+    http_status = 503
+    retry_after = 10
+
+
+class Draining(CompositorError):
+    code = "DRAINING"
+    http_status = 503
+    retry_after = 30

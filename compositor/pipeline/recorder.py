@@ -52,6 +52,8 @@ class Recorder:
         self.events = events
         self.stop_requested = stop
         self.timings: dict[str, float] = {"launched": time.time()}
+        #: why recording ended: limit (duration reached), stopped, room_ended, or failed
+        self.stopped_by = "failed"
         self._last_progress_emit = 0.0
 
     def _status(self, status: str, message: str = "", **extra) -> None:
@@ -221,12 +223,17 @@ class Recorder:
             task.cancel()
         if exited in done:
             code = exited.result()
+            self.stopped_by = "limit"
             return None if code == 0 else encoder.failure()
         if ended in done:
             log.info("the page signalled %s", END_RECORDING)
+            self.stopped_by = "room_ended"
             return None
         err = done.pop().result()
-        return None if isinstance(err, Aborted) else err
+        if isinstance(err, Aborted):
+            self.stopped_by = "stopped"
+            return None
+        return err
 
     def _on_progress(self, p: Progress) -> None:
         now = time.monotonic()

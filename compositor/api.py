@@ -1,0 +1,149 @@
+"""The egress HTTP API (aiohttp): BaxCloud Stream Out endpoints over the service."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from .api_models import StartEgressRequest, egress_info
+from .errors import CompositorError, Conflict, InvalidRequest, NotFound, Unauthenticated, Unsupported
+from .request import first_error
+from .service import Service
+
+log = logging.getLogger(__name__)
+
+SERVICE_KEY: web.AppKey[Service] = web.AppKey("service", Service)
+
+
+def _error_response(status: int, err: CompositorError) -> web.Response:
+    body = {"error": {"code": err.code, "message": err.message, "details": err.details}}
+    headers = {"Retry-After": str(err.retry_after)} if err.retry_after else {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except CompositorError as err:
+        if err.http_status >= 500 and err.http_status != 503:
+            log.exception("request failed")
+        return _error_response(err.http_status, err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        err = NotFound(exc.reason) if exc.status == 404 else CompositorError(exc.reason)
+        if exc.status != 404:
+            err.code = "METHOD_NOT_ALLOWED" if exc.status == 405 else "HTTP_ERROR"
+        return _error_response(exc.status, err)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler):
+    if request.path in ("/healthz", "/readyz"):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    keys = request.app[SERVICE_KEY].settings.api_keys
+    # Compare against every key in constant time, so timing tells nothing.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(token.encode(), key.encode())
+    if not token or not matched:
+        raise Unauthenticated("missing or wrong API key (Authorization: Bearer <key>)")
+    return await handler(request)
+
+
+async def _json_body(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidRequest("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def _egress_or_404(request: web.Request):
+    egress_id = request.match_info["id"]
+    rec = request.app[SERVICE_KEY].store.get(egress_id)
+    if rec is None:
+        raise NotFound(f"no egress {egress_id!r}")
+    return rec
+
+
+async def start_egress(request: web.Request) -> web.Response:
+    try:
+        req = StartEgressRequest.model_validate(await _json_body(request))
+    except ValidationError as exc:
+        field = ".".join(str(p) for p in exc.errors()[0].get("loc", ()))
+        raise InvalidRequest(first_error(exc), details={"field": field}) from None
+    if req.mode != "record":
+        raise Unsupported("live stream outputs (mode 'stream' or 'both') are not available yet",
+                          details={"field": "mode"})
+    rec = await request.app[SERVICE_KEY].start(req)
+    return web.json_response(egress_info(rec), status=201)
+
+
+async def stop_egress(request: web.Request) -> web.Response:
+    rec = _egress_or_404(request)
+    rec = await request.app[SERVICE_KEY].stop(rec.id)
+    return web.json_response(egress_info(rec))
+
+
+async def get_egress(request: web.Request) -> web.Response:
+    return web.json_response(egress_info(_egress_or_404(request)))
+
+
+async def list_egress(request: web.Request) -> web.Response:
+    q = request.query
+    try:
+        page = int(q.get("page", 1))
+        limit = int(q.get("limit", 20))
+    except ValueError:
+        raise InvalidRequest("page and limit must be whole numbers", details={"field": "page"}) from None
+    if page < 1 or not 1 <= limit <= 100:
+        raise InvalidRequest("page must be >= 1 and limit 1..100", details={"field": "limit" if page >= 1 else "page"})
+    items, total = request.app[SERVICE_KEY].store.list(room_name=q.get("roomName"), status=q.get("status"),
+                                                       page=page, limit=limit)
+    return web.json_response({"items": [egress_info(r) for r in items], "page": page, "limit": limit,
+                              "total": total})
+
+
+async def delete_egress(request: web.Request) -> web.Response:
+    rec = _egress_or_404(request)
+    if not rec.ended:
+        raise Conflict("EGRESS_ACTIVE", f"egress {rec.id} is {rec.status}; stop it first")
+    request.app[SERVICE_KEY].store.delete(rec.id)
+    return web.json_response({"id": rec.id, "deleted": True})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    free = service.admission.free
+    status = 200 if not service.draining else 503
+    return web.json_response({"ready": status == 200, "freeCapacity": round(free, 3),
+                              "active": len(service.runner.running)}, status=status)
+
+
+def make_app(service: Service) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware, auth_middleware])
+    app[SERVICE_KEY] = service
+    app.router.add_post("/v1/egress/start", start_egress)
+    app.router.add_post("/v1/egress/{id}/stop", stop_egress)
+    app.router.add_get("/v1/egress/{id}", get_egress)
+    app.router.add_get("/v1/egress", list_egress)
+    app.router.add_delete("/v1/egress/{id}", delete_egress)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

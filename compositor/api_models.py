@@ -1,0 +1,80 @@
+"""The HTTP API's shapes (BaxCloud Stream Out): requests in, egress info out."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .request import EncodingOptions, FileOutput, Model, RecordRequest, RoomSpec
+from .store import EgressRecord
+
+
+class FileSpec(Model):
+    file_type: Literal["MP4", "WEBM", "OGG"] = "MP4"
+    filepath: str | None = Field(None, description="file name under the server's recordings folder")
+
+
+class StreamSpec(Model):
+    urls: list[str] = Field(min_length=1)
+
+
+class StartEgressRequest(Model):
+    """POST /v1/egress/start."""
+
+    room_name: str = Field(min_length=1, max_length=256)
+    mode: Literal["record", "stream", "both"] = "record"
+    layout: str = "default"
+    quality: str = "720p"
+    advanced: EncodingOptions | None = None
+    file: FileSpec | None = None
+    stream: StreamSpec | None = None
+    web_url: str | None = None
+    room: RoomSpec | None = Field(None, description="a synthetic room's participants (no room server needed)")
+    max_duration: float | None = Field(None, gt=0, description="seconds; the egress ends LIMIT_REACHED")
+
+    @model_validator(mode="after")
+    def _outputs(self) -> StartEgressRequest:
+        if self.mode in ("stream", "both") and not self.stream:
+            raise ValueError(f"mode {self.mode!r} needs stream.urls")
+        return self
+
+    def to_record_request(self, output: str) -> RecordRequest:
+        return RecordRequest(room_name=self.room_name, room=self.room, web_url=self.web_url, layout=self.layout,
+                             preset=self.quality, advanced=self.advanced,
+                             file=FileOutput(filepath=output, file_type=(self.file or FileSpec()).file_type),
+                             duration=self.max_duration)
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def egress_info(rec: EgressRecord) -> dict:
+    """An egress as the API shows it (the seed's getStreamStatus fields)."""
+    duration = None
+    if rec.started_at:
+        duration = round((rec.ended_at or time.time()) - rec.started_at, 3)
+    if rec.file and rec.file.get("duration"):
+        duration = rec.file["duration"]
+    return {
+        "id": rec.id,
+        "roomName": rec.room_name,
+        "type": rec.mode,
+        "mode": rec.mode,
+        "status": rec.status,
+        "layout": rec.layout,
+        "quality": rec.quality,
+        "createdAt": iso(rec.created_at),
+        "updatedAt": iso(rec.updated_at),
+        "startedAt": iso(rec.started_at),
+        "endedAt": iso(rec.ended_at),
+        "durationSec": duration,
+        "error": rec.error,
+        "errorCode": rec.error_code,
+        "file": rec.file,
+    }

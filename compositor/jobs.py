@@ -1,0 +1,146 @@
+"""Runs each egress as its own `compositor record` worker and follows its events.
+
+The service and a worker talk only through the worker's arguments (a request
+file), its JSON-lines events on stdout, and signals (SIGINT: finish the file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .api_models import iso
+from .pipeline.finalize import partial_path
+from .process import ManagedProcess
+from .request import RecordRequest
+from .store import EgressRecord, Store
+
+log = logging.getLogger(__name__)
+
+# A worker finishes its file within this after SIGINT (encoder deadline + remux).
+WORKER_STOP_S = 30.0
+
+
+class WorkerRunner:
+    """Owns the worker processes of running egresses."""
+
+    def __init__(self, store: Store, jobs_dir: Path, on_change: Callable[[EgressRecord], None] | None = None):
+        self.store = store
+        self.jobs_dir = jobs_dir
+        self.on_change = on_change or (lambda rec: None)
+        self._workers: dict[str, ManagedProcess] = {}
+        self._followers: dict[str, asyncio.Task] = {}
+        # Workers asked to stop before they could take a signal (still importing).
+        self._stop_pending: set[str] = set()
+        self._listening: set[str] = set()
+
+    @property
+    def running(self) -> list[str]:
+        return list(self._workers)
+
+    async def start(self, egress_id: str, request: RecordRequest) -> None:
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        config = self.jobs_dir / f"{egress_id}.json"
+        config.write_text(request.model_dump_json(exclude_none=True))
+        worker = ManagedProcess(
+            f"worker {egress_id}",
+            [sys.executable, "-m", "compositor", "record", "--config", str(config), "--events", "json",
+             "--egress-id", egress_id],
+            stop_signal=signal.SIGINT, stop_timeout=WORKER_STOP_S, stdout_pipe=True)
+        await worker.start()
+        self._workers[egress_id] = worker
+        self._set(egress_id, worker_pid=worker.pid)
+        self._followers[egress_id] = asyncio.create_task(self._follow(egress_id, worker))
+
+    def stop(self, egress_id: str) -> bool:
+        """Ask a worker to finish its file; False if it is not running."""
+        worker = self._workers.get(egress_id)
+        if worker is None or not worker.running:
+            return False
+        if egress_id in self._listening:
+            worker.signal(signal.SIGINT)
+        else:
+            self._stop_pending.add(egress_id)
+        return True
+
+    async def shutdown(self, grace: float = WORKER_STOP_S) -> None:
+        """Stop every worker cleanly (killing those past the grace period)."""
+        workers = list(self._workers.values())
+        await asyncio.gather(*(w.stop(grace) for w in workers), return_exceptions=True)
+        await asyncio.gather(*self._followers.values(), return_exceptions=True)
+
+    def _set(self, egress_id: str, **fields) -> None:
+        self.on_change(self.store.update(egress_id, **fields))
+
+    async def _follow(self, egress_id: str, worker: ManagedProcess) -> None:
+        settled = False
+        try:
+            assert worker.proc and worker.proc.stdout
+            async for raw in worker.proc.stdout:
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    continue
+                if egress_id not in self._listening:
+                    # Its first event comes after it set up its signal handlers.
+                    self._listening.add(egress_id)
+                    if egress_id in self._stop_pending:
+                        worker.signal(signal.SIGINT)
+                settled = self._apply(egress_id, event) or settled
+            await worker.wait()
+            if not settled:
+                self._set(egress_id, status="FAILED", ended_at=time.time(), error_code="WORKER_CRASHED",
+                          error=f"the worker ended without a result: {worker.describe_exit()}",
+                          file=kept_file(self.store.get(egress_id).request))
+        finally:
+            self._workers.pop(egress_id, None)
+            self._followers.pop(egress_id, None)
+            self._listening.discard(egress_id)
+            self._stop_pending.discard(egress_id)
+            log.info("worker %s ended (%s)", egress_id, worker.proc.returncode if worker.proc else None)
+
+    def _apply(self, egress_id: str, event: dict) -> bool:
+        """Fold one worker event into the store; True when it settles the egress."""
+        kind = event.get("type")
+        if kind == "status" and event.get("status") in ("ACTIVE", "ENDING"):
+            fields = {"status": event["status"]}
+            if event["status"] == "ACTIVE":
+                fields["started_at"] = event["time"]
+            self._set(egress_id, **fields)
+        elif kind == "result":
+            f = event["file"]
+            self._set(egress_id, status="LIMIT_REACHED" if event.get("stopped_by") == "limit" else "COMPLETE",
+                      ended_at=event["time"], file=_file_result(f))
+            return True
+        elif kind == "error":
+            self._set(egress_id, status=event.get("status", "FAILED"), ended_at=event["time"],
+                      error=event.get("message"), error_code=event.get("code"),
+                      file=event.get("file"))
+            return True
+        return False
+
+
+def _file_result(f: dict) -> dict:
+    """A worker's file facts as the API shows them."""
+    names = {"width": "width", "height": "height", "fps": "fps", "video_codec": "videoCodec",
+             "audio_codec": "audioCodec"}
+    return {"location": f["path"], "filename": Path(f["path"]).name, "size": f["size"],
+            "duration": f["duration"], **{out: f[k] for k, out in names.items() if k in f},
+            "startedAt": iso(f.get("started_at")), "endedAt": iso(f.get("ended_at"))}
+
+
+def kept_file(request: dict) -> dict | None:
+    """The file an egress left (final, or the crash-safe partial one), if any."""
+    output = Path(request.get("file", {}).get("filepath", ""))
+    if not output.name:
+        return None
+    for path in (output, partial_path(output)):
+        if path.exists():
+            return {"location": str(path), "filename": path.name, "size": path.stat().st_size}
+    return None

@@ -1,0 +1,122 @@
+"""Where the service keeps its egresses: SQLite by default (one file, survives restarts).
+
+The service talks to `Store` only, so another engine can stand in later.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+ACTIVE_STATUSES = ("STARTING", "ACTIVE", "ENDING")
+ENDED_STATUSES = ("COMPLETE", "FAILED", "ABORTED", "LIMIT_REACHED")
+
+
+@dataclass
+class EgressRecord:
+    """One egress as stored: its request, where it is, and what came of it."""
+
+    id: str
+    room_name: str
+    mode: str
+    layout: str
+    quality: str
+    request: dict
+    status: str = "STARTING"
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+    error: str | None = None
+    error_code: str | None = None
+    file: dict | None = None
+    worker_pid: int | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED_STATUSES
+
+
+class Store(Protocol):
+    def create(self, rec: EgressRecord) -> None: ...
+    def get(self, egress_id: str) -> EgressRecord | None: ...
+    def update(self, egress_id: str, **fields) -> EgressRecord: ...
+    def list(self, *, room_name: str | None, status: str | None, page: int, limit: int) -> tuple[list[EgressRecord], int]: ...
+    def delete(self, egress_id: str) -> None: ...
+    def unfinished(self) -> list[EgressRecord]: ...
+
+
+_COLUMNS = ["id", "room_name", "mode", "layout", "quality", "request", "status", "created_at", "updated_at",
+            "started_at", "ended_at", "error", "error_code", "file", "worker_pid"]
+_JSON = {"request", "file"}
+
+
+class SqliteStore:
+    """Store on one SQLite file; every call is a short transaction."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS egress (id TEXT PRIMARY KEY, room_name TEXT, mode TEXT, layout TEXT,"
+            " quality TEXT, request TEXT, status TEXT, created_at REAL, updated_at REAL, started_at REAL,"
+            " ended_at REAL, error TEXT, error_code TEXT, file TEXT, worker_pid INTEGER)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS egress_room ON egress(room_name, created_at)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS egress_status ON egress(status, created_at)")
+
+    @staticmethod
+    def _row(row: tuple) -> EgressRecord:
+        values = dict(zip(_COLUMNS, row))
+        for key in _JSON:
+            values[key] = json.loads(values[key]) if values[key] is not None else None
+        return EgressRecord(**values)
+
+    def create(self, rec: EgressRecord) -> None:
+        values = [json.dumps(getattr(rec, c)) if c in _JSON and getattr(rec, c) is not None else getattr(rec, c)
+                  for c in _COLUMNS]
+        self._db.execute(f"INSERT INTO egress ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})",
+                         values)
+
+    def get(self, egress_id: str) -> EgressRecord | None:
+        row = self._db.execute(f"SELECT {','.join(_COLUMNS)} FROM egress WHERE id = ?", (egress_id,)).fetchone()
+        return self._row(row) if row else None
+
+    def update(self, egress_id: str, **fields) -> EgressRecord:
+        fields["updated_at"] = time.time()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        values = [json.dumps(v) if k in _JSON and v is not None else v for k, v in fields.items()]
+        self._db.execute(f"UPDATE egress SET {sets} WHERE id = ?", (*values, egress_id))
+        rec = self.get(egress_id)
+        assert rec is not None, egress_id
+        return rec
+
+    def list(self, *, room_name: str | None = None, status: str | None = None, page: int = 1,
+             limit: int = 20) -> tuple[list[EgressRecord], int]:
+        where, args = [], []
+        if room_name:
+            where.append("room_name = ?")
+            args.append(room_name)
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        total = self._db.execute(f"SELECT COUNT(*) FROM egress{clause}", args).fetchone()[0]
+        rows = self._db.execute(f"SELECT {','.join(_COLUMNS)} FROM egress{clause} ORDER BY created_at DESC, id "
+                                "LIMIT ? OFFSET ?", (*args, limit, (page - 1) * limit)).fetchall()
+        return [self._row(r) for r in rows], total
+
+    def delete(self, egress_id: str) -> None:
+        self._db.execute("DELETE FROM egress WHERE id = ?", (egress_id,))
+
+    def unfinished(self) -> list[EgressRecord]:
+        rows = self._db.execute(f"SELECT {','.join(_COLUMNS)} FROM egress WHERE status IN "
+                                f"({','.join('?' * len(ACTIVE_STATUSES))})", ACTIVE_STATUSES).fetchall()
+        return [self._row(r) for r in rows]
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,200 @@
+"""The egress service through real HTTP, with real workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from compositor import analysis
+
+from .conftest import REPO, _cmdline, _pids
+
+KEY = "test-key-123"
+SMALL = {"advanced": {"width": 640, "height": 360}}
+ROOM = {"room": {"participants": [{"name": "A", "color": "#4363d8", "tone": 450}]}}
+
+
+class Server:
+    """`compositor serve` on a free port of 127.0.0.1."""
+
+    def __init__(self, data_dir: Path, *extra: str):
+        self.data_dir = data_dir
+        self.proc = subprocess.Popen([sys.executable, "-m", "compositor", "serve", "--port", "0", "--data-dir",
+                                      str(data_dir), "--api-key", KEY, *extra], cwd=REPO,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert "listening on" in line, line + self.proc.stderr.read()
+        self.base = line.split("listening on ")[1].split()[0]
+
+    def call(self, method: str, path: str, body: dict | None = None, key: str | None = KEY) -> tuple[int, dict, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        if key:
+            req.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read()), dict(resp.headers)
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read()), dict(err.headers)
+
+    def wait_status(self, egress_id: str, *statuses: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _, info, _ = self.call("GET", f"/v1/egress/{egress_id}")
+            if info["status"] in statuses:
+                return info
+            time.sleep(0.2)
+        raise AssertionError(f"{egress_id} never reached {statuses}: {info}")
+
+    def start(self, **body) -> dict:
+        status, info, _ = self.call("POST", "/v1/egress/start", {"roomName": "room-1", **SMALL, **ROOM, **body})
+        assert status == 201, info
+        return info
+
+    def stop_server(self, sig=signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(60)
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = Server(tmp_path / "data")
+    yield s
+    s.stop_server()
+
+
+def test_health_is_open_and_everything_else_needs_a_key(server):
+    assert server.call("GET", "/healthz", key=None)[0] == 200
+    status, body, headers = server.call("GET", "/v1/egress", key=None)
+    assert status == 401 and body["error"]["code"] == "UNAUTHENTICATED"
+    assert headers.get("WWW-Authenticate") == "Bearer"
+    assert server.call("GET", "/v1/egress", key="wrong")[0] == 401
+    assert server.call("GET", "/v1/egress")[0] == 200
+
+
+def test_record_start_stop_complete_list_delete(server):
+    info = server.start()
+    assert info["id"].startswith("EG_") and info["status"] == "STARTING"
+    active = server.wait_status(info["id"], "ACTIVE")
+    assert active["startedAt"]
+    status, body, _ = server.call("DELETE", f"/v1/egress/{info['id']}")
+    assert status == 409 and body["error"]["code"] == "EGRESS_ACTIVE"
+    time.sleep(2.5)
+    status, stopping, _ = server.call("POST", f"/v1/egress/{info['id']}/stop")
+    assert status == 200 and stopping["status"] in ("ENDING", "COMPLETE")
+    done = server.wait_status(info["id"], "COMPLETE")
+    f = done["file"]
+    assert (f["width"], f["height"], f["videoCodec"], f["audioCodec"]) == (640, 360, "h264", "aac")
+    assert 2 <= done["durationSec"] <= 6 and done["endedAt"]
+    frame = analysis.frame_at(f["location"], 1.0)
+    assert analysis.color_distance(analysis.region_color(frame, 0, 0, 1, 1), "#4363d8") <= 40
+    assert analysis.tone_level(analysis.audio_samples(f["location"]), 450, 0.5, 1.5) > 0.05
+
+    _, listed, _ = server.call("GET", "/v1/egress?roomName=room-1&status=COMPLETE&page=1&limit=5")
+    assert listed["total"] == 1 and listed["items"][0]["id"] == info["id"]
+    assert server.call("GET", "/v1/egress?roomName=other")[1]["total"] == 0
+    assert server.call("POST", f"/v1/egress/{info['id']}/stop")[0] == 409
+    assert server.call("DELETE", f"/v1/egress/{info['id']}")[0] == 200
+    assert server.call("GET", f"/v1/egress/{info['id']}")[0] == 404
+
+
+def test_stop_before_start_aborts(server):
+    info = server.start()
+    server.call("POST", f"/v1/egress/{info['id']}/stop")
+    done = server.wait_status(info["id"], "ABORTED", "COMPLETE")
+    assert done["status"] == "ABORTED", done
+
+
+def test_max_duration_ends_limit_reached(server):
+    info = server.start(maxDuration=2)
+    done = server.wait_status(info["id"], "LIMIT_REACHED", "COMPLETE", "FAILED")
+    assert done["status"] == "LIMIT_REACHED", done
+    assert abs(done["file"]["duration"] - 2) <= 0.3
+
+
+def test_worker_crash_fails_with_reason_and_keeps_the_file(server):
+    info = server.start()
+    server.wait_status(info["id"], "ACTIVE")
+    time.sleep(2.5)
+    worker = next(p for p in _pids() if "--egress-id " + info["id"] in _cmdline(p))
+    os.kill(worker, signal.SIGKILL)
+    done = server.wait_status(info["id"], "FAILED")
+    assert done["errorCode"] == "WORKER_CRASHED" and "SIGKILL" in done["error"]
+    assert done["file"] and done["file"]["size"] > 0
+    time.sleep(1)  # its children finish the partial file as they die
+    assert analysis.frame_at(done["file"]["location"], 1.0).shape == (360, 640, 3)
+
+
+@pytest.mark.parametrize("body, code, field", [
+    ({"roomName": ""}, "INVALID_ARGUMENT", "roomName"),
+    ({"roomName": "r", "layout": "mosaic"}, "INVALID_ARGUMENT", "layout"),
+    ({"roomName": "r", "room": {"participants": [{"name": "A", "color": "red", "tone": 1}]}},
+     "INVALID_ARGUMENT", "room.participants.0.color"),
+    ({"roomName": "r", "mode": "stream", "stream": {"urls": ["rtmp://127.0.0.1/live/key"]}}, "UNSUPPORTED", "mode"),
+    ({"roomName": "r", "file": {"fileType": "MP4", "filepath": "/etc/passwd"}}, "INVALID_ARGUMENT", "file.filepath"),
+])
+def test_bad_requests_name_the_field(server, body, code, field):
+    status, err, _ = server.call("POST", "/v1/egress/start", body)
+    assert status == 400, err
+    assert err["error"]["code"] == code
+    assert field in err["error"]["details"].get("field", "") + err["error"]["message"], err
+
+
+def test_over_capacity_gets_503_with_retry_after(tmp_path):
+    server = Server(tmp_path / "data", "--capacity", "0.5")  # one 360p egress costs 0.4
+    try:
+        first = server.start()
+        status, err, headers = server.call("POST", "/v1/egress/start", {"roomName": "r2", **SMALL, **ROOM})
+        assert status == 503 and err["error"]["code"] == "CAPACITY_EXCEEDED"
+        assert headers.get("Retry-After") == "10"
+        server.wait_status(first["id"], "ACTIVE")
+        server.call("POST", f"/v1/egress/{first['id']}/stop")
+        server.wait_status(first["id"], "COMPLETE")
+        assert server.call("GET", "/readyz", key=None)[1]["freeCapacity"] == 0.5
+    finally:
+        server.stop_server()
+
+
+def test_sigterm_drains_running_egresses_to_complete_files(tmp_path):
+    server = Server(tmp_path / "data")
+    info = server.start()
+    server.wait_status(info["id"], "ACTIVE")
+    time.sleep(2)
+    server.stop_server(signal.SIGTERM)
+    assert server.proc.returncode == 0
+    again = Server(tmp_path / "data")
+    try:
+        done = again.call("GET", f"/v1/egress/{info['id']}")[1]
+        assert done["status"] == "COMPLETE", done
+        assert analysis.frame_at(done["file"]["location"], 1.0).shape == (360, 640, 3)
+    finally:
+        again.stop_server()
+
+
+def test_kill_9_of_the_service_is_settled_on_restart(tmp_path):
+    server = Server(tmp_path / "data")
+    info = server.start()
+    server.wait_status(info["id"], "ACTIVE")
+    time.sleep(3)
+    server.proc.kill()
+    server.proc.wait()
+    time.sleep(2)  # the orphaned worker is told to stop (PDEATHSIG) and closes its file
+    again = Server(tmp_path / "data")
+    try:
+        done = again.call("GET", f"/v1/egress/{info['id']}")[1]
+        assert done["status"] == "FAILED" and done["errorCode"] == "SERVICE_RESTARTED", done
+        assert done["file"] and done["file"]["size"] > 0
+        assert analysis.frame_at(done["file"]["location"], 1.0).shape == (360, 640, 3)
+        assert not [p for p in _pids() if info["id"] in _cmdline(p)]
+    finally:
+        again.stop_server()
