@@ -62,6 +62,9 @@ def _serve_parser(sub) -> None:
     p.add_argument("--api-key", action="append", help="accepted API key (repeatable; env COMPOSITOR_API_KEYS, "
                                                        "comma-separated; default: one generated into the data dir)")
     p.add_argument("--capacity", type=float, help="CPU cores egresses may use (env COMPOSITOR_CAPACITY; default all)")
+    p.add_argument("--webhook-url", action="append", help="receiver of signed webhooks (repeatable; env "
+                                                          "COMPOSITOR_WEBHOOK_URLS; secret: COMPOSITOR_WEBHOOK_SECRET "
+                                                          "or DATA_DIR/webhook-secret)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug log on stderr")
 
 
@@ -71,7 +74,8 @@ async def _serve(args: argparse.Namespace) -> int:
     from .api import make_app
     from .service import Service, load_settings
 
-    service = Service(load_settings(args.data_dir, args.api_key, args.capacity))
+    service = Service(load_settings(args.data_dir, args.api_key, args.capacity, args.webhook_url))
+    service.start_background()
     for rec in service.settle_unfinished():
         logging.getLogger(__name__).warning("settled %s left %s by a previous run", rec.id, "running")
     runner = web.AppRunner(make_app(service), access_log=None)

@@ -30,10 +30,12 @@ WORKER_STOP_S = 30.0
 class WorkerRunner:
     """Owns the worker processes of running egresses."""
 
-    def __init__(self, store: Store, jobs_dir: Path, on_change: Callable[[EgressRecord], None] | None = None):
+    def __init__(self, store: Store, jobs_dir: Path,
+                 on_change: Callable[[EgressRecord, str], None] | None = None):
         self.store = store
         self.jobs_dir = jobs_dir
-        self.on_change = on_change or (lambda rec: None)
+        #: called with the updated egress and its status before the update
+        self.on_change = on_change or (lambda rec, previous: None)
         self._workers: dict[str, ManagedProcess] = {}
         self._followers: dict[str, asyncio.Task] = {}
         # Workers asked to stop before they could take a signal (still importing).
@@ -76,7 +78,8 @@ class WorkerRunner:
         await asyncio.gather(*self._followers.values(), return_exceptions=True)
 
     def _set(self, egress_id: str, **fields) -> None:
-        self.on_change(self.store.update(egress_id, **fields))
+        previous = self.store.get(egress_id).status
+        self.on_change(self.store.update(egress_id, **fields), previous)
 
     async def _follow(self, egress_id: str, worker: ManagedProcess) -> None:
         settled = False

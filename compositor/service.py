@@ -15,6 +15,7 @@ from .errors import CapacityExceeded, Conflict, Draining, InvalidRequest
 from .jobs import WorkerRunner, kept_file
 from .presets import find_preset
 from .store import EgressRecord, SqliteStore
+from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,9 @@ class Settings:
     data_dir: Path
     api_keys: list[str] = field(default_factory=list)
     capacity: float = float(os.cpu_count() or 1)  # cores egresses may use in all
+    webhook_urls: list[str] = field(default_factory=list)
+    webhook_secret: str = ""
+    webhook_retry_base_s: float = 2.0
 
     @property
     def recordings_dir(self) -> Path:
@@ -71,14 +75,24 @@ class Service:
         self.store = SqliteStore(settings.data_dir / "compositor.db")
         self.admission = Admission(settings.capacity)
         self.runner = WorkerRunner(self.store, settings.data_dir / "jobs", on_change=self._changed)
+        self.webhooks = Webhooks(settings.data_dir / "compositor.db", settings.webhook_urls, settings.webhook_secret,
+                                 settings.webhook_retry_base_s)
         self.draining = False
+
+    def start_background(self) -> None:
+        """Start the service's own tasks (webhook delivery); needs the running loop."""
+        self.webhooks.start()
 
     def settle_unfinished(self) -> list[EgressRecord]:
         """After a crash or kill -9: end every egress left running, keeping its file."""
-        return [self.store.update(rec.id, status="FAILED", ended_at=time.time(), error_code="SERVICE_RESTARTED",
-                                  error="the service stopped while this egress ran; its file is kept as it was",
-                                  file=kept_file(rec.request))
-                for rec in self.store.unfinished()]
+        settled = []
+        for rec in self.store.unfinished():
+            done = self.store.update(rec.id, status="FAILED", ended_at=time.time(), error_code="SERVICE_RESTARTED",
+                                     error="the service stopped while this egress ran; its file is kept as it was",
+                                     file=kept_file(rec.request))
+            self._changed(done, rec.status)
+            settled.append(done)
+        return settled
 
     async def start(self, req: StartEgressRequest) -> EgressRecord:
         if self.draining:
@@ -115,30 +129,44 @@ class Service:
             return self.store.update(egress_id, status="ENDING")
         return self.store.get(egress_id)
 
-    def _changed(self, rec: EgressRecord) -> None:
+    def _changed(self, rec: EgressRecord, previous: str) -> None:
         if rec.ended:
             self.admission.release(rec.id)
+        self.webhooks.enqueue(rec, previous)
         log.info("egress %s %s", rec.id, rec.status)
 
     async def shutdown(self) -> None:
         """Drain: take no new work, let running egresses finish their files."""
         self.draining = True
         await self.runner.shutdown()
+        await self.webhooks.stop()
         self.store.close()
 
 
-def load_settings(data_dir: str | None, api_keys: list[str] | None, capacity: float | None) -> Settings:
+def _secret_file(path: Path) -> str:
+    """A secret kept in the data dir (0600), made on first use."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _env_list(name: str) -> list[str]:
+    return [v.strip() for v in os.environ.get(name, "").split(",") if v.strip()]
+
+
+def load_settings(data_dir: str | None = None, api_keys: list[str] | None = None, capacity: float | None = None,
+                  webhook_urls: list[str] | None = None) -> Settings:
     """Settings from flags, then COMPOSITOR_* environment variables, then embedded defaults."""
     directory = Path(data_dir or os.environ.get("COMPOSITOR_DATA_DIR") or "compositor-data").resolve()
-    keys = list(api_keys or []) or [k for k in os.environ.get("COMPOSITOR_API_KEYS", "").split(",") if k]
+    keys = list(api_keys or []) or _env_list("COMPOSITOR_API_KEYS")
     if not keys:
-        # No key configured: make one once and keep it in the data dir (0600).
-        key_file = directory / "api-key"
-        directory.mkdir(parents=True, exist_ok=True)
-        if not key_file.exists():
-            key_file.write_text(secrets.token_urlsafe(32))
-            key_file.chmod(0o600)
-        keys = [key_file.read_text().strip()]
-        log.warning("no API key configured; using the one in %s", key_file)
-    cap = capacity or float(os.environ.get("COMPOSITOR_CAPACITY") or (os.cpu_count() or 1))
-    return Settings(data_dir=directory, api_keys=keys, capacity=cap)
+        keys = [_secret_file(directory / "api-key")]
+        log.warning("no API key configured; using the one in %s", directory / "api-key")
+    return Settings(
+        data_dir=directory, api_keys=keys,
+        capacity=capacity or float(os.environ.get("COMPOSITOR_CAPACITY") or (os.cpu_count() or 1)),
+        webhook_urls=list(webhook_urls or []) or _env_list("COMPOSITOR_WEBHOOK_URLS"),
+        webhook_secret=os.environ.get("COMPOSITOR_WEBHOOK_SECRET") or _secret_file(directory / "webhook-secret"),
+        webhook_retry_base_s=float(os.environ.get("COMPOSITOR_WEBHOOK_RETRY_BASE_S") or 2.0))

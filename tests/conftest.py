@@ -155,3 +155,49 @@ def _cmdline(pid: int) -> str:
 def assert_color(frame, rect: tuple[float, float, float, float], color: str, tol: float = 40) -> None:
     rgb = analysis.region_color(frame, *rect)
     assert analysis.color_distance(rgb, color) <= tol, f"region {rect} is {rgb.round()}, expected {color}"
+
+
+class HttpReceiver:
+    """An HTTP server on 127.0.0.1 run from a thread: serves `page` on GET, records POSTs."""
+
+    def __init__(self, port: int = 0, page: str = ""):
+        import asyncio
+        import threading
+
+        from aiohttp import web
+
+        self.posts: list[tuple[dict, bytes]] = []
+        self._loop = asyncio.new_event_loop()
+
+        async def get(_):
+            return web.Response(text=page, content_type="text/html")
+
+        async def post(request):
+            self.posts.append((dict(request.headers), await request.read()))
+            return web.json_response({"ok": True})
+
+        app = web.Application()
+        app.router.add_get("/", get)
+        app.router.add_post("/{tail:.*}", post)
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.run_until_complete(self._runner.cleanup())
+        self._loop.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

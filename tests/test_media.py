@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import subprocess
-import threading
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
-from aiohttp import web
 
 from compositor import analysis
 
-from .conftest import SMALL, assert_color, assert_released
+from .conftest import SMALL, HttpReceiver, assert_color, assert_released
 
 TONE_A, TONE_B, TONE_C = 450.0, 650.0, 850.0
 
@@ -79,32 +75,6 @@ def test_audio_only_layout_lights_the_speaker(record):
     assert analysis.color_distance(quiet, "#2b2b2b") <= 20, quiet
 
 
-@contextmanager
-def serve_page(html: str):
-    """A web page on 127.0.0.1, served from a thread for the length of the block."""
-    loop = asyncio.new_event_loop()
-    app = web.Application()
-
-    async def page(_):
-        return web.Response(text=html, content_type="text/html")
-
-    app.router.add_get("/", page)
-    runner = web.AppRunner(app)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = site._server.sockets[0].getsockname()[1]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-
 WEB_PAGE = """<!doctype html><html><body style="margin:0;background:#1e90ff">
 <script>
 const ctx = new AudioContext();
@@ -115,8 +85,11 @@ osc.start();
 
 
 def test_web_egress_records_any_page(record):
-    with serve_page(WEB_PAGE) as url:
-        run = record(*SMALL, "--web-url", url, "--duration", "3")
+    page = HttpReceiver(page=WEB_PAGE)
+    try:
+        run = record(*SMALL, "--web-url", page.url, "--duration", "3")
+    finally:
+        page.close()
     assert run.code == 0, run.stderr[-2000:]
     assert abs(run.result["file"]["duration"] - 3) <= 0.3
     assert_color(analysis.frame_at(run.output, 1.5), (0, 0, 1, 1), "#1e90ff")

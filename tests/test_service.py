@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from compositor import analysis
+from compositor.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
 
-from .conftest import REPO, _cmdline, _pids
+from .conftest import REPO, HttpReceiver, _cmdline, _pids, free_port
 
 KEY = "test-key-123"
 SMALL = {"advanced": {"width": 640, "height": 360}}
@@ -26,11 +27,12 @@ ROOM = {"room": {"participants": [{"name": "A", "color": "#4363d8", "tone": 450}
 class Server:
     """`compositor serve` on a free port of 127.0.0.1."""
 
-    def __init__(self, data_dir: Path, *extra: str):
+    def __init__(self, data_dir: Path, *extra: str, env: dict | None = None):
         self.data_dir = data_dir
         self.proc = subprocess.Popen([sys.executable, "-m", "compositor", "serve", "--port", "0", "--data-dir",
                                       str(data_dir), "--api-key", KEY, *extra], cwd=REPO,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
         line = self.proc.stdout.readline()
         assert "listening on" in line, line + self.proc.stderr.read()
         self.base = line.split("listening on ")[1].split()[0]
@@ -198,3 +200,36 @@ def test_kill_9_of_the_service_is_settled_on_restart(tmp_path):
         assert not [p for p in _pids() if info["id"] in _cmdline(p)]
     finally:
         again.stop_server()
+
+
+def test_webhooks_are_signed_ordered_and_survive_a_receiver_outage(tmp_path):
+    port = free_port()  # nothing listens here yet: the receiver is down
+    secret = "whsec-test"
+    server = Server(tmp_path / "data", "--webhook-url", f"http://127.0.0.1:{port}/hooks",
+                    env={"COMPOSITOR_WEBHOOK_SECRET": secret, "COMPOSITOR_WEBHOOK_RETRY_BASE_S": "0.3"})
+    receiver = None
+    try:
+        info = server.start()
+        server.wait_status(info["id"], "ACTIVE")
+        time.sleep(1.5)
+        server.call("POST", f"/v1/egress/{info['id']}/stop")
+        server.wait_status(info["id"], "COMPLETE")
+        time.sleep(1)
+        receiver = HttpReceiver(port)  # back up: everything queued arrives, in order
+        deadline = time.monotonic() + 30
+        while len(receiver.posts) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        events = [json.loads(body) for _, body in receiver.posts]
+        assert [e["event"] for e in events] == ["recording.started", "recording.completed"], events
+        for headers, body in receiver.posts:
+            assert verify(secret, headers[SIGNATURE_HEADER], body)
+            assert not verify("wrong-secret", headers[SIGNATURE_HEADER], body)
+        assert len({h[EVENT_ID_HEADER] for h, _ in receiver.posts}) == 2
+        started, completed = (e["data"] for e in events)
+        assert started == {"recordingId": "rec_" + info["id"][3:], "egressId": info["id"], "roomName": "room-1",
+                           "type": "record", "quality": "720p", "layout": "default"}
+        assert completed["status"] == "COMPLETED" and completed["fileSize"] > 0 and completed["durationSec"] > 1
+    finally:
+        server.stop_server()
+        if receiver:
+            receiver.close()
