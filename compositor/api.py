@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
+import time
+from pathlib import Path
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from .api_models import StartEgressRequest, egress_info
-from .errors import CompositorError, Conflict, InvalidRequest, NotFound, Unauthenticated, Unsupported
+from .api_models import (StartEgressRequest, StartRecordingRequest, egress_id_of, egress_info, iso, recording_id,
+                         recording_info)
+from .errors import CompositorError, Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated, Unsupported
 from .request import first_error
 from .service import Service
 
@@ -46,7 +50,7 @@ async def errors_middleware(request: web.Request, handler):
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler):
-    if request.path in ("/healthz", "/readyz"):
+    if request.path in ("/healthz", "/readyz") or request.path.startswith("/v1/files/"):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
@@ -78,12 +82,28 @@ def _egress_or_404(request: web.Request):
     return rec
 
 
-async def start_egress(request: web.Request) -> web.Response:
+def _validated(model, body: dict):
+    """body as `model`, or InvalidRequest naming the first bad field."""
     try:
-        req = StartEgressRequest.model_validate(await _json_body(request))
+        return model.model_validate(body)
     except ValidationError as exc:
         field = ".".join(str(p) for p in exc.errors()[0].get("loc", ()))
         raise InvalidRequest(first_error(exc), details={"field": field}) from None
+
+
+def _paging(request: web.Request) -> tuple[int, int]:
+    try:
+        page = int(request.query.get("page", 1))
+        limit = int(request.query.get("limit", 20))
+    except ValueError:
+        raise InvalidRequest("page and limit must be whole numbers", details={"field": "page"}) from None
+    if page < 1 or not 1 <= limit <= 100:
+        raise InvalidRequest("page must be >= 1 and limit 1..100", details={"field": "limit" if page >= 1 else "page"})
+    return page, limit
+
+
+async def start_egress(request: web.Request) -> web.Response:
+    req = _validated(StartEgressRequest, await _json_body(request))
     if req.mode != "record":
         raise Unsupported("live stream outputs (mode 'stream' or 'both') are not available yet",
                           details={"field": "mode"})
@@ -103,13 +123,7 @@ async def get_egress(request: web.Request) -> web.Response:
 
 async def list_egress(request: web.Request) -> web.Response:
     q = request.query
-    try:
-        page = int(q.get("page", 1))
-        limit = int(q.get("limit", 20))
-    except ValueError:
-        raise InvalidRequest("page and limit must be whole numbers", details={"field": "page"}) from None
-    if page < 1 or not 1 <= limit <= 100:
-        raise InvalidRequest("page must be >= 1 and limit 1..100", details={"field": "limit" if page >= 1 else "page"})
+    page, limit = _paging(request)
     items, total = request.app[SERVICE_KEY].store.list(room_name=q.get("roomName"), status=q.get("status"),
                                                        page=page, limit=limit)
     return web.json_response({"items": [egress_info(r) for r in items], "page": page, "limit": limit,
@@ -122,6 +136,72 @@ async def delete_egress(request: web.Request) -> web.Response:
         raise Conflict("EGRESS_ACTIVE", f"egress {rec.id} is {rec.status}; stop it first")
     request.app[SERVICE_KEY].store.delete(rec.id)
     return web.json_response({"id": rec.id, "deleted": True})
+
+
+async def start_recording(request: web.Request) -> web.Response:
+    req = _validated(StartRecordingRequest, await _json_body(request))
+    rec = await request.app[SERVICE_KEY].start(req.to_egress_request())
+    return web.json_response(recording_info(rec), status=201)
+
+
+def _recording_or_404(request: web.Request, key: str = "id"):
+    ident = request.match_info[key]
+    rec = request.app[SERVICE_KEY].store.get(egress_id_of(ident) if ident.startswith("rec_") else ident)
+    if rec is None or rec.mode != "record":
+        raise NotFound(f"no recording {ident!r}")
+    return rec
+
+
+async def stop_recording(request: web.Request) -> web.Response:
+    rec = _recording_or_404(request, "egress_id")
+    return web.json_response(recording_info(await request.app[SERVICE_KEY].stop(rec.id)))
+
+
+async def get_recording(request: web.Request) -> web.Response:
+    return web.json_response(recording_info(_recording_or_404(request)))
+
+
+async def list_recordings(request: web.Request) -> web.Response:
+    page, limit = _paging(request)
+    items, total = request.app[SERVICE_KEY].store.list(room_name=request.query.get("roomName"),
+                                                       status=request.query.get("status"), mode="record",
+                                                       page=page, limit=limit)
+    return web.json_response({"items": [recording_info(r) for r in items], "page": page, "limit": limit,
+                              "total": total})
+
+
+def _download_signature(key: str, egress_id: str, expires: int) -> str:
+    return hmac.new(key.encode(), f"{egress_id}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+async def recording_download_url(request: web.Request) -> web.Response:
+    rec = _recording_or_404(request)
+    if rec.status not in ("COMPLETE", "LIMIT_REACHED") or not rec.file:
+        raise Conflict("NOT_READY", f"recording {recording_id(rec.id)} has no finished file ({rec.status})")
+    settings = request.app[SERVICE_KEY].settings
+    expires = int(time.time()) + settings.download_url_ttl_s
+    sig = _download_signature(settings.url_signing_key, rec.id, expires)
+    url = f"{request.url.origin()}/v1/files/{rec.id}?expires={expires}&sig={sig}"
+    return web.json_response({"downloadUrl": url, "expiresAt": iso(expires)})
+
+
+async def download_file(request: web.Request) -> web.StreamResponse:
+    """A finished file, for whoever holds an unexpired signed URL (no API key needed)."""
+    egress_id = request.match_info["egress_id"]
+    try:
+        expires = int(request.query.get("expires", ""))
+    except ValueError:
+        raise Forbidden("missing or malformed download signature") from None
+    key = request.app[SERVICE_KEY].settings.url_signing_key
+    if not hmac.compare_digest(_download_signature(key, egress_id, expires), request.query.get("sig", "")):
+        raise Forbidden("bad download signature")
+    if expires < time.time():
+        raise Forbidden("this download URL has expired")
+    rec = request.app[SERVICE_KEY].store.get(egress_id)
+    if rec is None or not rec.file or not Path(rec.file["location"]).is_file():
+        raise NotFound("the file is gone")
+    return web.FileResponse(rec.file["location"], headers={
+        "Content-Disposition": f'attachment; filename="{rec.file["filename"]}"'})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -144,6 +224,12 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/v1/egress/{id}", get_egress)
     app.router.add_get("/v1/egress", list_egress)
     app.router.add_delete("/v1/egress/{id}", delete_egress)
+    app.router.add_post("/v1/recordings/start", start_recording)
+    app.router.add_post("/v1/recordings/{egress_id}/stop", stop_recording)
+    app.router.add_get("/v1/recordings", list_recordings)
+    app.router.add_get("/v1/recordings/{id}", get_recording)
+    app.router.add_get("/v1/recordings/{id}/download-url", recording_download_url)
+    app.router.add_get("/v1/files/{egress_id}", download_file)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

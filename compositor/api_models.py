@@ -48,6 +48,39 @@ class StartEgressRequest(Model):
                              duration=self.max_duration)
 
 
+class StartRecordingRequest(Model):
+    """POST /v1/recordings/start: a record-only egress."""
+
+    room_name: str = Field(min_length=1, max_length=256)
+    file_type: Literal["MP4", "WEBM", "OGG"] = "MP4"
+    layout: str = "default"
+    quality: str = "720p"
+    advanced: EncodingOptions | None = None
+    room: RoomSpec | None = None
+
+    def to_egress_request(self) -> StartEgressRequest:
+        return StartEgressRequest(room_name=self.room_name, mode="record", layout=self.layout, quality=self.quality,
+                                  advanced=self.advanced, file=FileSpec(file_type=self.file_type), room=self.room)
+
+
+def recording_id(egress_id: str) -> str:
+    """A recording's id, tied one-to-one to its egress."""
+    return "rec_" + egress_id.removeprefix("EG_")
+
+
+def egress_id_of(rec_id: str) -> str:
+    return "EG_" + rec_id.removeprefix("rec_")
+
+
+def recording_info(rec: EgressRecord) -> dict:
+    """A record-mode egress as the recordings API shows it."""
+    info = egress_info(rec)
+    return {"id": recording_id(rec.id), "egressId": rec.id, "roomName": rec.room_name,
+            "fileType": rec.request.get("file", {}).get("file_type", "MP4"),
+            **{k: info[k] for k in ("status", "layout", "quality", "createdAt", "updatedAt", "startedAt",
+                                    "endedAt", "durationSec", "error", "errorCode", "file")}}
+
+
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None

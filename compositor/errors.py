@@ -112,6 +112,11 @@ class Unauthenticated(CompositorError):
     http_status = 401
 
 
+class Forbidden(CompositorError):
+    code = "FORBIDDEN"
+    http_status = 403
+
+
 class Conflict(CompositorError):
     """The egress is in a state that does not allow this (e.g. delete while active)."""
 

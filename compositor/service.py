@@ -32,6 +32,8 @@ class Settings:
     webhook_urls: list[str] = field(default_factory=list)
     webhook_secret: str = ""
     webhook_retry_base_s: float = 2.0
+    url_signing_key: str = ""
+    download_url_ttl_s: int = 3600
 
     @property
     def recordings_dir(self) -> Path:
@@ -169,4 +171,6 @@ def load_settings(data_dir: str | None = None, api_keys: list[str] | None = None
         capacity=capacity or float(os.environ.get("COMPOSITOR_CAPACITY") or (os.cpu_count() or 1)),
         webhook_urls=list(webhook_urls or []) or _env_list("COMPOSITOR_WEBHOOK_URLS"),
         webhook_secret=os.environ.get("COMPOSITOR_WEBHOOK_SECRET") or _secret_file(directory / "webhook-secret"),
-        webhook_retry_base_s=float(os.environ.get("COMPOSITOR_WEBHOOK_RETRY_BASE_S") or 2.0))
+        webhook_retry_base_s=float(os.environ.get("COMPOSITOR_WEBHOOK_RETRY_BASE_S") or 2.0),
+        url_signing_key=_secret_file(directory / "url-signing-key"),
+        download_url_ttl_s=int(os.environ.get("COMPOSITOR_DOWNLOAD_URL_TTL_S") or 3600))

@@ -45,7 +45,8 @@ class Store(Protocol):
     def create(self, rec: EgressRecord) -> None: ...
     def get(self, egress_id: str) -> EgressRecord | None: ...
     def update(self, egress_id: str, **fields) -> EgressRecord: ...
-    def list(self, *, room_name: str | None, status: str | None, page: int, limit: int) -> tuple[list[EgressRecord], int]: ...
+    def list(self, *, room_name: str | None, status: str | None, mode: str | None, page: int,
+             limit: int) -> tuple[list[EgressRecord], int]: ...
     def delete(self, egress_id: str) -> None: ...
     def unfinished(self) -> list[EgressRecord]: ...
 
@@ -95,9 +96,12 @@ class SqliteStore:
         assert rec is not None, egress_id
         return rec
 
-    def list(self, *, room_name: str | None = None, status: str | None = None, page: int = 1,
-             limit: int = 20) -> tuple[list[EgressRecord], int]:
+    def list(self, *, room_name: str | None = None, status: str | None = None, mode: str | None = None,
+             page: int = 1, limit: int = 20) -> tuple[list[EgressRecord], int]:
         where, args = [], []
+        if mode:
+            where.append("mode = ?")
+            args.append(mode)
         if room_name:
             where.append("room_name = ?")
             args.append(room_name)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .api_models import iso
+from .api_models import iso, recording_id
 from .store import EgressRecord
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,6 @@ def verify(secret: str, header: str, body: bytes, tolerance_s: int = 300) -> boo
     if abs(time.time() - timestamp) > tolerance_s:
         return False
     return hmac.compare_digest(sign(secret, timestamp, body), header)
-
-
-def recording_id(egress_id: str) -> str:
-    """A recording's id, tied one-to-one to its egress."""
-    return "rec_" + egress_id.removeprefix("EG_")
 
 
 def events_for(rec: EgressRecord, previous: str | None) -> list[tuple[str, dict]]:

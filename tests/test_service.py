@@ -233,3 +233,28 @@ def test_webhooks_are_signed_ordered_and_survive_a_receiver_outage(tmp_path):
         server.stop_server()
         if receiver:
             receiver.close()
+
+
+def test_recordings_api_and_signed_download(server):
+    status, rec, _ = server.call("POST", "/v1/recordings/start",
+                                 {"roomName": "rec-room", "fileType": "WEBM", **SMALL, **ROOM})
+    assert status == 201 and rec["id"].startswith("rec_") and rec["egressId"].startswith("EG_"), rec
+    server.wait_status(rec["egressId"], "ACTIVE")
+    status, err, _ = server.call("GET", f"/v1/recordings/{rec['id']}/download-url")
+    assert status == 409 and err["error"]["code"] == "NOT_READY"
+    time.sleep(2)
+    assert server.call("POST", f"/v1/recordings/{rec['egressId']}/stop")[0] == 200
+    server.wait_status(rec["egressId"], "COMPLETE")
+    _, got, _ = server.call("GET", f"/v1/recordings/{rec['id']}")
+    assert got["fileType"] == "WEBM" and got["file"]["videoCodec"] == "vp8"
+    _, listed, _ = server.call("GET", "/v1/recordings?roomName=rec-room")
+    assert [r["id"] for r in listed["items"]] == [rec["id"]]
+
+    _, link, _ = server.call("GET", f"/v1/recordings/{rec['id']}/download-url")
+    assert link["downloadUrl"].startswith(server.base) and link["expiresAt"]
+    with urllib.request.urlopen(link["downloadUrl"], timeout=30) as resp:  # no API key: the URL is the grant
+        assert resp.read() == Path(got["file"]["location"]).read_bytes()
+    tampered = link["downloadUrl"].replace("expires=", "expires=9")
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(tampered, timeout=30)
+    assert denied.value.code == 403
