@@ -6,17 +6,19 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from .api_models import (StartEgressRequest, StartRecordingRequest, egress_id_of, egress_info, iso, recording_id,
+from .api_models import (AutoEgressConfig, StartEgressRequest, StartRecordingRequest, egress_id_of, egress_info, iso, recording_id,
                          recording_info)
 from .errors import CompositorError, Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated, Unsupported
 from .request import first_error
 from .service import Service
+from .store import ACTIVE_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +206,42 @@ async def download_file(request: web.Request) -> web.StreamResponse:
         "Content-Disposition": f'attachment; filename="{rec.file["filename"]}"'})
 
 
+AUTO_EGRESS = "auto_egress"
+
+
+async def get_auto_egress(request: web.Request) -> web.Response:
+    stored = request.app[SERVICE_KEY].store.get_setting(AUTO_EGRESS) or {}
+    return web.json_response(AutoEgressConfig.model_validate(stored).model_dump(by_alias=True))
+
+
+async def put_auto_egress(request: web.Request) -> web.Response:
+    store = request.app[SERVICE_KEY].store
+    current = AutoEgressConfig.model_validate(store.get_setting(AUTO_EGRESS) or {}).model_dump(by_alias=True)
+    config = _validated(AutoEgressConfig, {**current, **await _json_body(request)})
+    store.put_setting(AUTO_EGRESS, config.model_dump())
+    return web.json_response(config.model_dump(by_alias=True))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text: egresses by status and type, active, capacity, load, webhook backlog."""
+    service = request.app[SERVICE_KEY]
+    lines = ["# HELP compositor_egresses Stored egresses by status and type.", "# TYPE compositor_egresses gauge"]
+    counts = service.store.counts()
+    lines += [f'compositor_egresses{{status="{s}",type="{m}"}} {n}' for s, m, n in counts]
+    gauges = {
+        "compositor_egresses_active": ("Egresses starting, recording or ending.",
+                                       sum(n for s, _, n in counts if s in ACTIVE_STATUSES)),
+        "compositor_workers": ("Worker processes running.", len(service.runner.running)),
+        "compositor_capacity_cores": ("CPU cores egresses may use.", service.admission.capacity),
+        "compositor_capacity_free_cores": ("CPU cores not held by egresses.", round(service.admission.free, 3)),
+        "compositor_cpu_load1": ("1-minute load average of the machine.", os.getloadavg()[0]),
+        "compositor_webhook_backlog": ("Webhook deliveries not yet done.", service.webhooks.backlog),
+    }
+    for name, (doc, value) in gauges.items():
+        lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {value}"]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -219,6 +257,8 @@ async def readyz(request: web.Request) -> web.Response:
 def make_app(service: Service) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, auth_middleware])
     app[SERVICE_KEY] = service
+    app.router.add_get("/v1/egress/auto-egress", get_auto_egress)
+    app.router.add_put("/v1/egress/auto-egress", put_auto_egress)
     app.router.add_post("/v1/egress/start", start_egress)
     app.router.add_post("/v1/egress/{id}/stop", stop_egress)
     app.router.add_get("/v1/egress/{id}", get_egress)
@@ -230,6 +270,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/v1/recordings/{id}", get_recording)
     app.router.add_get("/v1/recordings/{id}/download-url", recording_download_url)
     app.router.add_get("/v1/files/{egress_id}", download_file)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

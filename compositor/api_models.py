@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from .layouts import resolve_layout
+from .presets import find_preset
 from .request import EncodingOptions, FileOutput, Model, RecordRequest, RoomSpec
 from .store import EgressRecord
 
@@ -61,6 +63,25 @@ class StartRecordingRequest(Model):
     def to_egress_request(self) -> StartEgressRequest:
         return StartEgressRequest(room_name=self.room_name, mode="record", layout=self.layout, quality=self.quality,
                                   advanced=self.advanced, file=FileSpec(file_type=self.file_type), room=self.room)
+
+
+class AutoEgressConfig(Model):
+    """GET/PUT /v1/egress/auto-egress: start an egress by itself when a room qualifies."""
+
+    enabled: bool = False
+    mode: Literal["record", "stream", "both"] = "record"
+    layout: str = "default"
+    quality: str = "720p"
+    min_participants: int = Field(1, ge=1, le=1000)
+    delay_seconds: float = Field(0, ge=0, le=3600)
+    room_name_pattern: str = Field("*", min_length=1, max_length=256, description="glob, e.g. meeting-*")
+
+    @model_validator(mode="after")
+    def _known(self) -> AutoEgressConfig:
+        resolve_layout(self.layout)
+        if find_preset(self.quality) is None:
+            raise ValueError(f"unknown quality {self.quality!r}")
+        return self
 
 
 def recording_id(egress_id: str) -> str:

@@ -49,6 +49,9 @@ class Store(Protocol):
              limit: int) -> tuple[list[EgressRecord], int]: ...
     def delete(self, egress_id: str) -> None: ...
     def unfinished(self) -> list[EgressRecord]: ...
+    def get_setting(self, key: str) -> dict | None: ...
+    def put_setting(self, key: str, value: dict) -> None: ...
+    def counts(self) -> list[tuple[str, str, int]]: ...
 
 
 _COLUMNS = ["id", "room_name", "mode", "layout", "quality", "request", "status", "created_at", "updated_at",
@@ -67,6 +70,7 @@ class SqliteStore:
             "CREATE TABLE IF NOT EXISTS egress (id TEXT PRIMARY KEY, room_name TEXT, mode TEXT, layout TEXT,"
             " quality TEXT, request TEXT, status TEXT, created_at REAL, updated_at REAL, started_at REAL,"
             " ended_at REAL, error TEXT, error_code TEXT, file TEXT, worker_pid INTEGER)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS setting (key TEXT PRIMARY KEY, value TEXT)")
         self._db.execute("CREATE INDEX IF NOT EXISTS egress_room ON egress(room_name, created_at)")
         self._db.execute("CREATE INDEX IF NOT EXISTS egress_status ON egress(status, created_at)")
 
@@ -116,6 +120,18 @@ class SqliteStore:
 
     def delete(self, egress_id: str) -> None:
         self._db.execute("DELETE FROM egress WHERE id = ?", (egress_id,))
+
+    def get_setting(self, key: str) -> dict | None:
+        row = self._db.execute("SELECT value FROM setting WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put_setting(self, key: str, value: dict) -> None:
+        self._db.execute("INSERT INTO setting (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
+                         "excluded.value", (key, json.dumps(value)))
+
+    def counts(self) -> list[tuple[str, str, int]]:
+        """(status, mode, count) over every stored egress."""
+        return self._db.execute("SELECT status, mode, COUNT(*) FROM egress GROUP BY status, mode").fetchall()
 
     def unfinished(self) -> list[EgressRecord]:
         rows = self._db.execute(f"SELECT {','.join(_COLUMNS)} FROM egress WHERE status IN "

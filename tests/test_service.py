@@ -258,3 +258,29 @@ def test_recordings_api_and_signed_download(server):
     with pytest.raises(urllib.error.HTTPError) as denied:
         urllib.request.urlopen(tampered, timeout=30)
     assert denied.value.code == 403
+
+
+def test_auto_egress_config_is_validated_and_kept(server):
+    _, default, _ = server.call("GET", "/v1/egress/auto-egress")
+    assert default == {"enabled": False, "mode": "record", "layout": "default", "quality": "720p",
+                       "minParticipants": 1, "delaySeconds": 0, "roomNamePattern": "*"}
+    status, saved, _ = server.call("PUT", "/v1/egress/auto-egress", {
+        "enabled": True, "layout": "speaker", "minParticipants": 2, "delaySeconds": 10,
+        "roomNamePattern": "meeting-*"})
+    assert status == 200 and saved["enabled"] and saved["minParticipants"] == 2
+    assert server.call("GET", "/v1/egress/auto-egress")[1] == saved
+    for bad, field in [({"minParticipants": 0}, "minParticipants"), ({"quality": "8k"}, "quality"),
+                       ({"layout": "mosaic"}, "layout"), ({"mode": "party"}, "mode")]:
+        status, err, _ = server.call("PUT", "/v1/egress/auto-egress", bad)
+        assert status == 400 and field in json.dumps(err), err
+    assert server.call("GET", "/v1/egress/auto-egress")[1] == saved
+
+
+def test_metrics_count_egresses_and_capacity(server):
+    info = server.start(maxDuration=1)
+    server.wait_status(info["id"], "LIMIT_REACHED")
+    req = urllib.request.Request(server.base + "/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    text = urllib.request.urlopen(req, timeout=10).read().decode()
+    assert 'compositor_egresses{status="LIMIT_REACHED",type="record"} 1' in text
+    assert "compositor_egresses_active 0" in text
+    assert "compositor_capacity_free_cores" in text and "compositor_webhook_backlog 0" in text
