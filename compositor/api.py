@@ -17,6 +17,7 @@ from .api_models import (AutoEgressConfig, StartEgressRequest, StartRecordingReq
                          recording_info)
 from .errors import CompositorError, Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated, Unsupported
 from .request import first_error
+from .openapi import openapi
 from .service import Service
 from .store import ACTIVE_STATUSES
 
@@ -52,7 +53,7 @@ async def errors_middleware(request: web.Request, handler):
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler):
-    if request.path in ("/healthz", "/readyz") or request.path.startswith("/v1/files/"):
+    if request.path in ("/healthz", "/readyz", "/openapi.json") or request.path.startswith("/v1/files/"):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
@@ -242,6 +243,10 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi())
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -271,6 +276,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/v1/recordings/{id}/download-url", recording_download_url)
     app.router.add_get("/v1/files/{egress_id}", download_file)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

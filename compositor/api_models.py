@@ -93,13 +93,88 @@ def egress_id_of(rec_id: str) -> str:
     return "EG_" + rec_id.removeprefix("rec_")
 
 
-def recording_info(rec: EgressRecord) -> dict:
-    """A record-mode egress as the recordings API shows it."""
-    info = egress_info(rec)
-    return {"id": recording_id(rec.id), "egressId": rec.id, "roomName": rec.room_name,
-            "fileType": rec.request.get("file", {}).get("file_type", "MP4"),
-            **{k: info[k] for k in ("status", "layout", "quality", "createdAt", "updatedAt", "startedAt",
-                                    "endedAt", "durationSec", "error", "errorCode", "file")}}
+class FileResult(Model):
+    location: str
+    filename: str
+    size: int
+    duration: float | None = None
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    video_codec: str | None = None
+    audio_codec: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+
+
+Status = Literal["STARTING", "ACTIVE", "ENDING", "COMPLETE", "FAILED", "ABORTED", "LIMIT_REACHED"]
+
+
+class EgressInfo(Model):
+    """An egress as the API shows it (the seed's getStreamStatus fields)."""
+
+    id: str
+    room_name: str
+    type: str
+    mode: str
+    status: Status
+    layout: str
+    quality: str
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    ended_at: str | None
+    duration_sec: float | None
+    error: str | None
+    error_code: str | None
+    file: FileResult | None
+
+
+class RecordingInfo(Model):
+    id: str
+    egress_id: str
+    room_name: str
+    file_type: str
+    status: Status
+    layout: str
+    quality: str
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    ended_at: str | None
+    duration_sec: float | None
+    error: str | None
+    error_code: str | None
+    file: FileResult | None
+
+
+class EgressList(Model):
+    items: list[EgressInfo]
+    page: int
+    limit: int
+    total: int
+
+
+class RecordingList(Model):
+    items: list[RecordingInfo]
+    page: int
+    limit: int
+    total: int
+
+
+class DownloadUrl(Model):
+    download_url: str
+    expires_at: str
+
+
+class ErrorDetail(Model):
+    code: str
+    message: str
+    details: dict
+
+
+class ErrorBody(Model):
+    error: ErrorDetail
 
 
 def iso(ts: float | None) -> str | None:
@@ -108,27 +183,28 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def egress_info(rec: EgressRecord) -> dict:
-    """An egress as the API shows it (the seed's getStreamStatus fields)."""
+def _egress(rec: EgressRecord) -> EgressInfo:
     duration = None
     if rec.started_at:
         duration = round((rec.ended_at or time.time()) - rec.started_at, 3)
     if rec.file and rec.file.get("duration"):
         duration = rec.file["duration"]
-    return {
-        "id": rec.id,
-        "roomName": rec.room_name,
-        "type": rec.mode,
-        "mode": rec.mode,
-        "status": rec.status,
-        "layout": rec.layout,
-        "quality": rec.quality,
-        "createdAt": iso(rec.created_at),
-        "updatedAt": iso(rec.updated_at),
-        "startedAt": iso(rec.started_at),
-        "endedAt": iso(rec.ended_at),
-        "durationSec": duration,
-        "error": rec.error,
-        "errorCode": rec.error_code,
-        "file": rec.file,
-    }
+    return EgressInfo(id=rec.id, room_name=rec.room_name, type=rec.mode, mode=rec.mode, status=rec.status,
+                      layout=rec.layout, quality=rec.quality, created_at=iso(rec.created_at),
+                      updated_at=iso(rec.updated_at), started_at=iso(rec.started_at), ended_at=iso(rec.ended_at),
+                      duration_sec=duration, error=rec.error, error_code=rec.error_code,
+                      file=FileResult.model_validate(rec.file) if rec.file else None)
+
+
+def egress_info(rec: EgressRecord) -> dict:
+    """An egress as JSON for the API."""
+    return _egress(rec).model_dump(by_alias=True)
+
+
+def recording_info(rec: EgressRecord) -> dict:
+    """A record-mode egress as the recordings API shows it."""
+    e = _egress(rec)
+    fields = {k: getattr(e, k) for k in RecordingInfo.model_fields if k in EgressInfo.model_fields and k != "id"}
+    return RecordingInfo(id=recording_id(rec.id), egress_id=rec.id,
+                         file_type=rec.request.get("file", {}).get("file_type", "MP4"), **fields
+                         ).model_dump(by_alias=True)

@@ -284,3 +284,28 @@ def test_metrics_count_egresses_and_capacity(server):
     assert 'compositor_egresses{status="LIMIT_REACHED",type="record"} 1' in text
     assert "compositor_egresses_active 0" in text
     assert "compositor_capacity_free_cores" in text and "compositor_webhook_backlog 0" in text
+
+
+def test_openapi_is_generated_from_the_models(server):
+    status, spec, _ = server.call("GET", "/openapi.json", key=None)
+    assert status == 200 and spec["openapi"].startswith("3.")
+    assert {"/v1/egress/start", "/v1/egress/{id}", "/v1/recordings/{id}/download-url",
+            "/v1/egress/auto-egress"} <= set(spec["paths"])
+    schemas = spec["components"]["schemas"]
+    refs = {ref.split("/")[-1] for ref in _refs(spec)}
+    assert refs <= set(schemas), refs - set(schemas)
+    start = schemas["StartEgressRequest"]
+    assert start["required"] == ["roomName"] and "maxDuration" in start["properties"]
+    assert set(schemas["EgressInfo"]["properties"]) >= {"id", "status", "startedAt", "durationSec", "errorCode"}
+
+
+def _refs(node):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "$ref":
+                yield v
+            else:
+                yield from _refs(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _refs(v)
