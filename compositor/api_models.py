@@ -110,42 +110,35 @@ class FileResult(Model):
 Status = Literal["STARTING", "ACTIVE", "ENDING", "COMPLETE", "FAILED", "ABORTED", "LIMIT_REACHED"]
 
 
-class EgressInfo(Model):
+class Lifecycle(Model):
+    """What egresses and recordings both show: where they are and what came of them."""
+
+    room_name: str
+    status: Status
+    layout: str
+    quality: str
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    ended_at: str | None
+    duration_sec: float | None
+    error: str | None
+    error_code: str | None
+    file: FileResult | None
+
+
+class EgressInfo(Lifecycle):
     """An egress as the API shows it (the seed's getStreamStatus fields)."""
 
     id: str
-    room_name: str
     type: str
     mode: str
-    status: Status
-    layout: str
-    quality: str
-    created_at: str
-    updated_at: str
-    started_at: str | None
-    ended_at: str | None
-    duration_sec: float | None
-    error: str | None
-    error_code: str | None
-    file: FileResult | None
 
 
-class RecordingInfo(Model):
+class RecordingInfo(Lifecycle):
     id: str
     egress_id: str
-    room_name: str
     file_type: str
-    status: Status
-    layout: str
-    quality: str
-    created_at: str
-    updated_at: str
-    started_at: str | None
-    ended_at: str | None
-    duration_sec: float | None
-    error: str | None
-    error_code: str | None
-    file: FileResult | None
 
 
 class EgressList(Model):
@@ -203,8 +196,7 @@ def egress_info(rec: EgressRecord) -> dict:
 
 def recording_info(rec: EgressRecord) -> dict:
     """A record-mode egress as the recordings API shows it."""
-    e = _egress(rec)
-    fields = {k: getattr(e, k) for k in RecordingInfo.model_fields if k in EgressInfo.model_fields and k != "id"}
+    shared = {k: getattr(_egress(rec), k) for k in Lifecycle.model_fields}
     return RecordingInfo(id=recording_id(rec.id), egress_id=rec.id,
-                         file_type=rec.request.get("file", {}).get("file_type", "MP4"), **fields
+                         file_type=rec.request.get("file", {}).get("file_type", "MP4"), **shared
                          ).model_dump(by_alias=True)
