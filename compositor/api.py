@@ -17,6 +17,7 @@ from .api_models import (AutoEgressConfig, StartEgressRequest, StartRecordingReq
                          recording_info)
 from .errors import CompositorError, Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated, Unsupported
 from .request import first_error
+from .livekit_shape import from_livekit, is_livekit
 from .openapi import openapi
 from .service import Service
 from .store import ACTIVE_STATUSES
@@ -106,7 +107,8 @@ def _paging(request: web.Request) -> tuple[int, int]:
 
 
 async def start_egress(request: web.Request) -> web.Response:
-    req = _validated(StartEgressRequest, await _json_body(request))
+    body = await _json_body(request)
+    req = _validated(StartEgressRequest, from_livekit(body) if is_livekit(body) else body)
     if req.mode != "record":
         raise Unsupported("live stream outputs (mode 'stream' or 'both') are not available yet",
                           details={"field": "mode"})

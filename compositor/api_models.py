@@ -36,6 +36,8 @@ class StartEgressRequest(Model):
     web_url: str | None = None
     room: RoomSpec | None = Field(None, description="a synthetic room's participants (no room server needed)")
     max_duration: float | None = Field(None, gt=0, description="seconds; the egress ends LIMIT_REACHED")
+    audio_only: bool = False
+    video_only: bool = False
 
     @model_validator(mode="after")
     def _outputs(self) -> StartEgressRequest:
@@ -47,7 +49,7 @@ class StartEgressRequest(Model):
         return RecordRequest(room_name=self.room_name, room=self.room, web_url=self.web_url, layout=self.layout,
                              preset=self.quality, advanced=self.advanced,
                              file=FileOutput(filepath=output, file_type=(self.file or FileSpec()).file_type),
-                             duration=self.max_duration)
+                             duration=self.max_duration, audio_only=self.audio_only, video_only=self.video_only)
 
 
 class StartRecordingRequest(Model):

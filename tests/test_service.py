@@ -309,3 +309,21 @@ def _refs(node):
     elif isinstance(node, list):
         for v in node:
             yield from _refs(v)
+
+
+def test_livekit_shaped_request_records_the_same(server):
+    status, info, _ = server.call("POST", "/v1/egress/start", {
+        "room_name": "lk-room", "layout": "grid", "preset": "H264_720P_30",
+        "advanced": {"width": 640, "height": 360, "framerate": 30, "video_codec": "H264_MAIN", "depth": 24},
+        "file_outputs": [{"file_type": "MP4", "filepath": "lk/out.mp4"}],
+        **ROOM})
+    assert status == 201, info
+    assert (info["roomName"], info["layout"], info["quality"]) == ("lk-room", "grid", "H264_720P_30")
+    server.wait_status(info["id"], "ACTIVE")
+    time.sleep(1.5)
+    server.call("POST", f"/v1/egress/{info['id']}/stop")
+    done = server.wait_status(info["id"], "COMPLETE")
+    assert done["file"]["location"].endswith("recordings/lk/out.mp4")
+    assert (done["file"]["width"], done["file"]["height"]) == (640, 360)
+    status, err, _ = server.call("POST", "/v1/egress/start", {"room_name": "x", "segment_outputs": [{}]})
+    assert status == 400 and err["error"]["code"] == "UNSUPPORTED"
