@@ -71,6 +71,7 @@ class SqliteStore:
             " quality TEXT, request TEXT, status TEXT, created_at REAL, updated_at REAL, started_at REAL,"
             " ended_at REAL, error TEXT, error_code TEXT, file TEXT, worker_pid INTEGER)")
         self._db.execute("CREATE TABLE IF NOT EXISTS setting (key TEXT PRIMARY KEY, value TEXT)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS egress_created ON egress(created_at DESC, id)")
         self._db.execute("CREATE INDEX IF NOT EXISTS egress_room ON egress(room_name, created_at)")
         self._db.execute("CREATE INDEX IF NOT EXISTS egress_status ON egress(status, created_at)")
 
