@@ -27,6 +27,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/record.py
+	$(PY) bench/api.py
 
 clean:
 	rm -rf $(VENV) recordings .pytest_cache

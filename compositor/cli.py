@@ -56,6 +56,7 @@ def _record_parser(sub) -> None:
 def _serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="run the egress service (HTTP API)",
                        description="Run the egress HTTP API; each egress runs as its own worker.")
+    p.add_argument("--config", type=Path, help="YAML file of settings (keys as in README); env and flags override")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed at start)")
     p.add_argument("--data-dir", help="store, jobs and recordings (env COMPOSITOR_DATA_DIR; default ./compositor-data)")
@@ -74,7 +75,8 @@ async def _serve(args: argparse.Namespace) -> int:
     from .api import make_app
     from .service import Service, load_settings
 
-    service = Service(load_settings(args.data_dir, args.api_key, args.capacity, args.webhook_url))
+    service = Service(load_settings(args.config, data_dir=args.data_dir, api_keys=args.api_key,
+                                    capacity=args.capacity, webhook_urls=args.webhook_url))
     service.start_background()
     for rec in service.settle_unfinished():
         logging.getLogger(__name__).warning("settled %s left %s by a previous run", rec.id, "running")

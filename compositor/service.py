@@ -9,11 +9,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from .api_models import StartEgressRequest
 from .config import new_egress_id, resolve
 from .errors import CapacityExceeded, Conflict, Draining, InvalidRequest
 from .jobs import WorkerRunner, kept_file
 from .presets import find_preset
+from .request import first_error
 from .store import EgressRecord, SqliteStore
 from .webhooks import Webhooks
 
@@ -154,23 +158,59 @@ def _secret_file(path: Path) -> str:
     return path.read_text().strip()
 
 
-def _env_list(name: str) -> list[str]:
-    return [v.strip() for v in os.environ.get(name, "").split(",") if v.strip()]
+class ServeConfig(BaseModel):
+    """The service's configuration: a YAML file, COMPOSITOR_* variables and flags, later ones winning."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: str = "compositor-data"
+    api_keys: list[str] = []
+    capacity: float | None = Field(None, gt=0)
+    webhook_urls: list[str] = []
+    webhook_secret: str | None = None
+    webhook_retry_base_s: float = Field(2.0, gt=0)
+    download_url_ttl_s: int = Field(3600, gt=0)
 
 
-def load_settings(data_dir: str | None = None, api_keys: list[str] | None = None, capacity: float | None = None,
-                  webhook_urls: list[str] | None = None) -> Settings:
-    """Settings from flags, then COMPOSITOR_* environment variables, then embedded defaults."""
-    directory = Path(data_dir or os.environ.get("COMPOSITOR_DATA_DIR") or "compositor-data").resolve()
-    keys = list(api_keys or []) or _env_list("COMPOSITOR_API_KEYS")
+_LISTS = {"api_keys", "webhook_urls"}
+
+
+def _from_env() -> dict:
+    out = {}
+    for name in ServeConfig.model_fields:
+        value = os.environ.get(f"COMPOSITOR_{name.upper()}")
+        if value:
+            out[name] = [v.strip() for v in value.split(",") if v.strip()] if name in _LISTS else value
+    return out
+
+
+def _from_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidRequest(f"cannot read config {str(path)!r}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"config {str(path)!r} must be a mapping of settings")
+    return data
+
+
+def load_settings(config_file: Path | None = None, **flags) -> Settings:
+    """Settings from a YAML file, then COMPOSITOR_* environment variables, then flags; defaults fill the rest."""
+    layered = {**(_from_yaml(config_file) if config_file else {}), **_from_env(),
+               **{k: v for k, v in flags.items() if v not in (None, [])}}
+    try:
+        cfg = ServeConfig.model_validate(layered)
+    except ValidationError as exc:
+        raise InvalidRequest(f"bad service setting: {first_error(exc)}") from None
+    directory = Path(cfg.data_dir).resolve()
+    keys = cfg.api_keys
     if not keys:
         keys = [_secret_file(directory / "api-key")]
         log.warning("no API key configured; using the one in %s", directory / "api-key")
     return Settings(
-        data_dir=directory, api_keys=keys,
-        capacity=capacity or float(os.environ.get("COMPOSITOR_CAPACITY") or (os.cpu_count() or 1)),
-        webhook_urls=list(webhook_urls or []) or _env_list("COMPOSITOR_WEBHOOK_URLS"),
-        webhook_secret=os.environ.get("COMPOSITOR_WEBHOOK_SECRET") or _secret_file(directory / "webhook-secret"),
-        webhook_retry_base_s=float(os.environ.get("COMPOSITOR_WEBHOOK_RETRY_BASE_S") or 2.0),
+        data_dir=directory, api_keys=keys, capacity=cfg.capacity or float(os.cpu_count() or 1),
+        webhook_urls=cfg.webhook_urls,
+        webhook_secret=cfg.webhook_secret or _secret_file(directory / "webhook-secret"),
+        webhook_retry_base_s=cfg.webhook_retry_base_s,
         url_signing_key=_secret_file(directory / "url-signing-key"),
-        download_url_ttl_s=int(os.environ.get("COMPOSITOR_DOWNLOAD_URL_TTL_S") or 3600))
+        download_url_ttl_s=cfg.download_url_ttl_s)

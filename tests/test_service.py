@@ -327,3 +327,26 @@ def test_livekit_shaped_request_records_the_same(server):
     assert (done["file"]["width"], done["file"]["height"]) == (640, 360)
     status, err, _ = server.call("POST", "/v1/egress/start", {"room_name": "x", "segment_outputs": [{}]})
     assert status == 400 and err["error"]["code"] == "UNSUPPORTED"
+
+
+def test_yaml_config_with_env_and_flags_on_top(tmp_path, monkeypatch):
+    from compositor.errors import InvalidRequest
+    from compositor.service import load_settings
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'yaml-data'}\napi_keys: [from-yaml]\ncapacity: 1.5\n"
+                      "webhook_urls: [http://127.0.0.1:9/hook]\ndownload_url_ttl_s: 60\n")
+    s = load_settings(config)
+    assert (s.data_dir, s.api_keys, s.capacity, s.webhook_urls, s.download_url_ttl_s) == (
+        tmp_path / "yaml-data", ["from-yaml"], 1.5, ["http://127.0.0.1:9/hook"], 60)
+    monkeypatch.setenv("COMPOSITOR_API_KEYS", "env-a, env-b")
+    monkeypatch.setenv("COMPOSITOR_CAPACITY", "0.75")
+    s = load_settings(config, capacity=2.0)
+    assert s.api_keys == ["env-a", "env-b"] and s.capacity == 2.0
+    monkeypatch.delenv("COMPOSITOR_CAPACITY")
+    config.write_text("capacity: lots\n")
+    with pytest.raises(InvalidRequest, match="capacity"):
+        load_settings(config)
+    config.write_text("colour: blue\n")
+    with pytest.raises(InvalidRequest, match="colour"):
+        load_settings(config)
