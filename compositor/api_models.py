@@ -23,18 +23,23 @@ class StreamSpec(Model):
     urls: list[str] = Field(min_length=1)
 
 
-class StartEgressRequest(Model):
-    """POST /v1/egress/start."""
+class RoomRequest(Model):
+    """What every start request names: the room and how to render it."""
 
     room_name: str = Field(min_length=1, max_length=256)
-    mode: Literal["record", "stream", "both"] = "record"
     layout: str = "default"
     quality: str = "720p"
     advanced: EncodingOptions | None = None
+    room: RoomSpec | None = Field(None, description="a synthetic room's participants (no room server needed)")
+
+
+class StartEgressRequest(RoomRequest):
+    """POST /v1/egress/start."""
+
+    mode: Literal["record", "stream", "both"] = "record"
     file: FileSpec | None = None
     stream: StreamSpec | None = None
     web_url: str | None = None
-    room: RoomSpec | None = Field(None, description="a synthetic room's participants (no room server needed)")
     max_duration: float | None = Field(None, gt=0, description="seconds; the egress ends LIMIT_REACHED")
     audio_only: bool = False
     video_only: bool = False
@@ -52,15 +57,10 @@ class StartEgressRequest(Model):
                              duration=self.max_duration, audio_only=self.audio_only, video_only=self.video_only)
 
 
-class StartRecordingRequest(Model):
+class StartRecordingRequest(RoomRequest):
     """POST /v1/recordings/start: a record-only egress."""
 
-    room_name: str = Field(min_length=1, max_length=256)
     file_type: Literal["MP4", "WEBM", "OGG"] = "MP4"
-    layout: str = "default"
-    quality: str = "720p"
-    advanced: EncodingOptions | None = None
-    room: RoomSpec | None = None
 
     def to_egress_request(self) -> StartEgressRequest:
         return StartEgressRequest(room_name=self.room_name, mode="record", layout=self.layout, quality=self.quality,

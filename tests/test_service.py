@@ -167,11 +167,17 @@ def test_over_capacity_gets_503_with_retry_after(tmp_path):
         server.stop_server()
 
 
-def test_sigterm_drains_running_egresses_to_complete_files(tmp_path):
+def recording_server(tmp_path, seconds: float) -> tuple[Server, dict]:
+    """A server with one egress that has been recording for `seconds`."""
     server = Server(tmp_path / "data")
     info = server.start()
     server.wait_status(info["id"], "ACTIVE")
-    time.sleep(2)
+    time.sleep(seconds)
+    return server, info
+
+
+def test_sigterm_drains_running_egresses_to_complete_files(tmp_path):
+    server, info = recording_server(tmp_path, 2)
     server.stop_server(signal.SIGTERM)
     assert server.proc.returncode == 0
     again = Server(tmp_path / "data")
@@ -184,10 +190,7 @@ def test_sigterm_drains_running_egresses_to_complete_files(tmp_path):
 
 
 def test_kill_9_of_the_service_is_settled_on_restart(tmp_path):
-    server = Server(tmp_path / "data")
-    info = server.start()
-    server.wait_status(info["id"], "ACTIVE")
-    time.sleep(3)
+    server, info = recording_server(tmp_path, 3)
     server.proc.kill()
     server.proc.wait()
     time.sleep(2)  # the orphaned worker is told to stop (PDEATHSIG) and closes its file
