@@ -78,6 +78,10 @@ async def _json_body(request: web.Request) -> dict:
     return body
 
 
+def _info(request: web.Request, rec) -> dict:
+    return egress_info(rec, request.app[SERVICE_KEY].queue_position(rec.id))
+
+
 def _egress_or_404(request: web.Request):
     egress_id = request.match_info["id"]
     rec = request.app[SERVICE_KEY].store.get(egress_id)
@@ -113,17 +117,17 @@ async def start_egress(request: web.Request) -> web.Response:
         raise Unsupported("live stream outputs (mode 'stream' or 'both') are not available yet",
                           details={"field": "mode"})
     rec = await request.app[SERVICE_KEY].start(req)
-    return web.json_response(egress_info(rec), status=201)
+    return web.json_response(_info(request, rec), status=201)
 
 
 async def stop_egress(request: web.Request) -> web.Response:
     rec = _egress_or_404(request)
     rec = await request.app[SERVICE_KEY].stop(rec.id)
-    return web.json_response(egress_info(rec))
+    return web.json_response(_info(request, rec))
 
 
 async def get_egress(request: web.Request) -> web.Response:
-    return web.json_response(egress_info(_egress_or_404(request)))
+    return web.json_response(_info(request, _egress_or_404(request)))
 
 
 async def list_egress(request: web.Request) -> web.Response:
@@ -131,7 +135,7 @@ async def list_egress(request: web.Request) -> web.Response:
     page, limit = _paging(request)
     items, total = request.app[SERVICE_KEY].store.list(room_name=q.get("roomName"), status=q.get("status"),
                                                        page=page, limit=limit)
-    return web.json_response({"items": [egress_info(r) for r in items], "page": page, "limit": limit,
+    return web.json_response({"items": [_info(request, r) for r in items], "page": page, "limit": limit,
                               "total": total})
 
 

@@ -43,6 +43,7 @@ class StartEgressRequest(RoomRequest):
     max_duration: float | None = Field(None, gt=0, description="seconds; the egress ends LIMIT_REACHED")
     audio_only: bool = False
     video_only: bool = False
+    queue: bool = Field(False, description="over capacity: wait in the bounded queue instead of a 503")
 
     @model_validator(mode="after")
     def _outputs(self) -> StartEgressRequest:
@@ -135,6 +136,7 @@ class EgressInfo(Lifecycle):
     id: str
     type: str
     mode: str
+    queue_position: int | None = Field(None, description="1 = next to start, while waiting for capacity")
 
 
 class RecordingInfo(Lifecycle):
@@ -191,9 +193,11 @@ def _egress(rec: EgressRecord) -> EgressInfo:
                       file=FileResult.model_validate(rec.file) if rec.file else None)
 
 
-def egress_info(rec: EgressRecord) -> dict:
+def egress_info(rec: EgressRecord, queue_position: int | None = None) -> dict:
     """An egress as JSON for the API."""
-    return _egress(rec).model_dump(by_alias=True)
+    info = _egress(rec)
+    info.queue_position = queue_position
+    return info.model_dump(by_alias=True)
 
 
 def recording_info(rec: EgressRecord) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -17,7 +18,7 @@ from .config import new_egress_id, resolve
 from .errors import CapacityExceeded, Conflict, Draining, InvalidRequest
 from .jobs import WorkerRunner, kept_file
 from .presets import find_preset
-from .request import first_error
+from .request import RecordRequest, first_error
 from .store import EgressRecord, SqliteStore
 from .webhooks import Webhooks
 
@@ -36,6 +37,7 @@ class Settings:
     webhook_urls: list[str] = field(default_factory=list)
     webhook_secret: str = ""
     webhook_retry_base_s: float = 2.0
+    max_queue: int = 16
     url_signing_key: str = ""
     download_url_ttl_s: int = 3600
 
@@ -72,6 +74,15 @@ class Admission:
         self._held.pop(egress_id, None)
 
 
+@dataclass
+class Queued:
+    """An admitted-later egress, waiting for capacity."""
+
+    egress_id: str
+    request: RecordRequest
+    cost: float
+
+
 class Service:
     """Owns the store, admission and the workers of one node."""
 
@@ -84,6 +95,8 @@ class Service:
         self.webhooks = Webhooks(settings.data_dir / "compositor.db", settings.webhook_urls, settings.webhook_secret,
                                  settings.webhook_retry_base_s)
         self.draining = False
+        self._queue: list[Queued] = []
+        self._background: set[asyncio.Task] = set()
 
     def start_background(self) -> None:
         """Start the service's own tasks (webhook delivery); needs the running loop."""
@@ -112,25 +125,50 @@ class Service:
         record_req = req.to_record_request(str(self.settings.recordings_dir / name))
         resolve(record_req, egress_id)  # every check that needs no process, before admitting
         cost = egress_cost(req)
-        if not self.admission.try_hold(egress_id, cost):
+        admitted = not self._queue and self.admission.try_hold(egress_id, cost)
+        if not admitted and not (req.queue and len(self._queue) < self.settings.max_queue):
+            full = " and the wait queue is full" if req.queue else ""
             raise CapacityExceeded(
-                f"no capacity for this egress (needs {cost} cores, {max(self.admission.free, 0):.2f} free)",
-                details={"needed": cost, "free": round(self.admission.free, 3)})
+                f"no capacity for this egress (needs {cost} cores, {max(self.admission.free, 0):.2f} free){full}",
+                details={"needed": cost, "free": round(self.admission.free, 3), "queued": len(self._queue)})
         rec = EgressRecord(id=egress_id, room_name=req.room_name, mode=req.mode, layout=req.layout,
                            quality=req.quality, request=record_req.model_dump(mode="json", exclude_none=True))
         self.store.create(rec)
+        if not admitted:
+            self._queue.append(Queued(egress_id, record_req, cost))
+            return rec
+        return await self._launch(egress_id, record_req)
+
+    async def _launch(self, egress_id: str, record_req: RecordRequest) -> EgressRecord:
         try:
             await self.runner.start(egress_id, record_req)
         except OSError as exc:
             self.admission.release(egress_id)
-            return self.store.update(egress_id, status="FAILED", ended_at=time.time(), error_code="WORKER_START",
-                                     error=f"could not start the worker: {exc}")
+            rec = self.store.update(egress_id, status="FAILED", ended_at=time.time(), error_code="WORKER_START",
+                                    error=f"could not start the worker: {exc}")
+            self._changed(rec, "STARTING")
         return self.store.get(egress_id)
+
+    def queue_position(self, egress_id: str) -> int | None:
+        """1 for the next egress to start, None when it is not waiting."""
+        return next((i + 1 for i, q in enumerate(self._queue) if q.egress_id == egress_id), None)
+
+    async def _admit_queued(self) -> None:
+        while self._queue and not self.draining and self.admission.try_hold(self._queue[0].egress_id,
+                                                                            self._queue[0].cost):
+            head = self._queue.pop(0)
+            await self._launch(head.egress_id, head.request)
 
     async def stop(self, egress_id: str) -> EgressRecord:
         rec = self.store.get(egress_id)
         if rec.ended:
             raise Conflict("EGRESS_ENDED", f"egress {egress_id} has already ended ({rec.status})")
+        if self.queue_position(egress_id):
+            self._queue = [q for q in self._queue if q.egress_id != egress_id]
+            done = self.store.update(egress_id, status="ABORTED", ended_at=time.time(), error_code="ABORTED",
+                                     error="stopped while waiting for capacity")
+            self._changed(done, rec.status)
+            return done
         if self.runner.stop(egress_id) and rec.status == "ACTIVE":
             return self.store.update(egress_id, status="ENDING")
         return self.store.get(egress_id)
@@ -138,12 +176,18 @@ class Service:
     def _changed(self, rec: EgressRecord, previous: str) -> None:
         if rec.ended:
             self.admission.release(rec.id)
+            if self._queue:
+                task = asyncio.get_running_loop().create_task(self._admit_queued())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         self.webhooks.enqueue(rec, previous)
         log.info("egress %s %s", rec.id, rec.status)
 
     async def shutdown(self) -> None:
         """Drain: take no new work, let running egresses finish their files."""
         self.draining = True
+        for queued in list(self._queue):
+            await self.stop(queued.egress_id)  # never started: ABORTED
         await self.runner.shutdown()
         await self.webhooks.stop()
         self.store.close()
@@ -170,6 +214,7 @@ class ServeConfig(BaseModel):
     webhook_secret: str | None = None
     webhook_retry_base_s: float = Field(2.0, gt=0)
     download_url_ttl_s: int = Field(3600, gt=0)
+    max_queue: int = Field(16, ge=0)
 
 
 _LISTS = {"api_keys", "webhook_urls"}
@@ -213,4 +258,4 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         webhook_secret=cfg.webhook_secret or _secret_file(directory / "webhook-secret"),
         webhook_retry_base_s=cfg.webhook_retry_base_s,
         url_signing_key=_secret_file(directory / "url-signing-key"),
-        download_url_ttl_s=cfg.download_url_ttl_s)
+        download_url_ttl_s=cfg.download_url_ttl_s, max_queue=cfg.max_queue)

@@ -353,3 +353,24 @@ def test_yaml_config_with_env_and_flags_on_top(tmp_path, monkeypatch):
     config.write_text("colour: blue\n")
     with pytest.raises(InvalidRequest, match="colour"):
         load_settings(config)
+
+
+def test_queued_requests_wait_their_turn_with_a_visible_position(tmp_path):
+    server = Server(tmp_path / "data", "--capacity", "0.5")  # room for one 360p egress
+    try:
+        first = server.start()
+        second = server.start(queue=True)
+        third = server.start(queue=True)
+        assert (second["queuePosition"], third["queuePosition"]) == (1, 2)
+        assert second["status"] == "STARTING"
+        # The third gives up; the second moves up and starts when the first ends.
+        assert server.call("POST", f"/v1/egress/{third['id']}/stop")[1]["status"] == "ABORTED"
+        server.wait_status(first["id"], "ACTIVE")
+        server.call("POST", f"/v1/egress/{first['id']}/stop")
+        server.wait_status(first["id"], "COMPLETE")
+        active = server.wait_status(second["id"], "ACTIVE")
+        assert active["queuePosition"] is None
+        server.call("POST", f"/v1/egress/{second['id']}/stop")
+        assert server.wait_status(second["id"], "COMPLETE")["file"]["size"] > 0
+    finally:
+        server.stop_server()
