@@ -49,7 +49,10 @@ async def errors_middleware(request: web.Request, handler):
         err = NotFound(exc.reason) if exc.status == 404 else CompositorError(exc.reason)
         if exc.status != 404:
             err.code = "METHOD_NOT_ALLOWED" if exc.status == 405 else "HTTP_ERROR"
-        return _error_response(exc.status, err)
+        response = _error_response(exc.status, err)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
 
 
 @web.middleware

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from .layouts import resolve_layout
-from .presets import find_preset
+from .layouts import THEMES, builtin_layouts, resolve_layout
+from .presets import find_preset, preset_names
 from .request import EncodingOptions, FileOutput, Model, RecordRequest, RoomSpec
 from .store import EgressRecord
 
@@ -23,12 +23,21 @@ class StreamSpec(Model):
     urls: list[str] = Field(min_length=1)
 
 
+def _layout_names() -> list[str]:
+    return [f"{n}{suffix}" for n in builtin_layouts() for suffix in ("", *(f"-{t}" for t in THEMES))]
+
+
+# Documented as enums so clients (and schema-driven tests) know the valid names.
+LayoutName = Annotated[str, Field(json_schema_extra={"enum": _layout_names()})]
+QualityName = Annotated[str, Field(json_schema_extra={"enum": preset_names()})]
+
+
 class RoomRequest(Model):
     """What every start request names: the room and how to render it."""
 
     room_name: str = Field(min_length=1, max_length=256)
-    layout: str = "default"
-    quality: str = "720p"
+    layout: LayoutName = "default"
+    quality: QualityName = "720p"
     advanced: EncodingOptions | None = None
     room: RoomSpec | None = Field(None, description="a synthetic room's participants (no room server needed)")
 
@@ -73,8 +82,8 @@ class AutoEgressConfig(Model):
 
     enabled: bool = False
     mode: Literal["record", "stream", "both"] = "record"
-    layout: str = "default"
-    quality: str = "720p"
+    layout: LayoutName = "default"
+    quality: QualityName = "720p"
     min_participants: int = Field(1, ge=1, le=1000)
     delay_seconds: float = Field(0, ge=0, le=3600)
     room_name_pattern: str = Field("*", min_length=1, max_length=256, description="glob, e.g. meeting-*")

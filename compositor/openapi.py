@@ -28,6 +28,7 @@ OPERATIONS = [
     ("get", "/v1/recordings/{id}", "Get a recording", None, RecordingInfo, 200),
     ("get", "/v1/recordings/{id}/download-url", "Signed, expiring download URL", None, DownloadUrl, 200),
 ]
+QUERY_SCHEMAS = {"page": {"type": "integer", "minimum": 1}, "limit": {"type": "integer", "minimum": 1, "maximum": 100}}
 QUERY = {"/v1/egress": ["roomName", "status", "page", "limit"], "/v1/recordings": ["roomName", "status", "page", "limit"]}
 
 
@@ -49,7 +50,7 @@ def openapi() -> dict:
         params = [{"name": p.strip("{}"), "in": "path", "required": True, "schema": {"type": "string"}}
                   for p in path.split("/") if p.startswith("{")]
         params += [{"name": q, "in": "query", "required": False,
-                    "schema": {"type": "integer", "minimum": 1} if q in ("page", "limit") else {"type": "string"}}
+                    "schema": QUERY_SCHEMAS.get(q, {"type": "string"})}
                    for q in QUERY.get(path, []) if method == "get"]
         op: dict = {"summary": summary, "parameters": params, "security": [{"bearer": []}],
                     "responses": {str(status): {"description": "OK", "content": _json(resp)},

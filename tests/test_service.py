@@ -374,3 +374,12 @@ def test_queued_requests_wait_their_turn_with_a_visible_position(tmp_path):
         assert server.wait_status(second["id"], "COMPLETE")["file"]["size"] > 0
     finally:
         server.stop_server()
+
+
+def test_wrong_method_names_the_allowed_ones(server):
+    req = urllib.request.Request(server.base + "/v1/egress", method="PATCH",
+                                 headers={"Authorization": f"Bearer {KEY}"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=10)
+    assert err.value.code == 405 and "GET" in err.value.headers["Allow"]
+    assert json.loads(err.value.read())["error"]["code"] == "METHOD_NOT_ALLOWED"
