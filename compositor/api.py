@@ -25,6 +25,8 @@ from .store import ACTIVE_STATUSES
 log = logging.getLogger(__name__)
 
 SERVICE_KEY: web.AppKey[Service] = web.AppKey("service", Service)
+MAX_PAGE = 1_000_000
+MAX_LIMIT = 100
 
 
 def _error_response(status: int, err: CompositorError) -> web.Response:
@@ -108,8 +110,9 @@ def _paging(request: web.Request) -> tuple[int, int]:
         limit = int(request.query.get("limit", 20))
     except ValueError:
         raise InvalidRequest("page and limit must be whole numbers", details={"field": "page"}) from None
-    if page < 1 or not 1 <= limit <= 100:
-        raise InvalidRequest("page must be >= 1 and limit 1..100", details={"field": "limit" if page >= 1 else "page"})
+    if not 1 <= page <= MAX_PAGE or not 1 <= limit <= MAX_LIMIT:
+        field = "limit" if 1 <= page <= MAX_PAGE else "page"
+        raise InvalidRequest(f"page must be 1..{MAX_PAGE} and limit 1..{MAX_LIMIT}", details={"field": field})
     return page, limit
 
 

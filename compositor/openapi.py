@@ -28,7 +28,8 @@ OPERATIONS = [
     ("get", "/v1/recordings/{id}", "Get a recording", None, RecordingInfo, 200),
     ("get", "/v1/recordings/{id}/download-url", "Signed, expiring download URL", None, DownloadUrl, 200),
 ]
-QUERY_SCHEMAS = {"page": {"type": "integer", "minimum": 1}, "limit": {"type": "integer", "minimum": 1, "maximum": 100}}
+QUERY_SCHEMAS = {"page": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+                 "limit": {"type": "integer", "minimum": 1, "maximum": 100}}
 QUERY = {"/v1/egress": ["roomName", "status", "page", "limit"], "/v1/recordings": ["roomName", "status", "page", "limit"]}
 
 

@@ -38,6 +38,7 @@ class Settings:
     webhook_secret: str = ""
     webhook_retry_base_s: float = 2.0
     max_queue: int = 16
+    max_file_duration_s: float | None = None
     url_signing_key: str = ""
     download_url_ttl_s: int = 3600
 
@@ -122,7 +123,16 @@ class Service:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise InvalidRequest("file.filepath must be a relative name without '..'",
                                  details={"field": "file.filepath"})
-        record_req = req.to_record_request(str(self.settings.recordings_dir / name))
+        try:
+            # The worker's own model checks combinations the API shape cannot
+            # (audio_only with video_only, a room and a web URL at once).
+            record_req = req.to_record_request(str(self.settings.recordings_dir / name))
+        except ValidationError as exc:
+            raise InvalidRequest(first_error(exc)) from None
+        limits = [d for d in (record_req.duration, self.settings.max_file_duration_s) if d]
+        if limits:
+            # The session limit: the egress ends LIMIT_REACHED when it runs out.
+            record_req = record_req.model_copy(update={"duration": min(limits)})
         resolve(record_req, egress_id)  # every check that needs no process, before admitting
         cost = egress_cost(req)
         admitted = not self._queue and self.admission.try_hold(egress_id, cost)
@@ -215,6 +225,7 @@ class ServeConfig(BaseModel):
     webhook_retry_base_s: float = Field(2.0, gt=0)
     download_url_ttl_s: int = Field(3600, gt=0)
     max_queue: int = Field(16, ge=0)
+    max_file_duration_s: float | None = Field(None, gt=0, description="session limit of a file egress")
 
 
 _LISTS = {"api_keys", "webhook_urls"}
@@ -258,4 +269,5 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         webhook_secret=cfg.webhook_secret or _secret_file(directory / "webhook-secret"),
         webhook_retry_base_s=cfg.webhook_retry_base_s,
         url_signing_key=_secret_file(directory / "url-signing-key"),
-        download_url_ttl_s=cfg.download_url_ttl_s, max_queue=cfg.max_queue)
+        download_url_ttl_s=cfg.download_url_ttl_s, max_queue=cfg.max_queue,
+        max_file_duration_s=cfg.max_file_duration_s)

@@ -8,6 +8,7 @@ that answer is the one 5xx allowed.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import schemathesis
@@ -35,7 +36,7 @@ schema = schemathesis.openapi.from_dict(openapi())
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 60)), deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_answers_every_request_without_server_errors(case, api_server):
     response = case.call(base_url=api_server.base, headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
     body = response.json()

@@ -29,12 +29,16 @@ class Server:
 
     def __init__(self, data_dir: Path, *extra: str, env: dict | None = None):
         self.data_dir = data_dir
-        self.proc = subprocess.Popen([sys.executable, "-m", "compositor", "serve", "--port", "0", "--data-dir",
-                                      str(data_dir), "--api-key", KEY, *extra], cwd=REPO,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # The server's log, kept to read when a test fails.
+        self.log = data_dir.parent / "server.log"
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "compositor", "serve", "--port", "0", "--data-dir",
+                                          str(data_dir), "--api-key", KEY, *extra], cwd=REPO,
+                                         stdout=subprocess.PIPE, stderr=log, text=True,
+                                         env={**os.environ, **(env or {})})
         line = self.proc.stdout.readline()
-        assert "listening on" in line, line + self.proc.stderr.read()
+        assert "listening on" in line, line + self.log.read_text()
         self.base = line.split("listening on ")[1].split()[0]
 
     def call(self, method: str, path: str, body: dict | None = None, key: str | None = KEY) -> tuple[int, dict, dict]:
@@ -383,3 +387,18 @@ def test_wrong_method_names_the_allowed_ones(server):
         urllib.request.urlopen(req, timeout=10)
     assert err.value.code == 405 and "GET" in err.value.headers["Allow"]
     assert json.loads(err.value.read())["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_server_session_limit_ends_file_egresses_limit_reached(tmp_path):
+    server = Server(tmp_path / "data", env={"COMPOSITOR_MAX_FILE_DURATION_S": "2"})
+    try:
+        info = server.start()  # asks for no limit of its own
+        done = server.wait_status(info["id"], "LIMIT_REACHED", "COMPLETE", "FAILED")
+        assert done["status"] == "LIMIT_REACHED" and abs(done["file"]["duration"] - 2) <= 0.3, done
+    finally:
+        server.stop_server()
+
+
+def test_contradicting_options_are_a_400_not_a_crash(server):
+    status, err, _ = server.call("POST", "/v1/egress/start", {"roomName": "r", "audioOnly": True, "videoOnly": True})
+    assert status == 400 and "exclude each other" in err["error"]["message"], err
