@@ -36,9 +36,10 @@ def test_sync_markers_land_together(record):
     assert run.code == 0, run.stderr[-2000:]
     offsets = analysis.av_offsets(run.output)
     assert len(offsets) >= 4, offsets
-    # One frame (33 ms) is the resolution of the picture; sound must be within it.
-    assert abs(float(np.mean(offsets))) <= 0.035, offsets
-    assert max(abs(o) for o in offsets) <= 0.05, offsets
+    # The picture is sampled every 33 ms, so a run's offset carries up to a
+    # frame of phase; within that, sound must land with its flash.
+    assert abs(float(np.mean(offsets))) <= 0.04, offsets
+    assert max(abs(o) for o in offsets) <= 0.06, offsets
 
 
 @pytest.mark.parametrize("codec", ["VP8", "VP9"])
