@@ -65,7 +65,7 @@ class Progress:
 
 def video_args(v: VideoSettings) -> list[str]:
     gop = max(1, round(v.fps * v.keyframe_interval))
-    rate = [f"-b:v", f"{v.bitrate_kbps}k", "-maxrate", f"{v.bitrate_kbps}k", "-bufsize", f"{v.bitrate_kbps * 2}k"]
+    rate = ["-b:v", f"{v.bitrate_kbps}k", "-maxrate", f"{v.bitrate_kbps}k", "-bufsize", f"{v.bitrate_kbps * 2}k"]
     if v.codec == "h264":
         # zerolatency: no lookahead or B-frames. Frames leave the encoder at
         # once (live outputs want that) and it saves ~15% of x264's CPU.
