@@ -136,13 +136,17 @@ async def get_egress(request: web.Request) -> web.Response:
     return web.json_response(_info(request, _egress_or_404(request)))
 
 
-async def list_egress(request: web.Request) -> web.Response:
-    q = request.query
+def _listing(request: web.Request, show, mode: str | None = None) -> web.Response:
+    """One page of stored egresses (filtered by roomName and status) as {items, page, limit, total}."""
     page, limit = _paging(request)
-    items, total = request.app[SERVICE_KEY].store.list(room_name=q.get("roomName"), status=q.get("status"),
+    items, total = request.app[SERVICE_KEY].store.list(room_name=request.query.get("roomName"),
+                                                       status=request.query.get("status"), mode=mode,
                                                        page=page, limit=limit)
-    return web.json_response({"items": [_info(request, r) for r in items], "page": page, "limit": limit,
-                              "total": total})
+    return web.json_response({"items": [show(r) for r in items], "page": page, "limit": limit, "total": total})
+
+
+async def list_egress(request: web.Request) -> web.Response:
+    return _listing(request, lambda rec: _info(request, rec))
 
 
 async def delete_egress(request: web.Request) -> web.Response:
@@ -177,12 +181,7 @@ async def get_recording(request: web.Request) -> web.Response:
 
 
 async def list_recordings(request: web.Request) -> web.Response:
-    page, limit = _paging(request)
-    items, total = request.app[SERVICE_KEY].store.list(room_name=request.query.get("roomName"),
-                                                       status=request.query.get("status"), mode="record",
-                                                       page=page, limit=limit)
-    return web.json_response({"items": [recording_info(r) for r in items], "page": page, "limit": limit,
-                              "total": total})
+    return _listing(request, recording_info, mode="record")
 
 
 def _download_signature(key: str, egress_id: str, expires: int) -> str:
