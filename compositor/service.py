@@ -14,10 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .api_models import StartEgressRequest
-from .config import new_egress_id, resolve
+from .config import EgressConfig, new_egress_id, resolve
 from .errors import CapacityExceeded, Conflict, Draining, InvalidRequest
 from .jobs import WorkerRunner, kept_file
-from .presets import find_preset
 from .request import RecordRequest, first_error
 from .store import EgressRecord, SqliteStore
 from .webhooks import Webhooks
@@ -47,11 +46,10 @@ class Settings:
         return self.data_dir / "recordings"
 
 
-def egress_cost(req: StartEgressRequest) -> float:
-    preset = find_preset(req.quality)
-    height = (req.advanced and req.advanced.height) or (preset.height if preset else 720)
-    height = min(height, (req.advanced and req.advanced.width) or height) if height > 1080 else height
-    return next((cost for h, cost in COST_BY_HEIGHT if height <= h), COST_BY_HEIGHT[-1][1])
+def egress_cost(config: EgressConfig) -> float:
+    """Cores an egress needs, by its frame's short side (so portrait costs as landscape)."""
+    side = min(config.width, config.height)
+    return next((cost for h, cost in COST_BY_HEIGHT if side <= h), COST_BY_HEIGHT[-1][1])
 
 
 class Admission:
@@ -133,8 +131,8 @@ class Service:
         if limits:
             # The session limit: the egress ends LIMIT_REACHED when it runs out.
             record_req = record_req.model_copy(update={"duration": min(limits)})
-        resolve(record_req, egress_id)  # every check that needs no process, before admitting
-        cost = egress_cost(req)
+        config = resolve(record_req, egress_id)  # every check that needs no process, before admitting
+        cost = egress_cost(config)
         admitted = not self._queue and self.admission.try_hold(egress_id, cost)
         if not admitted and not (req.queue and len(self._queue) < self.settings.max_queue):
             full = " and the wait queue is full" if req.queue else ""
