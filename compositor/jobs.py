@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .api_models import iso
+from .api_models import FileResult, iso
 from .pipeline.finalize import partial_path
 from .process import ManagedProcess
 from .request import RecordRequest
@@ -130,12 +130,11 @@ class WorkerRunner:
 
 
 def _file_result(f: dict) -> dict:
-    """A worker's file facts as the API shows them."""
-    names = {"width": "width", "height": "height", "fps": "fps", "video_codec": "videoCodec",
-             "audio_codec": "audioCodec"}
-    return {"location": f["path"], "filename": Path(f["path"]).name, "size": f["size"],
-            "duration": f["duration"], **{out: f[k] for k, out in names.items() if k in f},
-            "startedAt": iso(f.get("started_at")), "endedAt": iso(f.get("ended_at"))}
+    """A worker's file facts as the API shows them (FileResult names the fields)."""
+    return FileResult(location=f["path"], filename=Path(f["path"]).name, size=f["size"], duration=f["duration"],
+                      **{k: f[k] for k in ("width", "height", "fps", "video_codec", "audio_codec") if k in f},
+                      started_at=iso(f.get("started_at")), ended_at=iso(f.get("ended_at"))
+                      ).model_dump(by_alias=True, exclude_none=True)
 
 
 def kept_file(request: dict) -> dict | None:
