@@ -35,7 +35,21 @@ def _record_parser(sub) -> None:
     p.add_argument("--layout", help=f"one of {', '.join(builtin_layouts())} (+ -light/-dark); default: default")
     p.add_argument("--preset", help=f"quality preset: {', '.join(preset_names())} (default {DEFAULT_PRESET})")
     p.add_argument("--duration", type=float, help="seconds of media to record (default: until stopped)")
-    p.add_argument("-o", "--output", help="output file: .mp4, .webm or .ogg")
+    p.add_argument("-o", "--output", help="output file: .mp4, .webm or .ogg (default: recordings/recording-TIME.mp4 "
+                                             "unless --stream or --segments is given)")
+    live = p.add_argument_group("live outputs (one encode feeds them all)")
+    live.add_argument("--stream", action="append", metavar="URL",
+                      help="push to rtmp://host/app/KEY, rtmps://…, srt://host:port?passphrase=… (repeatable)")
+    live.add_argument("--stream-retry-window", type=float, metavar="S",
+                      help="seconds a dropped destination is retried (default 60)")
+    live.add_argument("--ca-file", help="PEM CAs to trust for rtmps:// (default: the system's)")
+    live.add_argument("--segments", metavar="PREFIX", help="HLS: segments PREFIX_00000.ts and playlist PREFIX.m3u8")
+    live.add_argument("--segment-duration", type=float, metavar="S", help="HLS segment length (default 2)")
+    live.add_argument("--live-playlist", metavar="NAME", help="also a sliding playlist of the last segments")
+    live.add_argument("--thumbnails", metavar="PREFIX", help="JPEG thumbnails PREFIX_00000.jpg")
+    live.add_argument("--thumbnail-interval", type=float, metavar="S", help="seconds between thumbnails (default 10)")
+    p.add_argument("--control", choices=["stdin"], help="take commands as JSON lines on stdin "
+                                                        '({"op":"update_streams","add":[…],"remove":[…]})')
     p.add_argument("--sync-markers", action="store_true", default=None,
                    help="flash every tile and click once a second (A/V sync check)")
     p.add_argument("--audio-only", action="store_true", default=None)
@@ -119,11 +133,43 @@ def build_request(args: argparse.Namespace) -> RecordRequest:
         data["advanced"] = {**data.get("advanced", {}), **advanced}
     if args.output:
         data["file"] = {"filepath": args.output}
-    data.setdefault("file", {"filepath": f"recordings/recording-{time.strftime('%Y-%m-%dT%H%M%S')}.mp4"})
+    _live_flags(args, data)
+    if not any(data.get(k) for k in ("file", "stream", "segments")):
+        data["file"] = {"filepath": f"recordings/recording-{time.strftime('%Y-%m-%dT%H%M%S')}.mp4"}
     try:
         return RecordRequest.model_validate(data)
     except ValidationError as exc:
         raise InvalidRequest(first_error(exc)) from None
+
+
+def _live_flags(args: argparse.Namespace, data: dict) -> None:
+    """Fold the live-output flags into the request (over what --config gave)."""
+    stream = {"urls": args.stream, "retry_window": args.stream_retry_window, "ca_file": args.ca_file}
+    segments = {"filename_prefix": args.segments, "segment_duration": args.segment_duration,
+                "live_playlist_name": args.live_playlist}
+    images = {"filename_prefix": args.thumbnails, "capture_interval": args.thumbnail_interval}
+    for key, given in (("stream", stream), ("segments", segments), ("images", images)):
+        given = {k: v for k, v in given.items() if v is not None}
+        if given:
+            data[key] = {**(data.get(key) or {}), **given}
+
+
+async def _take_commands(recorder: Recorder, events: EventSink) -> None:
+    """Commands as JSON lines on stdin (how the service changes a live egress); each gets a `command` event."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    async for line in reader:
+        try:
+            cmd = json.loads(line)
+            if not isinstance(cmd, dict) or cmd.get("op") != "update_streams":
+                raise InvalidRequest("unknown command; known: update_streams")
+            streams = await recorder.update_streams(list(cmd.get("add") or []), list(cmd.get("remove") or []))
+            events.emit("command", id=cmd.get("id"), ok=True, streams=streams)
+        except ValueError:
+            events.emit("command", ok=False, code="INVALID_ARGUMENT", message="a command is one JSON object per line")
+        except CompositorError as exc:
+            events.emit("command", id=cmd.get("id"), ok=False, **exc.to_dict())
 
 
 async def _record(args: argparse.Namespace, events: EventSink) -> int:
@@ -143,17 +189,25 @@ async def _record(args: argparse.Namespace, events: EventSink) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     config = None
+    commands = None
     try:
         config = resolve(build_request(args), egress_id=args.egress_id)
         recorder = Recorder(config, events, stop)
-        facts = await recorder.run()
+        if args.control == "stdin":
+            commands = asyncio.create_task(_take_commands(recorder, events))
+        outputs = await recorder.run()
     except CompositorError as exc:
         events.emit("error", egress_id=config.egress_id if config else None, status=_status_of(exc), **exc.to_dict(),
                     **({"file": {"path": exc.details["file"]}} if "file" in exc.details else {}))
         return exc.exit_status
-    events.emit("result", egress_id=config.egress_id, status="COMPLETE",
-                file={**facts.to_dict(), "started_at": recorder.timings.get("first_frame"),
-                      "ended_at": recorder.timings.get("stop_requested")},
+    finally:
+        if commands:
+            commands.cancel()
+    result = outputs.to_dict()
+    if "file" in result:
+        result["file"].update(started_at=recorder.timings.get("first_frame"),
+                              ended_at=recorder.timings.get("stop_requested"))
+    events.emit("result", egress_id=config.egress_id, status="COMPLETE", **result,
                 timings=recorder.timings, stopped_by=recorder.stopped_by)
     return 0
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import re
 import secrets
 import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from .destinations import StreamTarget, parse_stream_urls
 from .errors import InvalidRequest
 from .layouts import LayoutRef, resolve_layout
 from .presets import find_preset, preset_names
-from .request import ParticipantSpec, RecordRequest, default_participants
+from .request import ImageOutput, ParticipantSpec, RecordRequest, SegmentOutput, default_participants
 
 _BASE62 = string.digits + string.ascii_letters
 
@@ -40,6 +43,40 @@ class AudioSettings:
 
 
 @dataclass(frozen=True)
+class StreamSettings:
+    """Live destinations (possibly none yet: they can be added while live)."""
+
+    targets: tuple[StreamTarget, ...]
+    retry_window: float
+    tls_verify: bool
+    ca_file: str | None
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """HLS output: ffmpeg names the segments from `pattern` (index or strftime) in `directory`."""
+
+    directory: Path
+    pattern: str
+    playlist: Path
+    live_playlist: Path | None
+    duration: float
+    timestamp: bool
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """Thumbnails: one JPEG per `interval` seconds, named from `pattern`."""
+
+    directory: Path
+    pattern: str
+    interval: float
+    width: int | None
+    height: int | None
+    timestamp: bool
+
+
+@dataclass(frozen=True)
 class EgressConfig:
     """One fully resolved egress: nothing left to default or look up."""
 
@@ -53,8 +90,11 @@ class EgressConfig:
     height: int
     video: VideoSettings | None
     audio: AudioSettings | None
-    output: Path
-    container: str
+    output: Path | None  # the file output, if any
+    container: str | None
+    stream: StreamSettings | None
+    segments: SegmentSettings | None
+    images: ImageSettings | None
     duration: float | None
     sync_markers: bool
     start_timeout: float
@@ -75,24 +115,32 @@ def resolve(req: RecordRequest, egress_id: str | None = None) -> EgressConfig:
     height = (adv and adv.height) or preset.height
     fps = (adv and adv.framerate) or preset.fps
 
-    output = Path(req.file.filepath).expanduser()
-    container = _container(output, req.file.file_type)
+    output = Path(req.file.filepath).expanduser() if req.file else None
+    container = _container(output, req.file.file_type) if req.file and output else None
+    live = req.stream is not None or req.segments is not None
+    if live and container in ("webm", "ogg"):
+        raise InvalidRequest(f"streams and HLS segments carry H.264/AAC; a {container.upper()} file alongside "
+                             f"would need a second encode: record an MP4 with them", details={"field": "file"})
     audio_only = req.audio_only or container == "ogg"
     if container == "ogg" and req.video_only:
         raise InvalidRequest("an OGG file carries audio only; video_only cannot apply", details={"field": "file"})
+    if req.images and audio_only:
+        raise InvalidRequest("thumbnails need video; this egress is audio only", details={"field": "images"})
 
+    h264 = container in (None, "mp4")
     video = None
     if not audio_only:
-        codec = ((adv and adv.video_codec) or ("H264" if container == "mp4" else "VP8")).lower()
-        if container == "mp4" and codec != "h264":
-            raise InvalidRequest(f"MP4 files carry H.264, not {codec.upper()}", details={"field": "advanced.videoCodec"})
+        codec = ((adv and adv.video_codec) or ("H264" if h264 else "VP8")).lower()
+        if h264 and codec != "h264":
+            what = "MP4 files" if container else "Streams and segments"
+            raise InvalidRequest(f"{what} carry H.264, not {codec.upper()}", details={"field": "advanced.videoCodec"})
         if container == "webm" and codec == "h264":
             raise InvalidRequest("WebM files carry VP8 or VP9, not H.264", details={"field": "advanced.videoCodec"})
         video = VideoSettings(
             width=width, height=height, fps=fps,
             bitrate_kbps=(adv and adv.video_bitrate) or preset.video_kbps,
             codec=codec,
-            keyframe_interval=(adv and adv.key_frame_interval) or 2.0,
+            keyframe_interval=(adv and adv.key_frame_interval) or _keyframe_interval(req.segments),
             x264_preset=(adv and adv.x264_preset) or DEFAULT_X264_PRESET,
         )
     audio = None
@@ -100,8 +148,16 @@ def resolve(req: RecordRequest, egress_id: str | None = None) -> EgressConfig:
         audio = AudioSettings(
             bitrate_kbps=(adv and adv.audio_bitrate) or 128,
             sample_rate=(adv and adv.audio_frequency) or 48000,
-            codec="aac" if container == "mp4" else "opus",
+            codec="aac" if h264 else "opus",
         )
+    stream = None
+    if req.stream:
+        stream = StreamSettings(targets=parse_stream_urls(req.stream.urls), retry_window=req.stream.retry_window,
+                                tls_verify=req.stream.tls_verify, ca_file=req.stream.ca_file)
+    segments = _segments(req.segments) if req.segments else None
+    images = _images(req.images) if req.images else None
+    if sum(x is not None for x in (output, stream, segments, images)) > 1:
+        _check_tee_paths(output, segments, images)
 
     if req.web_url:
         source, participants = "web", ()
@@ -126,10 +182,76 @@ def resolve(req: RecordRequest, egress_id: str | None = None) -> EgressConfig:
         audio=audio,
         output=output,
         container=container,
+        stream=stream,
+        segments=segments,
+        images=images,
         duration=req.duration,
         sync_markers=req.sync_markers,
         start_timeout=req.start_timeout,
     )
+
+
+def _keyframe_interval(segments: SegmentOutput | None) -> float:
+    """2 s, or the largest interval up to 2 s that divides the segment duration (segments cut on keyframes)."""
+    if segments is None:
+        return 2.0
+    return segments.segment_duration / math.ceil(segments.segment_duration / 2.0)
+
+
+def _series(prefix: str, default_base: str, field: str) -> tuple[Path, str]:
+    """A file series' folder and base name from its prefix (`dir/` alone: files named `default_base`)."""
+    path = Path(prefix).expanduser()
+    if prefix.endswith("/"):
+        return path, default_base
+    if not path.name:
+        raise InvalidRequest(f"{field} {prefix!r} has no file name part", details={"field": field})
+    return path.parent, path.name
+
+
+def _segments(seg: SegmentOutput) -> SegmentSettings:
+    directory, base = _series(seg.filename_prefix, "segment", "segments.filenamePrefix")
+    timestamp = seg.filename_suffix == "TIMESTAMP"
+    names = {}
+    for field, name, default in (("playlistName", seg.playlist_name, f"{base}.m3u8"),
+                                 ("livePlaylistName", seg.live_playlist_name, None)):
+        if name is None:
+            names[field] = default
+            continue
+        if "/" in name or name in (".", "..") or not name.strip():
+            raise InvalidRequest(f"segments.{field} {name!r} must be a file name (it goes next to the segments)",
+                                 details={"field": f"segments.{field}"})
+        names[field] = name if name.endswith(".m3u8") else f"{name}.m3u8"
+    if names["livePlaylistName"] == names["playlistName"]:
+        raise InvalidRequest("the live playlist needs a name of its own", details={"field": "segments.livePlaylistName"})
+    return SegmentSettings(
+        directory=directory,
+        pattern=f"{base}_%Y%m%dT%H%M%S.ts" if timestamp else f"{base}_%05d.ts",
+        playlist=directory / names["playlistName"],
+        live_playlist=directory / names["livePlaylistName"] if names["livePlaylistName"] else None,
+        duration=seg.segment_duration, timestamp=timestamp)
+
+
+def _images(img: ImageOutput) -> ImageSettings:
+    directory, base = _series(img.filename_prefix, "thumbnail", "images.filenamePrefix")
+    timestamp = img.filename_suffix == "TIMESTAMP"
+    return ImageSettings(directory=directory,
+                         pattern=f"{base}_%Y%m%dT%H%M%S.jpg" if timestamp else f"{base}_%05d.jpg",
+                         interval=img.capture_interval, width=img.width, height=img.height, timestamp=timestamp)
+
+
+# ffmpeg's tee muxer splits its outputs on | and reads [options:...] before each.
+_TEE_UNSAFE = re.compile(r"[|\[\]\\:\x00-\x1f]")
+
+
+def _check_tee_paths(output: Path | None, segments: SegmentSettings | None, images: ImageSettings | None) -> None:
+    paths = {"file.filepath": output,
+             "segments.filenamePrefix": segments and segments.directory / segments.pattern,
+             "segments.playlistName": segments and segments.playlist,
+             "images.filenamePrefix": images and images.directory / images.pattern}
+    for field, path in paths.items():
+        if path is not None and _TEE_UNSAFE.search(str(path)):
+            raise InvalidRequest(f"{field} {str(path)!r}: with several outputs, paths cannot contain | [ ] \\ or :",
+                                 details={"field": field})
 
 
 def _container(path: Path, file_type: str | None) -> str:

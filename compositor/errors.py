@@ -127,6 +127,16 @@ class Conflict(CompositorError):
         self.code = code
 
 
+class StreamFailed(CompositorError):
+    """Every live destination of a stream-only egress failed for good; the code is theirs (RTMP_…, SRT_…)."""
+
+    code = "STREAM_FAILED"
+
+    def __init__(self, message: str, code: str | None = None, **kw):
+        super().__init__(message, **kw)
+        self.code = code or self.code
+
+
 class CapacityExceeded(CompositorError):
     code = "CAPACITY_EXCEEDED"
     http_status = 503

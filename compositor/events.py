@@ -54,10 +54,21 @@ class EventSink:
         if kind == "status":
             self.stream.write(f"{event['status']}: {event.get('message', '')}".rstrip(": ") + "\n")
         elif kind == "result":
-            f = event["file"]
-            video = f" {f['width']}x{f['height']}@{f['fps']:g} {f['video_codec']}" if f.get("video_codec") else ""
-            audio = f" {f['audio_codec']}" if f.get("audio_codec") else ""
-            self.stream.write(f"COMPLETE: {f['path']} ({_size(f['size'])}, {f['duration']:.2f} s,{video}{audio})\n")
+            self.stream.write("COMPLETE\n")
+            if f := event.get("file"):
+                video = f" {f['width']}x{f['height']}@{f['fps']:g} {f['video_codec']}" if f.get("video_codec") else ""
+                audio = f" {f['audio_codec']}" if f.get("audio_codec") else ""
+                self.stream.write(f"  file: {f['path']} ({_size(f['size'])}, {f['duration']:.2f} s,{video}{audio})\n")
+            if s := event.get("segments"):
+                self.stream.write(f"  HLS: {s['playlist']} ({s['segment_count']} segments, {s['duration']:.2f} s)\n")
+            if i := event.get("images"):
+                self.stream.write(f"  thumbnails: {i['count']} in {i['directory']}\n")
+            for d in event.get("streams", []):
+                failed = f" [{d['error_code']}] {d['error']}" if d["status"] == "FAILED" else ""
+                self.stream.write(f"  stream: {d['url']} {d['status']}, {d['retries']} retries{failed}\n")
+        elif kind == "stream":
+            why = f" [{event['error_code']}] {event['error']}" if event.get("error_code") else ""
+            self.stream.write(f"stream {event['url']}: {event['status']}{why}\n")
         elif kind == "error":
             where = f" (partial file kept: {event['file']['path']})" if event.get("file") else ""
             self.stream.write(f"FAILED [{event['code']}]: {event['message']}{where}\n")

@@ -117,9 +117,9 @@ class WorkerRunner:
                 fields["started_at"] = event["time"]
             self._set(egress_id, **fields)
         elif kind == "result":
-            f = event["file"]
+            f = event.get("file")
             self._set(egress_id, status="LIMIT_REACHED" if event.get("stopped_by") == "limit" else "COMPLETE",
-                      ended_at=event["time"], file=_file_result(f))
+                      ended_at=event["time"], file=_file_result(f) if f else None)
             return True
         elif kind == "error":
             self._set(egress_id, status=event.get("status", "FAILED"), ended_at=event["time"],

@@ -45,15 +45,19 @@ def check_output(path: Path) -> None:
     """The output's folder exists (or can be made) and is writable; the path is no folder."""
     if path.is_dir():
         raise OutputNotWritable(f"output {str(path)!r} is a directory; give a file name")
-    folder = path.parent
+    check_folder(path.parent)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputNotWritable(f"output {str(path)!r} exists and is not writable")
+
+
+def check_folder(folder: Path) -> None:
+    """The folder exists (or can be made) and is writable."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputNotWritable(f"cannot create output folder {str(folder)!r}: {exc.strerror}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputNotWritable(f"output folder {str(folder)!r} is not writable")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise OutputNotWritable(f"output {str(path)!r} exists and is not writable")
 
 
 async def check_web_url(url: str, timeout: float = 10.0) -> None:
@@ -85,7 +89,16 @@ def check_media(config: EgressConfig) -> None:
 async def preflight(config: EgressConfig) -> None:
     """Every check that needs the machine, run before anything starts."""
     check_programs()
-    check_output(config.output)
+    if config.output:
+        check_output(config.output)
+    for series in (config.segments, config.images):
+        if series:
+            check_folder(series.directory)
+    if config.segments:
+        check_output(config.segments.playlist)
+    if config.stream and config.stream.ca_file and not Path(config.stream.ca_file).is_file():
+        raise InvalidRequest(f"stream.caFile {config.stream.ca_file!r} does not exist",
+                             details={"field": "stream.caFile"})
     check_media(config)
     if config.web_url:
         await check_web_url(config.web_url)

@@ -16,7 +16,7 @@ import ctypes
 import logging
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,17 @@ class ManagedProcess:
 
     def __init__(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                  stop_signal: int = signal.SIGTERM, stop_timeout: float = 3.0,
-                 stdout_pipe: bool = False, pass_fds: Sequence[int] = ()):
+                 stdout_pipe: bool = False, stdin_pipe: bool = False, pass_fds: Sequence[int] = (),
+                 redact: Callable[[str], str] = str):
         self.name = name
         self.argv = list(argv)
         self.env = dict(env) if env is not None else None
         self.stop_signal = stop_signal
         self.stop_timeout = stop_timeout
         self._stdout_pipe = stdout_pipe
+        self._stdin_pipe = stdin_pipe
+        #: applied to everything this owner logs or reports (argv, stderr): hides secrets
+        self.redact = redact
         self._pass_fds = tuple(pass_fds)
         self.proc: asyncio.subprocess.Process | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -54,10 +58,10 @@ class ManagedProcess:
         return self.proc is not None and self.proc.returncode is None
 
     async def start(self) -> None:
-        log.debug("start %s: %s", self.name, " ".join(self.argv))
+        log.debug("start %s: %s", self.name, self.redact(" ".join(self.argv)))
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if self._stdin_pipe else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE if self._stdout_pipe else asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
@@ -70,7 +74,7 @@ class ManagedProcess:
     async def _read_stderr(self) -> None:
         assert self.proc and self.proc.stderr
         async for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
+            line = self.redact(raw.decode(errors="replace").rstrip())
             if line:
                 self.stderr_tail.append(line)
                 log.debug("%s: %s", self.name, line)

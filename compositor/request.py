@@ -123,6 +123,46 @@ class FileOutput(Model):
         return v.upper() if isinstance(v, str) else v
 
 
+class StreamOutput(Model):
+    """Live destinations: one encode pushed to each URL by its own connection."""
+
+    urls: list[str] = Field(default_factory=list, max_length=16,
+                            description="rtmp://, rtmps://, srt:// (or mux://KEY); may start empty and be added later")
+    retry_window: float = Field(60, ge=0, le=86400,
+                                description="seconds a dropped destination is retried before it is FAILED")
+    tls_verify: bool = Field(True, description="verify rtmps:// certificates")
+    ca_file: str | None = Field(None, description="PEM file of CAs to trust for rtmps:// (default: the system's)")
+
+
+class NumberedFiles(Model):
+    """Outputs that write a series of files: PREFIX + index or timestamp suffix."""
+
+    filename_prefix: str = Field(min_length=1, description="path prefix of the files")
+    filename_suffix: Literal["INDEX", "TIMESTAMP"] = "INDEX"
+
+    @field_validator("filename_suffix", mode="before")
+    @classmethod
+    def _suffix(cls, v):
+        # LiveKit spells them IMAGE_SUFFIX_INDEX and so on.
+        return v.upper().removeprefix("IMAGE_SUFFIX_") if isinstance(v, str) else v
+
+
+class SegmentOutput(NumberedFiles):
+    """HLS: MPEG-TS segments, a playlist of all of them and optionally a sliding live playlist."""
+
+    playlist_name: str | None = Field(None, description="file name next to the segments (default PREFIX.m3u8)")
+    live_playlist_name: str | None = Field(None, description="a playlist of the last few segments only")
+    segment_duration: float = Field(2, ge=1, le=60, description="seconds")
+
+
+class ImageOutput(NumberedFiles):
+    """JPEG thumbnails every capture_interval seconds."""
+
+    capture_interval: float = Field(10, ge=1, le=3600, description="seconds")
+    width: int | None = Field(None, ge=16, le=3840, description="default: the video's")
+    height: int | None = Field(None, ge=16, le=3840, description="default: the video's")
+
+
 class RecordRequest(Model):
     """One egress as the worker receives it."""
 
@@ -132,7 +172,10 @@ class RecordRequest(Model):
     layout: str = "default"
     preset: str = Field("720p", validation_alias=AliasChoices("preset", "quality"))
     advanced: EncodingOptions | None = None
-    file: FileOutput
+    file: FileOutput | None = None
+    stream: StreamOutput | None = None
+    segments: SegmentOutput | None = None
+    images: ImageOutput | None = None
     duration: float | None = Field(None, gt=0, description="seconds of media; None: until stopped")
     sync_markers: bool = False
     audio_only: bool = False
@@ -145,6 +188,8 @@ class RecordRequest(Model):
             raise ValueError("give either a room or a web_url, not both")
         if self.audio_only and self.video_only:
             raise ValueError("audio_only and video_only exclude each other")
+        if not (self.file or self.stream or self.segments):
+            raise ValueError("give at least one output: file, stream or segments (images go along with them)")
         return self
 
 

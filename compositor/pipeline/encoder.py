@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import AudioSettings, EgressConfig, VideoSettings
+from ..config import AudioSettings, EgressConfig, ImageSettings, SegmentSettings, VideoSettings
 from ..errors import EncoderFailed
 from ..process import ManagedProcess
 
@@ -63,6 +63,17 @@ class Progress:
         )
 
 
+async def progress_updates(stdout: asyncio.StreamReader) -> AsyncIterator[Progress]:
+    """Each `-progress` block an ffmpeg writes to `stdout`, parsed."""
+    block: dict[str, str] = {}
+    async for raw in stdout:
+        key, _, value = raw.decode(errors="replace").strip().partition("=")
+        block[key] = value
+        if key == "progress":
+            yield Progress.from_block(block)
+            block = {}
+
+
 def video_args(v: VideoSettings) -> list[str]:
     gop = max(1, round(v.fps * v.keyframe_interval))
     rate = ["-b:v", f"{v.bitrate_kbps}k", "-maxrate", f"{v.bitrate_kbps}k", "-bufsize", f"{v.bitrate_kbps * 2}k"]
@@ -85,54 +96,108 @@ def audio_args(a: AudioSettings) -> list[str]:
     return ["-af", "aresample=async=1:min_hard_comp=0.03", *codec, "-b:a", f"{a.bitrate_kbps}k", "-ar", str(a.sample_rate), "-ac", "2"]
 
 
-def container_args(container: str) -> list[str]:
-    """Muxer options that keep a killed recording playable up to its last second."""
+@dataclass(frozen=True)
+class MuxTarget:
+    """One output of the encode: a muxer, its options, and where it writes."""
+
+    format: str
+    target: str
+    options: tuple[tuple[str, str], ...] = ()
+
+
+def file_target(container: str, path: Path) -> MuxTarget:
+    """The file, with muxer options that keep a killed recording playable up to its last second."""
     if container == "mp4":
         # Fragmented while recording; remuxed to a faststart MP4 at the end.
-        return ["-movflags", "+delay_moov+default_base_moof+frag_keyframe", "-frag_duration", "1000000",
-                "-f", "mp4"]
+        return MuxTarget("mp4", str(path), (("movflags", "+delay_moov+default_base_moof+frag_keyframe"),
+                                            ("frag_duration", "1000000")))
     if container == "webm":
-        return ["-cluster_time_limit", "1000", "-f", "webm"]
-    return ["-page_duration", "1000000", "-f", "ogg"]
+        return MuxTarget("webm", str(path), (("cluster_time_limit", "1000"),))
+    return MuxTarget("ogg", str(path), (("page_duration", "1000000"),))
+
+
+def hls_target(seg: SegmentSettings) -> MuxTarget:
+    """HLS: the playlist lists a segment only once it is complete (temp_file), with its wall-clock time."""
+    options = [("hls_time", f"{seg.duration:g}"), ("hls_playlist_type", "event"),
+               ("hls_flags", "program_date_time+independent_segments+temp_file"),
+               ("hls_segment_filename", str(seg.directory / seg.pattern))]
+    if seg.timestamp:
+        options.append(("strftime", "1"))
+    return MuxTarget("hls", str(seg.playlist), tuple(options))
+
+
+def live_pipe_target(fd: int) -> MuxTarget:
+    """FLV into a pipe the worker fans out to each destination; its failure never stops the others."""
+    return MuxTarget("flv", f"pipe:{fd}", (("flvflags", "no_duration_filesize"), ("onfail", "ignore")))
+
+
+def mux_args(targets: list[MuxTarget]) -> list[str]:
+    """One encode into every target: the target itself, or ffmpeg's tee muxer when there are several."""
+    if len(targets) == 1:
+        t = targets[0]
+        return [*(arg for k, v in t.options if k != "onfail" for arg in (f"-{k}", v)), "-f", t.format, t.target]
+    slaves = "|".join("[" + ":".join(f"{k}={v}" for k, v in (("f", t.format), *t.options)) + "]" + t.target
+                      for t in targets)
+    # Muxers behind tee do not ask for global headers themselves; MP4 and FLV need them.
+    return ["-flags", "+global_header", "-f", "tee", slaves]
+
+
+def thumbnail_args(img: ImageSettings, limit: list[str]) -> list[str]:
+    naming = ["-strftime", "1"] if img.timestamp else ["-start_number", "0"]
+    return ["-map", "[thumbs]", "-fps_mode", "passthrough", "-c:v", "mjpeg", "-q:v", "3", *limit, "-f", "image2",
+            *naming, str(img.directory / img.pattern)]
+
+
+def _video_graph(config: EgressConfig) -> str:
+    # Constant rate made in the filter, from the first captured frame on:
+    # the encoder's own cfr would repeat that frame back to time 0.
+    graph = f"[0:v]fps={config.video.fps}"
+    img = config.images
+    if img is None:
+        return graph + "[video]"
+    w, h = img.width or (-2 if img.height else config.video.width), img.height or -2
+    return graph + f",split=2[video][t];[t]fps=1/{img.interval:g},scale={w}:{h}[thumbs]"
 
 
 def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_source: str,
-               start_epoch: float, out: Path) -> list[str]:
-    """The whole ffmpeg command for one egress."""
-    argv = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-progress", "pipe:1",
+               start_epoch: float, targets: list[MuxTarget]) -> list[str]:
+    """The whole ffmpeg command for one egress: one encode, every output."""
+    argv = ["ffmpeg", "-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-progress", "pipe:1",
             "-stats_period", "0.25", "-copyts"]
-    maps: list[str] = []
+    inputs = 0
     if config.video:
         v = config.video
         argv += ["-thread_queue_size", "32", "-f", "x11grab", "-draw_mouse", "0", "-framerate", str(v.fps),
                  "-video_size", f"{v.width}x{v.height}", "-itsoffset", f"{-start_epoch:.6f}",
                  "-i", f"{display}+0,0"]
-        maps += ["-map", f"{len(maps) // 2}:v"]  # one -map per input so far
+        inputs += 1
     if config.audio:
         argv += ["-thread_queue_size", "64", "-f", "pulse", "-server", pulse_server,
                  "-sample_rate", str(config.audio.sample_rate), "-channels", "2",
                  "-itsoffset", f"{AUDIO_DELAY_S - start_epoch:.6f}", "-i", pulse_source]
-        maps += ["-map", f"{len(maps) // 2}:a"]
-    argv += maps
+    limit = ["-t", f"{config.duration:.3f}"] if config.duration else []
     if config.video:
-        # Constant rate made in the filter, from the first captured frame on:
-        # the encoder's own cfr would repeat that frame back to time 0.
-        argv += ["-vf", f"fps={config.video.fps}", "-fps_mode", "passthrough", *video_args(config.video)]
+        argv += ["-filter_complex", _video_graph(config), "-map", "[video]"]
+    if config.audio:
+        argv += ["-map", f"{inputs}:a"]
+    if config.video:
+        argv += ["-fps_mode", "passthrough", *video_args(config.video)]
     if config.audio:
         argv += audio_args(config.audio)
-    if config.duration:
-        argv += ["-t", f"{config.duration:.3f}"]
-    argv += ["-avoid_negative_ts", "make_zero", "-flush_packets", "1", *container_args(config.container),
-             "-y", str(out)]
+    argv += [*limit, "-avoid_negative_ts", "make_zero", "-flush_packets", "1", *mux_args(targets)]
+    if config.images:
+        argv += thumbnail_args(config.images, limit)
     return argv
 
 
 class Encoder:
     """Owns the ffmpeg process of one egress and reports its progress."""
 
-    def __init__(self, argv: list[str], on_progress: Callable[[Progress], None] | None = None):
+    def __init__(self, argv: list[str], on_progress: Callable[[Progress], None] | None = None, *,
+                 video: bool = True, pass_fds: tuple[int, ...] = ()):
+        self._video = video
         self._proc = ManagedProcess("ffmpeg", argv, stop_signal=signal.SIGINT, stop_timeout=STOP_DEADLINE_S,
-                                    stdout_pipe=True)
+                                    stdout_pipe=True, pass_fds=pass_fds)
         self._on_progress = on_progress
         self.progress = Progress()
         self.first_frame = asyncio.Event()
@@ -148,17 +213,13 @@ class Encoder:
 
     async def _read_progress(self) -> None:
         assert self._proc.proc and self._proc.proc.stdout
-        block: dict[str, str] = {}
-        async for raw in self._proc.proc.stdout:
-            key, _, value = raw.decode(errors="replace").strip().partition("=")
-            block[key] = value
-            if key == "progress":
-                self.progress = Progress.from_block(block)
-                if self.progress.total_size > 0 or self.progress.frame > 0:
-                    self.first_frame.set()
-                if self._on_progress:
-                    self._on_progress(self.progress)
-                block = {}
+        async for progress in progress_updates(self._proc.proc.stdout):
+            self.progress = progress
+            # Behind tee there is no total size; audio-only has no frame count.
+            if progress.frame > 0 or (not self._video and (progress.total_size > 0 or progress.out_time > 0)):
+                self.first_frame.set()
+            if self._on_progress:
+                self._on_progress(progress)
 
     async def wait(self) -> int:
         code = await self._proc.wait()

@@ -29,6 +29,7 @@ async def finalize(config: EgressConfig, partial: Path) -> MediaFacts:
     if not partial.exists() or partial.stat().st_size == 0:
         raise OutputInvalid("the encoder wrote nothing")
     output = config.output
+    assert output is not None
     if config.container == "mp4":
         staging = output.with_name(f".{output.name}.{os.getpid()}.tmp")
         remux = ManagedProcess("ffmpeg-remux", ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error",
@@ -55,3 +56,11 @@ async def finalize(config: EgressConfig, partial: Path) -> MediaFacts:
     if facts.duration <= 0 or (config.video and not facts.video_codec) or (config.audio and not facts.audio_codec):
         raise OutputInvalid(f"the finished file lacks expected streams or duration: {facts.to_dict()}")
     return facts
+
+
+def images_written(directory: Path, pattern: str, since: float) -> dict:
+    """The thumbnails of this run: files of the series written since it started."""
+    base = pattern.split("_%", 1)[0]
+    files = sorted(p for p in directory.glob(f"{base}_*.jpg") if p.stat().st_mtime >= since - 1)
+    return {"directory": str(directory), "count": len(files),
+            "first": str(files[0]) if files else None, "last": str(files[-1]) if files else None}

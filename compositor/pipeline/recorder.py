@@ -17,8 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from dataclasses import dataclass, field
+
 from ..config import EgressConfig
-from ..errors import Aborted, AudioFailed, BrowserFailed, CompositorError, DisplayFailed, StartTimeout
+from ..destinations import parse_stream_url, parse_stream_urls
+from ..errors import Aborted, AudioFailed, BrowserFailed, CompositorError, Conflict, DisplayFailed, StartTimeout
 from ..events import EventSink
 from ..preflight import preflight
 from ..probe import MediaFacts
@@ -26,9 +29,11 @@ from ..process import ManagedProcess
 from .audio import AudioSink
 from .browser import END_RECORDING, START_RECORDING, Browser
 from .display import Display
-from .encoder import Encoder, Progress, build_argv
-from .finalize import finalize, partial_path
+from .encoder import Encoder, MuxTarget, Progress, build_argv, file_target, hls_target, live_pipe_target
+from .finalize import finalize, images_written, partial_path
+from .hls import LivePlaylist, finish_segments
 from .page_server import PageServer
+from .streams import Destination, StreamFanout
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +49,30 @@ def sweep_stale_workdirs() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclass
+class Outputs:
+    """What one egress produced: each output's facts (None for outputs it did not have)."""
+
+    file: MediaFacts | None = None
+    segments: dict | None = None
+    images: dict | None = None
+    streams: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out: dict = {}
+        if self.file:
+            out["file"] = self.file.to_dict()
+        if self.segments:
+            out["segments"] = self.segments
+        if self.images:
+            out["images"] = self.images
+        if self.streams:
+            out["streams"] = self.streams
+        return out
+
+
 class Recorder:
-    """Runs one EgressConfig through display, sink, browser and encoder."""
+    """Runs one EgressConfig through display, sink, browser and encoder to every output."""
 
     def __init__(self, config: EgressConfig, events: EventSink, stop: asyncio.Event):
         self.config = config
@@ -55,13 +82,15 @@ class Recorder:
         #: why recording ended: limit (duration reached), stopped, room_ended, or failed
         self.stopped_by = "failed"
         self._last_progress_emit = 0.0
+        self._fanout: StreamFanout | None = None
+        self._partial: Path | None = partial_path(config.output) if config.output else None
 
     def _status(self, status: str, message: str = "", **extra) -> None:
         self.events.emit("status", status=status, egress_id=self.config.egress_id,
                          **({"message": message} if message else {}), **extra)
 
-    async def run(self) -> MediaFacts:
-        """Record to config.output; returns the final file's facts or raises CompositorError."""
+    async def run(self) -> Outputs:
+        """Record to every output of the config; returns what they became, or raises CompositorError."""
         cfg = self.config
         self._status("STARTING")
         await preflight(cfg)
@@ -73,7 +102,7 @@ class Recorder:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    async def _record(self, stack: contextlib.AsyncExitStack, workdir: Path) -> MediaFacts:
+    async def _record(self, stack: contextlib.AsyncExitStack, workdir: Path) -> Outputs:
         cfg = self.config
         display = Display(cfg.width, cfg.height)
         sink = AudioSink(workdir / "pulse", cfg.audio.sample_rate if cfg.audio else 48000)
@@ -101,12 +130,28 @@ class Recorder:
             await self._until_ready(browser, watched, self._start_signal(browser), cfg.start_timeout)
         self.timings["start_recording"] = start_epoch = time.time()
 
-        partial = partial_path(cfg.output)
-        encoder = Encoder(build_argv(cfg, display=display.name, pulse_server=sink.server,
-                                     pulse_source=sink.monitor, start_epoch=start_epoch, out=partial),
-                          on_progress=self._on_progress)
+        targets: list[MuxTarget] = []
+        if cfg.output:
+            targets.append(file_target(cfg.container, self._partial))
+        if cfg.segments:
+            targets.append(hls_target(cfg.segments))
+        if cfg.stream:
+            # Closed after the encoder (the exit stack runs backwards): destinations get the stream's end.
+            self._fanout = StreamFanout(cfg.stream, has_video=cfg.video is not None, on_change=self._stream_changed)
+            stack.push_async_callback(self._fanout.close)
+            targets.append(live_pipe_target(self._fanout.write_fd))
+        encoder = Encoder(build_argv(cfg, display=display.name, pulse_server=sink.server, pulse_source=sink.monitor,
+                                     start_epoch=start_epoch, targets=targets),
+                          on_progress=self._on_progress, video=cfg.video is not None,
+                          pass_fds=(self._fanout.write_fd,) if self._fanout else ())
         stack.push_async_callback(encoder.stop)
         await encoder.start()
+        if self._fanout:
+            await self._fanout.start()
+        playlist = LivePlaylist(cfg.segments) if cfg.segments and cfg.segments.live_playlist else None
+        if playlist:
+            stack.push_async_callback(playlist.stop)
+            playlist.start()
 
         failure = await self._until_first_frame(encoder, browser, watched)
         if failure is None:
@@ -121,11 +166,25 @@ class Recorder:
         self._status("ENDING")
         code = await encoder.stop()
         log.debug("encoder exit %s", code)
-        facts = await self._finish(partial, failure)
+        outputs = Outputs()
+        if playlist:
+            await playlist.stop()
+        if self._fanout:
+            await self._fanout.close()
+            outputs.streams = [d.info() for d in self._fanout.destinations]
+        if cfg.segments:
+            outputs.segments = finish_segments(cfg.segments)
+        if cfg.images:
+            outputs.images = images_written(cfg.images.directory, cfg.images.pattern, start_epoch)
+        if cfg.output:
+            outputs.file = await self._finish_file(failure)
+        elif failure is not None:
+            raise failure
         self.timings["finalized"] = time.time()
-        return facts
+        return outputs
 
-    async def _finish(self, partial: Path, failure: CompositorError | None) -> MediaFacts:
+    async def _finish_file(self, failure: CompositorError | None) -> MediaFacts:
+        partial = self._partial
         try:
             facts = await finalize(self.config, partial)
         except CompositorError as exc:
@@ -138,6 +197,30 @@ class Recorder:
             failure.details["file"] = facts.path
             raise failure
         return facts
+
+    @property
+    def stream_only(self) -> bool:
+        """An egress whose only lasting output is its streams: it ends when they do."""
+        return self._fanout is not None and not self.config.output and not self.config.segments
+
+    async def update_streams(self, add: list[str], remove: list[str]) -> list[dict]:
+        """Add and remove live destinations; returns every destination's state."""
+        if not self.config.stream:
+            raise Conflict("NO_STREAM_OUTPUT", "this egress has no stream output; start it with one (urls may "
+                                               "be empty) to add destinations later")
+        if self._fanout is None or self.timings.get("stop_requested"):
+            raise Conflict("EGRESS_NOT_ACTIVE", "destinations can be changed only while the egress is live")
+        targets = parse_stream_urls(add, "add")
+        removals = [parse_stream_url(url, f"remove.{i}").url for i, url in enumerate(remove)]
+        for url in removals:
+            await self._fanout.remove(url)
+        for target in targets:
+            self._fanout.add(target)
+        return [d.info() for d in self._fanout.destinations]
+
+    def _stream_changed(self, dest: Destination) -> None:
+        index = self._fanout.destinations.index(dest) if self._fanout and dest in self._fanout.destinations else -1
+        self.events.emit("stream", egress_id=self.config.egress_id, index=index, **dest.info())
 
     async def _start_signal(self, browser: Browser) -> None:
         while (signal := await browser.signals.get()) != START_RECORDING:
@@ -217,10 +300,17 @@ class Recorder:
 
         exited = asyncio.create_task(encoder.wait())
         ended = asyncio.create_task(page_ended())
+        streams = asyncio.ensure_future(asyncio.shield(self._fanout.outcome) if self.stream_only
+                                        else asyncio.get_running_loop().create_future())
         guards = self._guards(browser, watched)
-        done, pending = await asyncio.wait([exited, ended, *guards], return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait([exited, ended, streams, *guards], return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
+        if streams in done:
+            if streams.result() == "all_removed":
+                self.stopped_by = "streams_removed"
+                return None
+            return self._fanout.failure()
         if exited in done:
             code = exited.result()
             self.stopped_by = "limit"
@@ -240,6 +330,9 @@ class Recorder:
         if now - self._last_progress_emit < 0.95 and not p.ended:
             return
         self._last_progress_emit = now
+        size = p.total_size
+        if not size and self._partial and self._partial.exists():
+            size = self._partial.stat().st_size  # behind ffmpeg's tee there is no total
         self.events.emit("progress", egress_id=self.config.egress_id, elapsed=round(p.out_time, 2),
-                         frames=p.frame, fps=p.fps, bitrate_kbps=p.bitrate_kbps, size=p.total_size,
+                         frames=p.frame, fps=p.fps, bitrate_kbps=p.bitrate_kbps, size=size,
                          dup_frames=p.dup_frames, drop_frames=p.drop_frames, speed=p.speed)

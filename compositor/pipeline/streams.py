@@ -1,0 +1,388 @@
+"""Live destinations: the encode's FLV fanned out, one pusher process per destination.
+
+ffmpeg encodes once and writes the stream as FLV into a pipe. The worker
+reads it and gives each tag to every destination's own queue; each
+destination's pusher (`ffmpeg -c copy`, its own connection) sends it on. A
+destination that refuses, drops or stops reading only ever fills its own
+queue, so the file, the HLS and the other destinations never wait for it.
+A destination that starts (or starts again) is given the stream's header and
+codec configuration and everything since the last keyframe, so it begins at
+once, on a keyframe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from ..config import StreamSettings
+from ..destinations import StreamTarget
+from ..errors import InvalidRequest, StreamFailed
+from ..process import ManagedProcess
+from .encoder import progress_updates
+
+log = logging.getLogger(__name__)
+
+# A destination whose oldest queued tag waited this long has stopped reading.
+STALL_S = 5.0
+# A destination that has not accepted the stream this long after its pusher started.
+CONNECT_TIMEOUT_S = 10.0
+# Reconnect delays grow from the first to the last, then stay there.
+BACKOFF_S = (1.0, 2.0, 4.0, 8.0)
+# At the end, a pusher gets this long to send what it holds and close.
+FINISH_S = 5.0
+_F_SETPIPE_SZ = 1031
+PIPE_BYTES = 1 << 20
+
+FLV_AUDIO, FLV_VIDEO, FLV_SCRIPT = 8, 9, 18
+
+
+@dataclass(frozen=True)
+class FlvTag:
+    """One FLV tag as read: its whole bytes (header, body, trailing size)."""
+
+    kind: int
+    timestamp: int
+    raw: bytes
+
+    @property
+    def body(self) -> bytes:
+        return self.raw[11:-4]
+
+    @property
+    def is_config(self) -> bool:
+        """Metadata or codec configuration: every destination needs it before any frame."""
+        body = self.body
+        if self.kind == FLV_SCRIPT:
+            return True
+        if len(body) < 2:
+            return False
+        if self.kind == FLV_VIDEO:
+            return body[1] == 0  # AVC sequence header
+        return self.kind == FLV_AUDIO and body[0] >> 4 == 10 and body[1] == 0  # AAC sequence header
+
+    @property
+    def keyframe(self) -> bool:
+        body = self.body
+        return self.kind == FLV_VIDEO and len(body) > 1 and body[0] >> 4 == 1 and body[1] == 1
+
+    def retimed(self, base: int) -> bytes:
+        """The tag with its timestamp counted from `base` (each destination's stream starts at 0)."""
+        ts = max(0, self.timestamp - base)
+        return self.raw[:4] + (ts & 0xFFFFFF).to_bytes(3, "big") + bytes([(ts >> 24) & 0xFF]) + self.raw[8:]
+
+
+async def read_flv(reader: asyncio.StreamReader) -> AsyncIterator[bytes | FlvTag]:
+    """The FLV file header (bytes) first, then each tag until the stream ends."""
+    try:
+        yield await reader.readexactly(9)
+        await reader.readexactly(4)  # PreviousTagSize0
+        while True:
+            head = await reader.readexactly(11)
+            rest = await reader.readexactly(int.from_bytes(head[1:4], "big") + 4)
+            yield FlvTag(kind=head[0] & 0x1F, timestamp=int.from_bytes(head[4:7], "big") | head[7] << 24,
+                         raw=head + rest)
+    except asyncio.IncompleteReadError:
+        return
+
+
+def classify(target: StreamTarget, stderr_tail: list[str], reached: bool) -> tuple[str, str]:
+    """A pusher's end as (error code, message), from how far it got and what ffmpeg said."""
+    proto = target.protocol
+    said = stderr_tail[-1] if stderr_tail else "no message"
+    text = " ".join(stderr_tail).lower()
+    if reached:
+        return f"{proto}_DISCONNECTED", f"the destination closed the connection ({said})"
+    rules = [
+        (("connection refused",), "CONNECTION_REFUSED", f"{proto} connection refused by destination"),
+        (("certificate", "tls", "ssl", "handshake"), "TLS_ERROR", "the TLS connection failed"),
+        (("name or service not known", "name resolution", "failed to resolve", "no address associated"),
+         "HOST_NOT_FOUND", "the destination's host name does not resolve"),
+        (("timed out", "timeout"), "TIMEOUT", "the destination did not answer in time"),
+    ]
+    for needles, code, message in rules:
+        if any(n in text for n in needles):
+            return f"{proto}_{code}", f"{message} ({said})"
+    if proto == "RTMP":
+        return "RTMP_PUBLISH_REJECTED", f"the destination refused the stream; check the stream key ({said})"
+    return "SRT_CONNECTION_FAILED", f"the SRT destination did not accept the connection ({said})"
+
+
+class Destination:
+    """One live destination: its queue, its pusher, its retries and its status."""
+
+    def __init__(self, target: StreamTarget, settings: StreamSettings,
+                 backlog: Callable[[], tuple[bytes, list[FlvTag]]], on_change: Callable[[Destination], None]):
+        self.target = target
+        self.settings = settings
+        self.status = "STARTING"
+        self.retries = 0
+        self.last_retry_at: float | None = None
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.error: str | None = None
+        self.error_code: str | None = None
+        self._backlog = backlog
+        self._on_change = on_change
+        self._queue: collections.deque[tuple[float, bytes]] = collections.deque()
+        self._ready = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._pusher: ManagedProcess | None = None
+        self._base: int | None = None  # the timestamp this session's stream counts from
+        self._task: asyncio.Task | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.status in ("STARTING", "ACTIVE", "RECONNECTING")
+
+    def info(self) -> dict:
+        """This destination as events, the API and webhooks show it (the URL redacted)."""
+        return {"url": self.target.redacted, "status": self.status, "retries": self.retries,
+                "last_retry_at": self.last_retry_at, "started_at": self.started_at, "ended_at": self.ended_at,
+                "error": self.error, "error_code": self.error_code}
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    def offer(self, tag: FlvTag) -> None:
+        """Queue a tag for this destination (once its pusher runs and has been given a start)."""
+        if self._pusher is None or self._closed.is_set():
+            return
+        if self._base is None:
+            self._prime()  # the tag is already the last of the fanout's backlog
+        else:
+            self._push(tag.retimed(self._base))
+
+    def _prime(self) -> None:
+        """Give a new pusher the stream's header and everything since the last keyframe, if there is one yet."""
+        preamble, backlog = self._backlog()
+        if not backlog:
+            return
+        self._base = backlog[0].timestamp
+        self._push(preamble + b"".join(t.retimed(self._base) for t in backlog))
+
+    def _push(self, data: bytes) -> None:
+        self._queue.append((time.monotonic(), data))
+        self._ready.set()
+
+    async def close(self) -> None:
+        """Send what is queued, end the stream, and stop (bounded: a stalled peer is cut off)."""
+        self._closed.set()
+        self._ready.set()
+        if self._task:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _set(self, status: str) -> None:
+        self.status = status
+        self._on_change(self)
+
+    async def _run(self) -> None:
+        outage_since: float | None = None
+        attempt = 0
+        try:
+            while not self._closed.is_set():
+                (code, message), reached = await self._session()
+                if self._closed.is_set():
+                    break
+                now = time.time()
+                if reached or outage_since is None:
+                    outage_since, attempt = now, 0
+                self.error_code, self.error = code, message
+                log.info("stream %s: %s", self.target.redacted, message)
+                if now - outage_since >= self.settings.retry_window:
+                    self.ended_at = now
+                    self._set("FAILED")
+                    return
+                self._set("RECONNECTING")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed.wait(), BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                attempt += 1
+                if not self._closed.is_set():
+                    self.retries += 1
+                    self.last_retry_at = time.time()
+        finally:
+            if self.status != "FAILED":
+                self.ended_at = time.time()
+                self._set("FINISHED")
+
+    def _argv(self) -> list[str]:
+        tls = []
+        if self.target.scheme == "rtmps" and self.settings.tls_verify:
+            tls = ["-tls_verify", "1", "-ca_file", self.settings.ca_file or "/etc/ssl/certs/ca-certificates.crt"]
+        return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-progress", "pipe:1", "-stats_period", "0.5",
+                "-probesize", "32", "-analyzeduration", "0", "-f", "flv", "-i", "pipe:0",
+                "-map", "0", "-c", "copy", *tls, "-f", self.target.muxer, self.target.url]
+
+    async def _session(self) -> tuple[tuple[str, str], bool]:
+        """Push until the pusher ends, stalls or the destination closes; returns (error, reached ACTIVE)."""
+        self._queue.clear()
+        pusher = ManagedProcess(f"stream {self.target.redacted}", self._argv(), stop_timeout=2.0,
+                                stdout_pipe=True, stdin_pipe=True, redact=self.target.redact)
+        await pusher.start()
+        self._pusher, self._base = pusher, None
+        self._prime()
+        reached = asyncio.Event()
+
+        async def accepted() -> None:
+            assert pusher.proc and pusher.proc.stdout
+            async for p in progress_updates(pusher.proc.stdout):
+                if not reached.is_set() and (p.total_size > 0 or p.out_time > 0):
+                    reached.set()
+                    self.started_at = self.started_at or time.time()
+                    self.error = self.error_code = None
+                    self._set("ACTIVE")
+
+        watcher = asyncio.create_task(accepted())
+        writer = asyncio.create_task(self._write(pusher))
+        stalled = asyncio.create_task(self._until_stalled(reached))
+        exited = asyncio.create_task(pusher.wait())
+        failure: tuple[str, str] | None = None
+        try:
+            done, _ = await asyncio.wait({writer, stalled, exited}, return_when=asyncio.FIRST_COMPLETED)
+            if stalled in done:
+                failure = stalled.result()
+            elif writer in done and self._closed.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(exited), FINISH_S)
+        finally:
+            self._pusher = None
+            for task in (writer, stalled):
+                task.cancel()
+            await pusher.stop()
+            watcher.cancel()
+            exited.cancel()
+        return failure or classify(self.target, list(pusher.stderr_tail), reached.is_set()), reached.is_set()
+
+    async def _write(self, pusher: ManagedProcess) -> None:
+        assert pusher.proc and pusher.proc.stdin
+        stdin = pusher.proc.stdin
+        try:
+            while True:
+                while self._queue:
+                    stdin.write(self._queue.popleft()[1])
+                    await stdin.drain()
+                if self._closed.is_set():
+                    stdin.close()
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+        except (BrokenPipeError, ConnectionResetError):
+            return
+
+    async def _until_stalled(self, reached: asyncio.Event) -> tuple[str, str]:
+        proto = self.target.protocol
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            if not reached.is_set() and now - started > CONNECT_TIMEOUT_S:
+                return f"{proto}_TIMEOUT", f"the destination did not accept the stream within {CONNECT_TIMEOUT_S:g} s"
+            if reached.is_set() and self._queue and now - self._queue[0][0] > STALL_S:
+                return f"{proto}_STALLED", f"the destination stopped reading for {STALL_S:g} s"
+
+
+class StreamFanout:
+    """Reads the encode's FLV from a pipe and feeds every destination."""
+
+    def __init__(self, settings: StreamSettings, has_video: bool, on_change: Callable[[Destination], None]):
+        self.settings = settings
+        self.destinations: list[Destination] = []
+        self._has_video = has_video
+        self._on_change = on_change
+        self._read_fd, self.write_fd = os.pipe()
+        self._pipe_owned = True  # until start() hands the ends to the encoder and the loop
+        with contextlib.suppress(OSError):
+            # Slack for the moment the loop is busy: the encoder must never wait on this pipe.
+            fcntl.fcntl(self.write_fd, _F_SETPIPE_SZ, PIPE_BYTES)
+        self._header = b""
+        self._config: dict[int, FlvTag] = {}
+        # Tags since the last keyframe: a destination that starts begins with these, at once.
+        self._gop: list[FlvTag] = []
+        self._pump: asyncio.Task | None = None
+        self._transport: asyncio.BaseTransport | None = None
+        #: "all_failed" or "all_removed" once no destination is left streaming
+        self.outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def start(self) -> None:
+        """Call once the encoder runs (it holds the pipe's write end now)."""
+        self._pipe_owned = False
+        os.close(self.write_fd)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=PIPE_BYTES)
+        self._transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                          os.fdopen(self._read_fd, "rb", buffering=0))
+        self._pump = asyncio.create_task(self._run(reader))
+        for target in self.settings.targets:
+            self.add(target)
+
+    def _backlog(self) -> tuple[bytes, list[FlvTag]]:
+        """The stream's header and codec configuration, and the tags since the last keyframe."""
+        tags = [self._config[k].retimed(self._config[k].timestamp) for k in (FLV_SCRIPT, FLV_VIDEO, FLV_AUDIO)
+                if k in self._config]
+        return self._header + b"\0\0\0\0" + b"".join(tags), self._gop
+
+    async def _run(self, reader: asyncio.StreamReader) -> None:
+        async for item in read_flv(reader):
+            if isinstance(item, bytes):
+                self._header = item
+            elif item.is_config:
+                self._config[item.kind] = item
+            else:
+                if item.keyframe or (not self._has_video and item.kind == FLV_AUDIO):
+                    self._gop = []
+                if self._gop or item.keyframe or not self._has_video:
+                    self._gop.append(item)
+                for dest in self.destinations:
+                    dest.offer(item)
+
+    def add(self, target: StreamTarget) -> Destination:
+        if any(d.target.url == target.url and d.live for d in self.destinations):
+            raise InvalidRequest(f"already streaming to {target.redacted}", details={"field": "add"})
+        dest = Destination(target, self.settings, self._backlog, self._changed)
+        self.destinations.append(dest)
+        dest.start()
+        self._on_change(dest)
+        return dest
+
+    async def remove(self, url: str) -> Destination:
+        dest = next((d for d in self.destinations if d.target.url == url and d.live), None)
+        if dest is None:
+            raise InvalidRequest("no live destination has that URL", details={"field": "remove"})
+        await dest.close()
+        if not any(d.live for d in self.destinations) and not self.outcome.done():
+            self.outcome.set_result("all_removed")
+        return dest
+
+    def _changed(self, dest: Destination) -> None:
+        self._on_change(dest)
+        if dest.status == "FAILED" and not self.outcome.done() and not any(d.live for d in self.destinations):
+            self.outcome.set_result("all_failed")
+
+    def failure(self) -> StreamFailed:
+        """Why the stream failed, when every destination has."""
+        failed = [d for d in self.destinations if d.status == "FAILED"]
+        return StreamFailed(
+            "every stream destination failed: " + "; ".join(f"{d.target.redacted}: {d.error}" for d in failed),
+            code=failed[0].error_code if failed else None, details={"streams": [d.info() for d in failed]})
+
+    async def close(self) -> None:
+        """After the encoder ended: let the pipe drain, then finish every destination. Idempotent."""
+        if self._pipe_owned:
+            self._pipe_owned = False
+            for fd in (self._read_fd, self.write_fd):
+                os.close(fd)
+        if self._pump:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._pump), 2.0)
+            self._pump.cancel()
+        if self._transport:
+            self._transport.close()
+        await asyncio.gather(*(d.close() for d in self.destinations))
