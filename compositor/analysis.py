@@ -6,10 +6,13 @@ Used by the tests and benchmarks to check what a viewer would see and hear
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import numpy as np
+
+from .probe import MediaFacts, facts_from_json
 
 CLICK_HZ = 3000  # static/sdk/synthetic.js
 AUDIO_RATE = 48000
@@ -22,7 +25,8 @@ def _ffmpeg_out(args: list[str]) -> bytes:
 def frame_at(path: Path | str, t: float) -> np.ndarray:
     """The decoded frame shown at time t (seconds) as an H x W x 3 RGB array."""
     w, h = video_size(path)
-    raw = _ffmpeg_out(["-ss", f"{t:.3f}", "-i", str(path), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+    seek = ["-ss", f"{t:.3f}"] if t > 0 else []  # (an image has nothing to seek in)
+    raw = _ffmpeg_out([*seek, "-i", str(path), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
     return np.frombuffer(raw, np.uint8)[: w * h * 3].reshape(h, w, 3)
 
 
@@ -109,6 +113,21 @@ def frame_times(path: Path | str) -> np.ndarray:
                           "-of", "csv=p=0", str(path)], check=True, capture_output=True, text=True).stdout
     values = (x.strip(",") for x in out.split())
     return np.array([float(x) for x in values if x not in ("", "N/A")])
+
+
+def facts(path: Path | str) -> MediaFacts:
+    """ffprobe's facts of a media file (the same ones a recording's result reports)."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams",
+                          str(path)], check=True, capture_output=True, text=True).stdout
+    return facts_from_json(Path(path), json.loads(out))
+
+
+def keyframe_times(path: Path | str) -> list[float]:
+    """Times (s) of the video's keyframes, from the container's packet flags."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time,flags",
+                          "-of", "csv=p=0", str(path)], check=True, capture_output=True, text=True).stdout
+    rows = (line.split(",") for line in out.split())
+    return [float(r[0]) for r in rows if len(r) > 1 and r[0] != "N/A" and "K" in r[1]]
 
 
 def flash_onsets(path: Path | str) -> list[float]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from compositor import analysis
+from .receivers import free_port  # noqa: F401  (tests import it from here)
 
 REPO = Path(__file__).resolve().parent.parent
 # Small frames keep the suite light on a 2-core machine.
@@ -25,7 +26,7 @@ class Run:
     code: int
     events: list[dict]
     stderr: str
-    output: Path
+    output: Path | None
 
     def of_type(self, kind: str) -> list[dict]:
         return [e for e in self.events if e["type"] == kind]
@@ -49,8 +50,10 @@ class Run:
         return active[0]["resources"]
 
 
-def record_argv(args: list[str], output: Path) -> list[str]:
-    return [sys.executable, "-m", "compositor", "record", "--events", "json", "-o", str(output), *args]
+def record_argv(args: list[str], output: Path | None) -> list[str]:
+    """`compositor record` with JSON events; no -o when `output` is None (live outputs only)."""
+    out = ["-o", str(output)] if output else []
+    return [sys.executable, "-m", "compositor", "record", "--events", "json", *out, *args]
 
 
 def parse_events(stdout: str) -> list[dict]:
@@ -61,8 +64,8 @@ def parse_events(stdout: str) -> list[dict]:
 def record(tmp_path):
     """record(*args, output='out.mp4', env=None) -> Run, through the real pipeline."""
 
-    def _record(*args: str, output: str = "out.mp4", env: dict | None = None, timeout: float = 120) -> Run:
-        out = tmp_path / output
+    def _record(*args: str, output: str | None = "out.mp4", env: dict | None = None, timeout: float = 120) -> Run:
+        out = tmp_path / output if output else None
         proc = subprocess.run(record_argv(list(args), out), capture_output=True, text=True, timeout=timeout,
                               cwd=REPO, env=env)
         return Run(proc.returncode, parse_events(proc.stdout), proc.stderr, out)
@@ -75,10 +78,14 @@ class LiveRun:
     """A recording running in the background, for signal and crash tests."""
 
     proc: subprocess.Popen
-    output: Path
+    output: Path | None
     events: list[dict] = field(default_factory=list)
 
     def wait_for_status(self, status: str, timeout: float = 30) -> dict:
+        return self.wait_for(lambda e: e["type"] == "status" and e["status"] == status, timeout, status)
+
+    def wait_for(self, matches, timeout: float = 30, what: str = "event") -> dict:
+        """Read events until one matches (kept in `events`); fails after `timeout`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
@@ -86,9 +93,14 @@ class LiveRun:
                 break
             event = json.loads(line)
             self.events.append(event)
-            if event["type"] == "status" and event["status"] == status:
+            if matches(event):
                 return event
-        raise AssertionError(f"no {status} within {timeout}s: {self.events}")
+        raise AssertionError(f"no {what} within {timeout}s: {self.events}")
+
+    def send(self, command: dict) -> None:
+        """A command on the worker's stdin (needs control=True)."""
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
 
     def finish(self, timeout: float = 30) -> Run:
         out, err = self.proc.communicate(timeout=timeout)
@@ -100,10 +112,11 @@ class LiveRun:
 def start_record(tmp_path):
     runs: list[LiveRun] = []
 
-    def _start(*args: str, output: str = "live.mp4") -> LiveRun:
-        out = tmp_path / output
-        proc = subprocess.Popen(record_argv(list(args), out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, cwd=REPO, start_new_session=True)
+    def _start(*args: str, output: str | None = "live.mp4", control: bool = False) -> LiveRun:
+        out = tmp_path / output if output else None
+        argv = record_argv([*args, *(["--control", "stdin"] if control else [])], out)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                start_new_session=True, stdin=subprocess.PIPE if control else None)
         run = LiveRun(proc, out)
         runs.append(run)
         return run
@@ -193,11 +206,3 @@ class HttpReceiver:
         self._thread.join(5)
         self._loop.run_until_complete(self._runner.cleanup())
         self._loop.close()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import AudioSettings, EgressConfig, ImageSettings, SegmentSettings, VideoSettings
+from ..config import AudioSettings, EgressConfig, SegmentSettings, VideoSettings
 from ..errors import EncoderFailed
 from ..process import ManagedProcess
 
@@ -110,7 +110,7 @@ def file_target(container: str, path: Path) -> MuxTarget:
     if container == "mp4":
         # Fragmented while recording; remuxed to a faststart MP4 at the end.
         return MuxTarget("mp4", str(path), (("movflags", "+delay_moov+default_base_moof+frag_keyframe"),
-                                            ("frag_duration", "1000000")))
+                                            ("frag_duration", "1000000"), ("flush_packets", "1")))
     if container == "webm":
         return MuxTarget("webm", str(path), (("cluster_time_limit", "1000"),))
     return MuxTarget("ogg", str(path), (("page_duration", "1000000"),))
@@ -128,7 +128,8 @@ def hls_target(seg: SegmentSettings) -> MuxTarget:
 
 def live_pipe_target(fd: int) -> MuxTarget:
     """FLV into a pipe the worker fans out to each destination; its failure never stops the others."""
-    return MuxTarget("flv", f"pipe:{fd}", (("flvflags", "no_duration_filesize"), ("onfail", "ignore")))
+    return MuxTarget("flv", f"pipe:{fd}", (("flvflags", "no_duration_filesize"), ("flush_packets", "1"),
+                                           ("onfail", "ignore")))
 
 
 def mux_args(targets: list[MuxTarget]) -> list[str]:
@@ -140,23 +141,6 @@ def mux_args(targets: list[MuxTarget]) -> list[str]:
                       for t in targets)
     # Muxers behind tee do not ask for global headers themselves; MP4 and FLV need them.
     return ["-flags", "+global_header", "-f", "tee", slaves]
-
-
-def thumbnail_args(img: ImageSettings, limit: list[str]) -> list[str]:
-    naming = ["-strftime", "1"] if img.timestamp else ["-start_number", "0"]
-    return ["-map", "[thumbs]", "-fps_mode", "passthrough", "-c:v", "mjpeg", "-q:v", "3", *limit, "-f", "image2",
-            *naming, str(img.directory / img.pattern)]
-
-
-def _video_graph(config: EgressConfig) -> str:
-    # Constant rate made in the filter, from the first captured frame on:
-    # the encoder's own cfr would repeat that frame back to time 0.
-    graph = f"[0:v]fps={config.video.fps}"
-    img = config.images
-    if img is None:
-        return graph + "[video]"
-    w, h = img.width or (-2 if img.height else config.video.width), img.height or -2
-    return graph + f",split=2[video][t];[t]fps=1/{img.interval:g},scale={w}:{h}[thumbs]"
 
 
 def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_source: str,
@@ -177,7 +161,9 @@ def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_s
                  "-itsoffset", f"{AUDIO_DELAY_S - start_epoch:.6f}", "-i", pulse_source]
     limit = ["-t", f"{config.duration:.3f}"] if config.duration else []
     if config.video:
-        argv += ["-filter_complex", _video_graph(config), "-map", "[video]"]
+        # Constant rate made in the filter, from the first captured frame on:
+        # the encoder's own cfr would repeat that frame back to time 0.
+        argv += ["-filter_complex", f"[0:v]fps={config.video.fps}[video]", "-map", "[video]"]
     if config.audio:
         argv += ["-map", f"{inputs}:a"]
     if config.video:
@@ -185,8 +171,6 @@ def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_s
     if config.audio:
         argv += audio_args(config.audio)
     argv += [*limit, "-avoid_negative_ts", "make_zero", "-flush_packets", "1", *mux_args(targets)]
-    if config.images:
-        argv += thumbnail_args(config.images, limit)
     return argv
 
 

@@ -135,9 +135,9 @@ class Recorder:
             targets.append(file_target(cfg.container, self._partial))
         if cfg.segments:
             targets.append(hls_target(cfg.segments))
-        if cfg.stream:
+        if cfg.stream or cfg.images:
             # Closed after the encoder (the exit stack runs backwards): destinations get the stream's end.
-            self._fanout = StreamFanout(cfg.stream, has_video=cfg.video is not None, on_change=self._stream_changed)
+            self._fanout = StreamFanout(cfg.stream, cfg.images, cfg.video, on_change=self._stream_changed)
             stack.push_async_callback(self._fanout.close)
             targets.append(live_pipe_target(self._fanout.write_fd))
         encoder = Encoder(build_argv(cfg, display=display.name, pulse_server=sink.server, pulse_source=sink.monitor,
@@ -171,7 +171,7 @@ class Recorder:
             await playlist.stop()
         if self._fanout:
             await self._fanout.close()
-            outputs.streams = [d.info() for d in self._fanout.destinations]
+            outputs.streams = [d.info() for d in self._fanout.destinations] if cfg.stream else []
         if cfg.segments:
             outputs.segments = finish_segments(cfg.segments)
         if cfg.images:
@@ -201,7 +201,7 @@ class Recorder:
     @property
     def stream_only(self) -> bool:
         """An egress whose only lasting output is its streams: it ends when they do."""
-        return self._fanout is not None and not self.config.output and not self.config.segments
+        return self.config.stream is not None and not self.config.output and not self.config.segments
 
     async def update_streams(self, add: list[str], remove: list[str]) -> list[dict]:
         """Add and remove live destinations; returns every destination's state."""

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from ..config import StreamSettings
+from ..config import ImageSettings, StreamSettings, VideoSettings
 from ..destinations import StreamTarget
 from ..errors import InvalidRequest, StreamFailed
 from ..process import ManagedProcess
@@ -38,8 +38,13 @@ CONNECT_TIMEOUT_S = 10.0
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0)
 # At the end, a pusher gets this long to send what it holds and close.
 FINISH_S = 5.0
+# ~1 s of a 4 Mbit/s stream; enough for a 100 ms path at 20 Mbit/s.
+SEND_BUFFER_BYTES = 512 * 1024
 _F_SETPIPE_SZ = 1031
 PIPE_BYTES = 1 << 20
+
+# A thumbnailer that dies (it should not) is started again for this long.
+THUMBNAILER_RETRY_S = 60.0
 
 FLV_AUDIO, FLV_VIDEO, FLV_SCRIPT = 8, 9, 18
 
@@ -217,9 +222,12 @@ class Destination:
         tls = []
         if self.target.scheme == "rtmps" and self.settings.tls_verify:
             tls = ["-tls_verify", "1", "-ca_file", self.settings.ca_file or "/etc/ssl/certs/ca-certificates.crt"]
+        # RTMP over TCP: a send buffer of about a second of stream, not the megabytes Linux grows it to, so a
+        # destination that stops reading is noticed in seconds and a slow one does not pile up latency.
+        sndbuf = ["-send_buffer_size", str(SEND_BUFFER_BYTES)] if self.target.protocol == "RTMP" else []
         return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-progress", "pipe:1", "-stats_period", "0.5",
                 "-probesize", "32", "-analyzeduration", "0", "-f", "flv", "-i", "pipe:0",
-                "-map", "0", "-c", "copy", *tls, "-f", self.target.muxer, self.target.url]
+                "-map", "0", "-c", "copy", *tls, *sndbuf, "-f", self.target.muxer, self.target.url]
 
     async def _session(self) -> tuple[tuple[str, str], bool]:
         """Push until the pusher ends, stalls or the destination closes; returns (error, reached ACTIVE)."""
@@ -289,13 +297,51 @@ class Destination:
                 return f"{proto}_STALLED", f"the destination stopped reading for {STALL_S:g} s"
 
 
-class StreamFanout:
-    """Reads the encode's FLV from a pipe and feeds every destination."""
+class Thumbnailer(Destination):
+    """Thumbnails from the encoded stream, in a process of their own.
 
-    def __init__(self, settings: StreamSettings, has_video: bool, on_change: Callable[[Destination], None]):
-        self.settings = settings
+    Inside the encoder, a JPEG output held every other output back until its
+    next image was due (the FLV came out in bursts a capture interval apart),
+    so thumbnails are decoded from the stream like any other destination.
+    Only keyframes are decoded when the interval is a whole number of them.
+    """
+
+    def __init__(self, images: ImageSettings, video: VideoSettings,
+                 backlog: Callable[[], tuple[bytes, list[FlvTag]]], on_change: Callable[[Destination], None]):
+        where = str(images.directory / images.pattern)
+        super().__init__(StreamTarget(url=where, redacted=where),
+                         StreamSettings(targets=(), retry_window=THUMBNAILER_RETRY_S, tls_verify=False, ca_file=None),
+                         backlog, on_change)
+        self.images = images
+        self.video = video
+
+    def _argv(self) -> list[str]:
+        img = self.images
+        w, h = img.width or (-2 if img.height else self.video.width), img.height or -2
+        keys_only = (img.interval / self.video.keyframe_interval).is_integer()
+        naming = ["-strftime", "1"] if img.timestamp else ["-start_number", "0"]
+        # select, not fps: it decides on each frame as it comes (fps waits for the next one, and at the end
+        # for none), so the last image is not lost. Half a frame of slack absorbs timestamp rounding.
+        every = img.interval - 0.5 / self.video.fps
+        pick = f"select='isnan(prev_selected_t)+gte(t-prev_selected_t\\,{every:.4f})',scale={w}:{h}"
+        return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-progress", "pipe:1", "-stats_period", "0.5",
+                *(["-skip_frame", "nokey"] if keys_only else []), "-threads", "1",
+                "-probesize", "32", "-analyzeduration", "0", "-f", "flv", "-i", "pipe:0",
+                "-map", "0:v", "-vf", pick, "-fps_mode", "passthrough", "-c:v", "mjpeg", "-q:v", "3",
+                "-f", "image2", *naming, self.target.url]
+
+
+class StreamFanout:
+    """Reads the encode's FLV from a pipe and feeds every destination (and the thumbnailer)."""
+
+    def __init__(self, settings: StreamSettings | None, images: ImageSettings | None, video: VideoSettings | None,
+                 on_change: Callable[[Destination], None]):
+        self.settings = settings or StreamSettings(targets=(), retry_window=0, tls_verify=True, ca_file=None)
         self.destinations: list[Destination] = []
-        self._has_video = has_video
+        self._images = images
+        self._video = video
+        self._thumbnailer: Thumbnailer | None = None
+        self._has_video = video is not None
         self._on_change = on_change
         self._read_fd, self.write_fd = os.pipe()
         self._pipe_owned = True  # until start() hands the ends to the encoder and the loop
@@ -322,6 +368,9 @@ class StreamFanout:
         self._pump = asyncio.create_task(self._run(reader))
         for target in self.settings.targets:
             self.add(target)
+        if self._images and self._video:
+            self._thumbnailer = Thumbnailer(self._images, self._video, self._backlog, lambda _: None)
+            self._thumbnailer.start()
 
     def _backlog(self) -> tuple[bytes, list[FlvTag]]:
         """The stream's header and codec configuration, and the tags since the last keyframe."""
@@ -342,6 +391,8 @@ class StreamFanout:
                     self._gop.append(item)
                 for dest in self.destinations:
                     dest.offer(item)
+                if self._thumbnailer:
+                    self._thumbnailer.offer(item)
 
     def add(self, target: StreamTarget) -> Destination:
         if any(d.target.url == target.url and d.live for d in self.destinations):
@@ -385,4 +436,4 @@ class StreamFanout:
             self._pump.cancel()
         if self._transport:
             self._transport.close()
-        await asyncio.gather(*(d.close() for d in self.destinations))
+        await asyncio.gather(*(d.close() for d in (*self.destinations, *filter(None, [self._thumbnailer]))))
