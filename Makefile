@@ -5,12 +5,18 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup system demo test bench clean
+# Real receivers the tests stream to (nginx-rtmp, stunnel for RTMPS).
+TEST_PACKAGES := nginx-light libnginx-mod-rtmp stunnel4 openssl iproute2
+
+.PHONY: setup system test-system demo test bench clean
 
 setup: system $(VENV)/.installed
 
 system:
 	@scripts/setup-system.sh
+
+test-system:
+	@scripts/setup-system.sh $(TEST_PACKAGES)
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,12 +28,13 @@ demo: setup
 	$(PY) -m compositor record --room synthetic --layout default --duration 10 -o recordings/demo.mp4
 	@echo "demo recording: $(CURDIR)/recordings/demo.mp4"
 
-test: setup
+test: setup test-system
 	$(PY) -m pytest -q
 
-bench: setup
+bench: setup test-system
 	$(PY) bench/record.py
 	$(PY) bench/api.py
+	$(PY) bench/outputs.py
 
 clean:
 	rm -rf $(VENV) recordings .pytest_cache

@@ -13,9 +13,9 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import ValidationError
 
-from .api_models import (AutoEgressConfig, StartEgressRequest, StartRecordingRequest, egress_id_of, egress_info, iso, recording_id,
-                         recording_info)
-from .errors import CompositorError, Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated, Unsupported
+from .api_models import (AutoEgressConfig, StartEgressRequest, StartRecordingRequest, UpdateStreamsRequest, egress_id_of,
+                         egress_info, iso, recording_id, recording_info)
+from .errors import CompositorError, Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
 from .request import first_error
 from .livekit_shape import from_livekit, is_livekit
 from .openapi import openapi
@@ -119,9 +119,6 @@ def _paging(request: web.Request) -> tuple[int, int]:
 async def start_egress(request: web.Request) -> web.Response:
     body = await _json_body(request)
     req = _validated(StartEgressRequest, from_livekit(body) if is_livekit(body) else body)
-    if req.mode != "record":
-        raise Unsupported("live stream outputs (mode 'stream' or 'both') are not available yet",
-                          details={"field": "mode"})
     rec = await request.app[SERVICE_KEY].start(req)
     return web.json_response(_info(request, rec), status=201)
 
@@ -129,6 +126,14 @@ async def start_egress(request: web.Request) -> web.Response:
 async def stop_egress(request: web.Request) -> web.Response:
     rec = _egress_or_404(request)
     rec = await request.app[SERVICE_KEY].stop(rec.id)
+    return web.json_response(_info(request, rec))
+
+
+async def update_streams(request: web.Request) -> web.Response:
+    """Add and remove live destinations (BaxCloud shape, or LiveKit's add_output_urls / remove_output_urls)."""
+    rec = _egress_or_404(request)
+    change = _validated(UpdateStreamsRequest, await _json_body(request))
+    rec = await request.app[SERVICE_KEY].update_streams(rec.id, change.add, change.remove)
     return web.json_response(_info(request, rec))
 
 
@@ -277,6 +282,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_put("/v1/egress/auto-egress", put_auto_egress)
     app.router.add_post("/v1/egress/start", start_egress)
     app.router.add_post("/v1/egress/{id}/stop", stop_egress)
+    app.router.add_post("/v1/egress/{id}/streams", update_streams)
     app.router.add_get("/v1/egress/{id}", get_egress)
     app.router.add_get("/v1/egress", list_egress)
     app.router.add_delete("/v1/egress/{id}", delete_egress)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from .layouts import THEMES, builtin_layouts, resolve_layout
 from .presets import find_preset, preset_names
-from .request import EncodingOptions, FileOutput, Model, RecordRequest, RoomSpec
+from .destinations import parse_stream_url
+from .request import (EncodingOptions, FileOutput, ImageOutput, Model, RecordRequest, RoomSpec, SegmentOutput,
+                      StreamOutput)
 from .store import EgressRecord
 
 
@@ -20,7 +23,9 @@ class FileSpec(Model):
 
 
 class StreamSpec(Model):
-    urls: list[str] = Field(min_length=1)
+    urls: list[str] = Field(default_factory=list, max_length=16,
+                            description="rtmp://, rtmps://, srt:// (or mux://KEY); may be empty and added later")
+    retry_window: float = Field(60, ge=0, le=86400, description="seconds a dropped destination is retried")
 
 
 def _layout_names() -> list[str]:
@@ -48,6 +53,8 @@ class StartEgressRequest(RoomRequest):
     mode: Literal["record", "stream", "both"] = "record"
     file: FileSpec | None = None
     stream: StreamSpec | None = None
+    segments: SegmentOutput | None = Field(None, description="HLS; prefix under the server's recordings folder")
+    images: ImageOutput | None = Field(None, description="thumbnails; prefix under the server's recordings folder")
     web_url: str | None = None
     max_duration: float | None = Field(None, gt=0, description="seconds; the egress ends LIMIT_REACHED")
     audio_only: bool = False
@@ -57,14 +64,45 @@ class StartEgressRequest(RoomRequest):
     @model_validator(mode="after")
     def _outputs(self) -> StartEgressRequest:
         if self.mode in ("stream", "both") and not self.stream:
-            raise ValueError(f"mode {self.mode!r} needs stream.urls")
+            raise ValueError(f"mode {self.mode!r} needs stream (urls may be empty and added later)")
+        if self.mode == "record" and self.stream:
+            raise ValueError("mode 'record' takes no stream; use mode 'both'")
+        if self.mode == "stream" and self.file:
+            raise ValueError("mode 'stream' writes no file; use mode 'both'")
         return self
 
-    def to_record_request(self, output: str) -> RecordRequest:
-        return RecordRequest(room_name=self.room_name, room=self.room, web_url=self.web_url, layout=self.layout,
-                             preset=self.quality, advanced=self.advanced,
-                             file=FileOutput(filepath=output, file_type=(self.file or FileSpec()).file_type),
-                             duration=self.max_duration, audio_only=self.audio_only, video_only=self.video_only)
+    @property
+    def wants_file(self) -> bool:
+        """A file is written in record and both modes, unless a record-mode request asks only for HLS segments."""
+        if self.mode == "record":
+            return self.file is not None or self.segments is None
+        return self.mode == "both"
+
+    def to_record_request(self, output: str | None, root: Path) -> RecordRequest:
+        """The worker's request, with every output's path under `root` (the recordings folder)."""
+        moved = {k: getattr(self, k).model_copy(update={"filename_prefix": str(root / getattr(self, k).filename_prefix)})
+                 for k in ("segments", "images") if getattr(self, k)}
+        return RecordRequest(
+            room_name=self.room_name, room=self.room, web_url=self.web_url, layout=self.layout,
+            preset=self.quality, advanced=self.advanced,
+            file=FileOutput(filepath=output, file_type=(self.file or FileSpec()).file_type) if output else None,
+            stream=StreamOutput(urls=self.stream.urls, retry_window=self.stream.retry_window) if self.stream else None,
+            **moved, duration=self.max_duration, audio_only=self.audio_only, video_only=self.video_only)
+
+
+class UpdateStreamsRequest(Model):
+    """POST /v1/egress/{id}/streams: destinations to add and remove while live."""
+
+    add: list[str] = Field(default_factory=list, max_length=16,
+                           validation_alias=AliasChoices("add", "add_output_urls", "addOutputUrls"))
+    remove: list[str] = Field(default_factory=list, max_length=16,
+                              validation_alias=AliasChoices("remove", "remove_output_urls", "removeOutputUrls"))
+
+    @model_validator(mode="after")
+    def _something(self) -> UpdateStreamsRequest:
+        if not self.add and not self.remove:
+            raise ValueError("give add or remove (a list of stream URLs)")
+        return self
 
 
 class StartRecordingRequest(RoomRequest):
@@ -122,6 +160,34 @@ class FileResult(Model):
 Status = Literal["STARTING", "ACTIVE", "ENDING", "COMPLETE", "FAILED", "ABORTED", "LIMIT_REACHED"]
 
 
+class StreamInfo(Model):
+    """One live destination: its own status, retries and last error (the URL's key redacted)."""
+
+    url: str
+    status: Literal["STARTING", "ACTIVE", "RECONNECTING", "FAILED", "FINISHED"]
+    retries: int = 0
+    last_retry_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+
+
+class SegmentsResult(Model):
+    playlist: str
+    live_playlist: str | None = None
+    segment_count: int
+    duration: float
+    size: int
+
+
+class ImagesResult(Model):
+    directory: str
+    count: int
+    first: str | None = None
+    last: str | None = None
+
+
 class Lifecycle(Model):
     """What egresses and recordings both show: where they are and what came of them."""
 
@@ -146,6 +212,9 @@ class EgressInfo(Lifecycle):
     type: str
     mode: str
     queue_position: int | None = Field(None, description="1 = next to start, while waiting for capacity")
+    streams: list[StreamInfo] = Field(default_factory=list)
+    segments: SegmentsResult | None = None
+    images: ImagesResult | None = None
 
 
 class RecordingInfo(Lifecycle):
@@ -195,11 +264,27 @@ def _egress(rec: EgressRecord) -> EgressInfo:
         duration = round((rec.ended_at or time.time()) - rec.started_at, 3)
     if rec.file and rec.file.get("duration"):
         duration = rec.file["duration"]
+    outputs = rec.outputs or {}
     return EgressInfo(id=rec.id, room_name=rec.room_name, type=rec.mode, mode=rec.mode, status=rec.status,
                       layout=rec.layout, quality=rec.quality, created_at=iso(rec.created_at),
                       updated_at=iso(rec.updated_at), started_at=iso(rec.started_at), ended_at=iso(rec.ended_at),
                       duration_sec=duration, error=rec.error, error_code=rec.error_code,
-                      file=FileResult.model_validate(rec.file) if rec.file else None)
+                      file=FileResult.model_validate(rec.file) if rec.file else None,
+                      streams=[stream_info(s) for s in rec.streams or []],
+                      segments=SegmentsResult.model_validate(outputs["segments"]) if outputs.get("segments") else None,
+                      images=ImagesResult.model_validate(outputs["images"]) if outputs.get("images") else None)
+
+
+def stream_info(worker: dict) -> StreamInfo:
+    """A destination as the worker reports it (epoch times), as the API shows it."""
+    return StreamInfo(**{k: worker.get(k) for k in ("url", "status", "error", "error_code")},
+                      retries=worker.get("retries", 0), last_retry_at=iso(worker.get("last_retry_at")),
+                      started_at=iso(worker.get("started_at")), ended_at=iso(worker.get("ended_at")))
+
+
+def pending_streams(urls: list[str]) -> list[dict]:
+    """Destinations of a new egress, before its worker reports on them."""
+    return [{"url": parse_stream_url(u).redacted, "status": "STARTING", "retries": 0} for u in urls]
 
 
 def egress_info(rec: EgressRecord, queue_position: int | None = None) -> dict:

@@ -1,7 +1,8 @@
 """Runs each egress as its own `compositor record` worker and follows its events.
 
 The service and a worker talk only through the worker's arguments (a request
-file), its JSON-lines events on stdout, and signals (SIGINT: finish the file).
+file), its JSON-lines events on stdout, signals (SIGINT: finish the file),
+and commands as JSON lines on its stdin (changing live destinations).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .api_models import FileResult, iso
+from .errors import Conflict, InvalidRequest
 from .pipeline.finalize import partial_path
 from .process import ManagedProcess
 from .request import RecordRequest
@@ -25,17 +27,24 @@ log = logging.getLogger(__name__)
 
 # A worker finishes its file within this after SIGINT (encoder deadline + remux).
 WORKER_STOP_S = 30.0
+# A worker answers a command within this (removing a destination waits for its pusher to finish).
+COMMAND_TIMEOUT_S = 20.0
 
 
 class WorkerRunner:
     """Owns the worker processes of running egresses."""
 
     def __init__(self, store: Store, jobs_dir: Path,
-                 on_change: Callable[[EgressRecord, str], None] | None = None):
+                 on_change: Callable[[EgressRecord, str], None] | None = None,
+                 on_stream: Callable[[EgressRecord, dict, str | None], None] | None = None):
         self.store = store
         self.jobs_dir = jobs_dir
         #: called with the updated egress and its status before the update
         self.on_change = on_change or (lambda rec, previous: None)
+        #: called with the egress, a destination's new state and its status before
+        self.on_stream = on_stream or (lambda rec, dest, previous: None)
+        self._replies: dict[int, asyncio.Future] = {}
+        self._next_command = 0
         self._workers: dict[str, ManagedProcess] = {}
         self._followers: dict[str, asyncio.Task] = {}
         # Workers asked to stop before they could take a signal (still importing).
@@ -53,8 +62,8 @@ class WorkerRunner:
         worker = ManagedProcess(
             f"worker {egress_id}",
             [sys.executable, "-m", "compositor", "record", "--config", str(config), "--events", "json",
-             "--egress-id", egress_id],
-            stop_signal=signal.SIGINT, stop_timeout=WORKER_STOP_S, stdout_pipe=True)
+             "--egress-id", egress_id, "--control", "stdin"],
+            stop_signal=signal.SIGINT, stop_timeout=WORKER_STOP_S, stdout_pipe=True, stdin_pipe=True)
         await worker.start()
         self._workers[egress_id] = worker
         self._set(egress_id, worker_pid=worker.pid)
@@ -70,6 +79,29 @@ class WorkerRunner:
         else:
             self._stop_pending.add(egress_id)
         return True
+
+    async def update_streams(self, egress_id: str, add: list[str], remove: list[str]) -> None:
+        """Have a running worker add and remove destinations; raises the worker's error if it refuses."""
+        worker = self._workers.get(egress_id)
+        if worker is None or not worker.running or egress_id not in self._listening:
+            raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} is not running")
+        self._next_command += 1
+        ident = self._next_command
+        reply = self._replies[ident] = asyncio.get_running_loop().create_future()
+        try:
+            line = json.dumps({"op": "update_streams", "id": ident, "add": add, "remove": remove}) + "\n"
+            worker.proc.stdin.write(line.encode())
+            await worker.proc.stdin.drain()
+            answer = await asyncio.wait_for(reply, COMMAND_TIMEOUT_S)
+        except (ConnectionError, TimeoutError) as exc:
+            raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} did not take the change ({exc or 'timeout'})") from None
+        finally:
+            self._replies.pop(ident, None)
+        if not answer.get("ok"):
+            kind = InvalidRequest if answer.get("code") == "INVALID_ARGUMENT" else None
+            if kind:
+                raise kind(answer.get("message", "refused"), details=answer.get("details") or {})
+            raise Conflict(answer.get("code", "REFUSED"), answer.get("message", "the worker refused the change"))
 
     async def shutdown(self, grace: float = WORKER_STOP_S) -> None:
         """Stop every worker cleanly (killing those past the grace period)."""
@@ -116,17 +148,37 @@ class WorkerRunner:
             if event["status"] == "ACTIVE":
                 fields["started_at"] = event["time"]
             self._set(egress_id, **fields)
+        elif kind == "stream":
+            self._stream(egress_id, event)
+        elif kind == "command":
+            reply = self._replies.get(event.get("id"))
+            if reply and not reply.done():
+                reply.set_result(event)
         elif kind == "result":
             f = event.get("file")
+            outputs = {k: event[k] for k in ("segments", "images") if event.get(k)}
             self._set(egress_id, status="LIMIT_REACHED" if event.get("stopped_by") == "limit" else "COMPLETE",
-                      ended_at=event["time"], file=_file_result(f) if f else None)
+                      ended_at=event["time"], file=_file_result(f) if f else None, outputs=outputs or None,
+                      **({"streams": event["streams"]} if event.get("streams") else {}))
             return True
         elif kind == "error":
             self._set(egress_id, status=event.get("status", "FAILED"), ended_at=event["time"],
-                      error=event.get("message"), error_code=event.get("code"),
-                      file=event.get("file"))
+                      error=event.get("message"), error_code=event.get("code"), file=event.get("file"))
             return True
         return False
+
+    def _stream(self, egress_id: str, event: dict) -> None:
+        """A destination changed: keep its state (by its index) and tell who listens."""
+        rec = self.store.get(egress_id)
+        streams = list(rec.streams or [])
+        dest = {k: v for k, v in event.items() if k not in ("type", "time", "egress_id", "index")}
+        index = event.get("index", len(streams))
+        previous = streams[index]["status"] if index < len(streams) else None
+        if index < len(streams):
+            streams[index] = dest
+        else:
+            streams.append(dest)
+        self.on_stream(self.store.update(egress_id, streams=streams), dest, previous)
 
 
 def _file_result(f: dict) -> dict:

@@ -10,7 +10,7 @@ from .errors import InvalidRequest, Unsupported
 
 # Keys only LiveKit's shape has; any of them marks a LiveKit body.
 _ONLY_LIVEKIT = {"file_outputs", "stream_outputs", "segment_outputs", "image_outputs", "preset", "url",
-                 "custom_base_url", "await_start_signal", "segments"}
+                 "custom_base_url", "await_start_signal"}
 _ADVANCED = {"width", "height", "framerate", "video_bitrate", "audio_bitrate", "audio_frequency",
              "key_frame_interval"}
 _FILE_TYPES = {"DEFAULT_FILETYPE": "MP4", "MP4": "MP4", "OGG": "OGG", "WEBM": "WEBM"}
@@ -22,8 +22,6 @@ def is_livekit(body: dict) -> bool:
 
 def from_livekit(body: dict) -> dict:
     """A LiveKit RoomComposite/Web egress request as our StartEgressRequest body."""
-    if body.get("segment_outputs") or body.get("segments") or body.get("image_outputs"):
-        raise Unsupported("segment and image outputs are not available yet", details={"field": "segment_outputs"})
     out: dict = {"roomName": body.get("room_name") or body.get("roomName") or "web"}
     for key in ("layout", "audio_only", "video_only"):
         if key in body:
@@ -48,8 +46,36 @@ def from_livekit(body: dict) -> dict:
         if file_type is None:
             raise InvalidRequest(f"unknown file_type {f.get('file_type')!r}", details={"field": "file_outputs.0"})
         out["file"] = {"fileType": file_type, **({"filepath": f["filepath"]} if f.get("filepath") else {})}
-    urls = [u for s in body.get("stream_outputs") or [] for u in s.get("urls", [])]
-    if urls:
+    streams = body.get("stream_outputs") or []
+    urls = [u for s in streams for u in s.get("urls", [])]
+    if streams:
+        # An empty URL list still makes a stream output: destinations can be added while live.
         out["stream"] = {"urls": urls}
-    out["mode"] = "both" if files and urls else "stream" if urls else "record"
+    segments = _one(body, "segment_outputs", "segments", _SEGMENT)
+    images = _one(body, "image_outputs", None, _IMAGE)
+    if segments is not None:
+        out["segments"] = segments
+    if images is not None:
+        out["images"] = images
+    recorded = files or segments is not None
+    out["mode"] = "both" if recorded and streams else "stream" if streams else "record"
     return out
+
+
+_SEGMENT = {"filename_prefix", "playlist_name", "live_playlist_name", "segment_duration", "filename_suffix"}
+_IMAGE = {"capture_interval", "width", "height", "filename_prefix", "filename_suffix"}
+_CLOUD = {"s3", "gcp", "azure", "aliOSS", "alioss"}
+
+
+def _one(body: dict, key: str, single: str | None, fields: set[str]) -> dict | None:
+    """The one output of a kind (LiveKit allows one per type), its local-storage fields only."""
+    items = body.get(key) or ([body[single]] if single and body.get(single) else [])
+    if len(items) > 1:
+        raise InvalidRequest(f"one output per type: {key} has {len(items)}", details={"field": key})
+    if not items:
+        return None
+    item = items[0]
+    if _CLOUD & item.keys():
+        raise Unsupported("cloud storage for outputs is not available yet; they are written to the server's "
+                          "recordings folder", details={"field": key})
+    return {k: v for k, v in item.items() if k in fields and v not in (None, "")}

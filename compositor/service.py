@@ -13,9 +13,10 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .api_models import StartEgressRequest
+from .api_models import StartEgressRequest, pending_streams
 from .config import EgressConfig, new_egress_id, resolve
-from .errors import CapacityExceeded, Conflict, Draining, InvalidRequest
+from .destinations import parse_stream_urls
+from .errors import CapacityExceeded, Conflict, Draining, InvalidRequest, NotFound
 from .jobs import WorkerRunner, kept_file
 from .request import RecordRequest, first_error
 from .store import EgressRecord, SqliteStore
@@ -38,6 +39,8 @@ class Settings:
     webhook_retry_base_s: float = 2.0
     max_queue: int = 16
     max_file_duration_s: float | None = None
+    max_stream_duration_s: float | None = None
+    max_segment_duration_s: float | None = None
     url_signing_key: str = ""
     download_url_ttl_s: int = 3600
 
@@ -90,9 +93,10 @@ class Service:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = SqliteStore(settings.data_dir / "compositor.db")
         self.admission = Admission(settings.capacity)
-        self.runner = WorkerRunner(self.store, settings.data_dir / "jobs", on_change=self._changed)
         self.webhooks = Webhooks(settings.data_dir / "compositor.db", settings.webhook_urls, settings.webhook_secret,
                                  settings.webhook_retry_base_s)
+        self.runner = WorkerRunner(self.store, settings.data_dir / "jobs", on_change=self._changed,
+                                   on_stream=self.webhooks.enqueue_stream)
         self.draining = False
         self._queue: list[Queued] = []
         self._background: set[asyncio.Task] = set()
@@ -116,18 +120,25 @@ class Service:
         if self.draining:
             raise Draining("the service is shutting down")
         egress_id = new_egress_id()
-        ext = (req.file.file_type if req.file else "MP4").lower()
-        name = (req.file and req.file.filepath) or f"{egress_id}.{ext}"
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise InvalidRequest("file.filepath must be a relative name without '..'",
-                                 details={"field": "file.filepath"})
+        root = self.settings.recordings_dir
+        output = None
+        if req.wants_file:
+            ext = (req.file.file_type if req.file else "MP4").lower()
+            output = str(root / _relative((req.file and req.file.filepath) or f"{egress_id}.{ext}", "file.filepath"))
+        for kind in ("segments", "images"):
+            if getattr(req, kind):
+                _relative(getattr(req, kind).filename_prefix, f"{kind}.filenamePrefix")
         try:
             # The worker's own model checks combinations the API shape cannot
             # (audio_only with video_only, a room and a web URL at once).
-            record_req = req.to_record_request(str(self.settings.recordings_dir / name))
+            record_req = req.to_record_request(output, root)
         except ValidationError as exc:
             raise InvalidRequest(first_error(exc)) from None
-        limits = [d for d in (record_req.duration, self.settings.max_file_duration_s) if d]
+        # Session limits: the shortest that applies to one of its outputs ends the egress LIMIT_REACHED.
+        s = self.settings
+        limits = [d for d, applies in ((record_req.duration, True), (s.max_file_duration_s, output),
+                                       (s.max_stream_duration_s, req.stream), (s.max_segment_duration_s, req.segments))
+                  if d and applies]
         if limits:
             # The session limit: the egress ends LIMIT_REACHED when it runs out.
             record_req = record_req.model_copy(update={"duration": min(limits)})
@@ -140,7 +151,8 @@ class Service:
                 f"no capacity for this egress (needs {cost} cores, {max(self.admission.free, 0):.2f} free){full}",
                 details={"needed": cost, "free": round(self.admission.free, 3), "queued": len(self._queue)})
         rec = EgressRecord(id=egress_id, room_name=req.room_name, mode=req.mode, layout=req.layout,
-                           quality=req.quality, request=record_req.model_dump(mode="json", exclude_none=True))
+                           quality=req.quality, request=record_req.model_dump(mode="json", exclude_none=True),
+                           streams=pending_streams(req.stream.urls) if req.stream else None)
         self.store.create(rec)
         if not admitted:
             self._queue.append(Queued(egress_id, record_req, cost))
@@ -181,6 +193,22 @@ class Service:
             return self.store.update(egress_id, status="ENDING")
         return self.store.get(egress_id)
 
+    async def update_streams(self, egress_id: str, add: list[str], remove: list[str]) -> EgressRecord:
+        """Add and remove live destinations of a running egress."""
+        rec = self.store.get(egress_id)
+        if rec is None:
+            raise NotFound(f"no egress {egress_id!r}")
+        if "stream" not in rec.request:
+            raise Conflict("NO_STREAM_OUTPUT", f"egress {egress_id} has no stream output; start it with mode "
+                                               f"'stream' or 'both' (urls may be empty) to add destinations later")
+        if rec.status != "ACTIVE":
+            raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} is {rec.status}; destinations change only "
+                                                f"while it is ACTIVE")
+        parse_stream_urls(add, "add")
+        parse_stream_urls(remove, "remove")
+        await self.runner.update_streams(egress_id, add, remove)
+        return self.store.get(egress_id)
+
     def _changed(self, rec: EgressRecord, previous: str) -> None:
         if rec.ended:
             self.admission.release(rec.id)
@@ -199,6 +227,13 @@ class Service:
         await self.runner.shutdown()
         await self.webhooks.stop()
         self.store.close()
+
+
+def _relative(name: str, field: str) -> str:
+    """A path under the recordings folder: relative, without '..'."""
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise InvalidRequest(f"{field} must be a relative name without '..'", details={"field": field})
+    return name
 
 
 def _secret_file(path: Path) -> str:
@@ -224,6 +259,8 @@ class ServeConfig(BaseModel):
     download_url_ttl_s: int = Field(3600, gt=0)
     max_queue: int = Field(16, ge=0)
     max_file_duration_s: float | None = Field(None, gt=0, description="session limit of a file egress")
+    max_stream_duration_s: float | None = Field(None, gt=0, description="session limit of a streaming egress")
+    max_segment_duration_s: float | None = Field(None, gt=0, description="session limit of an HLS egress")
 
 
 _LISTS = {"api_keys", "webhook_urls"}
@@ -268,4 +305,5 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         webhook_retry_base_s=cfg.webhook_retry_base_s,
         url_signing_key=_secret_file(directory / "url-signing-key"),
         download_url_ttl_s=cfg.download_url_ttl_s, max_queue=cfg.max_queue,
-        max_file_duration_s=cfg.max_file_duration_s)
+        max_file_duration_s=cfg.max_file_duration_s, max_stream_duration_s=cfg.max_stream_duration_s,
+        max_segment_duration_s=cfg.max_segment_duration_s)

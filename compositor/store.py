@@ -35,6 +35,10 @@ class EgressRecord:
     error_code: str | None = None
     file: dict | None = None
     worker_pid: int | None = None
+    #: each live destination as the worker last reported it (URLs redacted)
+    streams: list | None = None
+    #: what the other outputs became: {"segments": {...}, "images": {...}}
+    outputs: dict | None = None
 
     @property
     def ended(self) -> bool:
@@ -55,8 +59,10 @@ class Store(Protocol):
 
 
 _COLUMNS = ["id", "room_name", "mode", "layout", "quality", "request", "status", "created_at", "updated_at",
-            "started_at", "ended_at", "error", "error_code", "file", "worker_pid"]
-_JSON = {"request", "file"}
+            "started_at", "ended_at", "error", "error_code", "file", "worker_pid", "streams", "outputs"]
+_JSON = {"request", "file", "streams", "outputs"}
+# Columns added after the first release: older data dirs gain them on open.
+_ADDED = {"streams": "TEXT", "outputs": "TEXT"}
 
 
 class SqliteStore:
@@ -70,6 +76,10 @@ class SqliteStore:
             "CREATE TABLE IF NOT EXISTS egress (id TEXT PRIMARY KEY, room_name TEXT, mode TEXT, layout TEXT,"
             " quality TEXT, request TEXT, status TEXT, created_at REAL, updated_at REAL, started_at REAL,"
             " ended_at REAL, error TEXT, error_code TEXT, file TEXT, worker_pid INTEGER)")
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(egress)")}
+        for column, kind in _ADDED.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE egress ADD COLUMN {column} {kind}")
         self._db.execute("CREATE TABLE IF NOT EXISTS setting (key TEXT PRIMARY KEY, value TEXT)")
         self._db.execute("CREATE INDEX IF NOT EXISTS egress_created ON egress(created_at DESC, id)")
         self._db.execute("CREATE INDEX IF NOT EXISTS egress_room ON egress(room_name, created_at)")

@@ -51,23 +51,48 @@ def verify(secret: str, header: str, body: bytes, tolerance_s: int = 300) -> boo
 
 
 def events_for(rec: EgressRecord, previous: str | None) -> list[tuple[str, dict]]:
-    """The seed's webhook events a status change produces: (event name, data)."""
+    """The seed's webhook events a status change produces: (event name, data).
+
+    A record egress reports as `recording.*`, a stream egress as `stream.*`, and one that does both, as both.
+    """
     if rec.status == previous:
         return []
-    kind = "recording" if rec.mode == "record" else "stream"
-    base = {"egressId": rec.id, "roomName": rec.room_name, "type": rec.mode}
-    if kind == "recording":
-        base = {"recordingId": recording_id(rec.id), **base}
-    if rec.status == "ACTIVE":
-        return [(f"{kind}.started", {**base, "quality": rec.quality, "layout": rec.layout})]
-    if rec.status in ("COMPLETE", "LIMIT_REACHED"):
-        f = rec.file or {}
-        return [(f"{kind}.completed", {**base, "status": "COMPLETED", "durationSec": f.get("duration"),
-                                       "fileUrl": f.get("location"), "fileSize": f.get("size")})]
-    if rec.status in ("FAILED", "ABORTED"):
-        return [(f"{kind}.failed", {**base, "status": rec.status, "errorMessage": rec.error,
-                                    "errorCode": rec.error_code})]
-    return []
+    kinds = {"record": ["recording"], "stream": ["stream"], "both": ["recording", "stream"]}[rec.mode]
+    out = []
+    for kind in kinds:
+        base = {"egressId": rec.id, "roomName": rec.room_name, "type": rec.mode}
+        if kind == "recording":
+            base = {"recordingId": recording_id(rec.id), **base}
+        if rec.status == "ACTIVE":
+            extra = {"destinations": [s["url"] for s in rec.streams or []]} if kind == "stream" else {}
+            out.append((f"{kind}.started", {**base, "quality": rec.quality, "layout": rec.layout, **extra}))
+        elif rec.status in ("COMPLETE", "LIMIT_REACHED"):
+            f = rec.file or {}
+            done = {"status": "COMPLETED", "durationSec": f.get("duration") or _duration(rec)}
+            if kind == "recording":
+                done.update(fileUrl=f.get("location"), fileSize=f.get("size"))
+            else:
+                done["destinations"] = [{"url": s["url"], "status": s["status"]} for s in rec.streams or []]
+            out.append((f"{kind}.completed", {**base, **done}))
+        elif rec.status in ("FAILED", "ABORTED"):
+            out.append((f"{kind}.failed", {**base, "status": rec.status, "errorMessage": rec.error,
+                                           "errorCode": rec.error_code}))
+    return out
+
+
+def stream_events_for(rec: EgressRecord, dest: dict, previous: str | None) -> list[tuple[str, dict]]:
+    """A live destination's change: `stream.updated`, or `stream.failed` when it failed for good."""
+    if dest["status"] == previous or dest["status"] == "STARTING":
+        return []
+    data = {"egressId": rec.id, "roomName": rec.room_name, "type": rec.mode, "destination": dest["url"],
+            "status": dest["status"], "retries": dest.get("retries", 0)}
+    if dest.get("error_code"):
+        data.update(errorMessage=dest.get("error"), errorCode=dest["error_code"])
+    return [("stream.failed" if dest["status"] == "FAILED" else "stream.updated", data)]
+
+
+def _duration(rec: EgressRecord) -> float | None:
+    return round(rec.ended_at - rec.started_at, 3) if rec.ended_at and rec.started_at else None
 
 
 class Webhooks:
@@ -86,14 +111,22 @@ class Webhooks:
         self._task: asyncio.Task | None = None
 
     def enqueue(self, rec: EgressRecord, previous: str | None) -> None:
+        """The events of an egress's status change, into the outbox."""
+        self._queue(rec.id, events_for(rec, previous))
+
+    def enqueue_stream(self, rec: EgressRecord, dest: dict, previous: str | None) -> None:
+        """The events of a destination's change, into the outbox (in order with the egress's own)."""
+        self._queue(rec.id, stream_events_for(rec, dest, previous))
+
+    def _queue(self, egress_id: str, events: list[tuple[str, dict]]) -> None:
         now = time.time()
-        for name, data in events_for(rec, previous):
+        for name, data in events:
             event_id = "evt_" + secrets.token_hex(8)
             body = json.dumps({"event": name, "id": event_id, "timestamp": iso(now), "data": data},
                               separators=(",", ":"))
             for url in self.urls:
                 self._db.execute("INSERT INTO outbox (id, egress_id, url, body, next_at, created_at) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)", (event_id, rec.id, url, body, now, now))
+                                 "VALUES (?, ?, ?, ?, ?, ?)", (event_id, egress_id, url, body, now, now))
         self._wake.set()
 
     @property

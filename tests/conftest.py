@@ -14,11 +14,19 @@ from pathlib import Path
 import pytest
 
 from compositor import analysis
-from .receivers import free_port  # noqa: F401  (tests import it from here)
+from .receivers import NginxRtmp, free_port  # noqa: F401  (tests import free_port from here)
 
 REPO = Path(__file__).resolve().parent.parent
 # Small frames keep the suite light on a 2-core machine.
 SMALL = ["--width", "640", "--height", "360"]
+
+
+@pytest.fixture(scope="session")
+def nginx(tmp_path_factory):
+    """nginx-rtmp on 127.0.0.1 for the whole session: app `live` records, app `reject` refuses every key."""
+    server = NginxRtmp(tmp_path_factory.mktemp("nginx"))
+    yield server
+    server.close()
 
 
 @dataclass

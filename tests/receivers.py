@@ -46,12 +46,12 @@ def wait_until(check, timeout: float, what: str) -> None:
 class NginxRtmp:
     """nginx with the RTMP module: app `live` records every publish; app `reject` refuses every key."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, port: int | None = None, http_port: int | None = None):
         self.root = root
         self.records = root / "records"
         for d in (self.records, root / "tmp", root / "logs"):
             d.mkdir(parents=True, exist_ok=True)
-        self.port, self.http_port = free_port(), free_port()
+        self.port, self.http_port = port or free_port(), http_port or free_port()
         temp = " ".join(f"{k}_temp_path {root}/tmp;" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         (root / "nginx.conf").write_text(f"""
 load_module {NGINX_RTMP_MODULE};

@@ -23,19 +23,12 @@ from compositor import analysis
 from compositor.request import PALETTE
 
 from .conftest import REPO, SMALL, Run, assert_color, parse_events, record_argv
-from .receivers import NginxRtmp, SrtListener, Stunnel, free_port, listening, wait_until
+from .receivers import SrtListener, Stunnel, free_port, listening, wait_until
 
 TONES = (350, 450)
 PEOPLE = [arg for i, tone in enumerate(TONES) for arg in ("--participant", f"name=P{i + 1},tone={tone}")]
 # Stream keys and the SRT passphrase carry this word: it must never leave the worker.
 SECRET = "Zq9SECRETkey"
-
-
-@pytest.fixture(scope="module")
-def nginx(tmp_path_factory):
-    server = NginxRtmp(tmp_path_factory.mktemp("nginx"))
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")

@@ -146,7 +146,9 @@ def test_worker_crash_fails_with_reason_and_keeps_the_file(server):
     ({"roomName": "r", "layout": "mosaic"}, "INVALID_ARGUMENT", "layout"),
     ({"roomName": "r", "room": {"participants": [{"name": "A", "color": "red", "tone": 1}]}},
      "INVALID_ARGUMENT", "room.participants.0.color"),
-    ({"roomName": "r", "mode": "stream", "stream": {"urls": ["rtmp://127.0.0.1/live/key"]}}, "UNSUPPORTED", "mode"),
+    ({"roomName": "r", "mode": "stream", "stream": {"urls": ["http://127.0.0.1/live/key"]}}, "INVALID_ARGUMENT",
+     "stream.urls.0"),
+    ({"roomName": "r", "mode": "record", "stream": {"urls": []}}, "INVALID_ARGUMENT", ""),
     ({"roomName": "r", "file": {"fileType": "MP4", "filepath": "/etc/passwd"}}, "INVALID_ARGUMENT", "file.filepath"),
 ])
 def test_bad_requests_name_the_field(server, body, code, field):
@@ -333,6 +335,9 @@ def test_livekit_shaped_request_records_the_same(server):
     assert done["file"]["location"].endswith("recordings/lk/out.mp4")
     assert (done["file"]["width"], done["file"]["height"]) == (640, 360)
     status, err, _ = server.call("POST", "/v1/egress/start", {"room_name": "x", "segment_outputs": [{}]})
+    assert status == 400 and err["error"]["details"]["field"] == "segments.filenamePrefix", err
+    status, err, _ = server.call("POST", "/v1/egress/start",
+                                 {"room_name": "x", "segment_outputs": [{"filename_prefix": "s", "s3": {}}]})
     assert status == 400 and err["error"]["code"] == "UNSUPPORTED"
 
 
