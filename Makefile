@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # Real receivers the tests stream to (nginx-rtmp, stunnel for RTMPS).
 TEST_PACKAGES := nginx-light libnginx-mod-rtmp stunnel4 openssl iproute2
 
-.PHONY: setup system test-system demo test bench clean
+.PHONY: setup system test-system demo test test-docker bench clean
 
 setup: system $(VENV)/.installed
 
@@ -30,6 +30,10 @@ demo: setup
 
 test: setup test-system
 	$(PY) -m pytest -q
+
+# Builds docker/Dockerfile with podman and records a room in the container.
+test-docker: setup
+	scripts/docker-test.sh
 
 bench: setup test-system
 	$(PY) bench/record.py

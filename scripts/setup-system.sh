@@ -3,8 +3,9 @@
 # those missing, so a second run is quick. Used by `make`, CI and the image.
 set -euo pipefail
 
+# libatomic1: Playwright's bundled node driver needs it (a minimal Debian lacks it).
 PACKAGES=(
-  ffmpeg chromium xvfb pulseaudio fonts-dejavu-core
+  ffmpeg chromium xvfb pulseaudio fonts-dejavu-core libatomic1
   python3-venv python3-pip
 )
 # Extra packages a caller may ask for (e.g. test receivers): setup-system.sh nginx-light ...

@@ -87,7 +87,7 @@ class Browser:
         )
         await self._proc.start()
         # Start Playwright's driver while Chromium comes up.
-        port, self._pw = await asyncio.gather(self._devtools_port(timeout), async_playwright().start())
+        port, self._pw = await asyncio.gather(self._devtools_port(timeout), self._driver())
         self._browser = await self._pw.chromium.connect_over_cdp(f"http://127.0.0.1:{port}", timeout=timeout * 1000)
         self._browser.on("disconnected", lambda _: self._fail("the browser disconnected"))
         context = self._browser.contexts[0]
@@ -96,6 +96,13 @@ class Browser:
         self.page.on("pageerror", lambda err: self.page_errors.append(str(err)))
         self.page.on("crash", lambda _: self._fail("the page crashed"))
         asyncio.create_task(self._watch_process())
+
+    @staticmethod
+    async def _driver() -> Playwright:
+        try:
+            return await async_playwright().start()
+        except Exception as exc:  # the driver is a node binary: a missing library shows up here
+            raise BrowserFailed(f"Playwright's driver did not start: {exc}".strip()) from None
 
     async def _devtools_port(self, timeout: float) -> int:
         # Chromium writes the port it bound to this file once DevTools listens.
