@@ -234,7 +234,11 @@ def main(argv: list[str] | None = None) -> int:
             events.emit("error", status="FAILED", code="INTERRUPTED", message="stopped by a second signal")
             return 130
     if args.command == "serve":
-        return asyncio.run(_serve(args))
+        try:
+            return asyncio.run(_serve(args))
+        except CompositorError as exc:
+            print(f"compositor serve: {exc.message}", file=sys.stderr)
+            return exc.exit_status
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -9,6 +9,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -37,6 +38,9 @@ class Settings:
     webhook_urls: list[str] = field(default_factory=list)
     webhook_secret: str = ""
     webhook_retry_base_s: float = 2.0
+    webhook_formats: tuple[str, ...] = ("baxcloud",)
+    livekit_api_key: str = ""
+    livekit_api_secret: str = ""
     max_queue: int = 16
     max_file_duration_s: float | None = None
     max_stream_duration_s: float | None = None
@@ -94,7 +98,8 @@ class Service:
         self.store = SqliteStore(settings.data_dir / "compositor.db")
         self.admission = Admission(settings.capacity)
         self.webhooks = Webhooks(settings.data_dir / "compositor.db", settings.webhook_urls, settings.webhook_secret,
-                                 settings.webhook_retry_base_s)
+                                 settings.webhook_retry_base_s, settings.webhook_formats, settings.livekit_api_key,
+                                 settings.livekit_api_secret)
         self.runner = WorkerRunner(self.store, settings.data_dir / "jobs", on_change=self._changed,
                                    on_stream=self.webhooks.enqueue_stream)
         self.draining = False
@@ -256,6 +261,9 @@ class ServeConfig(BaseModel):
     webhook_urls: list[str] = []
     webhook_secret: str | None = None
     webhook_retry_base_s: float = Field(2.0, gt=0)
+    webhook_format: Literal["baxcloud", "livekit", "both"] = "baxcloud"
+    livekit_api_key: str | None = None
+    livekit_api_secret: str | None = None
     download_url_ttl_s: int = Field(3600, gt=0)
     max_queue: int = Field(16, ge=0)
     max_file_duration_s: float | None = Field(None, gt=0, description="session limit of a file egress")
@@ -293,6 +301,10 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         cfg = ServeConfig.model_validate(layered)
     except ValidationError as exc:
         raise InvalidRequest(f"bad service setting: {first_error(exc)}") from None
+    formats = ("baxcloud", "livekit") if cfg.webhook_format == "both" else (cfg.webhook_format,)
+    if "livekit" in formats and not (cfg.livekit_api_key and cfg.livekit_api_secret):
+        raise InvalidRequest("webhook_format livekit signs with LiveKit's API key: set livekit_api_key and "
+                             "livekit_api_secret (COMPOSITOR_LIVEKIT_API_KEY, COMPOSITOR_LIVEKIT_API_SECRET)")
     directory = Path(cfg.data_dir).resolve()
     keys = cfg.api_keys
     if not keys:
@@ -302,7 +314,8 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         data_dir=directory, api_keys=keys, capacity=cfg.capacity or float(os.cpu_count() or 1),
         webhook_urls=cfg.webhook_urls,
         webhook_secret=cfg.webhook_secret or _secret_file(directory / "webhook-secret"),
-        webhook_retry_base_s=cfg.webhook_retry_base_s,
+        webhook_retry_base_s=cfg.webhook_retry_base_s, webhook_formats=formats,
+        livekit_api_key=cfg.livekit_api_key or "", livekit_api_secret=cfg.livekit_api_secret or "",
         url_signing_key=_secret_file(directory / "url-signing-key"),
         download_url_ttl_s=cfg.download_url_ttl_s, max_queue=cfg.max_queue,
         max_file_duration_s=cfg.max_file_duration_s, max_stream_duration_s=cfg.max_stream_duration_s,

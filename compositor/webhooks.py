@@ -5,6 +5,8 @@ dead receiver never slows a recording.
 
 Each POST carries `X-Compositor-Event-Id` (for de-duplication) and
 `X-Compositor-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+In LiveKit's format (`egress_started|updated|ended`) they carry LiveKit's
+own signature instead (see livekit_info).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import aiohttp
 
+from . import livekit_info
 from .api_models import iso, recording_id
 from .store import EgressRecord
 
@@ -95,38 +98,61 @@ def _duration(rec: EgressRecord) -> float | None:
     return round(rec.ended_at - rec.started_at, 3) if rec.ended_at and rec.started_at else None
 
 
+FORMATS = ("baxcloud", "livekit")
+
+
 class Webhooks:
     """The outbox (a table in the service's SQLite file) and its delivery loop."""
 
-    def __init__(self, db_path: Path, urls: list[str], secret: str, retry_base_s: float = 2.0):
+    def __init__(self, db_path: Path, urls: list[str], secret: str, retry_base_s: float = 2.0,
+                 formats: tuple[str, ...] = ("baxcloud",), livekit_key: str = "", livekit_secret: str = ""):
         self.urls = urls
         self.secret = secret
         self.retry_base_s = retry_base_s
+        self.formats = formats
+        self._livekit = (livekit_key, livekit_secret)
         self._db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, egress_id TEXT,"
             " url TEXT, body TEXT, attempts INTEGER DEFAULT 0, next_at REAL, created_at REAL,"
-            " delivered_at REAL, failed_at REAL, last_error TEXT)")
+            " delivered_at REAL, failed_at REAL, last_error TEXT, format TEXT DEFAULT 'baxcloud')")
+        if "format" not in {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}:
+            self._db.execute("ALTER TABLE outbox ADD COLUMN format TEXT DEFAULT 'baxcloud'")
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     def enqueue(self, rec: EgressRecord, previous: str | None) -> None:
         """The events of an egress's status change, into the outbox."""
-        self._queue(rec.id, events_for(rec, previous))
+        if "baxcloud" in self.formats:
+            self._queue(rec.id, events_for(rec, previous))
+        if "livekit" in self.formats:
+            self._queue_livekit(rec, livekit_info.events_for(rec, previous))
 
     def enqueue_stream(self, rec: EgressRecord, dest: dict, previous: str | None) -> None:
         """The events of a destination's change, into the outbox (in order with the egress's own)."""
-        self._queue(rec.id, stream_events_for(rec, dest, previous))
+        events = stream_events_for(rec, dest, previous)
+        if "baxcloud" in self.formats:
+            self._queue(rec.id, events)
+        if "livekit" in self.formats and events and not rec.ended:
+            self._queue_livekit(rec, ["egress_updated"])
 
     def _queue(self, egress_id: str, events: list[tuple[str, dict]]) -> None:
         now = time.time()
         for name, data in events:
             event_id = "evt_" + secrets.token_hex(8)
-            body = json.dumps({"event": name, "id": event_id, "timestamp": iso(now), "data": data},
-                              separators=(",", ":"))
-            for url in self.urls:
-                self._db.execute("INSERT INTO outbox (id, egress_id, url, body, next_at, created_at) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)", (event_id, egress_id, url, body, now, now))
+            self._insert(event_id, egress_id, "baxcloud", json.dumps(
+                {"event": name, "id": event_id, "timestamp": iso(now), "data": data}, separators=(",", ":")))
+
+    def _queue_livekit(self, rec: EgressRecord, names: list[str]) -> None:
+        for name in names:
+            event_id = "EV_" + secrets.token_hex(8)
+            self._insert(event_id, rec.id, "livekit", livekit_info.webhook_event(rec, name, event_id))
+
+    def _insert(self, event_id: str, egress_id: str, fmt: str, body: str) -> None:
+        now = time.time()
+        for url in self.urls:
+            self._db.execute("INSERT INTO outbox (id, egress_id, url, body, next_at, created_at, format) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?)", (event_id, egress_id, url, body, now, now, fmt))
         self._wake.set()
 
     @property
@@ -149,7 +175,7 @@ class Webhooks:
     def _due(self) -> list[tuple]:
         # Only the oldest pending event of each (egress, url) may go: order holds.
         return self._db.execute(
-            "SELECT seq, id, url, body, attempts, created_at FROM outbox o WHERE delivered_at IS NULL AND"
+            "SELECT seq, id, url, body, attempts, created_at, format FROM outbox o WHERE delivered_at IS NULL AND"
             " failed_at IS NULL AND seq = (SELECT MIN(seq) FROM outbox p WHERE p.egress_id = o.egress_id AND"
             " p.url = o.url AND p.delivered_at IS NULL AND p.failed_at IS NULL) AND next_at <= ?",
             (time.time(),)).fetchall()
@@ -173,10 +199,14 @@ class Webhooks:
                     pass
 
     async def _deliver(self, session: aiohttp.ClientSession, seq: int, event_id: str, url: str, body: str,
-                       attempts: int, created_at: float) -> None:
+                       attempts: int, created_at: float, fmt: str) -> None:
         data = body.encode()
-        headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event_id,
-                   SIGNATURE_HEADER: sign(self.secret, int(time.time()), data)}
+        if fmt == "livekit":
+            headers = {"Content-Type": "application/webhook+json",
+                       "Authorization": livekit_info.authorization(*self._livekit, data)}
+        else:
+            headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event_id,
+                       SIGNATURE_HEADER: sign(self.secret, int(time.time()), data)}
         error = None
         try:
             async with session.post(url, data=data, headers=headers) as resp:

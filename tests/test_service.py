@@ -407,3 +407,45 @@ def test_server_session_limit_ends_file_egresses_limit_reached(tmp_path):
 def test_contradicting_options_are_a_400_not_a_crash(server):
     status, err, _ = server.call("POST", "/v1/egress/start", {"roomName": "r", "audioOnly": True, "videoOnly": True})
     assert status == 400 and "exclude each other" in err["error"]["message"], err
+
+
+def test_webhooks_in_livekit_format_verify_with_livekits_receiver(tmp_path):
+    from livekit.api import TokenVerifier, WebhookReceiver
+    from livekit.protocol.egress import EGRESS_ACTIVE, EGRESS_LIMIT_REACHED
+
+    key, secret = "APIdevkey", "a-livekit-secret-of-some-length-0123456789"
+    receiver = HttpReceiver()
+    server = Server(tmp_path / "data", "--webhook-url", receiver.url + "lk",
+                    env={"COMPOSITOR_WEBHOOK_FORMAT": "both", "COMPOSITOR_LIVEKIT_API_KEY": key,
+                         "COMPOSITOR_LIVEKIT_API_SECRET": secret})
+    try:
+        info = server.start(maxDuration=2)
+        server.wait_status(info["id"], "LIMIT_REACHED")
+        deadline = time.monotonic() + 20
+        livekit = lambda: [(h, b) for h, b in receiver.posts if h.get("Content-Type") == "application/webhook+json"]  # noqa: E731
+        while b"egress_ended" not in b"".join(b for _, b in livekit()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        check = WebhookReceiver(TokenVerifier(key, secret))
+        events = [check.receive(body.decode(), headers["Authorization"]) for headers, body in livekit()]
+        names = [e.event for e in events]
+        assert names[0] == "egress_started" and names[-1] == "egress_ended", names
+        assert set(names[1:-1]) <= {"egress_updated"}, names  # ENDING on the way
+        started, ended = events[0].egress_info, events[-1].egress_info
+        assert started.egress_id == info["id"] and started.status == EGRESS_ACTIVE
+        assert ended.status == EGRESS_LIMIT_REACHED and ended.file_results[0].size > 0
+        assert ended.file_results[0].duration > 1_500_000_000  # nanoseconds, as LiveKit counts
+        with pytest.raises(Exception):
+            WebhookReceiver(TokenVerifier(key, "wrong-secret-wrong-secret-wrong-secret")).receive(
+                livekit()[0][1].decode(), livekit()[0][0]["Authorization"])
+        seed = [json.loads(b)["event"] for h, b in receiver.posts if h.get("Content-Type") == "application/json"]
+        assert seed == ["recording.started", "recording.completed"]
+    finally:
+        server.stop_server()
+        receiver.close()
+
+
+def test_livekit_webhooks_need_the_api_key(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "compositor", "serve", "--port", "0", "--data-dir",
+                           str(tmp_path / "d")], env={**os.environ, "COMPOSITOR_WEBHOOK_FORMAT": "livekit"},
+                          capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert proc.returncode != 0 and "livekit_api_key" in proc.stderr
