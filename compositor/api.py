@@ -249,6 +249,7 @@ async def metrics(request: web.Request) -> web.Response:
         "compositor_egresses_active": ("Egresses starting, recording or ending.",
                                        sum(n for s, _, n in counts if s in ACTIVE_STATUSES)),
         "compositor_workers": ("Worker processes running.", len(service.runner.running)),
+        "compositor_warm_workers": ("Idle warm workers ready for a job.", service.runner.warm),
         "compositor_capacity_cores": ("CPU cores egresses may use.", service.admission.capacity),
         "compositor_capacity_free_cores": ("CPU cores not held by egresses.", round(service.admission.free, 3)),
         "compositor_cpu_load1": ("1-minute load average of the machine.", os.getloadavg()[0]),
@@ -272,7 +273,7 @@ async def readyz(request: web.Request) -> web.Response:
     free = service.admission.free
     status = 200 if not service.draining else 503
     return web.json_response({"ready": status == 200, "freeCapacity": round(free, 3),
-                              "active": len(service.runner.running)}, status=status)
+                              "active": len(service.runner.running), "warm": service.runner.warm}, status=status)
 
 
 def make_app(service: Service) -> web.Application:

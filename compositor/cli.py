@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from .config import resolve
-from .errors import CompositorError, InvalidRequest
+from .errors import Aborted, CompositorError, Conflict, InvalidRequest
 from .events import EventSink
 from .layouts import builtin_layouts
-from .pipeline.recorder import Recorder
+from .pipeline.recorder import WARM, WORKDIR_PREFIX, Outputs, Recorder, open_stage, sweep_stale_workdirs
 from .presets import DEFAULT_PRESET, preset_names
 from .request import RecordRequest, first_error, parse_participant
+
+
+# What a warm worker renders before it knows its job (the default preset's frame and rate).
+WARM_SIZE = (1280, 720)
+WARM_SAMPLE_RATE = 48000
 
 
 def _record_parser(sub) -> None:
@@ -50,6 +59,9 @@ def _record_parser(sub) -> None:
     live.add_argument("--thumbnail-interval", type=float, metavar="S", help="seconds between thumbnails (default 10)")
     p.add_argument("--control", choices=["stdin"], help="take commands as JSON lines on stdin "
                                                         '({"op":"update_streams","add":[…],"remove":[…]})')
+    p.add_argument("--warm", action="store_true",
+                   help="start display, sink and browser (--width/--height, default 1280x720), print a WARM "
+                        'status, then take the job from stdin: {"op":"job","egress_id":…,"request":{…}}')
     p.add_argument("--sync-markers", action="store_true", default=None,
                    help="flash every tile and click once a second (A/V sync check)")
     p.add_argument("--audio-only", action="store_true", default=None)
@@ -154,22 +166,79 @@ def _live_flags(args: argparse.Namespace, data: dict) -> None:
             data[key] = {**(data.get(key) or {}), **given}
 
 
-async def _take_commands(recorder: Recorder, events: EventSink) -> None:
-    """Commands as JSON lines on stdin (how the service changes a live egress); each gets a `command` event."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    async for line in reader:
-        try:
-            cmd = json.loads(line)
-            if not isinstance(cmd, dict) or cmd.get("op") != "update_streams":
-                raise InvalidRequest("unknown command; known: update_streams")
-            streams = await recorder.update_streams(list(cmd.get("add") or []), list(cmd.get("remove") or []))
-            events.emit("command", id=cmd.get("id"), ok=True, streams=streams)
-        except ValueError:
-            events.emit("command", ok=False, code="INVALID_ARGUMENT", message="a command is one JSON object per line")
-        except CompositorError as exc:
-            events.emit("command", id=cmd.get("id"), ok=False, **exc.to_dict())
+class Control:
+    """Commands as JSON lines on stdin: a warm worker's job, and changes to live destinations.
+
+    Each command gets a `command` event back (with its `id`), so the service knows it was taken.
+    """
+
+    def __init__(self, events: EventSink):
+        self.events = events
+        self.recorder: Recorder | None = None
+        self.job: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        async for line in reader:
+            try:
+                cmd = json.loads(line)
+                if not isinstance(cmd, dict):
+                    raise ValueError
+            except ValueError:
+                self.events.emit("command", ok=False, code="INVALID_ARGUMENT",
+                                 message="a command is one JSON object per line")
+                continue
+            try:
+                self.events.emit("command", id=cmd.get("id"), ok=True, **await self._take(cmd))
+            except CompositorError as exc:
+                self.events.emit("command", id=cmd.get("id"), ok=False, **exc.to_dict())
+
+    async def _take(self, cmd: dict) -> dict:
+        op = cmd.get("op")
+        if op == "job":
+            if self.job.done():
+                raise Conflict("HAS_JOB", "this worker already has its job")
+            self.job.set_result(cmd)
+            return {}
+        if op == "update_streams":
+            if self.recorder is None:
+                raise Conflict("EGRESS_NOT_ACTIVE", "no recording is running yet")
+            return {"streams": await self.recorder.update_streams(list(cmd.get("add") or []),
+                                                                  list(cmd.get("remove") or []))}
+        raise InvalidRequest("unknown command; known: job, update_streams")
+
+
+async def _warm(args: argparse.Namespace, events: EventSink, stop: asyncio.Event, control: Control,
+                job: dict) -> Outputs:
+    """A warm worker: display, sink and browser up first; then the job that comes on stdin, on them."""
+    width, height = args.width or WARM_SIZE[0], args.height or WARM_SIZE[1]
+    sweep_stale_workdirs()
+    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{WARM}-"))
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            stage = await open_stage(stack, workdir, width, height, WARM_SAMPLE_RATE)
+            events.emit("status", status="WARM", width=width, height=height)
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([control.job, stopped], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not control.job.done():
+                raise Aborted("stopped while warm, before any job")
+            cmd = control.job.result()
+            try:
+                request = RecordRequest.model_validate(cmd.get("request") or {})
+            except ValidationError as exc:
+                raise InvalidRequest(first_error(exc)) from None
+            config = job["config"] = resolve(request, egress_id=cmd.get("egress_id"))
+            rate = config.audio.sample_rate if config.audio else WARM_SAMPLE_RATE
+            if (config.width, config.height, rate) != (width, height, WARM_SAMPLE_RATE):
+                raise InvalidRequest(f"this warm worker renders {width}x{height} at {WARM_SAMPLE_RATE} Hz; the job "
+                                     f"needs {config.width}x{config.height} at {rate} Hz")
+            recorder = job["recorder"] = control.recorder = Recorder(config, events, stop)
+            return await recorder.run(stage)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def _record(args: argparse.Namespace, events: EventSink) -> int:
@@ -188,21 +257,27 @@ async def _record(args: argparse.Namespace, events: EventSink) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    config = None
-    commands = None
+    job: dict = {"config": None, "recorder": None}
+    control = Control(events) if args.control == "stdin" or args.warm else None
+    commands = asyncio.create_task(control.run()) if control else None
     try:
-        config = resolve(build_request(args), egress_id=args.egress_id)
-        recorder = Recorder(config, events, stop)
-        if args.control == "stdin":
-            commands = asyncio.create_task(_take_commands(recorder, events))
-        outputs = await recorder.run()
+        if args.warm:
+            outputs = await _warm(args, events, stop, control, job)
+        else:
+            job["config"] = resolve(build_request(args), egress_id=args.egress_id)
+            job["recorder"] = Recorder(job["config"], events, stop)
+            if control:
+                control.recorder = job["recorder"]
+            outputs = await job["recorder"].run()
     except CompositorError as exc:
+        config = job["config"]
         events.emit("error", egress_id=config.egress_id if config else None, status=_status_of(exc), **exc.to_dict(),
                     **({"file": {"path": exc.details["file"]}} if "file" in exc.details else {}))
         return exc.exit_status
     finally:
         if commands:
             commands.cancel()
+    config, recorder = job["config"], job["recorder"]
     result = outputs.to_dict()
     if "file" in result:
         result["file"].update(started_at=recorder.timings.get("first_frame"),

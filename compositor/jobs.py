@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 WORKER_STOP_S = 30.0
 # A worker answers a command within this (removing a destination waits for its pusher to finish).
 COMMAND_TIMEOUT_S = 20.0
+# A warm worker that has not brought its display, sink and browser up within this is dropped.
+WARM_TIMEOUT_S = 30.0
 
 
 class WorkerRunner:
@@ -45,6 +47,12 @@ class WorkerRunner:
         self.on_stream = on_stream or (lambda rec, dest, previous: None)
         self._replies: dict[int, asyncio.Future] = {}
         self._next_command = 0
+        #: idle workers with display, sink and browser up, for jobs of `warm_size` at 48 kHz
+        self.warm_size = (1280, 720)
+        self.warm_target = 0
+        self._warm: list[ManagedProcess] = []
+        self._warming = 0
+        self._closing = False
         self._workers: dict[str, ManagedProcess] = {}
         self._followers: dict[str, asyncio.Task] = {}
         # Workers asked to stop before they could take a signal (still importing).
@@ -55,19 +63,81 @@ class WorkerRunner:
     def running(self) -> list[str]:
         return list(self._workers)
 
-    async def start(self, egress_id: str, request: RecordRequest) -> None:
+    @property
+    def warm(self) -> int:
+        """Warm workers ready for a job."""
+        return sum(1 for w in self._warm if w.running)
+
+    async def start(self, egress_id: str, request: RecordRequest, frame: tuple[int, int, int]) -> None:
+        """Run an egress: on a warm worker when one fits its frame (width, height, sample rate), else a new one."""
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         config = self.jobs_dir / f"{egress_id}.json"
         config.write_text(request.model_dump_json(exclude_none=True))
-        worker = ManagedProcess(
-            f"worker {egress_id}",
-            [sys.executable, "-m", "compositor", "record", "--config", str(config), "--events", "json",
-             "--egress-id", egress_id, "--control", "stdin"],
-            stop_signal=signal.SIGINT, stop_timeout=WORKER_STOP_S, stdout_pipe=True, stdin_pipe=True)
-        await worker.start()
+        worker = self._take_warm(frame)
+        if worker is not None:
+            job = {"op": "job", "egress_id": egress_id, "request": request.model_dump(mode="json", exclude_none=True)}
+            worker.proc.stdin.write((json.dumps(job) + "\n").encode())
+            # It has its signal handlers already: a stop can go at once.
+            self._listening.add(egress_id)
+            self.replenish()
+        else:
+            worker = ManagedProcess(
+                f"worker {egress_id}",
+                [sys.executable, "-m", "compositor", "record", "--config", str(config), "--events", "json",
+                 "--egress-id", egress_id, "--control", "stdin"],
+                stop_signal=signal.SIGINT, stop_timeout=WORKER_STOP_S, stdout_pipe=True, stdin_pipe=True)
+            await worker.start()
         self._workers[egress_id] = worker
         self._set(egress_id, worker_pid=worker.pid)
         self._followers[egress_id] = asyncio.create_task(self._follow(egress_id, worker))
+
+    def _take_warm(self, frame: tuple[int, int, int]) -> ManagedProcess | None:
+        if frame != (*self.warm_size, 48000):
+            return None
+        while self._warm:
+            worker = self._warm.pop(0)
+            if worker.running:
+                return worker
+        return None
+
+    def replenish(self) -> None:
+        """Start warm workers until `warm_target` are ready or coming up."""
+        while not self._closing and len(self._warm) + self._warming < self.warm_target:
+            self._warming += 1
+            task = asyncio.create_task(self._warm_up())
+            self._followers[f"warm-{id(task)}"] = task
+
+    async def _warm_up(self) -> None:
+        w, h = self.warm_size
+        worker = ManagedProcess("warm worker", [sys.executable, "-m", "compositor", "record", "--warm", "--events",
+                                                "json", "--width", str(w), "--height", str(h)],
+                                stop_signal=signal.SIGINT, stop_timeout=WORKER_STOP_S, stdout_pipe=True,
+                                stdin_pipe=True)
+        try:
+            await worker.start()
+            ready = await asyncio.wait_for(self._until_warm(worker), WARM_TIMEOUT_S)
+        except (OSError, TimeoutError):
+            ready = False
+        finally:
+            self._warming -= 1
+            self._followers.pop(f"warm-{id(asyncio.current_task())}", None)
+        if ready and not self._closing:
+            self._warm.append(worker)
+        else:
+            log.warning("a warm worker did not come up: %s", worker.describe_exit() if worker.proc else "not started")
+            await worker.stop()
+
+    @staticmethod
+    async def _until_warm(worker: ManagedProcess) -> bool:
+        """Read its events up to WARM (the rest of its stream is the egress's, read by _follow)."""
+        async for raw in worker.proc.stdout:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if event.get("type") == "status" and event.get("status") == "WARM":
+                return True
+        return False
 
     def stop(self, egress_id: str) -> bool:
         """Ask a worker to finish its file; False if it is not running."""
@@ -105,7 +175,8 @@ class WorkerRunner:
 
     async def shutdown(self, grace: float = WORKER_STOP_S) -> None:
         """Stop every worker cleanly (killing those past the grace period)."""
-        workers = list(self._workers.values())
+        self._closing = True
+        workers = [*self._workers.values(), *self._warm]
         await asyncio.gather(*(w.stop(grace) for w in workers), return_exceptions=True)
         await asyncio.gather(*self._followers.values(), return_exceptions=True)
 

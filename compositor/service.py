@@ -41,6 +41,8 @@ class Settings:
     webhook_formats: tuple[str, ...] = ("baxcloud",)
     livekit_api_key: str = ""
     livekit_api_secret: str = ""
+    warm_workers: int = 0
+    warm_size: tuple[int, int] = (1280, 720)
     max_queue: int = 16
     max_file_duration_s: float | None = None
     max_stream_duration_s: float | None = None
@@ -87,6 +89,12 @@ class Queued:
     egress_id: str
     request: RecordRequest
     cost: float
+    frame: tuple[int, int, int]
+
+
+def frame_of(config: EgressConfig) -> tuple[int, int, int]:
+    """What a worker must have set up for this egress: page width, height and audio rate."""
+    return config.width, config.height, config.audio.sample_rate if config.audio else 48000
 
 
 class Service:
@@ -102,13 +110,15 @@ class Service:
                                  settings.livekit_api_secret)
         self.runner = WorkerRunner(self.store, settings.data_dir / "jobs", on_change=self._changed,
                                    on_stream=self.webhooks.enqueue_stream)
+        self.runner.warm_target, self.runner.warm_size = settings.warm_workers, settings.warm_size
         self.draining = False
         self._queue: list[Queued] = []
         self._background: set[asyncio.Task] = set()
 
     def start_background(self) -> None:
-        """Start the service's own tasks (webhook delivery); needs the running loop."""
+        """Start the service's own tasks (webhook delivery, warm workers); needs the running loop."""
         self.webhooks.start()
+        self.runner.replenish()
 
     def settle_unfinished(self) -> list[EgressRecord]:
         """After a crash or kill -9: end every egress left running, keeping its file."""
@@ -160,13 +170,13 @@ class Service:
                            streams=pending_streams(req.stream.urls) if req.stream else None)
         self.store.create(rec)
         if not admitted:
-            self._queue.append(Queued(egress_id, record_req, cost))
+            self._queue.append(Queued(egress_id, record_req, cost, frame_of(config)))
             return rec
-        return await self._launch(egress_id, record_req)
+        return await self._launch(egress_id, record_req, frame_of(config))
 
-    async def _launch(self, egress_id: str, record_req: RecordRequest) -> EgressRecord:
+    async def _launch(self, egress_id: str, record_req: RecordRequest, frame: tuple[int, int, int]) -> EgressRecord:
         try:
-            await self.runner.start(egress_id, record_req)
+            await self.runner.start(egress_id, record_req, frame)
         except OSError as exc:
             self.admission.release(egress_id)
             rec = self.store.update(egress_id, status="FAILED", ended_at=time.time(), error_code="WORKER_START",
@@ -182,7 +192,7 @@ class Service:
         while self._queue and not self.draining and self.admission.try_hold(self._queue[0].egress_id,
                                                                             self._queue[0].cost):
             head = self._queue.pop(0)
-            await self._launch(head.egress_id, head.request)
+            await self._launch(head.egress_id, head.request, head.frame)
 
     async def stop(self, egress_id: str) -> EgressRecord:
         rec = self.store.get(egress_id)
@@ -266,6 +276,8 @@ class ServeConfig(BaseModel):
     livekit_api_secret: str | None = None
     download_url_ttl_s: int = Field(3600, gt=0)
     max_queue: int = Field(16, ge=0)
+    warm_workers: int = Field(0, ge=0, le=16, description="idle workers kept with display and browser up")
+    warm_size: str = Field("1280x720", pattern=r"^\d{2,4}x\d{2,4}$", description="the frame warm workers render")
     max_file_duration_s: float | None = Field(None, gt=0, description="session limit of a file egress")
     max_stream_duration_s: float | None = Field(None, gt=0, description="session limit of a streaming egress")
     max_segment_duration_s: float | None = Field(None, gt=0, description="session limit of an HLS egress")
@@ -317,6 +329,7 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         webhook_retry_base_s=cfg.webhook_retry_base_s, webhook_formats=formats,
         livekit_api_key=cfg.livekit_api_key or "", livekit_api_secret=cfg.livekit_api_secret or "",
         url_signing_key=_secret_file(directory / "url-signing-key"),
-        download_url_ttl_s=cfg.download_url_ttl_s, max_queue=cfg.max_queue,
+        download_url_ttl_s=cfg.download_url_ttl_s, max_queue=cfg.max_queue, warm_workers=cfg.warm_workers,
+        warm_size=tuple(int(x) for x in cfg.warm_size.split("x")),
         max_file_duration_s=cfg.max_file_duration_s, max_stream_duration_s=cfg.max_stream_duration_s,
         max_segment_duration_s=cfg.max_segment_duration_s)

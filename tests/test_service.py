@@ -449,3 +449,40 @@ def test_livekit_webhooks_need_the_api_key(tmp_path):
                            str(tmp_path / "d")], env={**os.environ, "COMPOSITOR_WEBHOOK_FORMAT": "livekit"},
                           capture_output=True, text=True, timeout=30, cwd=REPO)
     assert proc.returncode != 0 and "livekit_api_key" in proc.stderr
+
+
+def _warm_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "compositor record --warm"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def test_a_warm_worker_takes_the_job_and_another_warms_up(tmp_path):
+    server = Server(tmp_path / "data", env={"COMPOSITOR_WARM_WORKERS": "1", "COMPOSITOR_WARM_SIZE": "640x360"})
+
+    def warm_ready(timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while server.call("GET", "/readyz", key=None)[1]["warm"] < 1:
+            assert time.monotonic() < deadline, "no warm worker came up"
+            time.sleep(0.2)
+
+    try:
+        warm_ready()
+        (first,) = _warm_pids()
+        info = server.start()
+        server.wait_status(info["id"], "ACTIVE")
+        server.call("POST", f"/v1/egress/{info['id']}/stop")
+        done = server.wait_status(info["id"], "COMPLETE")
+        assert analysis.facts(done["file"]["location"]).width == 640
+        # The job ran on the warm worker (which ends with its job), and a new one warms up for the next.
+        warm_ready()
+        assert first not in _warm_pids() and len(_warm_pids()) == 1
+        # A frame the warm workers do not render starts cold, as before; the warm one stays.
+        (second,) = _warm_pids()
+        other = server.start(advanced={"width": 480, "height": 270})
+        server.wait_status(other["id"], "ACTIVE")
+        server.call("POST", f"/v1/egress/{other['id']}/stop")
+        assert analysis.facts(server.wait_status(other["id"], "COMPLETE")["file"]["location"]).width == 480
+        assert _warm_pids() == {second}
+    finally:
+        server.stop_server()
+    assert not _warm_pids()  # drained with the service

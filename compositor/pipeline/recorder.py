@@ -39,11 +39,13 @@ log = logging.getLogger(__name__)
 
 FIRST_FRAME_TIMEOUT_S = 10.0
 WORKDIR_PREFIX = "compositor-"
+WARM = "warm"  # a warm worker's temp dir carries this instead of an egress id
 
 
 def sweep_stale_workdirs() -> None:
     """Remove temp dirs of workers that were killed (SIGKILL leaves them; nothing else does)."""
-    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-EG_*"):
+    tmp = Path(tempfile.gettempdir())
+    for path in [*tmp.glob(f"{WORKDIR_PREFIX}*-EG_*"), *tmp.glob(f"{WORKDIR_PREFIX}*-{WARM}-*")]:
         pid = path.name.removeprefix(WORKDIR_PREFIX).split("-", 1)[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(path, ignore_errors=True)
@@ -71,6 +73,35 @@ class Outputs:
         return out
 
 
+@dataclass
+class Stage:
+    """What a recording plays on: a display, a sound sink, the page server and a browser, in a temp dir."""
+
+    workdir: Path
+    display: Display
+    sink: AudioSink
+    pages: PageServer
+    browser: Browser
+
+
+async def open_stage(stack: contextlib.AsyncExitStack, workdir: Path, width: int, height: int,
+                     sample_rate: int) -> Stage:
+    """Start display, sink, page server and browser; `stack` stops them, last first."""
+    display = Display(width, height)
+    sink = AudioSink(workdir / "pulse", sample_rate)
+    stack.push_async_callback(display.stop)
+    stack.push_async_callback(sink.stop)
+    await asyncio.gather(display.start(), sink.start())
+    pages = PageServer()
+    stack.push_async_callback(pages.stop)
+    await pages.start()
+    browser = Browser(display=display.name, pulse_server=sink.server, width=width, height=height,
+                      profile_dir=workdir / "profile")
+    stack.push_async_callback(browser.stop)
+    await browser.start()
+    return Stage(workdir=workdir, display=display, sink=sink, pages=pages, browser=browser)
+
+
 class Recorder:
     """Runs one EgressConfig through display, sink, browser and encoder to every output."""
 
@@ -89,37 +120,31 @@ class Recorder:
         self.events.emit("status", status=status, egress_id=self.config.egress_id,
                          **({"message": message} if message else {}), **extra)
 
-    async def run(self) -> Outputs:
-        """Record to every output of the config; returns what they became, or raises CompositorError."""
+    async def run(self, stage: Stage | None = None) -> Outputs:
+        """Record to every output of the config; returns what they became, or raises CompositorError.
+
+        `stage` is a warm worker's display, sink and browser, already up for this frame size.
+        """
         cfg = self.config
         self._status("STARTING")
         await preflight(cfg)
+        if stage is not None:
+            async with contextlib.AsyncExitStack() as stack:
+                return await self._record(stack, stage)
         sweep_stale_workdirs()
         workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{cfg.egress_id}-"))
         try:
             async with contextlib.AsyncExitStack() as stack:
-                return await self._record(stack, workdir)
+                stage = await open_stage(stack, workdir, cfg.width, cfg.height,
+                                         cfg.audio.sample_rate if cfg.audio else 48000)
+                return await self._record(stack, stage)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    async def _record(self, stack: contextlib.AsyncExitStack, workdir: Path) -> Outputs:
+    async def _record(self, stack: contextlib.AsyncExitStack, stage: Stage) -> Outputs:
         cfg = self.config
-        display = Display(cfg.width, cfg.height)
-        sink = AudioSink(workdir / "pulse", cfg.audio.sample_rate if cfg.audio else 48000)
-        stack.push_async_callback(display.stop)
-        stack.push_async_callback(sink.stop)
-        await asyncio.gather(display.start(), sink.start())
-
-        pages = PageServer()
-        stack.push_async_callback(pages.stop)
-        await pages.start()
-
-        browser = Browser(display=display.name, pulse_server=sink.server, width=cfg.width, height=cfg.height,
-                          profile_dir=workdir / "profile")
-        stack.push_async_callback(browser.stop)
-        await browser.start()
+        display, sink, pages, browser, workdir = stage.display, stage.sink, stage.pages, stage.browser, stage.workdir
         self.timings["browser_ready"] = time.time()
-
         watched = [p for p in (display.process, sink.process) if p is not None]
         if cfg.source == "web":
             await self._until_ready(browser, watched, browser.open(cfg.web_url, cfg.start_timeout))
