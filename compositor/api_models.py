@@ -46,6 +46,13 @@ class RoomRequest(Model):
     advanced: EncodingOptions | None = None
     room: RoomSpec | None = Field(None, description="a synthetic room's participants (no room server needed)")
 
+    @model_validator(mode="after")
+    def _builtin_layout(self) -> RoomRequest:
+        # A path would let a caller render any template on the server's disk.
+        if "/" in self.layout or self.layout.endswith(".j2"):
+            raise ValueError("layout must be a built-in layout name over the API")
+        return self
+
 
 class StartEgressRequest(RoomRequest):
     """POST /v1/egress/start."""

@@ -41,7 +41,11 @@ def _record_parser(sub) -> None:
                    help="synthetic participant: name=,color=#rrggbb,tone=Hz,speaks=S-E;S-E,"
                         "screenshare=S-E[:#rrggbb],joins=S,leaves=S,video=FILE|URL|off (repeatable)")
     p.add_argument("--web-url", help="record this page instead of a room")
-    p.add_argument("--layout", help=f"one of {', '.join(builtin_layouts())} (+ -light/-dark); default: default")
+    p.add_argument("--layout", help=f"one of {', '.join(builtin_layouts())} (+ -light/-dark), or a custom layout "
+                                    "folder / .html.j2 file; default: default")
+    p.add_argument("--layout-param", action="append", metavar="KEY=VALUE",
+                   help="a value for the layout's declared parameters (repeatable; JSON values such as true or 3 "
+                        "are read as such)")
     p.add_argument("--preset", help=f"quality preset: {', '.join(preset_names())} (default {DEFAULT_PRESET})")
     p.add_argument("--duration", type=float, help="seconds of media to record (default: until stopped)")
     p.add_argument("-o", "--output", help="output file: .mp4, .webm or .ogg (default: recordings/recording-TIME.mp4 "
@@ -137,6 +141,8 @@ def build_request(args: argparse.Namespace) -> RecordRequest:
              "duration": args.duration, "sync_markers": args.sync_markers, "audio_only": args.audio_only,
              "video_only": args.video_only}
     data.update({k: v for k, v in flags.items() if v is not None})
+    if args.layout_param:
+        data["layout_params"] = {**data.get("layout_params", {}), **_layout_params(args.layout_param)}
     if args.participant is not None:
         data["room"] = {"participants": [parse_participant(s, i).model_dump() for i, s in enumerate(args.participant)]}
     advanced = {k: getattr(args, k) for k in ("width", "height", "framerate", "video_bitrate", "video_codec",
@@ -152,6 +158,19 @@ def build_request(args: argparse.Namespace) -> RecordRequest:
         return RecordRequest.model_validate(data)
     except ValidationError as exc:
         raise InvalidRequest(first_error(exc)) from None
+
+
+def _layout_params(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidRequest(f"--layout-param {pair!r} is not KEY=VALUE", details={"field": "layoutParams"})
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
 
 
 def _live_flags(args: argparse.Namespace, data: dict) -> None:

@@ -169,7 +169,9 @@ class RecordRequest(Model):
     room_name: str = "synthetic"
     room: RoomSpec | None = None
     web_url: str | None = None
-    layout: str = "default"
+    layout: str = Field("default", description="a built-in name, or a custom layout folder / .html.j2 file")
+    layout_params: dict[str, str | float | bool | None] = Field(default_factory=dict,
+                                                                description="values for the layout's parameters")
     preset: str = Field("720p", validation_alias=AliasChoices("preset", "quality"))
     advanced: EncodingOptions | None = None
     file: FileOutput | None = None

@@ -19,9 +19,20 @@ from ..paths import STATIC_DIR, TEMPLATES_DIR
 from ..request import ParticipantSpec
 
 
-def jinja_env() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True,
-                              undefined=jinja2.StrictUndefined)
+CUSTOM = "/custom"  # where a custom layout's folder is served
+
+
+def jinja_env(folder: Path | None = None) -> jinja2.Environment:
+    """Templates with HTML escaping on; a custom layout's folder first, so it can extend our base."""
+    loaders = [jinja2.FileSystemLoader(folder)] if folder else []
+    return jinja2.Environment(loader=jinja2.ChoiceLoader([*loaders, jinja2.FileSystemLoader(TEMPLATES_DIR)]),
+                              autoescape=True, undefined=jinja2.StrictUndefined)
+
+
+def render_custom(layout: LayoutRef, theme: str) -> str:
+    """A custom layout's page: its template with our context and its declared parameters."""
+    template = jinja_env(layout.folder).get_template(layout.template)
+    return template.render(static="/static", layout=layout.name, theme=theme, assets=CUSTOM, params=layout.params)
 
 
 class PageServer:
@@ -31,6 +42,7 @@ class PageServer:
         self._media: list[Path] = []
         self._env = jinja_env()
         self._runner: web.AppRunner | None = None
+        self._custom: LayoutRef | None = None
         self.port: int | None = None
 
     @property
@@ -41,6 +53,8 @@ class PageServer:
         app = web.Application()
         app.router.add_get("/layouts/{name}", self._layout)
         app.router.add_get("/media/{index}", self._medium)
+        app.router.add_get(f"{CUSTOM}/page", self._custom_page)
+        app.router.add_get(CUSTOM + "/{path:.+}", self._custom_file)
         app.router.add_static("/static", STATIC_DIR)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -56,6 +70,22 @@ class PageServer:
             raise web.HTTPNotFound(text=f"no layout {name!r}") from None
         html = template.render(static="/static", layout=name, theme=request.query.get("theme", "dark"))
         return web.Response(text=html, content_type="text/html")
+
+    async def _custom_page(self, request: web.Request) -> web.Response:
+        if self._custom is None:
+            raise web.HTTPNotFound(text="no custom layout")
+        html = render_custom(self._custom, request.query.get("theme", "dark"))
+        return web.Response(text=html, content_type="text/html")
+
+    async def _custom_file(self, request: web.Request) -> web.StreamResponse:
+        """A file of the custom layout's folder (its script, CSS, images, fonts), and nothing outside it."""
+        if self._custom is None:
+            raise web.HTTPNotFound()
+        folder = self._custom.folder
+        path = (folder / request.match_info["path"]).resolve()
+        if not path.is_relative_to(folder) or not path.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
 
     async def _medium(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -77,6 +107,9 @@ class PageServer:
         query = {"url": "synthetic:", "token": "", "layout": layout.name, "theme": layout.theme, "room": encoded}
         if sync_markers:
             query["sync"] = "1"
+        if layout.folder:
+            self._custom = layout
+            return f"{self.base_url}{CUSTOM}/page?{urlencode(query)}"
         return f"{self.base_url}/layouts/{layout.name}?{urlencode(query)}"
 
     def _participant_json(self, p: ParticipantSpec) -> dict:

@@ -15,8 +15,10 @@ function nextFrame() {
   return new Promise((r) => requestAnimationFrame(() => r()));
 }
 
+// A built-in layout by name, or a custom layout's script by its path on this server.
 export async function loadLayout(name) {
-  const mod = await import(`/static/layouts/${encodeURIComponent(name)}.js`);
+  const url = name.startsWith('/') ? name : `/static/layouts/${encodeURIComponent(name)}.js`;
+  const mod = await import(url);
   return mod.default;
 }
 
