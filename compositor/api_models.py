@@ -11,7 +11,7 @@ from pydantic import AliasChoices, Field, model_validator
 
 from .layouts import THEMES, builtin_layouts, resolve_layout
 from .presets import find_preset, preset_names
-from .destinations import parse_stream_url
+from .destinations import StreamTarget
 from .request import (EncodingOptions, FileOutput, ImageOutput, Model, RecordRequest, RoomSpec, SegmentOutput,
                       StreamOutput)
 from .store import EgressRecord
@@ -289,9 +289,9 @@ def stream_info(worker: dict) -> StreamInfo:
                       started_at=iso(worker.get("started_at")), ended_at=iso(worker.get("ended_at")))
 
 
-def pending_streams(urls: list[str]) -> list[dict]:
+def pending_streams(targets: tuple[StreamTarget, ...]) -> list[dict]:
     """Destinations of a new egress, before its worker reports on them."""
-    return [{"url": parse_stream_url(u).redacted, "status": "STARTING", "retries": 0} for u in urls]
+    return [{"url": t.redacted, "status": "STARTING", "retries": 0} for t in targets]
 
 
 def egress_info(rec: EgressRecord, queue_position: int | None = None) -> dict:

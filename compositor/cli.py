@@ -17,18 +17,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .config import resolve
+from .config import DEFAULT_SAMPLE_RATE, WARM_SIZE, resolve
 from .errors import Aborted, CompositorError, Conflict, InvalidRequest
 from .events import EventSink
 from .layouts import builtin_layouts
 from .pipeline.recorder import WARM, WORKDIR_PREFIX, Outputs, Recorder, open_stage, sweep_stale_workdirs
 from .presets import DEFAULT_PRESET, preset_names
 from .request import RecordRequest, first_error, parse_participant
-
-
-# What a warm worker renders before it knows its job (the default preset's frame and rate).
-WARM_SIZE = (1280, 720)
-WARM_SAMPLE_RATE = 48000
 
 
 def _record_parser(sub) -> None:
@@ -237,7 +232,7 @@ async def _warm(args: argparse.Namespace, events: EventSink, stop: asyncio.Event
     workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{WARM}-"))
     try:
         async with contextlib.AsyncExitStack() as stack:
-            stage = await open_stage(stack, workdir, width, height, WARM_SAMPLE_RATE)
+            stage = await open_stage(stack, workdir, width, height, DEFAULT_SAMPLE_RATE)
             events.emit("status", status="WARM", width=width, height=height)
             stopped = asyncio.ensure_future(stop.wait())
             await asyncio.wait([control.job, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -250,10 +245,9 @@ async def _warm(args: argparse.Namespace, events: EventSink, stop: asyncio.Event
             except ValidationError as exc:
                 raise InvalidRequest(first_error(exc)) from None
             config = job["config"] = resolve(request, egress_id=cmd.get("egress_id"))
-            rate = config.audio.sample_rate if config.audio else WARM_SAMPLE_RATE
-            if (config.width, config.height, rate) != (width, height, WARM_SAMPLE_RATE):
-                raise InvalidRequest(f"this warm worker renders {width}x{height} at {WARM_SAMPLE_RATE} Hz; the job "
-                                     f"needs {config.width}x{config.height} at {rate} Hz")
+            if config.frame != (width, height, DEFAULT_SAMPLE_RATE):
+                raise InvalidRequest(f"this warm worker renders {width}x{height} at {DEFAULT_SAMPLE_RATE} Hz; the job "
+                                     "needs {}x{} at {} Hz".format(*config.frame))
             recorder = job["recorder"] = control.recorder = Recorder(config, events, stop)
             return await recorder.run(stage)
     finally:

@@ -19,6 +19,10 @@ _BASE62 = string.digits + string.ascii_letters
 
 CONTAINERS = {".mp4": "mp4", ".webm": "webm", ".ogg": "ogg"}
 
+DEFAULT_SAMPLE_RATE = 48000
+# What a warm worker renders before it knows its job: the default preset's frame, the default rate.
+WARM_SIZE = (1280, 720)
+
 # superfast costs ~0.36 core at 720p30 against veryfast's ~0.58 (bench/record.py);
 # at the presets' bitrates a room composite looks the same.
 DEFAULT_X264_PRESET = "superfast"
@@ -99,6 +103,11 @@ class EgressConfig:
     sync_markers: bool
     start_timeout: float
 
+    @property
+    def frame(self) -> tuple[int, int, int]:
+        """What a worker sets up for this egress: page width and height, and the sound sink's rate."""
+        return self.width, self.height, self.audio.sample_rate if self.audio else DEFAULT_SAMPLE_RATE
+
 
 def new_egress_id() -> str:
     return "EG_" + "".join(secrets.choice(_BASE62) for _ in range(12))
@@ -147,7 +156,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None) -> EgressConfig:
     if not req.video_only:
         audio = AudioSettings(
             bitrate_kbps=(adv and adv.audio_bitrate) or 128,
-            sample_rate=(adv and adv.audio_frequency) or 48000,
+            sample_rate=(adv and adv.audio_frequency) or DEFAULT_SAMPLE_RATE,
             codec="aac" if h264 else "opus",
         )
     stream = None

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .api_models import FileResult, iso
 from .errors import Conflict, InvalidRequest
+from .config import DEFAULT_SAMPLE_RATE, WARM_SIZE
 from .pipeline.finalize import partial_path
 from .process import ManagedProcess
 from .request import RecordRequest
@@ -48,7 +49,7 @@ class WorkerRunner:
         self._replies: dict[int, asyncio.Future] = {}
         self._next_command = 0
         #: idle workers with display, sink and browser up, for jobs of `warm_size` at 48 kHz
-        self.warm_size = (1280, 720)
+        self.warm_size = WARM_SIZE
         self.warm_target = 0
         self._warm: list[ManagedProcess] = []
         self._warming = 0
@@ -70,9 +71,6 @@ class WorkerRunner:
 
     async def start(self, egress_id: str, request: RecordRequest, frame: tuple[int, int, int]) -> None:
         """Run an egress: on a warm worker when one fits its frame (width, height, sample rate), else a new one."""
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        config = self.jobs_dir / f"{egress_id}.json"
-        config.write_text(request.model_dump_json(exclude_none=True))
         worker = self._take_warm(frame)
         if worker is not None:
             job = {"op": "job", "egress_id": egress_id, "request": request.model_dump(mode="json", exclude_none=True)}
@@ -81,18 +79,18 @@ class WorkerRunner:
             self._listening.add(egress_id)
             self.replenish()
         else:
-            worker = ManagedProcess(
-                f"worker {egress_id}",
-                [sys.executable, "-m", "compositor", "record", "--config", str(config), "--events", "json",
-                 "--egress-id", egress_id, "--control", "stdin"],
-                stop_signal=signal.SIGINT, stop_timeout=WORKER_STOP_S, stdout_pipe=True, stdin_pipe=True)
+            self.jobs_dir.mkdir(parents=True, exist_ok=True)
+            config = self.jobs_dir / f"{egress_id}.json"
+            config.write_text(request.model_dump_json(exclude_none=True))
+            worker = _worker(f"worker {egress_id}", "--config", str(config), "--egress-id", egress_id,
+                             "--control", "stdin")
             await worker.start()
         self._workers[egress_id] = worker
         self._set(egress_id, worker_pid=worker.pid)
         self._followers[egress_id] = asyncio.create_task(self._follow(egress_id, worker))
 
     def _take_warm(self, frame: tuple[int, int, int]) -> ManagedProcess | None:
-        if frame != (*self.warm_size, 48000):
+        if frame != (*self.warm_size, DEFAULT_SAMPLE_RATE):
             return None
         while self._warm:
             worker = self._warm.pop(0)
@@ -109,10 +107,7 @@ class WorkerRunner:
 
     async def _warm_up(self) -> None:
         w, h = self.warm_size
-        worker = ManagedProcess("warm worker", [sys.executable, "-m", "compositor", "record", "--warm", "--events",
-                                                "json", "--width", str(w), "--height", str(h)],
-                                stop_signal=signal.SIGINT, stop_timeout=WORKER_STOP_S, stdout_pipe=True,
-                                stdin_pipe=True)
+        worker = _worker("warm worker", "--warm", "--width", str(w), "--height", str(h))
         try:
             await worker.start()
             ready = await asyncio.wait_for(self._until_warm(worker), WARM_TIMEOUT_S)
@@ -167,11 +162,11 @@ class WorkerRunner:
             raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} did not take the change ({exc or 'timeout'})") from None
         finally:
             self._replies.pop(ident, None)
-        if not answer.get("ok"):
-            kind = InvalidRequest if answer.get("code") == "INVALID_ARGUMENT" else None
-            if kind:
-                raise kind(answer.get("message", "refused"), details=answer.get("details") or {})
-            raise Conflict(answer.get("code", "REFUSED"), answer.get("message", "the worker refused the change"))
+        if answer.get("ok"):
+            return
+        if answer.get("code") == "INVALID_ARGUMENT":
+            raise InvalidRequest(answer.get("message", "refused"), details=answer.get("details") or {})
+        raise Conflict(answer.get("code", "REFUSED"), answer.get("message", "the worker refused the change"))
 
     async def shutdown(self, grace: float = WORKER_STOP_S) -> None:
         """Stop every worker cleanly (killing those past the grace period)."""
@@ -250,6 +245,12 @@ class WorkerRunner:
         else:
             streams.append(dest)
         self.on_stream(self.store.update(egress_id, streams=streams), dest, previous)
+
+
+def _worker(name: str, *args: str) -> ManagedProcess:
+    """A `compositor record` worker reporting JSON events on stdout and taking commands on stdin."""
+    return ManagedProcess(name, [sys.executable, "-m", "compositor", "record", "--events", "json", *args],
+                          stop_signal=signal.SIGINT, stop_timeout=WORKER_STOP_S, stdout_pipe=True, stdin_pipe=True)
 
 
 def _file_result(f: dict) -> dict:

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .api_models import StartEgressRequest, pending_streams
-from .config import EgressConfig, new_egress_id, resolve
+from .config import WARM_SIZE, EgressConfig, new_egress_id, resolve
 from .destinations import parse_stream_urls
 from .errors import CapacityExceeded, Conflict, Draining, InvalidRequest, NotFound
 from .jobs import WorkerRunner, kept_file
@@ -42,7 +42,7 @@ class Settings:
     livekit_api_key: str = ""
     livekit_api_secret: str = ""
     warm_workers: int = 0
-    warm_size: tuple[int, int] = (1280, 720)
+    warm_size: tuple[int, int] = WARM_SIZE
     max_queue: int = 16
     max_file_duration_s: float | None = None
     max_stream_duration_s: float | None = None
@@ -90,11 +90,6 @@ class Queued:
     request: RecordRequest
     cost: float
     frame: tuple[int, int, int]
-
-
-def frame_of(config: EgressConfig) -> tuple[int, int, int]:
-    """What a worker must have set up for this egress: page width, height and audio rate."""
-    return config.width, config.height, config.audio.sample_rate if config.audio else 48000
 
 
 class Service:
@@ -167,12 +162,12 @@ class Service:
                 details={"needed": cost, "free": round(self.admission.free, 3), "queued": len(self._queue)})
         rec = EgressRecord(id=egress_id, room_name=req.room_name, mode=req.mode, layout=req.layout,
                            quality=req.quality, request=record_req.model_dump(mode="json", exclude_none=True),
-                           streams=pending_streams(req.stream.urls) if req.stream else None)
+                           streams=pending_streams(config.stream.targets) if config.stream else None)
         self.store.create(rec)
         if not admitted:
-            self._queue.append(Queued(egress_id, record_req, cost, frame_of(config)))
+            self._queue.append(Queued(egress_id, record_req, cost, config.frame))
             return rec
-        return await self._launch(egress_id, record_req, frame_of(config))
+        return await self._launch(egress_id, record_req, config.frame)
 
     async def _launch(self, egress_id: str, record_req: RecordRequest, frame: tuple[int, int, int]) -> EgressRecord:
         try:
@@ -277,7 +272,8 @@ class ServeConfig(BaseModel):
     download_url_ttl_s: int = Field(3600, gt=0)
     max_queue: int = Field(16, ge=0)
     warm_workers: int = Field(0, ge=0, le=16, description="idle workers kept with display and browser up")
-    warm_size: str = Field("1280x720", pattern=r"^\d{2,4}x\d{2,4}$", description="the frame warm workers render")
+    warm_size: str = Field("{}x{}".format(*WARM_SIZE), pattern=r"^\d{2,4}x\d{2,4}$",
+                           description="the frame warm workers render")
     max_file_duration_s: float | None = Field(None, gt=0, description="session limit of a file egress")
     max_stream_duration_s: float | None = Field(None, gt=0, description="session limit of a streaming egress")
     max_segment_duration_s: float | None = Field(None, gt=0, description="session limit of an HLS egress")

@@ -452,7 +452,7 @@ def test_livekit_webhooks_need_the_api_key(tmp_path):
 
 
 def _warm_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "compositor record --warm"], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-f", "compositor record .*--warm"], capture_output=True, text=True).stdout
     return {int(p) for p in out.split()}
 
 

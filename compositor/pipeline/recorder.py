@@ -135,8 +135,7 @@ class Recorder:
         workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{cfg.egress_id}-"))
         try:
             async with contextlib.AsyncExitStack() as stack:
-                stage = await open_stage(stack, workdir, cfg.width, cfg.height,
-                                         cfg.audio.sample_rate if cfg.audio else 48000)
+                stage = await open_stage(stack, workdir, *cfg.frame)
                 return await self._record(stack, stage)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)

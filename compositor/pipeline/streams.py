@@ -47,6 +47,9 @@ PIPE_BYTES = 1 << 20
 THUMBNAILER_RETRY_S = 60.0
 
 FLV_AUDIO, FLV_VIDEO, FLV_SCRIPT = 8, 9, 18
+# How every process fed by the fan-out runs: progress on stdout, and the FLV on stdin, read at once.
+_FFMPEG = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-progress", "pipe:1", "-stats_period", "0.5"]
+_FLV_PIPE = ["-probesize", "32", "-analyzeduration", "0", "-f", "flv", "-i", "pipe:0"]
 
 
 @dataclass(frozen=True)
@@ -225,9 +228,8 @@ class Destination:
         # RTMP over TCP: a send buffer of about a second of stream, not the megabytes Linux grows it to, so a
         # destination that stops reading is noticed in seconds and a slow one does not pile up latency.
         sndbuf = ["-send_buffer_size", str(SEND_BUFFER_BYTES)] if self.target.protocol == "RTMP" else []
-        return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-progress", "pipe:1", "-stats_period", "0.5",
-                "-probesize", "32", "-analyzeduration", "0", "-f", "flv", "-i", "pipe:0",
-                "-map", "0", "-c", "copy", *tls, *sndbuf, "-f", self.target.muxer, self.target.url]
+        return [*_FFMPEG, *_FLV_PIPE, "-map", "0", "-c", "copy", *tls, *sndbuf, "-f", self.target.muxer,
+                self.target.url]
 
     async def _session(self) -> tuple[tuple[str, str], bool]:
         """Push until the pusher ends, stalls or the destination closes; returns (error, reached ACTIVE)."""
@@ -324,9 +326,7 @@ class Thumbnailer(Destination):
         # for none), so the last image is not lost. Half a frame of slack absorbs timestamp rounding.
         every = img.interval - 0.5 / self.video.fps
         pick = f"select='isnan(prev_selected_t)+gte(t-prev_selected_t\\,{every:.4f})',scale={w}:{h}"
-        return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-progress", "pipe:1", "-stats_period", "0.5",
-                *(["-skip_frame", "nokey"] if keys_only else []), "-threads", "1",
-                "-probesize", "32", "-analyzeduration", "0", "-f", "flv", "-i", "pipe:0",
+        return [*_FFMPEG, "-y", *(["-skip_frame", "nokey"] if keys_only else []), "-threads", "1", *_FLV_PIPE,
                 "-map", "0:v", "-vf", pick, "-fps_mode", "passthrough", "-c:v", "mjpeg", "-q:v", "3",
                 "-f", "image2", *naming, self.target.url]
 
@@ -374,8 +374,8 @@ class StreamFanout:
 
     def _backlog(self) -> tuple[bytes, list[FlvTag]]:
         """The stream's header and codec configuration, and the tags since the last keyframe."""
-        tags = [self._config[k].retimed(self._config[k].timestamp) for k in (FLV_SCRIPT, FLV_VIDEO, FLV_AUDIO)
-                if k in self._config]
+        config = [self._config[k] for k in (FLV_SCRIPT, FLV_VIDEO, FLV_AUDIO) if k in self._config]
+        tags = [t.retimed(t.timestamp) for t in config]  # at time 0
         return self._header + b"\0\0\0\0" + b"".join(tags), self._gop
 
     async def _run(self, reader: asyncio.StreamReader) -> None:
@@ -386,8 +386,8 @@ class StreamFanout:
                 self._config[item.kind] = item
             else:
                 if item.keyframe or (not self._has_video and item.kind == FLV_AUDIO):
-                    self._gop = []
-                if self._gop or item.keyframe or not self._has_video:
+                    self._gop = [item]
+                elif self._gop:
                     self._gop.append(item)
                 for dest in self.destinations:
                     dest.offer(item)
