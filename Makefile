@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # Real receivers the tests stream to (nginx-rtmp, stunnel for RTMPS).
 TEST_PACKAGES := nginx-light libnginx-mod-rtmp stunnel4 openssl iproute2
 
-.PHONY: setup system test-system demo test test-docker bench clean
+.PHONY: setup system test-system demo test test-docker bench snapshots clean
 
 setup: system $(VENV)/.installed
 
@@ -39,6 +39,16 @@ bench: setup test-system
 	$(PY) bench/record.py
 	$(PY) bench/api.py
 	$(PY) bench/outputs.py
+
+# The README's pictures of the built-in layouts, made by `compositor layouts snapshot`.
+SNAP := $(PY) -m compositor layouts snapshot --names
+snapshots: setup
+	$(SNAP) grid --participants 2 -o docs/layouts/grid-2.png
+	$(SNAP) grid --participants 5 -o docs/layouts/grid-5.png
+	$(SNAP) grid --participants 9 -o docs/layouts/grid-9.png
+	$(SNAP) speaker --participants 4 -o docs/layouts/speaker.png
+	$(SNAP) pip --participant name=Ada,screenshare=0-60 --participant name=Grace,speaks= -o docs/layouts/pip-share.png
+	$(SNAP) audio-only --participants 4 -o docs/layouts/audio-only.png
 
 clean:
 	rm -rf $(VENV) recordings .pytest_cache

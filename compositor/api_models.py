@@ -9,11 +9,11 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
-from .layouts import THEMES, builtin_layouts, resolve_layout
+from .layouts import CUSTOM_PREFIX, THEMES, builtin_layouts, resolve_layout
 from .presets import find_preset, preset_names
 from .destinations import StreamTarget
-from .request import (EncodingOptions, FileOutput, ImageOutput, Model, RecordRequest, RoomSpec, SegmentOutput,
-                      StreamOutput)
+from .request import (EncodingOptions, FileOutput, ImageOutput, Model, Overlays, RecordRequest, RoomSpec,
+                      SegmentOutput, StreamOutput)
 from .store import EgressRecord
 
 
@@ -33,7 +33,9 @@ def _layout_names() -> list[str]:
 
 
 # Documented as enums so clients (and schema-driven tests) know the valid names.
-LayoutName = Annotated[str, Field(json_schema_extra={"enum": _layout_names()})]
+LayoutName = Annotated[str, Field(json_schema_extra={"anyOf": [
+    {"enum": _layout_names()},
+    {"pattern": r"^custom/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", "description": "a layout of the server's layouts_dir"}]})]
 QualityName = Annotated[str, Field(json_schema_extra={"enum": preset_names()})]
 
 
@@ -45,13 +47,24 @@ class RoomRequest(Model):
     quality: QualityName = "720p"
     advanced: EncodingOptions | None = None
     room: RoomSpec | None = Field(None, description="a synthetic room's participants (no room server needed)")
+    layout_params: dict[str, str | float | bool | None] = Field(
+        default_factory=dict, description="values for the parameters the layout declares (its layout.json)")
+    overlays: Overlays = Field(default_factory=Overlays)
 
     @model_validator(mode="after")
-    def _builtin_layout(self) -> RoomRequest:
-        # A path would let a caller render any template on the server's disk.
-        if "/" in self.layout or self.layout.endswith(".j2"):
-            raise ValueError("layout must be a built-in layout name over the API")
+    def _served_layout(self) -> RoomRequest:
+        # A path would let a caller render any template (or show any image) on the server's disk.
+        if (("/" in self.layout and not self.layout.startswith(CUSTOM_PREFIX)) or self.layout.endswith(".j2")):
+            raise ValueError(f"layout must be a built-in layout name, or {CUSTOM_PREFIX}NAME for a layout of the "
+                             "server's layouts_dir")
+        if self.overlays.logo and not self.overlays.logo_is_url:
+            raise ValueError("overlays.logo must be an http(s) URL")
         return self
+
+    @property
+    def page(self) -> dict:
+        """The fields that say how the page looks, as the worker's request names them."""
+        return {"layout": self.layout, "layout_params": self.layout_params, "overlays": self.overlays}
 
 
 class StartEgressRequest(RoomRequest):
@@ -90,7 +103,7 @@ class StartEgressRequest(RoomRequest):
         moved = {k: getattr(self, k).model_copy(update={"filename_prefix": str(root / getattr(self, k).filename_prefix)})
                  for k in ("segments", "images") if getattr(self, k)}
         return RecordRequest(
-            room_name=self.room_name, room=self.room, web_url=self.web_url, layout=self.layout,
+            room_name=self.room_name, room=self.room, web_url=self.web_url, **self.page,
             preset=self.quality, advanced=self.advanced,
             file=FileOutput(filepath=output, file_type=(self.file or FileSpec()).file_type) if output else None,
             stream=StreamOutput(urls=self.stream.urls, retry_window=self.stream.retry_window) if self.stream else None,
@@ -118,7 +131,7 @@ class StartRecordingRequest(RoomRequest):
     file_type: Literal["MP4", "WEBM", "OGG"] = "MP4"
 
     def to_egress_request(self) -> StartEgressRequest:
-        return StartEgressRequest(room_name=self.room_name, mode="record", layout=self.layout, quality=self.quality,
+        return StartEgressRequest(room_name=self.room_name, mode="record", **self.page, quality=self.quality,
                                   advanced=self.advanced, file=FileSpec(file_type=self.file_type), room=self.room)
 
 

@@ -21,6 +21,8 @@ from .config import DEFAULT_SAMPLE_RATE, WARM_SIZE, resolve
 from .errors import Aborted, CompositorError, Conflict, InvalidRequest
 from .events import EventSink
 from .layouts import builtin_layouts
+from .layouts_cli import layouts_parser, run_layouts
+from .cli_args import add_page_flags, allowed_hosts, fold_page_flags
 from .pipeline.recorder import WARM, WORKDIR_PREFIX, Outputs, Recorder, open_stage, sweep_stale_workdirs
 from .presets import DEFAULT_PRESET, preset_names
 from .request import RecordRequest, first_error, parse_participant
@@ -38,9 +40,7 @@ def _record_parser(sub) -> None:
     p.add_argument("--web-url", help="record this page instead of a room")
     p.add_argument("--layout", help=f"one of {', '.join(builtin_layouts())} (+ -light/-dark), or a custom layout "
                                     "folder / .html.j2 file; default: default")
-    p.add_argument("--layout-param", action="append", metavar="KEY=VALUE",
-                   help="a value for the layout's declared parameters (repeatable; JSON values such as true or 3 "
-                        "are read as such)")
+    add_page_flags(p)
     p.add_argument("--preset", help=f"quality preset: {', '.join(preset_names())} (default {DEFAULT_PRESET})")
     p.add_argument("--duration", type=float, help="seconds of media to record (default: until stopped)")
     p.add_argument("-o", "--output", help="output file: .mp4, .webm or .ogg (default: recordings/recording-TIME.mp4 "
@@ -136,8 +136,7 @@ def build_request(args: argparse.Namespace) -> RecordRequest:
              "duration": args.duration, "sync_markers": args.sync_markers, "audio_only": args.audio_only,
              "video_only": args.video_only}
     data.update({k: v for k, v in flags.items() if v is not None})
-    if args.layout_param:
-        data["layout_params"] = {**data.get("layout_params", {}), **_layout_params(args.layout_param)}
+    fold_page_flags(args, data)
     if args.participant is not None:
         data["room"] = {"participants": [parse_participant(s, i).model_dump() for i, s in enumerate(args.participant)]}
     advanced = {k: getattr(args, k) for k in ("width", "height", "framerate", "video_bitrate", "video_codec",
@@ -153,19 +152,6 @@ def build_request(args: argparse.Namespace) -> RecordRequest:
         return RecordRequest.model_validate(data)
     except ValidationError as exc:
         raise InvalidRequest(first_error(exc)) from None
-
-
-def _layout_params(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise InvalidRequest(f"--layout-param {pair!r} is not KEY=VALUE", details={"field": "layoutParams"})
-        try:
-            out[key.strip()] = json.loads(value)
-        except ValueError:
-            out[key.strip()] = value
-    return out
 
 
 def _live_flags(args: argparse.Namespace, data: dict) -> None:
@@ -248,7 +234,7 @@ async def _warm(args: argparse.Namespace, events: EventSink, stop: asyncio.Event
             if config.frame != (width, height, DEFAULT_SAMPLE_RATE):
                 raise InvalidRequest(f"this warm worker renders {width}x{height} at {DEFAULT_SAMPLE_RATE} Hz; the job "
                                      "needs {}x{} at {} Hz".format(*config.frame))
-            recorder = job["recorder"] = control.recorder = Recorder(config, events, stop)
+            recorder = job["recorder"] = control.recorder = Recorder(config, events, stop, allowed_hosts(args))
             return await recorder.run(stage)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -278,7 +264,7 @@ async def _record(args: argparse.Namespace, events: EventSink) -> int:
             outputs = await _warm(args, events, stop, control, job)
         else:
             job["config"] = resolve(build_request(args), egress_id=args.egress_id)
-            job["recorder"] = Recorder(job["config"], events, stop)
+            job["recorder"] = Recorder(job["config"], events, stop, allowed_hosts(args))
             if control:
                 control.recorder = job["recorder"]
             outputs = await job["recorder"].run()
@@ -309,10 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _record_parser(sub)
     _serve_parser(sub)
+    layouts_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if not args.verbose:
+    if not getattr(args, "verbose", False):
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     if args.command == "record":
         events = EventSink(args.events)
@@ -321,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         except asyncio.CancelledError:
             events.emit("error", status="FAILED", code="INTERRUPTED", message="stopped by a second signal")
             return 130
+    if args.command == "layouts":
+        return run_layouts(args)
     if args.command == "serve":
         try:
             return asyncio.run(_serve(args))

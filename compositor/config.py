@@ -13,7 +13,7 @@ from .destinations import StreamTarget, parse_stream_urls
 from .errors import InvalidRequest
 from .layouts import LayoutRef, resolve_layout
 from .presets import find_preset, preset_names
-from .request import ImageOutput, ParticipantSpec, RecordRequest, SegmentOutput, default_participants
+from .request import ImageOutput, Overlays, ParticipantSpec, RecordRequest, SegmentOutput, default_participants
 
 _BASE62 = string.digits + string.ascii_letters
 
@@ -90,6 +90,7 @@ class EgressConfig:
     participants: tuple[ParticipantSpec, ...]
     web_url: str | None
     layout: LayoutRef
+    overlays: Overlays
     width: int  # page and capture size (also for audio-only files)
     height: int
     video: VideoSettings | None
@@ -185,6 +186,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None) -> EgressConfig:
         participants=participants,
         web_url=req.web_url,
         layout=resolve_layout(req.layout, req.layout_params),
+        overlays=_overlays(req.overlays),
         width=width,
         height=height,
         video=video,
@@ -275,6 +277,16 @@ def _container(path: Path, file_type: str | None) -> str:
         raise InvalidRequest(f"output {str(path)!r}: unknown extension {path.suffix or '(none)'}; "
                              f"use .mp4, .webm or .ogg", details={"field": "file.filepath"})
     return by_ext
+
+
+def _overlays(overlays: Overlays) -> Overlays:
+    if overlays.logo and not overlays.logo_is_url:
+        logo = Path(overlays.logo).expanduser()
+        if not logo.is_file():
+            raise InvalidRequest(f"logo {overlays.logo!r}: no such file (or give an http(s) URL)",
+                                 details={"field": "overlays.logo"})
+        return overlays.model_copy(update={"logo": str(logo.resolve())})
+    return overlays
 
 
 def _check_web_url(url: str) -> None:

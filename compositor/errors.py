@@ -84,6 +84,13 @@ class StartTimeout(CompositorError):
     code = "START_TIMEOUT"
 
 
+class TemplateFailed(CompositorError):
+    """The layout is broken: its template does not render, its script throws, a file it needs fails to
+    load, or it never signals START_RECORDING. The message is the page's own."""
+
+    code = "TEMPLATE_ERROR"
+
+
 class OutputInvalid(CompositorError):
     """The finished file failed validation (unreadable, empty, wrong streams)."""
 

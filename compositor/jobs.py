@@ -51,6 +51,8 @@ class WorkerRunner:
         #: idle workers with display, sink and browser up, for jobs of `warm_size` at 48 kHz
         self.warm_size = WARM_SIZE
         self.warm_target = 0
+        #: flags every worker gets (the operator's page allow list)
+        self.worker_args: tuple[str, ...] = ()
         self._warm: list[ManagedProcess] = []
         self._warming = 0
         self._closing = False
@@ -83,7 +85,7 @@ class WorkerRunner:
             config = self.jobs_dir / f"{egress_id}.json"
             config.write_text(request.model_dump_json(exclude_none=True))
             worker = _worker(f"worker {egress_id}", "--config", str(config), "--egress-id", egress_id,
-                             "--control", "stdin")
+                             "--control", "stdin", *self.worker_args)
             await worker.start()
         self._workers[egress_id] = worker
         self._set(egress_id, worker_pid=worker.pid)
@@ -107,7 +109,7 @@ class WorkerRunner:
 
     async def _warm_up(self) -> None:
         w, h = self.warm_size
-        worker = _worker("warm worker", "--warm", "--width", str(w), "--height", str(h))
+        worker = _worker("warm worker", "--warm", "--width", str(w), "--height", str(h), *self.worker_args)
         try:
             await worker.start()
             ready = await asyncio.wait_for(self._until_warm(worker), WARM_TIMEOUT_S)

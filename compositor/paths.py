@@ -1,4 +1,4 @@
-"""Where the page assets live: `templates/` and `static/` beside the package.
+"""Where the page assets live: `templates/`, `static/` and `layouts/` beside the package.
 
 `COMPOSITOR_ASSETS` points elsewhere (an installed copy, a container).
 """
@@ -11,3 +11,4 @@ from pathlib import Path
 ASSETS_DIR = Path(os.environ.get("COMPOSITOR_ASSETS") or Path(__file__).resolve().parent.parent)
 TEMPLATES_DIR = ASSETS_DIR / "templates"
 STATIC_DIR = ASSETS_DIR / "static"
+LAYOUTS_DIR = ASSETS_DIR / "layouts"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -163,6 +164,35 @@ class ImageOutput(NumberedFiles):
     height: int | None = Field(None, ge=16, le=3840, description="default: the video's")
 
 
+LOGO_POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
+
+
+class Overlays(Model):
+    """What the base page draws over any layout, each on or off per request."""
+
+    names: bool = Field(False, description="a name label on every video tile")
+    title: str | None = Field(None, min_length=1, max_length=120, description="a title bar across the top")
+    logo: str | None = Field(None, max_length=2048,
+                             description="watermark image: an http(s) URL (the page must be allowed to reach its "
+                                         "host), or on the command line a local file")
+    logo_position: Literal[LOGO_POSITIONS] = "bottom-right"
+    clock: bool = Field(False, description="a clock, hh:mm:ss, in the top-right corner")
+    clock_timezone: str = Field("UTC", max_length=64, description="IANA time zone of the clock")
+
+    @field_validator("clock_timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as Europe/Paris)") from None
+        return v
+
+    @property
+    def logo_is_url(self) -> bool:
+        return bool(self.logo) and self.logo.startswith(("http://", "https://"))
+
+
 class RecordRequest(Model):
     """One egress as the worker receives it."""
 
@@ -172,6 +202,7 @@ class RecordRequest(Model):
     layout: str = Field("default", description="a built-in name, or a custom layout folder / .html.j2 file")
     layout_params: dict[str, str | float | bool | None] = Field(default_factory=dict,
                                                                 description="values for the layout's parameters")
+    overlays: Overlays = Field(default_factory=Overlays)
     preset: str = Field("720p", validation_alias=AliasChoices("preset", "quality"))
     advanced: EncodingOptions | None = None
     file: FileOutput | None = None
@@ -269,3 +300,16 @@ def default_participants() -> list[ParticipantSpec]:
         "name=Margaret,speaks=",
     ]
     return [parse_participant(s, i) for i, s in enumerate(specs)]
+
+
+# Names for `--participants N`: people enough for the largest grid.
+NAMES = ["Ada", "Grace", "Linus", "Margaret", "Alan", "Barbara", "Dennis", "Frances", "Ken", "Radia", "Donald",
+         "Edsger", "Hedy", "John"]
+
+
+def synthetic_participants(count: int) -> list[ParticipantSpec]:
+    """`count` people in distinct colours and tones; the first one talks, the others listen."""
+    if not 0 <= count <= len(NAMES):
+        raise InvalidRequest(f"--participants takes 0 to {len(NAMES)}; for more, give --participant specs",
+                             details={"field": "participants"})
+    return [parse_participant(f"name={name}" + ("" if i == 0 else ",speaks="), i) for i, name in enumerate(NAMES[:count])]

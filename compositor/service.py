@@ -19,6 +19,8 @@ from .config import WARM_SIZE, EgressConfig, new_egress_id, resolve
 from .destinations import parse_stream_urls
 from .errors import CapacityExceeded, Conflict, Draining, InvalidRequest, NotFound
 from .jobs import WorkerRunner, kept_file
+from .layouts import CUSTOM_PREFIX, TEMPLATE, resolve_layout
+from .page_access import AllowedHosts
 from .request import RecordRequest, first_error
 from .store import EgressRecord, SqliteStore
 from .webhooks import Webhooks
@@ -49,6 +51,8 @@ class Settings:
     max_segment_duration_s: float | None = None
     url_signing_key: str = ""
     download_url_ttl_s: int = 3600
+    layouts_dir: Path | None = None
+    page_allowed_hosts: tuple[str, ...] = ()
 
     @property
     def recordings_dir(self) -> Path:
@@ -106,6 +110,7 @@ class Service:
         self.runner = WorkerRunner(self.store, settings.data_dir / "jobs", on_change=self._changed,
                                    on_stream=self.webhooks.enqueue_stream)
         self.runner.warm_target, self.runner.warm_size = settings.warm_workers, settings.warm_size
+        self.runner.worker_args = tuple(f"--allow-host={host}" for host in settings.page_allowed_hosts)
         self.draining = False
         self._queue: list[Queued] = []
         self._background: set[asyncio.Task] = set()
@@ -138,6 +143,12 @@ class Service:
         for kind in ("segments", "images"):
             if getattr(req, kind):
                 _relative(getattr(req, kind).filename_prefix, f"{kind}.filenamePrefix")
+        named_layout = req.layout  # what the caller sees, never the server's path
+        if req.layout.startswith(CUSTOM_PREFIX):
+            # The worker gets the folder; the caller only ever names a layout of layouts_dir.
+            ref = resolve_layout(req.layout, req.layout_params, self.settings.layouts_dir)
+            req = req.model_copy(update={"layout": str(ref.folder if ref.template == TEMPLATE
+                                                       else ref.folder / ref.template)})
         try:
             # The worker's own model checks combinations the API shape cannot
             # (audio_only with video_only, a room and a web URL at once).
@@ -160,7 +171,7 @@ class Service:
             raise CapacityExceeded(
                 f"no capacity for this egress (needs {cost} cores, {max(self.admission.free, 0):.2f} free){full}",
                 details={"needed": cost, "free": round(self.admission.free, 3), "queued": len(self._queue)})
-        rec = EgressRecord(id=egress_id, room_name=req.room_name, mode=req.mode, layout=req.layout,
+        rec = EgressRecord(id=egress_id, room_name=req.room_name, mode=req.mode, layout=named_layout,
                            quality=req.quality, request=record_req.model_dump(mode="json", exclude_none=True),
                            streams=pending_streams(config.stream.targets) if config.stream else None)
         self.store.create(rec)
@@ -277,9 +288,11 @@ class ServeConfig(BaseModel):
     max_file_duration_s: float | None = Field(None, gt=0, description="session limit of a file egress")
     max_stream_duration_s: float | None = Field(None, gt=0, description="session limit of a streaming egress")
     max_segment_duration_s: float | None = Field(None, gt=0, description="session limit of an HLS egress")
+    layouts_dir: str | None = Field(None, description="custom layouts requests name as custom/NAME")
+    page_allowed_hosts: list[str] = Field([], description="hosts layout pages may reach besides their own server")
 
 
-_LISTS = {"api_keys", "webhook_urls"}
+_LISTS = {"api_keys", "webhook_urls", "page_allowed_hosts"}
 
 
 def _from_env() -> dict:
@@ -328,4 +341,15 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         download_url_ttl_s=cfg.download_url_ttl_s, max_queue=cfg.max_queue, warm_workers=cfg.warm_workers,
         warm_size=tuple(int(x) for x in cfg.warm_size.split("x")),
         max_file_duration_s=cfg.max_file_duration_s, max_stream_duration_s=cfg.max_stream_duration_s,
-        max_segment_duration_s=cfg.max_segment_duration_s)
+        max_segment_duration_s=cfg.max_segment_duration_s,
+        layouts_dir=_layouts_dir(cfg.layouts_dir),
+        page_allowed_hosts=AllowedHosts.parse(cfg.page_allowed_hosts).entries)
+
+
+def _layouts_dir(value: str | None) -> Path | None:
+    if not value:
+        return None
+    folder = Path(value).expanduser().resolve()
+    if not folder.is_dir():
+        raise InvalidRequest(f"layouts_dir {value!r} is not a folder")
+    return folder

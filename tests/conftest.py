@@ -179,7 +179,7 @@ def assert_color(frame, rect: tuple[float, float, float, float], color: str, tol
 
 
 class HttpReceiver:
-    """An HTTP server on 127.0.0.1 run from a thread: serves `page` on GET, records POSTs."""
+    """An HTTP server on 127.0.0.1 run from a thread: serves `page` on every GET, records GETs and POSTs."""
 
     def __init__(self, port: int = 0, page: str = ""):
         import asyncio
@@ -188,9 +188,11 @@ class HttpReceiver:
         from aiohttp import web
 
         self.posts: list[tuple[dict, bytes]] = []
+        self.gets: list[str] = []
         self._loop = asyncio.new_event_loop()
 
-        async def get(_):
+        async def get(request):
+            self.gets.append(request.path)
             return web.Response(text=page, content_type="text/html")
 
         async def post(request):
@@ -198,7 +200,7 @@ class HttpReceiver:
             return web.json_response({"ok": True})
 
         app = web.Application()
-        app.router.add_get("/", get)
+        app.router.add_get("/{tail:.*}", get)
         app.router.add_post("/{tail:.*}", post)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())

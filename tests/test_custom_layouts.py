@@ -10,7 +10,8 @@ import pytest
 from compositor import analysis
 from compositor.errors import InvalidRequest
 from compositor.layouts import resolve_layout
-from compositor.pipeline.page_server import render_custom
+from compositor.pipeline.page_server import PageServer, PageSpec, render_page
+from compositor.request import Overlays
 
 from .conftest import REPO, SMALL, assert_color
 
@@ -55,9 +56,9 @@ def test_a_single_template_file_is_a_layout(record, tmp_path):
 
 def test_parameter_values_are_escaped(layout_dir):
     hostile = '</header><script>console.error("pwned")</script><header>'
-    html = render_custom(resolve_layout(str(layout_dir), {"title": hostile}), "dark")
+    html = render_page(resolve_layout(str(layout_dir), {"title": hostile}), Overlays(title=hostile).model_dump())
     assert "<script>console.error" not in html
-    assert "&lt;/header&gt;&lt;script&gt;" in html
+    assert html.count("&lt;/header&gt;&lt;script&gt;") == 2  # the layout's title and the title overlay
 
 
 @pytest.mark.parametrize("params, message", [
@@ -78,7 +79,7 @@ def test_bad_layouts_fail_before_anything_starts(record, tmp_path):
     run = record("--duration", "1", "--layout", f"{empty}/", timeout=30)
     assert run.code == 2 and "has no layout.html.j2" in run.error["message"]
     run = record("--duration", "1", "--layout", "grid", "--layout-param", "title=x", timeout=30)
-    assert run.code == 2 and "takes no parameters" in run.error["message"]
+    assert run.code == 2 and "this layout takes: none" in run.error["message"]
     (tmp_path / "badjson").mkdir()
     (tmp_path / "badjson" / "layout.html.j2").write_text('{% extends "_base.html.j2" %}')
     (tmp_path / "badjson" / "layout.json").write_text(json.dumps({"params": {"x": {"type": "colour"}}}))
@@ -91,19 +92,18 @@ def test_the_page_gets_only_the_layouts_own_files(layout_dir, tmp_path):
 
     import aiohttp
 
-    from compositor.pipeline.page_server import PageServer
-
     (tmp_path / "secret.txt").write_text("not for the page")
 
     async def fetch_all() -> dict[str, int]:
         server = PageServer()
         await server.start()
         try:
-            server.synthetic_page_url(resolve_layout(str(layout_dir)), [], room_name="r", sync_markers=False)
+            server.page_url(PageSpec(resolve_layout(str(layout_dir)), Overlays(), (), "r"))
             async with aiohttp.ClientSession() as session:
                 out = {}
                 for path in ("/custom/style.css", "/custom/layout.js", "/custom/../secret.txt",
-                             "/custom/%2e%2e/secret.txt", "/custom/page"):
+                             "/custom/%2e%2e/secret.txt", "/page",
+                             "/layouts/grid/layout.js", "/layouts/grid/../../README.md"):
                     async with session.get(server.base_url + path) as resp:
                         out[path] = resp.status
                 return out
@@ -112,5 +112,6 @@ def test_the_page_gets_only_the_layouts_own_files(layout_dir, tmp_path):
 
     statuses = asyncio.run(fetch_all())
     assert statuses["/custom/style.css"] == 200 and statuses["/custom/layout.js"] == 200
-    assert statuses["/custom/page"] == 200
+    assert statuses["/page"] == 200 and statuses["/layouts/grid/layout.js"] == 200
+    assert statuses["/layouts/grid/../../README.md"] == 404
     assert statuses["/custom/../secret.txt"] == 404 and statuses["/custom/%2e%2e/secret.txt"] == 404

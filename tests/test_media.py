@@ -141,7 +141,9 @@ def test_page_that_never_starts_times_out(record, tmp_path):
         config.write_text(json.dumps({"startTimeout": 1.5, "room": {"participants": [
             {"name": "A", "color": "#e6194b", "tone": 450,
              "video": f"http://127.0.0.1:{silent.getsockname()[1]}/clip.webm"}]}}))
-        run = record(*SMALL, "--config", str(config), "--duration", "2", timeout=60)
+        port = silent.getsockname()[1]
+        run = record(*SMALL, "--config", str(config), "--duration", "2", "--allow-host", f"127.0.0.1:{port}",
+                     timeout=60)
     finally:
         silent.close()
     assert run.code != 0

@@ -12,17 +12,20 @@ import asyncio
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from playwright.async_api import Browser as PwBrowser
-from playwright.async_api import ConsoleMessage, Page, Playwright, async_playwright
+from playwright.async_api import ConsoleMessage, Page, Playwright, Request, Response, Route, async_playwright
 
 from ..errors import BrowserFailed
+from ..page_access import OPTION, AllowedHosts
 from ..preflight import chromium_path
 from ..process import ManagedProcess
 
 log = logging.getLogger(__name__)
 
+MIN_WINDOW_WIDTH = 500  # Chromium's narrowest window (measured with --kiosk on Xvfb)
 START_RECORDING = "START_RECORDING"
 END_RECORDING = "END_RECORDING"
 
@@ -52,6 +55,17 @@ CHROMIUM_FLAGS = [
 ]
 
 
+# Kinds of page problem: an uncaught exception, a request that failed or was
+# answered with an error, a request the allow list refused, console.error().
+ERROR, REQUEST, BLOCKED, CONSOLE = "error", "request", "blocked", "console"
+
+
+@dataclass(frozen=True)
+class PageProblem:
+    kind: str
+    message: str
+
+
 class Browser:
     """Owns one Chromium (and the Playwright connection to it)."""
 
@@ -63,7 +77,9 @@ class Browser:
         self.profile_dir = profile_dir
         self.signals: asyncio.Queue[str] = asyncio.Queue()
         self.failure: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.page_errors: list[str] = []
+        self.problems: list[PageProblem] = []
+        self._waiters: list[tuple[tuple[str, ...], asyncio.Future]] = []
+        self._origin = ""
         self._proc: ManagedProcess | None = None
         self._pw: Playwright | None = None
         self._browser: PwBrowser | None = None
@@ -92,8 +108,13 @@ class Browser:
         self._browser.on("disconnected", lambda _: self._fail("the browser disconnected"))
         context = self._browser.contexts[0]
         self.page = context.pages[0] if context.pages else await context.new_page()
+        if self.width < MIN_WINDOW_WIDTH:
+            # Chromium keeps its window at least this wide: the page would be laid out wider than the frame.
+            await self.page.set_viewport_size({"width": self.width, "height": self.height})
         self.page.on("console", self._on_console)
-        self.page.on("pageerror", lambda err: self.page_errors.append(str(err)))
+        self.page.on("pageerror", self._on_page_error)
+        self.page.on("requestfailed", self._on_request_failed)
+        self.page.on("response", self._on_response)
         self.page.on("crash", lambda _: self._fail("the page crashed"))
         asyncio.create_task(self._watch_process())
 
@@ -133,9 +154,66 @@ class Browser:
         text = msg.text
         if text in (START_RECORDING, END_RECORDING):
             self.signals.put_nowait(text)
-        elif msg.type == "error":
-            self.page_errors.append(text)
+        elif msg.type == "error" and not text.startswith("Failed to load resource"):  # reported as REQUEST
+            self._problem(CONSOLE, text)
         log.debug("page console [%s]: %s", msg.type, text)
+
+    def _on_page_error(self, err) -> None:
+        # The first stack frame says where: "at layout (http://127.0.0.1:PORT/custom/layout.js:7:3)".
+        frames = [line.strip() for line in (err.stack or "").splitlines() if line.strip().startswith("at ")]
+        where = f" ({frames[0].removeprefix('at ')})" if frames else ""
+        self._problem(ERROR, self._local(f"{err.name or 'Error'}: {err.message}{where}"))
+
+    def _on_request_failed(self, request: Request) -> None:
+        failure = request.failure or ""
+        # Aborts are the page's own doing (a video seeking); refusals were reported by the route.
+        if "ERR_ABORTED" not in failure and "ERR_BLOCKED_BY_CLIENT" not in failure:
+            self._problem(REQUEST, f"{request.method} {self._local(request.url)} failed: {failure}")
+
+    def _on_response(self, response: Response) -> None:
+        if response.status >= 400:
+            self._problem(REQUEST, f"{response.request.method} {self._local(response.url)} answered "
+                                   f"{response.status} {response.status_text}".rstrip())
+
+    def _local(self, text: str) -> str:
+        return text.replace(self._origin, "") if self._origin else text
+
+    def _problem(self, kind: str, message: str) -> None:
+        log.debug("page problem [%s]: %s", kind, message)
+        problem = PageProblem(kind, message)
+        self.problems.append(problem)
+        for kinds, waiter in self._waiters:
+            if kind in kinds and not waiter.done():
+                waiter.set_result(problem)
+
+    async def next_problem(self, kinds: tuple[str, ...], *, past: bool = False) -> PageProblem:
+        """The next problem of one of `kinds` (or one already seen, with `past`)."""
+        if past:
+            seen = next((p for p in self.problems if p.kind in kinds), None)
+            if seen:
+                return seen
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (kinds, waiter)
+        self._waiters.append(entry)
+        try:
+            return await waiter
+        finally:
+            self._waiters.remove(entry)
+
+    async def restrict(self, origin: str, allowed: AllowedHosts) -> None:
+        """Let the page reach only `origin` (our page server) and the operator's allowed hosts."""
+        self._origin = origin
+
+        async def guard(route: Route, request: Request) -> None:
+            url = request.url
+            if url.startswith(origin + "/") or allowed.permits(url):
+                await route.fallback()
+                return
+            self._problem(BLOCKED, f"{request.method} {url.split('?')[0]} refused: the page may reach only its own "
+                                   f"server and the hosts in {OPTION} (--allow-host)")
+            await route.abort("blockedbyclient")
+
+        await self.page.route("**/*", guard)
 
     async def open(self, url: str, timeout: float = 20.0) -> None:
         """Navigate to the page and wait for its load event."""

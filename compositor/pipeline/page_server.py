@@ -1,91 +1,138 @@
-"""Serves layout pages to the worker's browser: templates, the page SDK and media.
+"""Serves layout pages to the worker's browser: the page, the layouts' files, the page SDK and media.
 
-Bound to 127.0.0.1 on a port the kernel picks, so workers never collide.
+Bound to 127.0.0.1 on a port the kernel picks (or the one asked for, for
+previews), so workers never collide.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
 import jinja2
 from aiohttp import web
 
+from ..errors import TemplateFailed
 from ..layouts import LayoutRef
-from ..paths import STATIC_DIR, TEMPLATES_DIR
-from ..request import ParticipantSpec
+from ..paths import LAYOUTS_DIR, STATIC_DIR, TEMPLATES_DIR
+from ..request import Overlays, ParticipantSpec
+
+PAGE = "/page"
 
 
-CUSTOM = "/custom"  # where a custom layout's folder is served
+@dataclass(frozen=True)
+class PageSpec:
+    """What the page shows: a layout, with its overlays, for a synthetic room."""
+
+    layout: LayoutRef
+    overlays: Overlays
+    participants: tuple[ParticipantSpec, ...]
+    room_name: str
+    sync_markers: bool = False
 
 
-def jinja_env(folder: Path | None = None) -> jinja2.Environment:
-    """Templates with HTML escaping on; a custom layout's folder first, so it can extend our base."""
-    loaders = [jinja2.FileSystemLoader(folder)] if folder else []
-    return jinja2.Environment(loader=jinja2.ChoiceLoader([*loaders, jinja2.FileSystemLoader(TEMPLATES_DIR)]),
-                              autoescape=True, undefined=jinja2.StrictUndefined)
+def render_page(layout: LayoutRef, overlays: dict) -> str:
+    """The layout's page: its template with our context, or TemplateFailed naming the file and line."""
+    env = jinja2.Environment(loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(layout.folder),
+                                                         jinja2.FileSystemLoader(TEMPLATES_DIR)]),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    try:
+        return env.get_template(layout.template).render(
+            static="/static", assets=layout.assets, layout=layout.name, theme=layout.theme, script=layout.script,
+            params=layout.params, overlays=overlays)
+    except jinja2.TemplateSyntaxError as exc:
+        where = f"{_shown(exc.filename or exc.name or layout.template, layout)}:{exc.lineno}"
+        raise TemplateFailed(f"{where}: {exc.message}", details={"template": where}) from None
+    except jinja2.TemplateError as exc:
+        where = _template_line(exc, layout)
+        raise TemplateFailed(f"{where}: {exc.message or exc}" if where else str(exc),
+                             details={"template": where} if where else {}) from None
 
 
-def render_custom(layout: LayoutRef, theme: str) -> str:
-    """A custom layout's page: its template with our context and its declared parameters."""
-    template = jinja_env(layout.folder).get_template(layout.template)
-    return template.render(static="/static", layout=layout.name, theme=theme, assets=CUSTOM, params=layout.params)
+def _template_line(exc: Exception, layout: LayoutRef) -> str:
+    """file:line of the template frame that raised (Jinja maps its frames to template lines)."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(".j2")]
+    return f"{_shown(frames[-1].filename, layout)}:{frames[-1].lineno}" if frames else ""
+
+
+def _shown(path: str, layout: LayoutRef) -> str:
+    p = Path(path)
+    for root in (layout.folder, TEMPLATES_DIR):
+        if p.is_relative_to(root):
+            return str(p.relative_to(root))
+    return p.name
+
+
+def _inside(folder: Path, relative: str) -> Path:
+    """A file under `folder`, and nothing outside it (no `..`, no symlink out)."""
+    path = (folder / relative).resolve()
+    if not path.is_relative_to(folder.resolve()) or not path.is_file():
+        raise web.HTTPNotFound()
+    return path
 
 
 class PageServer:
     """Owns the worker's local HTTP server."""
 
-    def __init__(self):
+    def __init__(self, port: int = 0):
         self._media: list[Path] = []
-        self._env = jinja_env()
         self._runner: web.AppRunner | None = None
-        self._custom: LayoutRef | None = None
+        self.spec: PageSpec | None = None
+        self._port = port
         self.port: int | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> None:
+    async def start(self, extra_routes: Sequence[web.RouteDef] = ()) -> None:
         app = web.Application()
-        app.router.add_get("/layouts/{name}", self._layout)
+        app.router.add_get(PAGE, self._page)
+        app.router.add_get("/layouts/{name}/{path:.+}", self._builtin_file)
+        app.router.add_get("/custom/{path:.+}", self._custom_file)
         app.router.add_get("/media/{index}", self._medium)
-        app.router.add_get(f"{CUSTOM}/page", self._custom_page)
-        app.router.add_get(CUSTOM + "/{path:.+}", self._custom_file)
         app.router.add_static("/static", STATIC_DIR)
+        app.add_routes(extra_routes)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
 
-    async def _layout(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
+    def render(self) -> str:
+        """The current page's HTML (TemplateFailed when its template is broken)."""
+        spec = self.spec
+        overlays = spec.overlays.model_dump()
+        if spec.overlays.logo and not spec.overlays.logo_is_url:
+            overlays["logo"] = self.media_url(Path(spec.overlays.logo))
+        return render_page(spec.layout, overlays)
+
+    async def _page(self, request: web.Request) -> web.Response:
+        if self.spec is None:
+            raise web.HTTPNotFound(text="no page yet")
         try:
-            template = self._env.get_template(f"{name}.html.j2")
-        except jinja2.TemplateNotFound:
-            raise web.HTTPNotFound(text=f"no layout {name!r}") from None
-        html = template.render(static="/static", layout=name, theme=request.query.get("theme", "dark"))
+            html = self.render()
+        except TemplateFailed as exc:
+            # The browser shows it (and reports the 500); the recorder has raised it already.
+            raise web.HTTPInternalServerError(text=f"TEMPLATE_ERROR {exc.message}") from None
         return web.Response(text=html, content_type="text/html")
 
-    async def _custom_page(self, request: web.Request) -> web.Response:
-        if self._custom is None:
-            raise web.HTTPNotFound(text="no custom layout")
-        html = render_custom(self._custom, request.query.get("theme", "dark"))
-        return web.Response(text=html, content_type="text/html")
+    async def _builtin_file(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name.startswith((".", "_")) or "/" in name:
+            raise web.HTTPNotFound()
+        return web.FileResponse(_inside(LAYOUTS_DIR / name, request.match_info["path"]))
 
     async def _custom_file(self, request: web.Request) -> web.StreamResponse:
         """A file of the custom layout's folder (its script, CSS, images, fonts), and nothing outside it."""
-        if self._custom is None:
+        if self.spec is None or self.spec.layout.builtin:
             raise web.HTTPNotFound()
-        folder = self._custom.folder
-        path = (folder / request.match_info["path"]).resolve()
-        if not path.is_relative_to(folder) or not path.is_file():
-            raise web.HTTPNotFound()
-        return web.FileResponse(path)
+        return web.FileResponse(_inside(self.spec.layout.folder, request.match_info["path"]))
 
     async def _medium(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -99,18 +146,21 @@ class PageServer:
             self._media.append(path)
         return f"/media/{self._media.index(path)}"
 
-    def synthetic_page_url(self, layout: LayoutRef, participants: Sequence[ParticipantSpec], *,
-                           room_name: str, sync_markers: bool) -> str:
-        """The page URL for a synthetic room, in the LiveKit template shape (url, token, layout)."""
-        room = {"name": room_name, "participants": [self._participant_json(p) for p in participants]}
+    def page_url(self, spec: PageSpec, *, check: bool = True) -> str:
+        """Show `spec` and return its URL, in the LiveKit template shape (url, token, layout).
+
+        With `check`, the page is rendered once here so a broken template fails before any browser loads it.
+        """
+        self.spec = spec
+        if check:
+            self.render()
+        room = {"name": spec.room_name, "participants": [self._participant_json(p) for p in spec.participants]}
         encoded = base64.urlsafe_b64encode(json.dumps(room, separators=(",", ":")).encode()).decode()
-        query = {"url": "synthetic:", "token": "", "layout": layout.name, "theme": layout.theme, "room": encoded}
-        if sync_markers:
+        query = {"url": "synthetic:", "token": "", "layout": spec.layout.name, "theme": spec.layout.theme,
+                 "room": encoded}
+        if spec.sync_markers:
             query["sync"] = "1"
-        if layout.folder:
-            self._custom = layout
-            return f"{self.base_url}{CUSTOM}/page?{urlencode(query)}"
-        return f"{self.base_url}/layouts/{layout.name}?{urlencode(query)}"
+        return f"{self.base_url}{PAGE}?{urlencode(query)}"
 
     def _participant_json(self, p: ParticipantSpec) -> dict:
         data = p.model_dump(mode="json", exclude_none=True)

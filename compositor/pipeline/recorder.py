@@ -21,18 +21,20 @@ from dataclasses import dataclass, field
 
 from ..config import EgressConfig
 from ..destinations import parse_stream_url, parse_stream_urls
-from ..errors import Aborted, AudioFailed, BrowserFailed, CompositorError, Conflict, DisplayFailed, StartTimeout
+from ..errors import (Aborted, AudioFailed, BrowserFailed, CompositorError, Conflict, DisplayFailed, StartTimeout,
+                      TemplateFailed)
 from ..events import EventSink
+from ..page_access import AllowedHosts
 from ..preflight import preflight
 from ..probe import MediaFacts
 from ..process import ManagedProcess
 from .audio import AudioSink
-from .browser import END_RECORDING, START_RECORDING, Browser
+from .browser import BLOCKED, END_RECORDING, ERROR, REQUEST, START_RECORDING, Browser
 from .display import Display
 from .encoder import Encoder, MuxTarget, Progress, build_argv, file_target, hls_target, live_pipe_target
 from .finalize import finalize, images_written, partial_path
 from .hls import LivePlaylist, finish_segments
-from .page_server import PageServer
+from .page_server import PageServer, PageSpec
 from .streams import Destination, StreamFanout
 
 log = logging.getLogger(__name__)
@@ -105,8 +107,13 @@ async def open_stage(stack: contextlib.AsyncExitStack, workdir: Path, width: int
 class Recorder:
     """Runs one EgressConfig through display, sink, browser and encoder to every output."""
 
-    def __init__(self, config: EgressConfig, events: EventSink, stop: asyncio.Event):
+    def __init__(self, config: EgressConfig, events: EventSink, stop: asyncio.Event,
+                 allowed_hosts: AllowedHosts = AllowedHosts()):
         self.config = config
+        self.allowed_hosts = allowed_hosts
+        #: page problems that end the recording: none for a web page (not ours to judge), any while a
+        #: layout starts, and its uncaught exceptions once it records
+        self._fatal: tuple[str, ...] = ()
         self.events = events
         self.stop_requested = stop
         self.timings: dict[str, float] = {"launched": time.time()}
@@ -148,10 +155,13 @@ class Recorder:
         if cfg.source == "web":
             await self._until_ready(browser, watched, browser.open(cfg.web_url, cfg.start_timeout))
         else:
-            url = pages.synthetic_page_url(cfg.layout, cfg.participants, room_name=cfg.room_name,
-                                           sync_markers=cfg.sync_markers)
+            url = pages.page_url(PageSpec(cfg.layout, cfg.overlays, cfg.participants, cfg.room_name,
+                                          cfg.sync_markers))
+            await browser.restrict(pages.base_url, self.allowed_hosts)
+            self._fatal = (ERROR, REQUEST, BLOCKED)
             await self._until_ready(browser, watched, browser.open(url, cfg.start_timeout))
             await self._until_ready(browser, watched, self._start_signal(browser), cfg.start_timeout)
+            self._fatal = (ERROR,)
         self.timings["start_recording"] = start_epoch = time.time()
 
         targets: list[MuxTarget] = []
@@ -269,7 +279,7 @@ class Recorder:
         with contextlib.suppress(asyncio.CancelledError, CompositorError):
             await step_task
         if not done:
-            errors = "; ".join(browser.page_errors[-3:])
+            errors = "; ".join(p.message for p in browser.problems[-3:])
             raise StartTimeout(f"the page did not signal {START_RECORDING} within {timeout:g} s"
                                + (f" (page errors: {errors})" if errors else ""))
         guard = done.pop()
@@ -292,8 +302,13 @@ class Recorder:
             kind = DisplayFailed if proc.name == "Xvfb" else AudioFailed
             return kind(f"{proc.describe_exit()}")
 
+        async def page_broke():
+            problem = await browser.next_problem(self._fatal, past=True)
+            return TemplateFailed(f"the layout page failed: {problem.message}", details={"kind": problem.kind})
+
         return [asyncio.create_task(stop_asked()), asyncio.create_task(browser_died()),
-                *(asyncio.create_task(child_died(p)) for p in watched)]
+                *(asyncio.create_task(child_died(p)) for p in watched),
+                *([asyncio.create_task(page_broke())] if self._fatal else [])]
 
     async def _until_first_frame(self, encoder: Encoder, browser: Browser,
                                  watched: list[ManagedProcess]) -> CompositorError | None:

@@ -3,6 +3,7 @@
 // recording is on screen.
 
 import { egress } from './egress.js';
+import { startClock } from './overlays.js';
 import { Stage } from './stage.js';
 import { SyntheticRoom } from './synthetic.js';
 
@@ -15,10 +16,13 @@ function nextFrame() {
   return new Promise((r) => requestAnimationFrame(() => r()));
 }
 
-// A built-in layout by name, or a custom layout's script by its path on this server.
+// A built-in layout by name, or a layout's script by its path on this server;
+// a layout without a script arranges people as the grid does.
 export async function loadLayout(name) {
-  const url = name.startsWith('/') ? name : `/static/layouts/${encodeURIComponent(name)}.js`;
+  const url = !name ? '/layouts/grid/layout.js'
+    : name.startsWith('/') ? name : `/layouts/${encodeURIComponent(name)}/layout.js`;
   const mod = await import(url);
+  if (typeof mod.default !== 'function') throw new Error(`${url} has no default export (the layout's view function)`);
   return mod.default;
 }
 
@@ -33,6 +37,7 @@ export async function boot({ layout, root = document.getElementById('stage') }) 
   room.addEventListener('ended', () => egress.endRecording());
   await room.prepare();
   stage.render();
+  startClock();
   // Two frames: the first paints the tiles, the second is surely on screen.
   await nextFrame();
   await nextFrame();

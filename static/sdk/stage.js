@@ -5,7 +5,7 @@
 //   { width, height, participants, speaker, screenShare, theme }
 // and a tile is { key, participant, track (or null for a name tile), x, y, w, h, z?, className? }.
 
-import { ActiveSpeaker, latestScreenShare } from './room.js';
+import { ActiveSpeaker, SCREEN_SHARE, latestScreenShare } from './room.js';
 
 export const ASPECT = 16 / 9;
 
@@ -116,7 +116,7 @@ export class Stage {
         this.tiles.set(item.key, tile);
       }
       if (tile.track !== item.track) {
-        tile.el.replaceChildren(item.track ? item.track.attach() : nameTile(item.participant));
+        tile.el.replaceChildren(item.track ? item.track.attach() : nameTile(item.participant), nameLabel(item));
         tile.track = item.track;
       }
       tile.el.className = `tile ${item.track ? 'has-video' : 'no-video'} ${item.className || ''}`;
@@ -133,6 +133,15 @@ export class Stage {
       }
     }
   }
+}
+
+// The name label every video tile carries; shown when the request turns name labels on.
+export function nameLabel(item) {
+  const el = document.createElement('div');
+  el.className = 'tile-label';
+  const screen = item.track && item.track.source === SCREEN_SHARE;
+  el.textContent = screen ? `${item.participant.name} (screen)` : item.participant.name;
+  return el;
 }
 
 export function nameTile(participant) {

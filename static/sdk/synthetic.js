@@ -17,13 +17,11 @@ function div(className, style = {}) {
   return el;
 }
 
-// A coloured picture with a moving square and the name, so every frame
-// differs; plus the white flash used by sync markers.
-function colourPicture(color, label) {
+// A coloured picture with a moving square, so every frame differs; plus the
+// white flash used by sync markers. Names are the layout's business (labels).
+function colourPicture(color) {
   const el = div('syn-track', { background: color });
-  const name = div('syn-name');
-  name.textContent = label;
-  el.append(div('syn-mover'), name, div('syn-flash'));
+  el.append(div('syn-mover'), div('syn-flash'));
   return el;
 }
 
@@ -68,7 +66,7 @@ export class SyntheticRoom extends Room {
     if (spec.video !== 'off') {
       this.publish(spec.identity, new Track({
         sid: `TR_${spec.identity}_cam`, kind: 'video', source: CAMERA, participant: p,
-        makeElement: () => (spec.video ? this._trackVideo(videoPicture(spec.video)) : colourPicture(spec.color, spec.name)),
+        makeElement: () => (spec.video ? this._trackVideo(videoPicture(spec.video)) : colourPicture(spec.color)),
       }));
     }
     if (spec.tone > 0) {
@@ -85,7 +83,7 @@ export class SyntheticRoom extends Room {
     if (!p) return;
     this.publish(spec.identity, new Track({
       sid: `TR_${spec.identity}_screen`, kind: 'video', source: SCREEN_SHARE, participant: p,
-      makeElement: () => colourPicture(spec.screenshare.color, `${spec.name}'s screen`),
+      makeElement: () => colourPicture(spec.screenshare.color),
     }));
   }
 

@@ -1,5 +1,5 @@
 // audio-only: a name tile per participant in a grid, the speaking ones lit.
-import { gridCells } from '../sdk/stage.js';
+import { gridCells } from '/static/sdk/stage.js';
 
 export default function audioOnly(view) {
   const { width: W, height: H, participants } = view;

@@ -1,6 +1,6 @@
 // speaker: the screen share (or the active speaker) fills the main area;
 // everyone else is a thumbnail in a strip along the bottom.
-import { cameraTile, fit, shareTile, snap, ASPECT } from '../sdk/stage.js';
+import { cameraTile, fit, shareTile, snap, ASPECT } from '/static/sdk/stage.js';
 
 export default function speaker(view) {
   const { width: W, height: H, participants, speaker: active, screenShare } = view;

@@ -1,5 +1,5 @@
 // single-speaker: only the screen share or the active speaker, full frame.
-import { cameraTile, fit, shareTile } from '../sdk/stage.js';
+import { cameraTile, fit, shareTile } from '/static/sdk/stage.js';
 
 export default function singleSpeaker(view) {
   const { width: W, height: H, participants, speaker: active, screenShare } = view;

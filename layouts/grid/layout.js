@@ -1,7 +1,7 @@
 // grid: equal 16:9 tiles, the grid chosen by count; past 25, the most
 // recently active 25. A screen share switches to the speaker layout.
-import { byActivity, cameraTile, gridCells } from '../sdk/stage.js';
-import speaker from './speaker.js';
+import { byActivity, cameraTile, gridCells } from '/static/sdk/stage.js';
+import speaker from '../speaker/layout.js';
 
 const MAX_TILES = 25;
 

@@ -1,6 +1,6 @@
 // default: speaker for one-to-one calls (and any screen share), grid for more.
-import grid from './grid.js';
-import speaker from './speaker.js';
+import grid from '../grid/layout.js';
+import speaker from '../speaker/layout.js';
 
 export default function defaultLayout(view) {
   return view.participants.length === 2 || view.screenShare ? speaker(view) : grid(view);

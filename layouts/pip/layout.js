@@ -1,6 +1,6 @@
 // pip: the screen share (or the active speaker) fills the frame; the
 // speaker sits in a small overlay in the bottom-right corner.
-import { cameraTile, fit, shareTile, snap, ASPECT } from '../sdk/stage.js';
+import { cameraTile, fit, shareTile, snap, ASPECT } from '/static/sdk/stage.js';
 
 export default function pip(view) {
   const { width: W, height: H, participants, speaker: active, screenShare } = view;
