@@ -7,10 +7,15 @@ PY := $(VENV)/bin/python
 
 # Real receivers the tests stream to (nginx-rtmp, stunnel for RTMPS).
 TEST_PACKAGES := nginx-light libnginx-mod-rtmp stunnel4 openssl iproute2
+# Azure Blob emulator for the storage tests, from npm into .tools/ (not global).
+# 3.35.0: the last release that supports Debian 12's Node 18.
+AZURITE_VERSION := 3.35.0
+AZURITE := .tools/node_modules/.bin/azurite-blob
+LIVEKIT_CLIENT := node_modules/livekit-client/dist/livekit-client.esm.mjs
 
 .PHONY: setup system test-system demo test test-docker bench snapshots clean
 
-setup: system $(VENV)/.installed
+setup: system $(VENV)/.installed $(LIVEKIT_CLIENT)
 
 system:
 	@scripts/setup-system.sh
@@ -28,8 +33,22 @@ demo: setup
 	$(PY) -m compositor record --room synthetic --layout default --duration 10 -o recordings/demo.mp4
 	@echo "demo recording: $(CURDIR)/recordings/demo.mp4"
 
-test: setup test-system
+test: setup test-system $(AZURITE)
 	$(PY) -m pytest -q
+
+# npm only if missing: a machine with Node from elsewhere keeps its own.
+NPM := command -v npm >/dev/null || scripts/setup-system.sh nodejs npm
+
+# What layout pages load from npm (package.json, pinned in package-lock.json).
+$(LIVEKIT_CLIENT): package.json package-lock.json
+	@$(NPM)
+	npm ci --no-audit --no-fund
+	@touch $@
+
+$(AZURITE):
+	@$(NPM)
+	npm install --prefix .tools --no-audit --no-fund --save-exact azurite@$(AZURITE_VERSION)
+	@touch $@
 
 # Builds docker/Dockerfile with podman and records a room in the container.
 test-docker: setup
@@ -51,4 +70,4 @@ snapshots: setup
 	$(SNAP) audio-only --participants 4 -o docs/layouts/audio-only.png
 
 clean:
-	rm -rf $(VENV) recordings .pytest_cache
+	rm -rf $(VENV) recordings .pytest_cache .tools node_modules

@@ -32,7 +32,9 @@ def _record_parser(sub) -> None:
     p = sub.add_parser("record", help="record one room or web page to a file",
                        description="Record a room (or any web page) through Xvfb + Chromium + ffmpeg.")
     p.add_argument("--config", type=Path, help="request JSON (same schema as the API); flags override it")
-    p.add_argument("--room", choices=["synthetic"], help="room kind (default: synthetic)")
+    p.add_argument("--room", choices=["synthetic", "livekit"],
+                   help="room kind (default: synthetic); livekit joins --room-name on the server named by "
+                        "LIVEKIT_URL, LIVEKIT_API_KEY and LIVEKIT_API_SECRET")
     p.add_argument("--room-name", help="room name (default: synthetic)")
     p.add_argument("--participant", action="append", metavar="SPEC", default=None,
                    help="synthetic participant: name=,color=#rrggbb,tone=Hz,speaks=S-E;S-E,"
@@ -137,6 +139,8 @@ def build_request(args: argparse.Namespace) -> RecordRequest:
              "video_only": args.video_only}
     data.update({k: v for k, v in flags.items() if v is not None})
     fold_page_flags(args, data)
+    if args.room == "livekit":
+        data["room"] = {"kind": "livekit"}
     if args.participant is not None:
         data["room"] = {"participants": [parse_participant(s, i).model_dump() for i, s in enumerate(args.participant)]}
     advanced = {k: getattr(args, k) for k in ("width", "height", "framerate", "video_bitrate", "video_codec",

@@ -12,6 +12,7 @@ from pathlib import Path
 from .destinations import StreamTarget, parse_stream_urls
 from .errors import InvalidRequest
 from .layouts import LayoutRef, resolve_layout
+from .livekit_room import server_from_env
 from .presets import find_preset, preset_names
 from .request import ImageOutput, Overlays, ParticipantSpec, RecordRequest, SegmentOutput, default_participants
 
@@ -86,7 +87,7 @@ class EgressConfig:
 
     egress_id: str
     room_name: str
-    source: str  # synthetic | web
+    source: str  # synthetic | livekit | web
     participants: tuple[ParticipantSpec, ...]
     web_url: str | None
     layout: LayoutRef
@@ -172,6 +173,9 @@ def resolve(req: RecordRequest, egress_id: str | None = None) -> EgressConfig:
     if req.web_url:
         source, participants = "web", ()
         _check_web_url(req.web_url)
+    elif req.room and req.room.kind == "livekit":
+        source, participants = "livekit", ()
+        server_from_env()  # said now, before anything starts
     else:
         source = "synthetic"
         participants = tuple((req.room and req.room.participants) or default_participants())

@@ -34,6 +34,10 @@ class AllowedHosts:
             cleaned.append(entry)
         return cls(tuple(cleaned))
 
+    def including(self, *entries: str) -> AllowedHosts:
+        """These entries too (a room server the worker itself was pointed at)."""
+        return AllowedHosts(self.entries + tuple(e.lower() for e in entries))
+
     def permits(self, url: str) -> bool:
         """True when the page may request `url`."""
         parts = urlsplit(url)

@@ -12,3 +12,4 @@ ASSETS_DIR = Path(os.environ.get("COMPOSITOR_ASSETS") or Path(__file__).resolve(
 TEMPLATES_DIR = ASSETS_DIR / "templates"
 STATIC_DIR = ASSETS_DIR / "static"
 LAYOUTS_DIR = ASSETS_DIR / "layouts"
+LIVEKIT_CLIENT = ASSETS_DIR / "node_modules" / "livekit-client" / "dist" / "livekit-client.esm.mjs"

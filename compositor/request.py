@@ -89,8 +89,15 @@ class ParticipantSpec(Model):
 
 
 class RoomSpec(Model):
-    kind: Literal["synthetic"] = "synthetic"
-    participants: list[ParticipantSpec] = Field(default_factory=list, max_length=100)
+    kind: Literal["synthetic", "livekit"] = "synthetic"
+    participants: list[ParticipantSpec] = Field(default_factory=list, max_length=100,
+                                                description="a synthetic room's people")
+
+    @model_validator(mode="after")
+    def _kind(self) -> RoomSpec:
+        if self.kind == "livekit" and self.participants:
+            raise ValueError("a LiveKit room's participants are the people in it; give none")
+        return self
 
 
 class EncodingOptions(Model):

@@ -10,7 +10,7 @@ import base64
 import json
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -19,21 +19,25 @@ from aiohttp import web
 
 from ..errors import TemplateFailed
 from ..layouts import LayoutRef
-from ..paths import LAYOUTS_DIR, STATIC_DIR, TEMPLATES_DIR
+from ..paths import LAYOUTS_DIR, LIVEKIT_CLIENT, STATIC_DIR, TEMPLATES_DIR
 from ..request import Overlays, ParticipantSpec
 
 PAGE = "/page"
+LIVEKIT_CLIENT_URL = "/vendor/livekit-client.mjs"  # livekit-client's ESM bundle, from npm
 
 
 @dataclass(frozen=True)
 class PageSpec:
-    """What the page shows: a layout, with its overlays, for a synthetic room."""
+    """What the page shows: a layout, with its overlays, for a synthetic room or a LiveKit one."""
 
     layout: LayoutRef
     overlays: Overlays
     participants: tuple[ParticipantSpec, ...]
     room_name: str
     sync_markers: bool = False
+    #: a LiveKit server's ws(s) URL and the recorder's token ("synthetic:": the scripted room)
+    room_url: str = "synthetic:"
+    token: str = field(default="", repr=False)
 
 
 def render_page(layout: LayoutRef, overlays: dict) -> str:
@@ -96,6 +100,7 @@ class PageServer:
         app.router.add_get("/layouts/{name}/{path:.+}", self._builtin_file)
         app.router.add_get("/custom/{path:.+}", self._custom_file)
         app.router.add_get("/media/{index}", self._medium)
+        app.router.add_get(LIVEKIT_CLIENT_URL, self._livekit_client)
         app.router.add_static("/static", STATIC_DIR)
         app.add_routes(extra_routes)
         self._runner = web.AppRunner(app, access_log=None)
@@ -134,6 +139,11 @@ class PageServer:
             raise web.HTTPNotFound()
         return web.FileResponse(_inside(self.spec.layout.folder, request.match_info["path"]))
 
+    async def _livekit_client(self, request: web.Request) -> web.StreamResponse:
+        if not LIVEKIT_CLIENT.is_file():
+            raise web.HTTPNotFound(text="livekit-client is not installed: run `make setup` (npm ci)")
+        return web.FileResponse(LIVEKIT_CLIENT, headers={"Content-Type": "text/javascript"})
+
     async def _medium(self, request: web.Request) -> web.StreamResponse:
         try:
             path = self._media[int(request.match_info["index"])]
@@ -154,10 +164,10 @@ class PageServer:
         self.spec = spec
         if check:
             self.render()
-        room = {"name": spec.room_name, "participants": [self._participant_json(p) for p in spec.participants]}
-        encoded = base64.urlsafe_b64encode(json.dumps(room, separators=(",", ":")).encode()).decode()
-        query = {"url": "synthetic:", "token": "", "layout": spec.layout.name, "theme": spec.layout.theme,
-                 "room": encoded}
+        query = {"url": spec.room_url, "token": spec.token, "layout": spec.layout.name, "theme": spec.layout.theme}
+        if spec.room_url == "synthetic:":
+            room = {"name": spec.room_name, "participants": [self._participant_json(p) for p in spec.participants]}
+            query["room"] = base64.urlsafe_b64encode(json.dumps(room, separators=(",", ":")).encode()).decode()
         if spec.sync_markers:
             query["sync"] = "1"
         return f"{self.base_url}{PAGE}?{urlencode(query)}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from ..destinations import parse_stream_url, parse_stream_urls
 from ..errors import (Aborted, AudioFailed, BrowserFailed, CompositorError, Conflict, DisplayFailed, StartTimeout,
                       TemplateFailed)
 from ..events import EventSink
+from ..livekit_room import server_from_env
 from ..page_access import AllowedHosts
 from ..preflight import preflight
 from ..probe import MediaFacts
@@ -155,9 +157,15 @@ class Recorder:
         if cfg.source == "web":
             await self._until_ready(browser, watched, browser.open(cfg.web_url, cfg.start_timeout))
         else:
-            url = pages.page_url(PageSpec(cfg.layout, cfg.overlays, cfg.participants, cfg.room_name,
-                                          cfg.sync_markers))
-            await browser.restrict(pages.base_url, self.allowed_hosts)
+            spec = PageSpec(cfg.layout, cfg.overlays, cfg.participants, cfg.room_name, cfg.sync_markers)
+            allowed = self.allowed_hosts
+            if cfg.source == "livekit":
+                server = server_from_env()
+                spec = dataclasses.replace(spec, room_url=server.url,
+                                           token=server.recorder_token(cfg.room_name, cfg.egress_id))
+                allowed = allowed.including(server.host)
+            url = pages.page_url(spec)
+            await browser.restrict(pages.base_url, allowed)
             self._fatal = (ERROR, REQUEST, BLOCKED)
             await self._until_ready(browser, watched, browser.open(url, cfg.start_timeout))
             await self._until_ready(browser, watched, self._start_signal(browser), cfg.start_timeout)

@@ -26,18 +26,29 @@ export async function loadLayout(name) {
   return mod.default;
 }
 
+// The room the query string names: a scripted synthetic one, or a LiveKit room.
+async function openRoom(url) {
+  if (url.startsWith('synthetic:')) {
+    return new SyntheticRoom(decodeRoom(egress.params.get('room') || ''), {
+      syncMarkers: egress.params.get('sync') === '1',
+    });
+  }
+  if (/^wss?:\/\//.test(url)) {
+    const { LiveKitRoom } = await import('./livekit.js');
+    return new LiveKitRoom(url, egress.getAccessToken());
+  }
+  throw new Error(`unsupported room URL ${url}`);
+}
+
 export async function boot({ layout, root = document.getElementById('stage') }) {
-  const url = egress.getRoomURL();
-  if (!url.startsWith('synthetic:')) throw new Error(`unsupported room URL ${url}`);
-  const room = new SyntheticRoom(decodeRoom(egress.params.get('room') || ''), {
-    syncMarkers: egress.params.get('sync') === '1',
-  });
+  const room = await openRoom(egress.getRoomURL());
   const stage = new Stage(root, room, { layout: await loadLayout(layout), theme: egress.params.get('theme') || 'dark' });
   egress.onLayoutChanged(async (name) => stage.setLayout(await loadLayout(name)));
   room.addEventListener('ended', () => egress.endRecording());
   await room.prepare();
   stage.render();
   startClock();
+  if (room.ready) await room.ready(root, Number(egress.params.get('wait') || 10000));
   // Two frames: the first paints the tiles, the second is surely on screen.
   await nextFrame();
   await nextFrame();

@@ -1,0 +1,55 @@
+"""Joining a LiveKit room as the recorder: where the server is and the token the page joins with.
+
+The worker reads the server from the environment, as LiveKit's own tools do
+(`LIVEKIT_URL`, `LIVEKIT_API_KEY`, `LIVEKIT_API_SECRET`); the service passes
+its settings that way, so no key ever sits in a request or a job file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+from livekit import api
+
+from .errors import InvalidRequest
+
+TOKEN_TTL = timedelta(hours=24)  # the longest an egress is expected to record
+
+
+@dataclass(frozen=True)
+class LiveKitServer:
+    url: str
+    api_key: str = field(repr=False)
+    api_secret: str = field(repr=False)
+
+    @property
+    def host(self) -> str:
+        """host:port of the server, for the page's allow list."""
+        parts = urlsplit(self.url)
+        return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
+
+    def recorder_token(self, room: str, identity: str) -> str:
+        """A token that joins `room` hidden and subscribe-only, marked as a recorder."""
+        grants = api.VideoGrants(room_join=True, room=room, can_publish=False, can_publish_data=False,
+                                 can_subscribe=True, hidden=True, recorder=True)
+        return (api.AccessToken(self.api_key, self.api_secret).with_identity(identity).with_name("compositor")
+                .with_grants(grants).with_ttl(TOKEN_TTL).to_jwt())
+
+
+def server_from_env(env: dict | None = None) -> LiveKitServer:
+    """The LiveKit server the worker records from, or InvalidRequest naming what is missing."""
+    env = os.environ if env is None else env
+    values = {name: env.get(name, "") for name in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")}
+    missing = [name for name, value in values.items() if not value]
+    if missing:
+        raise InvalidRequest(f"a LiveKit room needs {', '.join(missing)} in the environment",
+                             details={"field": "room"})
+    url = values["LIVEKIT_URL"]
+    if url.startswith("http"):
+        url = "ws" + url.removeprefix("http")  # LiveKit's tools accept either spelling
+    if not url.startswith(("ws://", "wss://")):
+        raise InvalidRequest(f"LIVEKIT_URL {url!r} must be ws(s):// or http(s)://", details={"field": "room"})
+    return LiveKitServer(url, values["LIVEKIT_API_KEY"], values["LIVEKIT_API_SECRET"])

@@ -1,0 +1,28 @@
+"""The backend for a storage config. Cloud SDKs are imported only when their storage is used:
+each costs a noticeable start-up time that a worker recording locally should not pay."""
+
+from __future__ import annotations
+
+from .base import Backend
+from .config import AzureStorage, GCSStorage, LocalStorage, S3Storage
+from .errors import FAILED, UploadFailed
+from .local import LocalBackend, LocalSite
+
+
+def make_backend(config: LocalStorage | S3Storage | GCSStorage | AzureStorage,
+                 local: LocalSite | None = None) -> Backend:
+    """A ready backend for `config`; `local` (the service's folder, URL and secret) is needed for `local`."""
+    if isinstance(config, LocalStorage):
+        if local is None:
+            raise UploadFailed("local storage is not set up on this server (no storage folder)", FAILED)
+        return LocalBackend(local)
+    if isinstance(config, S3Storage):
+        from .s3 import S3Backend
+        return S3Backend(config)
+    if isinstance(config, GCSStorage):
+        from .gcs import GCSBackend
+        return GCSBackend(config)
+    if isinstance(config, AzureStorage):
+        from .azure import AzureBackend
+        return AzureBackend(config)
+    raise TypeError(f"not a storage config: {type(config).__name__}")
