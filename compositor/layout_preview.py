@@ -78,9 +78,9 @@ class Preview:
     async def start(self) -> None:
         await self.pages.start([web.get("/preview", self._wrapper), web.get("/preview/events", self._events)])
         # A broken template still gets a preview: the frame shows the error until the file is fixed.
-        self._page_url = self.pages.page_url(self._spec, check=False)
+        self._page_url = self.pages.page_url(self._spec)
         try:
-            self.pages.render()
+            self.pages.show(self._spec)
         except CompositorError as exc:
             log.warning("%s", exc.message)
         self._watch = asyncio.create_task(self._watch_files())
@@ -114,7 +114,7 @@ class Preview:
                 # layout.json may have changed its parameters: take the layout again, then render it.
                 self.layout = self._reload_layout()
                 self._spec = dataclasses.replace(self._spec, layout=self.layout)
-                self.pages.page_url(self._spec)
+                self.pages.show(self._spec)
             except CompositorError as exc:
                 event["error"] = exc.message
             log.info("layout changed: %s%s", ", ".join(changed), f" ({event['error']})" if "error" in event else "")

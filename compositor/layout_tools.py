@@ -81,7 +81,7 @@ async def check_layout(layout: LayoutRef, participants: tuple[ParticipantSpec, .
         async with contextlib.AsyncExitStack() as stack:
             stage = await open_stage(stack, workdir, width, height, DEFAULT_SAMPLE_RATE)
             try:
-                url = stage.pages.page_url(PageSpec(layout, overlays, participants, "check"))
+                url = stage.pages.show(PageSpec(layout, overlays, participants, "check"))
             except TemplateFailed as exc:
                 report.problems.append(f"template: {exc.message}")
                 return report
@@ -109,17 +109,12 @@ async def check_layout(layout: LayoutRef, participants: tuple[ParticipantSpec, .
 
 async def _started(browser: Browser, timeout: float) -> bool:
     """True once the page logs START_RECORDING; False on timeout or on an uncaught error (it will not start)."""
-
-    async def signal() -> None:
-        while await browser.signals.get() != START_RECORDING:
-            pass
-
-    started = asyncio.create_task(signal())
+    started = asyncio.create_task(browser.until_signal(START_RECORDING))
     broke = asyncio.create_task(browser.next_problem((ERROR,), past=True))
-    await asyncio.wait([started, broke], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait([started, broke], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     for task in (started, broke):
         task.cancel()
-    return started.done() and not started.cancelled()
+    return started in done
 
 
 async def snapshot(request: RecordRequest, output: Path, *, at: float = 2.0,

@@ -98,7 +98,7 @@ def test_the_page_gets_only_the_layouts_own_files(layout_dir, tmp_path):
         server = PageServer()
         await server.start()
         try:
-            server.page_url(PageSpec(resolve_layout(str(layout_dir)), Overlays(), (), "r"))
+            server.show(PageSpec(resolve_layout(str(layout_dir)), Overlays(), (), "r"))
             async with aiohttp.ClientSession() as session:
                 out = {}
                 for path in ("/custom/style.css", "/custom/layout.js", "/custom/../secret.txt",

@@ -186,6 +186,11 @@ class Browser:
             if kind in kinds and not waiter.done():
                 waiter.set_result(problem)
 
+    async def until_signal(self, wanted: str) -> None:
+        """Wait until the page logs `wanted` (START_RECORDING or END_RECORDING); other signals pass."""
+        while await self.signals.get() != wanted:
+            pass
+
     async def next_problem(self, kinds: tuple[str, ...], *, past: bool = False) -> PageProblem:
         """The next problem of one of `kinds` (or one already seen, with `past`)."""
         if past:

@@ -87,6 +87,9 @@ class PageServer:
         self._media: list[Path] = []
         self._runner: web.AppRunner | None = None
         self.spec: PageSpec | None = None
+        #: the shown page, rendered once by `show` (or why it could not be)
+        self._html: str | None = None
+        self._failure: TemplateFailed | None = None
         self._port = port
         self.port: int | None = None
 
@@ -109,23 +112,28 @@ class PageServer:
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
 
-    def render(self) -> str:
-        """The current page's HTML (TemplateFailed when its template is broken)."""
-        spec = self.spec
+    def show(self, spec: PageSpec) -> str:
+        """Serve `spec` from now on and return its URL; rendered here, once, so a broken template raises
+        TemplateFailed before any browser loads it (the page then answers with the error)."""
+        self.spec, self._html, self._failure = spec, None, None
         overlays = spec.overlays.model_dump()
         if spec.overlays.logo and not spec.overlays.logo_is_url:
             overlays["logo"] = self.media_url(Path(spec.overlays.logo))
-        return render_page(spec.layout, overlays)
+        url = self.page_url(spec)
+        try:
+            self._html = render_page(spec.layout, overlays)
+        except TemplateFailed as exc:
+            self._failure = exc
+            raise
+        return url
 
     async def _page(self, request: web.Request) -> web.Response:
-        if self.spec is None:
+        if self._failure is not None:
+            # The browser shows it (and reports the 500); whoever showed the page has the error already.
+            raise web.HTTPInternalServerError(text=f"TEMPLATE_ERROR {self._failure.message}")
+        if self._html is None:
             raise web.HTTPNotFound(text="no page yet")
-        try:
-            html = self.render()
-        except TemplateFailed as exc:
-            # The browser shows it (and reports the 500); the recorder has raised it already.
-            raise web.HTTPInternalServerError(text=f"TEMPLATE_ERROR {exc.message}") from None
-        return web.Response(text=html, content_type="text/html")
+        return web.Response(text=self._html, content_type="text/html")
 
     async def _builtin_file(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -156,14 +164,8 @@ class PageServer:
             self._media.append(path)
         return f"/media/{self._media.index(path)}"
 
-    def page_url(self, spec: PageSpec, *, check: bool = True) -> str:
-        """Show `spec` and return its URL, in the LiveKit template shape (url, token, layout).
-
-        With `check`, the page is rendered once here so a broken template fails before any browser loads it.
-        """
-        self.spec = spec
-        if check:
-            self.render()
+    def page_url(self, spec: PageSpec) -> str:
+        """The page's URL, in the LiveKit template shape (url, token, layout)."""
         query = {"url": spec.room_url, "token": spec.token, "layout": spec.layout.name, "theme": spec.layout.theme}
         if spec.room_url == "synthetic:":
             room = {"name": spec.room_name, "participants": [self._participant_json(p) for p in spec.participants]}

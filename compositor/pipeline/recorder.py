@@ -164,7 +164,7 @@ class Recorder:
                 spec = dataclasses.replace(spec, room_url=server.url,
                                            token=server.recorder_token(cfg.room_name, cfg.egress_id))
                 allowed = allowed.including(server.host)
-            url = pages.page_url(spec)
+            url = pages.show(spec)
             await browser.restrict(pages.base_url, allowed)
             self._fatal = (ERROR, REQUEST, BLOCKED)
             await self._until_ready(browser, watched, browser.open(url, cfg.start_timeout))
@@ -341,12 +341,8 @@ class Recorder:
                           watched: list[ManagedProcess]) -> CompositorError | None:
         """Wait for the end: duration reached, stop asked, page ended, or a failure."""
 
-        async def page_ended():
-            while await browser.signals.get() != END_RECORDING:
-                pass
-
         exited = asyncio.create_task(encoder.wait())
-        ended = asyncio.create_task(page_ended())
+        ended = asyncio.create_task(browser.until_signal(END_RECORDING))
         streams = asyncio.ensure_future(asyncio.shield(self._fanout.outcome) if self.stream_only
                                         else asyncio.get_running_loop().create_future())
         guards = self._guards(browser, watched)
