@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
 import os
 import time
-from pathlib import Path
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -20,6 +18,8 @@ from .request import first_error
 from .livekit_shape import from_livekit, is_livekit
 from .openapi import openapi
 from .service import Service
+from .storage.local_urls import DOWNLOAD_PATH, verify_local_signature
+from .storage.uploader import MAX_URL_EXPIRY_S
 from .store import ACTIVE_STATUSES
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ async def errors_middleware(request: web.Request, handler):
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler):
-    if request.path in ("/healthz", "/readyz", "/openapi.json") or request.path.startswith("/v1/files/"):
+    if request.path in ("/healthz", "/readyz", "/openapi.json") or request.path.startswith(DOWNLOAD_PATH):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
@@ -158,7 +158,7 @@ async def delete_egress(request: web.Request) -> web.Response:
     rec = _egress_or_404(request)
     if not rec.ended:
         raise Conflict("EGRESS_ACTIVE", f"egress {rec.id} is {rec.status}; stop it first")
-    request.app[SERVICE_KEY].store.delete(rec.id)
+    request.app[SERVICE_KEY].delete(rec.id)
     return web.json_response({"id": rec.id, "deleted": True})
 
 
@@ -189,38 +189,37 @@ async def list_recordings(request: web.Request) -> web.Response:
     return _listing(request, recording_info, mode="record")
 
 
-def _download_signature(key: str, egress_id: str, expires: int) -> str:
-    return hmac.new(key.encode(), f"{egress_id}:{expires}".encode(), hashlib.sha256).hexdigest()
-
-
 async def recording_download_url(request: web.Request) -> web.Response:
+    """A URL that downloads the recording without an API key until it expires (`?expiresIn=` seconds)."""
     rec = _recording_or_404(request)
     if rec.status not in ("COMPLETE", "LIMIT_REACHED") or not rec.file:
         raise Conflict("NOT_READY", f"recording {recording_id(rec.id)} has no finished file ({rec.status})")
-    settings = request.app[SERVICE_KEY].settings
-    expires = int(time.time()) + settings.download_url_ttl_s
-    sig = _download_signature(settings.url_signing_key, rec.id, expires)
-    url = f"{request.url.origin()}/v1/files/{rec.id}?expires={expires}&sig={sig}"
-    return web.json_response({"downloadUrl": url, "expiresAt": iso(expires)})
+    service = request.app[SERVICE_KEY]
+    ttl = service.settings.download_url_ttl_s
+    if "expiresIn" in request.query:
+        try:
+            ttl = int(request.query["expiresIn"])
+        except ValueError:
+            raise InvalidRequest("expiresIn must be whole seconds", details={"field": "expiresIn"}) from None
+        if not 1 <= ttl <= MAX_URL_EXPIRY_S:
+            raise InvalidRequest(f"expiresIn must be 1 to {MAX_URL_EXPIRY_S} seconds", details={"field": "expiresIn"})
+    url = await service.download_url(rec, str(request.url.origin()), ttl)
+    return web.json_response({"downloadUrl": url, "expiresAt": iso(time.time() + ttl)})
 
 
 async def download_file(request: web.Request) -> web.StreamResponse:
-    """A finished file, for whoever holds an unexpired signed URL (no API key needed)."""
-    egress_id = request.match_info["egress_id"]
-    try:
-        expires = int(request.query.get("expires", ""))
-    except ValueError:
-        raise Forbidden("missing or malformed download signature") from None
-    key = request.app[SERVICE_KEY].settings.url_signing_key
-    if not hmac.compare_digest(_download_signature(key, egress_id, expires), request.query.get("sig", "")):
-        raise Forbidden("bad download signature")
-    if expires < time.time():
-        raise Forbidden("this download URL has expired")
-    rec = request.app[SERVICE_KEY].store.get(egress_id)
-    if rec is None or not rec.file or not Path(rec.file["location"]).is_file():
+    """A file of the local storage, for whoever holds an unexpired signed URL (no API key needed)."""
+    key = request.match_info["key"]
+    settings = request.app[SERVICE_KEY].settings
+    expires, sig = request.query.get("expires", ""), request.query.get("sig", "")
+    if not verify_local_signature(key, expires, sig, settings.url_signing_key):
+        expired = expires.isdigit() and verify_local_signature(key, expires, sig, settings.url_signing_key, now=0)
+        raise Forbidden("this download URL has expired" if expired else "bad or missing download signature")
+    root = settings.recordings_dir.resolve()
+    path = (root / key).resolve()
+    if root not in path.parents or not path.is_file():
         raise NotFound("the file is gone")
-    return web.FileResponse(rec.file["location"], headers={
-        "Content-Disposition": f'attachment; filename="{rec.file["filename"]}"'})
+    return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{path.name}"'})
 
 
 AUTO_EGRESS = "auto_egress"
@@ -292,7 +291,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/v1/recordings", list_recordings)
     app.router.add_get("/v1/recordings/{id}", get_recording)
     app.router.add_get("/v1/recordings/{id}/download-url", recording_download_url)
-    app.router.add_get("/v1/files/{egress_id}", download_file)
+    app.router.add_get(DOWNLOAD_PATH + "{key:.+}", download_file)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)

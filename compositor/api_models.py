@@ -13,13 +13,16 @@ from .layouts import CUSTOM_PREFIX, THEMES, builtin_layouts, resolve_layout
 from .presets import find_preset, preset_names
 from .destinations import StreamTarget
 from .request import (EncodingOptions, FileOutput, ImageOutput, Model, Overlays, RecordRequest, RoomSpec,
-                      SegmentOutput, StreamOutput)
+                      SegmentOutput, StreamOutput, UploadSpec)
+from .storage import StorageConfig
 from .store import EgressRecord
 
 
 class FileSpec(Model):
     file_type: Literal["MP4", "WEBM", "OGG"] = "MP4"
-    filepath: str | None = Field(None, description="file name under the server's recordings folder")
+    filepath: str | None = Field(None, description="the file's name in the storage: a template of {room_name}, "
+                                 "{room_id}, {egress_id}, {time}, {utc}…; default {room_name}-{time}; a trailing / "
+                                 "puts that default name in the folder")
 
 
 class StreamSpec(Model):
@@ -73,13 +76,15 @@ class StartEgressRequest(RoomRequest):
     mode: Literal["record", "stream", "both"] = "record"
     file: FileSpec | None = None
     stream: StreamSpec | None = None
-    segments: SegmentOutput | None = Field(None, description="HLS; prefix under the server's recordings folder")
-    images: ImageOutput | None = Field(None, description="thumbnails; prefix under the server's recordings folder")
+    segments: SegmentOutput | None = Field(None, description="HLS; filenamePrefix is a name template in the storage")
+    images: ImageOutput | None = Field(None, description="thumbnails; filenamePrefix is a name template in the storage")
     web_url: str | None = None
     max_duration: float | None = Field(None, gt=0, description="seconds; the egress ends LIMIT_REACHED")
     audio_only: bool = False
     video_only: bool = False
     queue: bool = Field(False, description="over capacity: wait in the bounded queue instead of a 503")
+    storage: StorageConfig | None = Field(None, description="where the outputs go (default: the server's storage)")
+    backup_storage: StorageConfig | None = Field(None, description="used if the storage refuses for good")
 
     @model_validator(mode="after")
     def _outputs(self) -> StartEgressRequest:
@@ -98,16 +103,18 @@ class StartEgressRequest(RoomRequest):
             return self.file is not None or self.segments is None
         return self.mode == "both"
 
-    def to_record_request(self, output: str | None, root: Path) -> RecordRequest:
-        """The worker's request, with every output's path under `root` (the recordings folder)."""
-        moved = {k: getattr(self, k).model_copy(update={"filename_prefix": str(root / getattr(self, k).filename_prefix)})
+    def to_record_request(self, paths: dict[str, str], upload: UploadSpec) -> RecordRequest:
+        """The worker's request, with each output at its path (`paths`: file, segments and images prefixes)."""
+        output = paths.get("file")
+        moved = {k: getattr(self, k).model_copy(update={"filename_prefix": paths[k]})
                  for k in ("segments", "images") if getattr(self, k)}
         return RecordRequest(
             room_name=self.room_name, room=self.room, web_url=self.web_url, **self.page,
             preset=self.quality, advanced=self.advanced,
             file=FileOutput(filepath=output, file_type=(self.file or FileSpec()).file_type) if output else None,
             stream=StreamOutput(urls=self.stream.urls, retry_window=self.stream.retry_window) if self.stream else None,
-            **moved, duration=self.max_duration, audio_only=self.audio_only, video_only=self.video_only)
+            **moved, duration=self.max_duration, audio_only=self.audio_only, video_only=self.video_only,
+            upload=upload)
 
 
 class UpdateStreamsRequest(Model):
@@ -129,10 +136,15 @@ class StartRecordingRequest(RoomRequest):
     """POST /v1/recordings/start: a record-only egress."""
 
     file_type: Literal["MP4", "WEBM", "OGG"] = "MP4"
+    filepath: str | None = Field(None, description="the file's name in the storage (see file.filepath)")
+    storage: StorageConfig | None = None
+    backup_storage: StorageConfig | None = None
 
     def to_egress_request(self) -> StartEgressRequest:
         return StartEgressRequest(room_name=self.room_name, mode="record", **self.page, quality=self.quality,
-                                  advanced=self.advanced, file=FileSpec(file_type=self.file_type), room=self.room)
+                                  advanced=self.advanced, file=FileSpec(file_type=self.file_type,
+                                                                        filepath=self.filepath),
+                                  room=self.room, storage=self.storage, backup_storage=self.backup_storage)
 
 
 class AutoEgressConfig(Model):
@@ -164,9 +176,12 @@ def egress_id_of(rec_id: str) -> str:
 
 
 class FileResult(Model):
-    location: str
+    location: str = Field(description="the object's URL, or the file's path on this server")
     filename: str
     size: int
+    key: str | None = Field(None, description="the name in the storage")
+    storage: str | None = Field(None, description="local, s3, gcs or azure")
+    backup_used: bool | None = Field(None, description="the storage refused; the backup storage holds it")
     duration: float | None = None
     width: int | None = None
     height: int | None = None
@@ -235,6 +250,7 @@ class EgressInfo(Lifecycle):
     streams: list[StreamInfo] = Field(default_factory=list)
     segments: SegmentsResult | None = None
     images: ImagesResult | None = None
+    manifest: str | None = Field(None, description="where the manifest ({egress_id}.json) of the outputs is")
 
 
 class RecordingInfo(Lifecycle):
@@ -292,7 +308,8 @@ def _egress(rec: EgressRecord) -> EgressInfo:
                       file=FileResult.model_validate(rec.file) if rec.file else None,
                       streams=[stream_info(s) for s in rec.streams or []],
                       segments=SegmentsResult.model_validate(outputs["segments"]) if outputs.get("segments") else None,
-                      images=ImagesResult.model_validate(outputs["images"]) if outputs.get("images") else None)
+                      images=ImagesResult.model_validate(outputs["images"]) if outputs.get("images") else None,
+                      manifest=outputs.get("manifest"))
 
 
 def stream_info(worker: dict) -> StreamInfo:

@@ -26,6 +26,7 @@ from .cli_args import add_page_flags, allowed_hosts, fold_page_flags
 from .pipeline.recorder import WARM, WORKDIR_PREFIX, Outputs, Recorder, open_stage, sweep_stale_workdirs
 from .presets import DEFAULT_PRESET, preset_names
 from .request import RecordRequest, first_error, parse_participant
+from .storage.delivery import Delivery, find_manifest, read_manifest, result_of
 
 
 def _record_parser(sub) -> None:
@@ -80,6 +81,45 @@ def _record_parser(sub) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug log on stderr")
 
 
+def _upload_parser(sub) -> None:
+    p = sub.add_parser("upload", help="store a finished egress's staged outputs (resumes an interrupted delivery)",
+                       description="Store what a recording left in its staging folder, by its manifest; the "
+                                   "service runs this for deliveries a restart interrupted.")
+    p.add_argument("--config", type=Path, required=True, help="the egress's request JSON (with its upload)")
+    p.add_argument("--egress-id", required=True)
+    p.add_argument("--events", choices=["text", "json"], default="text",
+                   help="json: one JSON event per line on stdout")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug log on stderr")
+
+
+async def _upload(args: argparse.Namespace, events: EventSink) -> int:
+    """Deliver a staged egress from its manifest; the same result (or error) events as `record`."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # The recording is over: a stop changes nothing; a kill leaves the rest staged for the next try.
+        loop.add_signal_handler(sig, lambda: None)
+    try:
+        request = RecordRequest.model_validate(_read_config(args.config))
+        if request.upload is None:
+            raise InvalidRequest("the request has no upload (storage) to deliver to")
+        found = find_manifest(Path(request.upload.staging), args.egress_id)
+        if found is None:
+            raise InvalidRequest(f"nothing staged for {args.egress_id} in {request.upload.staging}")
+        async with Delivery(request.upload, args.egress_id, events) as delivery:
+            delivered = await delivery.deliver(read_manifest(found))
+    except ValidationError as exc:
+        events.emit("error", egress_id=args.egress_id, status="FAILED", code="INVALID_ARGUMENT",
+                    message=first_error(exc))
+        return 2
+    except CompositorError as exc:
+        kept = exc.details.get("kept")
+        events.emit("error", egress_id=args.egress_id, status="FAILED", **exc.to_dict(),
+                    **({"file": {"path": kept}} if kept else {}))
+        return exc.exit_status
+    events.emit("result", egress_id=args.egress_id, status="COMPLETE", **result_of(delivered), stopped_by="resumed")
+    return 0
+
+
 def _serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="run the egress service (HTTP API)",
                        description="Run the egress HTTP API; each egress runs as its own worker.")
@@ -105,7 +145,10 @@ async def _serve(args: argparse.Namespace) -> int:
     service = Service(load_settings(args.config, data_dir=args.data_dir, api_keys=args.api_key,
                                     capacity=args.capacity, webhook_urls=args.webhook_url))
     service.start_background()
-    for rec in service.settle_unfinished():
+    resumed, settled = await service.recover()
+    for rec in resumed:
+        logging.getLogger(__name__).warning("resuming the delivery of %s, left unfinished by a previous run", rec.id)
+    for rec in settled:
         logging.getLogger(__name__).warning("settled %s left %s by a previous run", rec.id, "running")
     runner = web.AppRunner(make_app(service), access_log=None)
     await runner.setup()
@@ -126,14 +169,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def build_request(args: argparse.Namespace) -> RecordRequest:
     """Merge --config with the flags (flags win) and validate."""
-    data: dict = {}
-    if args.config:
-        try:
-            data = json.loads(args.config.read_text())
-        except (OSError, ValueError) as exc:
-            raise InvalidRequest(f"cannot read --config {str(args.config)!r}: {exc}") from None
-        if not isinstance(data, dict):
-            raise InvalidRequest("--config must hold a JSON object")
+    data: dict = _read_config(args.config) if args.config else {}
     flags = {"room_name": args.room_name, "web_url": args.web_url, "layout": args.layout, "preset": args.preset,
              "duration": args.duration, "sync_markers": args.sync_markers, "audio_only": args.audio_only,
              "video_only": args.video_only}
@@ -156,6 +192,16 @@ def build_request(args: argparse.Namespace) -> RecordRequest:
         return RecordRequest.model_validate(data)
     except ValidationError as exc:
         raise InvalidRequest(first_error(exc)) from None
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidRequest(f"cannot read --config {str(path)!r}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("--config must hold a JSON object")
+    return data
 
 
 def _live_flags(args: argparse.Namespace, data: dict) -> None:
@@ -253,6 +299,11 @@ async def _record(args: argparse.Namespace, events: EventSink) -> int:
     def on_signal() -> None:
         nonlocal signals_seen
         signals_seen += 1
+        recorder = job["recorder"]
+        if recorder is not None and recorder.storing:
+            # Interrupting a delivery gains nothing: a kill leaves the outputs staged for a resumed one.
+            logging.getLogger(__name__).warning("storing the outputs; a signal does not stop that")
+            return
         if signals_seen == 1:
             stop.set()  # finish the file cleanly
         else:
@@ -298,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="compositor", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _record_parser(sub)
+    _upload_parser(sub)
     _serve_parser(sub)
     layouts_parser(sub)
     args = parser.parse_args(argv)
@@ -312,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         except asyncio.CancelledError:
             events.emit("error", status="FAILED", code="INTERRUPTED", message="stopped by a second signal")
             return 130
+    if args.command == "upload":
+        return asyncio.run(_upload(args, EventSink(args.events)))
     if args.command == "layouts":
         return run_layouts(args)
     if args.command == "serve":

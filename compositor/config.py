@@ -14,7 +14,8 @@ from .errors import InvalidRequest
 from .layouts import LayoutRef, resolve_layout
 from .livekit_room import server_from_env
 from .presets import find_preset, preset_names
-from .request import ImageOutput, Overlays, ParticipantSpec, RecordRequest, SegmentOutput, default_participants
+from .request import (ImageOutput, Overlays, ParticipantSpec, RecordRequest, SegmentOutput, UploadSpec,
+                      default_participants)
 
 _BASE62 = string.digits + string.ascii_letters
 
@@ -104,6 +105,7 @@ class EgressConfig:
     duration: float | None
     sync_markers: bool
     start_timeout: float
+    upload: UploadSpec | None = None
 
     @property
     def frame(self) -> tuple[int, int, int]:
@@ -170,6 +172,9 @@ def resolve(req: RecordRequest, egress_id: str | None = None) -> EgressConfig:
     if sum(x is not None for x in (output, stream, segments, images)) > 1:
         _check_tee_paths(output, segments, images)
 
+    if req.upload:
+        _check_staged(Path(req.upload.staging), output, segments, images)
+
     if req.web_url:
         source, participants = "web", ()
         _check_web_url(req.web_url)
@@ -203,7 +208,20 @@ def resolve(req: RecordRequest, egress_id: str | None = None) -> EgressConfig:
         duration=req.duration,
         sync_markers=req.sync_markers,
         start_timeout=req.start_timeout,
+        upload=req.upload,
     )
+
+
+def _check_staged(staging: Path, output: Path | None, segments: SegmentSettings | None,
+                  images: ImageSettings | None) -> None:
+    """Stored outputs are written under the staging folder: their place there is their storage key."""
+    root = staging.resolve()
+    paths = {"file.filepath": output, "segments.filenamePrefix": segments and segments.directory,
+             "images.filenamePrefix": images and images.directory}
+    for field, path in paths.items():
+        if path is not None and path.resolve() != root and root not in path.resolve().parents:
+            raise InvalidRequest(f"{field} {str(path)!r} is outside upload.staging {str(staging)!r}",
+                                 details={"field": field})
 
 
 def _keyframe_interval(segments: SegmentOutput | None) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -20,8 +21,10 @@ from .api_models import FileResult, iso
 from .errors import Conflict, InvalidRequest
 from .config import DEFAULT_SAMPLE_RATE, WARM_SIZE
 from .pipeline.finalize import partial_path
+from .storage.delivery import STORING
 from .process import ManagedProcess
 from .request import RecordRequest
+from .storage.config import REVEAL
 from .store import EgressRecord, Store
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ class WorkerRunner:
         # Workers asked to stop before they could take a signal (still importing).
         self._stop_pending: set[str] = set()
         self._listening: set[str] = set()
+        # Egresses whose worker is storing their outputs: cut short by a shutdown, they resume at the next start.
+        self._delivering: set[str] = set()
 
     @property
     def running(self) -> list[str]:
@@ -74,21 +79,37 @@ class WorkerRunner:
     async def start(self, egress_id: str, request: RecordRequest, frame: tuple[int, int, int]) -> None:
         """Run an egress: on a warm worker when one fits its frame (width, height, sample rate), else a new one."""
         worker = self._take_warm(frame)
+        config = self.job_file(egress_id)
+        if worker is None or _stages(request):
+            # A warm worker takes its job on stdin; the file is for a restarted service to resume a delivery.
+            _write_private(config, request.model_dump_json(exclude_none=True, context=REVEAL))
         if worker is not None:
-            job = {"op": "job", "egress_id": egress_id, "request": request.model_dump(mode="json", exclude_none=True)}
+            job = {"op": "job", "egress_id": egress_id,
+                   "request": request.model_dump(mode="json", exclude_none=True, context=REVEAL)}
             worker.proc.stdin.write((json.dumps(job) + "\n").encode())
             # It has its signal handlers already: a stop can go at once.
             self._listening.add(egress_id)
             self.replenish()
         else:
-            self.jobs_dir.mkdir(parents=True, exist_ok=True)
-            config = self.jobs_dir / f"{egress_id}.json"
-            config.write_text(request.model_dump_json(exclude_none=True))
-            worker = _worker(f"worker {egress_id}", "--config", str(config), "--egress-id", egress_id,
+            worker = _worker(f"worker {egress_id}", "record", "--config", str(config), "--egress-id", egress_id,
                              "--control", "stdin", *self.worker_args)
             await worker.start()
         self._workers[egress_id] = worker
         self._set(egress_id, worker_pid=worker.pid)
+        self._followers[egress_id] = asyncio.create_task(self._follow(egress_id, worker))
+
+    def job_file(self, egress_id: str) -> Path:
+        """The worker's request (secrets included, readable by this user only)."""
+        return self.jobs_dir / f"{egress_id}.json"
+
+    async def resume_delivery(self, egress_id: str) -> None:
+        """Run `compositor upload` for an egress whose outputs are staged but not all stored."""
+        worker = _worker(f"delivery {egress_id}", "upload", "--config", str(self.job_file(egress_id)),
+                         "--egress-id", egress_id)
+        await worker.start()
+        self._workers[egress_id] = worker
+        self._listening.add(egress_id)
+        self._delivering.add(egress_id)
         self._followers[egress_id] = asyncio.create_task(self._follow(egress_id, worker))
 
     def _take_warm(self, frame: tuple[int, int, int]) -> ManagedProcess | None:
@@ -109,7 +130,7 @@ class WorkerRunner:
 
     async def _warm_up(self) -> None:
         w, h = self.warm_size
-        worker = _worker("warm worker", "--warm", "--width", str(w), "--height", str(h), *self.worker_args)
+        worker = _worker("warm worker", "record", "--warm", "--width", str(w), "--height", str(h), *self.worker_args)
         try:
             await worker.start()
             ready = await asyncio.wait_for(self._until_warm(worker), WARM_TIMEOUT_S)
@@ -197,7 +218,10 @@ class WorkerRunner:
                         worker.signal(signal.SIGINT)
                 settled = self._apply(egress_id, event) or settled
             await worker.wait()
-            if not settled:
+            if not settled and self._closing and egress_id in self._delivering:
+                log.warning("the delivery of %s was cut short by the shutdown; it resumes at the next start",
+                            egress_id)
+            elif not settled:
                 self._set(egress_id, status="FAILED", ended_at=time.time(), error_code="WORKER_CRASHED",
                           error=f"the worker ended without a result: {worker.describe_exit()}",
                           file=kept_file(self.store.get(egress_id).request))
@@ -206,11 +230,14 @@ class WorkerRunner:
             self._followers.pop(egress_id, None)
             self._listening.discard(egress_id)
             self._stop_pending.discard(egress_id)
+            self._delivering.discard(egress_id)
             log.info("worker %s ended (%s)", egress_id, worker.proc.returncode if worker.proc else None)
 
     def _apply(self, egress_id: str, event: dict) -> bool:
         """Fold one worker event into the store; True when it settles the egress."""
         kind = event.get("type")
+        if kind == "status" and event.get("message") == STORING:
+            self._delivering.add(egress_id)
         if kind == "status" and event.get("status") in ("ACTIVE", "ENDING"):
             fields = {"status": event["status"]}
             if event["status"] == "ACTIVE":
@@ -224,14 +251,15 @@ class WorkerRunner:
                 reply.set_result(event)
         elif kind == "result":
             f = event.get("file")
-            outputs = {k: event[k] for k in ("segments", "images") if event.get(k)}
+            outputs = {k: event[k] for k in ("segments", "images", "manifest") if event.get(k)}
             self._set(egress_id, status="LIMIT_REACHED" if event.get("stopped_by") == "limit" else "COMPLETE",
                       ended_at=event["time"], file=_file_result(f) if f else None, outputs=outputs or None,
                       **({"streams": event["streams"]} if event.get("streams") else {}))
             return True
         elif kind == "error":
+            kept = (event.get("file") or {}).get("path")
             self._set(egress_id, status=event.get("status", "FAILED"), ended_at=event["time"],
-                      error=event.get("message"), error_code=event.get("code"), file=event.get("file"))
+                      error=event.get("message"), error_code=event.get("code"), file=_kept(Path(kept)) if kept else None)
             return True
         return False
 
@@ -249,16 +277,33 @@ class WorkerRunner:
         self.on_stream(self.store.update(egress_id, streams=streams), dest, previous)
 
 
-def _worker(name: str, *args: str) -> ManagedProcess:
-    """A `compositor record` worker reporting JSON events on stdout and taking commands on stdin."""
-    return ManagedProcess(name, [sys.executable, "-m", "compositor", "record", "--events", "json", *args],
+def _stages(request: RecordRequest) -> bool:
+    """Its outputs are staged here before they are stored elsewhere."""
+    up = request.upload
+    return up is not None and not (up.storage.kind == "local" and up.local_root and
+                                   Path(up.local_root).resolve() == Path(up.staging).resolve())
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _worker(name: str, command: str, *args: str) -> ManagedProcess:
+    """A `compositor record` (or `upload`) worker reporting JSON events on stdout, taking commands on stdin."""
+    return ManagedProcess(name, [sys.executable, "-m", "compositor", command, "--events", "json", *args],
                           stop_signal=signal.SIGINT, stop_timeout=WORKER_STOP_S, stdout_pipe=True, stdin_pipe=True)
 
 
 def _file_result(f: dict) -> dict:
     """A worker's file facts as the API shows them (FileResult names the fields)."""
-    return FileResult(location=f["path"], filename=Path(f["path"]).name, size=f["size"], duration=f["duration"],
-                      **{k: f[k] for k in ("width", "height", "fps", "video_codec", "audio_codec") if k in f},
+    location = f.get("location") or f["path"]
+    return FileResult(location=location, filename=(f.get("key") or location).rpartition("/")[2], size=f["size"],
+                      duration=f["duration"],
+                      **{k: f[k] for k in ("width", "height", "fps", "video_codec", "audio_codec", "key", "storage",
+                                           "backup_used") if k in f},
                       started_at=iso(f.get("started_at")), ended_at=iso(f.get("ended_at"))
                       ).model_dump(by_alias=True, exclude_none=True)
 
@@ -268,7 +313,9 @@ def kept_file(request: dict) -> dict | None:
     output = Path(request.get("file", {}).get("filepath", ""))
     if not output.name:
         return None
-    for path in (output, partial_path(output)):
-        if path.exists():
-            return {"location": str(path), "filename": path.name, "size": path.stat().st_size}
-    return None
+    return next((_kept(path) for path in (output, partial_path(output)) if path.exists()), None)
+
+
+def _kept(path: Path) -> dict | None:
+    """A file left on this server (not stored), as the API shows it."""
+    return {"location": str(path), "filename": path.name, "size": path.stat().st_size if path.is_file() else 0}

@@ -23,7 +23,7 @@ def is_livekit(body: dict) -> bool:
 def from_livekit(body: dict) -> dict:
     """A LiveKit RoomComposite/Web egress request as our StartEgressRequest body."""
     out: dict = {"roomName": body.get("room_name") or body.get("roomName") or "web"}
-    for key in ("layout", "audio_only", "video_only"):
+    for key in ("layout", "audio_only", "video_only", "room"):  # room: a synthetic room (ours, not LiveKit's)
         if key in body:
             out[key] = body[key]
     if body.get("url"):
@@ -40,6 +40,13 @@ def from_livekit(body: dict) -> dict:
     files = body.get("file_outputs") or ([body["file"]] if body.get("file") else [])
     if len(files) > 1:
         raise InvalidRequest("one file output per egress", details={"field": "file_outputs"})
+    storages = [_storage_of(item, where) for where, item in _outputs(body, files)]
+    storages = [st for st in storages if st is not None]
+    if storages:
+        if any(st != storages[0] for st in storages):
+            raise InvalidRequest("every output of an egress goes to one storage; these name different ones",
+                                 details={"field": "storage"})
+        out["storage"] = storages[0]
     if files:
         f = files[0]
         file_type = _FILE_TYPES.get(str(f.get("file_type", "MP4")).upper())
@@ -67,6 +74,28 @@ _IMAGE = {"capture_interval", "width", "height", "filename_prefix", "filename_su
 _CLOUD = {"s3", "gcp", "azure", "aliOSS", "alioss"}
 
 
+def _outputs(body: dict, files: list[dict]):
+    """(field, output) for each file, segment and image output of the body."""
+    for i, f in enumerate(files):
+        yield f"file_outputs.{i}", f
+    for key, single in (("segment_outputs", "segments"), ("image_outputs", None)):
+        items = body.get(key) or ([body[single]] if single and body.get(single) else [])
+        for i, item in enumerate(items):
+            yield f"{key}.{i}", item
+
+
+def _storage_of(output: dict, where: str) -> dict | None:
+    """The output's storage (LiveKit's `s3` / `gcp` / `azure` key), in our `{"kind": …}` shape."""
+    named = [k for k in _CLOUD if output.get(k) is not None]
+    if not named:
+        return None
+    if len(named) > 1:
+        raise InvalidRequest(f"{where}: give one storage, not {' and '.join(sorted(named))}", details={"field": where})
+    if named[0].lower() == "alioss":
+        raise Unsupported("Alibaba OSS storage is not supported; use s3, gcp or azure", details={"field": where})
+    return {named[0]: output[named[0]]}
+
+
 def _one(body: dict, key: str, single: str | None, fields: set[str]) -> dict | None:
     """The one output of a kind (LiveKit allows one per type), its local-storage fields only."""
     items = body.get(key) or ([body[single]] if single and body.get(single) else [])
@@ -75,7 +104,4 @@ def _one(body: dict, key: str, single: str | None, fields: set[str]) -> dict | N
     if not items:
         return None
     item = items[0]
-    if _CLOUD & item.keys():
-        raise Unsupported("cloud storage for outputs is not available yet; they are written to the server's "
-                          "recordings folder", details={"field": key})
     return {k: v for k, v in item.items() if k in fields and v not in (None, "")}

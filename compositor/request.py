@@ -16,6 +16,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from .errors import InvalidRequest
+from .storage.config import StorageConfig
 
 COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
 
@@ -200,6 +201,17 @@ class Overlays(Model):
         return bool(self.logo) and self.logo.startswith(("http://", "https://"))
 
 
+class UploadSpec(Model):
+    """Where a worker's outputs go: written under `staging` (a path's place there is its storage key),
+    then stored in `storage` (or `backup`, if it refuses for good)."""
+
+    storage: StorageConfig
+    backup: StorageConfig | None = None
+    staging: str = Field(min_length=1, description="local folder the outputs are written in")
+    local_root: str | None = Field(None, description="the local storage's folder (for a local storage or backup)")
+    retry_window_s: float = Field(300, gt=0, le=86400, description="seconds transient failures are retried")
+
+
 class RecordRequest(Model):
     """One egress as the worker receives it."""
 
@@ -221,6 +233,7 @@ class RecordRequest(Model):
     audio_only: bool = False
     video_only: bool = False
     start_timeout: float = Field(20, gt=0, le=600)
+    upload: UploadSpec | None = Field(None, description="store the outputs (default: leave them where written)")
 
     @model_validator(mode="after")
     def _source(self) -> RecordRequest:

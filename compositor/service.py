@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import json
+from datetime import datetime, timezone
+
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -21,7 +24,10 @@ from .errors import CapacityExceeded, Conflict, Draining, InvalidRequest, NotFou
 from .jobs import WorkerRunner, kept_file
 from .layouts import CUSTOM_PREFIX, TEMPLATE, resolve_layout
 from .page_access import AllowedHosts
-from .request import RecordRequest, first_error
+from .request import RecordRequest, UploadSpec, first_error
+from .storage import LocalStorage, NameValues, Uploader, parse_storage, render_name, sign_local_url
+from .storage.delivery import find_manifest
+from .storage.uploader import AnyStorage
 from .store import EgressRecord, SqliteStore
 from .webhooks import Webhooks
 
@@ -53,10 +59,19 @@ class Settings:
     download_url_ttl_s: int = 3600
     layouts_dir: Path | None = None
     page_allowed_hosts: tuple[str, ...] = ()
+    #: where outputs go unless a request says (default: the recordings folder, served by signed URLs)
+    storage: AnyStorage = field(default_factory=LocalStorage)
+    backup_storage: AnyStorage | None = None
+    upload_retry_window_s: float = 300.0
+    stop_grace_s: float = 30.0
 
     @property
     def recordings_dir(self) -> Path:
         return self.data_dir / "recordings"
+
+    def staging_dir(self, egress_id: str) -> Path:
+        """Where an egress bound for remote storage writes its outputs until they are stored."""
+        return self.data_dir / "uploads" / egress_id
 
 
 def egress_cost(config: EgressConfig) -> float:
@@ -120,29 +135,30 @@ class Service:
         self.webhooks.start()
         self.runner.replenish()
 
-    def settle_unfinished(self) -> list[EgressRecord]:
-        """After a crash or kill -9: end every egress left running, keeping its file."""
-        settled = []
+    async def recover(self) -> tuple[list[EgressRecord], list[EgressRecord]]:
+        """After a restart: resume the deliveries left unfinished (outputs staged, manifest written), and end
+        every other egress left running, keeping its file. Returns (resumed, settled)."""
+        resumed, settled = [], []
         for rec in self.store.unfinished():
+            staging = (rec.request.get("upload") or {}).get("staging")
+            if (staging and find_manifest(Path(staging), rec.id) and self.runner.job_file(rec.id).exists()
+                    and Path(staging) != self.settings.recordings_dir):
+                await self.runner.resume_delivery(rec.id)
+                resumed.append(rec)
+                continue
             done = self.store.update(rec.id, status="FAILED", ended_at=time.time(), error_code="SERVICE_RESTARTED",
                                      error="the service stopped while this egress ran; its file is kept as it was",
                                      file=kept_file(rec.request))
             self._changed(done, rec.status)
             settled.append(done)
-        return settled
+        return resumed, settled
 
     async def start(self, req: StartEgressRequest) -> EgressRecord:
         if self.draining:
             raise Draining("the service is shutting down")
         egress_id = new_egress_id()
-        root = self.settings.recordings_dir
-        output = None
-        if req.wants_file:
-            ext = (req.file.file_type if req.file else "MP4").lower()
-            output = str(root / _relative((req.file and req.file.filepath) or f"{egress_id}.{ext}", "file.filepath"))
-        for kind in ("segments", "images"):
-            if getattr(req, kind):
-                _relative(getattr(req, kind).filename_prefix, f"{kind}.filenamePrefix")
+        upload = self._upload_spec(req, egress_id)
+        paths = self._output_paths(req, egress_id, Path(upload.staging))
         named_layout = req.layout  # what the caller sees, never the server's path
         if req.layout.startswith(CUSTOM_PREFIX):
             # The worker gets the folder; the caller only ever names a layout of layouts_dir.
@@ -152,9 +168,10 @@ class Service:
         try:
             # The worker's own model checks combinations the API shape cannot
             # (audio_only with video_only, a room and a web URL at once).
-            record_req = req.to_record_request(output, root)
+            record_req = req.to_record_request(paths, upload)
         except ValidationError as exc:
             raise InvalidRequest(first_error(exc)) from None
+        output = paths.get("file")
         # Session limits: the shortest that applies to one of its outputs ends the egress LIMIT_REACHED.
         s = self.settings
         limits = [d for d, applies in ((record_req.duration, True), (s.max_file_duration_s, output),
@@ -179,6 +196,36 @@ class Service:
             self._queue.append(Queued(egress_id, record_req, cost, config.frame))
             return rec
         return await self._launch(egress_id, record_req, config.frame)
+
+    def _upload_spec(self, req: StartEgressRequest, egress_id: str) -> UploadSpec:
+        """Where this egress's outputs go: the request's storage or the server's, staged locally first."""
+        s = self.settings
+        storage = req.storage or s.storage
+        in_place = isinstance(storage, LocalStorage)
+        return UploadSpec(storage=storage, backup=req.backup_storage or s.backup_storage,
+                          staging=str(s.recordings_dir if in_place else s.staging_dir(egress_id)),
+                          local_root=str(s.recordings_dir), retry_window_s=s.upload_retry_window_s)
+
+    def _output_paths(self, req: StartEgressRequest, egress_id: str, staging: Path) -> dict[str, str]:
+        """Each output's storage key from its filename template, as a path under `staging`."""
+        values = NameValues(room_name=req.room_name, egress_id=egress_id)
+        now = datetime.now(timezone.utc)
+        paths = {}
+        if req.wants_file:
+            ext = (req.file.file_type if req.file else "MP4").lower()
+            key = render_name(req.file and req.file.filepath, values, ext, now=now, field="file.filepath")
+            in_use = {r.request.get("file", {}).get("filepath") for r in self.store.unfinished()}
+            if (staging / key).exists() or str(staging / key) in in_use:
+                # Two egresses of one room in the same second would share {room_name}-{time}.
+                stem, dot, suffix = key.rpartition(".")
+                key = f"{stem}-{egress_id}{dot}{suffix}"
+            paths["file"] = str(staging / key)
+        for kind in ("segments", "images"):
+            out = getattr(req, kind)
+            if out:
+                paths[kind] = str(staging / render_name(out.filename_prefix, values, None, now=now,
+                                                        field=f"{kind}.filenamePrefix"))
+        return paths
 
     async def _launch(self, egress_id: str, record_req: RecordRequest, frame: tuple[int, int, int]) -> EgressRecord:
         try:
@@ -214,6 +261,31 @@ class Service:
             return self.store.update(egress_id, status="ENDING")
         return self.store.get(egress_id)
 
+    async def download_url(self, rec: EgressRecord, origin: str, ttl: int) -> str:
+        """A URL that downloads the egress's file for `ttl` seconds: presigned by its storage, or signed here."""
+        f = rec.file or {}
+        if (f.get("storage") or "local") == "local":
+            key = f.get("key")
+            if not key:
+                root, path = self.settings.recordings_dir.resolve(), Path(f.get("location", "")).resolve()
+                if root not in path.parents:
+                    raise NotFound(f"the file of {rec.id} is not in the recordings folder")
+                key = path.relative_to(root).as_posix()
+            return sign_local_url(origin, key, self.settings.url_signing_key, ttl)
+        try:
+            upload = RecordRequest.model_validate_json(self.runner.job_file(rec.id).read_text()).upload
+        except (OSError, ValidationError):
+            upload = None
+        if upload is None:
+            raise Conflict("NOT_AVAILABLE", f"the storage credentials of {rec.id} are gone; sign a URL with your own")
+        async with Uploader(upload.storage, backup=upload.backup) as uploader:
+            return await uploader.presign(f["key"], ttl, backup_used=bool(f.get("backup_used")))
+
+    def delete(self, egress_id: str) -> None:
+        """Forget an ended egress (its stored files stay where they are)."""
+        self.store.delete(egress_id)
+        self.runner.job_file(egress_id).unlink(missing_ok=True)
+
     async def update_streams(self, egress_id: str, add: list[str], remove: list[str]) -> EgressRecord:
         """Add and remove live destinations of a running egress."""
         rec = self.store.get(egress_id)
@@ -245,7 +317,7 @@ class Service:
         self.draining = True
         for queued in list(self._queue):
             await self.stop(queued.egress_id)  # never started: ABORTED
-        await self.runner.shutdown()
+        await self.runner.shutdown(self.settings.stop_grace_s)
         await self.webhooks.stop()
         self.store.close()
 
@@ -280,7 +352,7 @@ class ServeConfig(BaseModel):
     webhook_format: Literal["baxcloud", "livekit", "both"] = "baxcloud"
     livekit_api_key: str | None = None
     livekit_api_secret: str | None = None
-    download_url_ttl_s: int = Field(3600, gt=0)
+    download_url_ttl_s: int = Field(3600, gt=0, le=7 * 24 * 3600, description="download URLs live this long")
     max_queue: int = Field(16, ge=0)
     warm_workers: int = Field(0, ge=0, le=16, description="idle workers kept with display and browser up")
     warm_size: str = Field("{}x{}".format(*WARM_SIZE), pattern=r"^\d{2,4}x\d{2,4}$",
@@ -290,17 +362,32 @@ class ServeConfig(BaseModel):
     max_segment_duration_s: float | None = Field(None, gt=0, description="session limit of an HLS egress")
     layouts_dir: str | None = Field(None, description="custom layouts requests name as custom/NAME")
     page_allowed_hosts: list[str] = Field([], description="hosts layout pages may reach besides their own server")
+    storage: dict | None = Field(None, description="where outputs go by default: {kind: local|s3|gcs|azure, …}")
+    backup_storage: dict | None = Field(None, description="used when the storage refuses for good")
+    upload_retry_window_s: float = Field(300, gt=0, le=86400, description="seconds failed uploads are retried")
+    stop_grace_s: float = Field(30, gt=0, le=3600, description="on shutdown, seconds workers get to finish their "
+                                "files and uploads (a delivery cut short resumes at the next start)")
 
 
 _LISTS = {"api_keys", "webhook_urls", "page_allowed_hosts"}
+_JSON = {"storage", "backup_storage"}
 
 
 def _from_env() -> dict:
     out = {}
     for name in ServeConfig.model_fields:
         value = os.environ.get(f"COMPOSITOR_{name.upper()}")
-        if value:
-            out[name] = [v.strip() for v in value.split(",") if v.strip()] if name in _LISTS else value
+        if not value:
+            continue
+        if name in _LISTS:
+            out[name] = [v.strip() for v in value.split(",") if v.strip()]
+        elif name in _JSON:
+            try:
+                out[name] = json.loads(value)
+            except ValueError:
+                raise InvalidRequest(f"COMPOSITOR_{name.upper()} must be a JSON object") from None
+        else:
+            out[name] = value
     return out
 
 
@@ -343,7 +430,10 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         max_file_duration_s=cfg.max_file_duration_s, max_stream_duration_s=cfg.max_stream_duration_s,
         max_segment_duration_s=cfg.max_segment_duration_s,
         layouts_dir=_layouts_dir(cfg.layouts_dir),
-        page_allowed_hosts=AllowedHosts.parse(cfg.page_allowed_hosts).entries)
+        page_allowed_hosts=AllowedHosts.parse(cfg.page_allowed_hosts).entries,
+        storage=parse_storage(cfg.storage) if cfg.storage else LocalStorage(),
+        backup_storage=parse_storage(cfg.backup_storage, "backup_storage") if cfg.backup_storage else None,
+        upload_retry_window_s=cfg.upload_retry_window_s, stop_grace_s=cfg.stop_grace_s)
 
 
 def _layouts_dir(value: str | None) -> Path | None:

@@ -14,14 +14,20 @@ import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from compositor.storage import AzureStorage, GCSStorage, S3Storage
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import boto3
+import pytest
+from azure.storage.blob import BlobServiceClient
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 REPO = Path(__file__).resolve().parent.parent
+BUCKET = "recordings"
 AZURITE = REPO / ".tools" / "node_modules" / ".bin" / "azurite-blob"
 AZURITE_ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development key (public, documented by Microsoft).
@@ -232,3 +238,77 @@ class TokenServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join()
+
+
+# ---------------------------------------------------------------- fixtures (import them into a test module)
+
+@pytest.fixture(scope="module")
+def s3_server():
+    server = MotoS3()
+    server.start()
+    _s3_client(server).create_bucket(Bucket=BUCKET)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def token_server():
+    server = TokenServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def gcs_server(tmp_path_factory):
+    server = FakeGCS(tmp_path_factory.mktemp("gcs"))
+    server.start()
+    try:
+        server.create_bucket(BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def gcs_account(token_server):
+    """A service-account key the token server accepts."""
+    info, key = service_account(token_server.uri)
+    token_server.keys[info["client_email"]] = key.public_key()
+    return info
+
+
+@pytest.fixture(scope="module")
+def azure_server(tmp_path_factory):
+    server = Azurite(tmp_path_factory.mktemp("azurite"))
+    server.start()
+    try:
+        BlobServiceClient.from_connection_string(server.connection_string).create_container(BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+def _s3_client(server: MotoS3, **kw):
+    return boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                        aws_access_key_id=kw.get("access_key", "test"),
+                        aws_secret_access_key=kw.get("secret", "test"))
+
+
+def s3_config(server: MotoS3, **kw) -> S3Storage:
+    fields = dict(bucket=BUCKET, endpoint=server.endpoint, access_key="test", secret="test", force_path_style=True)
+    return S3Storage(**{**fields, **kw})
+
+
+def gcs_config(server: FakeGCS, account: dict, **kw) -> GCSStorage:
+    return GCSStorage(**{**dict(bucket=BUCKET, endpoint=server.endpoint, credentials=json.dumps(account)), **kw})
+
+
+def azure_config(server: Azurite, **kw) -> AzureStorage:
+    fields = dict(account_name=AZURITE_ACCOUNT, account_key=AZURITE_KEY, container_name=BUCKET,
+                  endpoint=server.endpoint)
+    return AzureStorage(**{**fields, **kw})
+
+
+def azure_read(server: Azurite, key: str) -> bytes:
+    service = BlobServiceClient.from_connection_string(server.connection_string)
+    return service.get_blob_client(BUCKET, key).download_blob().readall()

@@ -338,7 +338,7 @@ def test_livekit_shaped_request_records_the_same(server):
     assert status == 400 and err["error"]["details"]["field"] == "segments.filenamePrefix", err
     status, err, _ = server.call("POST", "/v1/egress/start",
                                  {"room_name": "x", "segment_outputs": [{"filename_prefix": "s", "s3": {}}]})
-    assert status == 400 and err["error"]["code"] == "UNSUPPORTED"
+    assert status == 400 and err["error"]["details"]["field"] == "storage.s3.bucket", err
 
 
 def test_yaml_config_with_env_and_flags_on_top(tmp_path, monkeypatch):

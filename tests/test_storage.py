@@ -21,95 +21,23 @@ from aiohttp import web
 from azure.storage.blob import BlobServiceClient
 
 from compositor.errors import InvalidRequest
-from compositor.storage import (AUTH_FAILED, BUCKET_NOT_FOUND, UNREACHABLE, AzureStorage, GCSStorage, LocalSite,
+from compositor.storage import (AUTH_FAILED, BUCKET_NOT_FOUND, UNREACHABLE, LocalSite,
                                 LocalStorage, NameValues, RetryPolicy, S3Storage, StoredFile, UploadFailed, Uploader,
                                 check_key, parse_storage, render_name, sign_local_url, store_file,
                                 verify_local_signature)
 from compositor.storage.local import LocalBackend
 from compositor.storage.local_urls import DOWNLOAD_PATH
 
-from .storage_servers import (AZURITE_ACCOUNT, AZURITE_KEY, Azurite, FakeGCS, MotoS3, TokenServer, free_port,
-                              service_account)
+from .storage_servers import (AZURITE_KEY, BUCKET, _s3_client, azure_config, azure_read, azure_server, free_port,  # noqa: F401
+                              gcs_account, gcs_config, gcs_server, s3_config, s3_server, service_account,
+                              token_server)
 
 MiB = 1024 * 1024
-BUCKET = "recordings"
 FAST = RetryPolicy(window_s=20, first_delay_s=0.3, max_delay_s=1)
 SIGNING_SECRET = b"local-signing-secret-for-tests"
 
 
 # ---------------------------------------------------------------- servers (one of each per module)
-
-@pytest.fixture(scope="module")
-def s3_server():
-    server = MotoS3()
-    server.start()
-    _s3_client(server).create_bucket(Bucket=BUCKET)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def token_server():
-    server = TokenServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def gcs_server(tmp_path_factory):
-    server = FakeGCS(tmp_path_factory.mktemp("gcs"))
-    server.start()
-    try:
-        server.create_bucket(BUCKET)
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def gcs_account(token_server):
-    """A service-account key the token server accepts."""
-    info, key = service_account(token_server.uri)
-    token_server.keys[info["client_email"]] = key.public_key()
-    return info
-
-
-@pytest.fixture(scope="module")
-def azure_server(tmp_path_factory):
-    server = Azurite(tmp_path_factory.mktemp("azurite"))
-    server.start()
-    try:
-        BlobServiceClient.from_connection_string(server.connection_string).create_container(BUCKET)
-        yield server
-    finally:
-        server.stop()
-
-
-def _s3_client(server: MotoS3, **kw):
-    return boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
-                        aws_access_key_id=kw.get("access_key", "test"),
-                        aws_secret_access_key=kw.get("secret", "test"))
-
-
-def s3_config(server: MotoS3, **kw) -> S3Storage:
-    fields = dict(bucket=BUCKET, endpoint=server.endpoint, access_key="test", secret="test", force_path_style=True)
-    return S3Storage(**{**fields, **kw})
-
-
-def gcs_config(server: FakeGCS, account: dict, **kw) -> GCSStorage:
-    return GCSStorage(**{**dict(bucket=BUCKET, endpoint=server.endpoint, credentials=json.dumps(account)), **kw})
-
-
-def azure_config(server: Azurite, **kw) -> AzureStorage:
-    fields = dict(account_name=AZURITE_ACCOUNT, account_key=AZURITE_KEY, container_name=BUCKET,
-                  endpoint=server.endpoint)
-    return AzureStorage(**{**fields, **kw})
-
-
-def azure_read(server: Azurite, key: str) -> bytes:
-    service = BlobServiceClient.from_connection_string(server.connection_string)
-    return service.get_blob_client(BUCKET, key).download_blob().readall()
-
 
 @dataclass
 class Target:

@@ -58,9 +58,14 @@ async def finalize(config: EgressConfig, partial: Path) -> MediaFacts:
     return facts
 
 
-def images_written(directory: Path, pattern: str, since: float) -> dict:
-    """The thumbnails of this run: files of the series written since it started."""
+def thumbnails(directory: Path, pattern: str, since: float) -> list[Path]:
+    """The thumbnails of this run, oldest first: files of the series written since it started."""
     base = pattern.split("_%", 1)[0]
-    files = sorted(p for p in directory.glob(f"{base}_*.jpg") if p.stat().st_mtime >= since - 1)
+    return sorted(p for p in directory.glob(f"{base}_*.jpg") if p.stat().st_mtime >= since - 1)
+
+
+def images_written(directory: Path, pattern: str, since: float) -> dict:
+    """What the thumbnails of this run came to."""
+    files = thumbnails(directory, pattern, since)
     return {"directory": str(directory), "count": len(files),
             "first": str(files[0]) if files else None, "last": str(files[-1]) if files else None}

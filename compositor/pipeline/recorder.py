@@ -34,10 +34,12 @@ from .audio import AudioSink
 from .browser import BLOCKED, END_RECORDING, ERROR, REQUEST, START_RECORDING, Browser
 from .display import Display
 from .encoder import Encoder, MuxTarget, Progress, build_argv, file_target, hls_target, live_pipe_target
-from .finalize import finalize, images_written, partial_path
+from .finalize import finalize, images_written, partial_path, thumbnails
 from .hls import LivePlaylist, finish_segments
 from .page_server import PageServer, PageSpec
 from .streams import Destination, StreamFanout
+from ..storage.delivery import STORING, Delivery, build_manifest, result_of
+from ..storage.errors import UploadFailed
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +65,18 @@ class Outputs:
     segments: dict | None = None
     images: dict | None = None
     streams: list[dict] = field(default_factory=list)
+    #: when the outputs were stored: the stored manifest (locations of everything)
+    delivered: dict | None = None
 
     def to_dict(self) -> dict:
         out: dict = {}
-        if self.file:
-            out["file"] = self.file.to_dict()
-        if self.segments:
-            out["segments"] = self.segments
-        if self.images:
-            out["images"] = self.images
+        if self.delivered:
+            out.update(result_of(self.delivered))
+        else:
+            for name in ("file", "segments", "images"):
+                value = getattr(self, name)
+                if value:
+                    out[name] = value.to_dict() if name == "file" else value
         if self.streams:
             out["streams"] = self.streams
         return out
@@ -124,6 +129,9 @@ class Recorder:
         self._last_progress_emit = 0.0
         self._fanout: StreamFanout | None = None
         self._partial: Path | None = partial_path(config.output) if config.output else None
+        self.delivery: Delivery | None = None
+        #: the outputs are being stored (recording is over)
+        self.storing = False
 
     def _status(self, status: str, message: str = "", **extra) -> None:
         self.events.emit("status", status=status, egress_id=self.config.egress_id,
@@ -137,17 +145,42 @@ class Recorder:
         cfg = self.config
         self._status("STARTING")
         await preflight(cfg)
-        if stage is not None:
-            async with contextlib.AsyncExitStack() as stack:
-                return await self._record(stack, stage)
-        sweep_stale_workdirs()
-        workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{cfg.egress_id}-"))
+        async with contextlib.AsyncExitStack() as outer:
+            if cfg.upload:
+                self.delivery = await outer.enter_async_context(Delivery(cfg.upload, cfg.egress_id, self.events))
+            if stage is not None:
+                async with contextlib.AsyncExitStack() as stack:
+                    outputs = await self._record(stack, stage)
+            else:
+                sweep_stale_workdirs()
+                workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{cfg.egress_id}-"))
+                outer.callback(shutil.rmtree, workdir, ignore_errors=True)
+                async with contextlib.AsyncExitStack() as stack:
+                    stage = await open_stage(stack, workdir, *cfg.frame)
+                    outputs = await self._record(stack, stage)
+            if self.delivery:
+                # After the stage is down: uploads need no browser or display.
+                await self._deliver(outputs)
+        return outputs
+
+    async def _deliver(self, outputs: Outputs) -> None:
+        cfg = self.config
+        file = outputs.file and {**outputs.file.to_dict(), "started_at": self.timings.get("first_frame"),
+                                 "ended_at": self.timings.get("stop_requested")}
+        images = self._thumbnails() if cfg.images else []
+        manifest = build_manifest(egress_id=cfg.egress_id, room_name=cfg.room_name, staging=self.delivery.staging,
+                                  file=file, playlist=cfg.segments.playlist if cfg.segments else None,
+                                  live_playlist=cfg.segments.live_playlist if cfg.segments else None,
+                                  images=images)
+        self._status("ENDING", message=STORING)
+        self.storing = True
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                stage = await open_stage(stack, workdir, *cfg.frame)
-                return await self._record(stack, stage)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            outputs.delivered = await self.delivery.deliver(manifest)
+        except UploadFailed as exc:
+            if cfg.output and cfg.output.exists():
+                exc.details["file"] = str(cfg.output)
+            raise
+        self.timings["stored"] = time.time()
 
     async def _record(self, stack: contextlib.AsyncExitStack, stage: Stage) -> Outputs:
         cfg = self.config
@@ -194,6 +227,11 @@ class Recorder:
         if playlist:
             stack.push_async_callback(playlist.stop)
             playlist.start()
+        if self.delivery:
+            stack.push_async_callback(self.delivery.stop_following)
+            self.delivery.follow([p for p in (cfg.segments.playlist, cfg.segments.live_playlist) if p]
+                                 if cfg.segments else [],
+                                 self._thumbnails if cfg.images else None)
 
         failure = await self._until_first_frame(encoder, browser, watched)
         if failure is None:
@@ -239,6 +277,10 @@ class Recorder:
             failure.details["file"] = facts.path
             raise failure
         return facts
+
+    def _thumbnails(self) -> list[Path]:
+        images = self.config.images
+        return thumbnails(images.directory, images.pattern, self.timings["start_recording"])
 
     @property
     def stream_only(self) -> bool:

@@ -29,6 +29,8 @@ from ..errors import InvalidRequest
 MiB = 1024 * 1024
 REDACTED = "***"
 _REVEAL = "reveal_secrets"
+#: Serialization context that writes secrets out (`model_dump(context=REVEAL)`): for the worker's job only.
+REVEAL = {_REVEAL: True}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

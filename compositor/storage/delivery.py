@@ -1,0 +1,324 @@
+"""A worker's outputs into storage: HLS segments and thumbnails while recording, then the file, and
+the manifest last.
+
+Outputs are written under the job's staging folder, and a file's place there is its storage key.
+Nothing staged is removed before every output, the manifest included, is confirmed stored: what a
+crash leaves in staging, with its manifest, is exactly what a resumed delivery still has to store.
+Once the storage refuses for good and the backup takes over, everything goes to the backup (what the
+storage already held is stored again), so a recording is never split between two places.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..events import EventSink
+from ..pipeline.hls import Playlist
+from ..request import UploadSpec
+from .config import LocalStorage
+from .errors import FAILED, UploadFailed
+from .local import LocalSite
+from .uploader import RetryNotice, RetryPolicy, StoredFile, Uploader
+
+log = logging.getLogger(__name__)
+
+#: How often new segments and thumbnails are looked for while recording.
+LIVE_UPLOAD_S = 2.0
+MANIFEST_VERSION = 1
+#: The worker's ENDING status carries this message once its outputs go to storage.
+STORING = "storing the outputs"
+
+
+def manifest_key(egress_id: str, output_keys: list[str]) -> str:
+    """`{egress_id}.json` in the folder of the first output."""
+    folder = output_keys[0].rpartition("/")[0] if output_keys else ""
+    return f"{folder}/{egress_id}.json" if folder else f"{egress_id}.json"
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds") if ts else None
+
+
+def build_manifest(*, egress_id: str, room_name: str, staging: Path, file: dict | None,
+                   playlist: Path | None, live_playlist: Path | None, images: list[Path]) -> dict:
+    """What an egress wrote, by storage key: the file with its facts, playlists with their segments,
+    thumbnails. Locations are filled in once stored."""
+    def key(path: Path | str) -> str:
+        return Path(path).relative_to(staging).as_posix()
+
+    manifest: dict = {"version": MANIFEST_VERSION, "egress_id": egress_id, "room_name": room_name,
+                      "files": [], "playlists": [], "images": []}
+    if file:
+        facts = {k: v for k, v in file.items() if k not in ("path", "started_at", "ended_at")}
+        manifest["files"].append({"key": key(file["path"]), **facts, "started_at": _iso(file.get("started_at")),
+                                  "ended_at": _iso(file.get("ended_at"))})
+    if playlist is not None and playlist.exists():
+        listed = Playlist.read(playlist)
+        segments = []
+        for entry in listed.segments:
+            path = playlist.parent / entry[-1]
+            seconds = next(float(t.split(":", 1)[1].split(",", 1)[0]) for t in entry if t.startswith("#EXTINF"))
+            segments.append({"key": key(path), "duration": round(seconds, 3),
+                             "size": path.stat().st_size if path.exists() else 0})
+        manifest["playlists"].append({"key": key(playlist), "live_key": key(live_playlist) if live_playlist else None,
+                                      "duration": round(listed.duration, 3), "segments": segments})
+    manifest["images"] = [{"key": key(p), "size": p.stat().st_size} for p in images]
+    manifest["key"] = manifest_key(egress_id, [e["key"] for group in ("files", "playlists", "images")
+                                               for e in manifest[group]])
+    return manifest
+
+
+def manifest_keys(manifest: dict) -> list[str]:
+    """Every output key of a manifest (not the manifest's own)."""
+    keys = [f["key"] for f in manifest["files"]]
+    for pl in manifest["playlists"]:
+        keys += [s["key"] for s in pl["segments"]] + [pl["key"]] + ([pl["live_key"]] if pl.get("live_key") else [])
+    return keys + [i["key"] for i in manifest["images"]]
+
+
+def find_manifest(staging: Path, egress_id: str) -> Path | None:
+    """The manifest a delivery left in staging (written before anything was stored), if any."""
+    return next(iter(sorted(staging.rglob(f"{egress_id}.json"))), None) if staging.is_dir() else None
+
+
+class Delivery:
+    """Stores one egress's staged outputs. Use `async with`; `follow()` while recording, `deliver()` at the end."""
+
+    def __init__(self, spec: UploadSpec, egress_id: str, events: EventSink):
+        self.spec = spec
+        self.egress_id = egress_id
+        self.events = events
+        self.staging = Path(spec.staging)
+        local = LocalSite(Path(spec.local_root)) if spec.local_root else None
+        retry = RetryPolicy(window_s=spec.retry_window_s)
+        #: a local storage whose folder is the staging one: the outputs are already where they belong
+        self.in_place = isinstance(spec.storage, LocalStorage) and local is not None and \
+            local.root.resolve() == self.staging.resolve()
+        self._primary = Uploader(spec.storage, local=local, retry=retry, on_retry=self._retrying)
+        self._backup = (Uploader(spec.backup, local=local, retry=retry, on_retry=self._retrying)
+                        if spec.backup else None)
+        self.on_backup = False
+        self.stored: dict[str, StoredFile] = {}
+        self._stamps: dict[str, tuple[int, int]] = {}
+        self._lock = asyncio.Lock()
+        self._live: asyncio.Task | None = None
+        self._snapshots = Path(tempfile.mkdtemp(prefix="compositor-snap-"))
+
+    async def __aenter__(self) -> Delivery:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop live uploads and release connections (staged files stay)."""
+        await self.stop_following()
+        await self._primary.close()
+        if self._backup:
+            await self._backup.close()
+        shutil.rmtree(self._snapshots, ignore_errors=True)
+
+    # -- while recording ---------------------------------------------------------------------------------
+
+    def follow(self, playlists: list[Path], images: Callable[[], list[Path]] | None) -> None:
+        """Store complete segments (then their playlists) and thumbnails (`images()`, oldest first) as
+        they appear. A failure here is logged and left to the final delivery, which tries again and reports.
+        """
+        if self.in_place or (not playlists and images is None):
+            return
+        self._live = asyncio.create_task(self._follow(playlists, images))
+
+    async def stop_following(self) -> None:
+        if self._live:
+            self._live.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._live
+            self._live = None
+
+    async def _follow(self, playlists: list[Path], images: Callable[[], list[Path]] | None) -> None:
+        while True:
+            await asyncio.sleep(LIVE_UPLOAD_S)
+            try:
+                for playlist in playlists:
+                    await self._ship_playlist(playlist)
+                if images:
+                    # The newest thumbnail may still be being written.
+                    await self.ship([(p, self._key(p)) for p in images()[:-1]])
+            except UploadFailed as exc:
+                log.warning("storing while recording failed (%s); the final delivery tries again", exc.message)
+
+    async def _ship_playlist(self, playlist: Path) -> None:
+        """The segments a playlist names, then that very playlist (a snapshot: ffmpeg replaces it)."""
+        if not playlist.exists():
+            return
+        snapshot = self._snapshots / playlist.name
+        shutil.copyfile(playlist, snapshot)
+        listed = Playlist.read(snapshot)
+        segments = [playlist.parent / entry[-1] for entry in listed.segments]
+        if not segments:
+            return
+        await self.ship([(p, self._key(p)) for p in segments])
+        await self.ship([(snapshot, self._key(playlist))])
+
+    # -- at the end --------------------------------------------------------------------------------------
+
+    async def deliver(self, manifest: dict) -> dict:
+        """Store every output of `manifest`, then the manifest with their locations; remove what was staged.
+
+        Returns the manifest as stored. Raises UploadFailed (details: `kept`, the staging folder) when
+        neither storage took everything; the staged files are all kept then.
+        """
+        await self.stop_following()
+        keys = manifest_keys(manifest)
+        manifest_path = self.staging / manifest["key"]
+        if self.in_place:
+            located = self._locate(manifest, lambda key: str(self.staging / key), "local", False)
+            _write_json(manifest_path, located)
+            return {**located, "location": str(manifest_path)}
+        # Written before anything is stored: a restarted service resumes from it.
+        _write_json(manifest_path, manifest)
+        try:
+            await self.ship([(self.staging / k, k) for k in keys])
+            backend, on_backup = self._where()
+            located = self._locate(manifest, lambda key: self.stored[key].location, backend, on_backup)
+            final = self._snapshots / "manifest.json"
+            _write_json(final, located)
+            await self.ship([(final, manifest["key"])])
+        except UploadFailed as exc:
+            exc.details["kept"] = str(self.staging)
+            raise
+        _write_json(manifest_path, located)
+        self._remove_staged([*keys, manifest["key"]])
+        return {**located, "location": self.stored[manifest["key"]].location}
+
+    async def ship(self, files: list[tuple[Path, str]]) -> None:
+        """Store `(path, key)` pairs not yet stored as they are now (playlists change, so do thumbnails)."""
+        async with self._lock:
+            todo = [(p, k) for p, k in files if self._stamps.get(k) != _stamp(p)]
+            if not todo:
+                return
+            if not self.on_backup:
+                try:
+                    await self._store(self._primary, todo, False)
+                    return
+                except UploadFailed as exc:
+                    if self._backup is None:
+                        raise
+                    self.on_backup = True
+                    self.events.emit("upload", egress_id=self.egress_id, status="BACKUP", code=exc.code,
+                                     message=exc.message)
+                    log.warning("storage refused for good (%s: %s); storing everything on the backup",
+                                exc.code, exc.message)
+                    # What the storage already holds goes too: one recording, one place.
+                    earlier = [(self.staging / k, k) for k in self.stored if (self.staging / k).exists()]
+                    todo = _unique(earlier + todo)
+            await self._store(self._backup, todo, True)
+
+    async def _store(self, uploader: Uploader, files: list[tuple[Path, str]], on_backup: bool) -> None:
+        stamps = {k: _stamp(p) for p, k in files}
+        results = await uploader.store_files(files)
+        for (path, key), stored in zip(files, results):
+            self.stored[key] = replace(stored, backup_used=on_backup)
+            self._stamps[key] = stamps[key]
+            self.events.emit("upload", egress_id=self.egress_id, status="STORED", key=key, size=stored.size,
+                             storage=stored.backend, backup_used=on_backup)
+
+    def _where(self) -> tuple[str, bool]:
+        uploader = self._backup if self.on_backup and self._backup else self._primary
+        return uploader.primary.name, self.on_backup
+
+    def _retrying(self, notice: RetryNotice) -> None:
+        self.events.emit("upload", egress_id=self.egress_id, status="RETRYING", key=notice.key,
+                         attempt=notice.attempt, delay_s=round(notice.delay_s, 1), code=notice.error.code,
+                         message=notice.error.message)
+
+    def _key(self, path: Path) -> str:
+        return path.relative_to(self.staging).as_posix()
+
+    @staticmethod
+    def _locate(manifest: dict, location, backend: str, on_backup: bool) -> dict:
+        """The manifest with every entry's location, and where it all went."""
+        out = json.loads(json.dumps(manifest))
+        out.update(storage=backend, backup_used=on_backup)
+        for entry in [*out["files"], *out["images"]]:
+            entry["location"] = location(entry["key"])
+        for pl in out["playlists"]:
+            pl["location"] = location(pl["key"])
+            if pl.get("live_key"):
+                pl["live_location"] = location(pl["live_key"])
+            for seg in pl["segments"]:
+                seg["location"] = location(seg["key"])
+        return out
+
+    def _remove_staged(self, keys: list[str]) -> None:
+        """Every output is stored: the staged copies go, and the staging folder if nothing else is left."""
+        for key in keys:
+            (self.staging / key).unlink(missing_ok=True)
+        for folder in sorted({(self.staging / k).parent for k in keys}, key=lambda p: len(p.parts), reverse=True):
+            while folder != self.staging and self.staging in folder.parents:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only if empty
+                folder = folder.parent
+        with contextlib.suppress(OSError):
+            self.staging.rmdir()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _unique(files: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    seen: dict[str, Path] = {}
+    for path, key in files:
+        seen[key] = path
+    return [(p, k) for k, p in seen.items()]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def result_of(manifest: dict) -> dict:
+    """The worker's result fields (file, segments, images, manifest) from a delivered manifest."""
+    out: dict = {"manifest": manifest.get("location"), "storage": manifest.get("storage"),
+                 "backup_used": manifest.get("backup_used", False)}
+    if manifest["files"]:
+        f = manifest["files"][0]
+        out["file"] = {**{k: v for k, v in f.items() if k not in ("started_at", "ended_at")},
+                       "path": f["location"], "storage": out["storage"], "backup_used": out["backup_used"],
+                       "started_at": _epoch(f.get("started_at")), "ended_at": _epoch(f.get("ended_at"))}
+    if manifest["playlists"]:
+        pl = manifest["playlists"][0]
+        out["segments"] = {"playlist": pl["location"], "live_playlist": pl.get("live_location"),
+                           "segment_count": len(pl["segments"]), "duration": pl["duration"],
+                           "size": sum(s["size"] for s in pl["segments"])}
+    if manifest["images"]:
+        images = manifest["images"]
+        out["images"] = {"directory": images[0]["location"].rpartition("/")[0], "count": len(images),
+                         "first": images[0]["location"], "last": images[-1]["location"]}
+    return out
+
+
+def _epoch(iso: str | None) -> float | None:
+    return datetime.fromisoformat(iso).timestamp() if iso else None
+
+
+def read_manifest(path: Path) -> dict:
+    """A staged manifest; UploadFailed if it cannot be read (nothing to resume from)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UploadFailed(f"cannot read the staged manifest {path}: {exc}", FAILED) from None
