@@ -15,6 +15,8 @@ import pytest
 
 from compositor import analysis
 from .receivers import NginxRtmp, free_port  # noqa: F401  (tests import free_port from here)
+# Storage servers as fixtures for every test module (each module gets its own servers).
+from .storage_servers import azure_server, gcs_account, gcs_server, s3_server, token_server  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 # Small frames keep the suite light on a 2-core machine.

@@ -28,9 +28,8 @@ from compositor.storage import (AUTH_FAILED, BUCKET_NOT_FOUND, UNREACHABLE, Loca
 from compositor.storage.local import LocalBackend
 from compositor.storage.local_urls import DOWNLOAD_PATH
 
-from .storage_servers import (AZURITE_KEY, BUCKET, _s3_client, azure_config, azure_read, azure_server, free_port,  # noqa: F401
-                              gcs_account, gcs_config, gcs_server, s3_config, s3_server, service_account,
-                              token_server)
+from .storage_servers import (AZURITE_KEY, BUCKET, _s3_client, azure_config, azure_read, free_port, gcs_config,
+                              s3_config, service_account)
 
 MiB = 1024 * 1024
 FAST = RetryPolicy(window_s=20, first_delay_s=0.3, max_delay_s=1)
