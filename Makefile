@@ -12,8 +12,14 @@ TEST_PACKAGES := nginx-light libnginx-mod-rtmp stunnel4 openssl iproute2
 AZURITE_VERSION := 3.35.0
 AZURITE := .tools/node_modules/.bin/azurite-blob
 LIVEKIT_CLIENT := node_modules/livekit-client/dist/livekit-client.esm.mjs
+# LiveKit room tests: a real livekit-server and publishers (tools/lkpub, on LiveKit's Go server SDK,
+# pinned in its go.mod), built with Go into .tools/bin. Without Go they are skipped, saying why.
+LIVEKIT_SERVER_VERSION := v1.13.5
+LIVEKIT_SERVER := .tools/bin/livekit-server
+LKPUB := .tools/bin/lkpub
+LIVEKIT_TOOLS := $(if $(shell command -v go),$(LIVEKIT_SERVER) $(LKPUB),no-go)
 
-.PHONY: setup system test-system demo test test-docker bench snapshots clean
+.PHONY: setup system test-system demo test test-docker bench snapshots clean livekit-tools no-go
 
 setup: system $(VENV)/.installed $(LIVEKIT_CLIENT)
 
@@ -33,8 +39,23 @@ demo: setup
 	$(PY) -m compositor record --room synthetic --layout default --duration 10 -o recordings/demo.mp4
 	@echo "demo recording: $(CURDIR)/recordings/demo.mp4"
 
-test: setup test-system $(AZURITE)
+test: setup test-system $(AZURITE) $(LIVEKIT_TOOLS)
 	$(PY) -m pytest -q
+
+livekit-tools: $(LIVEKIT_SERVER) $(LKPUB)
+
+no-go:
+	@echo "Go is not installed: the LiveKit room tests will be skipped. Get Go 1.22+ (https://go.dev/dl/" \
+	      "or apt install golang-go on Debian 13+), then run make livekit-tools."
+
+$(LIVEKIT_SERVER):
+	@mkdir -p .tools/gobin .tools/bin
+	GOBIN=$(CURDIR)/.tools/gobin go install github.com/livekit/livekit-server/cmd/server@$(LIVEKIT_SERVER_VERSION)
+	mv .tools/gobin/server $@
+
+$(LKPUB): tools/lkpub/main.go tools/lkpub/go.mod tools/lkpub/go.sum
+	@mkdir -p .tools/bin
+	cd tools/lkpub && GOBIN=$(CURDIR)/.tools/bin go install -buildvcs=false .
 
 # npm only if missing: a machine with Node from elsewhere keeps its own.
 NPM := command -v npm >/dev/null || scripts/setup-system.sh nodejs npm

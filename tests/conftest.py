@@ -122,11 +122,12 @@ class LiveRun:
 def start_record(tmp_path):
     runs: list[LiveRun] = []
 
-    def _start(*args: str, output: str | None = "live.mp4", control: bool = False) -> LiveRun:
+    def _start(*args: str, output: str | None = "live.mp4", control: bool = False, env: dict | None = None) -> LiveRun:
         out = tmp_path / output if output else None
         argv = record_argv([*args, *(["--control", "stdin"] if control else [])], out)
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                                start_new_session=True, stdin=subprocess.PIPE if control else None)
+                                start_new_session=True, stdin=subprocess.PIPE if control else None,
+                                env={**os.environ, **env} if env else None)
         run = LiveRun(proc, out)
         runs.append(run)
         return run

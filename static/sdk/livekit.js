@@ -79,9 +79,10 @@ export class LiveKitRoom extends Room {
   }
 
   _subscribed(track, p) {
+    // Every sound plays (a screen share's audio too); the room model holds what layouts arrange.
+    if (track.kind === 'audio') this.sound.appendChild(track.attach());
     const source = SOURCES[track.source];
     if (!source) return;
-    if (track.kind === 'audio') this.sound.appendChild(track.attach());
     this.publish(p.identity, new Track({
       sid: track.sid, kind: track.kind, source, participant: this.participants.get(p.identity),
       makeElement: () => track.attach(),

@@ -1,0 +1,102 @@
+"""Recording real LiveKit rooms: a livekit-server on 127.0.0.1, publishers sending pre-encoded clips in
+distinct colours and tones, and the worker joining as a hidden recorder. Checked from the pixels and
+the sound of what it recorded."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from compositor import analysis
+
+from .livekit_server import LiveKitServer, make_clip, tools_or_skip
+
+TINY = ["--width", "320", "--height", "180"]
+ALICE = ("#e6194b", 350)
+BOB = ("#3cb44b", 650)
+SHARE = ("#4363d8", 950)
+
+
+@pytest.fixture(scope="module")
+def livekit(tmp_path_factory):
+    tools_or_skip()
+    server = LiveKitServer(tmp_path_factory.mktemp("livekit"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    return {name: make_clip(folder, *spec) for name, spec in (("alice", ALICE), ("bob", BOB), ("share", SHARE))}
+
+
+def publish(livekit, room: str, identity: str, clip, source: str = ""):
+    return livekit.publish(room, identity, clip.video, clip.audio, source=source)
+
+
+def region(path, t: float, x: float, y: float, w: float = 0.1, h: float = 0.2):
+    return analysis.region_color(analysis.frame_at(path, t), x, y, w, h)
+
+
+def near(rgb, color: str) -> bool:
+    return analysis.color_distance(rgb, color) <= 45
+
+
+def test_grid_shows_each_publisher_and_reflows_when_one_leaves(livekit, clips, start_record):
+    room = "grid-room"
+    publish(livekit, room, "alice", clips["alice"])
+    bob = publish(livekit, room, "bob", clips["bob"])
+    livekit.wait_published(room, {"alice": 2, "bob": 2})
+    run = start_record("--room", "livekit", "--room-name", room, "--layout", "grid", *TINY, env=livekit.env)
+    run.wait_for_status("ACTIVE", timeout=40)
+    time.sleep(3.5)
+    bob.stop()  # bob leaves: the grid gives alice the whole stage
+    time.sleep(4)
+    run.proc.send_signal(signal.SIGINT)
+    done = run.finish()
+    assert done.code == 0, done.stderr[-2000:]
+    out = done.output
+    duration = analysis.facts(out).duration
+    assert duration > 6
+    # Both on stage, side by side, in join order.
+    assert near(region(out, 1.5, 0.2, 0.4), ALICE[0]) and near(region(out, 1.5, 0.7, 0.4), BOB[0])
+    # Bob gone: alice fills the middle, nothing of bob is left.
+    late = analysis.frame_at(out, duration - 1)
+    assert near(analysis.region_color(late, 0.45, 0.4, 0.1, 0.2), ALICE[0])
+    assert not near(analysis.region_color(late, 0.75, 0.4, 0.1, 0.2), BOB[0])
+    sound = analysis.audio_samples(out)
+    assert analysis.tone_level(sound, ALICE[1], 0.5, 3) > 0.02 and analysis.tone_level(sound, BOB[1], 0.5, 3) > 0.02
+    assert analysis.tone_level(sound, ALICE[1], duration - 2, duration - 0.5) > 0.02
+    assert analysis.tone_level(sound, BOB[1], duration - 2, duration - 0.5) < 0.005
+
+
+def test_room_deleted_ends_the_recording_complete(livekit, clips, start_record):
+    room = "deleted-room"
+    publish(livekit, room, "alice", clips["alice"])
+    livekit.wait_published(room, {"alice": 2})
+    run = start_record("--room", "livekit", "--room-name", room, "--layout", "grid", *TINY, env=livekit.env)
+    run.wait_for_status("ACTIVE", timeout=40)
+    time.sleep(2.5)
+    livekit.delete_room(room)
+    done = run.finish(timeout=30)
+    assert done.code == 0, done.stderr[-2000:]
+    assert done.result["stopped_by"] == "room_ended" and done.result["status"] == "COMPLETE"
+    assert 1.5 < analysis.facts(done.output).duration < 6
+    assert near(region(done.output, 1.0, 0.45, 0.4), ALICE[0])
+
+
+def test_screen_share_takes_the_stage(livekit, clips, start_record):
+    room = "share-room"
+    publish(livekit, room, "alice", clips["alice"])
+    publish(livekit, room, "carol", clips["share"], source="screen_share")
+    livekit.wait_published(room, {"alice": 2, "carol": 2})
+    run = start_record("--room", "livekit", "--room-name", room, "--layout", "pip", "--duration", "3", *TINY,
+                       env=livekit.env)
+    done = run.finish(timeout=60)
+    assert done.code == 0, done.stderr[-2000:]
+    assert near(region(done.output, 2.0, 0.45, 0.4), SHARE[0])  # the share fills the frame
+    sound = analysis.audio_samples(done.output)
+    assert analysis.tone_level(sound, SHARE[1], 0.5, 2.5) > 0.02  # the share's own sound plays

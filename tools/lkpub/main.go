@@ -1,0 +1,77 @@
+// Command lkpub joins a LiveKit room and publishes pre-encoded files
+// (.ivf VP8/VP9/AV1, .ogg Opus, .h264) with an explicit track source.
+//
+//	lkpub -url ws://127.0.0.1:7880 -key devkey -secret ... -room roomA \
+//	      -identity screen1 -source screen_share -fps 15 red.ivf
+package main
+
+import (
+	"flag"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/livekit/protocol/livekit"
+	lksdk "github.com/livekit/server-sdk-go/v2"
+)
+
+func main() {
+	url := flag.String("url", "ws://127.0.0.1:7880", "LiveKit URL")
+	key := flag.String("key", os.Getenv("LIVEKIT_API_KEY"), "API key")
+	secret := flag.String("secret", os.Getenv("LIVEKIT_API_SECRET"), "API secret")
+	room := flag.String("room", "", "room name")
+	identity := flag.String("identity", "lkpub", "participant identity")
+	source := flag.String("source", "", "camera|microphone|screen_share|screen_share_audio (default: by kind; screen_share puts .ogg files on screen_share_audio)")
+	fps := flag.Float64("fps", 0, "video frame rate (set it for ffmpeg-made .ivf files)")
+	flag.Parse()
+
+	r, err := lksdk.ConnectToRoom(*url, lksdk.ConnectInfo{
+		APIKey: *key, APISecret: *secret, RoomName: *room, ParticipantIdentity: *identity,
+	}, lksdk.NewRoomCallback())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer r.Disconnect()
+
+	done := make(chan string, len(flag.Args()))
+	for _, f := range flag.Args() {
+		f := f
+		opts := []lksdk.ReaderSampleProviderOption{
+			lksdk.ReaderTrackWithOnWriteComplete(func() { done <- f }),
+		}
+		if *fps > 0 && filepath.Ext(f) != ".ogg" {
+			opts = append(opts, lksdk.ReaderTrackWithFrameDuration(time.Duration(float64(time.Second) / *fps)))
+		}
+		track, err := lksdk.NewLocalFileTrack(f, opts...)
+		if err != nil {
+			log.Fatal(err)
+		}
+		// "" -> UNKNOWN, which the SDK maps to CAMERA (video) / MICROPHONE (audio).
+		src := livekit.TrackSource(livekit.TrackSource_value[map[string]string{
+			"camera": "CAMERA", "microphone": "MICROPHONE",
+			"screen_share": "SCREEN_SHARE", "screen_share_audio": "SCREEN_SHARE_AUDIO"}[*source]])
+		if src == livekit.TrackSource_SCREEN_SHARE && filepath.Ext(f) == ".ogg" {
+			src = livekit.TrackSource_SCREEN_SHARE_AUDIO // audio file alongside a screen share
+		}
+		if _, err = r.LocalParticipant.PublishTrack(track, &lksdk.TrackPublicationOptions{
+			Name: filepath.Base(f), Source: src,
+		}); err != nil {
+			log.Fatal(err)
+		}
+	}
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	for left := len(flag.Args()); left > 0; {
+		select {
+		case f := <-done:
+			log.Printf("finished %s", f)
+			left--
+		case <-sig:
+			return
+		}
+	}
+}
