@@ -117,8 +117,11 @@ def new_egress_id() -> str:
     return "EG_" + "".join(secrets.choice(_BASE62) for _ in range(12))
 
 
-def resolve(req: RecordRequest, egress_id: str | None = None) -> EgressConfig:
-    """Turn a request into an EgressConfig, or raise InvalidRequest naming the field."""
+def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None = None) -> EgressConfig:
+    """Turn a request into an EgressConfig, or raise InvalidRequest naming the field.
+
+    `env` holds the LIVEKIT_* variables the worker will have (default: this process's environment).
+    """
     preset = find_preset(req.preset)
     if preset is None:
         raise InvalidRequest(f"unknown preset {req.preset!r}; known: {', '.join(preset_names())}",
@@ -180,7 +183,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None) -> EgressConfig:
         _check_web_url(req.web_url)
     elif req.room and req.room.kind == "livekit":
         source, participants = "livekit", ()
-        server_from_env()  # said now, before anything starts
+        server_from_env(env)  # said now, before anything starts
     else:
         source = "synthetic"
         participants = tuple((req.room and req.room.participants) or default_participants())

@@ -56,6 +56,8 @@ class WorkerRunner:
         self.warm_target = 0
         #: flags every worker gets (the operator's page allow list)
         self.worker_args: tuple[str, ...] = ()
+        #: variables every worker gets besides the service's own (the LiveKit server)
+        self.worker_env: dict[str, str] = {}
         self._warm: list[ManagedProcess] = []
         self._warming = 0
         self._closing = False
@@ -91,7 +93,7 @@ class WorkerRunner:
             self._listening.add(egress_id)
             self.replenish()
         else:
-            worker = _worker(f"worker {egress_id}", "record", "--config", str(config), "--egress-id", egress_id,
+            worker = self._worker(f"worker {egress_id}", "record", "--config", str(config), "--egress-id", egress_id,
                              "--control", "stdin", *self.worker_args)
             await worker.start()
         self._workers[egress_id] = worker
@@ -104,13 +106,19 @@ class WorkerRunner:
 
     async def resume_delivery(self, egress_id: str) -> None:
         """Run `compositor upload` for an egress whose outputs are staged but not all stored."""
-        worker = _worker(f"delivery {egress_id}", "upload", "--config", str(self.job_file(egress_id)),
+        worker = self._worker(f"delivery {egress_id}", "upload", "--config", str(self.job_file(egress_id)),
                          "--egress-id", egress_id)
         await worker.start()
         self._workers[egress_id] = worker
         self._listening.add(egress_id)
         self._delivering.add(egress_id)
         self._followers[egress_id] = asyncio.create_task(self._follow(egress_id, worker))
+
+    def _worker(self, name: str, command: str, *args: str) -> ManagedProcess:
+        """A `compositor record` (or `upload`) worker reporting JSON events on stdout, taking commands on stdin."""
+        return ManagedProcess(name, [sys.executable, "-m", "compositor", command, "--events", "json", *args],
+                              env={**os.environ, **self.worker_env} if self.worker_env else None,
+                              stop_signal=signal.SIGINT, stop_timeout=WORKER_STOP_S, stdout_pipe=True, stdin_pipe=True)
 
     def _take_warm(self, frame: tuple[int, int, int]) -> ManagedProcess | None:
         if frame != (*self.warm_size, DEFAULT_SAMPLE_RATE):
@@ -130,7 +138,7 @@ class WorkerRunner:
 
     async def _warm_up(self) -> None:
         w, h = self.warm_size
-        worker = _worker("warm worker", "record", "--warm", "--width", str(w), "--height", str(h), *self.worker_args)
+        worker = self._worker("warm worker", "record", "--warm", "--width", str(w), "--height", str(h), *self.worker_args)
         try:
             await worker.start()
             ready = await asyncio.wait_for(self._until_warm(worker), WARM_TIMEOUT_S)
@@ -290,11 +298,6 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
 
-
-def _worker(name: str, command: str, *args: str) -> ManagedProcess:
-    """A `compositor record` (or `upload`) worker reporting JSON events on stdout, taking commands on stdin."""
-    return ManagedProcess(name, [sys.executable, "-m", "compositor", command, "--events", "json", *args],
-                          stop_signal=signal.SIGINT, stop_timeout=WORKER_STOP_S, stdout_pipe=True, stdin_pipe=True)
 
 
 def _file_result(f: dict) -> dict:

@@ -24,7 +24,7 @@ from .errors import CapacityExceeded, Conflict, Draining, InvalidRequest, NotFou
 from .jobs import WorkerRunner, kept_file
 from .layouts import CUSTOM_PREFIX, TEMPLATE, resolve_layout
 from .page_access import AllowedHosts
-from .request import RecordRequest, UploadSpec, first_error
+from .request import RecordRequest, RoomSpec, UploadSpec, first_error
 from .storage import LocalStorage, NameValues, Uploader, parse_storage, render_name, sign_local_url
 from .storage.delivery import find_manifest
 from .storage.uploader import AnyStorage
@@ -49,6 +49,8 @@ class Settings:
     webhook_formats: tuple[str, ...] = ("baxcloud",)
     livekit_api_key: str = ""
     livekit_api_secret: str = ""
+    #: the LiveKit server rooms are recorded from (with the key and secret above); "" for none
+    livekit_url: str = ""
     warm_workers: int = 0
     warm_size: tuple[int, int] = WARM_SIZE
     max_queue: int = 16
@@ -64,6 +66,14 @@ class Settings:
     backup_storage: AnyStorage | None = None
     upload_retry_window_s: float = 300.0
     stop_grace_s: float = 30.0
+
+    @property
+    def livekit_env(self) -> dict[str, str]:
+        """What workers get to join rooms of the LiveKit server (nothing without one)."""
+        if not self.livekit_url:
+            return {}
+        return {"LIVEKIT_URL": self.livekit_url, "LIVEKIT_API_KEY": self.livekit_api_key,
+                "LIVEKIT_API_SECRET": self.livekit_api_secret}
 
     @property
     def recordings_dir(self) -> Path:
@@ -126,6 +136,7 @@ class Service:
                                    on_stream=self.webhooks.enqueue_stream)
         self.runner.warm_target, self.runner.warm_size = settings.warm_workers, settings.warm_size
         self.runner.worker_args = tuple(f"--allow-host={host}" for host in settings.page_allowed_hosts)
+        self.runner.worker_env = settings.livekit_env
         self.draining = False
         self._queue: list[Queued] = []
         self._background: set[asyncio.Task] = set()
@@ -159,6 +170,9 @@ class Service:
         egress_id = new_egress_id()
         upload = self._upload_spec(req, egress_id)
         paths = self._output_paths(req, egress_id, Path(upload.staging))
+        if self.settings.livekit_url and req.room is None and not req.web_url:
+            # With a LiveKit server configured, a room name names one of its rooms.
+            req = req.model_copy(update={"room": RoomSpec(kind="livekit")})
         named_layout = req.layout  # what the caller sees, never the server's path
         if req.layout.startswith(CUSTOM_PREFIX):
             # The worker gets the folder; the caller only ever names a layout of layouts_dir.
@@ -180,7 +194,8 @@ class Service:
         if limits:
             # The session limit: the egress ends LIMIT_REACHED when it runs out.
             record_req = record_req.model_copy(update={"duration": min(limits)})
-        config = resolve(record_req, egress_id)  # every check that needs no process, before admitting
+        # every check that needs no process, before admitting
+        config = resolve(record_req, egress_id, {**os.environ, **self.settings.livekit_env})
         cost = egress_cost(config)
         admitted = not self._queue and self.admission.try_hold(egress_id, cost)
         if not admitted and not (req.queue and len(self._queue) < self.settings.max_queue):
@@ -352,6 +367,7 @@ class ServeConfig(BaseModel):
     webhook_format: Literal["baxcloud", "livekit", "both"] = "baxcloud"
     livekit_api_key: str | None = None
     livekit_api_secret: str | None = None
+    livekit_url: str | None = Field(None, description="record rooms of this LiveKit server (ws(s):// or http(s)://)")
     download_url_ttl_s: int = Field(3600, gt=0, le=7 * 24 * 3600, description="download URLs live this long")
     max_queue: int = Field(16, ge=0)
     warm_workers: int = Field(0, ge=0, le=16, description="idle workers kept with display and browser up")
@@ -410,6 +426,8 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
     except ValidationError as exc:
         raise InvalidRequest(f"bad service setting: {first_error(exc)}") from None
     formats = ("baxcloud", "livekit") if cfg.webhook_format == "both" else (cfg.webhook_format,)
+    if cfg.livekit_url and not (cfg.livekit_api_key and cfg.livekit_api_secret):
+        raise InvalidRequest("livekit_url needs livekit_api_key and livekit_api_secret to join its rooms")
     if "livekit" in formats and not (cfg.livekit_api_key and cfg.livekit_api_secret):
         raise InvalidRequest("webhook_format livekit signs with LiveKit's API key: set livekit_api_key and "
                              "livekit_api_secret (COMPOSITOR_LIVEKIT_API_KEY, COMPOSITOR_LIVEKIT_API_SECRET)")
@@ -424,6 +442,7 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         webhook_secret=cfg.webhook_secret or _secret_file(directory / "webhook-secret"),
         webhook_retry_base_s=cfg.webhook_retry_base_s, webhook_formats=formats,
         livekit_api_key=cfg.livekit_api_key or "", livekit_api_secret=cfg.livekit_api_secret or "",
+        livekit_url=cfg.livekit_url or "",
         url_signing_key=_secret_file(directory / "url-signing-key"),
         download_url_ttl_s=cfg.download_url_ttl_s, max_queue=cfg.max_queue, warm_workers=cfg.warm_workers,
         warm_size=tuple(int(x) for x in cfg.warm_size.split("x")),

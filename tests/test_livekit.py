@@ -11,7 +11,8 @@ import pytest
 
 from compositor import analysis
 
-from .livekit_server import LiveKitServer, make_clip, tools_or_skip
+from .livekit_server import API_KEY, API_SECRET, LiveKitServer, make_clip, tools_or_skip
+from .test_service import Server
 
 TINY = ["--width", "320", "--height", "180"]
 ALICE = ("#e6194b", 350)
@@ -100,3 +101,26 @@ def test_screen_share_takes_the_stage(livekit, clips, start_record):
     assert near(region(done.output, 2.0, 0.45, 0.4), SHARE[0])  # the share fills the frame
     sound = analysis.audio_samples(done.output)
     assert analysis.tone_level(sound, SHARE[1], 0.5, 2.5) > 0.02  # the share's own sound plays
+
+
+def test_the_service_records_a_room_of_its_livekit_server(livekit, clips, tmp_path):
+    room = "service-room"
+    publish(livekit, room, "alice", clips["alice"])
+    livekit.wait_published(room, {"alice": 2})
+    env = {"COMPOSITOR_LIVEKIT_URL": livekit.http_url, "COMPOSITOR_LIVEKIT_API_KEY": API_KEY,
+           "COMPOSITOR_LIVEKIT_API_SECRET": API_SECRET}
+    server = Server(tmp_path / "data", env=env)
+    try:
+        # A plain BaxCloud request: the room name is the LiveKit room.
+        status, info, _ = server.call("POST", "/v1/egress/start", {"roomName": room, "layout": "grid",
+                                                                  "advanced": {"width": 320, "height": 180}})
+        assert status == 201, info
+        server.wait_status(info["id"], "ACTIVE", timeout=60)
+        time.sleep(2.5)
+        livekit.delete_room(room)  # the room closes: the egress completes
+        done = server.wait_status(info["id"], "COMPLETE", timeout=60)
+        path = done["file"]["location"]
+        assert near(region(path, 1.0, 0.45, 0.4), ALICE[0])
+        assert analysis.tone_level(analysis.audio_samples(path), ALICE[1], 0.5, 1.5) > 0.02
+    finally:
+        server.stop_server()
