@@ -49,6 +49,7 @@ def near(rgb, color: str) -> bool:
 def test_grid_shows_each_publisher_and_reflows_when_one_leaves(livekit, clips, start_record):
     room = "grid-room"
     publish(livekit, room, "alice", clips["alice"])
+    livekit.wait_published(room, {"alice": 2})  # alice first: join order is tile order
     bob = publish(livekit, room, "bob", clips["bob"])
     livekit.wait_published(room, {"alice": 2, "bob": 2})
     run = start_record("--room", "livekit", "--room-name", room, "--layout", "grid", *TINY, env=livekit.env)

@@ -41,7 +41,11 @@ export class LiveKitRoom extends Room {
       });
     await lk.connect(this.url, this.token, { autoSubscribe: true });
     this.name = lk.name;
-    for (const p of lk.remoteParticipants.values()) {
+    // The room's order is who joined first (the server's list is not in that order); joinedAt
+    // has whole seconds, the server's joined_at_ms tells apart people who joined within one.
+    const joined = (p) => Number(p.participantInfo?.joinedAtMs ?? 0) || (p.joinedAt?.getTime() ?? 0);
+    const present = [...lk.remoteParticipants.values()].sort((a, b) => joined(a) - joined(b));
+    for (const p of present) {
       this._join(p);
       for (const pub of p.trackPublications.values()) {
         if (pub.track && pub.isSubscribed) this._subscribed(pub.track, p);
