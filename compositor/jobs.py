@@ -21,10 +21,10 @@ from .api_models import FileResult, iso
 from .errors import Conflict, InvalidRequest
 from .config import DEFAULT_SAMPLE_RATE, WARM_SIZE
 from .pipeline.finalize import partial_path
-from .storage.delivery import STORING
 from .process import ManagedProcess
 from .request import RecordRequest
 from .storage.config import REVEAL
+from .storage.delivery import STORING
 from .store import EgressRecord, Store
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class WorkerRunner:
         """Run an egress: on a warm worker when one fits its frame (width, height, sample rate), else a new one."""
         worker = self._take_warm(frame)
         config = self.job_file(egress_id)
-        if worker is None or _stages(request):
+        if worker is None or (request.upload and not request.upload.in_place):
             # A warm worker takes its job on stdin; the file is for a restarted service to resume a delivery.
             _write_private(config, request.model_dump_json(exclude_none=True, context=REVEAL))
         if worker is not None:
@@ -103,6 +103,13 @@ class WorkerRunner:
     def job_file(self, egress_id: str) -> Path:
         """The worker's request (secrets included, readable by this user only)."""
         return self.jobs_dir / f"{egress_id}.json"
+
+    def job_request(self, egress_id: str) -> RecordRequest | None:
+        """The request an egress's worker got, with its secrets; None when its job file is gone."""
+        try:
+            return RecordRequest.model_validate_json(self.job_file(egress_id).read_text())
+        except (OSError, ValueError):
+            return None
 
     async def resume_delivery(self, egress_id: str) -> None:
         """Run `compositor upload` for an egress whose outputs are staged but not all stored."""
@@ -285,19 +292,11 @@ class WorkerRunner:
         self.on_stream(self.store.update(egress_id, streams=streams), dest, previous)
 
 
-def _stages(request: RecordRequest) -> bool:
-    """Its outputs are staged here before they are stored elsewhere."""
-    up = request.upload
-    return up is not None and not (up.storage.kind == "local" and up.local_root and
-                                   Path(up.local_root).resolve() == Path(up.staging).resolve())
-
-
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-
 
 
 def _file_result(f: dict) -> dict:
@@ -319,6 +318,6 @@ def kept_file(request: dict) -> dict | None:
     return next((_kept(path) for path in (output, partial_path(output)) if path.exists()), None)
 
 
-def _kept(path: Path) -> dict | None:
+def _kept(path: Path) -> dict:
     """A file left on this server (not stored), as the API shows it."""
     return {"location": str(path), "filename": path.name, "size": path.stat().st_size if path.is_file() else 0}

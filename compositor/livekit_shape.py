@@ -37,7 +37,7 @@ def from_livekit(body: dict) -> dict:
         if codec:
             mapped["video_codec"] = "H264" if codec.startswith("H264") else codec
         out["advanced"] = mapped
-    files = body.get("file_outputs") or ([body["file"]] if body.get("file") else [])
+    files = _items(body, "file_outputs", "file")
     if len(files) > 1:
         raise InvalidRequest("one file output per egress", details={"field": "file_outputs"})
     storages = [_storage_of(item, where) for where, item in _outputs(body, files)]
@@ -74,13 +74,17 @@ _IMAGE = {"capture_interval", "width", "height", "filename_prefix", "filename_su
 _CLOUD = {"s3", "gcp", "azure", "aliOSS", "alioss"}
 
 
+def _items(body: dict, key: str, single: str | None) -> list[dict]:
+    """The outputs of a kind: the `key` list, or LiveKit's older single field."""
+    return body.get(key) or ([body[single]] if single and body.get(single) else [])
+
+
 def _outputs(body: dict, files: list[dict]):
     """(field, output) for each file, segment and image output of the body."""
     for i, f in enumerate(files):
         yield f"file_outputs.{i}", f
     for key, single in (("segment_outputs", "segments"), ("image_outputs", None)):
-        items = body.get(key) or ([body[single]] if single and body.get(single) else [])
-        for i, item in enumerate(items):
+        for i, item in enumerate(_items(body, key, single)):
             yield f"{key}.{i}", item
 
 
@@ -98,7 +102,7 @@ def _storage_of(output: dict, where: str) -> dict | None:
 
 def _one(body: dict, key: str, single: str | None, fields: set[str]) -> dict | None:
     """The one output of a kind (LiveKit allows one per type), its local-storage fields only."""
-    items = body.get(key) or ([body[single]] if single and body.get(single) else [])
+    items = _items(body, key, single)
     if len(items) > 1:
         raise InvalidRequest(f"one output per type: {key} has {len(items)}", details={"field": key})
     if not items:

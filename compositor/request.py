@@ -9,6 +9,7 @@ too, so BaxCloud-style (`roomName`, `fileType`) and LiveKit-style
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -210,6 +211,12 @@ class UploadSpec(Model):
     staging: str = Field(min_length=1, description="local folder the outputs are written in")
     local_root: str | None = Field(None, description="the local storage's folder (for a local storage or backup)")
     retry_window_s: float = Field(300, gt=0, le=86400, description="seconds transient failures are retried")
+
+    @property
+    def in_place(self) -> bool:
+        """The outputs are written where they are stored (local storage staged in its own folder)."""
+        return (self.storage.kind == "local" and self.local_root is not None
+                and Path(self.local_root).resolve() == Path(self.staging).resolve())
 
 
 class RecordRequest(Model):

@@ -151,9 +151,9 @@ class Service:
         every other egress left running, keeping its file. Returns (resumed, settled)."""
         resumed, settled = [], []
         for rec in self.store.unfinished():
-            staging = (rec.request.get("upload") or {}).get("staging")
-            if (staging and find_manifest(Path(staging), rec.id) and self.runner.job_file(rec.id).exists()
-                    and Path(staging) != self.settings.recordings_dir):
+            job = self.runner.job_request(rec.id)
+            upload = job and job.upload
+            if upload and not upload.in_place and find_manifest(Path(upload.staging), rec.id):
                 await self.runner.resume_delivery(rec.id)
                 resumed.append(rec)
                 continue
@@ -287,10 +287,8 @@ class Service:
                     raise NotFound(f"the file of {rec.id} is not in the recordings folder")
                 key = path.relative_to(root).as_posix()
             return sign_local_url(origin, key, self.settings.url_signing_key, ttl)
-        try:
-            upload = RecordRequest.model_validate_json(self.runner.job_file(rec.id).read_text()).upload
-        except (OSError, ValidationError):
-            upload = None
+        job = self.runner.job_request(rec.id)
+        upload = job and job.upload
         if upload is None:
             raise Conflict("NOT_AVAILABLE", f"the storage credentials of {rec.id} are gone; sign a URL with your own")
         async with Uploader(upload.storage, backup=upload.backup) as uploader:

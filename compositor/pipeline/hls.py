@@ -59,7 +59,8 @@ class Playlist:
         return "\n".join(lines + ([ENDLIST] if ended else [])) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` at once: a reader sees the old content or the new, never a part."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
@@ -84,7 +85,7 @@ class LivePlaylist:
     def update(self, ended: bool) -> None:
         playlist = Playlist.read(self.seg.playlist)
         if self.seg.live_playlist and (len(playlist.segments) != self._written or ended):
-            _write_atomic(self.seg.live_playlist, playlist.window(LIVE_WINDOW, ended))
+            write_atomic(self.seg.live_playlist, playlist.window(LIVE_WINDOW, ended))
             self._written = len(playlist.segments)
 
     async def stop(self) -> None:
@@ -102,7 +103,7 @@ def finish_segments(seg: SegmentSettings) -> dict:
         with seg.playlist.open("a") as f:
             f.write(ENDLIST + "\n")
     if seg.live_playlist and playlist.segments:
-        _write_atomic(seg.live_playlist, playlist.window(LIVE_WINDOW, ended=True))
+        write_atomic(seg.live_playlist, playlist.window(LIVE_WINDOW, ended=True))
     files = [seg.directory / entry[-1] for entry in playlist.segments]
     return {"playlist": str(seg.playlist), "live_playlist": str(seg.live_playlist) if seg.live_playlist else None,
             "segment_count": len(files), "duration": round(playlist.duration, 3),

@@ -22,9 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..events import EventSink
-from ..pipeline.hls import Playlist
+from ..pipeline.hls import Playlist, write_atomic
 from ..request import UploadSpec
-from .config import LocalStorage
 from .errors import FAILED, UploadFailed
 from .local import LocalSite
 from .uploader import RetryNotice, RetryPolicy, StoredFile, Uploader
@@ -100,9 +99,7 @@ class Delivery:
         self.staging = Path(spec.staging)
         local = LocalSite(Path(spec.local_root)) if spec.local_root else None
         retry = RetryPolicy(window_s=spec.retry_window_s)
-        #: a local storage whose folder is the staging one: the outputs are already where they belong
-        self.in_place = isinstance(spec.storage, LocalStorage) and local is not None and \
-            local.root.resolve() == self.staging.resolve()
+        self.in_place = spec.in_place
         self._primary = Uploader(spec.storage, local=local, retry=retry, on_retry=self._retrying)
         self._backup = (Uploader(spec.backup, local=local, retry=retry, on_retry=self._retrying)
                         if spec.backup else None)
@@ -286,9 +283,7 @@ def _unique(files: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
 
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def result_of(manifest: dict) -> dict:
