@@ -27,9 +27,12 @@ from ..errors import (Aborted, AudioFailed, BrowserFailed, CompositorError, Conf
 from ..events import EventSink
 from ..livekit_room import server_from_env
 from ..page_access import AllowedHosts
+from ..paths import WORKDIR_PREFIX
 from ..preflight import preflight
 from ..probe import MediaFacts
 from ..process import ManagedProcess
+from ..storage.delivery import STORING, Delivery, build_manifest, result_of
+from ..storage.errors import UploadFailed
 from .audio import AudioSink
 from .browser import BLOCKED, END_RECORDING, ERROR, REQUEST, START_RECORDING, Browser
 from .display import Display
@@ -38,13 +41,10 @@ from .finalize import finalize, images_written, partial_path, thumbnails
 from .hls import LivePlaylist, finish_segments
 from .page_server import PageServer, PageSpec
 from .streams import Destination, StreamFanout
-from ..storage.delivery import STORING, Delivery, build_manifest, result_of
-from ..storage.errors import UploadFailed
 
 log = logging.getLogger(__name__)
 
 FIRST_FRAME_TIMEOUT_S = 10.0
-WORKDIR_PREFIX = "compositor-"
 WARM = "warm"  # a warm worker's temp dir carries this instead of an egress id
 
 

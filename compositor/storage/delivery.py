@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..events import EventSink
+from ..paths import WORKDIR_PREFIX
 from ..pipeline.hls import Playlist, write_atomic
 from ..request import UploadSpec
 from .errors import FAILED, UploadFailed
@@ -108,7 +110,8 @@ class Delivery:
         self._stamps: dict[str, tuple[int, int]] = {}
         self._lock = asyncio.Lock()
         self._live: asyncio.Task | None = None
-        self._snapshots = Path(tempfile.mkdtemp(prefix="compositor-snap-"))
+        # Named like a worker's temp dir, so the next worker sweeps it up if this process is killed.
+        self._snapshots = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{egress_id}-snap-"))
 
     async def __aenter__(self) -> Delivery:
         return self
