@@ -11,7 +11,8 @@ import time
 from aiohttp import web
 from pydantic import ValidationError
 
-from .api_models import (AutoEgressConfig, StartEgressRequest, StartRecordingRequest, UpdateStreamsRequest, egress_id_of,
+from .api_models import (AutoEgressConfig, StartEgressRequest, StartRecordingRequest, UpdateLayoutRequest,
+                         UpdateStreamsRequest, egress_id_of,
                          egress_info, iso, recording_id, recording_info)
 from .errors import CompositorError, Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
 from .request import first_error
@@ -134,6 +135,14 @@ async def update_streams(request: web.Request) -> web.Response:
     rec = _egress_or_404(request)
     change = _validated(UpdateStreamsRequest, await _json_body(request))
     rec = await request.app[SERVICE_KEY].update_streams(rec.id, change.add, change.remove)
+    return web.json_response(_info(request, rec))
+
+
+async def update_layout(request: web.Request) -> web.Response:
+    """Switch a recording egress to another built-in layout (LiveKit's UpdateLayout)."""
+    rec = _egress_or_404(request)
+    change = _validated(UpdateLayoutRequest, await _json_body(request))
+    rec = await request.app[SERVICE_KEY].update_layout(rec.id, change.layout)
     return web.json_response(_info(request, rec))
 
 
@@ -283,6 +292,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_post("/v1/egress/start", start_egress)
     app.router.add_post("/v1/egress/{id}/stop", stop_egress)
     app.router.add_post("/v1/egress/{id}/streams", update_streams)
+    app.router.add_post("/v1/egress/{id}/layout", update_layout)
     app.router.add_get("/v1/egress/{id}", get_egress)
     app.router.add_get("/v1/egress", list_egress)
     app.router.add_delete("/v1/egress/{id}", delete_egress)

@@ -18,7 +18,7 @@ from .store import EgressRecord
 
 
 class FileSpec(Model):
-    file_type: Literal["MP4", "WEBM", "OGG"] = "MP4"
+    file_type: Literal["MP4", "WEBM", "OGG"] | None = Field(None, description="default MP4 (OGG for a track egress)")
     filepath: str | None = Field(None, description="the file's name in the storage: a template of {room_name}, "
                                  "{room_id}, {egress_id}, {time}, {utc}…; default {room_name}-{time}; a trailing / "
                                  "puts that default name in the folder")
@@ -69,6 +69,34 @@ class RoomRequest(Model):
         return {"layout": self.layout, "layout_params": self.layout_params, "overlays": self.overlays}
 
 
+class ParticipantTarget(Model):
+    """Participant egress: one person of the LiveKit room, camera and microphone (or screen share and its sound)."""
+
+    identity: str = Field(min_length=1, max_length=256)
+    screen_share: bool = False
+
+
+class TrackCompositeTarget(Model):
+    """TrackComposite egress: one audio and one video track of the LiveKit room, by track id."""
+
+    audio_track_id: str | None = Field(None, min_length=1, max_length=128)
+    video_track_id: str | None = Field(None, min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _some(self) -> TrackCompositeTarget:
+        if not (self.audio_track_id or self.video_track_id):
+            raise ValueError("give audio_track_id, video_track_id or both")
+        return self
+
+
+class TrackTarget(Model):
+    """Track egress: one audio track of the LiveKit room, to a WebSocket as raw PCM or to an OGG file."""
+
+    track_id: str = Field(min_length=1, max_length=128)
+    websocket_url: str | None = Field(None, pattern=r"^wss?://", max_length=2048,
+                                      description="ws(s):// that receives 16-bit little-endian PCM frames")
+
+
 class StartEgressRequest(RoomRequest):
     """POST /v1/egress/start."""
 
@@ -84,9 +112,19 @@ class StartEgressRequest(RoomRequest):
     queue: bool = Field(False, description="over capacity: wait in the bounded queue instead of a 503")
     storage: StorageConfig | None = Field(None, description="where the outputs go (default: the server's storage)")
     backup_storage: StorageConfig | None = Field(None, description="used if the storage refuses for good")
+    participant: ParticipantTarget | None = Field(None, description="record one participant of the LiveKit room")
+    track_composite: TrackCompositeTarget | None = Field(None, description="record one audio and one video track")
+    track: TrackTarget | None = Field(None, description="record one audio track (OGG file or WebSocket)")
 
     @model_validator(mode="after")
     def _outputs(self) -> StartEgressRequest:
+        picks = [k for k in ("participant", "track_composite", "track") if getattr(self, k)]
+        if len(picks) > 1:
+            raise ValueError(f"give one of participant, track_composite and track, not {' and '.join(picks)}")
+        if picks and (self.room is not None or self.web_url):
+            raise ValueError(f"{picks[0]} picks from the LiveKit room; give no room or web_url")
+        if self.track and (self.stream or self.segments or self.images or self.file_type != "OGG"):
+            raise ValueError("a track egress writes an OGG file or sends to a WebSocket; nothing else")
         if self.mode in ("stream", "both") and not self.stream:
             raise ValueError(f"mode {self.mode!r} needs stream (urls may be empty and added later)")
         if self.mode == "record" and self.stream:
@@ -96,8 +134,22 @@ class StartEgressRequest(RoomRequest):
         return self
 
     @property
+    def file_type(self) -> str:
+        """The file's container: as asked, else OGG for a track egress and MP4 for the others."""
+        return (self.file and self.file.file_type) or ("OGG" if self.track else "MP4")
+
+    @property
+    def kind(self) -> str:
+        """LiveKit's name for the egress type: room_composite, web, participant, track_composite or track."""
+        picked = next((k for k in ("participant", "track_composite", "track") if getattr(self, k)), None)
+        return picked or ("web" if self.web_url else "room_composite")
+
+    @property
     def wants_file(self) -> bool:
-        """A file is written in record and both modes, unless a record-mode request asks only for HLS segments."""
+        """A file is written in record and both modes, unless a record-mode request asks only for HLS segments
+        (or a track egress sends to a WebSocket instead)."""
+        if self.track and self.track.websocket_url:
+            return self.file is not None
         if self.mode == "record":
             return self.file is not None or self.segments is None
         return self.mode == "both"
@@ -107,13 +159,23 @@ class StartEgressRequest(RoomRequest):
         output = paths.get("file")
         moved = {k: getattr(self, k).model_copy(update={"filename_prefix": paths[k]})
                  for k in ("segments", "images") if getattr(self, k)}
+        room, audio_only, video_only = self.room, self.audio_only, self.video_only
+        if self.participant:
+            room = RoomSpec(kind="livekit", identity=self.participant.identity,
+                            screen_share=self.participant.screen_share)
+        elif self.track_composite:
+            tc = self.track_composite
+            room = RoomSpec(kind="livekit", track_ids=[t for t in (tc.audio_track_id, tc.video_track_id) if t])
+            audio_only, video_only = audio_only or not tc.video_track_id, video_only or not tc.audio_track_id
+        elif self.track:
+            room, audio_only = RoomSpec(kind="livekit", track_ids=[self.track.track_id]), True
         return RecordRequest(
-            room_name=self.room_name, room=self.room, web_url=self.web_url, **self.page,
+            room_name=self.room_name, room=room, web_url=self.web_url, **self.page,
             preset=self.quality, advanced=self.advanced,
-            file=FileOutput(filepath=output, file_type=(self.file or FileSpec()).file_type) if output else None,
+            file=FileOutput(filepath=output, file_type=self.file_type) if output else None,
             stream=StreamOutput(urls=self.stream.urls, retry_window=self.stream.retry_window) if self.stream else None,
-            **moved, duration=self.max_duration, audio_only=self.audio_only, video_only=self.video_only,
-            upload=upload)
+            **moved, websocket=self.track.websocket_url if self.track else None,
+            duration=self.max_duration, audio_only=audio_only, video_only=video_only, upload=upload)
 
 
 class UpdateStreamsRequest(Model):
@@ -129,6 +191,12 @@ class UpdateStreamsRequest(Model):
         if not self.add and not self.remove:
             raise ValueError("give add or remove (a list of stream URLs)")
         return self
+
+
+class UpdateLayoutRequest(Model):
+    """POST /v1/egress/{id}/layout: another built-in layout while recording."""
+
+    layout: LayoutName
 
 
 class StartRecordingRequest(RoomRequest):
@@ -245,6 +313,8 @@ class EgressInfo(Lifecycle):
     id: str
     type: str
     mode: str
+    kind: str = Field("room_composite", description="LiveKit's egress type: room_composite, web, participant, "
+                                                    "track_composite or track")
     queue_position: int | None = Field(None, description="1 = next to start, while waiting for capacity")
     streams: list[StreamInfo] = Field(default_factory=list)
     segments: SegmentsResult | None = None
@@ -300,7 +370,8 @@ def _egress(rec: EgressRecord) -> EgressInfo:
     if rec.file and rec.file.get("duration"):
         duration = rec.file["duration"]
     outputs = rec.outputs or {}
-    return EgressInfo(id=rec.id, room_name=rec.room_name, type=rec.mode, mode=rec.mode, status=rec.status,
+    return EgressInfo(id=rec.id, room_name=rec.room_name, type=rec.mode, mode=rec.mode, kind=rec.kind,
+                      status=rec.status,
                       layout=rec.layout, quality=rec.quality, created_at=iso(rec.created_at),
                       updated_at=iso(rec.updated_at), started_at=iso(rec.started_at), ended_at=iso(rec.ended_at),
                       duration_sec=duration, error=rec.error, error_code=rec.error_code,
@@ -334,5 +405,5 @@ def recording_info(rec: EgressRecord) -> dict:
     """A record-mode egress as the recordings API shows it."""
     shared = {k: getattr(_egress(rec), k) for k in Lifecycle.model_fields}
     return RecordingInfo(id=recording_id(rec.id), egress_id=rec.id,
-                         file_type=rec.request.get("file", {}).get("file_type", "MP4"), **shared
+                         file_type=rec.request.get("file", {}).get("file_type") or "MP4", **shared
                          ).model_dump(by_alias=True)

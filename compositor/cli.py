@@ -252,12 +252,14 @@ class Control:
                 raise Conflict("HAS_JOB", "this worker already has its job")
             self.job.set_result(cmd)
             return {}
-        if op == "update_streams":
-            if self.recorder is None:
-                raise Conflict("EGRESS_NOT_ACTIVE", "no recording is running yet")
-            return {"streams": await self.recorder.update_streams(list(cmd.get("add") or []),
-                                                                  list(cmd.get("remove") or []))}
-        raise InvalidRequest("unknown command; known: job, update_streams")
+        if op not in ("update_streams", "update_layout"):
+            raise InvalidRequest("unknown command; known: job, update_streams, update_layout")
+        if self.recorder is None:
+            raise Conflict("EGRESS_NOT_ACTIVE", "no recording is running yet")
+        if op == "update_layout":
+            return await self.recorder.update_layout(str(cmd.get("layout") or ""))
+        return {"streams": await self.recorder.update_streams(list(cmd.get("add") or []),
+                                                              list(cmd.get("remove") or []))}
 
 
 async def _warm(args: argparse.Namespace, events: EventSink, stop: asyncio.Event, control: Control,

@@ -185,6 +185,10 @@ class WorkerRunner:
 
     async def update_streams(self, egress_id: str, add: list[str], remove: list[str]) -> None:
         """Have a running worker add and remove destinations; raises the worker's error if it refuses."""
+        await self.command(egress_id, {"op": "update_streams", "add": add, "remove": remove})
+
+    async def command(self, egress_id: str, command: dict) -> dict:
+        """Send a running worker a command; its answer, or the worker's error if it refuses."""
         worker = self._workers.get(egress_id)
         if worker is None or not worker.running or egress_id not in self._listening:
             raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} is not running")
@@ -192,8 +196,7 @@ class WorkerRunner:
         ident = self._next_command
         reply = self._replies[ident] = asyncio.get_running_loop().create_future()
         try:
-            line = json.dumps({"op": "update_streams", "id": ident, "add": add, "remove": remove}) + "\n"
-            worker.proc.stdin.write(line.encode())
+            worker.proc.stdin.write((json.dumps({**command, "id": ident}) + "\n").encode())
             await worker.proc.stdin.drain()
             answer = await asyncio.wait_for(reply, COMMAND_TIMEOUT_S)
         except (ConnectionError, TimeoutError) as exc:
@@ -201,7 +204,7 @@ class WorkerRunner:
         finally:
             self._replies.pop(ident, None)
         if answer.get("ok"):
-            return
+            return answer
         if answer.get("code") == "INVALID_ARGUMENT":
             raise InvalidRequest(answer.get("message", "refused"), details=answer.get("details") or {})
         raise Conflict(answer.get("code", "REFUSED"), answer.get("message", "the worker refused the change"))

@@ -8,7 +8,8 @@ from pydantic.json_schema import models_json_schema
 
 from . import __version__
 from .api_models import (AutoEgressConfig, DownloadUrl, EgressInfo, EgressList, ErrorBody, RecordingInfo,
-                         RecordingList, StartEgressRequest, StartRecordingRequest, UpdateStreamsRequest)
+                         RecordingList, StartEgressRequest, StartRecordingRequest, UpdateLayoutRequest,
+                         UpdateStreamsRequest)
 
 REQUESTS = [StartEgressRequest, StartRecordingRequest, AutoEgressConfig, UpdateStreamsRequest]
 RESPONSES = [EgressInfo, EgressList, RecordingInfo, RecordingList, DownloadUrl, ErrorBody]
@@ -18,6 +19,8 @@ OPERATIONS = [
     ("post", "/v1/egress/start", "Start a recording, a stream, or both", StartEgressRequest, EgressInfo, 201),
     ("post", "/v1/egress/{id}/stop", "Stop an egress", None, EgressInfo, 200),
     ("post", "/v1/egress/{id}/streams", "Add and remove live destinations", UpdateStreamsRequest, EgressInfo, 200),
+    ("post", "/v1/egress/{id}/layout", "Switch a recording egress to another built-in layout", UpdateLayoutRequest,
+     EgressInfo, 200),
     ("get", "/v1/egress/{id}", "Get an egress", None, EgressInfo, 200),
     ("get", "/v1/egress", "List egresses (roomName, status, page, limit)", None, EgressList, 200),
     ("delete", "/v1/egress/{id}", "Delete an ended egress", None, None, 200),

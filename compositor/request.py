@@ -94,11 +94,21 @@ class RoomSpec(Model):
     kind: Literal["synthetic", "livekit"] = "synthetic"
     participants: list[ParticipantSpec] = Field(default_factory=list, max_length=100,
                                                 description="a synthetic room's people")
+    identity: str | None = Field(None, min_length=1, max_length=256,
+                                 description="LiveKit: record this participant only (participant egress)")
+    screen_share: bool = Field(False, description="with identity: their screen share and its sound, not camera "
+                                                  "and microphone")
+    track_ids: list[str] = Field(default_factory=list, max_length=2,
+                                 description="LiveKit: record these tracks only (track composite / track egress)")
 
     @model_validator(mode="after")
     def _kind(self) -> RoomSpec:
         if self.kind == "livekit" and self.participants:
             raise ValueError("a LiveKit room's participants are the people in it; give none")
+        if self.kind != "livekit" and (self.identity or self.track_ids):
+            raise ValueError("identity and track_ids pick from a LiveKit room")
+        if self.identity and self.track_ids:
+            raise ValueError("give identity or track_ids, not both")
         return self
 
 
@@ -235,6 +245,8 @@ class RecordRequest(Model):
     stream: StreamOutput | None = None
     segments: SegmentOutput | None = None
     images: ImageOutput | None = None
+    websocket: str | None = Field(None, pattern=r"^wss?://", max_length=2048,
+                                  description="send the sound as raw 16-bit little-endian PCM to this ws(s):// URL")
     duration: float | None = Field(None, gt=0, description="seconds of media; None: until stopped")
     sync_markers: bool = False
     audio_only: bool = False
@@ -248,8 +260,11 @@ class RecordRequest(Model):
             raise ValueError("give either a room or a web_url, not both")
         if self.audio_only and self.video_only:
             raise ValueError("audio_only and video_only exclude each other")
-        if not (self.file or self.stream or self.segments):
-            raise ValueError("give at least one output: file, stream or segments (images go along with them)")
+        if not (self.file or self.stream or self.segments or self.websocket):
+            raise ValueError("give at least one output: file, stream, segments or websocket (images go along "
+                             "with them)")
+        if self.websocket and not self.audio_only:
+            raise ValueError("a websocket output carries sound only: set audio_only")
         return self
 
 

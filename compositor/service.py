@@ -203,7 +203,7 @@ class Service:
             raise CapacityExceeded(
                 f"no capacity for this egress (needs {cost} cores, {max(self.admission.free, 0):.2f} free){full}",
                 details={"needed": cost, "free": round(self.admission.free, 3), "queued": len(self._queue)})
-        rec = EgressRecord(id=egress_id, room_name=req.room_name, mode=req.mode, layout=named_layout,
+        rec = EgressRecord(id=egress_id, room_name=req.room_name, mode=req.mode, kind=req.kind, layout=named_layout,
                            quality=req.quality, request=record_req.model_dump(mode="json", exclude_none=True),
                            streams=pending_streams(config.stream.targets) if config.stream else None)
         self.store.create(rec)
@@ -227,7 +227,7 @@ class Service:
         now = datetime.now(timezone.utc)
         paths = {}
         if req.wants_file:
-            ext = (req.file.file_type if req.file else "MP4").lower()
+            ext = req.file_type.lower()
             key = render_name(req.file and req.file.filepath, values, ext, now=now, field="file.filepath")
             in_use = {r.request.get("file", {}).get("filepath") for r in self.store.unfinished()}
             if (staging / key).exists() or str(staging / key) in in_use:
@@ -314,6 +314,21 @@ class Service:
         parse_stream_urls(remove, "remove")
         await self.runner.update_streams(egress_id, add, remove)
         return self.store.get(egress_id)
+
+    async def update_layout(self, egress_id: str, layout: str) -> EgressRecord:
+        """Switch a recording egress to another built-in layout (`grid`, `speaker-light`, …)."""
+        rec = self.store.get(egress_id)
+        if rec is None:
+            raise NotFound(f"no egress {egress_id!r}")
+        if rec.status != "ACTIVE":
+            raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} is {rec.status}; its layout changes only while "
+                                                f"it is ACTIVE")
+        if layout.startswith(CUSTOM_PREFIX):
+            raise InvalidRequest("a running egress switches between built-in layouts; a custom layout is chosen when "
+                                 "the egress starts", details={"field": "layout"})
+        resolve_layout(layout)
+        await self.runner.command(egress_id, {"op": "update_layout", "layout": layout})
+        return self.store.update(egress_id, layout=layout)
 
     def _changed(self, rec: EgressRecord, previous: str) -> None:
         if rec.ended:

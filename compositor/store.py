@@ -39,6 +39,8 @@ class EgressRecord:
     streams: list | None = None
     #: what the other outputs became: {"segments": {...}, "images": {...}}
     outputs: dict | None = None
+    #: LiveKit's egress type: room_composite, web, participant, track_composite or track
+    kind: str = "room_composite"
 
     @property
     def ended(self) -> bool:
@@ -59,10 +61,10 @@ class Store(Protocol):
 
 
 _COLUMNS = ["id", "room_name", "mode", "layout", "quality", "request", "status", "created_at", "updated_at",
-            "started_at", "ended_at", "error", "error_code", "file", "worker_pid", "streams", "outputs"]
+            "started_at", "ended_at", "error", "error_code", "file", "worker_pid", "streams", "outputs", "kind"]
 _JSON = {"request", "file", "streams", "outputs"}
 # Columns added after the first release: older data dirs gain them on open.
-_ADDED = {"streams": "TEXT", "outputs": "TEXT"}
+_ADDED = {"streams": "TEXT", "outputs": "TEXT", "kind": "TEXT NOT NULL DEFAULT 'room_composite'"}
 
 
 class SqliteStore:

@@ -228,6 +228,16 @@ class Browser:
         except Exception as exc:  # Playwright raises its own Error/TimeoutError types
             raise BrowserFailed(f"could not load the page: {str(exc).splitlines()[0]}") from None
 
+    async def evaluate(self, script: str, arg=None, timeout: float = 5.0):
+        """Run `script` (a function of `arg`) in the page; a page that does not answer raises BrowserFailed."""
+        assert self.page is not None
+        try:
+            return await asyncio.wait_for(self.page.evaluate(script, arg), timeout)
+        except TimeoutError:
+            raise BrowserFailed(f"the page did not answer within {timeout:g} s") from None
+        except Exception as exc:  # Playwright's Error: the page threw
+            raise BrowserFailed(f"the page refused: {str(exc).splitlines()[0]}") from None
+
     async def stop(self) -> None:
         self._closing = True
         if self._browser is not None:

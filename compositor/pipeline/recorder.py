@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 
 from ..config import EgressConfig
 from ..destinations import parse_stream_url, parse_stream_urls
-from ..errors import (Aborted, AudioFailed, BrowserFailed, CompositorError, Conflict, DisplayFailed, StartTimeout,
-                      TemplateFailed)
+from ..errors import (Aborted, AudioFailed, BrowserFailed, CompositorError, Conflict, DisplayFailed, InvalidRequest,
+                      StartTimeout, TemplateFailed)
 from ..events import EventSink
+from ..layouts import resolve_layout
 from ..livekit_room import server_from_env
 from ..page_access import AllowedHosts
 from ..paths import WORKDIR_PREFIX
@@ -130,6 +131,7 @@ class Recorder:
         self._fanout: StreamFanout | None = None
         self._partial: Path | None = partial_path(config.output) if config.output else None
         self.delivery: Delivery | None = None
+        self._browser: Browser | None = None
         #: the outputs are being stored (recording is over)
         self.storing = False
 
@@ -185,6 +187,7 @@ class Recorder:
     async def _record(self, stack: contextlib.AsyncExitStack, stage: Stage) -> Outputs:
         cfg = self.config
         display, sink, pages, browser, workdir = stage.display, stage.sink, stage.pages, stage.browser, stage.workdir
+        self._browser = browser
         self.timings["browser_ready"] = time.time()
         watched = [p for p in (display.process, sink.process) if p is not None]
         if cfg.source == "web":
@@ -301,6 +304,21 @@ class Recorder:
         for target in targets:
             self._fanout.add(target)
         return [d.info() for d in self._fanout.destinations]
+
+    async def update_layout(self, name: str) -> dict:
+        """Switch the page to another built-in layout (and theme) while recording; returns when it is on screen."""
+        if self.config.source == "web":
+            raise Conflict("NOT_A_LAYOUT", "this egress records a web page; it has no layout to change")
+        if self._browser is None or "first_frame" not in self.timings or self.timings.get("stop_requested"):
+            raise Conflict("EGRESS_NOT_ACTIVE", "the layout can be changed only while the egress records")
+        ref = resolve_layout(name)
+        if not ref.builtin:
+            raise InvalidRequest(f"layout {name!r}: a running egress switches between built-in layouts; a custom "
+                                 "layout is chosen when the egress starts", details={"field": "layout"})
+        # The LiveKit spelling (grid-light) reaches the page, as egress-sdk templates expect.
+        await self._browser.evaluate("name => window.compositorSetLayout(name)", f"{ref.name}-{ref.theme}")
+        self.timings["layout_changed"] = time.time()
+        return {"layout": f"{ref.name}-{ref.theme}", "at": self.timings["layout_changed"]}
 
     def _stream_changed(self, dest: Destination) -> None:
         index = self._fanout.destinations.index(dest) if self._fanout and dest in self._fanout.destinations else -1

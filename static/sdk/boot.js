@@ -40,10 +40,21 @@ async function openRoom(url) {
   throw new Error(`unsupported room URL ${url}`);
 }
 
+function setTheme(stage, theme) {
+  document.body.classList.remove(`theme-${stage.theme}`);
+  document.body.classList.add(`theme-${theme}`);
+  stage.theme = theme;
+}
+
 export async function boot({ layout, root = document.getElementById('stage') }) {
   const room = await openRoom(egress.getRoomURL());
   const stage = new Stage(root, room, { layout: await loadLayout(layout), theme: egress.params.get('theme') || 'dark' });
-  egress.onLayoutChanged(async (name) => stage.setLayout(await loadLayout(name)));
+  egress.onLayoutChanged(async (name) => {
+    const [, base, theme] = name.match(/^(.*?)(?:-(light|dark))?$/);
+    const layout = await loadLayout(base);
+    if (theme) setTheme(stage, theme);
+    stage.setLayout(layout);
+  });
   room.addEventListener('ended', () => egress.endRecording());
   await room.prepare();
   stage.render();

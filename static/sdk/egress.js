@@ -12,10 +12,12 @@ export const egress = {
   getLayout: () => params.get('layout') || '',
   startRecording: () => console.log('START_RECORDING'),
   endRecording: () => console.log('END_RECORDING'),
-  // The recorder calls window.compositorSetLayout(name) on UpdateLayout.
+  // The recorder calls window.compositorSetLayout(name) on UpdateLayout (name as LiveKit spells it: grid-light).
   onLayoutChanged: (fn) => layoutListeners.push(fn),
 };
 
-window.compositorSetLayout = (name) => {
-  for (const fn of layoutListeners) fn(name);
+// Resolves once every listener has applied the layout and it is painted.
+window.compositorSetLayout = async (name) => {
+  await Promise.all(layoutListeners.map((fn) => fn(name)));
+  for (let i = 0; i < 2; i += 1) await new Promise((r) => requestAnimationFrame(() => r()));
 };
