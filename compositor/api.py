@@ -9,11 +9,14 @@ import os
 import time
 
 from aiohttp import web
+from google.protobuf.json_format import ParseError
+from livekit import api as livekit_api
 from pydantic import ValidationError
 
 from .api_models import (AutoEgressConfig, StartEgressRequest, StartRecordingRequest, UpdateLayoutRequest,
                          UpdateStreamsRequest, egress_id_of,
                          egress_info, iso, recording_id, recording_info)
+from .auto_egress import AUTO_EGRESS
 from .errors import CompositorError, Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
 from .request import first_error
 from .livekit_shape import from_livekit, is_livekit
@@ -22,12 +25,14 @@ from .service import Service
 from .storage.local_urls import DOWNLOAD_PATH, verify_local_signature
 from .storage.uploader import MAX_URL_EXPIRY_S
 from .store import ACTIVE_STATUSES
+from . import twirp
 
 log = logging.getLogger(__name__)
 
 SERVICE_KEY: web.AppKey[Service] = web.AppKey("service", Service)
 MAX_PAGE = 1_000_000
 MAX_LIMIT = 100
+LIVEKIT_WEBHOOK_PATH = "/v1/livekit/webhook"
 
 
 def _error_response(status: int, err: CompositorError) -> web.Response:
@@ -60,7 +65,10 @@ async def errors_middleware(request: web.Request, handler):
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler):
-    if request.path in ("/healthz", "/readyz", "/openapi.json") or request.path.startswith(DOWNLOAD_PATH):
+    # The LiveKit webhook is signed with the LiveKit API key instead (checked by its handler); the Twirp
+    # Egress API takes LiveKit access tokens (checked by twirp.py).
+    if (request.path in ("/healthz", "/readyz", "/openapi.json", LIVEKIT_WEBHOOK_PATH)
+            or request.path.startswith((DOWNLOAD_PATH, twirp.PREFIX))):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
@@ -231,9 +239,6 @@ async def download_file(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{path.name}"'})
 
 
-AUTO_EGRESS = "auto_egress"
-
-
 async def get_auto_egress(request: web.Request) -> web.Response:
     stored = request.app[SERVICE_KEY].store.get_setting(AUTO_EGRESS) or {}
     return web.json_response(AutoEgressConfig.model_validate(stored).model_dump(by_alias=True))
@@ -245,6 +250,30 @@ async def put_auto_egress(request: web.Request) -> web.Response:
     config = _validated(AutoEgressConfig, {**current, **await _json_body(request)})
     store.put_setting(AUTO_EGRESS, config.model_dump())
     return web.json_response(config.model_dump(by_alias=True))
+
+
+async def livekit_webhook(request: web.Request) -> web.Response:
+    """A LiveKit server's webhook (room and participant events, for auto egress), signed with its API key."""
+    service = request.app[SERVICE_KEY]
+    key, secret = service.settings.livekit_api_key, service.settings.livekit_api_secret
+    if not (key and secret):
+        raise Conflict("LIVEKIT_NOT_CONFIGURED", "this server has no LiveKit API key to check webhooks with: set "
+                       "livekit_api_key and livekit_api_secret (COMPOSITOR_LIVEKIT_API_KEY, "
+                       "COMPOSITOR_LIVEKIT_API_SECRET)")
+    try:
+        body = (await request.read()).decode()
+    except UnicodeDecodeError:
+        raise InvalidRequest("the webhook body is not UTF-8") from None
+    receiver = livekit_api.WebhookReceiver(livekit_api.TokenVerifier(key, secret))
+    try:
+        event = receiver.receive(body, request.headers.get("Authorization", ""))
+    except ParseError as exc:
+        raise InvalidRequest(f"not a LiveKit webhook event: {exc}") from None
+    # The receiver raises plain Exception (and jwt's errors) for a bad token or a body that does not match it.
+    except Exception:
+        raise Unauthenticated("bad or missing LiveKit webhook signature (Authorization: <LiveKit token>)") from None
+    await service.auto_egress.handle(event)
+    return web.json_response({"received": event.id})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -306,4 +335,6 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_post(LIVEKIT_WEBHOOK_PATH, livekit_webhook)
+    app.router.add_route("*", twirp.ROUTE, twirp.handler(service))
     return app

@@ -186,7 +186,7 @@ def build_request(args: argparse.Namespace) -> RecordRequest:
     if args.output:
         data["file"] = {"filepath": args.output}
     _live_flags(args, data)
-    if not any(data.get(k) for k in ("file", "stream", "segments")):
+    if not any(data.get(k) for k in ("file", "stream", "segments", "websocket")):
         data["file"] = {"filepath": f"recordings/recording-{time.strftime('%Y-%m-%dT%H%M%S')}.mp4"}
     try:
         return RecordRequest.model_validate(data)

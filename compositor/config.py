@@ -45,7 +45,7 @@ class VideoSettings:
 class AudioSettings:
     bitrate_kbps: int
     sample_rate: int
-    codec: str  # aac | opus
+    codec: str  # aac | opus | pcm (raw, for a WebSocket)
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,22 @@ class ImageSettings:
 
 
 @dataclass(frozen=True)
+class Focus:
+    """What of a LiveKit room to record, when not all of it: one participant, or some tracks."""
+
+    identity: str | None = None
+    screen_share: bool = False
+    track_ids: tuple[str, ...] = ()
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The page's query parameters for it."""
+        query = {"identity": self.identity or "", "share": "1" if self.screen_share else "",
+                 "tracks": ",".join(self.track_ids)}
+        return {k: v for k, v in query.items() if v}
+
+
+@dataclass(frozen=True)
 class EgressConfig:
     """One fully resolved egress: nothing left to default or look up."""
 
@@ -106,6 +122,9 @@ class EgressConfig:
     sync_markers: bool
     start_timeout: float
     upload: UploadSpec | None = None
+    focus: Focus | None = None
+    #: where a track egress sends its sound as raw PCM
+    websocket: str | None = None
 
     @property
     def frame(self) -> tuple[int, int, int]:
@@ -164,7 +183,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         audio = AudioSettings(
             bitrate_kbps=(adv and adv.audio_bitrate) or 128,
             sample_rate=(adv and adv.audio_frequency) or DEFAULT_SAMPLE_RATE,
-            codec="aac" if h264 else "opus",
+            codec="pcm" if req.websocket else "aac" if h264 else "opus",
         )
     stream = None
     if req.stream:
@@ -178,12 +197,17 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
     if req.upload:
         _check_staged(Path(req.upload.staging), output, segments, images)
 
+    focus = None
+    if req.websocket and not (req.room and req.room.track_ids):
+        raise InvalidRequest("a websocket output sends one track: give its track id", details={"field": "websocket"})
     if req.web_url:
         source, participants = "web", ()
         _check_web_url(req.web_url)
     elif req.room and req.room.kind == "livekit":
         source, participants = "livekit", ()
         server_from_env(env)  # said now, before anything starts
+        if req.room.identity or req.room.track_ids:
+            focus = Focus(req.room.identity, req.room.screen_share, tuple(req.room.track_ids))
     else:
         source = "synthetic"
         participants = tuple((req.room and req.room.participants) or default_participants())
@@ -212,6 +236,8 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         sync_markers=req.sync_markers,
         start_timeout=req.start_timeout,
         upload=req.upload,
+        focus=focus,
+        websocket=req.websocket,
     )
 
 

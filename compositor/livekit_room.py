@@ -35,8 +35,9 @@ class LiveKitServer:
         """A token that joins `room` hidden and subscribe-only, marked as a recorder."""
         grants = api.VideoGrants(room_join=True, room=room, can_publish=False, can_publish_data=False,
                                  can_subscribe=True, hidden=True, recorder=True)
+        # Kind egress: the server and webhook consumers (our auto egress too) tell it from people.
         return (api.AccessToken(self.api_key, self.api_secret).with_identity(identity).with_name("compositor")
-                .with_grants(grants).with_ttl(TOKEN_TTL).to_jwt())
+                .with_kind("egress").with_grants(grants).with_ttl(TOKEN_TTL).to_jwt())
 
 
 def server_from_env(env: dict | None = None) -> LiveKitServer:

@@ -1,4 +1,5 @@
-"""LiveKit's egress request JSON (RoomComposite / Web), mapped onto our start request.
+"""LiveKit's egress request JSON (RoomComposite, Web, Participant, TrackComposite, Track), mapped onto our
+start request.
 
 So a body written for LiveKit Egress (`room_name`, `file_outputs`,
 `stream_outputs`, `preset`, `advanced`, …) starts the same egress.
@@ -11,8 +12,9 @@ from .errors import InvalidRequest, Unsupported
 # Keys only LiveKit's shape has; any of them marks a LiveKit body.
 _ONLY_LIVEKIT = {"file_outputs", "stream_outputs", "segment_outputs", "image_outputs", "preset", "url",
                  "custom_base_url", "await_start_signal"}
-_ADVANCED = {"width", "height", "framerate", "video_bitrate", "audio_bitrate", "audio_frequency",
-             "key_frame_interval"}
+#: LiveKit EncodingOptions fields that mean the same in ours (same names, same units).
+ADVANCED_FIELDS = {"width", "height", "framerate", "video_bitrate", "audio_bitrate", "audio_frequency",
+                   "key_frame_interval"}
 _FILE_TYPES = {"DEFAULT_FILETYPE": "MP4", "MP4": "MP4", "OGG": "OGG", "WEBM": "WEBM"}
 
 
@@ -22,7 +24,8 @@ def is_livekit(body: dict) -> bool:
 
 def from_livekit(body: dict) -> dict:
     """A LiveKit RoomComposite/Web egress request as our StartEgressRequest body."""
-    out: dict = {"roomName": body.get("room_name") or body.get("roomName") or "web"}
+    # Only a web egress may leave the room out; the others name a room, and an empty one is refused.
+    out: dict = {"roomName": body.get("room_name") or body.get("roomName") or ("web" if body.get("url") else "")}
     for key in ("layout", "audio_only", "video_only", "room"):  # room: a synthetic room (ours, not LiveKit's)
         if key in body:
             out[key] = body[key]
@@ -32,7 +35,7 @@ def from_livekit(body: dict) -> dict:
         out["quality"] = body["preset"]
     adv = body.get("advanced")
     if adv:
-        mapped = {k: v for k, v in adv.items() if k in _ADVANCED and v}
+        mapped = {k: v for k, v in adv.items() if k in ADVANCED_FIELDS and v}
         codec = str(adv.get("video_codec", "")).upper()
         if codec:
             mapped["video_codec"] = "H264" if codec.startswith("H264") else codec
@@ -53,7 +56,7 @@ def from_livekit(body: dict) -> dict:
         if file_type is None:
             raise InvalidRequest(f"unknown file_type {f.get('file_type')!r}", details={"field": "file_outputs.0"})
         out["file"] = {"fileType": file_type, **({"filepath": f["filepath"]} if f.get("filepath") else {})}
-    streams = body.get("stream_outputs") or []
+    streams = _items(body, "stream_outputs", "stream")
     urls = [u for s in streams for u in s.get("urls", [])]
     if streams:
         # An empty URL list still makes a stream output: destinations can be added while live.
@@ -67,6 +70,31 @@ def from_livekit(body: dict) -> dict:
     recorded = files or segments is not None
     out["mode"] = "both" if recorded and streams else "stream" if streams else "record"
     return out
+
+
+def from_livekit_participant(body: dict) -> dict:
+    """A LiveKit ParticipantEgressRequest (room_name, identity, screen_share, outputs) as our start body."""
+    return {**from_livekit(body), "participant": {"identity": body.get("identity", ""),
+                                                  "screen_share": bool(body.get("screen_share"))}}
+
+
+def from_livekit_track_composite(body: dict) -> dict:
+    """A LiveKit TrackCompositeEgressRequest (room_name, audio_track_id, video_track_id, outputs) as our body."""
+    tracks = {k: body[k] for k in ("audio_track_id", "video_track_id") if body.get(k)}
+    return {**from_livekit(body), "track_composite": tracks}
+
+
+def from_livekit_track(body: dict) -> dict:
+    """A LiveKit TrackEgressRequest (room_name, track_id, then a DirectFileOutput `file` or a `websocket_url`)
+    as our start body."""
+    rest = {k: v for k, v in body.items() if k != "file"}
+    if "file" in body:
+        # A DirectFileOutput has no file_type: the track's sound is written as it comes, in OGG.
+        rest["file_outputs"] = [{**body["file"], "file_type": "OGG"}]
+    track = {"track_id": body.get("track_id", "")}
+    if body.get("websocket_url"):
+        track["websocket_url"] = body["websocket_url"]
+    return {**from_livekit(rest), "track": track}
 
 
 _SEGMENT = {"filename_prefix", "playlist_name", "live_playlist_name", "segment_duration", "filename_suffix"}

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .api_models import StartEgressRequest, pending_streams
+from .auto_egress import AutoEgress
 from .config import WARM_SIZE, EgressConfig, new_egress_id, resolve
 from .destinations import parse_stream_urls
 from .errors import CapacityExceeded, Conflict, Draining, InvalidRequest, NotFound
@@ -140,6 +141,7 @@ class Service:
         self.draining = False
         self._queue: list[Queued] = []
         self._background: set[asyncio.Task] = set()
+        self.auto_egress = AutoEgress(self)
 
     def start_background(self) -> None:
         """Start the service's own tasks (webhook delivery, warm workers); needs the running loop."""
@@ -263,7 +265,10 @@ class Service:
             await self._launch(head.egress_id, head.request, head.frame)
 
     async def stop(self, egress_id: str) -> EgressRecord:
+        """Ask an egress to finish (a queued one ends ABORTED at once)."""
         rec = self.store.get(egress_id)
+        if rec is None:
+            raise NotFound(f"no egress {egress_id!r}")
         if rec.ended:
             raise Conflict("EGRESS_ENDED", f"egress {egress_id} has already ended ({rec.status})")
         if self.queue_position(egress_id):
@@ -343,6 +348,7 @@ class Service:
     async def shutdown(self) -> None:
         """Drain: take no new work, let running egresses finish their files."""
         self.draining = True
+        await self.auto_egress.close()
         for queued in list(self._queue):
             await self.stop(queued.egress_id)  # never started: ABORTED
         await self.runner.shutdown(self.settings.stop_grace_s)

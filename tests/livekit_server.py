@@ -124,6 +124,17 @@ class LiveKitServer:
 
         return self.api(call)
 
+    def tracks(self, room: str) -> dict[str, dict[str, str]]:
+        """identity -> {source: track sid} (camera, microphone, screen_share, screen_share_audio)."""
+        from livekit import api
+
+        async def call(lkapi):
+            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+            return {p.identity: {api.TrackSource.Name(t.source).lower(): t.sid for t in p.tracks}
+                    for p in res.participants}
+
+        return self.api(call)
+
     def wait_published(self, room: str, tracks: dict[str, int], timeout: float = 20) -> None:
         """Until each identity has published at least that many tracks."""
         deadline = time.monotonic() + timeout

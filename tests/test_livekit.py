@@ -12,6 +12,7 @@ import pytest
 from compositor import analysis
 
 from .livekit_server import API_KEY, API_SECRET, LiveKitServer, make_clip, tools_or_skip
+from .receivers import PcmReceiver
 from .test_service import Server
 
 TINY = ["--width", "320", "--height", "180"]
@@ -90,6 +91,49 @@ def test_room_deleted_ends_the_recording_complete(livekit, clips, start_record):
     assert near(region(done.output, 1.0, 0.45, 0.4), ALICE[0])
 
 
+def test_speaker_layout_features_who_is_talking(livekit, clips, start_record):
+    room = "speaker-room"
+    livekit.publish(room, "bob", clips["bob"].video)  # on camera, silent, and first in the room
+    livekit.wait_published(room, {"bob": 1})
+    publish(livekit, room, "alice", clips["alice"])
+    livekit.wait_published(room, {"bob": 1, "alice": 2})
+    run = start_record("--room", "livekit", "--room-name", room, "--layout", "speaker", "--duration", "4", *TINY,
+                       env=livekit.env)
+    done = run.finish(timeout=60)
+    assert done.code == 0, done.stderr[-2000:]
+    # Alice talks: she has the main area; bob, who joined first, is the thumbnail in the strip below.
+    assert near(region(done.output, 3.0, 0.45, 0.3), ALICE[0])
+    assert near(region(done.output, 3.0, 0.48, 0.86, 0.04, 0.08), BOB[0])
+
+
+def test_layout_changes_while_recording(livekit, clips, start_record):
+    room = "layout-room"
+    publish(livekit, room, "alice", clips["alice"])
+    livekit.wait_published(room, {"alice": 2})
+    livekit.publish(room, "bob", clips["bob"].video)  # silent: alice is the one speaker
+    livekit.wait_published(room, {"alice": 2, "bob": 1})
+    run = start_record("--room", "livekit", "--room-name", room, "--layout", "grid", *TINY, control=True,
+                       env=livekit.env)
+    run.wait_for_status("ACTIVE", timeout=40)
+    time.sleep(2.5)
+    run.send({"op": "update_layout", "id": 1, "layout": "custom/mine"})
+    refused = run.wait_for(lambda e: e["type"] == "command" and e.get("id") == 1)
+    assert not refused["ok"] and refused["code"] == "INVALID_ARGUMENT"
+    sent = time.time()
+    run.send({"op": "update_layout", "id": 2, "layout": "single-speaker-light"})
+    reply = run.wait_for(lambda e: e["type"] == "command" and e.get("id") == 2)
+    assert reply["ok"] and reply["layout"] == "single-speaker-light", reply
+    time.sleep(2.5)
+    run.proc.send_signal(signal.SIGINT)
+    done = run.finish()
+    assert done.code == 0, done.stderr[-2000:]
+    at = sent - done.result["timings"]["start_recording"]
+    # Grid before (bob on the right); within a second of the request, only the speaker, alice, fills the frame.
+    assert near(region(done.output, at - 0.5, 0.75, 0.4), BOB[0])
+    assert near(region(done.output, at + 1.0, 0.75, 0.4), ALICE[0])
+    assert near(region(done.output, at + 1.0, 0.2, 0.4), ALICE[0])
+
+
 def test_screen_share_takes_the_stage(livekit, clips, start_record):
     room = "share-room"
     publish(livekit, room, "alice", clips["alice"])
@@ -125,3 +169,77 @@ def test_the_service_records_a_room_of_its_livekit_server(livekit, clips, tmp_pa
         assert analysis.tone_level(analysis.audio_samples(path), ALICE[1], 0.5, 1.5) > 0.02
     finally:
         server.stop_server()
+
+
+@pytest.fixture(scope="module")
+def service(livekit, tmp_path_factory):
+    env = {"COMPOSITOR_LIVEKIT_URL": livekit.http_url, "COMPOSITOR_LIVEKIT_API_KEY": API_KEY,
+           "COMPOSITOR_LIVEKIT_API_SECRET": API_SECRET}
+    server = Server(tmp_path_factory.mktemp("service") / "data", env=env)
+    yield server
+    server.stop_server()
+
+
+def start(server, **body) -> str:
+    status, info, _ = server.call("POST", "/v1/egress/start", {"advanced": {"width": 320, "height": 180}, **body})
+    assert status == 201, info
+    return info["id"]
+
+
+def test_participant_and_track_composite_egress(livekit, clips, service):
+    room = "parts-room"
+    publish(livekit, room, "alice", clips["alice"])
+    publish(livekit, room, "bob", clips["bob"])
+    livekit.wait_published(room, {"alice": 2, "bob": 2})
+    tracks = livekit.tracks(room)
+    bob_only = start(service, roomName=room, participant={"identity": "bob"})
+    # Alice's voice over bob's picture.
+    mixed = start(service, roomName=room, trackComposite={"audioTrackId": tracks["alice"]["microphone"],
+                                                         "videoTrackId": tracks["bob"]["camera"]})
+    for egress in (bob_only, mixed):
+        service.wait_status(egress, "ACTIVE", timeout=60)
+    time.sleep(3)
+    for egress in (bob_only, mixed):
+        assert service.call("POST", f"/v1/egress/{egress}/stop")[0] == 200
+    done = {egress: service.wait_status(egress, "COMPLETE", timeout=60) for egress in (bob_only, mixed)}
+    assert done[bob_only]["kind"] == "participant" and done[mixed]["kind"] == "track_composite"
+    for egress, (picture, voice, other) in ((bob_only, (BOB[0], BOB[1], ALICE[1])),
+                                           (mixed, (BOB[0], ALICE[1], BOB[1]))):
+        path = done[egress]["file"]["location"]
+        assert near(region(path, 1.5, 0.2, 0.4), picture) and near(region(path, 1.5, 0.75, 0.4), picture)
+        sound = analysis.audio_samples(path)
+        assert analysis.tone_level(sound, voice, 0.5, 2) > 0.02
+        assert analysis.tone_level(sound, other, 0.5, 2) < 0.003
+
+
+def test_track_egress_to_a_websocket_and_to_an_ogg_file(livekit, clips, service):
+    room = "track-room"
+    publish(livekit, room, "alice", clips["alice"])
+    publish(livekit, room, "bob", clips["bob"])
+    livekit.wait_published(room, {"alice": 2, "bob": 2})
+    tracks = livekit.tracks(room)
+    receiver = PcmReceiver()
+    try:
+        socket = start(service, roomName=room, track={"trackId": tracks["bob"]["microphone"],
+                                                     "websocketUrl": receiver.url})
+        ogg = start(service, roomName=room, track={"trackId": tracks["alice"]["microphone"]})
+        for egress in (socket, ogg):
+            service.wait_status(egress, "ACTIVE", timeout=60)
+        time.sleep(3)
+        for egress in (socket, ogg):
+            assert service.call("POST", f"/v1/egress/{egress}/stop")[0] == 200
+        done = {egress: service.wait_status(egress, "COMPLETE", timeout=60) for egress in (socket, ogg)}
+        sound = receiver.samples()
+        assert len(sound) > 2 * 48000  # seconds of 48 kHz PCM
+        assert analysis.tone_level(sound, BOB[1], 0.5, 2) > 0.02
+        assert analysis.tone_level(sound, ALICE[1], 0.5, 2) < 0.003
+        assert "secret-key" not in str(done[socket])  # the URL's query is redacted
+        path = done[ogg]["file"]["location"]
+        assert path.endswith(".ogg")
+        facts = analysis.facts(path)
+        assert facts.audio_codec == "opus" and facts.video_codec is None
+        ogg_sound = analysis.audio_samples(path)
+        assert analysis.tone_level(ogg_sound, ALICE[1], 0.5, 2) > 0.02
+        assert analysis.tone_level(ogg_sound, BOB[1], 0.5, 2) < 0.003
+    finally:
+        receiver.close()

@@ -89,11 +89,14 @@ def video_args(v: VideoSettings) -> list[str]:
 
 
 def audio_args(a: AudioSettings) -> list[str]:
-    codec = ["-c:a", "aac"] if a.codec == "aac" else ["-c:a", "libopus"]
+    if a.codec == "pcm":
+        codec = ["-c:a", "pcm_s16le"]
+    else:
+        codec = ["-c:a", "aac" if a.codec == "aac" else "libopus", "-b:a", f"{a.bitrate_kbps}k"]
     # The sink's monitor under-delivers while the page's audio stream starts
     # up; counting samples would then run ahead of the clock. Following the
     # timestamps (silence into gaps) keeps sound on time with the picture.
-    return ["-af", "aresample=async=1:min_hard_comp=0.03", *codec, "-b:a", f"{a.bitrate_kbps}k", "-ar", str(a.sample_rate), "-ac", "2"]
+    return ["-af", "aresample=async=1:min_hard_comp=0.03", *codec, "-ar", str(a.sample_rate), "-ac", "2"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,11 @@ def live_pipe_target(fd: int) -> MuxTarget:
     """FLV into a pipe the worker fans out to each destination; its failure never stops the others."""
     return MuxTarget("flv", f"pipe:{fd}", (("flvflags", "no_duration_filesize"), ("flush_packets", "1"),
                                            ("onfail", "ignore")))
+
+
+def pcm_pipe_target(fd: int) -> MuxTarget:
+    """Raw 16-bit PCM into a pipe the worker sends to a WebSocket."""
+    return MuxTarget("s16le", f"pipe:{fd}", (("flush_packets", "1"),))
 
 
 def mux_args(targets: list[MuxTarget]) -> list[str]:

@@ -38,6 +38,8 @@ class PageSpec:
     #: a LiveKit server's ws(s) URL and the recorder's token ("synthetic:": the scripted room)
     room_url: str = "synthetic:"
     token: str = field(default="", repr=False)
+    #: the page's query for a participant or track egress (identity, share, tracks)
+    focus: dict[str, str] = field(default_factory=dict)
 
 
 def render_page(layout: LayoutRef, overlays: dict) -> str:
@@ -172,6 +174,7 @@ class PageServer:
             query["room"] = base64.urlsafe_b64encode(json.dumps(room, separators=(",", ":")).encode()).decode()
         if spec.sync_markers:
             query["sync"] = "1"
+        query.update(spec.focus)
         return f"{self.base_url}{PAGE}?{urlencode(query)}"
 
     def _participant_json(self, p: ParticipantSpec) -> dict:

@@ -37,10 +37,12 @@ from ..storage.errors import UploadFailed
 from .audio import AudioSink
 from .browser import BLOCKED, END_RECORDING, ERROR, REQUEST, START_RECORDING, Browser
 from .display import Display
-from .encoder import Encoder, MuxTarget, Progress, build_argv, file_target, hls_target, live_pipe_target
+from .encoder import (Encoder, MuxTarget, Progress, build_argv, file_target, hls_target, live_pipe_target,
+                      pcm_pipe_target)
 from .finalize import finalize, images_written, partial_path, thumbnails
 from .hls import LivePlaylist, finish_segments
 from .page_server import PageServer, PageSpec
+from .pcm_socket import PcmSocket
 from .streams import Destination, StreamFanout
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class Outputs:
     segments: dict | None = None
     images: dict | None = None
     streams: list[dict] = field(default_factory=list)
+    websocket: dict | None = None
     #: when the outputs were stored: the stored manifest (locations of everything)
     delivered: dict | None = None
 
@@ -80,6 +83,8 @@ class Outputs:
                     out[name] = value.to_dict() if name == "file" else value
         if self.streams:
             out["streams"] = self.streams
+        if self.websocket:
+            out["websocket"] = self.websocket
         return out
 
 
@@ -129,6 +134,7 @@ class Recorder:
         self.stopped_by = "failed"
         self._last_progress_emit = 0.0
         self._fanout: StreamFanout | None = None
+        self._socket: PcmSocket | None = None
         self._partial: Path | None = partial_path(config.output) if config.output else None
         self.delivery: Delivery | None = None
         self._browser: Browser | None = None
@@ -198,7 +204,8 @@ class Recorder:
             if cfg.source == "livekit":
                 server = server_from_env()
                 spec = dataclasses.replace(spec, room_url=server.url,
-                                           token=server.recorder_token(cfg.room_name, cfg.egress_id))
+                                           token=server.recorder_token(cfg.room_name, cfg.egress_id),
+                                           focus=cfg.focus.query if cfg.focus else {})
                 allowed = allowed.including(server.host)
             url = pages.show(spec)
             await browser.restrict(pages.base_url, allowed)
@@ -218,14 +225,21 @@ class Recorder:
             self._fanout = StreamFanout(cfg.stream, cfg.images, cfg.video, on_change=self._stream_changed)
             stack.push_async_callback(self._fanout.close)
             targets.append(live_pipe_target(self._fanout.write_fd))
+        if cfg.websocket:
+            self._socket = PcmSocket(cfg.websocket, cfg.audio.sample_rate)
+            stack.push_async_callback(self._socket.close)
+            await self._socket.connect()
+            targets.append(pcm_pipe_target(self._socket.write_fd))
+        pipes = tuple(owner.write_fd for owner in (self._fanout, self._socket) if owner)
         encoder = Encoder(build_argv(cfg, display=display.name, pulse_server=sink.server, pulse_source=sink.monitor,
                                      start_epoch=start_epoch, targets=targets),
-                          on_progress=self._on_progress, video=cfg.video is not None,
-                          pass_fds=(self._fanout.write_fd,) if self._fanout else ())
+                          on_progress=self._on_progress, video=cfg.video is not None, pass_fds=pipes)
         stack.push_async_callback(encoder.stop)
         await encoder.start()
         if self._fanout:
             await self._fanout.start()
+        if self._socket:
+            await self._socket.start()
         playlist = LivePlaylist(cfg.segments) if cfg.segments and cfg.segments.live_playlist else None
         if playlist:
             stack.push_async_callback(playlist.stop)
@@ -255,6 +269,9 @@ class Recorder:
         if self._fanout:
             await self._fanout.close()
             outputs.streams = [d.info() for d in self._fanout.destinations] if cfg.stream else []
+        if self._socket:
+            await self._socket.close()
+            outputs.websocket = self._socket.info()
         if cfg.segments:
             outputs.segments = finish_segments(cfg.segments)
         if cfg.images:
@@ -406,6 +423,8 @@ class Recorder:
         streams = asyncio.ensure_future(asyncio.shield(self._fanout.outcome) if self.stream_only
                                         else asyncio.get_running_loop().create_future())
         guards = self._guards(browser, watched)
+        if self._socket:
+            guards.append(asyncio.ensure_future(asyncio.shield(self._socket.failure)))
         done, pending = await asyncio.wait([exited, ended, streams, *guards], return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()

@@ -35,7 +35,12 @@ async function openRoom(url) {
   }
   if (/^wss?:\/\//.test(url)) {
     const { LiveKitRoom } = await import('./livekit.js');
-    return new LiveKitRoom(url, egress.getAccessToken());
+    const tracks = egress.params.get('tracks');
+    return new LiveKitRoom(url, egress.getAccessToken(), {
+      identity: egress.params.get('identity') || null,
+      screenShare: egress.params.get('share') === '1',
+      trackIds: tracks ? tracks.split(',') : [],
+    });
   }
   throw new Error(`unsupported room URL ${url}`);
 }

@@ -2,6 +2,10 @@
 // recorder joins hidden and subscribe-only (its token says so), follows
 // participants, their camera / screen-share / microphone tracks and who is
 // speaking, and plays every microphone into the page's sound.
+//
+// A participant or track egress records part of the room: `focus` names one
+// identity (its camera and microphone, or with screenShare its screen share
+// and that sound) or a set of track ids; nothing else is even subscribed.
 
 import { Room as LkRoom, RoomEvent, Track as LkTrack } from '/vendor/livekit-client.mjs';
 import { CAMERA, MICROPHONE, Participant, Room, SCREEN_SHARE, Track } from './room.js';
@@ -11,26 +15,47 @@ const SOURCES = {
   [LkTrack.Source.ScreenShare]: SCREEN_SHARE,
   [LkTrack.Source.Microphone]: MICROPHONE,
 };
+const PERSON = [LkTrack.Source.Camera, LkTrack.Source.Microphone];
+const SHARE = [LkTrack.Source.ScreenShare, LkTrack.Source.ScreenShareAudio];
+
+// Speaking is measured here, from the sound we decode: the server's active
+// speakers rely on audio levels the publisher may not send (server SDKs, SIP).
+const SPEAKING_RMS = 0.01; // about -40 dBFS
+const SPEAKING_HOLD_MS = 600; // a pause between words is not silence
+const LEVEL_EVERY_MS = 100;
 
 export class LiveKitRoom extends Room {
-  constructor(url, token) {
+  constructor(url, token, focus = {}) {
     super('');
     this.url = url;
     this.token = token;
+    this.focus = focus;
+    this.partial = Boolean(focus.identity || focus.trackIds?.length);
     // Adaptive stream: each tile asks for the simulcast layer that fits its size.
     this.lk = new LkRoom({ adaptiveStream: true, dynacast: false });
     this.sound = document.createElement('div');
     this.sound.hidden = true;
     document.body.appendChild(this.sound);
+    this.levels = new Map(); // identity -> {analyser, buffer, heardAt}
+    this.hearing = false; // some sound is subscribed
+    this.audioContext = null;
+  }
+
+  // Whether this egress records `pub` of participant `p`.
+  wants(pub, p) {
+    const { identity, screenShare, trackIds } = this.focus;
+    if (identity) return p.identity === identity && (screenShare ? SHARE : PERSON).includes(pub.source);
+    if (trackIds?.length) return trackIds.includes(pub.trackSid);
+    return true;
   }
 
   async prepare() {
     const lk = this.lk;
-    lk.on(RoomEvent.ParticipantConnected, (p) => this._join(p))
+    lk.on(RoomEvent.ParticipantConnected, (p) => { if (!this.partial) this._join(p); })
       .on(RoomEvent.ParticipantDisconnected, (p) => this.removeParticipant(p.identity))
-      .on(RoomEvent.TrackSubscribed, (track, _pub, p) => this._subscribed(track, p))
+      .on(RoomEvent.TrackPublished, (pub, p) => { if (this.partial && this.wants(pub, p)) pub.setSubscribed(true); })
+      .on(RoomEvent.TrackSubscribed, (track, pub, p) => this._subscribed(track, pub, p))
       .on(RoomEvent.TrackUnsubscribed, (track, _pub, p) => this._unsubscribed(track, p))
-      .on(RoomEvent.ActiveSpeakersChanged, (speakers) => this._speakers(speakers))
       .on(RoomEvent.Reconnecting, () => console.warn('livekit: reconnecting'))
       .on(RoomEvent.Reconnected, () => console.log('livekit: reconnected'))
       // The client retries a lost connection itself (Reconnecting); Disconnected is final:
@@ -39,16 +64,21 @@ export class LiveKitRoom extends Room {
         console.log(`livekit: disconnected (reason ${reason})`);
         this.end();
       });
-    await lk.connect(this.url, this.token, { autoSubscribe: true });
+    // Tracks subscribed while connecting are taken below, once everyone present is placed in join order.
+    this.connecting = true;
+    await lk.connect(this.url, this.token, { autoSubscribe: !this.partial });
+    this.connecting = false;
+    setInterval(() => this._measure(), LEVEL_EVERY_MS);
     this.name = lk.name;
     // The room's order is who joined first (the server's list is not in that order); joinedAt
     // has whole seconds, the server's joined_at_ms tells apart people who joined within one.
     const joined = (p) => Number(p.participantInfo?.joinedAtMs ?? 0) || (p.joinedAt?.getTime() ?? 0);
     const present = [...lk.remoteParticipants.values()].sort((a, b) => joined(a) - joined(b));
     for (const p of present) {
-      this._join(p);
+      if (!this.partial) this._join(p);
       for (const pub of p.trackPublications.values()) {
-        if (pub.track && pub.isSubscribed) this._subscribed(pub.track, p);
+        if (this.partial && this.wants(pub, p) && !pub.isSubscribed) pub.setSubscribed(true);
+        else if (pub.track && pub.isSubscribed) this._subscribed(pub.track, pub, p);
       }
     }
   }
@@ -60,8 +90,7 @@ export class LiveKitRoom extends Room {
       const check = () => {
         const video = [...root.querySelectorAll('video')].some((v) => v.readyState >= 2 && v.videoWidth > 0);
         const cameras = this.list.some((p) => p.camera || p.screenShare);
-        const audio = this.list.some((p) => p.microphone);
-        if (video || (!cameras && audio)) return done(video ? 'video' : 'audio');
+        if (video || (!cameras && this.hearing)) return done(video ? 'video' : 'audio');
         return undefined;
       };
       const timer = setTimeout(() => done('timeout'), timeoutMs);
@@ -82,9 +111,16 @@ export class LiveKitRoom extends Room {
     this.addParticipant(new Participant({ identity: p.identity, name: p.name || p.identity }));
   }
 
-  _subscribed(track, p) {
+  _subscribed(track, pub, p) {
+    if (this.connecting || (this.partial && !this.wants(pub, p))) return;
     // Every sound plays (a screen share's audio too); the room model holds what layouts arrange.
-    if (track.kind === 'audio') this.sound.appendChild(track.attach());
+    if (track.kind === 'audio') {
+      this.sound.appendChild(track.attach());
+      this.hearing = true;
+      if (track.source === LkTrack.Source.Microphone) this._listen(p.identity, track);
+    }
+    // A participant egress shows its person whatever they publish; a track egress shows only video tracks.
+    if (this.focus.identity || (this.partial && track.kind === 'video')) this._join(p);
     const source = SOURCES[track.source];
     if (!source) return;
     this.publish(p.identity, new Track({
@@ -96,11 +132,35 @@ export class LiveKitRoom extends Room {
   _unsubscribed(track, p) {
     const source = SOURCES[track.source];
     if (track.kind === 'audio') track.detach().forEach((el) => el.remove());
+    if (track.source === LkTrack.Source.Microphone) this._unlisten(p.identity);
     if (source) this.unpublish(p.identity, source);
   }
 
-  _speakers(speakers) {
-    const now = new Set(speakers.map((s) => s.identity));
-    for (const p of this.list) this.setSpeaking(p.identity, now.has(p.identity));
+  _listen(identity, track) {
+    this._unlisten(identity);
+    this.audioContext ??= new AudioContext();
+    const analyser = this.audioContext.createAnalyser();
+    analyser.fftSize = 1024;
+    const input = this.audioContext.createMediaStreamSource(new MediaStream([track.mediaStreamTrack]));
+    input.connect(analyser); // measured only: the <audio> element plays it
+    this.levels.set(identity, { input, analyser, buffer: new Float32Array(analyser.fftSize), heardAt: -Infinity });
+  }
+
+  _unlisten(identity) {
+    const level = this.levels.get(identity);
+    if (!level) return;
+    level.input.disconnect();
+    this.levels.delete(identity);
+    this.setSpeaking(identity, false);
+  }
+
+  _measure() {
+    const now = performance.now();
+    for (const [identity, level] of this.levels) {
+      level.analyser.getFloatTimeDomainData(level.buffer);
+      const rms = Math.sqrt(level.buffer.reduce((sum, x) => sum + x * x, 0) / level.buffer.length);
+      if (rms >= SPEAKING_RMS) level.heardAt = now;
+      this.setSpeaking(identity, now - level.heardAt < SPEAKING_HOLD_MS);
+    }
   }
 }

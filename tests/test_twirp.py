@@ -1,0 +1,407 @@
+"""LiveKit's Egress API over Twirp (compositor/twirp.py): LiveKit access tokens, Twirp errors, protobuf and
+protobuf JSON, EgressInfo from our records; then LiveKit's own Python and Node SDKs recording a room of a
+real livekit-server through `compositor serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+from datetime import timedelta
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from google.protobuf import json_format
+from livekit import api
+from livekit.protocol import egress as proto
+
+from compositor import analysis, twirp
+from compositor.api import make_app
+from compositor.api_models import StartEgressRequest
+from compositor.destinations import redact_url
+from compositor.livekit_shape import (from_livekit, from_livekit_participant, from_livekit_track,
+                                      from_livekit_track_composite)
+from compositor.service import Service, Settings
+from compositor.store import EgressRecord
+
+from .livekit_server import API_KEY, API_SECRET, REPO, LiveKitServer, make_clip, tools_or_skip
+from .test_livekit import ALICE, near, region
+from .test_service import KEY, Server
+
+PROTOBUF, JSON = "application/protobuf", "application/json"
+STREAM_URL = "rtmp://live.example/app/SECRETKEY"
+T0 = 1_700_000_000.0
+NS = 1_000_000_000
+
+
+def token(api_secret: str = API_SECRET, ttl: timedelta | None = None, **grants) -> str:
+    grants = grants or {"room_record": True}
+    tok = api.AccessToken(API_KEY, api_secret).with_grants(api.VideoGrants(**grants))
+    return (tok.with_ttl(ttl) if ttl else tok).to_jwt()
+
+
+@pytest.fixture
+async def app(tmp_path):
+    """app(**settings) -> (test client of the real app, its Service). The Service has almost no capacity:
+    a valid start is refused resource_exhausted before any worker is launched."""
+    opened: list[tuple[TestClient, Service]] = []
+
+    async def _open(**settings) -> tuple[TestClient, Service]:
+        base = dict(api_keys=[KEY], capacity=0.01, livekit_api_key=API_KEY, livekit_api_secret=API_SECRET,
+                    livekit_url="ws://127.0.0.1:9", url_signing_key="k")
+        service = Service(Settings(data_dir=tmp_path / f"data{len(opened)}", **{**base, **settings}))
+        service.start_background()
+        client = TestClient(TestServer(make_app(service)))
+        await client.start_server()
+        opened.append((client, service))
+        return client, service
+
+    yield _open
+    for client, service in opened:
+        await service.shutdown()
+        await client.close()
+
+
+async def call(client: TestClient, method: str, body: dict | bytes | str, kind: str = JSON,
+               auth: str | None = "token", http_method: str = "POST", path: str = "/twirp/livekit.Egress/"):
+    """(status, body as JSON or bytes, headers) of one request; auth "token" sends a roomRecord token."""
+    headers = {"Content-Type": kind}
+    if auth:
+        headers["Authorization"] = f"Bearer {token() if auth == 'token' else auth}"
+    data = json.dumps(body) if isinstance(body, dict) else body
+    async with client.request(http_method, path + method, data=data, headers=headers) as resp:
+        raw = await resp.read()
+        is_json = resp.headers.get("Content-Type") == JSON
+        return resp.status, json.loads(raw) if is_json else raw, resp.headers
+
+
+def sdk(client: TestClient) -> api.LiveKitAPI:
+    """LiveKit's Python SDK pointed at the test server."""
+    return api.LiveKitAPI(url=str(client.make_url("")), api_key=API_KEY, api_secret=API_SECRET)
+
+
+def seed(service: Service) -> None:
+    """Three stored egresses as the service leaves them (the worker's stream URLs redacted, the request's not)."""
+    service.store.create(EgressRecord(
+        id="EG_done", room_name="room-a", mode="record", kind="participant", layout="default",
+        quality="H264_720P_30", status="COMPLETE", created_at=T0, started_at=T0 + 0.5, ended_at=T0 + 10.25,
+        request={"room": {"kind": "livekit", "identity": "alice", "screen_share": True},
+                 "file": {"filepath": "/data/recordings/a.mp4", "file_type": "MP4"}},
+        file={"location": "/data/recordings/a.mp4", "filename": "a.mp4", "size": 1234, "duration": 9.75}))
+    service.store.create(EgressRecord(
+        id="EG_live", room_name="room-b", mode="both", kind="room_composite", layout="grid", quality="720p",
+        status="ACTIVE", created_at=T0 + 1, started_at=T0 + 2,
+        request={"room": {"kind": "livekit"}, "advanced": {"width": 320, "height": 180, "x264_preset": "superfast"},
+                 "stream": {"urls": [STREAM_URL]}, "file": {"filepath": "/data/recordings/b.mp4"}},
+        streams=[{"url": redact_url(STREAM_URL), "status": "ACTIVE", "started_at": T0 + 2}]))
+    service.store.create(EgressRecord(
+        id="EG_failed", room_name="room-a", mode="record", kind="track_composite", layout="default",
+        quality="720p", status="FAILED", created_at=T0 + 2, ended_at=T0 + 3, error="the worker ended",
+        error_code="WORKER_CRASHED", request={"room": {"kind": "livekit", "track_ids": ["TR_audio"]},
+                                              "audio_only": True}))
+
+
+async def test_callers_need_a_livekit_token_granting_room_record(app):
+    client, _ = await app()
+    status, body, headers = await call(client, "ListEgress", {}, auth=None)
+    assert (status, body["code"], set(body)) == (401, "unauthenticated", {"code", "msg", "meta"})
+    assert headers["Content-Type"] == JSON  # exactly: LiveKit's Node SDK reads errors only then
+    for bad in (KEY, token(api_secret="another-secret-0123456789abcdefghij"), token(ttl=timedelta(hours=-2))):
+        status, body, _ = await call(client, "ListEgress", {}, auth=bad)
+        assert (status, body["code"]) == (401, "unauthenticated"), body
+    status, body, _ = await call(client, "ListEgress", {}, auth=token(room_admin=True, room_list=True))
+    assert (status, body["code"]) == (403, "permission_denied"), body
+    assert "roomRecord" in body["msg"]
+    assert (await call(client, "ListEgress", {}))[0] == 200
+
+
+async def test_without_livekit_credentials_it_says_what_to_set(app):
+    client, _ = await app(livekit_api_key="", livekit_api_secret="", livekit_url="")
+    status, body, _ = await call(client, "ListEgress", {})
+    assert (status, body["code"]) == (501, "unimplemented") and "livekit_api_key" in body["msg"], body
+
+
+async def test_routes_other_than_the_egress_methods(app):
+    client, _ = await app()
+    for method, http_method, path in (("Nope", "POST", "/twirp/livekit.Egress/"),
+                                      ("ListEgress", "GET", "/twirp/livekit.Egress/"),
+                                      ("ListRooms", "POST", "/twirp/livekit.RoomService/")):
+        status, body, _ = await call(client, method, {}, http_method=http_method, path=path)
+        assert (status, body["code"]) == (404, "bad_route"), body
+        assert body["meta"]["twirp_invalid_route"] == f"{http_method} {path}{method}"
+    status, body, _ = await call(client, "ListEgress", "{}", kind="text/plain")
+    assert (status, body["code"]) == (404, "bad_route") and "Content-Type" in body["msg"], body
+    status, body, _ = await call(client, "StartEgress", {})  # LiveKit declares it; not served here
+    assert (status, body["code"]) == (501, "unimplemented"), body
+
+
+async def test_list_in_protobuf_and_json_shows_egress_info(app, monkeypatch):
+    client, service = await app()
+    seed(service)
+    async with sdk(client) as lk:
+        listed = await lk.egress.list_egress(proto.ListEgressRequest())
+        assert [i.egress_id for i in listed.items] == ["EG_failed", "EG_live", "EG_done"]
+        failed, live, done = listed.items
+        assert (done.status, done.room_name) == (proto.EGRESS_COMPLETE, "room-a")
+        # Unix nanoseconds (to within the microsecond a float of seconds holds).
+        assert (done.started_at, done.ended_at) == pytest.approx((1_700_000_000_500_000_000,
+                                                                  1_700_000_010_250_000_000), abs=1000)
+        assert done.WhichOneof("request") == "participant"
+        assert (done.participant.room_name, done.participant.identity, done.participant.screen_share) == (
+            "room-a", "alice", True)
+        assert done.participant.WhichOneof("options") == "preset"
+        f = done.file_results[0]
+        assert (f.filename, f.location, f.size, f.duration) == ("a.mp4", "/data/recordings/a.mp4", 1234,
+                                                                9_750_000_000)
+        assert done.WhichOneof("result") == "file" and done.file == f
+
+        assert (live.status, live.WhichOneof("request"), live.room_composite.layout) == (
+            proto.EGRESS_ACTIVE, "room_composite", "grid")
+        assert (live.room_composite.advanced.width, live.room_composite.advanced.height) == (320, 180)
+        assert [(s.url, s.status) for s in live.stream_results] == [(redact_url(STREAM_URL), proto.StreamInfo.ACTIVE)]
+        assert live.WhichOneof("result") == "stream" and list(live.stream.info) == list(live.stream_results)
+        assert b"SECRETKEY" not in listed.SerializeToString()
+
+        assert (failed.status, failed.error, failed.details) == (proto.EGRESS_FAILED, "the worker ended",
+                                                                 "WORKER_CRASHED")
+        assert (failed.track_composite.audio_track_id, failed.track_composite.video_track_id) == ("TR_audio", "")
+
+        async def ids(**filters) -> list[str]:
+            return [i.egress_id for i in (await lk.egress.list_egress(proto.ListEgressRequest(**filters))).items]
+
+        assert await ids(room_name="room-a") == ["EG_failed", "EG_done"]
+        assert await ids(active=True) == ["EG_live"]
+        assert await ids(egress_id="EG_done") == ["EG_done"]
+        assert await ids(egress_id="EG_done", active=True) == []
+        assert await ids(room_name="room-b", egress_id="EG_done") == []
+
+    # JSON: lowerCamelCase or proto names in, proto names out, the same message as in protobuf.
+    status, body, headers = await call(client, "ListEgress", {"roomName": "room-b", "active": True})
+    assert status == 200 and headers["Content-Type"] == JSON
+    item = body["items"][0]
+    assert (item["egress_id"], item["status"], item["started_at"]) == ("EG_live", "EGRESS_ACTIVE",
+                                                                       str(live.started_at))
+    assert json_format.ParseDict(body, proto.ListEgressResponse()).items[0] == live
+    assert "SECRETKEY" not in json.dumps(body)
+    assert [i["egress_id"] for i in (await call(client, "ListEgress", {"egress_id": "EG_done"}))[1]["items"]] == [
+        "EG_done"]
+    status, raw, headers = await call(client, "ListEgress", proto.ListEgressRequest(room_name="room-a")
+                                      .SerializeToString(), kind=PROTOBUF)
+    assert status == 200 and headers["Content-Type"] == PROTOBUF
+    assert [i.egress_id for i in proto.ListEgressResponse.FromString(raw).items] == ["EG_failed", "EG_done"]
+
+    monkeypatch.setattr(twirp, "LIST_PAGE", 2)
+    first = json_format.ParseDict((await call(client, "ListEgress", {}))[1], proto.ListEgressResponse())
+    assert len(first.items) == 2 and first.next_page_token.token == "2"
+    rest = (await call(client, "ListEgress", {"pageToken": {"token": "2"}}))[1]
+    assert [i["egress_id"] for i in rest["items"]] == ["EG_done"] and "next_page_token" not in rest
+    status, body, _ = await call(client, "ListEgress", {"pageToken": {"token": "x"}})
+    assert (status, body["code"], body["meta"]["field"]) == (400, "invalid_argument", "page_token")
+
+
+async def test_malformed_bodies(app):
+    client, _ = await app()
+    status, body, _ = await call(client, "ListEgress", b"\xff\xff\xff", kind=PROTOBUF)
+    assert (status, body["code"]) == (400, "malformed"), body
+    status, body, _ = await call(client, "ListEgress", "{not json")
+    assert (status, body["code"]) == (400, "malformed"), body
+    status, body, _ = await call(client, "StartRoomCompositeEgress",
+                                 {"room_name": "r", "stream_outputs": [{"urls": STREAM_URL}]})
+    assert (status, body["code"]) == (400, "malformed") and "stream_outputs.urls" in body["msg"], body
+    assert "SECRETKEY" not in json.dumps(body)
+
+
+async def test_invalid_starts_name_the_field_and_valid_ones_reach_admission(app):
+    client, _ = await app()
+    file = proto.EncodedFileOutput(file_type=proto.MP4, filepath="x.mp4")
+    async with sdk(client) as lk:
+        eg = lk.egress
+        refusals = [
+            (eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(
+                room_name="r", advanced=proto.EncodingOptions(width=321, height=180))), "advanced.width"),
+            (eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(layout="grid")), "roomName"),
+            (eg.start_participant_egress(proto.ParticipantEgressRequest(room_name="r")), "participant.identity"),
+            (eg.start_track_composite_egress(proto.TrackCompositeEgressRequest(room_name="r")), "track_composite"),
+            (eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(room_name="r", file_outputs=[
+                proto.EncodedFileOutput(s3=proto.S3Upload(access_key="AK", secret="TOPSECRET", region="x"))])),
+             "storage.s3.bucket"),
+        ]
+        for start, field in refusals:
+            with pytest.raises(api.TwirpError) as refused:
+                await start
+            err = refused.value
+            assert (err.status, err.code, err.metadata["field"]) == (400, "invalid_argument", field), err
+            assert field in err.message and "TOPSECRET" not in err.message
+        # Valid requests of every kind get as far as admission, which has no room for them.
+        for start in (
+                eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(
+                    room_name="r", layout="speaker", preset=proto.H264_1080P_30, file_outputs=[file])),
+                eg.start_web_egress(proto.WebEgressRequest(url="https://example.com/", file=file)),
+                eg.start_participant_egress(proto.ParticipantEgressRequest(room_name="r", identity="alice")),
+                eg.start_track_composite_egress(proto.TrackCompositeEgressRequest(
+                    room_name="r", audio_track_id="TR_a", video_track_id="TR_v")),
+                eg.start_track_egress(proto.TrackEgressRequest(
+                    room_name="r", track_id="TR_a", file=proto.DirectFileOutput(filepath="a.ogg"))),
+                eg.start_track_egress(proto.TrackEgressRequest(
+                    room_name="r", track_id="TR_a", websocket_url="wss://example.com/pcm"))):
+            with pytest.raises(api.TwirpError) as refused:
+                await start
+            assert (refused.value.status, refused.value.code) == (429, "resource_exhausted"), refused.value
+            assert refused.value.metadata["error_code"] == "CAPACITY_EXCEEDED"
+
+
+def ours(mapping, request) -> StartEgressRequest:
+    return StartEgressRequest.model_validate(mapping(json_format.MessageToDict(request,
+                                                                               preserving_proto_field_name=True)))
+
+
+def test_each_start_request_maps_onto_ours():
+    s3 = proto.S3Upload(access_key="AK", secret="SK", bucket="b", region="r")
+    room = ours(from_livekit, proto.RoomCompositeEgressRequest(
+        room_name="r", layout="grid", audio_only=True, preset=proto.PORTRAIT_H264_720P_30,
+        stream=proto.StreamOutput(urls=[STREAM_URL])))
+    assert (room.kind, room.layout, room.audio_only, room.quality, room.mode, room.stream.urls) == (
+        "room_composite", "grid", True, "PORTRAIT_H264_720P_30", "stream", [STREAM_URL])
+    person = ours(from_livekit_participant, proto.ParticipantEgressRequest(
+        room_name="r", identity="bob", screen_share=True, segment_outputs=[
+            proto.SegmentedFileOutput(filename_prefix="hls/bob", segment_duration=4, s3=s3)]))
+    assert (person.kind, person.participant.identity, person.participant.screen_share) == (
+        "participant", "bob", True)
+    assert (person.segments.filename_prefix, person.segments.segment_duration, person.storage.bucket) == (
+        "hls/bob", 4, "b")
+    tracks = ours(from_livekit_track_composite, proto.TrackCompositeEgressRequest(
+        room_name="r", video_track_id="TR_v", advanced=proto.EncodingOptions(width=640, height=360, framerate=15)))
+    assert (tracks.kind, tracks.track_composite.video_track_id, tracks.track_composite.audio_track_id) == (
+        "track_composite", "TR_v", None)
+    assert (tracks.advanced.width, tracks.advanced.height, tracks.advanced.framerate) == (640, 360, 15)
+    track = ours(from_livekit_track, proto.TrackEgressRequest(
+        room_name="r", track_id="TR_a", file=proto.DirectFileOutput(filepath="a/{room_name}.ogg", s3=s3)))
+    assert (track.kind, track.track.track_id, track.file_type, track.file.filepath, track.storage.kind) == (
+        "track", "TR_a", "OGG", "a/{room_name}.ogg", "s3")
+    socket = ours(from_livekit_track, proto.TrackEgressRequest(room_name="r", track_id="TR_a",
+                                                               websocket_url="wss://example.com/pcm"))
+    assert (socket.track.websocket_url, socket.wants_file) == ("wss://example.com/pcm", False)
+
+
+async def test_stop_and_updates_of_missing_or_ended_egresses(app):
+    client, service = await app()
+    seed(service)
+    for method, body, status, code, ours_code in (
+            ("StopEgress", {"egress_id": "EG_nope"}, 404, "not_found", "NOT_FOUND"),
+            ("StopEgress", {"egressId": "EG_done"}, 412, "failed_precondition", "EGRESS_ENDED"),
+            ("UpdateLayout", {"egress_id": "EG_nope", "layout": "grid"}, 404, "not_found", "NOT_FOUND"),
+            ("UpdateLayout", {"egress_id": "EG_done", "layout": "grid"}, 412, "failed_precondition",
+             "EGRESS_NOT_ACTIVE"),
+            ("UpdateStream", {"egress_id": "EG_done", "add_output_urls": [STREAM_URL]}, 412, "failed_precondition",
+             "NO_STREAM_OUTPUT"),
+            ("UpdateStream", {"egress_id": "EG_live"}, 400, "invalid_argument", "INVALID_ARGUMENT")):
+        got, err, _ = await call(client, method, body)
+        assert (got, err["code"], err["meta"]["error_code"]) == (status, code, ours_code), (method, body, err)
+
+
+# End to end: a real livekit-server, a publisher, `compositor serve`, and LiveKit's SDKs as the callers.
+
+@pytest.fixture(scope="module")
+def livekit(tmp_path_factory):
+    tools_or_skip()
+    server = LiveKitServer(tmp_path_factory.mktemp("livekit"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def alice_clip(tmp_path_factory):
+    return make_clip(tmp_path_factory.mktemp("clips"), *ALICE, seconds=30)
+
+
+@pytest.fixture(scope="module")
+def serve(livekit, tmp_path_factory):
+    env = {"COMPOSITOR_LIVEKIT_URL": livekit.http_url, "COMPOSITOR_LIVEKIT_API_KEY": API_KEY,
+           "COMPOSITOR_LIVEKIT_API_SECRET": API_SECRET}
+    server = Server(tmp_path_factory.mktemp("serve") / "data", env=env)
+    yield server
+    server.stop_server()
+
+
+def check_recording(path: str, size: int, room: str, folder: str) -> None:
+    """The file is where it was asked, as big as said, and shows and sounds like alice."""
+    assert path.endswith(f"/recordings/{folder}/{room}.mp4") and os.path.getsize(path) == size
+    facts = analysis.facts(path)
+    assert (facts.width, facts.height) == (320, 180) and 2.5 < facts.duration < 10
+    assert near(region(path, 1.0, 0.45, 0.4), ALICE[0]) and near(region(path, facts.duration - 0.7, 0.45, 0.4),
+                                                                 ALICE[0])
+    assert analysis.tone_level(analysis.audio_samples(path), ALICE[1], 0.5, 2.0) > 0.02
+
+
+def test_livekit_python_sdk_records_a_room(livekit, alice_clip, serve):
+    room = "twirp-py"
+    publisher = livekit.publish(room, "alice", alice_clip.video, alice_clip.audio)
+    livekit.wait_published(room, {"alice": 2})
+
+    async def until(eg, egress_id: str, status: int) -> proto.EgressInfo:
+        for _ in range(300):
+            [info] = (await eg.list_egress(proto.ListEgressRequest(egress_id=egress_id))).items
+            if info.status == status:
+                return info
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"{egress_id} never reached {proto.EgressStatus.Name(status)}: {info}")
+
+    async def record() -> proto.EgressInfo:
+        async with api.LiveKitAPI(url=serve.base, api_key=API_KEY, api_secret=API_SECRET) as lk:
+            eg = lk.egress
+            started = await eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(
+                room_name=room, layout="grid", advanced=proto.EncodingOptions(width=320, height=180),
+                file_outputs=[proto.EncodedFileOutput(file_type=proto.MP4, filepath="py/{room_name}.mp4")]))
+            assert started.egress_id.startswith("EG_") and started.status == proto.EGRESS_STARTING
+            assert (started.room_composite.room_name, started.room_composite.layout) == (room, "grid")
+            await until(eg, started.egress_id, proto.EGRESS_ACTIVE)
+            active = await eg.list_egress(proto.ListEgressRequest(room_name=room, active=True))
+            assert [i.egress_id for i in active.items] == [started.egress_id]
+            changed = await eg.update_layout(proto.UpdateLayoutRequest(egress_id=started.egress_id, layout="speaker"))
+            assert changed.room_composite.layout == "speaker"
+            with pytest.raises(api.TwirpError) as refused:  # it was started without a stream output
+                await eg.update_stream(proto.UpdateStreamRequest(egress_id=started.egress_id,
+                                                                 add_output_urls=["rtmp://127.0.0.1:1/live/k"]))
+            assert (refused.value.status, refused.value.code) == (412, "failed_precondition")
+            await asyncio.sleep(3)
+            stopped = await eg.stop_egress(proto.StopEgressRequest(egress_id=started.egress_id))
+            assert stopped.status in (proto.EGRESS_ENDING, proto.EGRESS_COMPLETE)
+            done = await until(eg, started.egress_id, proto.EGRESS_COMPLETE)
+            assert not (await eg.list_egress(proto.ListEgressRequest(room_name=room, active=True))).items
+            return done
+
+    try:
+        done = asyncio.run(record())
+    finally:
+        publisher.stop()
+    assert done.room_composite.layout == "speaker" and done.ended_at > done.started_at > 0
+    f = done.file_results[0]
+    assert f.filename == f"{room}.mp4" and 2.5 * NS < f.duration < 10 * NS and done.file == f
+    check_recording(f.location, f.size, room, "py")
+
+
+def test_livekit_node_sdk_records_a_room(livekit, alice_clip, serve):
+    if not shutil.which("node") or not (REPO / "node_modules" / "livekit-server-sdk").is_dir():
+        pytest.skip("LiveKit's Node SDK is not installed: run `npm ci` (package.json devDependencies)")
+    room = "twirp-node"
+    publisher = livekit.publish(room, "alice", alice_clip.video, alice_clip.audio)
+    try:
+        livekit.wait_published(room, {"alice": 2})
+        run = subprocess.run(["node", str(REPO / "tests" / "twirp_node_client.mjs"), serve.base, API_KEY,
+                              API_SECRET, room], capture_output=True, text=True, timeout=120, cwd=REPO)
+    finally:
+        publisher.stop()
+    assert run.returncode == 0, run.stderr[-3000:]
+    steps = {line["step"]: line for line in map(json.loads, run.stdout.splitlines())}
+    started = steps["started"]["info"]
+    assert started["egressId"].startswith("EG_") and started["roomComposite"]["roomName"] == room
+    assert steps["active"]["info"]["status"] == "EGRESS_ACTIVE"
+    assert steps["layout"]["info"]["roomComposite"]["layout"] == "speaker"
+    done = steps["complete"]["info"]
+    assert done["status"] == "EGRESS_COMPLETE"
+    assert steps["stop again"]["error"] == {"status": 412, "code": "failed_precondition",
+                                            "message": f"egress {started['egressId']} has already ended (COMPLETE)"}
+    f = done["fileResults"][0]
+    check_recording(f["location"], int(f["size"]), room, "node")
