@@ -106,6 +106,9 @@ class StartEgressRequest(RoomRequest):
     segments: SegmentOutput | None = Field(None, description="HLS; filenamePrefix is a name template in the storage")
     images: ImageOutput | None = Field(None, description="thumbnails; filenamePrefix is a name template in the storage")
     web_url: str | None = None
+    template_url: str | None = Field(None, pattern=r"^https?://", max_length=2048,
+                                     description="record the LiveKit room through your own page (LiveKit's "
+                                                 "custom_base_url, e.g. one built on @livekit/egress-sdk)")
     max_duration: float | None = Field(None, gt=0, description="seconds; the egress ends LIMIT_REACHED")
     audio_only: bool = False
     video_only: bool = False
@@ -170,7 +173,7 @@ class StartEgressRequest(RoomRequest):
         elif self.track:
             room, audio_only = RoomSpec(kind="livekit", track_ids=[self.track.track_id]), True
         return RecordRequest(
-            room_name=self.room_name, room=room, web_url=self.web_url, **self.page,
+            room_name=self.room_name, room=room, web_url=self.web_url, template_url=self.template_url, **self.page,
             preset=self.quality, advanced=self.advanced,
             file=FileOutput(filepath=output, file_type=self.file_type) if output else None,
             stream=StreamOutput(urls=self.stream.urls, retry_window=self.stream.retry_window) if self.stream else None,
@@ -194,9 +197,10 @@ class UpdateStreamsRequest(Model):
 
 
 class UpdateLayoutRequest(Model):
-    """POST /v1/egress/{id}/layout: another built-in layout while recording."""
+    """POST /v1/egress/{id}/layout: another built-in layout while recording (any name a template knows, for an
+    egress recorded through template_url)."""
 
-    layout: LayoutName
+    layout: LayoutName = Field(min_length=1, max_length=128)
 
 
 class StartRecordingRequest(RoomRequest):

@@ -12,7 +12,7 @@ from pathlib import Path
 from .destinations import StreamTarget, parse_stream_urls
 from .errors import InvalidRequest
 from .layouts import LayoutRef, resolve_layout
-from .livekit_room import server_from_env
+from .livekit_room import server_from_env, with_query
 from .presets import find_preset, preset_names
 from .request import (ImageOutput, Overlays, ParticipantSpec, RecordRequest, SegmentOutput, UploadSpec,
                       default_participants)
@@ -123,6 +123,8 @@ class EgressConfig:
     start_timeout: float
     upload: UploadSpec | None = None
     focus: Focus | None = None
+    #: the caller's own page for the LiveKit room (LiveKit's custom_base_url), instead of a layout
+    template_url: str | None = None
     #: where a track egress sends its sound as raw PCM
     websocket: str | None = None
 
@@ -221,7 +223,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         source=source,
         participants=participants,
         web_url=req.web_url,
-        layout=resolve_layout(req.layout, req.layout_params),
+        layout=resolve_layout("default" if req.template_url else req.layout, req.layout_params),
         overlays=_overlays(req.overlays),
         width=width,
         height=height,
@@ -237,6 +239,8 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         start_timeout=req.start_timeout,
         upload=req.upload,
         focus=focus,
+        # A template's layout is its own to name: it gets it as is, in its query.
+        template_url=with_query(req.template_url, layout=req.layout) if req.template_url else None,
         websocket=req.websocket,
     )
 

@@ -7,14 +7,15 @@ its settings that way, so no key ever sits in a request or a job file.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from livekit import api
 
-from .errors import InvalidRequest
+from .errors import Conflict, InvalidRequest
 
 TOKEN_TTL = timedelta(hours=24)  # the longest an egress is expected to record
 
@@ -38,6 +39,25 @@ class LiveKitServer:
         # Kind egress: the server and webhook consumers (our auto egress too) tell it from people.
         return (api.AccessToken(self.api_key, self.api_secret).with_identity(identity).with_name("compositor")
                 .with_kind("egress").with_grants(grants).with_ttl(TOKEN_TTL).to_jwt())
+
+
+    async def set_recorder_layout(self, room: str, identity: str, layout: str) -> None:
+        """Tell a template the layout changed, the way @livekit/egress-sdk listens: the recorder's metadata."""
+        http = "http" + self.url.removeprefix("ws")
+        try:
+            async with api.LiveKitAPI(http, self.api_key, self.api_secret) as lkapi:
+                await lkapi.room.update_participant(api.UpdateParticipantRequest(
+                    room=room, identity=identity, metadata=json.dumps({"layout": layout})))
+        except api.TwirpError as exc:
+            raise Conflict("EGRESS_NOT_ACTIVE", f"the LiveKit server refused the layout change: {exc.message}") from None
+
+
+def with_query(base: str, **params: str) -> str:
+    """`base` with these query parameters set (its others kept): what LiveKit passes a custom template
+    (url, token, layout)."""
+    parts = urlsplit(base)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in params]
+    return urlunsplit(parts._replace(query=urlencode([*query, *params.items()])))
 
 
 def server_from_env(env: dict | None = None) -> LiveKitServer:

@@ -31,6 +31,8 @@ def from_livekit(body: dict) -> dict:
             out[key] = body[key]
     if body.get("url"):
         out["webUrl"] = body["url"]
+    if body.get("custom_base_url"):
+        out["templateUrl"] = body["custom_base_url"]
     if body.get("preset"):
         out["quality"] = body["preset"]
     adv = body.get("advanced")

@@ -235,6 +235,10 @@ class RecordRequest(Model):
     room_name: str = "synthetic"
     room: RoomSpec | None = None
     web_url: str | None = None
+    template_url: str | None = Field(None, pattern=r"^https?://", max_length=2048,
+                                     description="a LiveKit room rendered by your own page (LiveKit's "
+                                                 "custom_base_url): opened with ?url=&token=&layout=, it signals "
+                                                 "START_RECORDING and END_RECORDING as @livekit/egress-sdk does")
     layout: str = Field("default", description="a built-in name, or a custom layout folder / .html.j2 file")
     layout_params: dict[str, str | float | bool | None] = Field(default_factory=dict,
                                                                 description="values for the layout's parameters")
@@ -258,6 +262,8 @@ class RecordRequest(Model):
     def _source(self) -> RecordRequest:
         if self.web_url and self.room and self.room.participants:
             raise ValueError("give either a room or a web_url, not both")
+        if self.template_url and not (self.room and self.room.kind == "livekit"):
+            raise ValueError("template_url renders a LiveKit room: give room kind livekit")
         if self.audio_only and self.video_only:
             raise ValueError("audio_only and video_only exclude each other")
         if not (self.file or self.stream or self.segments or self.websocket):

@@ -328,10 +328,11 @@ class Service:
         if rec.status != "ACTIVE":
             raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} is {rec.status}; its layout changes only while "
                                                 f"it is ACTIVE")
-        if layout.startswith(CUSTOM_PREFIX):
-            raise InvalidRequest("a running egress switches between built-in layouts; a custom layout is chosen when "
-                                 "the egress starts", details={"field": "layout"})
-        resolve_layout(layout)
+        if "template_url" not in rec.request:  # a template's layouts are its own to name
+            if layout.startswith(CUSTOM_PREFIX):
+                raise InvalidRequest("a running egress switches between built-in layouts; a custom layout is chosen "
+                                     "when the egress starts", details={"field": "layout"})
+            resolve_layout(layout)
         await self.runner.command(egress_id, {"op": "update_layout", "layout": layout})
         return self.store.update(egress_id, layout=layout)
 

@@ -171,38 +171,21 @@ class SrtListener:
             self.proc.wait()
 
 
-class PcmReceiver:
-    """A WebSocket server on 127.0.0.1 that keeps what a track egress sends: PCM bytes and text events."""
+class BackgroundApp:
+    """An aiohttp app served on 127.0.0.1 from a thread of its own (tests themselves are synchronous)."""
 
-    def __init__(self):
+    def __init__(self, app):
         import asyncio
         import threading
 
         from aiohttp import web
 
-        self.pcm = bytearray()
-        self.texts: list[str] = []
-        self.connections = 0
         self.port = free_port()
-        self.url = f"ws://127.0.0.1:{self.port}/pcm?track=x&key=secret-key"
         self._loop = asyncio.new_event_loop()
+        self._runner = web.AppRunner(app)
         ready = threading.Event()
 
-        async def socket(request):
-            ws = web.WebSocketResponse()
-            await ws.prepare(request)
-            self.connections += 1
-            async for msg in ws:
-                if msg.type == web.WSMsgType.BINARY:
-                    self.pcm += msg.data
-                elif msg.type == web.WSMsgType.TEXT:
-                    self.texts.append(msg.data)
-            return ws
-
         async def serve():
-            app = web.Application()
-            app.router.add_get("/pcm", socket)
-            self._runner = web.AppRunner(app)
             await self._runner.setup()
             await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
             ready.set()
@@ -210,14 +193,7 @@ class PcmReceiver:
         self._thread = threading.Thread(target=lambda: (self._loop.run_until_complete(serve()),
                                                         self._loop.run_forever()), daemon=True)
         self._thread.start()
-        ready.wait(10)
-
-    def samples(self):
-        """What arrived as mono float samples (the PCM is 48 kHz stereo s16le)."""
-        import numpy as np
-
-        data = np.frombuffer(bytes(self.pcm[: len(self.pcm) // 4 * 4]), "<i2").reshape(-1, 2)
-        return data.mean(axis=1) / 32768.0
+        assert ready.wait(10), "the test server did not start"
 
     def close(self) -> None:
         import asyncio
@@ -225,3 +201,35 @@ class PcmReceiver:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+class PcmReceiver(BackgroundApp):
+    """A WebSocket server that keeps what a track egress sends: PCM bytes and text events."""
+
+    def __init__(self):
+        from aiohttp import web
+
+        self.pcm = bytearray()
+        self.texts: list[str] = []
+
+        async def socket(request):
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async for msg in ws:
+                if msg.type == web.WSMsgType.BINARY:
+                    self.pcm += msg.data
+                elif msg.type == web.WSMsgType.TEXT:
+                    self.texts.append(msg.data)
+            return ws
+
+        app = web.Application()
+        app.router.add_get("/pcm", socket)
+        super().__init__(app)
+        self.url = f"ws://127.0.0.1:{self.port}/pcm?track=x&key=secret-key"
+
+    def samples(self):
+        """What arrived as mono float samples (the PCM is 48 kHz stereo s16le)."""
+        import numpy as np
+
+        data = np.frombuffer(bytes(self.pcm[: len(self.pcm) // 4 * 4]), "<i2").reshape(-1, 2)
+        return data.mean(axis=1) / 32768.0

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from compositor import analysis
 
 from .livekit_server import API_KEY, API_SECRET, LiveKitServer, make_clip, tools_or_skip
-from .receivers import PcmReceiver
+from .receivers import BackgroundApp, PcmReceiver
 from .test_service import Server
 
 TINY = ["--width", "320", "--height", "180"]
@@ -243,3 +244,61 @@ def test_track_egress_to_a_websocket_and_to_an_ogg_file(livekit, clips, service)
         assert analysis.tone_level(ogg_sound, BOB[1], 0.5, 2) < 0.003
     finally:
         receiver.close()
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class TemplateServer(BackgroundApp):
+    """Serves tests/egress_template, with livekit-client and @livekit/egress-sdk from node_modules."""
+
+    def __init__(self):
+        from aiohttp import web
+
+        modules = REPO / "node_modules"
+        # egress-sdk ships CommonJS only; its users bundle it. This wraps it as an ES module instead.
+        sdk = (modules / "@livekit/egress-sdk/dist/index.js").read_text()
+        shim = ("import * as lk from '/livekit-client.mjs';\nconst exports = {};\nconst require = () => lk;\n"
+                f"{sdk}\nexport default exports.default;\n")
+        js = {"Content-Type": "text/javascript"}
+
+        async def page(_):
+            return web.FileResponse(REPO / "tests/egress_template/index.html")
+
+        async def egress_sdk(_):
+            return web.Response(text=shim, headers=js)
+
+        async def livekit_client(_):
+            return web.FileResponse(modules / "livekit-client/dist/livekit-client.esm.mjs", headers=js)
+
+        app = web.Application()
+        app.router.add_get("/", page)
+        app.router.add_get("/egress-sdk.mjs", egress_sdk)
+        app.router.add_get("/livekit-client.mjs", livekit_client)
+        super().__init__(app)
+        self.url = f"http://127.0.0.1:{self.port}/?theme=mine"
+
+
+def test_a_template_written_for_the_egress_sdk_records_unchanged(livekit, clips, service):
+    room = "template-room"
+    publish(livekit, room, "alice", clips["alice"])
+    livekit.wait_published(room, {"alice": 2})
+    template = TemplateServer()
+    try:
+        # LiveKit's own request shape: custom_base_url is the template, layout is its to read.
+        egress = start(service, room_name=room, custom_base_url=template.url, layout="plain")
+        service.wait_status(egress, "ACTIVE", timeout=60)
+        time.sleep(2)
+        status, info, _ = service.call("POST", f"/v1/egress/{egress}/layout", {"layout": "banner"})
+        assert status == 200 and info["layout"] == "banner", info
+        time.sleep(2.5)
+        livekit.delete_room(room)  # egress-sdk says END_RECORDING when the room goes
+        done = service.wait_status(egress, "COMPLETE", timeout=60)
+    finally:
+        template.close()
+    path = done["file"]["location"]
+    duration = analysis.facts(path).duration
+    assert near(region(path, 1.0, 0.45, 0.05), ALICE[0])  # plain: alice's camera up to the top
+    assert near(region(path, duration - 0.5, 0.45, 0.05), "#ffffff")  # banner, from the recorder's metadata
+    assert near(region(path, duration - 0.5, 0.45, 0.6), ALICE[0])
+    assert analysis.tone_level(analysis.audio_samples(path), ALICE[1], 0.5, 2) > 0.02

@@ -26,7 +26,7 @@ from ..errors import (Aborted, AudioFailed, BrowserFailed, CompositorError, Conf
                       StartTimeout, TemplateFailed)
 from ..events import EventSink
 from ..layouts import resolve_layout
-from ..livekit_room import server_from_env
+from ..livekit_room import server_from_env, with_query
 from ..page_access import AllowedHosts
 from ..paths import WORKDIR_PREFIX
 from ..preflight import preflight
@@ -198,6 +198,13 @@ class Recorder:
         watched = [p for p in (display.process, sink.process) if p is not None]
         if cfg.source == "web":
             await self._until_ready(browser, watched, browser.open(cfg.web_url, cfg.start_timeout))
+        elif cfg.template_url:
+            # The caller's own page (LiveKit's custom_base_url): its errors are its own, its signals count.
+            server = server_from_env()
+            url = with_query(cfg.template_url, url=server.url,
+                             token=server.recorder_token(cfg.room_name, cfg.egress_id))
+            await self._until_ready(browser, watched, browser.open(url, cfg.start_timeout))
+            await self._until_ready(browser, watched, self._start_signal(browser), cfg.start_timeout)
         else:
             spec = PageSpec(cfg.layout, cfg.overlays, cfg.participants, cfg.room_name, cfg.sync_markers)
             allowed = self.allowed_hosts
@@ -328,6 +335,11 @@ class Recorder:
             raise Conflict("NOT_A_LAYOUT", "this egress records a web page; it has no layout to change")
         if self._browser is None or "first_frame" not in self.timings or self.timings.get("stop_requested"):
             raise Conflict("EGRESS_NOT_ACTIVE", "the layout can be changed only while the egress records")
+        if self.config.template_url:
+            # As LiveKit does: @livekit/egress-sdk reads the layout from the recorder's participant metadata.
+            await server_from_env().set_recorder_layout(self.config.room_name, self.config.egress_id, name)
+            self.timings["layout_changed"] = time.time()
+            return {"layout": name, "at": self.timings["layout_changed"]}
         ref = resolve_layout(name)
         if not ref.builtin:
             raise InvalidRequest(f"layout {name!r}: a running egress switches between built-in layouts; a custom "
