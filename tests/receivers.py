@@ -233,3 +233,74 @@ class PcmReceiver(BackgroundApp):
 
         data = np.frombuffer(bytes(self.pcm[: len(self.pcm) // 4 * 4]), "<i2").reshape(-1, 2)
         return data.mean(axis=1) / 32768.0
+
+
+class TcpProxy:
+    """A TCP relay on 127.0.0.1 to `port` that can cut every connection (and refuse new ones) for a while:
+    a short network loss between the recorder and a server."""
+
+    def __init__(self, port: int):
+        import asyncio
+        import threading
+
+        self.port = free_port()
+        self._upstream = port
+        self._open: set = set()
+        self._down_until = 0.0
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def relay(reader, writer):
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        async def client(reader, writer):
+            if time.monotonic() < self._down_until:
+                writer.close()
+                return
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream)
+            except OSError:
+                writer.close()
+                return
+            pair = (writer, up_writer)
+            self._open.add(pair)
+            await asyncio.gather(relay(reader, up_writer), relay(up_reader, writer))
+            self._open.discard(pair)
+
+        async def serve():
+            self._server = await asyncio.start_server(client, "127.0.0.1", self.port)
+            ready.set()
+
+        self._thread = threading.Thread(target=lambda: (self._loop.run_until_complete(serve()),
+                                                        self._loop.run_forever()), daemon=True)
+        self._thread.start()
+        assert ready.wait(10), "the proxy did not start"
+
+    def cut(self, seconds: float) -> None:
+        """Drop every open connection now and refuse new ones for `seconds`."""
+        def drop():
+            self._down_until = time.monotonic() + seconds
+            for pair in list(self._open):
+                for writer in pair:
+                    writer.transport.abort()
+        self._loop.call_soon_threadsafe(drop)
+
+    def close(self) -> None:
+        import asyncio
+
+        async def stop():
+            self._server.close()
+            for pair in list(self._open):
+                for writer in pair:
+                    writer.transport.abort()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

@@ -13,7 +13,7 @@ import pytest
 from compositor import analysis
 
 from .livekit_server import API_KEY, API_SECRET, LiveKitServer, make_clip, tools_or_skip
-from .receivers import BackgroundApp, PcmReceiver
+from .receivers import BackgroundApp, PcmReceiver, TcpProxy
 from .test_service import Server
 
 TINY = ["--width", "320", "--height", "180"]
@@ -133,6 +133,53 @@ def test_layout_changes_while_recording(livekit, clips, start_record):
     assert near(region(done.output, at - 0.5, 0.75, 0.4), BOB[0])
     assert near(region(done.output, at + 1.0, 0.75, 0.4), ALICE[0])
     assert near(region(done.output, at + 1.0, 0.2, 0.4), ALICE[0])
+
+
+def test_a_short_network_loss_reconnects_without_ending(livekit, clips, start_record):
+    room = "flaky-room"
+    publish(livekit, room, "alice", clips["alice"])
+    livekit.wait_published(room, {"alice": 2})
+    proxy = TcpProxy(livekit.port)  # the recorder reaches the server through this
+    try:
+        run = start_record("--room", "livekit", "--room-name", room, "--layout", "grid", *TINY,
+                           env={**livekit.env, "LIVEKIT_URL": f"ws://127.0.0.1:{proxy.port}"})
+        run.wait_for_status("ACTIVE", timeout=40)
+        time.sleep(2)
+        proxy.cut(3)  # the signal connection drops, and nothing connects for 3 s
+        time.sleep(5)
+        publish(livekit, room, "bob", clips["bob"])  # news only a reconnected recorder hears of
+        livekit.wait_published(room, {"alice": 2, "bob": 2})
+        time.sleep(6)  # the client retries with growing pauses (up to 7 s): one is past the outage by now
+        run.proc.send_signal(signal.SIGINT)
+        done = run.finish()
+    finally:
+        proxy.close()
+    assert done.code == 0, done.stderr[-2000:]
+    assert done.result["stopped_by"] == "stopped", done.result  # not room_ended: it came back
+    duration = analysis.facts(done.output).duration
+    assert duration > 10
+    # Alice all along; bob, who joined after the loss, on stage beside her with his sound.
+    assert near(region(done.output, 3, 0.45, 0.4), ALICE[0])
+    assert near(region(done.output, duration - 0.5, 0.2, 0.4), ALICE[0])
+    assert near(region(done.output, duration - 0.5, 0.7, 0.4), BOB[0])
+    sound = analysis.audio_samples(done.output)
+    assert analysis.tone_level(sound, ALICE[1], duration - 1.5, duration - 0.3) > 0.02
+    assert analysis.tone_level(sound, BOB[1], duration - 1.5, duration - 0.3) > 0.02
+
+
+def test_audio_only_room_composite(livekit, clips, start_record):
+    room = "audio-room"
+    publish(livekit, room, "alice", clips["alice"])
+    livekit.publish(room, "bob", clips["bob"].audio)  # no camera at all
+    livekit.wait_published(room, {"alice": 2, "bob": 1})
+    run = start_record("--room", "livekit", "--room-name", room, "--audio-only", "--duration", "3",
+                       output="room.ogg", env=livekit.env)
+    done = run.finish(timeout=60)
+    assert done.code == 0, done.stderr[-2000:]
+    facts = analysis.facts(done.output)
+    assert facts.video_codec is None and facts.audio_codec == "opus" and facts.duration > 2.5
+    sound = analysis.audio_samples(done.output)
+    assert analysis.tone_level(sound, ALICE[1], 0.5, 2.5) > 0.02 and analysis.tone_level(sound, BOB[1], 0.5, 2.5) > 0.02
 
 
 def test_screen_share_takes_the_stage(livekit, clips, start_record):

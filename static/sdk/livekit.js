@@ -56,6 +56,7 @@ export class LiveKitRoom extends Room {
       .on(RoomEvent.TrackPublished, (pub, p) => { if (this.partial && this.wants(pub, p)) pub.setSubscribed(true); })
       .on(RoomEvent.TrackSubscribed, (track, pub, p) => this._subscribed(track, pub, p))
       .on(RoomEvent.TrackUnsubscribed, (track, _pub, p) => this._unsubscribed(track, p))
+      .on(RoomEvent.SignalReconnecting, () => console.warn('livekit: signal connection lost; resuming'))
       .on(RoomEvent.Reconnecting, () => console.warn('livekit: reconnecting'))
       .on(RoomEvent.Reconnected, () => console.log('livekit: reconnected'))
       // The client retries a lost connection itself (Reconnecting); Disconnected is final:
