@@ -258,6 +258,8 @@ class WorkerRunner:
             self._delivering.add(egress_id)
         if kind == "status" and event.get("status") in ("ACTIVE", "ENDING"):
             fields = {"status": event["status"]}
+            if event.get("message") and event["status"] == "ACTIVE":
+                log.warning("egress %s: %s", egress_id, event["message"])
             if event["status"] == "ACTIVE":
                 fields["started_at"] = event["time"]
             self._set(egress_id, **fields)

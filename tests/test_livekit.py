@@ -182,6 +182,14 @@ def test_audio_only_room_composite(livekit, clips, start_record):
     assert analysis.tone_level(sound, ALICE[1], 0.5, 2.5) > 0.02 and analysis.tone_level(sound, BOB[1], 0.5, 2.5) > 0.02
 
 
+def test_an_empty_room_is_recorded_after_the_wait_and_says_so(livekit, start_record):
+    run = start_record("--room", "livekit", "--room-name", "empty-room", "--duration", "1", *TINY, env=livekit.env)
+    done = run.finish(timeout=60)
+    assert done.code == 0, done.stderr[-2000:]
+    active = next(e for e in done.events if e["type"] == "status" and e["status"] == "ACTIVE")
+    assert "nothing was published" in active["message"]
+
+
 def test_screen_share_takes_the_stage(livekit, clips, start_record):
     room = "share-room"
     publish(livekit, room, "alice", clips["alice"])

@@ -263,8 +263,9 @@ class Recorder:
             # What this job holds, so a supervisor (or a test) can check it all goes away.
             owners = {"xvfb": display.process, "pulseaudio": sink.process, "chromium": browser.process,
                       "ffmpeg": encoder.process}
-            self._status("ACTIVE", resources={"display": display.name, "workdir": str(workdir),
-                                              "pids": {k: p.pid for k, p in owners.items() if p}})
+            self._status("ACTIVE", await self._start_notice(browser),
+                         resources={"display": display.name, "workdir": str(workdir),
+                                    "pids": {k: p.pid for k, p in owners.items() if p}})
             failure = await self._until_done(encoder, browser, watched)
         self.timings["stop_requested"] = time.time()
         self._status("ENDING")
@@ -348,6 +349,16 @@ class Recorder:
         await self._browser.evaluate("name => window.compositorSetLayout(name)", f"{ref.name}-{ref.theme}")
         self.timings["layout_changed"] = time.time()
         return {"layout": f"{ref.name}-{ref.theme}", "at": self.timings["layout_changed"]}
+
+    async def _start_notice(self, browser: Browser) -> str:
+        """What the caller should know about how recording started: a LiveKit room with nothing published."""
+        if self.config.source != "livekit" or self.config.template_url:
+            return ""
+        with contextlib.suppress(BrowserFailed):
+            if await browser.evaluate("() => window.compositor && window.compositor.startedBy") == "timeout":
+                log.warning("nothing was published in room %s; recording anyway", self.config.room_name)
+                return "nothing was published in the room before the wait ran out; recording anyway"
+        return ""
 
     def _stream_changed(self, dest: Destination) -> None:
         index = self._fanout.destinations.index(dest) if self._fanout and dest in self._fanout.destinations else -1

@@ -64,11 +64,12 @@ export async function boot({ layout, root = document.getElementById('stage') }) 
   await room.prepare();
   stage.render();
   startClock();
-  if (room.ready) await room.ready(root, Number(egress.params.get('wait') || 10000));
+  // Why recording starts: 'video', 'audio', or 'timeout' (nothing published; the recorder says so).
+  const startedBy = room.ready ? await room.ready(root, Number(egress.params.get('wait') || 10000)) : 'ready';
   // Two frames: the first paints the tiles, the second is surely on screen.
   await nextFrame();
   await nextFrame();
   room.start(performance.now());
   egress.startRecording();
-  window.compositor = { room, stage };
+  window.compositor = { room, stage, startedBy };
 }
