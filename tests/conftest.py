@@ -12,13 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from compositor import analysis
+from compositor.api import make_app
+from compositor.service import Service, Settings
 from .receivers import NginxRtmp, free_port  # noqa: F401  (tests import free_port from here)
 # Storage servers as fixtures for every test module (each module gets its own servers).
 from .storage_servers import azure_server, gcs_account, gcs_server, s3_server, token_server  # noqa: F401
+from .livekit_server import API_KEY, API_SECRET, livekit  # noqa: F401  (a livekit-server per module that asks)
 
 REPO = Path(__file__).resolve().parent.parent
+#: the API key test services take
+KEY = "test-key-123"
 # Small frames keep the suite light on a 2-core machine.
 SMALL = ["--width", "640", "--height", "360"]
 
@@ -219,3 +225,26 @@ class HttpReceiver:
         self._thread.join(5)
         self._loop.run_until_complete(self._runner.cleanup())
         self._loop.close()
+
+
+@pytest.fixture
+async def open_app(tmp_path):
+    """open_app(**settings) -> a test client of the real app over a real Service (almost no capacity, so a
+    start it attempts is refused CAPACITY_EXCEEDED and logged, with no worker launched)."""
+    opened: list[tuple[TestClient, Service]] = []
+
+    async def _open(**settings) -> tuple[TestClient, Service]:
+        base = dict(api_keys=[KEY], capacity=0.01, livekit_api_key=API_KEY, livekit_api_secret=API_SECRET,
+                    livekit_url="ws://127.0.0.1:9", url_signing_key="k")
+        service = Service(Settings(data_dir=tmp_path / f"data{len(opened)}", **{**base, **settings}))
+        service.start_background()
+        client = TestClient(TestServer(make_app(service)))
+        await client.start_server()
+        opened.append((client, service))
+        return client, service
+
+    yield _open
+    for client, service in opened:
+        if not service.draining:
+            await service.shutdown()
+        await client.close()

@@ -178,3 +178,12 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def livekit(tmp_path_factory):
+    """A livekit-server on 127.0.0.1 for the test module (skipped, saying why, without the tools)."""
+    tools_or_skip()
+    server = LiveKitServer(tmp_path_factory.mktemp("livekit"))
+    yield server
+    server.close()

@@ -11,13 +11,10 @@ import logging
 import time
 import urllib.request
 
-import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from livekit import api
 
 from compositor import analysis
-from compositor.api import make_app
-from compositor.service import Service, Settings
 
 from .livekit_server import API_KEY, API_SECRET, LiveKitServer, make_clip, tools_or_skip
 from .storage_servers import free_port
@@ -43,29 +40,6 @@ def event(name: str, room: str, who: str | None = None, room_sid: str = "", **pa
     if who:
         out["participant"] = {"sid": f"PA_{who}", "identity": who, **participant}
     return out
-
-
-@pytest.fixture
-async def open_app(tmp_path):
-    """open_app(**settings) -> a test client of the real app over a real Service (almost no capacity, so a
-    start it attempts is refused CAPACITY_EXCEEDED and logged, with no worker launched)."""
-    opened: list[tuple[TestClient, Service]] = []
-
-    async def _open(**settings) -> tuple[TestClient, Service]:
-        base = dict(api_keys=[KEY], capacity=0.01, livekit_api_key=API_KEY, livekit_api_secret=API_SECRET,
-                    livekit_url="ws://127.0.0.1:9", url_signing_key="k")
-        service = Service(Settings(data_dir=tmp_path / f"data{len(opened)}", **{**base, **settings}))
-        service.start_background()
-        client = TestClient(TestServer(make_app(service)))
-        await client.start_server()
-        opened.append((client, service))
-        return client, service
-
-    yield _open
-    for client, service in opened:
-        if not service.draining:
-            await service.shutdown()
-        await client.close()
 
 
 async def post(client: TestClient, ev: dict) -> None:

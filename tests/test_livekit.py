@@ -12,7 +12,7 @@ import pytest
 
 from compositor import analysis
 
-from .livekit_server import API_KEY, API_SECRET, LiveKitServer, make_clip, tools_or_skip
+from .livekit_server import API_KEY, API_SECRET, make_clip
 from .receivers import BackgroundApp, PcmReceiver, TcpProxy
 from .test_service import Server
 
@@ -20,14 +20,6 @@ TINY = ["--width", "320", "--height", "180"]
 ALICE = ("#e6194b", 350)
 BOB = ("#3cb44b", 650)
 SHARE = ("#4363d8", 950)
-
-
-@pytest.fixture(scope="module")
-def livekit(tmp_path_factory):
-    tools_or_skip()
-    server = LiveKitServer(tmp_path_factory.mktemp("livekit"))
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")

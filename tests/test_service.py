@@ -17,9 +17,8 @@ import pytest
 from compositor import analysis
 from compositor.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
 
-from .conftest import REPO, HttpReceiver, _cmdline, _pids, free_port
+from .conftest import KEY, REPO, HttpReceiver, _cmdline, _pids, free_port
 
-KEY = "test-key-123"
 SMALL = {"advanced": {"width": 640, "height": 360}}
 ROOM = {"room": {"participants": [{"name": "A", "color": "#4363d8", "tone": 450}]}}
 

@@ -12,21 +12,20 @@ import subprocess
 from datetime import timedelta
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from google.protobuf import json_format
 from livekit import api
 from livekit.protocol import egress as proto
 
 from compositor import analysis, twirp
-from compositor.api import make_app
 from compositor.api_models import StartEgressRequest
 from compositor.destinations import redact_url
 from compositor.livekit_shape import (from_livekit, from_livekit_participant, from_livekit_track,
                                       from_livekit_track_composite)
-from compositor.service import Service, Settings
+from compositor.service import Service
 from compositor.store import EgressRecord
 
-from .livekit_server import API_KEY, API_SECRET, REPO, LiveKitServer, make_clip, tools_or_skip
+from .livekit_server import API_KEY, API_SECRET, REPO, make_clip
 from .test_livekit import ALICE, near, region
 from .test_service import KEY, Server
 
@@ -40,28 +39,6 @@ def token(api_secret: str = API_SECRET, ttl: timedelta | None = None, **grants) 
     grants = grants or {"room_record": True}
     tok = api.AccessToken(API_KEY, api_secret).with_grants(api.VideoGrants(**grants))
     return (tok.with_ttl(ttl) if ttl else tok).to_jwt()
-
-
-@pytest.fixture
-async def app(tmp_path):
-    """app(**settings) -> (test client of the real app, its Service). The Service has almost no capacity:
-    a valid start is refused resource_exhausted before any worker is launched."""
-    opened: list[tuple[TestClient, Service]] = []
-
-    async def _open(**settings) -> tuple[TestClient, Service]:
-        base = dict(api_keys=[KEY], capacity=0.01, livekit_api_key=API_KEY, livekit_api_secret=API_SECRET,
-                    livekit_url="ws://127.0.0.1:9", url_signing_key="k")
-        service = Service(Settings(data_dir=tmp_path / f"data{len(opened)}", **{**base, **settings}))
-        service.start_background()
-        client = TestClient(TestServer(make_app(service)))
-        await client.start_server()
-        opened.append((client, service))
-        return client, service
-
-    yield _open
-    for client, service in opened:
-        await service.shutdown()
-        await client.close()
 
 
 async def call(client: TestClient, method: str, body: dict | bytes | str, kind: str = JSON,
@@ -103,8 +80,8 @@ def seed(service: Service) -> None:
                                               "audio_only": True}))
 
 
-async def test_callers_need_a_livekit_token_granting_room_record(app):
-    client, _ = await app()
+async def test_callers_need_a_livekit_token_granting_room_record(open_app):
+    client, _ = await open_app()
     status, body, headers = await call(client, "ListEgress", {}, auth=None)
     assert (status, body["code"], set(body)) == (401, "unauthenticated", {"code", "msg", "meta"})
     assert headers["Content-Type"] == JSON  # exactly: LiveKit's Node SDK reads errors only then
@@ -117,14 +94,14 @@ async def test_callers_need_a_livekit_token_granting_room_record(app):
     assert (await call(client, "ListEgress", {}))[0] == 200
 
 
-async def test_without_livekit_credentials_it_says_what_to_set(app):
-    client, _ = await app(livekit_api_key="", livekit_api_secret="", livekit_url="")
+async def test_without_livekit_credentials_it_says_what_to_set(open_app):
+    client, _ = await open_app(livekit_api_key="", livekit_api_secret="", livekit_url="")
     status, body, _ = await call(client, "ListEgress", {})
     assert (status, body["code"]) == (501, "unimplemented") and "livekit_api_key" in body["msg"], body
 
 
-async def test_routes_other_than_the_egress_methods(app):
-    client, _ = await app()
+async def test_routes_other_than_the_egress_methods(open_app):
+    client, _ = await open_app()
     for method, http_method, path in (("Nope", "POST", "/twirp/livekit.Egress/"),
                                       ("ListEgress", "GET", "/twirp/livekit.Egress/"),
                                       ("ListRooms", "POST", "/twirp/livekit.RoomService/")):
@@ -137,8 +114,8 @@ async def test_routes_other_than_the_egress_methods(app):
     assert (status, body["code"]) == (501, "unimplemented"), body
 
 
-async def test_list_in_protobuf_and_json_shows_egress_info(app, monkeypatch):
-    client, service = await app()
+async def test_list_in_protobuf_and_json_shows_egress_info(open_app, monkeypatch):
+    client, service = await open_app()
     seed(service)
     async with sdk(client) as lk:
         listed = await lk.egress.list_egress(proto.ListEgressRequest())
@@ -201,8 +178,8 @@ async def test_list_in_protobuf_and_json_shows_egress_info(app, monkeypatch):
     assert (status, body["code"], body["meta"]["field"]) == (400, "invalid_argument", "page_token")
 
 
-async def test_malformed_bodies(app):
-    client, _ = await app()
+async def test_malformed_bodies(open_app):
+    client, _ = await open_app()
     status, body, _ = await call(client, "ListEgress", b"\xff\xff\xff", kind=PROTOBUF)
     assert (status, body["code"]) == (400, "malformed"), body
     status, body, _ = await call(client, "ListEgress", "{not json")
@@ -213,8 +190,8 @@ async def test_malformed_bodies(app):
     assert "SECRETKEY" not in json.dumps(body)
 
 
-async def test_invalid_starts_name_the_field_and_valid_ones_reach_admission(app):
-    client, _ = await app()
+async def test_invalid_starts_name_the_field_and_valid_ones_reach_admission(open_app):
+    client, _ = await open_app()
     file = proto.EncodedFileOutput(file_type=proto.MP4, filepath="x.mp4")
     async with sdk(client) as lk:
         eg = lk.egress
@@ -285,8 +262,8 @@ def test_each_start_request_maps_onto_ours():
     assert (socket.track.websocket_url, socket.wants_file) == ("wss://example.com/pcm", False)
 
 
-async def test_stop_and_updates_of_missing_or_ended_egresses(app):
-    client, service = await app()
+async def test_stop_and_updates_of_missing_or_ended_egresses(open_app):
+    client, service = await open_app()
     seed(service)
     for method, body, status, code, ours_code in (
             ("StopEgress", {"egress_id": "EG_nope"}, 404, "not_found", "NOT_FOUND"),
@@ -302,14 +279,6 @@ async def test_stop_and_updates_of_missing_or_ended_egresses(app):
 
 
 # End to end: a real livekit-server, a publisher, `compositor serve`, and LiveKit's SDKs as the callers.
-
-@pytest.fixture(scope="module")
-def livekit(tmp_path_factory):
-    tools_or_skip()
-    server = LiveKitServer(tmp_path_factory.mktemp("livekit"))
-    yield server
-    server.close()
-
 
 @pytest.fixture(scope="module")
 def alice_clip(tmp_path_factory):
