@@ -40,14 +40,14 @@ class Clip:
     audio: Path
 
 
-def make_clip(folder: Path, color: str, tone: int, seconds: int = 40) -> Clip:
-    """A solid `color` clip and a `tone` Hz sine, cheap to publish (320x240, 15 fps)."""
+def make_clip(folder: Path, color: str, tone: int, seconds: int = 40, size: str = "320x240") -> Clip:
+    """A solid `color` clip and a `tone` Hz sine, cheap to publish (15 fps)."""
     folder.mkdir(parents=True, exist_ok=True)
     name = color.lstrip("#")
-    video, audio = folder / f"{name}.ivf", folder / f"{tone}.ogg"
+    video, audio = folder / f"{name}-{size}.ivf", folder / f"{tone}.ogg"
     if not video.exists():
         subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
-                        f"color=c=0x{name}:s=320x240:r=15", "-t", str(seconds), "-c:v", "libvpx",
+                        f"color=c=0x{name}:s={size}:r=15", "-t", str(seconds), "-c:v", "libvpx",
                         "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k", "-g", "15", "-keyint_min", "15",
                         "-auto-alt-ref", "0", "-pix_fmt", "yuv420p", "-y", str(video)], check=True)
     if not audio.exists():
@@ -96,8 +96,9 @@ class LiveKitServer:
         """What a worker (or the service) needs to record from this server."""
         return {"LIVEKIT_URL": self.url, "LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": API_SECRET}
 
-    def publish(self, room: str, identity: str, *files: Path, source: str = "") -> Publisher:
-        pub = Publisher(self, room, identity, files, source)
+    def publish(self, room: str, identity: str, *files: Path, source: str = "", simulcast: bool = False) -> Publisher:
+        """`identity` joins `room` and publishes `files` (with `simulcast`, its videos are one track's layers)."""
+        pub = Publisher(self, room, identity, files, source, simulcast)
         self.publishers.append(pub)
         return pub
 
@@ -156,10 +157,12 @@ class LiveKitServer:
 class Publisher:
     """One participant publishing files with lkpub until stopped (it leaves the room then)."""
 
-    def __init__(self, server: LiveKitServer, room: str, identity: str, files: tuple[Path, ...], source: str):
+    def __init__(self, server: LiveKitServer, room: str, identity: str, files: tuple[Path, ...], source: str,
+                 simulcast: bool = False):
         self.identity = identity
         argv = [str(BIN / "lkpub"), "-url", server.url, "-key", API_KEY, "-secret", API_SECRET, "-room", room,
-                "-identity", identity, "-fps", "15", *(["-source", source] if source else []), *map(str, files)]
+                "-identity", identity, "-fps", "15", *(["-source", source] if source else []),
+                *(["-simulcast"] if simulcast else []), *map(str, files)]
         self.log = server.workdir / f"lkpub-{identity}.log"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -182,6 +182,22 @@ def test_an_empty_room_is_recorded_after_the_wait_and_says_so(livekit, start_rec
     assert "nothing was published" in active["message"]
 
 
+def test_tiles_take_the_simulcast_layer_that_fits_them(livekit, tmp_path, start_record):
+    # Each layer of alice's camera in its own colour: the picture says which layer the recorder took.
+    low, high = "#f58231", "#911eb4"
+    layers = [make_clip(tmp_path, color, ALICE[1], seconds=30, size=size).video
+              for color, size in ((low, "160x120"), ("#42d4f4", "320x240"), (high, "640x480"))]
+    room = "simulcast-room"
+    livekit.publish(room, "alice", *layers, simulcast=True)
+    livekit.wait_published(room, {"alice": 1})
+    for (width, height), color in (((128, 72), low), ((1280, 720), high)):
+        run = start_record("--room", "livekit", "--room-name", room, "--layout", "grid", "--duration", "4",
+                           "--width", str(width), "--height", str(height), output=f"{width}.mp4", env=livekit.env)
+        done = run.finish(timeout=60)
+        assert done.code == 0, done.stderr[-2000:]
+        assert near(region(done.output, 3.5, 0.45, 0.4), color), width
+
+
 def test_screen_share_takes_the_stage(livekit, clips, start_record):
     room = "share-room"
     publish(livekit, room, "alice", clips["alice"])

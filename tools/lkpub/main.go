@@ -1,11 +1,14 @@
 // Command lkpub joins a LiveKit room and publishes pre-encoded files
 // (.ivf VP8/VP9/AV1, .ogg Opus, .h264) with an explicit track source.
+// With -simulcast, its .ivf files are the layers (low to high) of one
+// simulcast video track.
 //
 //	lkpub -url ws://127.0.0.1:7880 -key devkey -secret ... -room roomA \
 //	      -identity screen1 -source screen_share -fps 15 red.ivf
 package main
 
 import (
+	"encoding/binary"
 	"flag"
 	"log"
 	"os"
@@ -26,6 +29,7 @@ func main() {
 	identity := flag.String("identity", "lkpub", "participant identity")
 	source := flag.String("source", "", "camera|microphone|screen_share|screen_share_audio (default: by kind; screen_share puts .ogg files on screen_share_audio)")
 	fps := flag.Float64("fps", 0, "video frame rate (set it for ffmpeg-made .ivf files)")
+	simulcast := flag.Bool("simulcast", false, "the .ivf files are the low, medium and high layers of one video track")
 	flag.Parse()
 
 	r, err := lksdk.ConnectToRoom(*url, lksdk.ConnectInfo{
@@ -37,6 +41,7 @@ func main() {
 	defer r.Disconnect()
 
 	done := make(chan string, len(flag.Args()))
+	var layers []*lksdk.LocalTrack
 	for _, f := range flag.Args() {
 		f := f
 		opts := []lksdk.ReaderSampleProviderOption{
@@ -45,9 +50,17 @@ func main() {
 		if *fps > 0 && filepath.Ext(f) != ".ogg" {
 			opts = append(opts, lksdk.ReaderTrackWithFrameDuration(time.Duration(float64(time.Second) / *fps)))
 		}
+		layered := *simulcast && filepath.Ext(f) == ".ivf"
+		if layered {
+			opts = append(opts, lksdk.ReaderTrackWithSampleOptions(lksdk.WithSimulcast("camera", layer(f, len(layers)))))
+		}
 		track, err := lksdk.NewLocalFileTrack(f, opts...)
 		if err != nil {
 			log.Fatal(err)
+		}
+		if layered {
+			layers = append(layers, track)
+			continue
 		}
 		// "" -> UNKNOWN, which the SDK maps to CAMERA (video) / MICROPHONE (audio).
 		src := livekit.TrackSource(livekit.TrackSource_value[map[string]string{
@@ -58,6 +71,13 @@ func main() {
 		}
 		if _, err = r.LocalParticipant.PublishTrack(track, &lksdk.TrackPublicationOptions{
 			Name: filepath.Base(f), Source: src,
+		}); err != nil {
+			log.Fatal(err)
+		}
+	}
+	if len(layers) > 0 {
+		if _, err := r.LocalParticipant.PublishSimulcastTrack(layers, &lksdk.TrackPublicationOptions{
+			Name: "camera", Source: livekit.TrackSource_CAMERA,
 		}); err != nil {
 			log.Fatal(err)
 		}
@@ -74,4 +94,23 @@ func main() {
 			return
 		}
 	}
+}
+
+// layer is the simulcast layer the i-th .ivf file is, sized from its header.
+func layer(file string, i int) *livekit.VideoLayer {
+	header := make([]byte, 32)
+	f, err := os.Open(file)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Read(header); err != nil {
+		log.Fatal(err)
+	}
+	qualities := []livekit.VideoQuality{livekit.VideoQuality_LOW, livekit.VideoQuality_MEDIUM, livekit.VideoQuality_HIGH}
+	if i >= len(qualities) {
+		log.Fatalf("%s: at most %d simulcast layers", file, len(qualities))
+	}
+	return &livekit.VideoLayer{Quality: qualities[i], Width: uint32(binary.LittleEndian.Uint16(header[12:])),
+		Height: uint32(binary.LittleEndian.Uint16(header[14:]))}
 }
