@@ -75,10 +75,11 @@ $(AZURITE):
 test-docker: setup
 	scripts/docker-test.sh
 
-bench: setup test-system
+bench: setup test-system $(LIVEKIT_TOOLS)
 	$(PY) bench/record.py
 	$(PY) bench/api.py
 	$(PY) bench/outputs.py
+	$(PY) bench/rooms.py
 
 # The README's pictures of the built-in layouts, made by `compositor layouts snapshot`.
 SNAP := $(PY) -m compositor layouts snapshot --names

@@ -11,7 +11,7 @@ from .api_models import (AutoEgressConfig, DownloadUrl, EgressInfo, EgressList, 
                          RecordingList, StartEgressRequest, StartRecordingRequest, UpdateLayoutRequest,
                          UpdateStreamsRequest)
 
-REQUESTS = [StartEgressRequest, StartRecordingRequest, AutoEgressConfig, UpdateStreamsRequest]
+REQUESTS = [StartEgressRequest, StartRecordingRequest, AutoEgressConfig, UpdateStreamsRequest, UpdateLayoutRequest]
 RESPONSES = [EgressInfo, EgressList, RecordingInfo, RecordingList, DownloadUrl, ErrorBody]
 
 # method, path, summary, request model, response model, success status
