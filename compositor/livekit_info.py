@@ -15,10 +15,13 @@ import time
 from pathlib import Path
 
 from google.protobuf.json_format import MessageToJson
+from google.protobuf.message import Message
 from livekit.api import AccessToken
 from livekit.protocol import egress as lk
 from livekit.protocol.webhook import WebhookEvent
 
+from .livekit_shape import ADVANCED_FIELDS
+from .presets import ALIASES
 from .store import EgressRecord
 
 _STATUS = {"STARTING": lk.EGRESS_STARTING, "ACTIVE": lk.EGRESS_ACTIVE, "ENDING": lk.EGRESS_ENDING,
@@ -30,16 +33,71 @@ NS = 1_000_000_000
 
 
 def _ns(seconds: float | None) -> int:
-    return int(seconds * NS) if seconds else 0
+    return round(seconds * NS) if seconds else 0
 
 
 def egress_info(rec: EgressRecord) -> lk.EgressInfo:
-    """An egress as LiveKit's EgressInfo."""
+    """An egress as LiveKit's EgressInfo: status, times, results, the request it was started with, and the
+    single-result fields older clients read."""
+    info = _results(rec)
+    _set_request(info, rec)
+    if rec.error_code:
+        info.details = rec.error_code
+    outputs, file = rec.outputs or {}, rec.file or {}
+    info.manifest_location = outputs.get("manifest") or ""
+    info.backup_storage_used = bool(file.get("backup_used"))
+    # LiveKit fills its deprecated `result` oneof when the egress has one kind of output.
+    kinds = [k for k in ("file_results", "stream_results", "segment_results") if len(getattr(info, k))]
+    if kinds == ["file_results"]:
+        info.file.CopyFrom(info.file_results[0])
+    elif kinds == ["stream_results"]:
+        info.stream.info.extend(info.stream_results)
+    elif kinds == ["segment_results"]:
+        info.segments.CopyFrom(info.segment_results[0])
+    return info
+
+
+def _set_request(info: lk.EgressInfo, rec: EgressRecord) -> None:
+    """The `request` oneof, rebuilt from what the record keeps: the source and the encoding, never the outputs
+    (their URLs and storage hold secrets)."""
+    req = rec.request
+    room = req.get("room") or {}
+    ids = room.get("track_ids") or []
+    if rec.kind == "web":
+        target: Message = info.web
+        target.url = req.get("web_url", "")
+    elif rec.kind == "participant":
+        target = info.participant
+        target.identity, target.screen_share = room.get("identity", ""), room.get("screen_share", False)
+    elif rec.kind == "track_composite":
+        target = info.track_composite
+        # The worker got [audio, video], leaving out the one not asked for (which made it video- or audio-only).
+        audio, video = ids if len(ids) == 2 else (ids[0], "") if req.get("audio_only") else ("", ids[0])
+        target.audio_track_id, target.video_track_id = audio, video
+    elif rec.kind == "track":
+        target = info.track
+        target.track_id = ids[0]
+    else:
+        target = info.room_composite
+        target.layout = rec.layout
+    if rec.kind != "web":
+        target.room_name = rec.room_name
+    if rec.kind in ("web", "room_composite"):
+        target.audio_only, target.video_only = req.get("audio_only", False), req.get("video_only", False)
+    if rec.kind == "track":
+        return
+    advanced = {k: v for k, v in (req.get("advanced") or {}).items() if k in ADVANCED_FIELDS}
+    if advanced:
+        target.advanced.CopyFrom(lk.EncodingOptions(**advanced))
+    elif rec.quality.upper() in ALIASES:
+        target.preset = lk.EncodingOptionsPreset.Value(rec.quality.upper())
+
+
+def _results(rec: EgressRecord) -> lk.EgressInfo:
+    """Status, times and the results of every output."""
     info = lk.EgressInfo(egress_id=rec.id, room_name=rec.room_name, status=_STATUS[rec.status],
                          started_at=_ns(rec.started_at), ended_at=_ns(rec.ended_at), updated_at=_ns(rec.updated_at),
                          error=rec.error or "")
-    info.room_composite.room_name = rec.room_name
-    info.room_composite.layout = rec.layout
     if rec.file:
         f = rec.file
         info.file_results.add(filename=f.get("filename", Path(f["location"]).name), location=f["location"],

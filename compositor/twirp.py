@@ -27,9 +27,7 @@ from pydantic import BaseModel, ValidationError
 from . import livekit_info
 from .api_models import StartEgressRequest, UpdateStreamsRequest
 from .errors import CapacityExceeded, CompositorError, InvalidRequest, NotFound
-from .livekit_shape import (ADVANCED_FIELDS, from_livekit, from_livekit_participant, from_livekit_track,
-                            from_livekit_track_composite)
-from .presets import ALIASES
+from .livekit_shape import from_livekit, from_livekit_participant, from_livekit_track, from_livekit_track_composite
 from .request import first_error
 from .service import Service
 from .store import ACTIVE_STATUSES, EgressRecord
@@ -185,7 +183,7 @@ def _start(mapping: Callable[[dict], dict]) -> Call:
 
     async def start(service: Service, msg: Message) -> proto.EgressInfo:
         body = json_format.MessageToDict(msg, preserving_proto_field_name=True)
-        return egress_info(await service.start(_validated(StartEgressRequest, mapping(body))))
+        return livekit_info.egress_info(await service.start(_validated(StartEgressRequest, mapping(body))))
 
     return start
 
@@ -198,17 +196,17 @@ def _existing(service: Service, egress_id: str) -> EgressRecord:
 
 
 async def _stop(service: Service, msg: proto.StopEgressRequest) -> proto.EgressInfo:
-    return egress_info(await service.stop(_existing(service, msg.egress_id).id))
+    return livekit_info.egress_info(await service.stop(_existing(service, msg.egress_id).id))
 
 
 async def _update_layout(service: Service, msg: proto.UpdateLayoutRequest) -> proto.EgressInfo:
-    return egress_info(await service.update_layout(msg.egress_id, msg.layout))
+    return livekit_info.egress_info(await service.update_layout(msg.egress_id, msg.layout))
 
 
 async def _update_stream(service: Service, msg: proto.UpdateStreamRequest) -> proto.EgressInfo:
     change = _validated(UpdateStreamsRequest, {"add_output_urls": list(msg.add_output_urls),
                                                "remove_output_urls": list(msg.remove_output_urls)})
-    return egress_info(await service.update_streams(msg.egress_id, change.add, change.remove))
+    return livekit_info.egress_info(await service.update_streams(msg.egress_id, change.add, change.remove))
 
 
 async def _list(service: Service, msg: proto.ListEgressRequest) -> proto.ListEgressResponse:
@@ -229,65 +227,8 @@ async def _list(service: Service, msg: proto.ListEgressRequest) -> proto.ListEgr
         recs, total = service.store.list(room_name=room, status=None, mode=None, page=page, limit=LIST_PAGE)
         if page * LIST_PAGE < total:
             out.next_page_token.token = str(page + 1)
-    out.items.extend(egress_info(r) for r in recs if not msg.active or r.status in ACTIVE_STATUSES)
+    out.items.extend(livekit_info.egress_info(r) for r in recs if not msg.active or r.status in ACTIVE_STATUSES)
     return out
-
-
-def egress_info(rec: EgressRecord) -> proto.EgressInfo:
-    """An egress as LiveKit's EgressInfo: livekit_info's (status, times, results), with the request it was
-    started with and the single-result fields older clients read."""
-    info = livekit_info.egress_info(rec)
-    _set_request(info, rec)
-    if rec.error_code:
-        info.details = rec.error_code
-    outputs, file = rec.outputs or {}, rec.file or {}
-    info.manifest_location = outputs.get("manifest") or ""
-    info.backup_storage_used = bool(file.get("backup_used"))
-    # LiveKit fills its deprecated `result` oneof when the egress has one kind of output.
-    kinds = [k for k in ("file_results", "stream_results", "segment_results") if len(getattr(info, k))]
-    if kinds == ["file_results"]:
-        info.file.CopyFrom(info.file_results[0])
-    elif kinds == ["stream_results"]:
-        info.stream.info.extend(info.stream_results)
-    elif kinds == ["segment_results"]:
-        info.segments.CopyFrom(info.segment_results[0])
-    return info
-
-
-def _set_request(info: proto.EgressInfo, rec: EgressRecord) -> None:
-    """The `request` oneof, rebuilt from what the record keeps: the source and the encoding, never the outputs
-    (their URLs and storage hold secrets)."""
-    req = rec.request
-    room = req.get("room") or {}
-    ids = room.get("track_ids") or []
-    if rec.kind == "web":
-        target: Message = info.web
-        target.url = req.get("web_url", "")
-    elif rec.kind == "participant":
-        target = info.participant
-        target.identity, target.screen_share = room.get("identity", ""), room.get("screen_share", False)
-    elif rec.kind == "track_composite":
-        target = info.track_composite
-        # The worker got [audio, video], leaving out the one not asked for (which made it video- or audio-only).
-        audio, video = ids if len(ids) == 2 else (ids[0], "") if req.get("audio_only") else ("", ids[0])
-        target.audio_track_id, target.video_track_id = audio, video
-    elif rec.kind == "track":
-        target = info.track
-        target.track_id = ids[0]
-    else:
-        target = info.room_composite
-        target.layout = rec.layout
-    if rec.kind != "web":
-        target.room_name = rec.room_name
-    if rec.kind in ("web", "room_composite"):
-        target.audio_only, target.video_only = req.get("audio_only", False), req.get("video_only", False)
-    if rec.kind == "track":
-        return
-    advanced = {k: v for k, v in (req.get("advanced") or {}).items() if k in ADVANCED_FIELDS}
-    if advanced:
-        target.advanced.CopyFrom(proto.EncodingOptions(**advanced))
-    elif rec.quality.upper() in ALIASES:
-        target.preset = proto.EncodingOptionsPreset.Value(rec.quality.upper())
 
 
 METHODS: dict[str, Method] = {

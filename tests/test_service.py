@@ -433,6 +433,8 @@ def test_webhooks_in_livekit_format_verify_with_livekits_receiver(tmp_path):
         assert started.egress_id == info["id"] and started.status == EGRESS_ACTIVE
         assert ended.status == EGRESS_LIMIT_REACHED and ended.file_results[0].size > 0
         assert ended.file_results[0].duration > 1_500_000_000  # nanoseconds, as LiveKit counts
+        # The same EgressInfo the Twirp API answers: the request it was started with, the single file result.
+        assert ended.room_composite.room_name == "room-1" and ended.file.size == ended.file_results[0].size
         with pytest.raises(Exception):
             WebhookReceiver(TokenVerifier(key, "wrong-secret-wrong-secret-wrong-secret")).receive(
                 livekit()[0][1].decode(), livekit()[0][0]["Authorization"])
