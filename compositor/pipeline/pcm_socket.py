@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from ..errors import StreamFailed
+from .pipes import EncoderPipe
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,12 @@ class PcmSocket:
     def __init__(self, url: str, sample_rate: int, channels: int = 2):
         self.url = url
         self.frame_bytes = sample_rate * channels * 2 * FRAME_MS // 1000
-        self._read_fd, self.write_fd = os.pipe()
-        self._pipe_owned = True  # until start() hands the write end to the encoder
+        self._pipe = EncoderPipe()
+        self.write_fd = self._pipe.write_fd
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._pump: asyncio.Task | None = None
         self._listener: asyncio.Task | None = None
-        self._transport: asyncio.BaseTransport | None = None
         self.bytes_sent = 0
         self._closing = False
         #: set with the error when the receiver goes away while recording
@@ -64,12 +63,7 @@ class PcmSocket:
 
     async def start(self) -> None:
         """Call once the encoder runs (it holds the pipe's write end now)."""
-        self._pipe_owned = False
-        os.close(self.write_fd)
-        reader = asyncio.StreamReader(limit=self.frame_bytes * 64)
-        self._transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(self._read_fd, "rb", buffering=0))
-        self._pump = asyncio.create_task(self._send(reader))
+        self._pump = asyncio.create_task(self._send(await self._pipe.open(self.frame_bytes * 64)))
 
     async def send_event(self, event: dict) -> None:
         """A text frame about the track (LiveKit sends `{"muted": bool}`)."""
@@ -112,16 +106,7 @@ class PcmSocket:
 
     async def close(self) -> None:
         """After the encoder ended: send what the pipe holds, then close the socket. Idempotent."""
-        if self._pipe_owned:
-            self._pipe_owned = False
-            for fd in (self._read_fd, self.write_fd):
-                os.close(fd)
-        if self._pump:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._pump), DRAIN_S)
-            self._pump.cancel()
-        if self._transport:
-            self._transport.close()
+        await self._pipe.close(self._pump, DRAIN_S)
         self._closing = True
         if self._ws is not None:
             with contextlib.suppress(aiohttp.ClientError, ConnectionError, TimeoutError):

@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import fcntl
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from ..destinations import StreamTarget
 from ..errors import InvalidRequest, StreamFailed
 from ..process import ManagedProcess
 from .encoder import progress_updates
+from .pipes import EncoderPipe
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,6 @@ BACKOFF_S = (1.0, 2.0, 4.0, 8.0)
 FINISH_S = 5.0
 # ~1 s of a 4 Mbit/s stream; enough for a 100 ms path at 20 Mbit/s.
 SEND_BUFFER_BYTES = 512 * 1024
-_F_SETPIPE_SZ = 1031
 PIPE_BYTES = 1 << 20
 
 # A thumbnailer that dies (it should not) is started again for this long.
@@ -343,29 +341,19 @@ class StreamFanout:
         self._thumbnailer: Thumbnailer | None = None
         self._has_video = video is not None
         self._on_change = on_change
-        self._read_fd, self.write_fd = os.pipe()
-        self._pipe_owned = True  # until start() hands the ends to the encoder and the loop
-        with contextlib.suppress(OSError):
-            # Slack for the moment the loop is busy: the encoder must never wait on this pipe.
-            fcntl.fcntl(self.write_fd, _F_SETPIPE_SZ, PIPE_BYTES)
+        self._pipe = EncoderPipe(PIPE_BYTES)
+        self.write_fd = self._pipe.write_fd
         self._header = b""
         self._config: dict[int, FlvTag] = {}
         # Tags since the last keyframe: a destination that starts begins with these, at once.
         self._gop: list[FlvTag] = []
         self._pump: asyncio.Task | None = None
-        self._transport: asyncio.BaseTransport | None = None
         #: "all_failed" or "all_removed" once no destination is left streaming
         self.outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def start(self) -> None:
         """Call once the encoder runs (it holds the pipe's write end now)."""
-        self._pipe_owned = False
-        os.close(self.write_fd)
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=PIPE_BYTES)
-        self._transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                                          os.fdopen(self._read_fd, "rb", buffering=0))
-        self._pump = asyncio.create_task(self._run(reader))
+        self._pump = asyncio.create_task(self._run(await self._pipe.open(PIPE_BYTES)))
         for target in self.settings.targets:
             self.add(target)
         if self._images and self._video:
@@ -426,14 +414,5 @@ class StreamFanout:
 
     async def close(self) -> None:
         """After the encoder ended: let the pipe drain, then finish every destination. Idempotent."""
-        if self._pipe_owned:
-            self._pipe_owned = False
-            for fd in (self._read_fd, self.write_fd):
-                os.close(fd)
-        if self._pump:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._pump), 2.0)
-            self._pump.cancel()
-        if self._transport:
-            self._transport.close()
+        await self._pipe.close(self._pump, 2.0)
         await asyncio.gather(*(d.close() for d in (*self.destinations, *filter(None, [self._thumbnailer]))))
