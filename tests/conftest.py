@@ -20,7 +20,7 @@ from compositor.service import Service, Settings
 from .receivers import NginxRtmp, free_port  # noqa: F401  (tests import free_port from here)
 # Storage servers as fixtures for every test module (each module gets its own servers).
 from .storage_servers import azure_server, gcs_account, gcs_server, s3_server, token_server  # noqa: F401
-from .livekit_server import API_KEY, API_SECRET, livekit  # noqa: F401  (a livekit-server per module that asks)
+from .livekit_server import API_KEY, API_SECRET, livekit, livekit_service  # noqa: F401  (per module that asks)
 
 REPO = Path(__file__).resolve().parent.parent
 #: the API key test services take

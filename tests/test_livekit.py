@@ -12,9 +12,8 @@ import pytest
 
 from compositor import analysis
 
-from .livekit_server import API_KEY, API_SECRET, make_clip
+from .livekit_server import make_clip
 from .receivers import BackgroundApp, PcmReceiver, TcpProxy
-from .test_service import Server
 
 TINY = ["--width", "320", "--height", "180"]
 ALICE = ("#e6194b", 350)
@@ -212,36 +211,21 @@ def test_screen_share_takes_the_stage(livekit, clips, start_record):
     assert analysis.tone_level(sound, SHARE[1], 0.5, 2.5) > 0.02  # the share's own sound plays
 
 
-def test_the_service_records_a_room_of_its_livekit_server(livekit, clips, tmp_path):
+def test_the_service_records_a_room_of_its_livekit_server(livekit, clips, livekit_service):
     room = "service-room"
     publish(livekit, room, "alice", clips["alice"])
     livekit.wait_published(room, {"alice": 2})
-    env = {"COMPOSITOR_LIVEKIT_URL": livekit.http_url, "COMPOSITOR_LIVEKIT_API_KEY": API_KEY,
-           "COMPOSITOR_LIVEKIT_API_SECRET": API_SECRET}
-    server = Server(tmp_path / "data", env=env)
-    try:
-        # A plain BaxCloud request: the room name is the LiveKit room.
-        status, info, _ = server.call("POST", "/v1/egress/start", {"roomName": room, "layout": "grid",
-                                                                  "advanced": {"width": 320, "height": 180}})
-        assert status == 201, info
-        server.wait_status(info["id"], "ACTIVE", timeout=60)
-        time.sleep(2.5)
-        livekit.delete_room(room)  # the room closes: the egress completes
-        done = server.wait_status(info["id"], "COMPLETE", timeout=60)
-        path = done["file"]["location"]
-        assert near(region(path, 1.0, 0.45, 0.4), ALICE[0])
-        assert analysis.tone_level(analysis.audio_samples(path), ALICE[1], 0.5, 1.5) > 0.02
-    finally:
-        server.stop_server()
-
-
-@pytest.fixture(scope="module")
-def service(livekit, tmp_path_factory):
-    env = {"COMPOSITOR_LIVEKIT_URL": livekit.http_url, "COMPOSITOR_LIVEKIT_API_KEY": API_KEY,
-           "COMPOSITOR_LIVEKIT_API_SECRET": API_SECRET}
-    server = Server(tmp_path_factory.mktemp("service") / "data", env=env)
-    yield server
-    server.stop_server()
+    # A plain BaxCloud request: the room name is the LiveKit room.
+    status, info, _ = livekit_service.call("POST", "/v1/egress/start", {"roomName": room, "layout": "grid",
+                                                                       "advanced": {"width": 320, "height": 180}})
+    assert status == 201, info
+    livekit_service.wait_status(info["id"], "ACTIVE", timeout=60)
+    time.sleep(2.5)
+    livekit.delete_room(room)  # the room closes: the egress completes
+    done = livekit_service.wait_status(info["id"], "COMPLETE", timeout=60)
+    path = done["file"]["location"]
+    assert near(region(path, 1.0, 0.45, 0.4), ALICE[0])
+    assert analysis.tone_level(analysis.audio_samples(path), ALICE[1], 0.5, 1.5) > 0.02
 
 
 def start(server, **body) -> str:
@@ -250,22 +234,22 @@ def start(server, **body) -> str:
     return info["id"]
 
 
-def test_participant_and_track_composite_egress(livekit, clips, service):
+def test_participant_and_track_composite_egress(livekit, clips, livekit_service):
     room = "parts-room"
     publish(livekit, room, "alice", clips["alice"])
     publish(livekit, room, "bob", clips["bob"])
     livekit.wait_published(room, {"alice": 2, "bob": 2})
     tracks = livekit.tracks(room)
-    bob_only = start(service, roomName=room, participant={"identity": "bob"})
+    bob_only = start(livekit_service, roomName=room, participant={"identity": "bob"})
     # Alice's voice over bob's picture.
-    mixed = start(service, roomName=room, trackComposite={"audioTrackId": tracks["alice"]["microphone"],
-                                                         "videoTrackId": tracks["bob"]["camera"]})
+    mixed = start(livekit_service, roomName=room, trackComposite={"audioTrackId": tracks["alice"]["microphone"],
+                                                                 "videoTrackId": tracks["bob"]["camera"]})
     for egress in (bob_only, mixed):
-        service.wait_status(egress, "ACTIVE", timeout=60)
+        livekit_service.wait_status(egress, "ACTIVE", timeout=60)
     time.sleep(3)
     for egress in (bob_only, mixed):
-        assert service.call("POST", f"/v1/egress/{egress}/stop")[0] == 200
-    done = {egress: service.wait_status(egress, "COMPLETE", timeout=60) for egress in (bob_only, mixed)}
+        assert livekit_service.call("POST", f"/v1/egress/{egress}/stop")[0] == 200
+    done = {egress: livekit_service.wait_status(egress, "COMPLETE", timeout=60) for egress in (bob_only, mixed)}
     assert done[bob_only]["kind"] == "participant" and done[mixed]["kind"] == "track_composite"
     for egress, (picture, voice, other) in ((bob_only, (BOB[0], BOB[1], ALICE[1])),
                                            (mixed, (BOB[0], ALICE[1], BOB[1]))):
@@ -276,7 +260,7 @@ def test_participant_and_track_composite_egress(livekit, clips, service):
         assert analysis.tone_level(sound, other, 0.5, 2) < 0.003
 
 
-def test_track_egress_to_a_websocket_and_to_an_ogg_file(livekit, clips, service):
+def test_track_egress_to_a_websocket_and_to_an_ogg_file(livekit, clips, livekit_service):
     room = "track-room"
     publish(livekit, room, "alice", clips["alice"])
     publish(livekit, room, "bob", clips["bob"])
@@ -284,15 +268,15 @@ def test_track_egress_to_a_websocket_and_to_an_ogg_file(livekit, clips, service)
     tracks = livekit.tracks(room)
     receiver = PcmReceiver()
     try:
-        socket = start(service, roomName=room, track={"trackId": tracks["bob"]["microphone"],
-                                                     "websocketUrl": receiver.url})
-        ogg = start(service, roomName=room, track={"trackId": tracks["alice"]["microphone"]})
+        socket = start(livekit_service, roomName=room, track={"trackId": tracks["bob"]["microphone"],
+                                                             "websocketUrl": receiver.url})
+        ogg = start(livekit_service, roomName=room, track={"trackId": tracks["alice"]["microphone"]})
         for egress in (socket, ogg):
-            service.wait_status(egress, "ACTIVE", timeout=60)
+            livekit_service.wait_status(egress, "ACTIVE", timeout=60)
         time.sleep(3)
         for egress in (socket, ogg):
-            assert service.call("POST", f"/v1/egress/{egress}/stop")[0] == 200
-        done = {egress: service.wait_status(egress, "COMPLETE", timeout=60) for egress in (socket, ogg)}
+            assert livekit_service.call("POST", f"/v1/egress/{egress}/stop")[0] == 200
+        done = {egress: livekit_service.wait_status(egress, "COMPLETE", timeout=60) for egress in (socket, ogg)}
         sound = receiver.samples()
         assert len(sound) > 2 * 48000  # seconds of 48 kHz PCM
         assert analysis.tone_level(sound, BOB[1], 0.5, 2) > 0.02
@@ -342,21 +326,21 @@ class TemplateServer(BackgroundApp):
         self.url = f"http://127.0.0.1:{self.port}/?theme=mine"
 
 
-def test_a_template_written_for_the_egress_sdk_records_unchanged(livekit, clips, service):
+def test_a_template_written_for_the_egress_sdk_records_unchanged(livekit, clips, livekit_service):
     room = "template-room"
     publish(livekit, room, "alice", clips["alice"])
     livekit.wait_published(room, {"alice": 2})
     template = TemplateServer()
     try:
         # LiveKit's own request shape: custom_base_url is the template, layout is its to read.
-        egress = start(service, room_name=room, custom_base_url=template.url, layout="plain")
-        service.wait_status(egress, "ACTIVE", timeout=60)
+        egress = start(livekit_service, room_name=room, custom_base_url=template.url, layout="plain")
+        livekit_service.wait_status(egress, "ACTIVE", timeout=60)
         time.sleep(2)
-        status, info, _ = service.call("POST", f"/v1/egress/{egress}/layout", {"layout": "banner"})
+        status, info, _ = livekit_service.call("POST", f"/v1/egress/{egress}/layout", {"layout": "banner"})
         assert status == 200 and info["layout"] == "banner", info
         time.sleep(2.5)
         livekit.delete_room(room)  # egress-sdk says END_RECORDING when the room goes
-        done = service.wait_status(egress, "COMPLETE", timeout=60)
+        done = livekit_service.wait_status(egress, "COMPLETE", timeout=60)
     finally:
         template.close()
     path = done["file"]["location"]

@@ -27,7 +27,7 @@ from compositor.store import EgressRecord
 
 from .livekit_server import API_KEY, API_SECRET, REPO, make_clip
 from .test_livekit import ALICE, near, region
-from .test_service import KEY, Server
+from .test_service import KEY
 
 PROTOBUF, JSON = "application/protobuf", "application/json"
 STREAM_URL = "rtmp://live.example/app/SECRETKEY"
@@ -285,15 +285,6 @@ def alice_clip(tmp_path_factory):
     return make_clip(tmp_path_factory.mktemp("clips"), *ALICE, seconds=30)
 
 
-@pytest.fixture(scope="module")
-def serve(livekit, tmp_path_factory):
-    env = {"COMPOSITOR_LIVEKIT_URL": livekit.http_url, "COMPOSITOR_LIVEKIT_API_KEY": API_KEY,
-           "COMPOSITOR_LIVEKIT_API_SECRET": API_SECRET}
-    server = Server(tmp_path_factory.mktemp("serve") / "data", env=env)
-    yield server
-    server.stop_server()
-
-
 def check_recording(path: str, size: int, room: str, folder: str) -> None:
     """The file is where it was asked, as big as said, and shows and sounds like alice."""
     assert path.endswith(f"/recordings/{folder}/{room}.mp4") and os.path.getsize(path) == size
@@ -304,7 +295,7 @@ def check_recording(path: str, size: int, room: str, folder: str) -> None:
     assert analysis.tone_level(analysis.audio_samples(path), ALICE[1], 0.5, 2.0) > 0.02
 
 
-def test_livekit_python_sdk_records_a_room(livekit, alice_clip, serve):
+def test_livekit_python_sdk_records_a_room(livekit, alice_clip, livekit_service):
     room = "twirp-py"
     publisher = livekit.publish(room, "alice", alice_clip.video, alice_clip.audio)
     livekit.wait_published(room, {"alice": 2})
@@ -318,7 +309,7 @@ def test_livekit_python_sdk_records_a_room(livekit, alice_clip, serve):
         raise AssertionError(f"{egress_id} never reached {proto.EgressStatus.Name(status)}: {info}")
 
     async def record() -> proto.EgressInfo:
-        async with api.LiveKitAPI(url=serve.base, api_key=API_KEY, api_secret=API_SECRET) as lk:
+        async with api.LiveKitAPI(url=livekit_service.base, api_key=API_KEY, api_secret=API_SECRET) as lk:
             eg = lk.egress
             started = await eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(
                 room_name=room, layout="grid", advanced=proto.EncodingOptions(width=320, height=180),
@@ -351,14 +342,14 @@ def test_livekit_python_sdk_records_a_room(livekit, alice_clip, serve):
     check_recording(f.location, f.size, room, "py")
 
 
-def test_livekit_node_sdk_records_a_room(livekit, alice_clip, serve):
+def test_livekit_node_sdk_records_a_room(livekit, alice_clip, livekit_service):
     if not shutil.which("node") or not (REPO / "node_modules" / "livekit-server-sdk").is_dir():
         pytest.skip("LiveKit's Node SDK is not installed: run `npm ci` (package.json devDependencies)")
     room = "twirp-node"
     publisher = livekit.publish(room, "alice", alice_clip.video, alice_clip.audio)
     try:
         livekit.wait_published(room, {"alice": 2})
-        run = subprocess.run(["node", str(REPO / "tests" / "twirp_node_client.mjs"), serve.base, API_KEY,
+        run = subprocess.run(["node", str(REPO / "tests" / "twirp_node_client.mjs"), livekit_service.base, API_KEY,
                               API_SECRET, room], capture_output=True, text=True, timeout=120, cwd=REPO)
     finally:
         publisher.stop()
