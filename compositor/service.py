@@ -325,14 +325,15 @@ class Service:
         rec = self.store.get(egress_id)
         if rec is None:
             raise NotFound(f"no egress {egress_id!r}")
-        if rec.status != "ACTIVE":
-            raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} is {rec.status}; its layout changes only while "
-                                                f"it is ACTIVE")
         if "template_url" not in rec.request:  # a template's layouts are its own to name
-            if layout.startswith(CUSTOM_PREFIX):
+            # Never a path: that would probe the server's disk.
+            if "/" in layout or layout.endswith(".j2"):
                 raise InvalidRequest("a running egress switches between built-in layouts; a custom layout is chosen "
                                      "when the egress starts", details={"field": "layout"})
             resolve_layout(layout)
+        if rec.status != "ACTIVE":
+            raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} is {rec.status}; its layout changes only while "
+                                                f"it is ACTIVE")
         await self.runner.command(egress_id, {"op": "update_layout", "layout": layout})
         return self.store.update(egress_id, layout=layout)
 

@@ -271,6 +271,11 @@ async def test_stop_and_updates_of_missing_or_ended_egresses(open_app):
             ("UpdateLayout", {"egress_id": "EG_nope", "layout": "grid"}, 404, "not_found", "NOT_FOUND"),
             ("UpdateLayout", {"egress_id": "EG_done", "layout": "grid"}, 412, "failed_precondition",
              "EGRESS_NOT_ACTIVE"),
+            # A path is never looked up: it would probe the server's disk.
+            ("UpdateLayout", {"egress_id": "EG_done", "layout": "/etc/passwd"}, 400, "invalid_argument",
+             "INVALID_ARGUMENT"),
+            ("UpdateLayout", {"egress_id": "EG_done", "layout": "no-such-layout"}, 400, "invalid_argument",
+             "INVALID_ARGUMENT"),
             ("UpdateStream", {"egress_id": "EG_done", "add_output_urls": [STREAM_URL]}, 412, "failed_precondition",
              "NO_STREAM_OUTPUT"),
             ("UpdateStream", {"egress_id": "EG_live"}, 400, "invalid_argument", "INVALID_ARGUMENT")):
