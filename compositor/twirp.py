@@ -26,11 +26,11 @@ from pydantic import BaseModel, ValidationError
 
 from . import livekit_info
 from .api_models import StartEgressRequest, UpdateStreamsRequest
-from .errors import CapacityExceeded, CompositorError, InvalidRequest, NotFound
+from .errors import CapacityExceeded, CompositorError, InvalidRequest
 from .livekit_shape import from_livekit, from_livekit_participant, from_livekit_track, from_livekit_track_composite
 from .request import first_error
 from .service import Service
-from .store import ACTIVE_STATUSES, EgressRecord
+from .store import ACTIVE_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -188,15 +188,8 @@ def _start(mapping: Callable[[dict], dict]) -> Call:
     return start
 
 
-def _existing(service: Service, egress_id: str) -> EgressRecord:
-    rec = service.store.get(egress_id)
-    if rec is None:
-        raise NotFound(f"no egress {egress_id!r}", details={"field": "egress_id"})
-    return rec
-
-
 async def _stop(service: Service, msg: proto.StopEgressRequest) -> proto.EgressInfo:
-    return livekit_info.egress_info(await service.stop(_existing(service, msg.egress_id).id))
+    return livekit_info.egress_info(await service.stop(msg.egress_id))
 
 
 async def _update_layout(service: Service, msg: proto.UpdateLayoutRequest) -> proto.EgressInfo:

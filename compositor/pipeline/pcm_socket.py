@@ -2,14 +2,13 @@
 
 ffmpeg writes 16-bit little-endian interleaved PCM (48 kHz stereo unless
 the request says otherwise) into a pipe; this sends it on in binary frames
-of 20 ms. Text frames carry events about the track (`{"muted": true}`).
+of 20 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from urllib.parse import urlsplit
 
@@ -64,11 +63,6 @@ class PcmSocket:
     async def start(self) -> None:
         """Call once the encoder runs (it holds the pipe's write end now)."""
         self._pump = asyncio.create_task(self._send(await self._pipe.open(self.frame_bytes * 64)))
-
-    async def send_event(self, event: dict) -> None:
-        """A text frame about the track (LiveKit sends `{"muted": bool}`)."""
-        if self._ws is not None and not self._ws.closed:
-            await self._ws.send_str(json.dumps(event))
 
     async def _send(self, reader: asyncio.StreamReader) -> None:
         try:
