@@ -234,6 +234,16 @@ def start(server, **body) -> str:
     return info["id"]
 
 
+def record_together(server, *egresses: str, seconds: float = 3) -> dict[str, dict]:
+    """Once all are ACTIVE, record `seconds` more, stop them all; each one's info once COMPLETE."""
+    for egress in egresses:
+        server.wait_status(egress, "ACTIVE", timeout=60)
+    time.sleep(seconds)
+    for egress in egresses:
+        assert server.call("POST", f"/v1/egress/{egress}/stop")[0] == 200
+    return {egress: server.wait_status(egress, "COMPLETE", timeout=60) for egress in egresses}
+
+
 def test_participant_and_track_composite_egress(livekit, clips, livekit_service):
     room = "parts-room"
     publish(livekit, room, "alice", clips["alice"])
@@ -244,12 +254,7 @@ def test_participant_and_track_composite_egress(livekit, clips, livekit_service)
     # Alice's voice over bob's picture.
     mixed = start(livekit_service, roomName=room, trackComposite={"audioTrackId": tracks["alice"]["microphone"],
                                                                  "videoTrackId": tracks["bob"]["camera"]})
-    for egress in (bob_only, mixed):
-        livekit_service.wait_status(egress, "ACTIVE", timeout=60)
-    time.sleep(3)
-    for egress in (bob_only, mixed):
-        assert livekit_service.call("POST", f"/v1/egress/{egress}/stop")[0] == 200
-    done = {egress: livekit_service.wait_status(egress, "COMPLETE", timeout=60) for egress in (bob_only, mixed)}
+    done = record_together(livekit_service, bob_only, mixed)
     assert done[bob_only]["kind"] == "participant" and done[mixed]["kind"] == "track_composite"
     for egress, (picture, voice, other) in ((bob_only, (BOB[0], BOB[1], ALICE[1])),
                                            (mixed, (BOB[0], ALICE[1], BOB[1]))):
@@ -271,12 +276,7 @@ def test_track_egress_to_a_websocket_and_to_an_ogg_file(livekit, clips, livekit_
         socket = start(livekit_service, roomName=room, track={"trackId": tracks["bob"]["microphone"],
                                                              "websocketUrl": receiver.url})
         ogg = start(livekit_service, roomName=room, track={"trackId": tracks["alice"]["microphone"]})
-        for egress in (socket, ogg):
-            livekit_service.wait_status(egress, "ACTIVE", timeout=60)
-        time.sleep(3)
-        for egress in (socket, ogg):
-            assert livekit_service.call("POST", f"/v1/egress/{egress}/stop")[0] == 200
-        done = {egress: livekit_service.wait_status(egress, "COMPLETE", timeout=60) for egress in (socket, ogg)}
+        done = record_together(livekit_service, socket, ogg)
         sound = receiver.samples()
         assert len(sound) > 2 * 48000  # seconds of 48 kHz PCM
         assert analysis.tone_level(sound, BOB[1], 0.5, 2) > 0.02
