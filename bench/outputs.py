@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -37,13 +38,16 @@ from tests.receivers import NginxRtmp, free_port, listening, wait_until  # noqa:
 GRAY = (64, 36)
 
 
-def record(args: list[str], out: Path | None, on_event=None, stop_after: float | None = None) -> dict:
-    """Run `compositor record`; returns the result event, the events and CPU marks (active -> stop)."""
+def record(args: list[str], out: Path | None, on_event=None, stop_after: float | None = None,
+           env: dict | None = None, commands: list[tuple[float, dict]] = ()) -> dict:
+    """Run `compositor record`; returns the result event, the events, CPU marks (active -> stop), and when each
+    of `commands` (media time, command) went to the worker's stdin."""
     argv = [sys.executable, "-m", "compositor", "record", "--events", "json", *(["-o", str(out)] if out else []),
-            *args]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+            *(["--control", "stdin"] if commands else []), *args]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            stdin=subprocess.PIPE if commands else None, env={**os.environ, **(env or {})})
     cpu = CpuMarks(proc.pid)
-    events, media = [], 0.0
+    events, media, sent = [], 0.0, []
     for line in proc.stdout:
         event = json.loads(line)
         events.append(event)
@@ -51,6 +55,10 @@ def record(args: list[str], out: Path | None, on_event=None, stop_after: float |
             cpu.mark("active")
         if event["type"] == "progress":
             media = event["elapsed"]
+            if len(sent) < len(commands) and media >= commands[len(sent)][0]:
+                sent.append(time.time())
+                proc.stdin.write(json.dumps(commands[len(sent) - 1][1]) + "\n")
+                proc.stdin.flush()
             if stop_after and media >= stop_after and "stop" not in cpu.marks:
                 cpu.mark("stop")
                 proc.send_signal(signal.SIGINT)
@@ -60,7 +68,7 @@ def record(args: list[str], out: Path | None, on_event=None, stop_after: float |
     result = next((e for e in events if e["type"] == "result"), None)
     if result is None:
         raise SystemExit(f"recording failed: {[e for e in events if e['type'] == 'error']} {proc.stderr.read()[-2000:]}")
-    return {"result": result, "events": events, "cpu": cpu, "media": media}
+    return {"result": result, "events": events, "cpu": cpu, "media": media, "sent": sent}
 
 
 def cores(folder: Path, people: list[str], nginx: NginxRtmp, seconds: float) -> dict:

@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from record import CpuMarks  # noqa: E402
+from outputs import record  # noqa: E402
 
 from compositor import analysis  # noqa: E402
 from tests.livekit_server import BIN, WHY_MISSING, LiveKitServer, make_clip  # noqa: E402
@@ -42,32 +38,13 @@ PEOPLE = [("alice", "#e6194b", 350), ("bob", "#3cb44b", 450), ("carol", "#4363d8
 
 def record_room(server: LiveKitServer, out: Path, seconds: float, switch_at: float) -> dict:
     """Record the room at 720p30 for `seconds` of media, switching the layout at `switch_at`."""
-    argv = [sys.executable, "-m", "compositor", "record", "--events", "json", "--control", "stdin", "-o", str(out),
-            "--room", "livekit", "--room-name", "bench", "--layout", "grid", "--preset", "720p"]
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, cwd=REPO, env={**os.environ, **server.env})
-    cpu = CpuMarks(proc.pid)
-    events, sent, media = [], None, 0.0
-    for line in proc.stdout:
-        event = json.loads(line)
-        events.append(event)
-        if event["type"] == "status" and event["status"] == "ACTIVE":
-            cpu.mark("active")
-        if event["type"] == "progress":
-            media = event["elapsed"]
-            if sent is None and media >= switch_at:
-                sent = time.time()
-                proc.stdin.write(json.dumps({"op": "update_layout", "id": 1, "layout": "single-speaker"}) + "\n")
-                proc.stdin.flush()
-            if media >= seconds and "stop" not in cpu.marks:
-                cpu.mark("stop")
-                stop_media = media
-                proc.send_signal(signal.SIGINT)
-    proc.wait()
-    result = next(e for e in events if e["type"] == "result")
-    reply = next(e for e in events if e["type"] == "command" and e.get("id") == 1)
-    start, stop = cpu.marks["active"], cpu.marks["stop"]
-    cores = {g: round((stop.get(g, 0) - start.get(g, 0)) / stop_media, 3) for g in stop}
+    switch = {"op": "update_layout", "id": 1, "layout": "single-speaker"}
+    run = record(["--room", "livekit", "--room-name", "bench", "--layout", "grid", "--preset", "720p"], out,
+                 stop_after=seconds, env=server.env, commands=[(switch_at, switch)])
+    result, (sent,) = run["result"], run["sent"]
+    reply = next(e for e in run["events"] if e["type"] == "command" and e.get("id") == 1)
+    start, stop = run["cpu"].marks["active"], run["cpu"].marks["stop"]
+    cores = {g: round((stop.get(g, 0) - start.get(g, 0)) / seconds, 3) for g in stop}
     # The file's time 0 is its first captured frame: after START_RECORDING, and before the encoder first
     # reported a frame. Placing the command by the later instant gives an upper bound of the delay.
     shown = shown_at(out, sent - result["timings"]["start_recording"])
