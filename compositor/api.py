@@ -13,19 +13,18 @@ from google.protobuf.json_format import ParseError
 from livekit import api as livekit_api
 from pydantic import ValidationError
 
+from . import twirp
 from .api_models import (AutoEgressConfig, StartEgressRequest, StartRecordingRequest, UpdateLayoutRequest,
-                         UpdateStreamsRequest, egress_id_of,
-                         egress_info, iso, recording_id, recording_info)
+                         UpdateStreamsRequest, egress_id_of, egress_info, iso, recording_id, recording_info)
 from .auto_egress import AUTO_EGRESS
 from .errors import CompositorError, Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
-from .request import first_error
 from .livekit_shape import from_livekit, is_livekit
 from .openapi import openapi
+from .request import first_error
 from .service import Service
 from .storage.local_urls import DOWNLOAD_PATH, verify_local_signature
 from .storage.uploader import MAX_URL_EXPIRY_S
 from .store import ACTIVE_STATUSES
-from . import twirp
 
 log = logging.getLogger(__name__)
 
