@@ -67,7 +67,8 @@ def record(args: list[str], out: Path | None, on_event=None, stop_after: float |
     proc.wait()
     result = next((e for e in events if e["type"] == "result"), None)
     if result is None:
-        raise SystemExit(f"recording failed: {[e for e in events if e['type'] == 'error']} {proc.stderr.read()[-2000:]}")
+        errors = [e for e in events if e['type'] == 'error']
+        raise SystemExit(f"recording failed: {errors} {proc.stderr.read()[-2000:]}")
     return {"result": result, "events": events, "cpu": cpu, "media": media, "sent": sent}
 
 

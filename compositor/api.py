@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Awaitable
 
 from aiohttp import web
 from google.protobuf.json_format import ParseError
@@ -17,13 +18,13 @@ from . import twirp
 from .api_models import (AutoEgressConfig, StartEgressRequest, StartRecordingRequest, UpdateLayoutRequest,
                          UpdateStreamsRequest, egress_id_of, egress_info, iso, recording_id, recording_info)
 from .auto_egress import AUTO_EGRESS
+from .bodies import read_body
 from .errors import CompositorError, Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
 from .livekit_shape import from_livekit, is_livekit
 from .openapi import openapi
 from .request import first_error
 from .service import Service
 from .storage.local_urls import DOWNLOAD_PATH, verify_local_signature
-from .storage.uploader import MAX_URL_EXPIRY_S
 from .store import ACTIVE_STATUSES
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ SERVICE_KEY: web.AppKey[Service] = web.AppKey("service", Service)
 MAX_PAGE = 1_000_000
 MAX_LIMIT = 100
 LIVEKIT_WEBHOOK_PATH = "/v1/livekit/webhook"
+# LiveKit signs a webhook with a token valid for minutes; its event id is remembered far longer than that, so
+# a replayed delivery is recognised, and an event created earlier than this is refused as stale.
+WEBHOOK_REPLAY_WINDOW_S = 24 * 3600
 
 
 def _error_response(status: int, err: CompositorError) -> web.Response:
@@ -72,20 +76,28 @@ async def auth_middleware(request: web.Request, handler):
     header = request.headers.get("Authorization", "")
     token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
     keys = request.app[SERVICE_KEY].settings.api_keys
-    # Compare against every key in constant time, so timing tells nothing.
+    # Compare against every key in constant time, so timing tells nothing. A header that is not UTF-8 (aiohttp
+    # keeps its bytes as surrogates) is compared as the bytes it was, and matches no key.
+    given = token.encode("utf-8", "surrogateescape")
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(token.encode(), key.encode())
+        matched |= hmac.compare_digest(given, key.encode())
     if not token or not matched:
         raise Unauthenticated("missing or wrong API key (Authorization: Bearer <key>)")
     return await handler(request)
 
 
+def _body(request: web.Request) -> Awaitable[bytes]:
+    return read_body(request, request.app[SERVICE_KEY].settings.request_timeout_s)
+
+
 async def _json_body(request: web.Request) -> dict:
     try:
-        body = await request.json()
+        body = json.loads(await _body(request))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise InvalidRequest("the request body is not JSON") from None
+    except RecursionError:
+        raise InvalidRequest("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return body
@@ -211,14 +223,15 @@ async def recording_download_url(request: web.Request) -> web.Response:
     if rec.status not in ("COMPLETE", "LIMIT_REACHED") or not rec.file:
         raise Conflict("NOT_READY", f"recording {recording_id(rec.id)} has no finished file ({rec.status})")
     service = request.app[SERVICE_KEY]
-    ttl = service.settings.download_url_ttl_s
+    ttl, longest = service.settings.download_url_ttl_s, service.settings.download_url_max_ttl_s
     if "expiresIn" in request.query:
         try:
             ttl = int(request.query["expiresIn"])
         except ValueError:
             raise InvalidRequest("expiresIn must be whole seconds", details={"field": "expiresIn"}) from None
-        if not 1 <= ttl <= MAX_URL_EXPIRY_S:
-            raise InvalidRequest(f"expiresIn must be 1 to {MAX_URL_EXPIRY_S} seconds", details={"field": "expiresIn"})
+        if not 1 <= ttl <= longest:
+            raise InvalidRequest(f"expiresIn must be 1 to {longest} seconds (the server's download_url_max_ttl_s)",
+                                 details={"field": "expiresIn"})
     url = await service.download_url(rec, str(request.url.origin()), ttl)
     return web.json_response({"downloadUrl": url, "expiresAt": iso(time.time() + ttl)})
 
@@ -228,8 +241,10 @@ async def download_file(request: web.Request) -> web.StreamResponse:
     key = request.match_info["key"]
     settings = request.app[SERVICE_KEY].settings
     expires, sig = request.query.get("expires", ""), request.query.get("sig", "")
-    if not verify_local_signature(key, expires, sig, settings.url_signing_key):
-        expired = expires.isdigit() and verify_local_signature(key, expires, sig, settings.url_signing_key, now=0)
+    if not verify_local_signature(key, expires, sig, settings.url_signing_key,
+                                  longest=settings.download_url_max_ttl_s):
+        expired = (expires.isdigit() and int(expires) <= time.time()
+                   and verify_local_signature(key, expires, sig, settings.url_signing_key, now=0))
         raise Forbidden("this download URL has expired" if expired else "bad or missing download signature")
     root = settings.recordings_dir.resolve()
     path = (root / key).resolve()
@@ -260,7 +275,7 @@ async def livekit_webhook(request: web.Request) -> web.Response:
                        "livekit_api_key and livekit_api_secret (COMPOSITOR_LIVEKIT_API_KEY, "
                        "COMPOSITOR_LIVEKIT_API_SECRET)")
     try:
-        body = (await request.read()).decode()
+        body = (await _body(request)).decode()
     except UnicodeDecodeError:
         raise InvalidRequest("the webhook body is not UTF-8") from None
     receiver = livekit_api.WebhookReceiver(livekit_api.TokenVerifier(key, secret))
@@ -271,6 +286,13 @@ async def livekit_webhook(request: web.Request) -> web.Response:
     # The receiver raises plain Exception (and jwt's errors) for a bad token or a body that does not match it.
     except Exception:
         raise Unauthenticated("bad or missing LiveKit webhook signature (Authorization: <LiveKit token>)") from None
+    if not event.id:
+        raise InvalidRequest("the LiveKit webhook event has no id")
+    if event.created_at and event.created_at < time.time() - WEBHOOK_REPLAY_WINDOW_S:
+        raise InvalidRequest("the LiveKit webhook event is stale (created over a day ago): refused as a replay")
+    if not service.store.first_sighting(f"livekit:{event.id}", WEBHOOK_REPLAY_WINDOW_S):
+        # A retry of LiveKit's, or a replay: answered as received, acted on once.
+        return web.json_response({"received": event.id, "duplicate": True})
     await service.auto_egress.handle(event)
     return web.json_response({"received": event.id})
 

@@ -8,11 +8,11 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
+from .destinations import StreamTarget
 from .layouts import CUSTOM_PREFIX, THEMES, builtin_layouts, resolve_layout
 from .presets import find_preset, preset_names
-from .destinations import StreamTarget
-from .request import (EncodingOptions, FileOutput, ImageOutput, Model, Overlays, RecordRequest, RoomSpec,
-                      SegmentOutput, StreamOutput, UploadSpec)
+from .request import (MAX_DURATION_S, EncodingOptions, FileOutput, ImageOutput, Model, Overlays, RecordRequest,
+                      RoomSpec, SegmentOutput, StreamOutput, UploadSpec)
 from .storage import StorageConfig
 from .store import EgressRecord
 
@@ -109,7 +109,8 @@ class StartEgressRequest(RoomRequest):
     template_url: str | None = Field(None, pattern=r"^https?://", max_length=2048,
                                      description="record the LiveKit room through your own page (LiveKit's "
                                                  "custom_base_url, e.g. one built on @livekit/egress-sdk)")
-    max_duration: float | None = Field(None, gt=0, description="seconds; the egress ends LIMIT_REACHED")
+    max_duration: float | None = Field(None, gt=0, le=MAX_DURATION_S,
+                                       description="seconds; the egress ends LIMIT_REACHED")
     audio_only: bool = False
     video_only: bool = False
     queue: bool = Field(False, description="over capacity: wait in the bounded queue instead of a 503")

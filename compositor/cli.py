@@ -17,12 +17,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from .cli_args import add_page_flags, fold_page_flags, outbound_policy
 from .config import DEFAULT_SAMPLE_RATE, WARM_SIZE, resolve
 from .errors import Aborted, CompositorError, Conflict, InvalidRequest
 from .events import EventSink
 from .layouts import builtin_layouts
 from .layouts_cli import layouts_parser, run_layouts
-from .cli_args import add_page_flags, allowed_hosts, fold_page_flags
+from .outbound_gate import OutboundGate
 from .pipeline.recorder import WARM, WORKDIR_PREFIX, Outputs, Recorder, open_stage, sweep_stale_workdirs
 from .presets import DEFAULT_PRESET, preset_names
 from .request import RecordRequest, first_error, parse_participant
@@ -78,7 +79,14 @@ def _record_parser(sub) -> None:
     p.add_argument("--events", choices=["text", "json"], default="text",
                    help="json: one JSON event per line on stdout")
     p.add_argument("--egress-id", help="use this id (the service names its egresses)")
+    _untrusted_flag(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug log on stderr")
+
+
+def _untrusted_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--untrusted", action="store_true",
+                   help="the request comes from the HTTP APIs (the service sets this): its URLs may reach public "
+                        "addresses and the --allow-host hosts only, and it may name no local file")
 
 
 def _upload_parser(sub) -> None:
@@ -89,6 +97,8 @@ def _upload_parser(sub) -> None:
     p.add_argument("--egress-id", required=True)
     p.add_argument("--events", choices=["text", "json"], default="text",
                    help="json: one JSON event per line on stdout")
+    p.add_argument("--allow-host", action="append", metavar="HOST", help="see record --allow-host")
+    _untrusted_flag(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug log on stderr")
 
 
@@ -105,7 +115,8 @@ async def _upload(args: argparse.Namespace, events: EventSink) -> int:
         found = find_manifest(Path(request.upload.staging), args.egress_id)
         if found is None:
             raise InvalidRequest(f"nothing staged for {args.egress_id} in {request.upload.staging}")
-        async with Delivery(request.upload, args.egress_id, events) as delivery:
+        async with (OutboundGate(outbound_policy(args)) as gate,
+                    Delivery(request.upload, args.egress_id, events, gate.url) as delivery):
             delivered = await delivery.deliver(read_manifest(found))
     except ValidationError as exc:
         events.emit("error", egress_id=args.egress_id, status="FAILED", code="INVALID_ARGUMENT",
@@ -133,6 +144,9 @@ def _serve_parser(sub) -> None:
     p.add_argument("--webhook-url", action="append", help="receiver of signed webhooks (repeatable; env "
                                                           "COMPOSITOR_WEBHOOK_URLS; secret: COMPOSITOR_WEBHOOK_SECRET "
                                                           "or DATA_DIR/webhook-secret)")
+    p.add_argument("--allow-host", action="append", help="a host requests may reach even if its address is private "
+                                                         "(host, host:port, *.domain or *; repeatable; env "
+                                                         "COMPOSITOR_ALLOWED_HOSTS)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug log on stderr")
 
 
@@ -143,14 +157,16 @@ async def _serve(args: argparse.Namespace) -> int:
     from .service import Service, load_settings
 
     service = Service(load_settings(args.config, data_dir=args.data_dir, api_keys=args.api_key,
-                                    capacity=args.capacity, webhook_urls=args.webhook_url))
+                                    capacity=args.capacity, webhook_urls=args.webhook_url,
+                                    allowed_hosts=args.allow_host))
     service.start_background()
     resumed, settled = await service.recover()
     for rec in resumed:
         logging.getLogger(__name__).warning("resuming the delivery of %s, left unfinished by a previous run", rec.id)
     for rec in settled:
         logging.getLogger(__name__).warning("settled %s left %s by a previous run", rec.id, "running")
-    runner = web.AppRunner(make_app(service), access_log=None)
+    # keepalive_timeout also bounds how long a new connection may take to send its first request's headers.
+    runner = web.AppRunner(make_app(service), access_log=None, keepalive_timeout=service.settings.request_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
     await site.start()
@@ -263,14 +279,14 @@ class Control:
 
 
 async def _warm(args: argparse.Namespace, events: EventSink, stop: asyncio.Event, control: Control,
-                job: dict) -> Outputs:
+                job: dict, gate: OutboundGate) -> Outputs:
     """A warm worker: display, sink and browser up first; then the job that comes on stdin, on them."""
     width, height = args.width or WARM_SIZE[0], args.height or WARM_SIZE[1]
     sweep_stale_workdirs()
     workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{WARM}-"))
     try:
         async with contextlib.AsyncExitStack() as stack:
-            stage = await open_stage(stack, workdir, width, height, DEFAULT_SAMPLE_RATE)
+            stage = await open_stage(stack, workdir, width, height, DEFAULT_SAMPLE_RATE, gate)
             events.emit("status", status="WARM", width=width, height=height)
             stopped = asyncio.ensure_future(stop.wait())
             await asyncio.wait([control.job, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -282,11 +298,11 @@ async def _warm(args: argparse.Namespace, events: EventSink, stop: asyncio.Event
                 request = RecordRequest.model_validate(cmd.get("request") or {})
             except ValidationError as exc:
                 raise InvalidRequest(first_error(exc)) from None
-            config = job["config"] = resolve(request, egress_id=cmd.get("egress_id"))
+            config = job["config"] = resolve(request, egress_id=cmd.get("egress_id"), policy=gate.policy)
             if config.frame != (width, height, DEFAULT_SAMPLE_RATE):
                 raise InvalidRequest(f"this warm worker renders {width}x{height} at {DEFAULT_SAMPLE_RATE} Hz; the job "
                                      "needs {}x{} at {} Hz".format(*config.frame))
-            recorder = job["recorder"] = control.recorder = Recorder(config, events, stop, allowed_hosts(args))
+            recorder = job["recorder"] = control.recorder = Recorder(config, events, stop, gate)
             return await recorder.run(stage)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -317,14 +333,16 @@ async def _record(args: argparse.Namespace, events: EventSink) -> int:
     control = Control(events) if args.control == "stdin" or args.warm else None
     commands = asyncio.create_task(control.run()) if control else None
     try:
-        if args.warm:
-            outputs = await _warm(args, events, stop, control, job)
-        else:
-            job["config"] = resolve(build_request(args), egress_id=args.egress_id)
-            job["recorder"] = Recorder(job["config"], events, stop, allowed_hosts(args))
-            if control:
-                control.recorder = job["recorder"]
-            outputs = await job["recorder"].run()
+        # Every connection the request leads to goes through the gate, under the policy of --untrusted.
+        async with OutboundGate(outbound_policy(args)) as gate:
+            if args.warm:
+                outputs = await _warm(args, events, stop, control, job, gate)
+            else:
+                job["config"] = resolve(build_request(args), egress_id=args.egress_id, policy=gate.policy)
+                job["recorder"] = Recorder(job["config"], events, stop, gate)
+                if control:
+                    control.recorder = job["recorder"]
+                outputs = await job["recorder"].run()
     except CompositorError as exc:
         config = job["config"]
         events.emit("error", egress_id=config.egress_id if config else None, status=_status_of(exc), **exc.to_dict(),

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from .errors import InvalidRequest
-from .page_access import AllowedHosts
+from .outbound import OutboundPolicy, worker_policy
 from .request import LOGO_POSITIONS
 
 OVERLAY_FLAGS = ("names", "title", "logo", "logo_position", "clock", "clock_timezone")
@@ -25,8 +25,8 @@ def add_page_flags(p: argparse.ArgumentParser) -> None:
     group.add_argument("--clock", action="store_true", default=None, help="a clock in the top-right corner")
     group.add_argument("--clock-timezone", metavar="ZONE", help="IANA zone of the clock (default UTC)")
     p.add_argument("--allow-host", action="append", metavar="HOST",
-                   help="a host the layout page may reach besides its own server: host, host:port, *.domain or * "
-                        "(repeatable; default none)")
+                   help="a host the layout page may reach besides its own server (and, with --untrusted, any URL "
+                        "of the request even if private): host, host:port, *.domain or * (repeatable; default none)")
 
 
 def fold_page_flags(args: argparse.Namespace, data: dict) -> None:
@@ -38,8 +38,10 @@ def fold_page_flags(args: argparse.Namespace, data: dict) -> None:
         data["overlays"] = {**data.get("overlays", {}), **overlays}
 
 
-def allowed_hosts(args: argparse.Namespace) -> AllowedHosts:
-    return AllowedHosts.parse(args.allow_host)
+def outbound_policy(args: argparse.Namespace) -> OutboundPolicy:
+    """Where this run's request may make it connect: anywhere (an operator's own command), or with --untrusted
+    (a request from the HTTP APIs) public addresses and the --allow-host hosts only, and no local files."""
+    return worker_policy(args.allow_host, trusted=not getattr(args, "untrusted", False))
 
 
 def _layout_params(pairs: list[str]) -> dict:

@@ -13,9 +13,11 @@ from .destinations import StreamTarget, parse_stream_urls
 from .errors import InvalidRequest
 from .layouts import LayoutRef, resolve_layout
 from .livekit_room import server_from_env, with_query
+from .outbound import OutboundPolicy
 from .presets import find_preset, preset_names
 from .request import (ImageOutput, Overlays, ParticipantSpec, RecordRequest, SegmentOutput, UploadSpec,
                       default_participants)
+from .storage.config import storage_urls
 
 _BASE62 = string.digits + string.ascii_letters
 
@@ -138,10 +140,12 @@ def new_egress_id() -> str:
     return "EG_" + "".join(secrets.choice(_BASE62) for _ in range(12))
 
 
-def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None = None) -> EgressConfig:
+def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None = None,
+            policy: OutboundPolicy = OutboundPolicy()) -> EgressConfig:
     """Turn a request into an EgressConfig, or raise InvalidRequest naming the field.
 
-    `env` holds the LIVEKIT_* variables the worker will have (default: this process's environment).
+    `env` holds the LIVEKIT_* variables the worker will have (default: this process's environment). `policy`
+    says whether the request may name local files (its addresses are checked by `outbound_urls`).
     """
     preset = find_preset(req.preset)
     if preset is None:
@@ -188,6 +192,8 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
             codec="pcm" if req.websocket else "aac" if h264 else "opus",
         )
     stream = None
+    if req.stream and req.stream.ca_file:
+        policy.local_file(req.stream.ca_file, "stream.caFile")
     if req.stream:
         stream = StreamSettings(targets=parse_stream_urls(req.stream.urls), retry_window=req.stream.retry_window,
                                 tls_verify=req.stream.tls_verify, ca_file=req.stream.ca_file)
@@ -204,7 +210,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         raise InvalidRequest("a websocket output sends one track: give its track id", details={"field": "websocket"})
     if req.web_url:
         source, participants = "web", ()
-        _check_web_url(req.web_url)
+        _check_web_url(req.web_url, policy)
     elif req.room and req.room.kind == "livekit":
         source, participants = "livekit", ()
         server_from_env(env)  # said now, before anything starts
@@ -213,6 +219,9 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
     else:
         source = "synthetic"
         participants = tuple((req.room and req.room.participants) or default_participants())
+        for i, p in enumerate(participants):
+            if p.video and p.video != "off" and not p.video.startswith(("http://", "https://")):
+                policy.local_file(p.video, f"room.participants.{i}.video")
         names = [p.name for p in participants]
         if len(set(names)) != len(names):
             raise InvalidRequest("participant names must be unique", details={"field": "room.participants"})
@@ -224,7 +233,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         participants=participants,
         web_url=req.web_url,
         layout=resolve_layout("default" if req.template_url else req.layout, req.layout_params),
-        overlays=_overlays(req.overlays),
+        overlays=_overlays(req.overlays, policy),
         width=width,
         height=height,
         video=video,
@@ -288,7 +297,8 @@ def _segments(seg: SegmentOutput) -> SegmentSettings:
                                  details={"field": f"segments.{field}"})
         names[field] = name if name.endswith(".m3u8") else f"{name}.m3u8"
     if names["livePlaylistName"] == names["playlistName"]:
-        raise InvalidRequest("the live playlist needs a name of its own", details={"field": "segments.livePlaylistName"})
+        raise InvalidRequest("the live playlist needs a name of its own",
+                             details={"field": "segments.livePlaylistName"})
     return SegmentSettings(
         directory=directory,
         pattern=f"{base}_%Y%m%dT%H%M%S.ts" if timestamp else f"{base}_%05d.ts",
@@ -334,8 +344,9 @@ def _container(path: Path, file_type: str | None) -> str:
     return by_ext
 
 
-def _overlays(overlays: Overlays) -> Overlays:
+def _overlays(overlays: Overlays, policy: OutboundPolicy) -> Overlays:
     if overlays.logo and not overlays.logo_is_url:
+        policy.local_file(overlays.logo, "overlays.logo")
         logo = Path(overlays.logo).expanduser()
         if not logo.is_file():
             raise InvalidRequest(f"logo {overlays.logo!r}: no such file (or give an http(s) URL)",
@@ -344,6 +355,30 @@ def _overlays(overlays: Overlays) -> Overlays:
     return overlays
 
 
-def _check_web_url(url: str) -> None:
+def _check_web_url(url: str, policy: OutboundPolicy) -> None:
     if not url.startswith(("http://", "https://", "file://")):
         raise InvalidRequest(f"web_url {url!r} must be http://, https:// or file://", details={"field": "web_url"})
+    if url.startswith("file://"):
+        policy.local_file(url, "web_url")
+
+
+def outbound_urls(config: EgressConfig) -> list[tuple[str, str]]:
+    """Every URL the egress makes its worker connect to, with the request field that named it (for
+    `outbound.check_urls`; the LiveKit server is the operator's, not the request's)."""
+    urls = []
+    if config.web_url and not config.web_url.startswith("file://"):
+        urls.append(("web_url", config.web_url))
+    if config.template_url:
+        urls.append(("template_url", config.template_url))
+    if config.overlays.logo and config.overlays.logo_is_url:
+        urls.append(("overlays.logo", config.overlays.logo))
+    urls += [(f"room.participants.{i}.video", p.video) for i, p in enumerate(config.participants)
+             if p.video and p.video.startswith(("http://", "https://"))]
+    if config.stream:
+        urls += [(f"stream.urls.{i}", t.url) for i, t in enumerate(config.stream.targets)]
+    if config.websocket:
+        urls.append(("websocket", config.websocket))
+    if config.upload:
+        for field, storage in (("storage", config.upload.storage), ("backupStorage", config.upload.backup)):
+            urls += [(f"{field}.{name}", url) for name, url in storage_urls(storage)]
+    return urls

@@ -62,11 +62,16 @@ def _secrets(url: str) -> list[str]:
 
 
 def redact_url(url: str) -> str:
-    """The URL as it may be shown: `rtmp://host/app/***`, `srt://host:port?passphrase=***`."""
-    parts = urlsplit(url)
+    """The URL as it may be shown: `rtmp://host/app/***`, `srt://host:port?passphrase=***` (`scheme://***` for
+    one that does not parse: nothing of it can be told apart from a secret)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port out of range
+    except ValueError:
+        return f"{url.split(':', 1)[0][:10]}://{MASK}"
     netloc = parts.netloc
     if parts.password:
-        netloc = f"{parts.username}:{MASK}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        netloc = f"{parts.username}:{MASK}@{parts.netloc.rpartition('@')[2]}"
     if parts.scheme == "srt":
         query = urlencode([(k, MASK if k in SRT_SECRETS else v) for k, v in parse_qsl(parts.query)], safe="*")
         return f"srt://{netloc}" + (f"?{query}" if query else "")

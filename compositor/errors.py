@@ -119,6 +119,11 @@ class Unauthenticated(CompositorError):
     http_status = 401
 
 
+class RequestTimeout(CompositorError):
+    code = "REQUEST_TIMEOUT"
+    http_status = 408
+
+
 class Forbidden(CompositorError):
     code = "FORBIDDEN"
     http_status = 403

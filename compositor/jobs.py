@@ -18,11 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .api_models import FileResult, iso
-from .errors import Conflict, InvalidRequest
 from .config import DEFAULT_SAMPLE_RATE, WARM_SIZE
+from .errors import Conflict, InvalidRequest
 from .pipeline.finalize import partial_path
 from .process import ManagedProcess
-from .request import RecordRequest
+from .request import RecordRequest, UploadSpec
 from .storage.config import REVEAL
 from .storage.delivery import STORING
 from .store import EgressRecord, Store
@@ -42,7 +42,9 @@ class WorkerRunner:
 
     def __init__(self, store: Store, jobs_dir: Path,
                  on_change: Callable[[EgressRecord, str], None] | None = None,
-                 on_stream: Callable[[EgressRecord, dict, str | None], None] | None = None):
+                 on_stream: Callable[[EgressRecord, dict, str | None], None] | None = None, *,
+                 warm_target: int = 0, warm_size: tuple[int, int] = WARM_SIZE, worker_args: tuple[str, ...] = (),
+                 worker_env: dict[str, str] | None = None):
         self.store = store
         self.jobs_dir = jobs_dir
         #: called with the updated egress and its status before the update
@@ -52,12 +54,12 @@ class WorkerRunner:
         self._replies: dict[int, asyncio.Future] = {}
         self._next_command = 0
         #: idle workers with display, sink and browser up, for jobs of `warm_size` at 48 kHz
-        self.warm_size = WARM_SIZE
-        self.warm_target = 0
-        #: flags every worker gets (the operator's page allow list)
-        self.worker_args: tuple[str, ...] = ()
+        self.warm_size = warm_size
+        self.warm_target = warm_target
+        #: flags every worker gets (the outbound policy: --untrusted and the allowed hosts)
+        self.worker_args = worker_args
         #: variables every worker gets besides the service's own (the LiveKit server)
-        self.worker_env: dict[str, str] = {}
+        self.worker_env = worker_env or {}
         self._warm: list[ManagedProcess] = []
         self._warming = 0
         self._closing = False
@@ -94,7 +96,7 @@ class WorkerRunner:
             self.replenish()
         else:
             worker = self._worker(f"worker {egress_id}", "record", "--config", str(config), "--egress-id", egress_id,
-                             "--control", "stdin", *self.worker_args)
+                                  "--control", "stdin", *self.worker_args)
             await worker.start()
         self._workers[egress_id] = worker
         self._set(egress_id, worker_pid=worker.pid)
@@ -111,10 +113,33 @@ class WorkerRunner:
         except (OSError, ValueError):
             return None
 
+    def _storage_file(self, egress_id: str) -> Path:
+        return self.jobs_dir / f"{egress_id}.storage.json"
+
+    def forget_job(self, egress_id: str, *, keep_storage: bool = True) -> None:
+        """An egress has ended: its job file (stream keys, storage secrets) goes. With `keep_storage`, a remote
+        storage's credentials stay (0600) in the egress's storage file, to presign its download URLs, until
+        the egress is deleted."""
+        job = self.job_request(egress_id) if keep_storage else None
+        if job and job.upload and not job.upload.in_place:
+            _write_private(self._storage_file(egress_id), job.upload.model_dump_json(exclude_none=True,
+                                                                                     context=REVEAL))
+        elif not keep_storage:
+            self._storage_file(egress_id).unlink(missing_ok=True)
+        self.job_file(egress_id).unlink(missing_ok=True)
+
+    def kept_storage(self, egress_id: str) -> UploadSpec | None:
+        """Where an ended egress's outputs were stored, with the credentials to presign; None once forgotten."""
+        try:
+            return UploadSpec.model_validate_json(self._storage_file(egress_id).read_text())
+        except (OSError, ValueError):
+            job = self.job_request(egress_id)  # an egress that ended before storage files were kept
+            return job.upload if job else None
+
     async def resume_delivery(self, egress_id: str) -> None:
         """Run `compositor upload` for an egress whose outputs are staged but not all stored."""
         worker = self._worker(f"delivery {egress_id}", "upload", "--config", str(self.job_file(egress_id)),
-                         "--egress-id", egress_id)
+                              "--egress-id", egress_id, *self.worker_args)
         await worker.start()
         self._workers[egress_id] = worker
         self._listening.add(egress_id)
@@ -123,9 +148,11 @@ class WorkerRunner:
 
     def _worker(self, name: str, command: str, *args: str) -> ManagedProcess:
         """A `compositor record` (or `upload`) worker reporting JSON events on stdout, taking commands on stdin."""
+        # umask 077: what workers write (recordings, staged uploads) is readable by this user only.
         return ManagedProcess(name, [sys.executable, "-m", "compositor", command, "--events", "json", *args],
                               env={**os.environ, **self.worker_env} if self.worker_env else None,
-                              stop_signal=signal.SIGINT, stop_timeout=WORKER_STOP_S, stdout_pipe=True, stdin_pipe=True)
+                              stop_signal=signal.SIGINT, stop_timeout=WORKER_STOP_S, stdout_pipe=True, stdin_pipe=True,
+                              umask=0o077)
 
     def _take_warm(self, frame: tuple[int, int, int]) -> ManagedProcess | None:
         if frame != (*self.warm_size, DEFAULT_SAMPLE_RATE):
@@ -145,7 +172,8 @@ class WorkerRunner:
 
     async def _warm_up(self) -> None:
         w, h = self.warm_size
-        worker = self._worker("warm worker", "record", "--warm", "--width", str(w), "--height", str(h), *self.worker_args)
+        worker = self._worker("warm worker", "record", "--warm", "--width", str(w), "--height", str(h),
+                              *self.worker_args)
         try:
             await worker.start()
             ready = await asyncio.wait_for(self._until_warm(worker), WARM_TIMEOUT_S)
@@ -200,7 +228,8 @@ class WorkerRunner:
             await worker.proc.stdin.drain()
             answer = await asyncio.wait_for(reply, COMMAND_TIMEOUT_S)
         except (ConnectionError, TimeoutError) as exc:
-            raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} did not take the change ({exc or 'timeout'})") from None
+            raise Conflict("EGRESS_NOT_ACTIVE",
+                           f"egress {egress_id} did not take the change ({exc or 'timeout'})") from None
         finally:
             self._replies.pop(ident, None)
         if answer.get("ok"):
@@ -239,10 +268,12 @@ class WorkerRunner:
             if not settled and self._closing and egress_id in self._delivering:
                 log.warning("the delivery of %s was cut short by the shutdown; it resumes at the next start",
                             egress_id)
-            elif not settled:
-                self._set(egress_id, status="FAILED", ended_at=time.time(), error_code="WORKER_CRASHED",
-                          error=f"the worker ended without a result: {worker.describe_exit()}",
-                          file=kept_file(self.store.get(egress_id).request))
+            else:
+                if not settled:
+                    self._set(egress_id, status="FAILED", ended_at=time.time(), error_code="WORKER_CRASHED",
+                              error=f"the worker ended without a result: {worker.describe_exit()}",
+                              file=kept_file(self.store.get(egress_id).request))
+                self.forget_job(egress_id)
         finally:
             self._workers.pop(egress_id, None)
             self._followers.pop(egress_id, None)
@@ -279,7 +310,8 @@ class WorkerRunner:
         elif kind == "error":
             kept = (event.get("file") or {}).get("path")
             self._set(egress_id, status=event.get("status", "FAILED"), ended_at=event["time"],
-                      error=event.get("message"), error_code=event.get("code"), file=_kept(Path(kept)) if kept else None)
+                      error=event.get("message"), error_code=event.get("code"),
+                      file=_kept(Path(kept)) if kept else None)
             return True
         return False
 
@@ -298,7 +330,7 @@ class WorkerRunner:
 
 
 def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)

@@ -19,7 +19,8 @@ from .config import DEFAULT_SAMPLE_RATE, resolve
 from .errors import EncoderFailed, TemplateFailed
 from .events import EventSink
 from .layouts import LayoutRef
-from .page_access import AllowedHosts
+from .outbound import OutboundPolicy
+from .outbound_gate import OutboundGate
 from .pipeline.browser import ERROR, START_RECORDING, Browser
 from .pipeline.page_server import PageSpec
 from .pipeline.recorder import WORKDIR_PREFIX, Recorder, open_stage
@@ -73,20 +74,21 @@ class CheckReport:
 
 async def check_layout(layout: LayoutRef, participants: tuple[ParticipantSpec, ...], overlays: Overlays, *,
                        width: int, height: int, timeout: float = 10.0,
-                       allowed: AllowedHosts = AllowedHosts()) -> CheckReport:
+                       policy: OutboundPolicy = OutboundPolicy()) -> CheckReport:
     """Render the layout with a synthetic room and report every fault a recording would hit."""
     report = CheckReport(layout.name, width, height)
     workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}check-"))
     try:
         async with contextlib.AsyncExitStack() as stack:
-            stage = await open_stage(stack, workdir, width, height, DEFAULT_SAMPLE_RATE)
+            gate = await stack.enter_async_context(OutboundGate(policy))
+            stage = await open_stage(stack, workdir, width, height, DEFAULT_SAMPLE_RATE, gate)
             try:
                 url = stage.pages.show(PageSpec(layout, overlays, participants, "check"))
             except TemplateFailed as exc:
                 report.problems.append(f"template: {exc.message}")
                 return report
             browser = stage.browser
-            await browser.restrict(stage.pages.base_url, allowed)
+            await browser.restrict(stage.pages.base_url, policy.allowed)
             opened = time.monotonic()
             await browser.open(url, timeout)
             if await _started(browser, timeout):
@@ -118,13 +120,14 @@ async def _started(browser: Browser, timeout: float) -> bool:
 
 
 async def snapshot(request: RecordRequest, output: Path, *, at: float = 2.0,
-                   allowed: AllowedHosts = AllowedHosts()) -> Path:
+                   policy: OutboundPolicy = OutboundPolicy()) -> Path:
     """Record `at` + 0.5 s of the request's room through the whole pipeline and keep the frame at `at` as PNG."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}snapshot-"))
     try:
         clip = workdir / "clip.mp4"
         config = resolve(request.model_copy(update={"file": FileOutput(filepath=str(clip)), "duration": at + 0.5}))
-        await Recorder(config, EventSink("json", stream=io.StringIO()), asyncio.Event(), allowed).run()
+        async with OutboundGate(policy) as gate:
+            await Recorder(config, EventSink("json", stream=io.StringIO()), asyncio.Event(), gate).run()
         output.parent.mkdir(parents=True, exist_ok=True)
         grab = ManagedProcess("ffmpeg", ["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", f"{at:.3f}", "-i", str(clip),
                                          "-frames:v", "1", str(output)])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .cli_args import add_page_flags, allowed_hosts, fold_page_flags
+from .cli_args import add_page_flags, fold_page_flags, outbound_policy
 from .config import EgressConfig, resolve
 from .errors import CompositorError, InvalidRequest
 from .layouts import builtin_layouts, describe, resolve_layout
@@ -94,7 +94,7 @@ async def _check(args: argparse.Namespace, request: RecordRequest, config: Egres
     from .layout_tools import check_layout
 
     report = await check_layout(config.layout, config.participants, config.overlays, width=config.width,
-                                height=config.height, timeout=args.timeout, allowed=allowed_hosts(args))
+                                height=config.height, timeout=args.timeout, policy=outbound_policy(args))
     where = f"{config.layout.folder / config.layout.template}"
     if report.ok:
         print(f"ok: {where} at {report.width}x{report.height}: START_RECORDING after {report.started_after_s} s, "
@@ -109,7 +109,7 @@ async def _check(args: argparse.Namespace, request: RecordRequest, config: Egres
 async def _snapshot(args: argparse.Namespace, request: RecordRequest, config: EgressConfig) -> int:
     from .layout_tools import snapshot
 
-    out = await snapshot(request, args.output, at=args.at, allowed=allowed_hosts(args))
+    out = await snapshot(request, args.output, at=args.at, policy=outbound_policy(args))
     print(f"{out}: {config.layout.name} at {config.width}x{config.height}, room time {args.at:g} s")
     return 0
 

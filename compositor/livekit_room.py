@@ -17,7 +17,9 @@ from livekit import api
 
 from .errors import Conflict, InvalidRequest
 
-TOKEN_TTL = timedelta(hours=24)  # the longest an egress is expected to record
+# Long enough to join: once connected, the LiveKit server hands its participants fresh tokens (for reconnects)
+# itself, so a recording outlives it, while a token copied out of a page (a template's) is soon worthless.
+TOKEN_TTL = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ class LiveKitServer:
                 await lkapi.room.update_participant(api.UpdateParticipantRequest(
                     room=room, identity=identity, metadata=json.dumps({"layout": layout})))
         except api.TwirpError as exc:
-            raise Conflict("EGRESS_NOT_ACTIVE", f"the LiveKit server refused the layout change: {exc.message}") from None
+            raise Conflict("EGRESS_NOT_ACTIVE",
+                           f"the LiveKit server refused the layout change: {exc.message}") from None
 
 
 def with_query(base: str, **params: str) -> str:

@@ -7,9 +7,8 @@ from functools import cache
 from pydantic.json_schema import models_json_schema
 
 from . import __version__
-from .api_models import (AutoEgressConfig, DownloadUrl, EgressInfo, EgressList, ErrorBody, RecordingInfo,
-                         RecordingList, StartEgressRequest, StartRecordingRequest, UpdateLayoutRequest,
-                         UpdateStreamsRequest)
+from .api_models import (AutoEgressConfig, DownloadUrl, EgressInfo, EgressList, ErrorBody, RecordingInfo, RecordingList,
+                         StartEgressRequest, StartRecordingRequest, UpdateLayoutRequest, UpdateStreamsRequest)
 
 REQUESTS = [StartEgressRequest, StartRecordingRequest, AutoEgressConfig, UpdateStreamsRequest, UpdateLayoutRequest]
 RESPONSES = [EgressInfo, EgressList, RecordingInfo, RecordingList, DownloadUrl, ErrorBody]
@@ -34,7 +33,8 @@ OPERATIONS = [
 ]
 QUERY_SCHEMAS = {"page": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
                  "limit": {"type": "integer", "minimum": 1, "maximum": 100}}
-QUERY = {"/v1/egress": ["roomName", "status", "page", "limit"], "/v1/recordings": ["roomName", "status", "page", "limit"]}
+QUERY = {"/v1/egress": ["roomName", "status", "page", "limit"],
+         "/v1/recordings": ["roomName", "status", "page", "limit"]}
 
 
 def _ref(model) -> dict:

@@ -8,13 +8,18 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import aiohttp
+from yarl import URL
 
-from .config import EgressConfig
+from .config import EgressConfig, outbound_urls
 from .errors import InvalidRequest, MissingDependency, OutputNotWritable, WebUrlUnreachable
+from .outbound import check_urls
+from .outbound_gate import GATE_HEADER, OutboundGate
 
 CHROMIUM_PATHS = ("/usr/lib/chromium/chromium", "/usr/bin/chromium", "/usr/bin/chromium-browser")
 
 # program -> Debian package that provides it
+MAX_REDIRECTS = 10
+
 PROGRAMS = {"Xvfb": "xvfb", "pulseaudio": "pulseaudio", "ffmpeg": "ffmpeg", "ffprobe": "ffmpeg"}
 
 
@@ -60,8 +65,9 @@ def check_folder(folder: Path) -> None:
         raise OutputNotWritable(f"output folder {str(folder)!r} is not writable")
 
 
-async def check_web_url(url: str, timeout: float = 10.0) -> None:
-    """The page answers (any status below 400), or raise WebUrlUnreachable."""
+async def check_web_url(url: str, gate: OutboundGate, timeout: float = 10.0) -> None:
+    """The page answers (any status below 400), or raise WebUrlUnreachable. Each redirect is checked under the
+    gate's policy before it is followed (AddressRefused), and every request goes through the gate."""
     parsed = urlparse(url)
     if parsed.scheme == "file":
         if not Path(parsed.path).is_file():
@@ -69,12 +75,23 @@ async def check_web_url(url: str, timeout: float = 10.0) -> None:
         return
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-            async with session.get(url, allow_redirects=True) as resp:
-                if resp.status >= 400:
-                    raise WebUrlUnreachable(f"web page {url!r} answered HTTP {resp.status}",
-                                            details={"status": resp.status})
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise WebUrlUnreachable(f"web page {url!r} is unreachable: {exc or type(exc).__name__}") from None
+            for _ in range(MAX_REDIRECTS):
+                async with session.get(url, allow_redirects=False, proxy=gate.url) as resp:
+                    if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
+                        url = str(resp.url.join(URL(resp.headers["Location"])))
+                        await gate.policy.check_url(url, "web_url (a redirect)")
+                        continue
+                    if GATE_HEADER in resp.headers:
+                        raise aiohttp.ClientConnectionError(resp.reason)  # the gate's answer, not the page's
+                    if resp.status >= 400:
+                        raise WebUrlUnreachable(f"web page {url!r} answered HTTP {resp.status}",
+                                                details={"status": resp.status})
+                    return
+        raise WebUrlUnreachable(f"web page {url!r} redirects more than {MAX_REDIRECTS} times")
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        # Refused, reset or silent: one message, so the answer tells nothing of which ports are open.
+        raise WebUrlUnreachable(f"web page {url!r} is unreachable (no connection or no answer within "
+                                f"{timeout:g} s)") from None
 
 
 def check_media(config: EgressConfig) -> None:
@@ -86,9 +103,10 @@ def check_media(config: EgressConfig) -> None:
                                      details={"field": "room.participants.video"})
 
 
-async def preflight(config: EgressConfig) -> None:
-    """Every check that needs the machine, run before anything starts."""
+async def preflight(config: EgressConfig, gate: OutboundGate) -> None:
+    """Every check that needs the machine, run before anything starts (connections through `gate`)."""
     check_programs()
+    await check_urls(gate.policy, outbound_urls(config))
     if config.output:
         check_output(config.output)
     for series in (config.segments, config.images):
@@ -101,4 +119,4 @@ async def preflight(config: EgressConfig) -> None:
                              details={"field": "stream.caFile"})
     check_media(config)
     if config.web_url:
-        await check_web_url(config.web_url)
+        await check_web_url(config.web_url, gate)

@@ -28,13 +28,24 @@ def _die_with_parent() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _child_setup(fds: tuple[tuple[int, int], ...]):
+    """What runs in the child before exec: die with the parent, and put inherited pipes at their numbers."""
+
+    def setup() -> None:
+        _die_with_parent()
+        for number, fd in fds:
+            os.dup2(fd, number)
+
+    return setup
+
+
 class ManagedProcess:
     """A child process with a name, a bounded stderr tail and a guaranteed stop."""
 
     def __init__(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                  stop_signal: int = signal.SIGTERM, stop_timeout: float = 3.0,
                  stdout_pipe: bool = False, stdin_pipe: bool = False, pass_fds: Sequence[int] = (),
-                 redact: Callable[[str], str] = str):
+                 fds: Mapping[int, int] | None = None, umask: int = -1, redact: Callable[[str], str] = str):
         self.name = name
         self.argv = list(argv)
         self.env = dict(env) if env is not None else None
@@ -45,6 +56,10 @@ class ManagedProcess:
         #: applied to everything this owner logs or reports (argv, stderr): hides secrets
         self.redact = redact
         self._pass_fds = tuple(pass_fds)
+        #: the child's file descriptor number -> this process's descriptor it gets there (numbers under 10;
+        #: the parent's descriptors must be 10 or higher, so placing one never closes another)
+        self._fds = tuple((fds or {}).items())
+        self._umask = umask  # -1: this process's own
         self.proc: asyncio.subprocess.Process | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._stderr_task: asyncio.Task | None = None
@@ -66,8 +81,9 @@ class ManagedProcess:
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
-            pass_fds=self._pass_fds,
+            preexec_fn=_child_setup(self._fds) if self._fds else _die_with_parent,
+            pass_fds=self._pass_fds + tuple(number for number, _ in self._fds),
+            umask=self._umask,
         )
         self._stderr_task = asyncio.create_task(self._read_stderr())
 

@@ -29,8 +29,13 @@ TONES = [350, 450, 550, 650, 750, 850, 950, 1050, 1150, 1250, 1350, 1450, 1550, 
 SCREENSHARE_COLOR = "#f0f0f0"
 
 
+# The longest session a request may ask for (a week): past it a number is a mistake, or an attack.
+MAX_DURATION_S = 7 * 24 * 3600
+
+
 class Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    # allow_inf_nan: JSON's Infinity and NaN are no numbers of seconds, Hz or sizes.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", allow_inf_nan=False)
 
 
 class Window(Model):
@@ -251,7 +256,7 @@ class RecordRequest(Model):
     images: ImageOutput | None = None
     websocket: str | None = Field(None, pattern=r"^wss?://", max_length=2048,
                                   description="send the sound as raw 16-bit little-endian PCM to this ws(s):// URL")
-    duration: float | None = Field(None, gt=0, description="seconds of media; None: until stopped")
+    duration: float | None = Field(None, gt=0, le=MAX_DURATION_S, description="seconds of media; None: until stopped")
     sync_markers: bool = False
     audio_only: bool = False
     video_only: bool = False
@@ -360,4 +365,5 @@ def synthetic_participants(count: int) -> list[ParticipantSpec]:
     if not 0 <= count <= len(NAMES):
         raise InvalidRequest(f"--participants takes 0 to {len(NAMES)}; for more, give --participant specs",
                              details={"field": "participants"})
-    return [parse_participant(f"name={name}" + ("" if i == 0 else ",speaks="), i) for i, name in enumerate(NAMES[:count])]
+    return [parse_participant(f"name={name}" + ("" if i == 0 else ",speaks="), i)
+            for i, name in enumerate(NAMES[:count])]

@@ -3,32 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import os
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
-
-import json
-from datetime import datetime, timezone
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .api_models import StartEgressRequest, pending_streams
 from .auto_egress import AutoEgress
-from .config import WARM_SIZE, EgressConfig, new_egress_id, resolve
-from .destinations import parse_stream_urls
+from .config import WARM_SIZE, EgressConfig, new_egress_id, outbound_urls, resolve
+from .destinations import parse_stream_urls, redact_url
 from .errors import CapacityExceeded, Conflict, Draining, InvalidRequest, NotFound
 from .jobs import WorkerRunner, kept_file
 from .layouts import CUSTOM_PREFIX, TEMPLATE, resolve_layout
-from .page_access import AllowedHosts
+from .outbound import AllowedHosts, OutboundPolicy, check_urls, host_port
+from .pipeline.pcm_socket import redact_ws
 from .request import RecordRequest, RoomSpec, UploadSpec, first_error
 from .storage import LocalStorage, NameValues, Uploader, parse_storage, render_name, sign_local_url
+from .storage.config import storage_urls
 from .storage.delivery import find_manifest
-from .storage.uploader import AnyStorage
+from .storage.uploader import MAX_URL_EXPIRY_S, AnyStorage
 from .store import EgressRecord, SqliteStore
 from .webhooks import Webhooks
 
@@ -60,8 +62,13 @@ class Settings:
     max_segment_duration_s: float | None = None
     url_signing_key: str = ""
     download_url_ttl_s: int = 3600
+    #: no download URL lives longer, whatever a caller asks (signed ones are refused past it too)
+    download_url_max_ttl_s: int = 24 * 3600
     layouts_dir: Path | None = None
-    page_allowed_hosts: tuple[str, ...] = ()
+    #: hosts requests may reach even where their addresses are private (and layout pages may reach at all)
+    allowed_hosts: tuple[str, ...] = ()
+    #: seconds a client has to send a request's headers, and then its body
+    request_timeout_s: float = 30.0
     #: where outputs go unless a request says (default: the recordings folder, served by signed URLs)
     storage: AnyStorage = field(default_factory=LocalStorage)
     backup_storage: AnyStorage | None = None
@@ -75,6 +82,23 @@ class Settings:
             return {}
         return {"LIVEKIT_URL": self.livekit_url, "LIVEKIT_API_KEY": self.livekit_api_key,
                 "LIVEKIT_API_SECRET": self.livekit_api_secret}
+
+    @property
+    def trusted_hosts(self) -> AllowedHosts:
+        """The allowed hosts, and the hosts of what the operator configured: the LiveKit server and storages."""
+        urls = [url for s in (self.storage, self.backup_storage) for _, url in storage_urls(s)]
+        hosts = ["{}:{}".format(*host_port(url)) for url in [*urls, self.livekit_url] if url]
+        return AllowedHosts.parse(self.allowed_hosts).including(*hosts)
+
+    @property
+    def outbound_policy(self) -> OutboundPolicy:
+        """What requests from the HTTP APIs may reach: public addresses and the trusted hosts, no local file."""
+        return OutboundPolicy(self.trusted_hosts, trusted=False)
+
+    @property
+    def worker_args(self) -> tuple[str, ...]:
+        """The flags that hold every worker to the same policy."""
+        return ("--untrusted", *(f"--allow-host={host}" for host in self.trusted_hosts.entries))
 
     @property
     def recordings_dir(self) -> Path:
@@ -127,17 +151,18 @@ class Service:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         self.store = SqliteStore(settings.data_dir / "compositor.db")
         self.admission = Admission(settings.capacity)
         self.webhooks = Webhooks(settings.data_dir / "compositor.db", settings.webhook_urls, settings.webhook_secret,
                                  settings.webhook_retry_base_s, settings.webhook_formats, settings.livekit_api_key,
                                  settings.livekit_api_secret)
         self.runner = WorkerRunner(self.store, settings.data_dir / "jobs", on_change=self._changed,
-                                   on_stream=self.webhooks.enqueue_stream)
-        self.runner.warm_target, self.runner.warm_size = settings.warm_workers, settings.warm_size
-        self.runner.worker_args = tuple(f"--allow-host={host}" for host in settings.page_allowed_hosts)
-        self.runner.worker_env = settings.livekit_env
+                                   on_stream=self.webhooks.enqueue_stream, warm_target=settings.warm_workers,
+                                   warm_size=settings.warm_size, worker_args=settings.worker_args,
+                                   worker_env=settings.livekit_env)
+        #: what requests may reach; the same flags hold every worker to it
+        self.policy = settings.outbound_policy
         self.draining = False
         self._queue: list[Queued] = []
         self._background: set[asyncio.Task] = set()
@@ -162,6 +187,7 @@ class Service:
             done = self.store.update(rec.id, status="FAILED", ended_at=time.time(), error_code="SERVICE_RESTARTED",
                                      error="the service stopped while this egress ran; its file is kept as it was",
                                      file=kept_file(rec.request))
+            self.runner.forget_job(rec.id)
             self._changed(done, rec.status)
             settled.append(done)
         return resumed, settled
@@ -197,22 +223,34 @@ class Service:
             # The session limit: the egress ends LIMIT_REACHED when it runs out.
             record_req = record_req.model_copy(update={"duration": min(limits)})
         # every check that needs no process, before admitting
-        config = resolve(record_req, egress_id, {**os.environ, **self.settings.livekit_env})
+        config = resolve(record_req, egress_id, {**os.environ, **self.settings.livekit_env}, self.policy)
         cost = egress_cost(config)
+        if cost > self.admission.capacity:
+            raise InvalidRequest(f"this egress needs {cost} cores and this server has {self.admission.capacity:g} in "
+                                 "all: ask for a smaller frame", details={"field": "quality", "needed": cost})
+        self._check_room(req, cost)  # before resolving its hosts, which may take a while
+        await check_urls(self.policy, outbound_urls(config))
         admitted = not self._queue and self.admission.try_hold(egress_id, cost)
-        if not admitted and not (req.queue and len(self._queue) < self.settings.max_queue):
-            full = " and the wait queue is full" if req.queue else ""
-            raise CapacityExceeded(
-                f"no capacity for this egress (needs {cost} cores, {max(self.admission.free, 0):.2f} free){full}",
-                details={"needed": cost, "free": round(self.admission.free, 3), "queued": len(self._queue)})
+        if not admitted:
+            self._check_room(req, cost)
         rec = EgressRecord(id=egress_id, room_name=req.room_name, mode=req.mode, kind=req.kind, layout=named_layout,
-                           quality=req.quality, request=record_req.model_dump(mode="json", exclude_none=True),
+                           quality=req.quality, request=_stored(record_req),
                            streams=pending_streams(config.stream.targets) if config.stream else None)
         self.store.create(rec)
         if not admitted:
             self._queue.append(Queued(egress_id, record_req, cost, config.frame))
             return rec
         return await self._launch(egress_id, record_req, config.frame)
+
+    def _check_room(self, req: StartEgressRequest, cost: float) -> None:
+        """CapacityExceeded unless an egress of `cost` cores would start now, or may wait in the queue."""
+        if (not self._queue and cost <= self.admission.free + 1e-9) or (
+                req.queue and len(self._queue) < self.settings.max_queue):
+            return
+        full = " and the wait queue is full" if req.queue else ""
+        raise CapacityExceeded(
+            f"no capacity for this egress (needs {cost} cores, {max(self.admission.free, 0):.2f} free){full}",
+            details={"needed": cost, "free": round(self.admission.free, 3), "queued": len(self._queue)})
 
     def _upload_spec(self, req: StartEgressRequest, egress_id: str) -> UploadSpec:
         """Where this egress's outputs go: the request's storage or the server's, staged locally first."""
@@ -249,6 +287,7 @@ class Service:
             await self.runner.start(egress_id, record_req, frame)
         except OSError as exc:
             self.admission.release(egress_id)
+            self.runner.forget_job(egress_id)
             rec = self.store.update(egress_id, status="FAILED", ended_at=time.time(), error_code="WORKER_START",
                                     error=f"could not start the worker: {exc}")
             self._changed(rec, "STARTING")
@@ -292,8 +331,7 @@ class Service:
                     raise NotFound(f"the file of {rec.id} is not in the recordings folder")
                 key = path.relative_to(root).as_posix()
             return sign_local_url(origin, key, self.settings.url_signing_key, ttl)
-        job = self.runner.job_request(rec.id)
-        upload = job and job.upload
+        upload = self.runner.kept_storage(rec.id)
         if upload is None:
             raise Conflict("NOT_AVAILABLE", f"the storage credentials of {rec.id} are gone; sign a URL with your own")
         async with Uploader(upload.storage, backup=upload.backup) as uploader:
@@ -302,7 +340,7 @@ class Service:
     def delete(self, egress_id: str) -> None:
         """Forget an ended egress (its stored files stay where they are)."""
         self.store.delete(egress_id)
-        self.runner.job_file(egress_id).unlink(missing_ok=True)
+        self.runner.forget_job(egress_id, keep_storage=False)
 
     async def update_streams(self, egress_id: str, add: list[str], remove: list[str]) -> EgressRecord:
         """Add and remove live destinations of a running egress."""
@@ -315,8 +353,9 @@ class Service:
         if rec.status != "ACTIVE":
             raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} is {rec.status}; destinations change only "
                                                 f"while it is ACTIVE")
-        parse_stream_urls(add, "add")
+        added = parse_stream_urls(add, "add")
         parse_stream_urls(remove, "remove")
+        await check_urls(self.policy, [(f"add.{i}", t.url) for i, t in enumerate(added)])
         await self.runner.update_streams(egress_id, add, remove)
         return self.store.get(egress_id)
 
@@ -358,20 +397,48 @@ class Service:
         self.store.close()
 
 
-def _relative(name: str, field: str) -> str:
-    """A path under the recordings folder: relative, without '..'."""
-    if Path(name).is_absolute() or ".." in Path(name).parts:
-        raise InvalidRequest(f"{field} must be a relative name without '..'", details={"field": field})
-    return name
+def _stored(request: RecordRequest) -> dict:
+    """The worker's request as the store keeps it: no stream key, SRT passphrase or WebSocket query (those
+    stay in the worker's 0600 job file), storage secrets already `***`."""
+    data = request.model_dump(mode="json", exclude_none=True)
+    if request.stream:
+        data["stream"]["urls"] = [redact_url(url) for url in request.stream.urls]
+    if request.websocket:
+        data["websocket"] = redact_ws(request.websocket)
+    return data
+
+
+def private_dir(path: Path) -> None:
+    """A folder only this user can enter (0700): what is inside is nobody else's to read, whatever its mode."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.chmod(0o700)
+    except PermissionError:  # a volume someone else owns (a container's bind mount): theirs to protect
+        log.warning("%s belongs to another user; it stays mode %o", path, path.stat().st_mode & 0o777)
+
+
+# SHA-256 of secrets that were once published (committed to this repository's history): a data dir that
+# still holds one has its key replaced, or anyone could sign download URLs and webhooks with it.
+PUBLISHED_SECRETS = {"d88f123bef2f9ab1684778bbe70ae671b61e9de69ecebbe54d4b26e29369b5ad",
+                     "56f278aa94c2037b1bc266529e7b60d96c8131d8624fa155a2091c76c5bcdd7a"}
 
 
 def _secret_file(path: Path) -> str:
-    """A secret kept in the data dir (0600), made on first use."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    """A secret kept in the data dir (0600), made on first use, and made anew if it is one ever published."""
+    private_dir(path.parent)
+    value = path.read_text().strip() if path.exists() else ""
+    if value and hashlib.sha256(value.encode()).hexdigest() in PUBLISHED_SECRETS:
+        log.warning("%s holds a key that was published; replacing it (URLs and signatures made with it no longer "
+                    "verify)", path)
+        value = ""
+    if not value:
+        value = secrets.token_urlsafe(32)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value)
+    path.chmod(0o600)
+    return value
 
 
 class ServeConfig(BaseModel):
@@ -388,8 +455,13 @@ class ServeConfig(BaseModel):
     webhook_format: Literal["baxcloud", "livekit", "both"] = "baxcloud"
     livekit_api_key: str | None = None
     livekit_api_secret: str | None = None
-    livekit_url: str | None = Field(None, description="record rooms of this LiveKit server (ws(s):// or http(s)://)")
-    download_url_ttl_s: int = Field(3600, gt=0, le=7 * 24 * 3600, description="download URLs live this long")
+    livekit_url: str | None = Field(None, pattern=r"^(wss?|https?)://[^/?#\s]+",
+                                    description="record rooms of this LiveKit server (ws(s):// or http(s)://)")
+    download_url_ttl_s: int = Field(3600, gt=0, le=MAX_URL_EXPIRY_S, description="download URLs live this long")
+    download_url_max_ttl_s: int = Field(24 * 3600, gt=0, le=MAX_URL_EXPIRY_S,
+                                        description="no download URL lives longer (expiresIn is capped by it)")
+    request_timeout_s: float = Field(30, gt=0, le=3600, description="seconds a client has to send a request's "
+                                     "headers, and then its body")
     max_queue: int = Field(16, ge=0)
     warm_workers: int = Field(0, ge=0, le=16, description="idle workers kept with display and browser up")
     warm_size: str = Field("{}x{}".format(*WARM_SIZE), pattern=r"^\d{2,4}x\d{2,4}$",
@@ -398,7 +470,8 @@ class ServeConfig(BaseModel):
     max_stream_duration_s: float | None = Field(None, gt=0, description="session limit of a streaming egress")
     max_segment_duration_s: float | None = Field(None, gt=0, description="session limit of an HLS egress")
     layouts_dir: str | None = Field(None, description="custom layouts requests name as custom/NAME")
-    page_allowed_hosts: list[str] = Field([], description="hosts layout pages may reach besides their own server")
+    allowed_hosts: list[str] = Field([], description="hosts requests may reach even at private addresses (and "
+                                     "layout pages may reach besides their own server)")
     storage: dict | None = Field(None, description="where outputs go by default: {kind: local|s3|gcs|azure, …}")
     backup_storage: dict | None = Field(None, description="used when the storage refuses for good")
     upload_retry_window_s: float = Field(300, gt=0, le=86400, description="seconds failed uploads are retried")
@@ -406,7 +479,7 @@ class ServeConfig(BaseModel):
                                 "files and uploads (a delivery cut short resumes at the next start)")
 
 
-_LISTS = {"api_keys", "webhook_urls", "page_allowed_hosts"}
+_LISTS = {"api_keys", "webhook_urls", "allowed_hosts"}
 _JSON = {"storage", "backup_storage"}
 
 
@@ -447,6 +520,10 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
     except ValidationError as exc:
         raise InvalidRequest(f"bad service setting: {first_error(exc)}") from None
     formats = ("baxcloud", "livekit") if cfg.webhook_format == "both" else (cfg.webhook_format,)
+    if cfg.download_url_ttl_s > cfg.download_url_max_ttl_s:
+        raise InvalidRequest("download_url_ttl_s must not exceed download_url_max_ttl_s")
+    if cfg.webhook_secret and hashlib.sha256(cfg.webhook_secret.encode()).hexdigest() in PUBLISHED_SECRETS:
+        raise InvalidRequest("webhook_secret is a key that was published: set a secret of your own")
     if cfg.livekit_url and not (cfg.livekit_api_key and cfg.livekit_api_secret):
         raise InvalidRequest("livekit_url needs livekit_api_key and livekit_api_secret to join its rooms")
     if "livekit" in formats and not (cfg.livekit_api_key and cfg.livekit_api_secret):
@@ -465,12 +542,13 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         livekit_api_key=cfg.livekit_api_key or "", livekit_api_secret=cfg.livekit_api_secret or "",
         livekit_url=cfg.livekit_url or "",
         url_signing_key=_secret_file(directory / "url-signing-key"),
-        download_url_ttl_s=cfg.download_url_ttl_s, max_queue=cfg.max_queue, warm_workers=cfg.warm_workers,
+        download_url_ttl_s=cfg.download_url_ttl_s, download_url_max_ttl_s=cfg.download_url_max_ttl_s,
+        request_timeout_s=cfg.request_timeout_s, max_queue=cfg.max_queue, warm_workers=cfg.warm_workers,
         warm_size=tuple(int(x) for x in cfg.warm_size.split("x")),
         max_file_duration_s=cfg.max_file_duration_s, max_stream_duration_s=cfg.max_stream_duration_s,
         max_segment_duration_s=cfg.max_segment_duration_s,
         layouts_dir=_layouts_dir(cfg.layouts_dir),
-        page_allowed_hosts=AllowedHosts.parse(cfg.page_allowed_hosts).entries,
+        allowed_hosts=AllowedHosts.parse(cfg.allowed_hosts).entries,
         storage=parse_storage(cfg.storage) if cfg.storage else LocalStorage(),
         backup_storage=parse_storage(cfg.backup_storage, "backup_storage") if cfg.backup_storage else None,
         upload_retry_window_s=cfg.upload_retry_window_s, stop_grace_s=cfg.stop_grace_s)

@@ -6,6 +6,7 @@ The service talks to `Store` only, so another engine can stand in later.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class Store(Protocol):
     def get_setting(self, key: str) -> dict | None: ...
     def put_setting(self, key: str, value: dict) -> None: ...
     def counts(self) -> list[tuple[str, str, int]]: ...
+    def first_sighting(self, event_id: str, keep_s: float) -> bool: ...
 
 
 _COLUMNS = ["id", "room_name", "mode", "layout", "quality", "request", "status", "created_at", "updated_at",
@@ -71,7 +73,10 @@ class SqliteStore:
     """Store on one SQLite file; every call is a short transaction."""
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Made 0600 before SQLite opens it: its -wal and -shm files take the database's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        path.chmod(0o600)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
@@ -83,6 +88,7 @@ class SqliteStore:
             if column not in present:
                 self._db.execute(f"ALTER TABLE egress ADD COLUMN {column} {kind}")
         self._db.execute("CREATE TABLE IF NOT EXISTS setting (key TEXT PRIMARY KEY, value TEXT)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS seen_event (id TEXT PRIMARY KEY, at REAL)")
         self._db.execute("CREATE INDEX IF NOT EXISTS egress_created ON egress(created_at DESC, id)")
         self._db.execute("CREATE INDEX IF NOT EXISTS egress_room ON egress(room_name, created_at)")
         self._db.execute("CREATE INDEX IF NOT EXISTS egress_status ON egress(status, created_at)")
@@ -145,6 +151,13 @@ class SqliteStore:
     def counts(self) -> list[tuple[str, str, int]]:
         """(status, mode, count) over every stored egress."""
         return self._db.execute("SELECT status, mode, COUNT(*) FROM egress GROUP BY status, mode").fetchall()
+
+    def first_sighting(self, event_id: str, keep_s: float) -> bool:
+        """True the first time `event_id` is seen within `keep_s` seconds (ids older than that are forgotten)."""
+        now = time.time()
+        self._db.execute("DELETE FROM seen_event WHERE at < ?", (now - keep_s,))
+        return self._db.execute("INSERT OR IGNORE INTO seen_event (id, at) VALUES (?, ?)",
+                                (event_id, now)).rowcount == 1
 
     def unfinished(self) -> list[EgressRecord]:
         rows = self._db.execute(f"SELECT {','.join(_COLUMNS)} FROM egress WHERE status IN "

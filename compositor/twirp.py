@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import livekit_info
 from .api_models import StartEgressRequest, UpdateStreamsRequest
+from .bodies import read_body
 from .errors import CapacityExceeded, CompositorError, InvalidRequest
 from .livekit_shape import from_livekit, from_livekit_participant, from_livekit_track, from_livekit_track_composite
 from .request import first_error
@@ -127,7 +128,7 @@ async def _serve(service: Service, request: web.Request) -> web.Response:
         raise TwirpError("bad_route", f"unexpected Content-Type: {kind!r} (use {PROTOBUF} or {JSON})",
                          {"twirp_invalid_route": route})
     try:
-        body = await request.read()
+        body = await read_body(request, settings.request_timeout_s)
     except web.HTTPRequestEntityTooLarge:
         raise TwirpError("malformed", "the request body is too large") from None
     reply = await method.call(service, _parse(body, method.request(), kind))
@@ -146,8 +147,9 @@ def _authorize(header: str, api_key: str, api_secret: str) -> None:
         raise TwirpError("unauthenticated", "no access token (Authorization: Bearer <LiveKit access token>)")
     try:
         claims = TokenVerifier(api_key, api_secret).verify(token)
-    # jwt's errors for a bad signature, issuer or expiry; the others for claims of the wrong shape.
-    except (jwt.PyJWTError, ValueError, TypeError, AttributeError):
+    # jwt's errors for a bad signature, issuer or expiry; the others for claims of the wrong shape (a room
+    # configuration protobuf cannot parse among them).
+    except (jwt.PyJWTError, json_format.Error, ValueError, TypeError, AttributeError):
         raise TwirpError("unauthenticated", "invalid access token: expired, or not signed with this server's "
                          "LiveKit API key and secret") from None
     if not (claims.video and claims.video.room_record):

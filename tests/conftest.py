@@ -17,10 +17,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from compositor import analysis
 from compositor.api import make_app
 from compositor.service import Service, Settings
+
+from .livekit_server import API_KEY, API_SECRET, livekit, livekit_service  # noqa: F401  (per module that asks)
 from .receivers import NginxRtmp, free_port  # noqa: F401  (tests import free_port from here)
+
 # Storage servers as fixtures for every test module (each module gets its own servers).
 from .storage_servers import azure_server, gcs_account, gcs_server, s3_server, token_server  # noqa: F401
-from .livekit_server import API_KEY, API_SECRET, livekit, livekit_service  # noqa: F401  (per module that asks)
 
 REPO = Path(__file__).resolve().parent.parent
 #: the API key test services take
@@ -229,14 +231,16 @@ class HttpReceiver:
 
 @pytest.fixture
 async def open_app(tmp_path):
-    """open_app(**settings) -> a test client of the real app over a real Service (almost no capacity, so a
+    """open_app(**settings) -> a test client of the real app over a real Service (its capacity all held, so a
     start it attempts is refused CAPACITY_EXCEEDED and logged, with no worker launched)."""
     opened: list[tuple[TestClient, Service]] = []
 
     async def _open(**settings) -> tuple[TestClient, Service]:
-        base = dict(api_keys=[KEY], capacity=0.01, livekit_api_key=API_KEY, livekit_api_secret=API_SECRET,
+        base = dict(api_keys=[KEY], capacity=4.0, livekit_api_key=API_KEY, livekit_api_secret=API_SECRET,
                     livekit_url="ws://127.0.0.1:9", url_signing_key="k")
         service = Service(Settings(data_dir=tmp_path / f"data{len(opened)}", **{**base, **settings}))
+        # Capacity enough for any frame (a frame that could never fit is a 400), all of it taken.
+        service.admission.try_hold("EG_busy", service.admission.capacity)
         service.start_background()
         client = TestClient(TestServer(make_app(service)))
         await client.start_server()

@@ -304,3 +304,37 @@ class TcpProxy:
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+class ConnectionLog:
+    """A TCP listener on 127.0.0.1 that notes every connection it gets and closes it: the place an attack
+    would reach, to show that nothing did."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        self.connections: list[tuple[str, int]] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def url(self, scheme: str = "http", path: str = "/", host: str = "127.0.0.1") -> str:
+        return f"{scheme}://{host}:{self.port}{path}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, peer = self._socket.accept()
+            except OSError:
+                return
+            self.connections.append(peer[:2])
+            conn.close()
+
+    def close(self) -> None:
+        import socket
+
+        self._socket.shutdown(socket.SHUT_RDWR)
+        self._socket.close()
+        self._thread.join(5)

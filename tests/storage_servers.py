@@ -14,8 +14,6 @@ import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-from compositor.storage import AzureStorage, GCSStorage, S3Storage
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -25,6 +23,8 @@ from azure.storage.blob import BlobServiceClient
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from compositor.storage import AzureStorage, GCSStorage, S3Storage
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "recordings"

@@ -14,7 +14,7 @@ import pytest
 
 from compositor import analysis
 from compositor.errors import InvalidRequest
-from compositor.page_access import AllowedHosts
+from compositor.outbound import AllowedHosts
 from compositor.preflight import chromium_path
 
 from .conftest import REPO, SMALL, HttpReceiver, assert_color

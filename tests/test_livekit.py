@@ -8,11 +8,12 @@ import signal
 import time
 from pathlib import Path
 
+import jwt
 import pytest
 
 from compositor import analysis
 
-from .livekit_server import make_clip
+from .livekit_server import API_SECRET, make_clip
 from .receivers import BackgroundApp, PcmReceiver, TcpProxy
 
 TINY = ["--width", "320", "--height", "180"]
@@ -308,8 +309,11 @@ class TemplateServer(BackgroundApp):
         shim = ("import * as lk from '/livekit-client.mjs';\nconst exports = {};\nconst require = () => lk;\n"
                 f"{sdk}\nexport default exports.default;\n")
         js = {"Content-Type": "text/javascript"}
+        #: the join tokens the page was opened with
+        self.tokens: list[str] = []
 
-        async def page(_):
+        async def page(request):
+            self.tokens.append(request.query.get("token", ""))
             return web.FileResponse(REPO / "tests/egress_template/index.html")
 
         async def egress_sdk(_):
@@ -343,6 +347,12 @@ def test_a_template_written_for_the_egress_sdk_records_unchanged(livekit, clips,
         done = livekit_service.wait_status(egress, "COMPLETE", timeout=60)
     finally:
         template.close()
+    # The page's token joins this room only, hidden and subscribe-only, and is soon worthless if copied out.
+    claims = jwt.decode(template.tokens[-1], API_SECRET, algorithms=["HS256"], options={"verify_aud": False})
+    grant = claims["video"]
+    assert (claims["sub"], grant["room"], grant["roomJoin"], grant["hidden"]) == (egress, room, True, True)
+    assert grant["canPublish"] is False and grant["canPublishData"] is False and "roomAdmin" not in grant
+    assert claims["exp"] - claims["nbf"] <= 600
     path = done["file"]["location"]
     duration = analysis.facts(path).duration
     assert near(region(path, 1.0, 0.45, 0.05), ALICE[0])  # plain: alice's camera up to the top

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from compositor import analysis
-
 from compositor.request import PALETTE
 
 from .conftest import REPO, SMALL, Run, assert_color, parse_events, record_argv
@@ -172,7 +171,8 @@ def test_a_stalled_destination_is_cut_off_without_slowing_the_rest(nginx, start_
     # Noise as a camera keeps the stream at its full bitrate, so the socket buffers between the pusher and a
     # receiver that stopped reading (megabytes on loopback) fill within seconds, as they would on a real link.
     noise = tmp_path / "noise.webm"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "nullsrc=s=640x360:r=30:d=2,geq=random(1)*255:128:128",
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
+                    "nullsrc=s=640x360:r=30:d=2,geq=random(1)*255:128:128",
                     "-c:v", "libvpx", "-b:v", "4M", str(noise)], check=True)
     receiver = subprocess.Popen(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-listen", "1", "-i",
                                  f"rtmp://127.0.0.1:{port}/app/stall", "-c", "copy", str(tmp_path / "stalled.flv")],

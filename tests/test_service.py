@@ -24,16 +24,18 @@ ROOM = {"room": {"participants": [{"name": "A", "color": "#4363d8", "tone": 450}
 
 
 class Server:
-    """`compositor serve` on a free port of 127.0.0.1."""
+    """`compositor serve` on a free port of 127.0.0.1. The tests' receivers (RTMP, storage, WebSocket, pages) are on
+    127.0.0.1 too: the server is told to allow that host, as an operator would (`local=False`: it is not)."""
 
-    def __init__(self, data_dir: Path, *extra: str, env: dict | None = None):
+    def __init__(self, data_dir: Path, *extra: str, env: dict | None = None, local: bool = True):
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         # The server's log, kept to read when a test fails.
         self.log = data_dir.parent / "server.log"
+        allow = ["--allow-host", "127.0.0.1"] if local else []
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "compositor", "serve", "--port", "0", "--data-dir",
-                                          str(data_dir), "--api-key", KEY, *extra], cwd=REPO,
+                                          str(data_dir), "--api-key", KEY, *allow, *extra], cwd=REPO,
                                          stdout=subprocess.PIPE, stderr=log, text=True,
                                          env={**os.environ, **(env or {})})
         line = self.proc.stdout.readline()

@@ -21,10 +21,9 @@ from aiohttp import web
 from azure.storage.blob import BlobServiceClient
 
 from compositor.errors import InvalidRequest
-from compositor.storage import (AUTH_FAILED, BUCKET_NOT_FOUND, UNREACHABLE, LocalSite,
-                                LocalStorage, NameValues, RetryPolicy, S3Storage, StoredFile, UploadFailed, Uploader,
-                                check_key, parse_storage, render_name, sign_local_url, store_file,
-                                verify_local_signature)
+from compositor.storage import (AUTH_FAILED, BUCKET_NOT_FOUND, UNREACHABLE, LocalSite, LocalStorage, NameValues,
+                                RetryPolicy, S3Storage, StoredFile, Uploader, UploadFailed, check_key, parse_storage,
+                                render_name, sign_local_url, store_file, verify_local_signature)
 from compositor.storage.local import LocalBackend
 from compositor.storage.local_urls import DOWNLOAD_PATH
 

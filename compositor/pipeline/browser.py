@@ -3,7 +3,9 @@
 We launch Chromium ourselves (its own session, our process owner) and attach
 Playwright over CDP: Playwright's own launcher would put Chromium under its
 driver, in our process group, where a terminal's Ctrl-C would kill it before
-the encoder has finished the file.
+the encoder has finished the file. DevTools runs over a pipe (see devtools.py),
+never on a port, and everything the pages reach but their own server goes
+through the worker's outbound gate (the policy in outbound.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +20,10 @@ from playwright.async_api import Browser as PwBrowser
 from playwright.async_api import ConsoleMessage, Page, Playwright, Request, Response, Route, async_playwright
 
 from ..errors import BrowserFailed
-from ..page_access import OPTION, AllowedHosts
+from ..outbound import OPTION, AllowedHosts
 from ..preflight import chromium_path
 from ..process import ManagedProcess
+from .devtools import DevToolsPipe
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,12 @@ CHROMIUM_FLAGS = [
     "--disable-features=Translate,MediaRouter,OptimizationHints,DialMediaRouteProvider",
     "--autoplay-policy=no-user-gesture-required",
     "--password-store=basic",
-    "--remote-debugging-address=127.0.0.1",
-    "--remote-debugging-port=0",
+    "--remote-debugging-pipe",
+    # Through a proxy, HTTP/3 would go around it; without one QUIC is of no use to a recorder.
+    "--disable-quic",
 ]
+# What of the worker's environment Chromium sees: never its keys (LIVEKIT_API_SECRET, storage credentials).
+CHROMIUM_ENV = ("PATH", "LANG", "LANGUAGE", "LC_ALL", "TZ", "FONTCONFIG_FILE", "FONTCONFIG_PATH", "TMPDIR")
 
 
 # Kinds of page problem: an uncaught exception, a request that failed or was
@@ -69,18 +74,23 @@ class PageProblem:
 class Browser:
     """Owns one Chromium (and the Playwright connection to it)."""
 
-    def __init__(self, *, display: str, pulse_server: str | None, width: int, height: int, profile_dir: Path):
+    def __init__(self, *, display: str, pulse_server: str | None, width: int, height: int, profile_dir: Path,
+                 proxy: str, direct: str):
+        """`proxy`: the outbound gate's URL, for everything but `direct` (host:port of the page server)."""
         self.display = display
         self.pulse_server = pulse_server
         self.width = width
         self.height = height
         self.profile_dir = profile_dir
+        self.proxy = proxy
+        self.direct = direct
         self.signals: asyncio.Queue[str] = asyncio.Queue()
         self.failure: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.problems: list[PageProblem] = []
         self._waiters: list[tuple[tuple[str, ...], asyncio.Future]] = []
         self._origin = ""
         self._proc: ManagedProcess | None = None
+        self._devtools: DevToolsPipe | None = None
         self._pw: Playwright | None = None
         self._browser: PwBrowser | None = None
         self.page: Page | None = None
@@ -92,19 +102,34 @@ class Browser:
 
     async def start(self, timeout: float = 20.0) -> None:
         self.profile_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "DISPLAY": self.display, "HOME": str(self.profile_dir)}
+        env = {k: v for k, v in os.environ.items() if k in CHROMIUM_ENV or k.startswith("LC_")}
+        env.update(DISPLAY=self.display, HOME=str(self.profile_dir))
         if self.pulse_server:
             env["PULSE_SERVER"] = self.pulse_server
+        self._devtools = DevToolsPipe()
+        endpoint = await self._devtools.start()
         self._proc = ManagedProcess(
             "chromium",
             [chromium_path(), *CHROMIUM_FLAGS, f"--window-size={self.width},{self.height}",
-             f"--user-data-dir={self.profile_dir}", "about:blank"],
-            env=env,
+             f"--user-data-dir={self.profile_dir}", f"--proxy-server={self.proxy}",
+             # Loopback too goes through the gate (Chromium sends it direct by default), but our own page server.
+             f"--proxy-bypass-list=<-loopback>;{self.direct}", "about:blank"],
+            env=env, fds=self._devtools.child_fds,
         )
-        await self._proc.start()
-        # Start Playwright's driver while Chromium comes up.
-        port, self._pw = await asyncio.gather(self._devtools_port(timeout), self._driver())
-        self._browser = await self._pw.chromium.connect_over_cdp(f"http://127.0.0.1:{port}", timeout=timeout * 1000)
+        # Playwright's driver starts while Chromium comes up.
+        driver, started = await asyncio.gather(self._driver(), self._proc.start(), return_exceptions=True)
+        if isinstance(driver, BaseException):
+            raise driver
+        self._pw = driver  # stop() stops it from here on, whatever comes next
+        if isinstance(started, BaseException):
+            raise started
+        self._devtools.child_started()
+        try:
+            self._browser = await self._pw.chromium.connect_over_cdp(endpoint, timeout=timeout * 1000)
+        except Exception as exc:  # Playwright's own error types
+            if not self._proc.running:
+                raise BrowserFailed(f"Chromium did not start: {self._proc.describe_exit()}") from None
+            raise BrowserFailed(f"could not attach to Chromium: {str(exc).splitlines()[0]}") from None
         self._browser.on("disconnected", lambda _: self._fail("the browser disconnected"))
         context = self._browser.contexts[0]
         self.page = context.pages[0] if context.pages else await context.new_page()
@@ -124,22 +149,6 @@ class Browser:
             return await async_playwright().start()
         except Exception as exc:  # the driver is a node binary: a missing library shows up here
             raise BrowserFailed(f"Playwright's driver did not start: {exc}".strip()) from None
-
-    async def _devtools_port(self, timeout: float) -> int:
-        # Chromium writes the port it bound to this file once DevTools listens.
-        active = self.profile_dir / "DevToolsActivePort"
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return int(active.read_text().splitlines()[0])
-            except (OSError, ValueError, IndexError):
-                pass
-            if not self._proc.running:
-                raise BrowserFailed(f"Chromium did not start: {self._proc.describe_exit()}")
-            if time.monotonic() > deadline:
-                await self._proc.stop()
-                raise BrowserFailed("Chromium did not open its DevTools port in time")
-            await asyncio.sleep(0.02)
 
     async def _watch_process(self) -> None:
         await self._proc.wait()
@@ -252,3 +261,5 @@ class Browser:
                 pass
         if self._proc is not None:
             await self._proc.stop()
+        if self._devtools is not None:
+            await self._devtools.stop()

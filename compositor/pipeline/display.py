@@ -58,7 +58,8 @@ class Display:
     async def _read_number(self, fd: int) -> int:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(fd), "rb"))
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                    os.fdopen(os.dup(fd), "rb"))
         try:
             line = await reader.readline()
         finally:

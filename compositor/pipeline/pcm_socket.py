@@ -35,8 +35,10 @@ def redact_ws(url: str) -> str:
 class PcmSocket:
     """Owns the pipe ffmpeg writes PCM into and the WebSocket it is sent to."""
 
-    def __init__(self, url: str, sample_rate: int, channels: int = 2):
+    def __init__(self, url: str, sample_rate: int, proxy: str, channels: int = 2):
+        """`proxy`: the worker's outbound gate, which the connection goes through."""
         self.url = url
+        self.proxy = proxy
         self.frame_bytes = sample_rate * channels * 2 * FRAME_MS // 1000
         self._pipe = EncoderPipe()
         self.write_fd = self._pipe.write_fd
@@ -53,11 +55,12 @@ class PcmSocket:
         """Open the WebSocket before recording starts, so a wrong URL fails the egress at once."""
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S))
         try:
-            self._ws = await self._session.ws_connect(self.url, heartbeat=20)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._ws = await self._session.ws_connect(self.url, heartbeat=20, proxy=self.proxy)
+        except (aiohttp.ClientError, TimeoutError, OSError):
             await self.close()
-            raise StreamFailed(f"could not open the WebSocket {redact_ws(self.url)}: {exc or 'timeout'}",
-                               code="WEBSOCKET_FAILED") from None
+            # Refused, reset or silent: one message, so the answer tells nothing of which ports are open.
+            raise StreamFailed(f"could not open the WebSocket {redact_ws(self.url)} (no connection, or no "
+                               f"WebSocket answer within {CONNECT_TIMEOUT_S:g} s)", code="WEBSOCKET_FAILED") from None
         self._listener = asyncio.create_task(self._until_closed())
 
     async def start(self) -> None:

@@ -16,9 +16,8 @@ import os
 import shutil
 import tempfile
 import time
-from pathlib import Path
-
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config import EgressConfig
 from ..destinations import parse_stream_url, parse_stream_urls
@@ -27,7 +26,7 @@ from ..errors import (Aborted, AudioFailed, BrowserFailed, CompositorError, Conf
 from ..events import EventSink
 from ..layouts import resolve_layout
 from ..livekit_room import server_from_env, with_query
-from ..page_access import AllowedHosts
+from ..outbound_gate import OutboundGate
 from ..paths import WORKDIR_PREFIX
 from ..preflight import preflight
 from ..probe import MediaFacts
@@ -100,8 +99,9 @@ class Stage:
 
 
 async def open_stage(stack: contextlib.AsyncExitStack, workdir: Path, width: int, height: int,
-                     sample_rate: int) -> Stage:
-    """Start display, sink, page server and browser; `stack` stops them, last first."""
+                     sample_rate: int, gate: OutboundGate) -> Stage:
+    """Start display, sink, page server and browser; `stack` stops them, last first. The browser reaches its
+    page server directly and everything else through `gate`."""
     display = Display(width, height)
     sink = AudioSink(workdir / "pulse", sample_rate)
     stack.push_async_callback(display.stop)
@@ -111,7 +111,7 @@ async def open_stage(stack: contextlib.AsyncExitStack, workdir: Path, width: int
     stack.push_async_callback(pages.stop)
     await pages.start()
     browser = Browser(display=display.name, pulse_server=sink.server, width=width, height=height,
-                      profile_dir=workdir / "profile")
+                      profile_dir=workdir / "profile", proxy=gate.url, direct=f"127.0.0.1:{pages.port}")
     stack.push_async_callback(browser.stop)
     await browser.start()
     return Stage(workdir=workdir, display=display, sink=sink, pages=pages, browser=browser)
@@ -120,10 +120,11 @@ async def open_stage(stack: contextlib.AsyncExitStack, workdir: Path, width: int
 class Recorder:
     """Runs one EgressConfig through display, sink, browser and encoder to every output."""
 
-    def __init__(self, config: EgressConfig, events: EventSink, stop: asyncio.Event,
-                 allowed_hosts: AllowedHosts = AllowedHosts()):
+    def __init__(self, config: EgressConfig, events: EventSink, stop: asyncio.Event, gate: OutboundGate):
         self.config = config
-        self.allowed_hosts = allowed_hosts
+        #: what every connection the request leads to goes through (its policy says where they may go)
+        self.gate = gate
+        self.policy = gate.policy
         #: page problems that end the recording: none for a web page (not ours to judge), any while a
         #: layout starts, and its uncaught exceptions once it records
         self._fatal: tuple[str, ...] = ()
@@ -152,10 +153,11 @@ class Recorder:
         """
         cfg = self.config
         self._status("STARTING")
-        await preflight(cfg)
+        await preflight(cfg, self.gate)
         async with contextlib.AsyncExitStack() as outer:
             if cfg.upload:
-                self.delivery = await outer.enter_async_context(Delivery(cfg.upload, cfg.egress_id, self.events))
+                self.delivery = await outer.enter_async_context(Delivery(cfg.upload, cfg.egress_id, self.events,
+                                                                         self.gate.url))
             if stage is not None:
                 async with contextlib.AsyncExitStack() as stack:
                     outputs = await self._record(stack, stage)
@@ -164,7 +166,7 @@ class Recorder:
                 workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{cfg.egress_id}-"))
                 outer.callback(shutil.rmtree, workdir, ignore_errors=True)
                 async with contextlib.AsyncExitStack() as stack:
-                    stage = await open_stage(stack, workdir, *cfg.frame)
+                    stage = await open_stage(stack, workdir, *cfg.frame, self.gate)
                     outputs = await self._record(stack, stage)
             if self.delivery:
                 # After the stage is down: uploads need no browser or display.
@@ -207,15 +209,14 @@ class Recorder:
             await self._until_ready(browser, watched, self._start_signal(browser), cfg.start_timeout)
         else:
             spec = PageSpec(cfg.layout, cfg.overlays, cfg.participants, cfg.room_name, cfg.sync_markers)
-            allowed = self.allowed_hosts
             if cfg.source == "livekit":
                 server = server_from_env()
                 spec = dataclasses.replace(spec, room_url=server.url,
                                            token=server.recorder_token(cfg.room_name, cfg.egress_id),
                                            focus=cfg.focus.query if cfg.focus else {})
-                allowed = allowed.including(server.host)
             url = pages.show(spec)
-            await browser.restrict(pages.base_url, allowed)
+            # A layout is ours: it reaches its own server and the allowed hosts (the LiveKit server among them).
+            await browser.restrict(pages.base_url, self.policy.allowed)
             self._fatal = (ERROR, REQUEST, BLOCKED)
             await self._until_ready(browser, watched, browser.open(url, cfg.start_timeout))
             await self._until_ready(browser, watched, self._start_signal(browser), cfg.start_timeout)
@@ -229,11 +230,12 @@ class Recorder:
             targets.append(hls_target(cfg.segments))
         if cfg.stream or cfg.images:
             # Closed after the encoder (the exit stack runs backwards): destinations get the stream's end.
-            self._fanout = StreamFanout(cfg.stream, cfg.images, cfg.video, on_change=self._stream_changed)
+            self._fanout = StreamFanout(cfg.stream, cfg.images, cfg.video, self.policy,
+                                        on_change=self._stream_changed)
             stack.push_async_callback(self._fanout.close)
             targets.append(live_pipe_target(self._fanout.write_fd))
         if cfg.websocket:
-            self._socket = PcmSocket(cfg.websocket, cfg.audio.sample_rate)
+            self._socket = PcmSocket(cfg.websocket, cfg.audio.sample_rate, self.gate.url)
             stack.push_async_callback(self._socket.close)
             await self._socket.connect()
             targets.append(pcm_pipe_target(self._socket.write_fd))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from ..config import ImageSettings, StreamSettings, VideoSettings
 from ..destinations import StreamTarget
 from ..errors import InvalidRequest, StreamFailed
+from ..outbound import AddressRefused, HostNotFound, OutboundPolicy
 from ..process import ManagedProcess
 from .encoder import progress_updates
 from .pipes import EncoderPipe
@@ -125,9 +126,11 @@ class Destination:
     """One live destination: its queue, its pusher, its retries and its status."""
 
     def __init__(self, target: StreamTarget, settings: StreamSettings,
-                 backlog: Callable[[], tuple[bytes, list[FlvTag]]], on_change: Callable[[Destination], None]):
+                 backlog: Callable[[], tuple[bytes, list[FlvTag]]], on_change: Callable[[Destination], None],
+                 policy: OutboundPolicy = OutboundPolicy()):
         self.target = target
         self.settings = settings
+        self.policy = policy
         self.status = "STARTING"
         self.retries = 0
         self.last_retry_at: float | None = None
@@ -219,20 +222,29 @@ class Destination:
                 self.ended_at = time.time()
                 self._set("FINISHED")
 
-    def _argv(self) -> list[str]:
+    async def _argv(self) -> list[str]:
+        """The pusher's command, to the destination checked under the policy just now (AddressRefused if not
+        allowed)."""
+        url, keep = await self.policy.pinned_stream_url(self.target.url)
         tls = []
         if self.target.scheme == "rtmps" and self.settings.tls_verify:
             tls = ["-tls_verify", "1", "-ca_file", self.settings.ca_file or "/etc/ssl/certs/ca-certificates.crt"]
         # RTMP over TCP: a send buffer of about a second of stream, not the megabytes Linux grows it to, so a
         # destination that stops reading is noticed in seconds and a slow one does not pile up latency.
         sndbuf = ["-send_buffer_size", str(SEND_BUFFER_BYTES)] if self.target.protocol == "RTMP" else []
-        return [*_FFMPEG, *_FLV_PIPE, "-map", "0", "-c", "copy", *tls, *sndbuf, "-f", self.target.muxer,
-                self.target.url]
+        return [*_FFMPEG, *_FLV_PIPE, "-map", "0", "-c", "copy", *tls, *sndbuf, *keep, "-f", self.target.muxer,
+                url]
 
     async def _session(self) -> tuple[tuple[str, str], bool]:
         """Push until the pusher ends, stalls or the destination closes; returns (error, reached ACTIVE)."""
         self._queue.clear()
-        pusher = ManagedProcess(f"stream {self.target.redacted}", self._argv(), stop_timeout=2.0,
+        try:
+            argv = await self._argv()
+        except HostNotFound as exc:
+            return (f"{self.target.protocol}_HOST_NOT_FOUND", exc.message), False
+        except AddressRefused as exc:
+            return (f"{self.target.protocol}_ADDRESS_NOT_ALLOWED", exc.message), False
+        pusher = ManagedProcess(f"stream {self.target.redacted}", argv, stop_timeout=2.0,
                                 stdout_pipe=True, stdin_pipe=True, redact=self.target.redact)
         await pusher.start()
         self._pusher, self._base = pusher, None
@@ -315,7 +327,7 @@ class Thumbnailer(Destination):
         self.images = images
         self.video = video
 
-    def _argv(self) -> list[str]:
+    async def _argv(self) -> list[str]:
         img = self.images
         w, h = img.width or (-2 if img.height else self.video.width), img.height or -2
         keys_only = (img.interval / self.video.keyframe_interval).is_integer()
@@ -333,8 +345,9 @@ class StreamFanout:
     """Reads the encode's FLV from a pipe and feeds every destination (and the thumbnailer)."""
 
     def __init__(self, settings: StreamSettings | None, images: ImageSettings | None, video: VideoSettings | None,
-                 on_change: Callable[[Destination], None]):
+                 policy: OutboundPolicy, on_change: Callable[[Destination], None]):
         self.settings = settings or StreamSettings(targets=(), retry_window=0, tls_verify=True, ca_file=None)
+        self.policy = policy
         self.destinations: list[Destination] = []
         self._images = images
         self._video = video
@@ -385,7 +398,7 @@ class StreamFanout:
     def add(self, target: StreamTarget) -> Destination:
         if any(d.target.url == target.url and d.live for d in self.destinations):
             raise InvalidRequest(f"already streaming to {target.redacted}", details={"field": "add"})
-        dest = Destination(target, self.settings, self._backlog, self._changed)
+        dest = Destination(target, self.settings, self._backlog, self._changed, self.policy)
         self.destinations.append(dest)
         dest.start()
         self._on_change(dest)

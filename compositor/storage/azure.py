@@ -25,8 +25,9 @@ _AUTH_CODES = {"AuthenticationFailed", "AuthorizationFailure", "AuthorizationPer
 class AzureBackend(Backend):
     name = "azure"
 
-    def __init__(self, config: AzureStorage):
+    def __init__(self, config: AzureStorage, proxy: str | None = None):
         self.config = config
+        self.proxies = {"http": proxy, "https": proxy} if proxy else None
         self.account_url = config.endpoint or f"https://{config.account_name}.blob.core.windows.net"
 
     def secrets(self) -> list[str]:
@@ -43,7 +44,7 @@ class AzureBackend(Backend):
             # The SDK's default waits 15 s between its retries; a dropped block is retried
             # quickly here, and a longer outage is the uploader's to wait out.
             retry_policy=LinearRetry(backoff=1, retry_total=2, random_jitter_range=1),
-            connection_timeout=5, read_timeout=120,
+            connection_timeout=5, read_timeout=120, proxies=self.proxies,
         )
 
     async def put(self, path: Path, key: str, content_type: str) -> None:

@@ -231,6 +231,20 @@ StorageConfig = Annotated[
 _ADAPTER: TypeAdapter = TypeAdapter(StorageConfig)
 
 
+def storage_urls(config: _Storage | None) -> list[tuple[str, str]]:
+    """The URLs a storage config makes its client connect to besides the provider's own hosts, by field: its
+    `endpoint`, and the `token_uri` of a GCS key (where the key's signed assertion is posted)."""
+    urls = []
+    endpoint = getattr(config, "endpoint", "")
+    if endpoint:
+        urls.append(("endpoint", endpoint))
+    if isinstance(config, GCSStorage) and config.credentials:
+        token_uri = json.loads(config.credentials.get_secret_value()).get("token_uri")
+        if token_uri:
+            urls.append(("credentials.token_uri", str(token_uri)))
+    return urls
+
+
 def parse_storage(data: Any, field: str = "storage") -> LocalStorage | S3Storage | GCSStorage | AzureStorage:
     """Validate a storage config; raises InvalidRequest naming the bad field (never quoting a value)."""
     try:

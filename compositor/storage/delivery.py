@@ -94,7 +94,8 @@ def find_manifest(staging: Path, egress_id: str) -> Path | None:
 class Delivery:
     """Stores one egress's staged outputs. Use `async with`; `follow()` while recording, `deliver()` at the end."""
 
-    def __init__(self, spec: UploadSpec, egress_id: str, events: EventSink):
+    def __init__(self, spec: UploadSpec, egress_id: str, events: EventSink, proxy: str | None = None):
+        """Cloud storages are reached through `proxy` (the worker's outbound gate) when given."""
         self.spec = spec
         self.egress_id = egress_id
         self.events = events
@@ -102,8 +103,8 @@ class Delivery:
         local = LocalSite(Path(spec.local_root)) if spec.local_root else None
         retry = RetryPolicy(window_s=spec.retry_window_s)
         self.in_place = spec.in_place
-        self._primary = Uploader(spec.storage, local=local, retry=retry, on_retry=self._retrying)
-        self._backup = (Uploader(spec.backup, local=local, retry=retry, on_retry=self._retrying)
+        self._primary = Uploader(spec.storage, local=local, retry=retry, on_retry=self._retrying, proxy=proxy)
+        self._backup = (Uploader(spec.backup, local=local, retry=retry, on_retry=self._retrying, proxy=proxy)
                         if spec.backup else None)
         self.on_backup = False
         self.stored: dict[str, StoredFile] = {}

@@ -14,9 +14,11 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
+import google.auth
 import requests
 from google.api_core import exceptions as api_errors
 from google.auth import exceptions as auth_errors
+from google.auth.transport.requests import AuthorizedSession, Request
 from google.cloud import storage
 from google.cloud.storage.exceptions import InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
@@ -36,8 +38,9 @@ _TIMEOUT = (5, 120)  # connect, read (seconds)
 class GCSBackend(Backend):
     name = "gcs"
 
-    def __init__(self, config: GCSStorage):
+    def __init__(self, config: GCSStorage, proxy: str | None = None):
         self.config = config
+        self.proxies = {"http": proxy, "https": proxy} if proxy else None
         self.credentials: service_account.Credentials | None = None
         self.project: str | None = None
         if config.credentials:
@@ -61,8 +64,24 @@ class GCSBackend(Backend):
             if self._client is None:
                 options = {"api_endpoint": self.config.endpoint} if self.config.endpoint else None
                 self._client = storage.Client(project=self.project, credentials=self.credentials,
-                                              client_options=options)
+                                              client_options=options, _http=self._session())
         return self._client.bucket(self.config.bucket)
+
+    def _session(self) -> AuthorizedSession | None:
+        """With a proxy, the requests session the client uses: the key's token requests (its token_uri) go
+        through the proxy too. The machine's own credentials fetch their tokens as they always do."""
+        if not self.proxies:
+            return None
+        credentials = self.credentials
+        auth = None
+        if credentials is None:
+            credentials, _ = google.auth.default(scopes=_SCOPES)
+        else:
+            auth = requests.Session()
+            auth.proxies.update(self.proxies)
+        session = AuthorizedSession(credentials, auth_request=auth and Request(auth))
+        session.proxies.update(self.proxies)
+        return session
 
     async def close(self) -> None:
         if self._client is not None:

@@ -37,8 +37,9 @@ def sign_local_url(base_url: str, key: str, secret: str | bytes, expires_s: floa
 
 
 def verify_local_signature(key: str, expires: int | str, sig: str, secret: str | bytes, *,
-                           now: float | None = None) -> bool:
-    """True when `sig` was made for this `key` and `expires` with `secret`, and `expires` is still ahead.
+                           now: float | None = None, longest: float | None = None) -> bool:
+    """True when `sig` was made for this `key` and `expires` with `secret`, and `expires` is still ahead (and,
+    with `longest`, no further ahead than that: the server never signs URLs living longer).
 
     `key` is the decoded path after /v1/download/ (as aiohttp's match_info gives it).
     The comparison takes constant time so the signature cannot be guessed byte by byte.
@@ -53,4 +54,5 @@ def verify_local_signature(key: str, expires: int | str, sig: str, secret: str |
     # bytes, because compare_digest refuses non-ASCII str (a tampered URL may have any).
     if not hmac.compare_digest(expected.encode(), sig.lower().encode("utf-8", "replace")):
         return False
-    return (time.time() if now is None else now) < expires_at
+    now = time.time() if now is None else now
+    return now < expires_at and (longest is None or expires_at <= now + longest)

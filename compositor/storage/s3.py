@@ -16,8 +16,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError,
-                                 EndpointConnectionError, NoCredentialsError, PartialCredentialsError,
-                                 ReadTimeoutError)
+                                 EndpointConnectionError, NoCredentialsError, PartialCredentialsError, ReadTimeoutError)
 
 from .base import Backend, causes
 from .config import S3Storage
@@ -33,7 +32,7 @@ _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTim
 class S3Backend(Backend):
     name = "s3"
 
-    def __init__(self, config: S3Storage):
+    def __init__(self, config: S3Storage, proxy: str | None = None):
         self.config = config
         secret = config.secret.get_secret_value() if config.secret else None
         token = config.session_token.get_secret_value() if config.session_token else None
@@ -49,6 +48,7 @@ class S3Backend(Backend):
             # S3-compatible stores (older MinIO, R2, Spaces) reject the CRC trailers newer botocore
             # adds by default; checksums only where the API requires them keeps every store working.
             request_checksum_calculation="when_required", response_checksum_validation="when_required",
+            proxies={"http": proxy, "https": proxy} if proxy else None,
         ))
         self.transfer = TransferConfig(multipart_threshold=config.multipart_threshold,
                                        multipart_chunksize=config.part_size, max_concurrency=4)

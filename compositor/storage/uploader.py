@@ -76,10 +76,11 @@ class Uploader:
 
     def __init__(self, storage: AnyStorage | Backend, *, backup: AnyStorage | Backend | None = None,
                  local: LocalSite | None = None, retry: RetryPolicy | None = None,
-                 on_retry: OnRetry | None = None):
-        self.primary = storage if isinstance(storage, Backend) else make_backend(storage, local)
+                 on_retry: OnRetry | None = None, proxy: str | None = None):
+        """`proxy`: the http:// proxy cloud storages are reached through (the worker's outbound gate)."""
+        self.primary = storage if isinstance(storage, Backend) else make_backend(storage, local, proxy)
         self.backup = (backup if isinstance(backup, Backend) or backup is None
-                       else make_backend(backup, local))
+                       else make_backend(backup, local, proxy))
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
 
