@@ -122,7 +122,7 @@ class OutboundGate:
             upstream.close()
 
     async def _open(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        addresses = await self.policy.resolve(host, port, "page request")
+        addresses = await self.policy.resolve(host, port, "connection")
         error: Exception = OSError("no address")
         for address in addresses:
             try:

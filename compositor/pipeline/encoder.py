@@ -88,7 +88,8 @@ def video_args(v: VideoSettings) -> list[str]:
             "-g", str(gop), "-lag-in-frames", "0", "-auto-alt-ref", "0", "-threads", "2", *extra]
 
 
-def audio_args(a: AudioSettings) -> list[str]:
+def audio_args(a: AudioSettings, then: str = "") -> list[str]:
+    """The sound's encoding; `then` appends filters (",atrim=…") after the resampler."""
     if a.codec == "pcm":
         codec = ["-c:a", "pcm_s16le"]
     else:
@@ -96,7 +97,7 @@ def audio_args(a: AudioSettings) -> list[str]:
     # The sink's monitor under-delivers while the page's audio stream starts
     # up; counting samples would then run ahead of the clock. Following the
     # timestamps (silence into gaps) keeps sound on time with the picture.
-    return ["-af", "aresample=async=1:min_hard_comp=0.03", *codec, "-ar", str(a.sample_rate), "-ac", "2"]
+    return ["-af", f"aresample=async=1:min_hard_comp=0.03{then}", *codec, "-ar", str(a.sample_rate), "-ac", "2"]
 
 
 @dataclass(frozen=True)
@@ -167,17 +168,24 @@ def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_s
         argv += ["-thread_queue_size", "64", "-f", "pulse", "-server", pulse_server,
                  "-sample_rate", str(config.audio.sample_rate), "-channels", "2",
                  "-itsoffset", f"{AUDIO_DELAY_S - start_epoch:.6f}", "-i", pulse_source]
-    limit = ["-t", f"{config.duration:.3f}"] if config.duration else []
+    # A duration is that much media from the first captured frame (or sample): `-t` would count from
+    # START_RECORDING, and lose to ffmpeg's own start-up (a few tenths of a second) what it records.
+    limited = config.duration is not None
+    trim = f",trim=duration={config.duration:.3f}" if limited else ""
     if config.video:
         # Constant rate made in the filter, from the first captured frame on:
         # the encoder's own cfr would repeat that frame back to time 0.
-        argv += ["-filter_complex", f"[0:v]fps={config.video.fps}[video]", "-map", "[video]"]
+        argv += ["-filter_complex", f"[0:v]fps={config.video.fps}{trim}[video]", "-map", "[video]"]
     if config.audio:
         argv += ["-map", f"{inputs}:a"]
     if config.video:
         argv += ["-fps_mode", "passthrough", *video_args(config.video)]
     if config.audio:
-        argv += audio_args(config.audio)
+        # With a picture, the sound ends with it (the muxer's `shortest` cuts it at the picture's last frame,
+        # where -shortest alone lets through what was already encoded); alone, it is trimmed the same way.
+        alone = limited and not config.video
+        argv += audio_args(config.audio, f",atrim=duration={config.duration:.3f}" if alone else "")
+    limit = ["-shortest", "-fflags", "+shortest"] if limited and config.video and config.audio else []
     argv += [*limit, "-avoid_negative_ts", "make_zero", "-flush_packets", "1", *mux_args(targets)]
     return argv
 
