@@ -11,7 +11,9 @@ TEST_PACKAGES := nginx-light libnginx-mod-rtmp stunnel4 openssl iproute2
 # 3.35.0: the last release that supports Debian 12's Node 18.
 AZURITE_VERSION := 3.35.0
 AZURITE := .tools/node_modules/.bin/azurite-blob
-LIVEKIT_CLIENT := node_modules/livekit-client/dist/livekit-client.esm.mjs
+# livekit-client's bundle, from npm, vendored into the package's assets (package data; not in git).
+NPM_LIVEKIT_CLIENT := node_modules/livekit-client/dist/livekit-client.esm.mjs
+LIVEKIT_CLIENT := compositor/assets/vendor/livekit-client.esm.mjs
 # LiveKit room tests: a real livekit-server and publishers (tools/lkpub, on LiveKit's Go server SDK,
 # pinned in its go.mod), built with Go into .tools/bin. Without Go they are skipped, saying why.
 LIVEKIT_SERVER_VERSION := v1.13.5
@@ -40,6 +42,7 @@ demo: setup
 	@echo "demo recording: $(CURDIR)/recordings/demo.mp4"
 
 test: setup test-system $(AZURITE) $(LIVEKIT_TOOLS)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 livekit-tools: $(LIVEKIT_SERVER) $(LKPUB)
@@ -61,10 +64,14 @@ $(LKPUB): tools/lkpub/main.go tools/lkpub/go.mod tools/lkpub/go.sum
 NPM := command -v npm >/dev/null || scripts/setup-system.sh nodejs npm
 
 # What layout pages load from npm (package.json, pinned in package-lock.json).
-$(LIVEKIT_CLIENT): package.json package-lock.json
+$(NPM_LIVEKIT_CLIENT): package.json package-lock.json
 	@$(NPM)
 	npm ci --no-audit --no-fund
 	@touch $@
+
+$(LIVEKIT_CLIENT): $(NPM_LIVEKIT_CLIENT)
+	@mkdir -p $(dir $@)
+	cp $< $@
 
 $(AZURITE):
 	@$(NPM)

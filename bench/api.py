@@ -31,7 +31,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from compositor.store import EgressRecord, SqliteStore  # noqa: E402
+from compositor.service.store import EgressRecord, SqliteStore  # noqa: E402
 
 KEY = "bench-key"
 STORED = 10_000

@@ -33,7 +33,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 import numpy as np  # noqa: E402
 from record import CpuMarks, make_clips, participants  # noqa: E402
 
-from tests.receivers import NginxRtmp, free_port, listening, wait_until  # noqa: E402
+from tools.peers.receivers import NginxRtmp, free_port, listening, wait_until  # noqa: E402
 
 GRAY = (64, 36)
 

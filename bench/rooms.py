@@ -31,7 +31,7 @@ sys.path[:0] = [str(REPO), str(REPO / "bench")]
 from outputs import record  # noqa: E402
 
 from compositor import analysis  # noqa: E402
-from tests.livekit_server import BIN, WHY_MISSING, LiveKitServer, make_clip  # noqa: E402
+from tools.peers.livekit import BIN, WHY_MISSING, LiveKitServer, make_clip  # noqa: E402
 
 PEOPLE = [("alice", "#e6194b", 350), ("bob", "#3cb44b", 450), ("carol", "#4363d8", 550), ("dave", "#f58231", 650)]
 

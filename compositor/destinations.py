@@ -79,6 +79,13 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{app}/{MASK}"
 
 
+def redact_ws(url: str) -> str:
+    """The URL without its query (where such services put their keys) or credentials."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}" + (
+        "?***" if parts.query else "")
+
+
 def parse_stream_url(url: str, field: str = "stream.urls") -> StreamTarget:
     """Validate a destination URL (scheme, host, app and key) or raise InvalidRequest.
 

@@ -11,6 +11,9 @@ import sys
 import time
 from typing import IO, Any
 
+#: The worker's ENDING status carries this message once its outputs go to storage.
+STORING = "storing the outputs"
+
 
 def _size(n: int) -> str:
     for unit in ("B", "kB", "MB", "GB"):

@@ -1,6 +1,6 @@
-"""Where the page assets live: `templates/`, `static/` and `layouts/` beside the package.
+"""Where the page assets live: `assets/` in the package (templates, static, layouts, and vendored npm code).
 
-`COMPOSITOR_ASSETS` points elsewhere (an installed copy, a container).
+They are package data, so an installed compositor has them; `COMPOSITOR_ASSETS` points elsewhere.
 """
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ASSETS_DIR = Path(os.environ.get("COMPOSITOR_ASSETS") or Path(__file__).resolve().parent.parent)
+ASSETS_DIR = Path(os.environ.get("COMPOSITOR_ASSETS") or Path(__file__).resolve().parent / "assets")
 TEMPLATES_DIR = ASSETS_DIR / "templates"
 STATIC_DIR = ASSETS_DIR / "static"
 LAYOUTS_DIR = ASSETS_DIR / "layouts"
 #: A worker's temp dirs start with this, then its pid: the next worker removes those of dead ones.
 WORKDIR_PREFIX = "compositor-"
-LIVEKIT_CLIENT = ASSETS_DIR / "node_modules" / "livekit-client" / "dist" / "livekit-client.esm.mjs"
+#: livekit-client's ESM bundle, copied from npm (node_modules, pinned in package-lock.json) by `make setup`.
+LIVEKIT_CLIENT = ASSETS_DIR / "vendor" / "livekit-client.esm.mjs"

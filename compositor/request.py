@@ -8,6 +8,7 @@ too, so BaxCloud-style (`roomName`, `fileType`) and LiveKit-style
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -277,6 +278,17 @@ class RecordRequest(Model):
         if self.websocket and not self.audio_only:
             raise ValueError("a websocket output carries sound only: set audio_only")
         return self
+
+
+def read_request_file(path: Path, what: str) -> dict:
+    """A request's JSON from a file (`what` names where it was given, for the message)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidRequest(f"cannot read {what} {str(path)!r}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"{what} must hold a JSON object")
+    return data
 
 
 def check_color(value: str) -> str:

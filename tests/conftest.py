@@ -17,12 +17,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from compositor import analysis
 from compositor.api import make_app
 from compositor.service import Service, Settings
+from tools.peers.livekit import API_KEY, API_SECRET
+from tools.peers.receivers import NginxRtmp, free_port  # noqa: F401  (tests import free_port from here)
 
-from .livekit_server import API_KEY, API_SECRET, livekit, livekit_service  # noqa: F401  (per module that asks)
-from .receivers import NginxRtmp, free_port  # noqa: F401  (tests import free_port from here)
+from .support.livekit import livekit, livekit_service  # noqa: F401  (per module that asks)
 
 # Storage servers as fixtures for every test module (each module gets its own servers).
-from .storage_servers import azure_server, gcs_account, gcs_server, s3_server, token_server  # noqa: F401
+from .support.storage_servers import azure_server, gcs_account, gcs_server, s3_server, token_server  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 #: the API key test services take

@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from compositor.openapi import openapi
+from compositor.api.openapi import openapi
 
 from .test_service import KEY, Server
 

@@ -15,9 +15,10 @@ from aiohttp.test_utils import TestClient
 from livekit import api
 
 from compositor import analysis
+from tools.peers.livekit import API_KEY, API_SECRET, LiveKitServer, make_clip
+from tools.peers.receivers import free_port
 
-from .livekit_server import API_KEY, API_SECRET, LiveKitServer, make_clip, tools_or_skip
-from .storage_servers import free_port
+from .support.livekit import tools_or_skip
 from .test_livekit import ALICE, BOB, near, publish, region
 from .test_service import KEY, Server
 

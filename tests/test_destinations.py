@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from compositor.config import resolve
 from compositor.destinations import parse_stream_url, parse_stream_urls, redact_url
 from compositor.errors import InvalidRequest
 from compositor.pipeline.hls import Playlist
 from compositor.pipeline.streams import FlvTag, classify
+from compositor.plan import resolve
 from compositor.request import RecordRequest
 
 

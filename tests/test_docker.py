@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from compositor import analysis
+from tools.peers.receivers import free_port
 
 from .conftest import assert_color
-from .receivers import free_port
 
 pytestmark = pytest.mark.docker
 

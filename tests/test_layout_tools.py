@@ -15,7 +15,7 @@ import pytest
 from compositor import analysis
 from compositor.errors import InvalidRequest
 from compositor.outbound import AllowedHosts
-from compositor.preflight import chromium_path
+from compositor.pipeline.browser import chromium_path
 
 from .conftest import REPO, SMALL, HttpReceiver, assert_color
 

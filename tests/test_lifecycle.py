@@ -11,7 +11,7 @@ import time
 import pytest
 
 from compositor import analysis
-from compositor.pipeline.recorder import sweep_stale_workdirs
+from compositor.worker.stage import sweep_stale_workdirs
 
 from .conftest import SMALL, assert_released, record_argv
 

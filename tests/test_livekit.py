@@ -12,9 +12,8 @@ import jwt
 import pytest
 
 from compositor import analysis
-
-from .livekit_server import API_SECRET, make_clip
-from .receivers import BackgroundApp, PcmReceiver, TcpProxy
+from tools.peers.livekit import API_SECRET, make_clip
+from tools.peers.receivers import BackgroundApp, PcmReceiver, TcpProxy
 
 TINY = ["--width", "320", "--height", "180"]
 ALICE = ("#e6194b", 350)

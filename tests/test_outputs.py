@@ -20,9 +20,9 @@ import pytest
 
 from compositor import analysis
 from compositor.request import PALETTE
+from tools.peers.receivers import SrtListener, Stunnel, free_port, listening, wait_until
 
 from .conftest import REPO, SMALL, Run, assert_color, parse_events, record_argv
-from .receivers import SrtListener, Stunnel, free_port, listening, wait_until
 
 TONES = (350, 450)
 PEOPLE = [arg for i, tone in enumerate(TONES) for arg in ("--participant", f"name=P{i + 1},tone={tone}")]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from compositor.config import resolve
 from compositor.errors import InvalidRequest
+from compositor.plan import resolve
 from compositor.request import PALETTE, TONES, RecordRequest, parse_participant
 
 

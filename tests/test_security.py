@@ -29,11 +29,11 @@ from livekit.protocol import egress as proto
 from compositor import analysis
 from compositor.outbound import AddressRefused, OutboundPolicy, is_public
 from compositor.service import PUBLISHED_SECRETS
+from tools.peers.livekit import API_KEY, API_SECRET
+from tools.peers.receivers import BackgroundApp, ConnectionLog, free_port
 
 from .conftest import KEY, REPO, record_argv
-from .livekit_server import API_KEY, API_SECRET
-from .receivers import BackgroundApp, ConnectionLog, free_port
-from .storage_servers import AZURITE_KEY, service_account
+from .support.storage_servers import AZURITE_KEY, service_account
 from .test_service import Server
 
 LIVEKIT_ENV = {"COMPOSITOR_LIVEKIT_URL": "ws://127.0.0.1:9", "COMPOSITOR_LIVEKIT_API_KEY": API_KEY,
@@ -120,7 +120,7 @@ def test_no_request_names_a_file_of_the_server(guarded):
          "room.participants.0.video"),
         # Refused by the request's shape (no field of their own: the rule spans the request).
         ({"overlays": {"logo": str(data / "url-signing-key")}, **SYNTHETIC}, ""),
-        ({"layout": str(REPO / "layouts/grid"), **SYNTHETIC}, ""),
+        ({"layout": str(REPO / "compositor/assets/layouts/grid"), **SYNTHETIC}, ""),
     ]
     for body, field in refusals:
         status, answer, _ = guarded.call("POST", "/v1/egress/start", {"roomName": "r", **SMALL, **body})
@@ -321,7 +321,7 @@ async def test_download_urls_live_no_longer_than_the_server_allows(open_app):
     recordings = service.settings.recordings_dir
     recordings.mkdir(parents=True, exist_ok=True)
     (recordings / "r.mp4").write_bytes(b"recording")
-    from compositor.store import EgressRecord
+    from compositor.service.store import EgressRecord
     service.store.create(EgressRecord(id="EG_done", room_name="r", mode="record", layout="grid", quality="720p",
                                       request={}, status="COMPLETE",
                                       file={"location": str(recordings / "r.mp4"), "key": "r.mp4", "size": 9}))

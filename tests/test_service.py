@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from compositor import analysis
-from compositor.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
+from compositor.service.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
 
 from .conftest import KEY, REPO, HttpReceiver, _cmdline, _pids, free_port
 

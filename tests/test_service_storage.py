@@ -15,7 +15,7 @@ import yaml
 
 from compositor import analysis
 
-from .storage_servers import AZURITE_KEY, BUCKET, _s3_client, azure_config, azure_read, gcs_config, s3_config
+from .support.storage_servers import AZURITE_KEY, BUCKET, _s3_client, azure_config, azure_read, gcs_config, s3_config
 from .test_service import Server
 
 TINY = {"advanced": {"width": 320, "height": 180}}

@@ -6,7 +6,7 @@ import json
 import time
 
 from compositor import analysis
-from compositor.webhooks import SIGNATURE_HEADER, verify
+from compositor.service.webhooks import SIGNATURE_HEADER, verify
 
 from .conftest import HttpReceiver
 from .test_service import ROOM, SMALL, Server

@@ -21,14 +21,39 @@ from aiohttp import web
 from azure.storage.blob import BlobServiceClient
 
 from compositor.errors import InvalidRequest
-from compositor.storage import (AUTH_FAILED, BUCKET_NOT_FOUND, UNREACHABLE, LocalSite, LocalStorage, NameValues,
-                                RetryPolicy, S3Storage, StoredFile, Uploader, UploadFailed, check_key, parse_storage,
-                                render_name, sign_local_url, store_file, verify_local_signature)
+from compositor.storage import (
+    AUTH_FAILED,
+    BUCKET_NOT_FOUND,
+    UNREACHABLE,
+    LocalSite,
+    LocalStorage,
+    NameValues,
+    RetryPolicy,
+    S3Storage,
+    StoredFile,
+    Uploader,
+    UploadFailed,
+    check_key,
+    parse_storage,
+    render_name,
+    sign_local_url,
+    store_file,
+    verify_local_signature,
+)
 from compositor.storage.local import LocalBackend
 from compositor.storage.local_urls import DOWNLOAD_PATH
 
-from .storage_servers import (AZURITE_KEY, BUCKET, _s3_client, azure_config, azure_read, free_port, gcs_config,
-                              s3_config, service_account)
+from .support.storage_servers import (
+    AZURITE_KEY,
+    BUCKET,
+    _s3_client,
+    azure_config,
+    azure_read,
+    free_port,
+    gcs_config,
+    s3_config,
+    service_account,
+)
 
 MiB = 1024 * 1024
 FAST = RetryPolicy(window_s=20, first_delay_s=0.3, max_delay_s=1)

@@ -17,15 +17,20 @@ from google.protobuf import json_format
 from livekit import api
 from livekit.protocol import egress as proto
 
-from compositor import analysis, twirp
-from compositor.api_models import StartEgressRequest
+from compositor import analysis
+from compositor.api import twirp
+from compositor.api.livekit_shape import (
+    from_livekit,
+    from_livekit_participant,
+    from_livekit_track,
+    from_livekit_track_composite,
+)
 from compositor.destinations import redact_url
-from compositor.livekit_shape import (from_livekit, from_livekit_participant, from_livekit_track,
-                                      from_livekit_track_composite)
 from compositor.service import Service
-from compositor.store import EgressRecord
+from compositor.service.requests import StartEgressRequest
+from compositor.service.store import EgressRecord
+from tools.peers.livekit import API_KEY, API_SECRET, REPO, make_clip
 
-from .livekit_server import API_KEY, API_SECRET, REPO, make_clip
 from .test_livekit import ALICE, near, region
 from .test_service import KEY
 

@@ -19,14 +19,14 @@ from pathlib import Path
 from playwright.async_api import Browser as PwBrowser
 from playwright.async_api import ConsoleMessage, Page, Playwright, Request, Response, Route, async_playwright
 
-from ..errors import BrowserFailed
+from ..errors import BrowserFailed, MissingDependency
 from ..outbound import OPTION, AllowedHosts
-from ..preflight import chromium_path
 from ..process import ManagedProcess
 from .devtools import DevToolsPipe
 
 log = logging.getLogger(__name__)
 
+CHROMIUM_PATHS = ("/usr/lib/chromium/chromium", "/usr/bin/chromium", "/usr/bin/chromium-browser")
 MIN_WINDOW_WIDTH = 500  # Chromium's narrowest window (measured with --kiosk on Xvfb)
 START_RECORDING = "START_RECORDING"
 END_RECORDING = "END_RECORDING"
@@ -58,6 +58,18 @@ CHROMIUM_FLAGS = [
 ]
 # What of the worker's environment Chromium sees: never its keys (LIVEKIT_API_SECRET, storage credentials).
 CHROMIUM_ENV = ("PATH", "LANG", "LANGUAGE", "LC_ALL", "TZ", "FONTCONFIG_FILE", "FONTCONFIG_PATH", "TMPDIR")
+
+
+def chromium_path() -> str:
+    """The Chromium binary to drive (the real one, not Debian's shell wrapper)."""
+    override = os.environ.get("COMPOSITOR_CHROMIUM")
+    for path in ((override,) if override else CHROMIUM_PATHS):
+        if path and os.access(path, os.X_OK):
+            return path
+    raise MissingDependency(
+        "Chromium is not installed: run `sudo apt-get install chromium` (or `make setup`), "
+        "or set COMPOSITOR_CHROMIUM to its binary",
+        details={"program": "chromium", "package": "chromium"})
 
 
 # Kinds of page problem: an uncaught exception, a request that failed or was

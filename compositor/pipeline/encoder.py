@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import AudioSettings, EgressConfig, SegmentSettings, VideoSettings
 from ..errors import EncoderFailed
+from ..plan import AudioSettings, EgressConfig, SegmentSettings, VideoSettings
 from ..process import ManagedProcess
 
 log = logging.getLogger(__name__)

@@ -7,17 +7,12 @@ import logging
 import os
 from pathlib import Path
 
-from ..config import EgressConfig
 from ..errors import OutputInvalid
+from ..plan import EgressConfig
 from ..probe import MediaFacts, ProbeError, probe
 from ..process import ManagedProcess
 
 log = logging.getLogger(__name__)
-
-
-def partial_path(output: Path) -> Path:
-    """Where the recording is written while it runs (`name.partial.ext`): playable if we die."""
-    return output.with_name(f"{output.stem}.partial{output.suffix}")
 
 
 async def finalize(config: EgressConfig, partial: Path) -> MediaFacts:

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import SegmentSettings
+from ..plan import SegmentSettings
 
 LIVE_WINDOW = 5  # segments in the live playlist
 ENDLIST = "#EXT-X-ENDLIST"

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from urllib.parse import urlsplit
 
 import aiohttp
 
+from ..destinations import redact_ws
 from ..errors import StreamFailed
 from .pipes import EncoderPipe
 
@@ -23,13 +23,6 @@ CONNECT_TIMEOUT_S = 10.0
 FRAME_MS = 20
 # At the end, what the pipe still holds is sent within this; then the socket closes.
 DRAIN_S = 2.0
-
-
-def redact_ws(url: str) -> str:
-    """The URL without its query (where such services put their keys) or credentials."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}" + (
-        "?***" if parts.query else "")
 
 
 class PcmSocket:

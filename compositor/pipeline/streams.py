@@ -20,10 +20,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from ..config import ImageSettings, StreamSettings, VideoSettings
 from ..destinations import StreamTarget
 from ..errors import InvalidRequest, StreamFailed
 from ..outbound import AddressRefused, HostNotFound, OutboundPolicy
+from ..plan import ImageSettings, StreamSettings, VideoSettings
 from ..process import ManagedProcess
 from .encoder import progress_updates
 from .pipes import EncoderPipe

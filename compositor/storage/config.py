@@ -19,9 +19,21 @@ import re
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import (AfterValidator, AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr,
-                      SerializationInfo, TypeAdapter, ValidationError, field_serializer, field_validator,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializationInfo,
+    TypeAdapter,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from ..errors import InvalidRequest

@@ -1,0 +1,150 @@
+"""The HTTP API's answers (BaxCloud Stream Out): an egress, a recording, lists, download URLs and errors."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import Field
+
+from ..request import Model
+from ..service.results import FileResult, iso, recording_id
+from ..service.store import EgressRecord
+
+Status = Literal["STARTING", "ACTIVE", "ENDING", "COMPLETE", "FAILED", "ABORTED", "LIMIT_REACHED"]
+
+
+class StreamInfo(Model):
+    """One live destination: its own status, retries and last error (the URL's key redacted)."""
+
+    url: str
+    status: Literal["STARTING", "ACTIVE", "RECONNECTING", "FAILED", "FINISHED"]
+    retries: int = 0
+    last_retry_at: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+
+
+class SegmentsResult(Model):
+    playlist: str
+    live_playlist: str | None = None
+    segment_count: int
+    duration: float
+    size: int
+
+
+class ImagesResult(Model):
+    directory: str
+    count: int
+    first: str | None = None
+    last: str | None = None
+
+
+class Lifecycle(Model):
+    """What egresses and recordings both show: where they are and what came of them."""
+
+    room_name: str
+    status: Status
+    layout: str
+    quality: str
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    ended_at: str | None
+    duration_sec: float | None
+    error: str | None
+    error_code: str | None
+    file: FileResult | None
+
+
+class EgressInfo(Lifecycle):
+    """An egress as the API shows it (the seed's getStreamStatus fields)."""
+
+    id: str
+    type: str
+    mode: str
+    kind: str = Field("room_composite", description="LiveKit's egress type: room_composite, web, participant, "
+                                                    "track_composite or track")
+    queue_position: int | None = Field(None, description="1 = next to start, while waiting for capacity")
+    streams: list[StreamInfo] = Field(default_factory=list)
+    segments: SegmentsResult | None = None
+    images: ImagesResult | None = None
+    manifest: str | None = Field(None, description="where the manifest ({egress_id}.json) of the outputs is")
+
+
+class RecordingInfo(Lifecycle):
+    id: str
+    egress_id: str
+    file_type: str
+
+
+class EgressList(Model):
+    items: list[EgressInfo]
+    page: int
+    limit: int
+    total: int
+
+
+class RecordingList(Model):
+    items: list[RecordingInfo]
+    page: int
+    limit: int
+    total: int
+
+
+class DownloadUrl(Model):
+    download_url: str
+    expires_at: str
+
+
+class ErrorDetail(Model):
+    code: str
+    message: str
+    details: dict
+
+
+class ErrorBody(Model):
+    error: ErrorDetail
+
+
+def _egress(rec: EgressRecord) -> EgressInfo:
+    duration = None
+    if rec.started_at:
+        duration = round((rec.ended_at or time.time()) - rec.started_at, 3)
+    if rec.file and rec.file.get("duration"):
+        duration = rec.file["duration"]
+    outputs = rec.outputs or {}
+    return EgressInfo(id=rec.id, room_name=rec.room_name, type=rec.mode, mode=rec.mode, kind=rec.kind,
+                      status=rec.status,
+                      layout=rec.layout, quality=rec.quality, created_at=iso(rec.created_at),
+                      updated_at=iso(rec.updated_at), started_at=iso(rec.started_at), ended_at=iso(rec.ended_at),
+                      duration_sec=duration, error=rec.error, error_code=rec.error_code,
+                      file=FileResult.model_validate(rec.file) if rec.file else None,
+                      streams=[stream_info(s) for s in rec.streams or []],
+                      segments=SegmentsResult.model_validate(outputs["segments"]) if outputs.get("segments") else None,
+                      images=ImagesResult.model_validate(outputs["images"]) if outputs.get("images") else None,
+                      manifest=outputs.get("manifest"))
+
+
+def stream_info(worker: dict) -> StreamInfo:
+    """A destination as the worker reports it (epoch times), as the API shows it."""
+    return StreamInfo(**{k: worker.get(k) for k in ("url", "status", "error", "error_code")},
+                      retries=worker.get("retries", 0), last_retry_at=iso(worker.get("last_retry_at")),
+                      started_at=iso(worker.get("started_at")), ended_at=iso(worker.get("ended_at")))
+
+
+def egress_info(rec: EgressRecord, queue_position: int | None = None) -> dict:
+    """An egress as JSON for the API."""
+    info = _egress(rec)
+    info.queue_position = queue_position
+    return info.model_dump(by_alias=True)
+
+
+def recording_info(rec: EgressRecord) -> dict:
+    """A record-mode egress as the recordings API shows it."""
+    shared = {k: getattr(_egress(rec), k) for k in Lifecycle.model_fields}
+    return RecordingInfo(id=recording_id(rec.id), egress_id=rec.id,
+                         file_type=rec.request.get("file", {}).get("file_type") or "MP4", **shared
+                         ).model_dump(by_alias=True)

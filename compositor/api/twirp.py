@@ -1,0 +1,241 @@
+"""LiveKit's Egress service over Twirp (`POST /twirp/livekit.Egress/{Method}`), so the egress clients of
+LiveKit's server SDKs work pointed at this service.
+
+Bodies are LiveKit's own messages, in protobuf (`application/protobuf`) or protobuf JSON
+(`application/json`); the answer comes in the request's encoding, errors in Twirp's JSON. Callers
+authenticate as with LiveKit: an access token signed with the service's livekit_api_key/secret that
+grants roomRecord.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from aiohttp import web
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from livekit.api import TokenVerifier
+from livekit.protocol import egress as proto
+from pydantic import BaseModel, ValidationError
+
+from ..errors import CapacityExceeded, CompositorError, InvalidRequest
+from ..request import first_error
+from ..service import livekit_info
+from ..service.requests import StartEgressRequest, UpdateStreamsRequest
+from ..service.service import Service
+from ..service.store import ACTIVE_STATUSES
+from .bodies import read_body
+from .livekit_shape import from_livekit, from_livekit_participant, from_livekit_track, from_livekit_track_composite
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/twirp/"
+ROUTE = PREFIX + "{route:.*}"
+SERVICE_NAME = "livekit.Egress"
+PROTOBUF, JSON = "application/protobuf", "application/json"
+#: ListEgress answers this many egresses at a time; next_page_token asks for the next ones.
+LIST_PAGE = 100
+
+#: Twirp's error codes and the HTTP status each goes with.
+STATUS = {"invalid_argument": 400, "malformed": 400, "bad_route": 404, "unauthenticated": 401,
+          "permission_denied": 403, "not_found": 404, "already_exists": 409, "failed_precondition": 412,
+          "resource_exhausted": 429, "unimplemented": 501, "unavailable": 503, "internal": 500}
+# Our errors by HTTP status; a 409 (the egress's state forbids it) is Twirp's failed_precondition.
+_BY_STATUS = {400: "invalid_argument", 401: "unauthenticated", 403: "permission_denied", 404: "not_found",
+              409: "failed_precondition", 503: "unavailable"}
+
+
+class TwirpError(Exception):
+    """An error as Twirp sends it: a code of STATUS, a message and string metadata."""
+
+    def __init__(self, code: str, msg: str, meta: dict[str, str] | None = None, retry_after: int | None = None):
+        super().__init__(msg)
+        self.code, self.msg, self.meta, self.retry_after = code, msg, meta or {}, retry_after
+
+    @classmethod
+    def of(cls, err: CompositorError) -> TwirpError:
+        """One of our errors in Twirp's terms; its own code and details go in the metadata."""
+        code = "resource_exhausted" if isinstance(err, CapacityExceeded) else _BY_STATUS.get(err.http_status,
+                                                                                            "internal")
+        meta = {"error_code": err.code, **{k: str(v) for k, v in err.details.items()}}
+        return cls(code, err.message, meta, err.retry_after)
+
+    def response(self) -> web.Response:
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after else {}
+        return _reply(json.dumps({"code": self.code, "msg": self.msg, "meta": self.meta}).encode(), JSON,
+                      STATUS[self.code], headers)
+
+
+def _reply(body: bytes, kind: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    # The Content-Type exactly, without aiohttp's "; charset=utf-8": LiveKit's Node SDK reads an error's
+    # code and message only when it is exactly application/json.
+    return web.Response(body=body, status=status, headers={"Content-Type": kind, **(headers or {})})
+
+
+Call = Callable[[Service, Any], Awaitable[Message]]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the service: the message its body holds, and what answers it."""
+
+    request: type[Message]
+    call: Call
+
+
+def handler(service: Service) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The aiohttp handler of every path under /twirp/ (register it for ROUTE), serving `service`."""
+
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            return await _serve(service, request)
+        except TwirpError as err:
+            return err.response()
+        except CompositorError as err:
+            if err.http_status >= 500 and err.http_status != 503:
+                log.exception("twirp %s failed", request.path)
+            return TwirpError.of(err).response()
+        except Exception:
+            # A Twirp client reads every error as Twirp JSON; a bare 500 would be an "unknown" to it.
+            log.exception("twirp %s failed", request.path)
+            return TwirpError("internal", "internal error").response()
+
+    return handle
+
+
+async def _serve(service: Service, request: web.Request) -> web.Response:
+    service_name, _, name = request.match_info["route"].partition("/")
+    method = METHODS.get(name) if service_name == SERVICE_NAME else None
+    route = f"{request.method} {request.path}"
+    if request.method != "POST" or method is None:
+        if request.method == "POST" and service_name == SERVICE_NAME and name in _DECLARED:
+            raise TwirpError("unimplemented", f"{name} is not served here; the methods are {', '.join(METHODS)}")
+        raise TwirpError("bad_route", f"no such method: {route}", {"twirp_invalid_route": route})
+    settings = service.settings
+    if not (settings.livekit_api_key and settings.livekit_api_secret):
+        raise TwirpError("unimplemented", "the LiveKit Egress API checks LiveKit access tokens: set "
+                         "livekit_api_key and livekit_api_secret (COMPOSITOR_LIVEKIT_API_KEY, "
+                         "COMPOSITOR_LIVEKIT_API_SECRET)")
+    _authorize(request.headers.get("Authorization", ""), settings.livekit_api_key, settings.livekit_api_secret)
+    kind = request.content_type
+    if kind not in (PROTOBUF, JSON):
+        raise TwirpError("bad_route", f"unexpected Content-Type: {kind!r} (use {PROTOBUF} or {JSON})",
+                         {"twirp_invalid_route": route})
+    try:
+        body = await read_body(request, settings.request_timeout_s)
+    except web.HTTPRequestEntityTooLarge:
+        raise TwirpError("malformed", "the request body is too large") from None
+    reply = await method.call(service, _parse(body, method.request(), kind))
+    if kind == JSON:
+        # As Twirp's own servers answer: proto field names, fields at their defaults included.
+        text = json_format.MessageToJson(reply, preserving_proto_field_name=True, indent=None,
+                                         always_print_fields_with_no_presence=True)
+        return _reply(text.encode(), JSON)
+    return _reply(reply.SerializeToString(), PROTOBUF)
+
+
+def _authorize(header: str, api_key: str, api_secret: str) -> None:
+    """Accept a LiveKit access token of this server's key that grants roomRecord, as LiveKit's server does."""
+    token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    if not token:
+        raise TwirpError("unauthenticated", "no access token (Authorization: Bearer <LiveKit access token>)")
+    try:
+        claims = TokenVerifier(api_key, api_secret).verify(token)
+    # jwt's errors for a bad signature, issuer or expiry; the others for claims of the wrong shape (a room
+    # configuration protobuf cannot parse among them).
+    except (jwt.PyJWTError, json_format.Error, ValueError, TypeError, AttributeError):
+        raise TwirpError("unauthenticated", "invalid access token: expired, or not signed with this server's "
+                         "LiveKit API key and secret") from None
+    if not (claims.video and claims.video.room_record):
+        raise TwirpError("permission_denied", "the access token does not grant roomRecord")
+
+
+def _parse(body: bytes, message: Message, kind: str) -> Message:
+    """`body` as `message`; malformed names where it went wrong, never a value (it may be a secret)."""
+    name = message.DESCRIPTOR.full_name
+    try:
+        if kind == JSON:
+            # Unknown fields are skipped, as Twirp does: newer SDKs may send fields this version lacks.
+            json_format.Parse(body or b"{}", message, ignore_unknown_fields=True)
+        else:
+            message.ParseFromString(body)
+    except (json_format.ParseError, DecodeError, UnicodeDecodeError) as exc:
+        where = ".".join(re.findall(r"Failed to parse (\w+) field", str(exc)))
+        raise TwirpError("malformed", f"the body is not a {name} in {kind}" + (f" (at {where})" if where else "")
+                         ) from None
+    return message
+
+
+def _validated(model: type[BaseModel], data: dict) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        field = ".".join(str(p) for p in exc.errors()[0].get("loc", ()))
+        raise InvalidRequest(first_error(exc), details={"field": field} if field else {}) from None
+
+
+def _start(mapping: Callable[[dict], dict]) -> Call:
+    """A Start*Egress method: LiveKit's request mapped (by `mapping`) onto ours, then started."""
+
+    async def start(service: Service, msg: Message) -> proto.EgressInfo:
+        body = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+        return livekit_info.egress_info(await service.start(_validated(StartEgressRequest, mapping(body))))
+
+    return start
+
+
+async def _stop(service: Service, msg: proto.StopEgressRequest) -> proto.EgressInfo:
+    return livekit_info.egress_info(await service.stop(msg.egress_id))
+
+
+async def _update_layout(service: Service, msg: proto.UpdateLayoutRequest) -> proto.EgressInfo:
+    return livekit_info.egress_info(await service.update_layout(msg.egress_id, msg.layout))
+
+
+async def _update_stream(service: Service, msg: proto.UpdateStreamRequest) -> proto.EgressInfo:
+    change = _validated(UpdateStreamsRequest, {"add_output_urls": list(msg.add_output_urls),
+                                               "remove_output_urls": list(msg.remove_output_urls)})
+    return livekit_info.egress_info(await service.update_streams(msg.egress_id, change.add, change.remove))
+
+
+async def _list(service: Service, msg: proto.ListEgressRequest) -> proto.ListEgressResponse:
+    room = msg.room_name or None
+    out = proto.ListEgressResponse()
+    if msg.egress_id:
+        rec = service.store.get(msg.egress_id)
+        recs = [rec] if rec and room in (None, rec.room_name) else []
+    elif msg.active:
+        # Active egresses are few (capacity and queue bound them): one answer, no pages.
+        recs = sorted((r for r in service.store.unfinished() if room in (None, r.room_name)),
+                      key=lambda r: r.created_at, reverse=True)
+    else:
+        token = msg.page_token.token or "1"
+        if not token.isdigit() or int(token) < 1:
+            raise InvalidRequest("page_token is not one this server gave", details={"field": "page_token"})
+        page = int(token)
+        recs, total = service.store.list(room_name=room, status=None, mode=None, page=page, limit=LIST_PAGE)
+        if page * LIST_PAGE < total:
+            out.next_page_token.token = str(page + 1)
+    out.items.extend(livekit_info.egress_info(r) for r in recs if not msg.active or r.status in ACTIVE_STATUSES)
+    return out
+
+
+METHODS: dict[str, Method] = {
+    "StartRoomCompositeEgress": Method(proto.RoomCompositeEgressRequest, _start(from_livekit)),
+    "StartWebEgress": Method(proto.WebEgressRequest, _start(from_livekit)),
+    "StartParticipantEgress": Method(proto.ParticipantEgressRequest, _start(from_livekit_participant)),
+    "StartTrackCompositeEgress": Method(proto.TrackCompositeEgressRequest, _start(from_livekit_track_composite)),
+    "StartTrackEgress": Method(proto.TrackEgressRequest, _start(from_livekit_track)),
+    "UpdateLayout": Method(proto.UpdateLayoutRequest, _update_layout),
+    "UpdateStream": Method(proto.UpdateStreamRequest, _update_stream),
+    "ListEgress": Method(proto.ListEgressRequest, _list),
+    "StopEgress": Method(proto.StopEgressRequest, _stop),
+}
+# Methods LiveKit's Egress service declares; those not in METHODS (StartEgress) answer unimplemented.
+_DECLARED = {m.name for m in proto.DESCRIPTOR.services_by_name["Egress"].methods}

@@ -1,0 +1,248 @@
+"""What the service is asked: an egress or recording to start, destinations and layouts to change, the
+auto-egress setting. These are the BaxCloud-shaped REST bodies; LiveKit's shapes are mapped onto them
+(api/livekit_shape.py), and each becomes the worker's RecordRequest here (`to_record_request`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, model_validator
+
+from ..layouts import CUSTOM_PREFIX, THEMES, builtin_layouts, resolve_layout
+from ..presets import find_preset, preset_names
+from ..request import (
+    MAX_DURATION_S,
+    EncodingOptions,
+    FileOutput,
+    ImageOutput,
+    Model,
+    Overlays,
+    RecordRequest,
+    RoomSpec,
+    SegmentOutput,
+    StreamOutput,
+    UploadSpec,
+)
+from ..storage import StorageConfig
+
+
+class FileSpec(Model):
+    file_type: Literal["MP4", "WEBM", "OGG"] | None = Field(None, description="default MP4 (OGG for a track egress)")
+    filepath: str | None = Field(None, description="the file's name in the storage: a template of {room_name}, "
+                                 "{room_id}, {egress_id}, {time}, {utc}…; default {room_name}-{time}; a trailing / "
+                                 "puts that default name in the folder")
+
+
+class StreamSpec(Model):
+    urls: list[str] = Field(default_factory=list, max_length=16,
+                            description="rtmp://, rtmps://, srt:// (or mux://KEY); may be empty and added later")
+    retry_window: float = Field(60, ge=0, le=86400, description="seconds a dropped destination is retried")
+
+
+def _layout_names() -> list[str]:
+    return [f"{n}{suffix}" for n in builtin_layouts() for suffix in ("", *(f"-{t}" for t in THEMES))]
+
+
+# Documented as enums so clients (and schema-driven tests) know the valid names.
+LayoutName = Annotated[str, Field(json_schema_extra={"anyOf": [
+    {"enum": _layout_names()},
+    {"pattern": r"^custom/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", "description": "a layout of the server's layouts_dir"}]})]
+QualityName = Annotated[str, Field(json_schema_extra={"enum": preset_names()})]
+
+
+class RoomRequest(Model):
+    """What every start request names: the room and how to render it."""
+
+    room_name: str = Field(min_length=1, max_length=256)
+    layout: LayoutName = "default"
+    quality: QualityName = "720p"
+    advanced: EncodingOptions | None = None
+    room: RoomSpec | None = Field(None, description="a synthetic room's participants (no room server needed)")
+    layout_params: dict[str, str | float | bool | None] = Field(
+        default_factory=dict, description="values for the parameters the layout declares (its layout.json)")
+    overlays: Overlays = Field(default_factory=Overlays)
+
+    @model_validator(mode="after")
+    def _served_layout(self) -> RoomRequest:
+        # A path would let a caller render any template (or show any image) on the server's disk.
+        if (("/" in self.layout and not self.layout.startswith(CUSTOM_PREFIX)) or self.layout.endswith(".j2")):
+            raise ValueError(f"layout must be a built-in layout name, or {CUSTOM_PREFIX}NAME for a layout of the "
+                             "server's layouts_dir")
+        if self.overlays.logo and not self.overlays.logo_is_url:
+            raise ValueError("overlays.logo must be an http(s) URL")
+        return self
+
+    @property
+    def page(self) -> dict:
+        """The fields that say how the page looks, as the worker's request names them."""
+        return {"layout": self.layout, "layout_params": self.layout_params, "overlays": self.overlays}
+
+
+class ParticipantTarget(Model):
+    """Participant egress: one person of the LiveKit room, camera and microphone (or screen share and its sound)."""
+
+    identity: str = Field(min_length=1, max_length=256)
+    screen_share: bool = False
+
+
+class TrackCompositeTarget(Model):
+    """TrackComposite egress: one audio and one video track of the LiveKit room, by track id."""
+
+    audio_track_id: str | None = Field(None, min_length=1, max_length=128)
+    video_track_id: str | None = Field(None, min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _some(self) -> TrackCompositeTarget:
+        if not (self.audio_track_id or self.video_track_id):
+            raise ValueError("give audio_track_id, video_track_id or both")
+        return self
+
+
+class TrackTarget(Model):
+    """Track egress: one audio track of the LiveKit room, to a WebSocket as raw PCM or to an OGG file."""
+
+    track_id: str = Field(min_length=1, max_length=128)
+    websocket_url: str | None = Field(None, pattern=r"^wss?://", max_length=2048,
+                                      description="ws(s):// that receives 16-bit little-endian PCM frames")
+
+
+class StartEgressRequest(RoomRequest):
+    """POST /v1/egress/start."""
+
+    mode: Literal["record", "stream", "both"] = "record"
+    file: FileSpec | None = None
+    stream: StreamSpec | None = None
+    segments: SegmentOutput | None = Field(None, description="HLS; filenamePrefix is a name template in the storage")
+    images: ImageOutput | None = Field(None, description="thumbnails; filenamePrefix is a name template in the storage")
+    web_url: str | None = None
+    template_url: str | None = Field(None, pattern=r"^https?://", max_length=2048,
+                                     description="record the LiveKit room through your own page (LiveKit's "
+                                                 "custom_base_url, e.g. one built on @livekit/egress-sdk)")
+    max_duration: float | None = Field(None, gt=0, le=MAX_DURATION_S,
+                                       description="seconds; the egress ends LIMIT_REACHED")
+    audio_only: bool = False
+    video_only: bool = False
+    queue: bool = Field(False, description="over capacity: wait in the bounded queue instead of a 503")
+    storage: StorageConfig | None = Field(None, description="where the outputs go (default: the server's storage)")
+    backup_storage: StorageConfig | None = Field(None, description="used if the storage refuses for good")
+    participant: ParticipantTarget | None = Field(None, description="record one participant of the LiveKit room")
+    track_composite: TrackCompositeTarget | None = Field(None, description="record one audio and one video track")
+    track: TrackTarget | None = Field(None, description="record one audio track (OGG file or WebSocket)")
+
+    @model_validator(mode="after")
+    def _outputs(self) -> StartEgressRequest:
+        picks = [k for k in ("participant", "track_composite", "track") if getattr(self, k)]
+        if len(picks) > 1:
+            raise ValueError(f"give one of participant, track_composite and track, not {' and '.join(picks)}")
+        if picks and (self.room is not None or self.web_url):
+            raise ValueError(f"{picks[0]} picks from the LiveKit room; give no room or web_url")
+        if self.track and (self.stream or self.segments or self.images or self.file_type != "OGG"):
+            raise ValueError("a track egress writes an OGG file or sends to a WebSocket; nothing else")
+        if self.mode in ("stream", "both") and not self.stream:
+            raise ValueError(f"mode {self.mode!r} needs stream (urls may be empty and added later)")
+        if self.mode == "record" and self.stream:
+            raise ValueError("mode 'record' takes no stream; use mode 'both'")
+        if self.mode == "stream" and self.file:
+            raise ValueError("mode 'stream' writes no file; use mode 'both'")
+        return self
+
+    @property
+    def file_type(self) -> str:
+        """The file's container: as asked, else OGG for a track egress and MP4 for the others."""
+        return (self.file and self.file.file_type) or ("OGG" if self.track else "MP4")
+
+    @property
+    def kind(self) -> str:
+        """LiveKit's name for the egress type: room_composite, web, participant, track_composite or track."""
+        picked = next((k for k in ("participant", "track_composite", "track") if getattr(self, k)), None)
+        return picked or ("web" if self.web_url else "room_composite")
+
+    @property
+    def wants_file(self) -> bool:
+        """A file is written in record and both modes, unless a record-mode request asks only for HLS segments
+        (or a track egress sends to a WebSocket instead)."""
+        if self.track and self.track.websocket_url:
+            return self.file is not None
+        if self.mode == "record":
+            return self.file is not None or self.segments is None
+        return self.mode == "both"
+
+    def to_record_request(self, paths: dict[str, str], upload: UploadSpec) -> RecordRequest:
+        """The worker's request, with each output at its path (`paths`: file, segments and images prefixes)."""
+        output = paths.get("file")
+        moved = {k: getattr(self, k).model_copy(update={"filename_prefix": paths[k]})
+                 for k in ("segments", "images") if getattr(self, k)}
+        room, audio_only, video_only = self.room, self.audio_only, self.video_only
+        if self.participant:
+            room = RoomSpec(kind="livekit", identity=self.participant.identity,
+                            screen_share=self.participant.screen_share)
+        elif self.track_composite:
+            tc = self.track_composite
+            room = RoomSpec(kind="livekit", track_ids=[t for t in (tc.audio_track_id, tc.video_track_id) if t])
+            audio_only, video_only = audio_only or not tc.video_track_id, video_only or not tc.audio_track_id
+        elif self.track:
+            room, audio_only = RoomSpec(kind="livekit", track_ids=[self.track.track_id]), True
+        return RecordRequest(
+            room_name=self.room_name, room=room, web_url=self.web_url, template_url=self.template_url, **self.page,
+            preset=self.quality, advanced=self.advanced,
+            file=FileOutput(filepath=output, file_type=self.file_type) if output else None,
+            stream=StreamOutput(urls=self.stream.urls, retry_window=self.stream.retry_window) if self.stream else None,
+            **moved, websocket=self.track.websocket_url if self.track else None,
+            duration=self.max_duration, audio_only=audio_only, video_only=video_only, upload=upload)
+
+
+class UpdateStreamsRequest(Model):
+    """POST /v1/egress/{id}/streams: destinations to add and remove while live."""
+
+    add: list[str] = Field(default_factory=list, max_length=16,
+                           validation_alias=AliasChoices("add", "add_output_urls", "addOutputUrls"))
+    remove: list[str] = Field(default_factory=list, max_length=16,
+                              validation_alias=AliasChoices("remove", "remove_output_urls", "removeOutputUrls"))
+
+    @model_validator(mode="after")
+    def _something(self) -> UpdateStreamsRequest:
+        if not self.add and not self.remove:
+            raise ValueError("give add or remove (a list of stream URLs)")
+        return self
+
+
+class UpdateLayoutRequest(Model):
+    """POST /v1/egress/{id}/layout: another built-in layout while recording (any name a template knows, for an
+    egress recorded through template_url)."""
+
+    layout: LayoutName = Field(min_length=1, max_length=128)
+
+
+class StartRecordingRequest(RoomRequest):
+    """POST /v1/recordings/start: a record-only egress."""
+
+    file_type: Literal["MP4", "WEBM", "OGG"] = "MP4"
+    filepath: str | None = Field(None, description="the file's name in the storage (see file.filepath)")
+    storage: StorageConfig | None = None
+    backup_storage: StorageConfig | None = None
+
+    def to_egress_request(self) -> StartEgressRequest:
+        return StartEgressRequest(room_name=self.room_name, mode="record", **self.page, quality=self.quality,
+                                  advanced=self.advanced, file=FileSpec(file_type=self.file_type,
+                                                                        filepath=self.filepath),
+                                  room=self.room, storage=self.storage, backup_storage=self.backup_storage)
+
+
+class AutoEgressConfig(Model):
+    """GET/PUT /v1/egress/auto-egress: start an egress by itself when a room qualifies."""
+
+    enabled: bool = False
+    mode: Literal["record", "stream", "both"] = "record"
+    layout: LayoutName = "default"
+    quality: QualityName = "720p"
+    min_participants: int = Field(1, ge=1, le=1000)
+    delay_seconds: float = Field(0, ge=0, le=3600)
+    room_name_pattern: str = Field("*", min_length=1, max_length=256, description="glob, e.g. meeting-*")
+
+    @model_validator(mode="after")
+    def _known(self) -> AutoEgressConfig:
+        resolve_layout(self.layout)
+        if find_preset(self.quality) is None:
+            raise ValueError(f"unknown quality {self.quality!r}")
+        return self

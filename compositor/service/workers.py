@@ -1,0 +1,359 @@
+"""Runs each egress as its own `compositor record` worker and follows its events.
+
+The service and a worker talk only through the worker's arguments (a request
+file), its JSON-lines events on stdout, signals (SIGINT: finish the file),
+and commands as JSON lines on its stdin (changing live destinations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import Conflict, InvalidRequest
+from ..events import STORING
+from ..plan import DEFAULT_SAMPLE_RATE, WARM_SIZE, partial_path
+from ..process import ManagedProcess
+from ..request import RecordRequest, UploadSpec
+from ..storage.config import REVEAL
+from .results import FileResult, iso
+from .store import EgressRecord, Store
+
+log = logging.getLogger(__name__)
+
+# A worker finishes its file within this after SIGINT (encoder deadline + remux).
+WORKER_STOP_S = 30.0
+# A worker answers a command within this (removing a destination waits for its pusher to finish).
+COMMAND_TIMEOUT_S = 20.0
+# A warm worker that has not brought its display, sink and browser up within this is dropped.
+WARM_TIMEOUT_S = 30.0
+
+
+class WorkerRunner:
+    """Owns the worker processes of running egresses."""
+
+    def __init__(self, store: Store, jobs_dir: Path,
+                 on_change: Callable[[EgressRecord, str], None] | None = None,
+                 on_stream: Callable[[EgressRecord, dict, str | None], None] | None = None, *,
+                 warm_target: int = 0, warm_size: tuple[int, int] = WARM_SIZE, worker_args: tuple[str, ...] = (),
+                 worker_env: dict[str, str] | None = None):
+        self.store = store
+        self.jobs_dir = jobs_dir
+        #: called with the updated egress and its status before the update
+        self.on_change = on_change or (lambda rec, previous: None)
+        #: called with the egress, a destination's new state and its status before
+        self.on_stream = on_stream or (lambda rec, dest, previous: None)
+        self._replies: dict[int, asyncio.Future] = {}
+        self._next_command = 0
+        #: idle workers with display, sink and browser up, for jobs of `warm_size` at 48 kHz
+        self.warm_size = warm_size
+        self.warm_target = warm_target
+        #: flags every worker gets (the outbound policy: --untrusted and the allowed hosts)
+        self.worker_args = worker_args
+        #: variables every worker gets besides the service's own (the LiveKit server)
+        self.worker_env = worker_env or {}
+        self._warm: list[ManagedProcess] = []
+        self._warming = 0
+        self._closing = False
+        self._workers: dict[str, ManagedProcess] = {}
+        self._followers: dict[str, asyncio.Task] = {}
+        # Workers asked to stop before they could take a signal (still importing).
+        self._stop_pending: set[str] = set()
+        self._listening: set[str] = set()
+        # Egresses whose worker is storing their outputs: cut short by a shutdown, they resume at the next start.
+        self._delivering: set[str] = set()
+
+    @property
+    def running(self) -> list[str]:
+        return list(self._workers)
+
+    @property
+    def warm(self) -> int:
+        """Warm workers ready for a job."""
+        return sum(1 for w in self._warm if w.running)
+
+    async def start(self, egress_id: str, request: RecordRequest, frame: tuple[int, int, int]) -> None:
+        """Run an egress: on a warm worker when one fits its frame (width, height, sample rate), else a new one."""
+        worker = self._take_warm(frame)
+        config = self.job_file(egress_id)
+        if worker is None or (request.upload and not request.upload.in_place):
+            # A warm worker takes its job on stdin; the file is for a restarted service to resume a delivery.
+            _write_private(config, request.model_dump_json(exclude_none=True, context=REVEAL))
+        if worker is not None:
+            job = {"op": "job", "egress_id": egress_id,
+                   "request": request.model_dump(mode="json", exclude_none=True, context=REVEAL)}
+            worker.proc.stdin.write((json.dumps(job) + "\n").encode())
+            # It has its signal handlers already: a stop can go at once.
+            self._listening.add(egress_id)
+            self.replenish()
+        else:
+            worker = self._worker(f"worker {egress_id}", "record", "--config", str(config), "--egress-id", egress_id,
+                                  "--control", "stdin", *self.worker_args)
+            await worker.start()
+        self._workers[egress_id] = worker
+        self._set(egress_id, worker_pid=worker.pid)
+        self._followers[egress_id] = asyncio.create_task(self._follow(egress_id, worker))
+
+    def job_file(self, egress_id: str) -> Path:
+        """The worker's request (secrets included, readable by this user only)."""
+        return self.jobs_dir / f"{egress_id}.json"
+
+    def job_request(self, egress_id: str) -> RecordRequest | None:
+        """The request an egress's worker got, with its secrets; None when its job file is gone."""
+        try:
+            return RecordRequest.model_validate_json(self.job_file(egress_id).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _storage_file(self, egress_id: str) -> Path:
+        return self.jobs_dir / f"{egress_id}.storage.json"
+
+    def forget_job(self, egress_id: str, *, keep_storage: bool = True) -> None:
+        """An egress has ended: its job file (stream keys, storage secrets) goes. With `keep_storage`, a remote
+        storage's credentials stay (0600) in the egress's storage file, to presign its download URLs, until
+        the egress is deleted."""
+        job = self.job_request(egress_id) if keep_storage else None
+        if job and job.upload and not job.upload.in_place:
+            _write_private(self._storage_file(egress_id), job.upload.model_dump_json(exclude_none=True,
+                                                                                     context=REVEAL))
+        elif not keep_storage:
+            self._storage_file(egress_id).unlink(missing_ok=True)
+        self.job_file(egress_id).unlink(missing_ok=True)
+
+    def kept_storage(self, egress_id: str) -> UploadSpec | None:
+        """Where an ended egress's outputs were stored, with the credentials to presign; None once forgotten."""
+        try:
+            return UploadSpec.model_validate_json(self._storage_file(egress_id).read_text())
+        except (OSError, ValueError):
+            job = self.job_request(egress_id)  # an egress that ended before storage files were kept
+            return job.upload if job else None
+
+    async def resume_delivery(self, egress_id: str) -> None:
+        """Run `compositor upload` for an egress whose outputs are staged but not all stored."""
+        worker = self._worker(f"delivery {egress_id}", "upload", "--config", str(self.job_file(egress_id)),
+                              "--egress-id", egress_id, *self.worker_args)
+        await worker.start()
+        self._workers[egress_id] = worker
+        self._listening.add(egress_id)
+        self._delivering.add(egress_id)
+        self._followers[egress_id] = asyncio.create_task(self._follow(egress_id, worker))
+
+    def _worker(self, name: str, command: str, *args: str) -> ManagedProcess:
+        """A `compositor record` (or `upload`) worker reporting JSON events on stdout, taking commands on stdin."""
+        # umask 077: what workers write (recordings, staged uploads) is readable by this user only.
+        return ManagedProcess(name, [sys.executable, "-m", "compositor", command, "--events", "json", *args],
+                              env={**os.environ, **self.worker_env} if self.worker_env else None,
+                              stop_signal=signal.SIGINT, stop_timeout=WORKER_STOP_S, stdout_pipe=True, stdin_pipe=True,
+                              umask=0o077)
+
+    def _take_warm(self, frame: tuple[int, int, int]) -> ManagedProcess | None:
+        if frame != (*self.warm_size, DEFAULT_SAMPLE_RATE):
+            return None
+        while self._warm:
+            worker = self._warm.pop(0)
+            if worker.running:
+                return worker
+        return None
+
+    def replenish(self) -> None:
+        """Start warm workers until `warm_target` are ready or coming up."""
+        while not self._closing and len(self._warm) + self._warming < self.warm_target:
+            self._warming += 1
+            task = asyncio.create_task(self._warm_up())
+            self._followers[f"warm-{id(task)}"] = task
+
+    async def _warm_up(self) -> None:
+        w, h = self.warm_size
+        worker = self._worker("warm worker", "record", "--warm", "--width", str(w), "--height", str(h),
+                              *self.worker_args)
+        try:
+            await worker.start()
+            ready = await asyncio.wait_for(self._until_warm(worker), WARM_TIMEOUT_S)
+        except (OSError, TimeoutError):
+            ready = False
+        finally:
+            self._warming -= 1
+            self._followers.pop(f"warm-{id(asyncio.current_task())}", None)
+        if ready and not self._closing:
+            self._warm.append(worker)
+        else:
+            log.warning("a warm worker did not come up: %s", worker.describe_exit() if worker.proc else "not started")
+            await worker.stop()
+
+    @staticmethod
+    async def _until_warm(worker: ManagedProcess) -> bool:
+        """Read its events up to WARM (the rest of its stream is the egress's, read by _follow)."""
+        async for raw in worker.proc.stdout:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if event.get("type") == "status" and event.get("status") == "WARM":
+                return True
+        return False
+
+    def stop(self, egress_id: str) -> bool:
+        """Ask a worker to finish its file; False if it is not running."""
+        worker = self._workers.get(egress_id)
+        if worker is None or not worker.running:
+            return False
+        if egress_id in self._listening:
+            worker.signal(signal.SIGINT)
+        else:
+            self._stop_pending.add(egress_id)
+        return True
+
+    async def update_streams(self, egress_id: str, add: list[str], remove: list[str]) -> None:
+        """Have a running worker add and remove destinations; raises the worker's error if it refuses."""
+        await self.command(egress_id, {"op": "update_streams", "add": add, "remove": remove})
+
+    async def command(self, egress_id: str, command: dict) -> dict:
+        """Send a running worker a command; its answer, or the worker's error if it refuses."""
+        worker = self._workers.get(egress_id)
+        if worker is None or not worker.running or egress_id not in self._listening:
+            raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} is not running")
+        self._next_command += 1
+        ident = self._next_command
+        reply = self._replies[ident] = asyncio.get_running_loop().create_future()
+        try:
+            worker.proc.stdin.write((json.dumps({**command, "id": ident}) + "\n").encode())
+            await worker.proc.stdin.drain()
+            answer = await asyncio.wait_for(reply, COMMAND_TIMEOUT_S)
+        except (ConnectionError, TimeoutError) as exc:
+            raise Conflict("EGRESS_NOT_ACTIVE",
+                           f"egress {egress_id} did not take the change ({exc or 'timeout'})") from None
+        finally:
+            self._replies.pop(ident, None)
+        if answer.get("ok"):
+            return answer
+        if answer.get("code") == "INVALID_ARGUMENT":
+            raise InvalidRequest(answer.get("message", "refused"), details=answer.get("details") or {})
+        raise Conflict(answer.get("code", "REFUSED"), answer.get("message", "the worker refused the change"))
+
+    async def shutdown(self, grace: float = WORKER_STOP_S) -> None:
+        """Stop every worker cleanly (killing those past the grace period)."""
+        self._closing = True
+        workers = [*self._workers.values(), *self._warm]
+        await asyncio.gather(*(w.stop(grace) for w in workers), return_exceptions=True)
+        await asyncio.gather(*self._followers.values(), return_exceptions=True)
+
+    def _set(self, egress_id: str, **fields) -> None:
+        previous = self.store.get(egress_id).status
+        self.on_change(self.store.update(egress_id, **fields), previous)
+
+    async def _follow(self, egress_id: str, worker: ManagedProcess) -> None:
+        settled = False
+        try:
+            assert worker.proc and worker.proc.stdout
+            async for raw in worker.proc.stdout:
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    continue
+                if egress_id not in self._listening:
+                    # Its first event comes after it set up its signal handlers.
+                    self._listening.add(egress_id)
+                    if egress_id in self._stop_pending:
+                        worker.signal(signal.SIGINT)
+                settled = self._apply(egress_id, event) or settled
+            await worker.wait()
+            if not settled and self._closing and egress_id in self._delivering:
+                log.warning("the delivery of %s was cut short by the shutdown; it resumes at the next start",
+                            egress_id)
+            else:
+                if not settled:
+                    self._set(egress_id, status="FAILED", ended_at=time.time(), error_code="WORKER_CRASHED",
+                              error=f"the worker ended without a result: {worker.describe_exit()}",
+                              file=kept_file(self.store.get(egress_id).request))
+                self.forget_job(egress_id)
+        finally:
+            self._workers.pop(egress_id, None)
+            self._followers.pop(egress_id, None)
+            self._listening.discard(egress_id)
+            self._stop_pending.discard(egress_id)
+            self._delivering.discard(egress_id)
+            log.info("worker %s ended (%s)", egress_id, worker.proc.returncode if worker.proc else None)
+
+    def _apply(self, egress_id: str, event: dict) -> bool:
+        """Fold one worker event into the store; True when it settles the egress."""
+        kind = event.get("type")
+        if kind == "status" and event.get("message") == STORING:
+            self._delivering.add(egress_id)
+        if kind == "status" and event.get("status") in ("ACTIVE", "ENDING"):
+            fields = {"status": event["status"]}
+            if event.get("message") and event["status"] == "ACTIVE":
+                log.warning("egress %s: %s", egress_id, event["message"])
+            if event["status"] == "ACTIVE":
+                fields["started_at"] = event["time"]
+            self._set(egress_id, **fields)
+        elif kind == "stream":
+            self._stream(egress_id, event)
+        elif kind == "command":
+            reply = self._replies.get(event.get("id"))
+            if reply and not reply.done():
+                reply.set_result(event)
+        elif kind == "result":
+            f = event.get("file")
+            outputs = {k: event[k] for k in ("segments", "images", "manifest") if event.get(k)}
+            self._set(egress_id, status="LIMIT_REACHED" if event.get("stopped_by") == "limit" else "COMPLETE",
+                      ended_at=event["time"], file=_file_result(f) if f else None, outputs=outputs or None,
+                      **({"streams": event["streams"]} if event.get("streams") else {}))
+            return True
+        elif kind == "error":
+            kept = (event.get("file") or {}).get("path")
+            self._set(egress_id, status=event.get("status", "FAILED"), ended_at=event["time"],
+                      error=event.get("message"), error_code=event.get("code"),
+                      file=_kept(Path(kept)) if kept else None)
+            return True
+        return False
+
+    def _stream(self, egress_id: str, event: dict) -> None:
+        """A destination changed: keep its state (by its index) and tell who listens."""
+        rec = self.store.get(egress_id)
+        streams = list(rec.streams or [])
+        dest = {k: v for k, v in event.items() if k not in ("type", "time", "egress_id", "index")}
+        index = event.get("index", len(streams))
+        previous = streams[index]["status"] if index < len(streams) else None
+        if index < len(streams):
+            streams[index] = dest
+        else:
+            streams.append(dest)
+        self.on_stream(self.store.update(egress_id, streams=streams), dest, previous)
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _file_result(f: dict) -> dict:
+    """A worker's file facts as the API shows them (FileResult names the fields)."""
+    location = f.get("location") or f["path"]
+    return FileResult(location=location, filename=(f.get("key") or location).rpartition("/")[2], size=f["size"],
+                      duration=f["duration"],
+                      **{k: f[k] for k in ("width", "height", "fps", "video_codec", "audio_codec", "key", "storage",
+                                           "backup_used") if k in f},
+                      started_at=iso(f.get("started_at")), ended_at=iso(f.get("ended_at"))
+                      ).model_dump(by_alias=True, exclude_none=True)
+
+
+def kept_file(request: dict) -> dict | None:
+    """The file an egress left (final, or the crash-safe partial one), if any."""
+    output = Path(request.get("file", {}).get("filepath", ""))
+    if not output.name:
+        return None
+    return next((_kept(path) for path in (output, partial_path(output)) if path.exists()), None)
+
+
+def _kept(path: Path) -> dict:
+    """A file left on this server (not stored), as the API shows it."""
+    return {"location": str(path), "filename": path.name, "size": path.stat().st_size if path.is_file() else 0}

@@ -1,0 +1,69 @@
+"""The manifest of an egress's stored outputs, `{egress_id}.json`: every file, playlist (with its segments) and
+thumbnail, by storage key and, once stored, location. A delivery writes it into staging before anything is
+stored, so a delivery cut short can be resumed from it."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import FAILED, UploadFailed
+
+MANIFEST_VERSION = 1
+
+
+def manifest_key(egress_id: str, output_keys: list[str]) -> str:
+    """`{egress_id}.json` in the folder of the first output."""
+    folder = output_keys[0].rpartition("/")[0] if output_keys else ""
+    return f"{folder}/{egress_id}.json" if folder else f"{egress_id}.json"
+
+
+def iso_time(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds") if ts else None
+
+
+def manifest_keys(manifest: dict) -> list[str]:
+    """Every output key of a manifest (not the manifest's own)."""
+    keys = [f["key"] for f in manifest["files"]]
+    for pl in manifest["playlists"]:
+        keys += [s["key"] for s in pl["segments"]] + [pl["key"]] + ([pl["live_key"]] if pl.get("live_key") else [])
+    return keys + [i["key"] for i in manifest["images"]]
+
+
+def find_manifest(staging: Path, egress_id: str) -> Path | None:
+    """The manifest a delivery left in staging (written before anything was stored), if any."""
+    return next(iter(sorted(staging.rglob(f"{egress_id}.json"))), None) if staging.is_dir() else None
+
+
+def result_of(manifest: dict) -> dict:
+    """The worker's result fields (file, segments, images, manifest) from a delivered manifest."""
+    out: dict = {"manifest": manifest.get("location"), "storage": manifest.get("storage"),
+                 "backup_used": manifest.get("backup_used", False)}
+    if manifest["files"]:
+        f = manifest["files"][0]
+        out["file"] = {**{k: v for k, v in f.items() if k not in ("started_at", "ended_at")},
+                       "path": f["location"], "storage": out["storage"], "backup_used": out["backup_used"],
+                       "started_at": _epoch(f.get("started_at")), "ended_at": _epoch(f.get("ended_at"))}
+    if manifest["playlists"]:
+        pl = manifest["playlists"][0]
+        out["segments"] = {"playlist": pl["location"], "live_playlist": pl.get("live_location"),
+                           "segment_count": len(pl["segments"]), "duration": pl["duration"],
+                           "size": sum(s["size"] for s in pl["segments"])}
+    if manifest["images"]:
+        images = manifest["images"]
+        out["images"] = {"directory": images[0]["location"].rpartition("/")[0], "count": len(images),
+                         "first": images[0]["location"], "last": images[-1]["location"]}
+    return out
+
+
+def _epoch(iso: str | None) -> float | None:
+    return datetime.fromisoformat(iso).timestamp() if iso else None
+
+
+def read_manifest(path: Path) -> dict:
+    """A staged manifest; UploadFailed if it cannot be read (nothing to resume from)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UploadFailed(f"cannot read the staged manifest {path}: {exc}", FAILED) from None

@@ -1,0 +1,462 @@
+"""One egress from start to finished file: the worker's whole job.
+
+Order matters on the way down: the encoder finishes its file first, then the
+browser, page server, sink and display go. Every owner is stopped whatever
+happened (success, failure, signal, a child's crash), and the temp dir goes
+with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..destinations import parse_stream_url, parse_stream_urls
+from ..errors import (
+    Aborted,
+    AudioFailed,
+    BrowserFailed,
+    CompositorError,
+    Conflict,
+    DisplayFailed,
+    InvalidRequest,
+    StartTimeout,
+    TemplateFailed,
+)
+from ..events import STORING, EventSink
+from ..layouts import resolve_layout
+from ..livekit_room import server_from_env, with_query
+from ..paths import WORKDIR_PREFIX
+from ..pipeline.browser import BLOCKED, END_RECORDING, ERROR, REQUEST, START_RECORDING, Browser
+from ..pipeline.delivery import Delivery, build_manifest
+from ..pipeline.encoder import (
+    Encoder,
+    MuxTarget,
+    Progress,
+    build_argv,
+    file_target,
+    hls_target,
+    live_pipe_target,
+    pcm_pipe_target,
+)
+from ..pipeline.finalize import finalize, images_written, thumbnails
+from ..pipeline.hls import LivePlaylist, finish_segments
+from ..pipeline.page_server import PageSpec
+from ..pipeline.pcm_socket import PcmSocket
+from ..pipeline.streams import Destination, StreamFanout
+from ..plan import EgressConfig, partial_path
+from ..probe import MediaFacts
+from ..process import ManagedProcess
+from ..storage.errors import UploadFailed
+from ..storage.manifest import result_of
+from .gate import OutboundGate
+from .preflight import preflight
+from .stage import Stage, open_stage, sweep_stale_workdirs
+
+log = logging.getLogger(__name__)
+
+FIRST_FRAME_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Outputs:
+    """What one egress produced: each output's facts (None for outputs it did not have)."""
+
+    file: MediaFacts | None = None
+    segments: dict | None = None
+    images: dict | None = None
+    streams: list[dict] = field(default_factory=list)
+    websocket: dict | None = None
+    #: when the outputs were stored: the stored manifest (locations of everything)
+    delivered: dict | None = None
+
+    def to_dict(self) -> dict:
+        out: dict = {}
+        if self.delivered:
+            out.update(result_of(self.delivered))
+        else:
+            for name in ("file", "segments", "images"):
+                value = getattr(self, name)
+                if value:
+                    out[name] = value.to_dict() if name == "file" else value
+        if self.streams:
+            out["streams"] = self.streams
+        if self.websocket:
+            out["websocket"] = self.websocket
+        return out
+
+
+class Recorder:
+    """Runs one EgressConfig through display, sink, browser and encoder to every output."""
+
+    def __init__(self, config: EgressConfig, events: EventSink, stop: asyncio.Event, gate: OutboundGate):
+        self.config = config
+        #: what every connection the request leads to goes through (its policy says where they may go)
+        self.gate = gate
+        self.policy = gate.policy
+        #: page problems that end the recording: none for a web page (not ours to judge), any while a
+        #: layout starts, and its uncaught exceptions once it records
+        self._fatal: tuple[str, ...] = ()
+        self.events = events
+        self.stop_requested = stop
+        self.timings: dict[str, float] = {"launched": time.time()}
+        #: why recording ended: limit (duration reached), stopped, room_ended, or failed
+        self.stopped_by = "failed"
+        self._last_progress_emit = 0.0
+        self._fanout: StreamFanout | None = None
+        self._socket: PcmSocket | None = None
+        self._partial: Path | None = partial_path(config.output) if config.output else None
+        self.delivery: Delivery | None = None
+        self._browser: Browser | None = None
+        #: the outputs are being stored (recording is over)
+        self.storing = False
+
+    def _status(self, status: str, message: str = "", **extra) -> None:
+        self.events.emit("status", status=status, egress_id=self.config.egress_id,
+                         **({"message": message} if message else {}), **extra)
+
+    async def run(self, stage: Stage | None = None) -> Outputs:
+        """Record to every output of the config; returns what they became, or raises CompositorError.
+
+        `stage` is a warm worker's display, sink and browser, already up for this frame size.
+        """
+        cfg = self.config
+        self._status("STARTING")
+        await preflight(cfg, self.gate)
+        async with contextlib.AsyncExitStack() as outer:
+            if cfg.upload:
+                self.delivery = await outer.enter_async_context(Delivery(cfg.upload, cfg.egress_id, self.events,
+                                                                         self.gate.url))
+            if stage is not None:
+                async with contextlib.AsyncExitStack() as stack:
+                    outputs = await self._record(stack, stage)
+            else:
+                sweep_stale_workdirs()
+                workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-{cfg.egress_id}-"))
+                outer.callback(shutil.rmtree, workdir, ignore_errors=True)
+                async with contextlib.AsyncExitStack() as stack:
+                    stage = await open_stage(stack, workdir, *cfg.frame, self.gate)
+                    outputs = await self._record(stack, stage)
+            if self.delivery:
+                # After the stage is down: uploads need no browser or display.
+                await self._deliver(outputs)
+        return outputs
+
+    async def _deliver(self, outputs: Outputs) -> None:
+        cfg = self.config
+        file = outputs.file and {**outputs.file.to_dict(), "started_at": self.timings.get("first_frame"),
+                                 "ended_at": self.timings.get("stop_requested")}
+        images = self._thumbnails() if cfg.images else []
+        manifest = build_manifest(egress_id=cfg.egress_id, room_name=cfg.room_name, staging=self.delivery.staging,
+                                  file=file, playlist=cfg.segments.playlist if cfg.segments else None,
+                                  live_playlist=cfg.segments.live_playlist if cfg.segments else None,
+                                  images=images)
+        self._status("ENDING", message=STORING)
+        self.storing = True
+        try:
+            outputs.delivered = await self.delivery.deliver(manifest)
+        except UploadFailed as exc:
+            if cfg.output and cfg.output.exists():
+                exc.details["file"] = str(cfg.output)
+            raise
+        self.timings["stored"] = time.time()
+
+    async def _record(self, stack: contextlib.AsyncExitStack, stage: Stage) -> Outputs:
+        cfg = self.config
+        display, sink, pages, browser, workdir = stage.display, stage.sink, stage.pages, stage.browser, stage.workdir
+        self._browser = browser
+        self.timings["browser_ready"] = time.time()
+        watched = [p for p in (display.process, sink.process) if p is not None]
+        if cfg.source == "web":
+            await self._until_ready(browser, watched, browser.open(cfg.web_url, cfg.start_timeout))
+        elif cfg.template_url:
+            # The caller's own page (LiveKit's custom_base_url): its errors are its own, its signals count.
+            server = server_from_env()
+            url = with_query(cfg.template_url, url=server.url,
+                             token=server.recorder_token(cfg.room_name, cfg.egress_id))
+            await self._until_ready(browser, watched, browser.open(url, cfg.start_timeout))
+            await self._until_ready(browser, watched, self._start_signal(browser), cfg.start_timeout)
+        else:
+            spec = PageSpec(cfg.layout, cfg.overlays, cfg.participants, cfg.room_name, cfg.sync_markers)
+            if cfg.source == "livekit":
+                server = server_from_env()
+                spec = dataclasses.replace(spec, room_url=server.url,
+                                           token=server.recorder_token(cfg.room_name, cfg.egress_id),
+                                           focus=cfg.focus.query if cfg.focus else {})
+            url = pages.show(spec)
+            # A layout is ours: it reaches its own server and the allowed hosts (the LiveKit server among them).
+            await browser.restrict(pages.base_url, self.policy.allowed)
+            self._fatal = (ERROR, REQUEST, BLOCKED)
+            await self._until_ready(browser, watched, browser.open(url, cfg.start_timeout))
+            await self._until_ready(browser, watched, self._start_signal(browser), cfg.start_timeout)
+            self._fatal = (ERROR,)
+        self.timings["start_recording"] = start_epoch = time.time()
+
+        targets: list[MuxTarget] = []
+        if cfg.output:
+            targets.append(file_target(cfg.container, self._partial))
+        if cfg.segments:
+            targets.append(hls_target(cfg.segments))
+        if cfg.stream or cfg.images:
+            # Closed after the encoder (the exit stack runs backwards): destinations get the stream's end.
+            self._fanout = StreamFanout(cfg.stream, cfg.images, cfg.video, self.policy,
+                                        on_change=self._stream_changed)
+            stack.push_async_callback(self._fanout.close)
+            targets.append(live_pipe_target(self._fanout.write_fd))
+        if cfg.websocket:
+            self._socket = PcmSocket(cfg.websocket, cfg.audio.sample_rate, self.gate.url)
+            stack.push_async_callback(self._socket.close)
+            await self._socket.connect()
+            targets.append(pcm_pipe_target(self._socket.write_fd))
+        pipes = tuple(owner.write_fd for owner in (self._fanout, self._socket) if owner)
+        encoder = Encoder(build_argv(cfg, display=display.name, pulse_server=sink.server, pulse_source=sink.monitor,
+                                     start_epoch=start_epoch, targets=targets),
+                          on_progress=self._on_progress, video=cfg.video is not None, pass_fds=pipes)
+        stack.push_async_callback(encoder.stop)
+        await encoder.start()
+        if self._fanout:
+            await self._fanout.start()
+        if self._socket:
+            await self._socket.start()
+        playlist = LivePlaylist(cfg.segments) if cfg.segments and cfg.segments.live_playlist else None
+        if playlist:
+            stack.push_async_callback(playlist.stop)
+            playlist.start()
+        if self.delivery:
+            stack.push_async_callback(self.delivery.stop_following)
+            self.delivery.follow([p for p in (cfg.segments.playlist, cfg.segments.live_playlist) if p]
+                                 if cfg.segments else [],
+                                 self._thumbnails if cfg.images else None)
+
+        failure = await self._until_first_frame(encoder, browser, watched)
+        if failure is None:
+            self.timings["first_frame"] = time.time()
+            # What this job holds, so a supervisor (or a test) can check it all goes away.
+            owners = {"xvfb": display.process, "pulseaudio": sink.process, "chromium": browser.process,
+                      "ffmpeg": encoder.process}
+            self._status("ACTIVE", await self._start_notice(browser),
+                         resources={"display": display.name, "workdir": str(workdir),
+                                    "pids": {k: p.pid for k, p in owners.items() if p}})
+            failure = await self._until_done(encoder, browser, watched)
+        self.timings["stop_requested"] = time.time()
+        self._status("ENDING")
+        code = await encoder.stop()
+        log.debug("encoder exit %s", code)
+        outputs = Outputs()
+        if playlist:
+            await playlist.stop()
+        if self._fanout:
+            await self._fanout.close()
+            outputs.streams = [d.info() for d in self._fanout.destinations] if cfg.stream else []
+        if self._socket:
+            await self._socket.close()
+            outputs.websocket = self._socket.info()
+        if cfg.segments:
+            outputs.segments = finish_segments(cfg.segments)
+        if cfg.images:
+            outputs.images = images_written(cfg.images.directory, cfg.images.pattern, start_epoch)
+        if cfg.output:
+            outputs.file = await self._finish_file(failure)
+        elif failure is not None:
+            raise failure
+        self.timings["finalized"] = time.time()
+        return outputs
+
+    async def _finish_file(self, failure: CompositorError | None) -> MediaFacts:
+        partial = self._partial
+        try:
+            facts = await finalize(self.config, partial)
+        except CompositorError as exc:
+            kept = partial if partial.exists() else None
+            err = failure or exc
+            if kept:
+                err.details.setdefault("file", str(kept))
+            raise err from None
+        if failure is not None:
+            failure.details["file"] = facts.path
+            raise failure
+        return facts
+
+    def _thumbnails(self) -> list[Path]:
+        images = self.config.images
+        return thumbnails(images.directory, images.pattern, self.timings["start_recording"])
+
+    @property
+    def stream_only(self) -> bool:
+        """An egress whose only lasting output is its streams: it ends when they do."""
+        return self.config.stream is not None and not self.config.output and not self.config.segments
+
+    async def update_streams(self, add: list[str], remove: list[str]) -> list[dict]:
+        """Add and remove live destinations; returns every destination's state."""
+        if not self.config.stream:
+            raise Conflict("NO_STREAM_OUTPUT", "this egress has no stream output; start it with one (urls may "
+                                               "be empty) to add destinations later")
+        if self._fanout is None or self.timings.get("stop_requested"):
+            raise Conflict("EGRESS_NOT_ACTIVE", "destinations can be changed only while the egress is live")
+        targets = parse_stream_urls(add, "add")
+        removals = [parse_stream_url(url, f"remove.{i}").url for i, url in enumerate(remove)]
+        for url in removals:
+            await self._fanout.remove(url)
+        for target in targets:
+            self._fanout.add(target)
+        return [d.info() for d in self._fanout.destinations]
+
+    async def update_layout(self, name: str) -> dict:
+        """Switch the page to another built-in layout (and theme) while recording; returns when it is on screen."""
+        if self.config.source == "web":
+            raise Conflict("NOT_A_LAYOUT", "this egress records a web page; it has no layout to change")
+        if self._browser is None or "first_frame" not in self.timings or self.timings.get("stop_requested"):
+            raise Conflict("EGRESS_NOT_ACTIVE", "the layout can be changed only while the egress records")
+        if self.config.template_url:
+            # As LiveKit does: @livekit/egress-sdk reads the layout from the recorder's participant metadata.
+            await server_from_env().set_recorder_layout(self.config.room_name, self.config.egress_id, name)
+            self.timings["layout_changed"] = time.time()
+            return {"layout": name, "at": self.timings["layout_changed"]}
+        ref = resolve_layout(name)
+        if not ref.builtin:
+            raise InvalidRequest(f"layout {name!r}: a running egress switches between built-in layouts; a custom "
+                                 "layout is chosen when the egress starts", details={"field": "layout"})
+        # The LiveKit spelling (grid-light) reaches the page, as egress-sdk templates expect.
+        await self._browser.evaluate("name => window.compositorSetLayout(name)", f"{ref.name}-{ref.theme}")
+        self.timings["layout_changed"] = time.time()
+        return {"layout": f"{ref.name}-{ref.theme}", "at": self.timings["layout_changed"]}
+
+    async def _start_notice(self, browser: Browser) -> str:
+        """What the caller should know about how recording started: a LiveKit room with nothing published."""
+        if self.config.source != "livekit" or self.config.template_url:
+            return ""
+        with contextlib.suppress(BrowserFailed):
+            if await browser.evaluate("() => window.compositor && window.compositor.startedBy") == "timeout":
+                log.warning("nothing was published in room %s; recording anyway", self.config.room_name)
+                return "nothing was published in the room before the wait ran out; recording anyway"
+        return ""
+
+    def _stream_changed(self, dest: Destination) -> None:
+        index = self._fanout.destinations.index(dest) if self._fanout and dest in self._fanout.destinations else -1
+        self.events.emit("stream", egress_id=self.config.egress_id, index=index, **dest.info())
+
+    async def _start_signal(self, browser: Browser) -> None:
+        while (signal := await browser.signals.get()) != START_RECORDING:
+            if signal == END_RECORDING:
+                raise BrowserFailed("the page ended the recording before it started")
+
+    async def _until_ready(self, browser: Browser, watched: list[ManagedProcess], step,
+                           timeout: float | None = None) -> None:
+        """Run a start-up step, failing fast if a child dies or a stop is asked for."""
+        step_task = asyncio.ensure_future(step)
+        guards = self._guards(browser, watched)
+        try:
+            done, _ = await asyncio.wait([step_task, *guards], timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in guards:
+                task.cancel()
+        if step_task in done:
+            step_task.result()
+            return
+        step_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, CompositorError):
+            await step_task
+        if not done:
+            errors = "; ".join(p.message for p in browser.problems[-3:])
+            raise StartTimeout(f"the page did not signal {START_RECORDING} within {timeout:g} s"
+                               + (f" (page errors: {errors})" if errors else ""))
+        guard = done.pop()
+        if self.stop_requested.is_set():
+            raise Aborted("stopped before recording began")
+        raise guard.result()
+
+    def _guards(self, browser: Browser, watched: list[ManagedProcess]) -> list[asyncio.Task]:
+        """Tasks that finish when something ends the recording early, each returning its error."""
+
+        async def stop_asked():
+            await self.stop_requested.wait()
+            return Aborted("stopped")
+
+        async def browser_died():
+            return BrowserFailed(f"the browser failed: {await asyncio.shield(browser.failure)}")
+
+        async def child_died(proc: ManagedProcess):
+            await proc.wait()
+            kind = DisplayFailed if proc.name == "Xvfb" else AudioFailed
+            return kind(f"{proc.describe_exit()}")
+
+        async def page_broke():
+            problem = await browser.next_problem(self._fatal, past=True)
+            return TemplateFailed(f"the layout page failed: {problem.message}", details={"kind": problem.kind})
+
+        return [asyncio.create_task(stop_asked()), asyncio.create_task(browser_died()),
+                *(asyncio.create_task(child_died(p)) for p in watched),
+                *([asyncio.create_task(page_broke())] if self._fatal else [])]
+
+    async def _until_first_frame(self, encoder: Encoder, browser: Browser,
+                                 watched: list[ManagedProcess]) -> CompositorError | None:
+        first = asyncio.create_task(encoder.first_frame.wait())
+        exited = asyncio.create_task(encoder.wait())
+        guards = self._guards(browser, watched)
+        done, _ = await asyncio.wait([first, exited, *guards], timeout=FIRST_FRAME_TIMEOUT_S,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in (first, exited, *guards):
+            if task not in done:
+                task.cancel()
+        if first in done:
+            return None
+        if exited in done:
+            return encoder.failure()
+        if not done:
+            return StartTimeout(f"the encoder produced no frame within {FIRST_FRAME_TIMEOUT_S:g} s")
+        err = done.pop().result()
+        return None if isinstance(err, Aborted) else err
+
+    async def _until_done(self, encoder: Encoder, browser: Browser,
+                          watched: list[ManagedProcess]) -> CompositorError | None:
+        """Wait for the end: duration reached, stop asked, page ended, or a failure."""
+
+        exited = asyncio.create_task(encoder.wait())
+        ended = asyncio.create_task(browser.until_signal(END_RECORDING))
+        streams = asyncio.ensure_future(asyncio.shield(self._fanout.outcome) if self.stream_only
+                                        else asyncio.get_running_loop().create_future())
+        guards = self._guards(browser, watched)
+        if self._socket:
+            guards.append(asyncio.ensure_future(asyncio.shield(self._socket.failure)))
+        done, pending = await asyncio.wait([exited, ended, streams, *guards], return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if streams in done:
+            if streams.result() == "all_removed":
+                self.stopped_by = "streams_removed"
+                return None
+            return self._fanout.failure()
+        if exited in done:
+            code = exited.result()
+            self.stopped_by = "limit"
+            return None if code == 0 else encoder.failure()
+        if ended in done:
+            log.info("the page signalled %s", END_RECORDING)
+            self.stopped_by = "room_ended"
+            return None
+        err = done.pop().result()
+        if isinstance(err, Aborted):
+            self.stopped_by = "stopped"
+            return None
+        return err
+
+    def _on_progress(self, p: Progress) -> None:
+        now = time.monotonic()
+        if now - self._last_progress_emit < 0.95 and not p.ended:
+            return
+        self._last_progress_emit = now
+        size = p.total_size
+        if not size and self._partial and self._partial.exists():
+            size = self._partial.stat().st_size  # behind ffmpeg's tee there is no total
+        self.events.emit("progress", egress_id=self.config.egress_id, elapsed=round(p.out_time, 2),
+                         frames=p.frame, fps=p.fps, bitrate_kbps=p.bitrate_kbps, size=size,
+                         dup_frames=p.dup_frames, drop_frames=p.drop_frames, speed=p.speed)

@@ -1,0 +1,1 @@
+"""Helpers the test modules share: fixtures of real servers (storage, LiveKit)."""

@@ -1,0 +1,1 @@
+"""What tests and benchmarks run beside the compositor: lkpub (Go) and peers (Python)."""
