@@ -92,7 +92,7 @@ async def test_webhook_needs_livekit_signature(open_app):
 
 
 async def test_only_enabled_matching_rooms_start(open_app, caplog):
-    caplog.set_level(logging.INFO, logger="compositor.auto_egress")
+    caplog.set_level(logging.INFO, logger="compositor.service.auto_egress")
     client, service = await open_app()
     await configure(client, enabled=True, roomNamePattern="auto-*", minParticipants=1, delaySeconds=0)
     await post(client, event("room_started", "other-1"))
@@ -112,7 +112,7 @@ async def test_only_enabled_matching_rooms_start(open_app, caplog):
 
 
 async def test_delay_needs_the_participants_throughout_and_recorders_do_not_count(open_app, caplog):
-    caplog.set_level(logging.INFO, logger="compositor.auto_egress")
+    caplog.set_level(logging.INFO, logger="compositor.service.auto_egress")
     client, service = await open_app()
     await configure(client, enabled=True, roomNamePattern="auto-*", minParticipants=2, delaySeconds=0.8)
     room = "auto-delay"

@@ -20,6 +20,7 @@ from compositor import analysis
 from tools.peers.receivers import free_port
 
 from .conftest import assert_color
+from .support.client import caller, until_ended
 
 pytestmark = pytest.mark.docker
 
@@ -86,19 +87,9 @@ def test_the_service_in_a_container_answers_and_records(tmp_path):
                     raise AssertionError(podman("logs", name, check=False).stderr[-2000:]) from None
                 time.sleep(0.3)
 
-        def call(method: str, path: str, body: dict | None = None) -> dict:
-            req = urllib.request.Request(base + path, method=method, data=json.dumps(body).encode() if body else None,
-                                         headers={"Authorization": "Bearer container-key"})
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return json.loads(resp.read())
-
-        info = call("POST", "/v1/egress/start", {"roomName": "boxed", "maxDuration": 3,
-                                                 "advanced": {"width": 640, "height": 360}})
-        deadline = time.monotonic() + 60
-        while info["status"] not in ("LIMIT_REACHED", "COMPLETE", "FAILED"):
-            assert time.monotonic() < deadline, info
-            time.sleep(0.5)
-            info = call("GET", f"/v1/egress/{info['id']}")
+        call = caller(base, "container-key")
+        info = until_ended(call, call("POST", "/v1/egress/start", {"roomName": "boxed", "maxDuration": 3,
+                                                                    "advanced": {"width": 640, "height": 360}}))
         assert info["status"] == "LIMIT_REACHED", info
         kept = data / "recordings" / Path(info["file"]["location"]).name
         assert analysis.facts(kept).duration > 2.5

@@ -3,12 +3,9 @@ with every built-in layout, from its own page assets (package data), not the che
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ from compositor import analysis
 from compositor.layouts import builtin_layouts
 
 from .conftest import REPO, free_port
+from .support.client import caller, until_ended
 
 ADA = 350  # the demo room's first speaker's tone (Hz), speaking from 0 s
 
@@ -74,20 +72,10 @@ def test_serve_records_from_the_installed_package(installed, tmp_path):
     try:
         assert "listening on" in proc.stdout.readline()
 
-        def call(method: str, path: str, body: dict | None = None) -> dict:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                         data=json.dumps(body).encode() if body else None,
-                                         headers={"Authorization": "Bearer k"})
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return json.loads(resp.read())
-
-        info = call("POST", "/v1/egress/start", {"roomName": "installed", "layout": "grid", "maxDuration": 2,
-                                                 "advanced": {"width": 320, "height": 180}})
-        deadline = time.monotonic() + 60
-        while info["status"] not in ("LIMIT_REACHED", "COMPLETE", "FAILED"):
-            assert time.monotonic() < deadline, info
-            time.sleep(0.3)
-            info = call("GET", f"/v1/egress/{info['id']}")
+        call = caller(f"http://127.0.0.1:{port}", "k")
+        info = until_ended(call, call("POST", "/v1/egress/start", {"roomName": "installed", "layout": "grid",
+                                                                    "maxDuration": 2,
+                                                                    "advanced": {"width": 320, "height": 180}}))
         assert info["status"] == "LIMIT_REACHED", info
         assert analysis.tone_level(analysis.audio_samples(info["file"]["location"]), ADA, 0.3, 1.7) > 0.02
     finally:

@@ -28,7 +28,7 @@ def livekit(tmp_path_factory):
 @pytest.fixture(scope="module")
 def livekit_service(livekit, tmp_path_factory):
     """`compositor serve` recording the rooms of the module's livekit-server."""
-    from .test_service import Server  # here: test_service imports conftest, which imports this module
+    from ..test_service import Server  # here: test_service imports conftest, which imports this module
 
     env = {"COMPOSITOR_LIVEKIT_URL": livekit.http_url, "COMPOSITOR_LIVEKIT_API_KEY": API_KEY,
            "COMPOSITOR_LIVEKIT_API_SECRET": API_SECRET}
