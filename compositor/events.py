@@ -6,13 +6,10 @@ text mode writes status and a refreshing progress line on stderr.
 
 from __future__ import annotations
 
-import json
 import sys
-import time
-from typing import IO, Any
+from typing import IO
 
-#: The worker's ENDING status carries this message once its outputs go to storage.
-STORING = "storing the outputs"
+from .protocol import ErrorEvent, Event, ProgressEvent, ResultEvent, StatusEvent, StreamEvent, StreamStatus, WarmEvent
 
 
 def _size(n: int) -> str:
@@ -31,48 +28,49 @@ class EventSink:
         self.stream = stream or (sys.stdout if mode == "json" else sys.stderr)
         self._live_line = False
 
-    def emit(self, type_: str, **fields: Any) -> None:
-        event = {"type": type_, "time": round(time.time(), 3), **fields}
+    def emit(self, event: Event) -> None:
+        """Write one event: its JSON line, or its human form."""
         if self.mode == "json":
-            self.stream.write(json.dumps(event, separators=(",", ":")) + "\n")
+            self.stream.write(event.wire() + "\n")
             self.stream.flush()
         else:
             self._text(event)
 
-    def _text(self, event: dict) -> None:
-        kind = event["type"]
-        if kind == "progress":
-            line = (f"recording {event['elapsed']:7.1f}s  {event['fps']:5.1f} fps  "
-                    f"{event['bitrate_kbps']:7.0f} kbit/s  {_size(event['size']):>9}")
+    def _text(self, event: Event) -> None:
+        if isinstance(event, ProgressEvent):
+            line = (f"recording {event.elapsed:7.1f}s  {event.fps:5.1f} fps  "
+                    f"{event.bitrate_kbps:7.0f} kbit/s  {_size(event.size):>9}")
             if self.stream.isatty():
                 self.stream.write("\r" + line)
                 self._live_line = True
-            elif int(event["elapsed"]) % 5 == 0:
+            elif int(event.elapsed) % 5 == 0:
                 self.stream.write(line + "\n")
             self.stream.flush()
             return
         if self._live_line:
             self.stream.write("\n")
             self._live_line = False
-        if kind == "status":
-            self.stream.write(f"{event['status']}: {event.get('message', '')}".rstrip(": ") + "\n")
-        elif kind == "result":
+        if isinstance(event, WarmEvent):
+            self.stream.write(f"WARM: {event.width}x{event.height}, waiting for a job on stdin\n")
+        elif isinstance(event, StatusEvent):
+            self.stream.write(f"{event.status}: {event.message or ''}".rstrip(": ") + "\n")
+        elif isinstance(event, ResultEvent):
             self.stream.write("COMPLETE\n")
-            if f := event.get("file"):
+            if f := event.file:
                 video = f" {f['width']}x{f['height']}@{f['fps']:g} {f['video_codec']}" if f.get("video_codec") else ""
                 audio = f" {f['audio_codec']}" if f.get("audio_codec") else ""
                 self.stream.write(f"  file: {f['path']} ({_size(f['size'])}, {f['duration']:.2f} s,{video}{audio})\n")
-            if s := event.get("segments"):
+            if s := event.segments:
                 self.stream.write(f"  HLS: {s['playlist']} ({s['segment_count']} segments, {s['duration']:.2f} s)\n")
-            if i := event.get("images"):
+            if i := event.images:
                 self.stream.write(f"  thumbnails: {i['count']} in {i['directory']}\n")
-            for d in event.get("streams", []):
-                failed = f" [{d['error_code']}] {d['error']}" if d["status"] == "FAILED" else ""
+            for d in event.streams or []:
+                failed = f" [{d['error_code']}] {d['error']}" if d["status"] == StreamStatus.FAILED else ""
                 self.stream.write(f"  stream: {d['url']} {d['status']}, {d['retries']} retries{failed}\n")
-        elif kind == "stream":
-            why = f" [{event['error_code']}] {event['error']}" if event.get("error_code") else ""
-            self.stream.write(f"stream {event['url']}: {event['status']}{why}\n")
-        elif kind == "error":
-            where = f" (partial file kept: {event['file']['path']})" if event.get("file") else ""
-            self.stream.write(f"FAILED [{event['code']}]: {event['message']}{where}\n")
+        elif isinstance(event, StreamEvent):
+            why = f" [{event.error_code}] {event.error}" if event.error_code else ""
+            self.stream.write(f"stream {event.url}: {event.status}{why}\n")
+        elif isinstance(event, ErrorEvent):
+            where = f" (partial file kept: {event.file['path']})" if event.file else ""
+            self.stream.write(f"FAILED [{event.code}]: {event.message}{where}\n")
         self.stream.flush()

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
 
 from pydantic import Field
 
+from ..protocol import Status, StreamStatus
 from ..request import Model
 from ..service.results import FileResult, iso, recording_id
 from ..service.store import EgressRecord
-
-Status = Literal["STARTING", "ACTIVE", "ENDING", "COMPLETE", "FAILED", "ABORTED", "LIMIT_REACHED"]
 
 
 class StreamInfo(Model):
     """One live destination: its own status, retries and last error (the URL's key redacted)."""
 
     url: str
-    status: Literal["STARTING", "ACTIVE", "RECONNECTING", "FAILED", "FINISHED"]
+    status: StreamStatus
     retries: int = 0
     last_retry_at: str | None = None
     started_at: str | None = None

@@ -15,6 +15,7 @@ from livekit import api as livekit_api
 from pydantic import ValidationError
 
 from ..errors import CompositorError, Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
+from ..protocol import ACTIVE_STATUSES, Status
 from ..request import first_error
 from ..service.auto_egress import AUTO_EGRESS
 from ..service.requests import (
@@ -26,7 +27,6 @@ from ..service.requests import (
 )
 from ..service.results import egress_id_of, iso, recording_id
 from ..service.service import Service
-from ..service.store import ACTIVE_STATUSES
 from ..storage.local_urls import DOWNLOAD_PATH, verify_local_signature
 from . import twirp
 from .bodies import read_body
@@ -227,7 +227,7 @@ async def list_recordings(request: web.Request) -> web.Response:
 async def recording_download_url(request: web.Request) -> web.Response:
     """A URL that downloads the recording without an API key until it expires (`?expiresIn=` seconds)."""
     rec = _recording_or_404(request)
-    if rec.status not in ("COMPLETE", "LIMIT_REACHED") or not rec.file:
+    if rec.status not in (Status.COMPLETE, Status.LIMIT_REACHED) or not rec.file:
         raise Conflict("NOT_READY", f"recording {recording_id(rec.id)} has no finished file ({rec.status})")
     service = request.app[SERVICE_KEY]
     ttl, longest = service.settings.download_url_ttl_s, service.settings.download_url_max_ttl_s

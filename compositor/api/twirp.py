@@ -25,11 +25,11 @@ from livekit.protocol import egress as proto
 from pydantic import BaseModel, ValidationError
 
 from ..errors import CapacityExceeded, CompositorError, InvalidRequest
+from ..protocol import ACTIVE_STATUSES
 from ..request import first_error
 from ..service import livekit_info
 from ..service.requests import StartEgressRequest, UpdateStreamsRequest
 from ..service.service import Service
-from ..service.store import ACTIVE_STATUSES
 from .bodies import read_body
 from .livekit_shape import from_livekit, from_livekit_participant, from_livekit_track, from_livekit_track_composite
 

@@ -19,6 +19,7 @@ from ..events import EventSink
 from ..layouts import builtin_layouts
 from ..plan import WARM_SIZE
 from ..presets import DEFAULT_PRESET, preset_names
+from ..protocol import ErrorEvent
 from ..request import RecordRequest, first_error, parse_participant, read_request_file
 from ..service import load_settings
 from .args import add_page_flags, fold_page_flags, outbound_policy
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(worker.record(dataclasses.replace(options, control=args.control == "stdin",
                                                                  warm=warm), lambda: build_request(args)))
         except asyncio.CancelledError:
-            events.emit("error", status="FAILED", code="INTERRUPTED", message="stopped by a second signal")
+            events.emit(ErrorEvent(code="INTERRUPTED", message="stopped by a second signal"))
             return 130
     if args.command == "upload":
         return asyncio.run(worker.deliver(_worker_options(args, EventSink(args.events)), args.config))

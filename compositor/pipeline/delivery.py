@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..events import EventSink
 from ..paths import WORKDIR_PREFIX
+from ..protocol import UploadEvent, UploadStatus
 from ..request import UploadSpec
 from ..storage.errors import UploadFailed
 from ..storage.local import LocalSite
@@ -189,8 +190,8 @@ class Delivery:
                     if self._backup is None:
                         raise
                     self.on_backup = True
-                    self.events.emit("upload", egress_id=self.egress_id, status="BACKUP", code=exc.code,
-                                     message=exc.message)
+                    self.events.emit(UploadEvent(egress_id=self.egress_id, status=UploadStatus.BACKUP, code=exc.code,
+                                                 message=exc.message))
                     log.warning("storage refused for good (%s: %s); storing everything on the backup",
                                 exc.code, exc.message)
                     # What the storage already holds goes too: one recording, one place.
@@ -204,17 +205,17 @@ class Delivery:
         for (path, key), stored in zip(files, results):
             self.stored[key] = replace(stored, backup_used=on_backup)
             self._stamps[key] = stamps[key]
-            self.events.emit("upload", egress_id=self.egress_id, status="STORED", key=key, size=stored.size,
-                             storage=stored.backend, backup_used=on_backup)
+            self.events.emit(UploadEvent(egress_id=self.egress_id, status=UploadStatus.STORED, key=key,
+                                         size=stored.size, storage=stored.backend, backup_used=on_backup))
 
     def _where(self) -> tuple[str, bool]:
         uploader = self._backup if self.on_backup and self._backup else self._primary
         return uploader.primary.name, self.on_backup
 
     def _retrying(self, notice: RetryNotice) -> None:
-        self.events.emit("upload", egress_id=self.egress_id, status="RETRYING", key=notice.key,
-                         attempt=notice.attempt, delay_s=round(notice.delay_s, 1), code=notice.error.code,
-                         message=notice.error.message)
+        self.events.emit(UploadEvent(egress_id=self.egress_id, status=UploadStatus.RETRYING, key=notice.key,
+                                     attempt=notice.attempt, delay_s=round(notice.delay_s, 1), code=notice.error.code,
+                                     message=notice.error.message))
 
     def _key(self, path: Path) -> str:
         return path.relative_to(self.staging).as_posix()

@@ -15,6 +15,7 @@ import aiohttp
 
 from ..destinations import redact_ws
 from ..errors import StreamFailed
+from ..protocol import StreamStatus
 from .pipes import EncoderPipe
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class PcmSocket:
     def info(self) -> dict:
         """What the output did, for the egress's result."""
         return {"url": redact_ws(self.url), "bytes_sent": self.bytes_sent,
-                "status": "FAILED" if self.failure.done() else "FINISHED"}
+                "status": StreamStatus.FAILED if self.failure.done() else StreamStatus.FINISHED}
 
     async def close(self) -> None:
         """After the encoder ended: send what the pipe holds, then close the socket. Idempotent."""

@@ -25,6 +25,7 @@ from ..errors import InvalidRequest, StreamFailed
 from ..outbound import AddressRefused, HostNotFound, OutboundPolicy
 from ..plan import ImageSettings, StreamSettings, VideoSettings
 from ..process import ManagedProcess
+from ..protocol import StreamStatus
 from .encoder import progress_updates
 from .pipes import EncoderPipe
 
@@ -131,7 +132,7 @@ class Destination:
         self.target = target
         self.settings = settings
         self.policy = policy
-        self.status = "STARTING"
+        self.status = StreamStatus.STARTING
         self.retries = 0
         self.last_retry_at: float | None = None
         self.started_at: float | None = None
@@ -149,7 +150,7 @@ class Destination:
 
     @property
     def live(self) -> bool:
-        return self.status in ("STARTING", "ACTIVE", "RECONNECTING")
+        return self.status in (StreamStatus.STARTING, StreamStatus.ACTIVE, StreamStatus.RECONNECTING)
 
     def info(self) -> dict:
         """This destination as events, the API and webhooks show it (the URL redacted)."""
@@ -189,7 +190,7 @@ class Destination:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def _set(self, status: str) -> None:
+    def _set(self, status: StreamStatus) -> None:
         self.status = status
         self._on_change(self)
 
@@ -208,9 +209,9 @@ class Destination:
                 log.info("stream %s: %s", self.target.redacted, message)
                 if now - outage_since >= self.settings.retry_window:
                     self.ended_at = now
-                    self._set("FAILED")
+                    self._set(StreamStatus.FAILED)
                     return
-                self._set("RECONNECTING")
+                self._set(StreamStatus.RECONNECTING)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closed.wait(), BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
                 attempt += 1
@@ -218,9 +219,9 @@ class Destination:
                     self.retries += 1
                     self.last_retry_at = time.time()
         finally:
-            if self.status != "FAILED":
+            if self.status != StreamStatus.FAILED:
                 self.ended_at = time.time()
-                self._set("FINISHED")
+                self._set(StreamStatus.FINISHED)
 
     async def _argv(self) -> list[str]:
         """The pusher's command, to the destination checked under the policy just now (AddressRefused if not
@@ -258,7 +259,7 @@ class Destination:
                     reached.set()
                     self.started_at = self.started_at or time.time()
                     self.error = self.error_code = None
-                    self._set("ACTIVE")
+                    self._set(StreamStatus.ACTIVE)
 
         watcher = asyncio.create_task(accepted())
         writer = asyncio.create_task(self._write(pusher))
@@ -415,12 +416,13 @@ class StreamFanout:
 
     def _changed(self, dest: Destination) -> None:
         self._on_change(dest)
-        if dest.status == "FAILED" and not self.outcome.done() and not any(d.live for d in self.destinations):
+        all_failed = dest.status == StreamStatus.FAILED and not any(d.live for d in self.destinations)
+        if all_failed and not self.outcome.done():
             self.outcome.set_result("all_failed")
 
     def failure(self) -> StreamFailed:
         """Why the stream failed, when every destination has."""
-        failed = [d for d in self.destinations if d.status == "FAILED"]
+        failed = [d for d in self.destinations if d.status == StreamStatus.FAILED]
         return StreamFailed(
             "every stream destination failed: " + "; ".join(f"{d.target.redacted}: {d.error}" for d in failed),
             code=failed[0].error_code if failed else None, details={"streams": [d.info() for d in failed]})

@@ -19,6 +19,7 @@ from livekit.protocol.models import ParticipantInfo
 from livekit.protocol.webhook import WebhookEvent
 
 from ..errors import CompositorError
+from ..protocol import Status
 from ..request import RoomSpec
 from .requests import AutoEgressConfig, StartEgressRequest, StreamSpec
 from .store import EgressRecord, Store
@@ -133,7 +134,7 @@ class AutoEgress:
         try:
             # Across a restart of this service the sessions are forgotten: the store still knows what runs.
             running = next((r for r in self._store.unfinished()
-                            if r.room_name == session.name and r.status != "ENDING"), None)
+                            if r.room_name == session.name and r.status != Status.ENDING), None)
             if running:
                 log.info("room %s: no auto egress: egress %s already records it", room, running.id)
                 return

@@ -21,13 +21,14 @@ from livekit.protocol import egress as lk
 from livekit.protocol.webhook import WebhookEvent
 
 from ..presets import ALIASES
+from ..protocol import Status, StreamStatus
 from .store import EgressRecord
 
-_STATUS = {"STARTING": lk.EGRESS_STARTING, "ACTIVE": lk.EGRESS_ACTIVE, "ENDING": lk.EGRESS_ENDING,
-           "COMPLETE": lk.EGRESS_COMPLETE, "FAILED": lk.EGRESS_FAILED, "ABORTED": lk.EGRESS_ABORTED,
-           "LIMIT_REACHED": lk.EGRESS_LIMIT_REACHED}
+_STATUS = {Status.STARTING: lk.EGRESS_STARTING, Status.ACTIVE: lk.EGRESS_ACTIVE, Status.ENDING: lk.EGRESS_ENDING,
+           Status.COMPLETE: lk.EGRESS_COMPLETE, Status.FAILED: lk.EGRESS_FAILED, Status.ABORTED: lk.EGRESS_ABORTED,
+           Status.LIMIT_REACHED: lk.EGRESS_LIMIT_REACHED}
 # LiveKit knows a destination as active, finished or failed; reconnecting is still active there.
-_STREAM_STATUS = {"FINISHED": lk.StreamInfo.FINISHED, "FAILED": lk.StreamInfo.FAILED}
+_STREAM_STATUS = {StreamStatus.FINISHED: lk.StreamInfo.FINISHED, StreamStatus.FAILED: lk.StreamInfo.FAILED}
 NS = 1_000_000_000
 
 
@@ -136,7 +137,7 @@ def events_for(rec: EgressRecord, previous: str | None) -> list[str]:
         return []
     if rec.ended:
         return ["egress_ended"]
-    return ["egress_started"] if rec.status == "ACTIVE" else ["egress_updated"]
+    return ["egress_started"] if rec.status == Status.ACTIVE else ["egress_updated"]
 
 
 def authorization(api_key: str, api_secret: str, body: bytes) -> str:

@@ -1,15 +1,18 @@
 """What the service is asked: an egress or recording to start, destinations and layouts to change, the
 auto-egress setting. These are the BaxCloud-shaped REST bodies; LiveKit's shapes are mapped onto them
-(api/livekit_shape.py), and each becomes the worker's RecordRequest here (`to_record_request`).
+(api/livekit_shape.py), and each becomes the worker's RecordRequest here and only here (`to_record_request`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, ValidationError, model_validator
 
-from ..layouts import CUSTOM_PREFIX, THEMES, builtin_layouts, resolve_layout
+from ..errors import InvalidRequest
+from ..layouts import CUSTOM_PREFIX, TEMPLATE, THEMES, builtin_layouts, resolve_layout
 from ..presets import find_preset, preset_names
 from ..request import (
     MAX_DURATION_S,
@@ -23,6 +26,7 @@ from ..request import (
     SegmentOutput,
     StreamOutput,
     UploadSpec,
+    first_error,
 )
 from ..storage import StorageConfig
 
@@ -168,12 +172,26 @@ class StartEgressRequest(RoomRequest):
             return self.file is not None or self.segments is None
         return self.mode == "both"
 
-    def to_record_request(self, paths: dict[str, str], upload: UploadSpec) -> RecordRequest:
-        """The worker's request, with each output at its path (`paths`: file, segments and images prefixes)."""
+    def to_record_request(self, paths: dict[str, str], upload: UploadSpec, server: ServerFacts) -> RecordRequest:
+        """The worker's request, with each output at its path (`paths`: file, segments and images prefixes), on
+        this server (its room server, custom layouts and session limits). InvalidRequest for combinations the
+        worker's model refuses (audio_only with video_only, a room and a web URL at once)."""
         output = paths.get("file")
         moved = {k: getattr(self, k).model_copy(update={"filename_prefix": paths[k]})
                  for k in ("segments", "images") if getattr(self, k)}
         room, audio_only, video_only = self.room, self.audio_only, self.video_only
+        if server.room_server and room is None and not self.web_url:
+            # With a LiveKit server configured, a room name names one of its rooms.
+            room = RoomSpec(kind="livekit")
+        page = self.page
+        if self.layout.startswith(CUSTOM_PREFIX):
+            # The worker gets the folder; the caller only ever names a layout of layouts_dir.
+            ref = resolve_layout(self.layout, self.layout_params, server.layouts_dir)
+            page["layout"] = str(ref.folder if ref.template == TEMPLATE else ref.folder / ref.template)
+        # Session limits: the shortest that applies to one of its outputs ends the egress LIMIT_REACHED.
+        limits = [d for d, applies in ((self.max_duration, True), (server.max_file_duration_s, output),
+                                       (server.max_stream_duration_s, self.stream),
+                                       (server.max_segment_duration_s, self.segments)) if d and applies]
         if self.participant:
             room = RoomSpec(kind="livekit", identity=self.participant.identity,
                             screen_share=self.participant.screen_share)
@@ -183,13 +201,31 @@ class StartEgressRequest(RoomRequest):
             audio_only, video_only = audio_only or not tc.video_track_id, video_only or not tc.audio_track_id
         elif self.track:
             room, audio_only = RoomSpec(kind="livekit", track_ids=[self.track.track_id]), True
-        return RecordRequest(
-            room_name=self.room_name, room=room, web_url=self.web_url, template_url=self.template_url, **self.page,
-            preset=self.quality, advanced=self.advanced,
-            file=FileOutput(filepath=output, file_type=self.file_type) if output else None,
-            stream=StreamOutput(urls=self.stream.urls, retry_window=self.stream.retry_window) if self.stream else None,
-            **moved, websocket=self.track.websocket_url if self.track else None,
-            duration=self.max_duration, audio_only=audio_only, video_only=video_only, upload=upload)
+        try:
+            return RecordRequest(
+                room_name=self.room_name, room=room, web_url=self.web_url, template_url=self.template_url, **page,
+                preset=self.quality, advanced=self.advanced,
+                file=FileOutput(filepath=output, file_type=self.file_type) if output else None,
+                stream=StreamOutput(urls=self.stream.urls, retry_window=self.stream.retry_window) if self.stream
+                else None, **moved, websocket=self.track.websocket_url if self.track else None,
+                duration=min(limits) if limits else None, audio_only=audio_only, video_only=video_only,
+                upload=upload)
+        except ValidationError as exc:
+            raise InvalidRequest(first_error(exc)) from None
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What of the server's settings shapes a worker's request."""
+
+    #: a LiveKit server is configured: a bare room name is one of its rooms
+    room_server: bool = False
+    #: where custom/NAME layouts live
+    layouts_dir: Path | None = None
+    #: session limits per output kind (seconds; None: none)
+    max_file_duration_s: float | None = None
+    max_stream_duration_s: float | None = None
+    max_segment_duration_s: float | None = None
 
 
 class UpdateStreamsRequest(Model):

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pydantic import Field
 
 from ..destinations import StreamTarget
+from ..protocol import StreamStatus
 from ..request import Model
 
 
@@ -45,4 +46,4 @@ def iso(ts: float | None) -> str | None:
 
 def pending_streams(targets: tuple[StreamTarget, ...]) -> list[dict]:
     """Destinations of a new egress, before its worker reports on them."""
-    return [{"url": t.redacted, "status": "STARTING", "retries": 0} for t in targets]
+    return [{"url": t.redacted, "status": StreamStatus.STARTING, "retries": 0} for t in targets]

@@ -9,14 +9,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from ..destinations import parse_stream_urls, redact_url, redact_ws
 from ..errors import CapacityExceeded, Conflict, Draining, InvalidRequest, NotFound
-from ..layouts import CUSTOM_PREFIX, TEMPLATE, resolve_layout
+from ..layouts import resolve_layout
 from ..outbound import check_urls
 from ..plan import new_egress_id, outbound_urls, resolve
-from ..request import RecordRequest, RoomSpec, UploadSpec, first_error
+from ..protocol import Status, UpdateLayout
+from ..request import RecordRequest, UploadSpec
 from ..storage import LocalStorage, NameValues, Uploader, render_name, sign_local_url
 from ..storage.manifest import find_manifest
 from .admission import Admission, Queued, egress_cost
@@ -39,11 +38,11 @@ class Service:
         private_dir(settings.data_dir)
         self.store = SqliteStore(settings.data_dir / "compositor.db")
         self.admission = Admission(settings.capacity)
-        self.webhooks = Webhooks(settings.data_dir / "compositor.db", settings.webhook_urls, settings.webhook_secret,
+        self.webhooks = Webhooks(self.store, settings.webhook_urls, settings.webhook_secret,
                                  settings.webhook_retry_base_s, settings.webhook_formats, settings.livekit_api_key,
                                  settings.livekit_api_secret)
-        self.runner = WorkerRunner(self.store, settings.data_dir / "jobs", on_change=self._changed,
-                                   on_stream=self.webhooks.enqueue_stream, warm_target=settings.warm_workers,
+        self.runner = WorkerRunner(self.store, settings.data_dir / "jobs", change=self._change,
+                                   change_stream=self._change_stream, warm_target=settings.warm_workers,
                                    warm_size=settings.warm_size, worker_args=settings.worker_args,
                                    worker_env=settings.livekit_env)
         #: what requests may reach; the same flags hold every worker to it
@@ -69,11 +68,10 @@ class Service:
                 await self.runner.resume_delivery(rec.id)
                 resumed.append(rec)
                 continue
-            done = self.store.update(rec.id, status="FAILED", ended_at=time.time(), error_code="SERVICE_RESTARTED",
-                                     error="the service stopped while this egress ran; its file is kept as it was",
-                                     file=kept_file(rec.request))
+            done = self._change(rec.id, status=Status.FAILED, ended_at=time.time(), error_code="SERVICE_RESTARTED",
+                                error="the service stopped while this egress ran; its file is kept as it was",
+                                file=kept_file(rec.request))
             self.runner.forget_job(rec.id)
-            self._changed(done, rec.status)
             settled.append(done)
         return resumed, settled
 
@@ -83,30 +81,7 @@ class Service:
         egress_id = new_egress_id()
         upload = self._upload_spec(req, egress_id)
         paths = self._output_paths(req, egress_id, Path(upload.staging))
-        if self.settings.livekit_url and req.room is None and not req.web_url:
-            # With a LiveKit server configured, a room name names one of its rooms.
-            req = req.model_copy(update={"room": RoomSpec(kind="livekit")})
-        named_layout = req.layout  # what the caller sees, never the server's path
-        if req.layout.startswith(CUSTOM_PREFIX):
-            # The worker gets the folder; the caller only ever names a layout of layouts_dir.
-            ref = resolve_layout(req.layout, req.layout_params, self.settings.layouts_dir)
-            req = req.model_copy(update={"layout": str(ref.folder if ref.template == TEMPLATE
-                                                       else ref.folder / ref.template)})
-        try:
-            # The worker's own model checks combinations the API shape cannot
-            # (audio_only with video_only, a room and a web URL at once).
-            record_req = req.to_record_request(paths, upload)
-        except ValidationError as exc:
-            raise InvalidRequest(first_error(exc)) from None
-        output = paths.get("file")
-        # Session limits: the shortest that applies to one of its outputs ends the egress LIMIT_REACHED.
-        s = self.settings
-        limits = [d for d, applies in ((record_req.duration, True), (s.max_file_duration_s, output),
-                                       (s.max_stream_duration_s, req.stream), (s.max_segment_duration_s, req.segments))
-                  if d and applies]
-        if limits:
-            # The session limit: the egress ends LIMIT_REACHED when it runs out.
-            record_req = record_req.model_copy(update={"duration": min(limits)})
+        record_req = req.to_record_request(paths, upload, self.settings.server_facts)
         # every check that needs no process, before admitting
         config = resolve(record_req, egress_id, {**os.environ, **self.settings.livekit_env}, self.policy)
         cost = egress_cost(config)
@@ -118,7 +93,8 @@ class Service:
         admitted = not self._queue and self.admission.try_hold(egress_id, cost)
         if not admitted:
             self._check_room(req, cost)
-        rec = EgressRecord(id=egress_id, room_name=req.room_name, mode=req.mode, kind=req.kind, layout=named_layout,
+        # The record keeps the layout the caller named, never the server's path of a custom one.
+        rec = EgressRecord(id=egress_id, room_name=req.room_name, mode=req.mode, kind=req.kind, layout=req.layout,
                            quality=req.quality, request=_stored(record_req),
                            streams=pending_streams(config.stream.targets) if config.stream else None)
         self.store.create(rec)
@@ -173,9 +149,8 @@ class Service:
         except OSError as exc:
             self.admission.release(egress_id)
             self.runner.forget_job(egress_id)
-            rec = self.store.update(egress_id, status="FAILED", ended_at=time.time(), error_code="WORKER_START",
-                                    error=f"could not start the worker: {exc}")
-            self._changed(rec, "STARTING")
+            self._change(egress_id, status=Status.FAILED, ended_at=time.time(), error_code="WORKER_START",
+                         error=f"could not start the worker: {exc}")
         return self.store.get(egress_id)
 
     def queue_position(self, egress_id: str) -> int | None:
@@ -197,12 +172,10 @@ class Service:
             raise Conflict("EGRESS_ENDED", f"egress {egress_id} has already ended ({rec.status})")
         if self.queue_position(egress_id):
             self._queue = [q for q in self._queue if q.egress_id != egress_id]
-            done = self.store.update(egress_id, status="ABORTED", ended_at=time.time(), error_code="ABORTED",
-                                     error="stopped while waiting for capacity")
-            self._changed(done, rec.status)
-            return done
-        if self.runner.stop(egress_id) and rec.status == "ACTIVE":
-            return self.store.update(egress_id, status="ENDING")
+            return self._change(egress_id, status=Status.ABORTED, ended_at=time.time(), error_code="ABORTED",
+                                error="stopped while waiting for capacity")
+        if self.runner.stop(egress_id) and rec.status == Status.ACTIVE:
+            return self.store.update(egress_id, status=Status.ENDING)
         return self.store.get(egress_id)
 
     async def download_url(self, rec: EgressRecord, origin: str, ttl: int) -> str:
@@ -235,7 +208,7 @@ class Service:
         if "stream" not in rec.request:
             raise Conflict("NO_STREAM_OUTPUT", f"egress {egress_id} has no stream output; start it with mode "
                                                f"'stream' or 'both' (urls may be empty) to add destinations later")
-        if rec.status != "ACTIVE":
+        if rec.status != Status.ACTIVE:
             raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} is {rec.status}; destinations change only "
                                                 f"while it is ACTIVE")
         added = parse_stream_urls(add, "add")
@@ -255,20 +228,33 @@ class Service:
                 raise InvalidRequest("a running egress switches between built-in layouts; a custom layout is chosen "
                                      "when the egress starts", details={"field": "layout"})
             resolve_layout(layout)
-        if rec.status != "ACTIVE":
+        if rec.status != Status.ACTIVE:
             raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} is {rec.status}; its layout changes only while "
                                                 f"it is ACTIVE")
-        await self.runner.command(egress_id, {"op": "update_layout", "layout": layout})
+        await self.runner.command(egress_id, UpdateLayout(layout=layout))
         return self.store.update(egress_id, layout=layout)
 
-    def _changed(self, rec: EgressRecord, previous: str) -> None:
+    def _change(self, egress_id: str, **fields) -> EgressRecord:
+        """Change an egress and queue the webhooks the change causes, in one transaction; an egress that ended
+        gives its capacity to the next in the queue."""
+        rec = self.store.update(egress_id, events=self.webhooks.for_change, **fields)
+        if "status" in fields:
+            self._settled(rec)
+        return rec
+
+    def _change_stream(self, egress_id: str, index: int, state: dict) -> None:
+        """The `index`-th live destination of an egress changed (a new index: one was added)."""
+        streams = list(self.store.get(egress_id).streams or [])
+        streams[index:index + 1] = [state]
+        self.store.update(egress_id, events=self.webhooks.for_stream(index), streams=streams)
+
+    def _settled(self, rec: EgressRecord) -> None:
         if rec.ended:
             self.admission.release(rec.id)
             if self._queue:
                 task = asyncio.get_running_loop().create_task(self._admit_queued())
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
-        self.webhooks.enqueue(rec, previous)
         log.info("egress %s %s", rec.id, rec.status)
 
     async def shutdown(self) -> None:

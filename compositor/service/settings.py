@@ -22,6 +22,7 @@ from ..request import first_error
 from ..storage import LocalStorage, parse_storage
 from ..storage.config import storage_urls
 from ..storage.uploader import MAX_URL_EXPIRY_S, AnyStorage
+from .requests import ServerFacts
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,14 @@ class Settings:
     backup_storage: AnyStorage | None = None
     upload_retry_window_s: float = 300.0
     stop_grace_s: float = 30.0
+
+    @property
+    def server_facts(self) -> ServerFacts:
+        """What of these settings shapes a worker's request."""
+        return ServerFacts(room_server=bool(self.livekit_url), layouts_dir=self.layouts_dir,
+                           max_file_duration_s=self.max_file_duration_s,
+                           max_stream_duration_s=self.max_stream_duration_s,
+                           max_segment_duration_s=self.max_segment_duration_s)
 
     @property
     def livekit_env(self) -> dict[str, str]:

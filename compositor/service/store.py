@@ -1,6 +1,8 @@
-"""Where the service keeps its egresses: SQLite by default (one file, survives restarts).
+"""Where the service keeps its egresses and the webhook events they cause: SQLite by default (one file,
+survives restarts).
 
-The service talks to `Store` only, so another engine can stand in later.
+An egress's change and the events it causes commit in one transaction (the outbox): a crash between them can
+lose neither. The service talks to `Store` only, so another engine can stand in later.
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-ACTIVE_STATUSES = ("STARTING", "ACTIVE", "ENDING")
-ENDED_STATUSES = ("COMPLETE", "FAILED", "ABORTED", "LIMIT_REACHED")
+from ..protocol import ACTIVE_STATUSES, ENDED_STATUSES, Status
 
 
 @dataclass
@@ -27,7 +30,7 @@ class EgressRecord:
     layout: str
     quality: str
     request: dict
-    status: str = "STARTING"
+    status: Status = Status.STARTING
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -48,10 +51,30 @@ class EgressRecord:
         return self.status in ENDED_STATUSES
 
 
+@dataclass(frozen=True)
+class OutboxEvent:
+    """One webhook event for one receiver, as the outbox keeps it until it is delivered or given up."""
+
+    event_id: str
+    egress_id: str
+    url: str
+    #: baxcloud or livekit: how it is signed
+    format: str
+    body: str
+    attempts: int = 0
+    created_at: float = 0.0
+    #: the outbox's own order; 0 until stored
+    seq: int = 0
+
+
+#: What a change causes: the events for (the egress before, the egress after).
+EventsOf = Callable[[EgressRecord, EgressRecord], list[OutboxEvent]]
+
+
 class Store(Protocol):
     def create(self, rec: EgressRecord) -> None: ...
     def get(self, egress_id: str) -> EgressRecord | None: ...
-    def update(self, egress_id: str, **fields) -> EgressRecord: ...
+    def update(self, egress_id: str, *, events: EventsOf | None = None, **fields) -> EgressRecord: ...
     def list(self, *, room_name: str | None, status: str | None, mode: str | None, page: int,
              limit: int) -> tuple[list[EgressRecord], int]: ...
     def delete(self, egress_id: str) -> None: ...
@@ -60,6 +83,12 @@ class Store(Protocol):
     def put_setting(self, key: str, value: dict) -> None: ...
     def counts(self) -> list[tuple[str, str, int]]: ...
     def first_sighting(self, event_id: str, keep_s: float) -> bool: ...
+    def due_events(self, now: float) -> list[OutboxEvent]: ...
+    def next_event_at(self) -> float | None: ...
+    def event_delivered(self, seq: int, attempts: int) -> None: ...
+    def event_retry(self, seq: int, attempts: int, next_at: float, error: str) -> None: ...
+    def event_given_up(self, seq: int, attempts: int, error: str) -> None: ...
+    def event_backlog(self) -> int: ...
 
 
 _COLUMNS = ["id", "room_name", "mode", "layout", "quality", "request", "status", "created_at", "updated_at",
@@ -88,6 +117,15 @@ class SqliteStore:
             if column not in present:
                 self._db.execute(f"ALTER TABLE egress ADD COLUMN {column} {kind}")
         self._db.execute("CREATE TABLE IF NOT EXISTS setting (key TEXT PRIMARY KEY, value TEXT)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, egress_id TEXT,"
+            " url TEXT, body TEXT, attempts INTEGER DEFAULT 0, next_at REAL, created_at REAL,"
+            " delivered_at REAL, failed_at REAL, last_error TEXT, format TEXT DEFAULT 'baxcloud')")
+        if "format" not in {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}:
+            self._db.execute("ALTER TABLE outbox ADD COLUMN format TEXT DEFAULT 'baxcloud'")
+        # The delivery loop reads only pending events: kept small however many were delivered.
+        self._db.execute("CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(egress_id, url, seq)"
+                         " WHERE delivered_at IS NULL AND failed_at IS NULL")
         self._db.execute("CREATE TABLE IF NOT EXISTS seen_event (id TEXT PRIMARY KEY, at REAL)")
         self._db.execute("CREATE INDEX IF NOT EXISTS egress_created ON egress(created_at DESC, id)")
         self._db.execute("CREATE INDEX IF NOT EXISTS egress_room ON egress(room_name, created_at)")
@@ -98,7 +136,7 @@ class SqliteStore:
         values = dict(zip(_COLUMNS, row))
         for key in _JSON:
             values[key] = json.loads(values[key]) if values[key] is not None else None
-        return EgressRecord(**values)
+        return EgressRecord(**values | {"status": Status(values["status"])})
 
     def create(self, rec: EgressRecord) -> None:
         values = [json.dumps(getattr(rec, c)) if c in _JSON and getattr(rec, c) is not None else getattr(rec, c)
@@ -110,14 +148,63 @@ class SqliteStore:
         row = self._db.execute(f"SELECT {','.join(_COLUMNS)} FROM egress WHERE id = ?", (egress_id,)).fetchone()
         return self._row(row) if row else None
 
-    def update(self, egress_id: str, **fields) -> EgressRecord:
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def update(self, egress_id: str, *, events: EventsOf | None = None, **fields) -> EgressRecord:
+        """Change an egress; with `events`, the webhook events the change causes go into the outbox in the same
+        transaction."""
         fields["updated_at"] = time.time()
         sets = ", ".join(f"{k} = ?" for k in fields)
         values = [json.dumps(v) if k in _JSON and v is not None else v for k, v in fields.items()]
-        self._db.execute(f"UPDATE egress SET {sets} WHERE id = ?", (*values, egress_id))
-        rec = self.get(egress_id)
-        assert rec is not None, egress_id
-        return rec
+        with self._transaction():
+            before = self.get(egress_id)
+            assert before is not None, egress_id
+            self._db.execute(f"UPDATE egress SET {sets} WHERE id = ?", (*values, egress_id))
+            after = self.get(egress_id)
+            for e in events(before, after) if events else []:
+                self._db.execute("INSERT INTO outbox (id, egress_id, url, body, next_at, created_at, format) "
+                                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 (e.event_id, e.egress_id, e.url, e.body, e.created_at, e.created_at, e.format))
+        return after
+
+    # Of each (egress, receiver), only the oldest pending event may go: order holds.
+    _HEADS = ("FROM outbox o WHERE delivered_at IS NULL AND failed_at IS NULL AND seq = (SELECT MIN(seq) FROM"
+              " outbox p WHERE p.egress_id = o.egress_id AND p.url = o.url AND p.delivered_at IS NULL"
+              " AND p.failed_at IS NULL)")
+
+    def due_events(self, now: float) -> list[OutboxEvent]:
+        """The events to send now."""
+        rows = self._db.execute(f"SELECT id, egress_id, url, format, body, attempts, created_at, seq {self._HEADS}"
+                                " AND next_at <= ?", (now,)).fetchall()
+        return [OutboxEvent(*row) for row in rows]
+
+    def next_event_at(self) -> float | None:
+        """When the next event may go (one waiting behind a retrying one waits for it); None when none is pending."""
+        return self._db.execute(f"SELECT MIN(next_at) {self._HEADS}").fetchone()[0]
+
+    def event_delivered(self, seq: int, attempts: int) -> None:
+        self._db.execute("UPDATE outbox SET delivered_at = ?, attempts = ? WHERE seq = ?", (time.time(), attempts, seq))
+
+    def event_retry(self, seq: int, attempts: int, next_at: float, error: str) -> None:
+        self._db.execute("UPDATE outbox SET attempts = ?, next_at = ?, last_error = ? WHERE seq = ?",
+                         (attempts, next_at, error, seq))
+
+    def event_given_up(self, seq: int, attempts: int, error: str) -> None:
+        self._db.execute("UPDATE outbox SET failed_at = ?, attempts = ?, last_error = ? WHERE seq = ?",
+                         (time.time(), attempts, error, seq))
+
+    def event_backlog(self) -> int:
+        """Events neither delivered nor given up."""
+        return self._db.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL"
+                                ).fetchone()[0]
 
     def list(self, *, room_name: str | None = None, status: str | None = None, mode: str | None = None,
              page: int = 1, limit: int = 20) -> tuple[list[EgressRecord], int]:

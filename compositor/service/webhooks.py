@@ -1,4 +1,5 @@
-"""Webhooks: signed, persisted in an outbox, retried with backoff, in order per egress.
+"""Webhooks: composed with the change that causes them (the store commits both at once), signed, retried
+with backoff, in order per egress.
 
 Delivery runs in the service's own task, apart from the workers, so a slow or
 dead receiver never slows a recording.
@@ -17,15 +18,14 @@ import hmac
 import json
 import logging
 import secrets
-import sqlite3
 import time
-from pathlib import Path
 
 import aiohttp
 
+from ..protocol import Status, StreamStatus
 from . import livekit_info
 from .results import iso, recording_id
-from .store import EgressRecord
+from .store import EgressRecord, OutboxEvent, Store
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,10 @@ def events_for(rec: EgressRecord, previous: str | None) -> list[tuple[str, dict]
         base = {"egressId": rec.id, "roomName": rec.room_name, "type": rec.mode}
         if kind == "recording":
             base = {"recordingId": recording_id(rec.id), **base}
-        if rec.status == "ACTIVE":
+        if rec.status == Status.ACTIVE:
             extra = {"destinations": [s["url"] for s in rec.streams or []]} if kind == "stream" else {}
             out.append((f"{kind}.started", {**base, "quality": rec.quality, "layout": rec.layout, **extra}))
-        elif rec.status in ("COMPLETE", "LIMIT_REACHED"):
+        elif rec.status in (Status.COMPLETE, Status.LIMIT_REACHED):
             f = rec.file or {}
             done = {"status": "COMPLETED", "durationSec": f.get("duration") or _duration(rec)}
             if kind == "recording":
@@ -77,7 +77,7 @@ def events_for(rec: EgressRecord, previous: str | None) -> list[tuple[str, dict]
             else:
                 done["destinations"] = [{"url": s["url"], "status": s["status"]} for s in rec.streams or []]
             out.append((f"{kind}.completed", {**base, **done}))
-        elif rec.status in ("FAILED", "ABORTED"):
+        elif rec.status in (Status.FAILED, Status.ABORTED):
             out.append((f"{kind}.failed", {**base, "status": rec.status, "errorMessage": rec.error,
                                            "errorCode": rec.error_code}))
     return out
@@ -85,13 +85,13 @@ def events_for(rec: EgressRecord, previous: str | None) -> list[tuple[str, dict]
 
 def stream_events_for(rec: EgressRecord, dest: dict, previous: str | None) -> list[tuple[str, dict]]:
     """A live destination's change: `stream.updated`, or `stream.failed` when it failed for good."""
-    if dest["status"] == previous or dest["status"] == "STARTING":
+    if dest["status"] == previous or dest["status"] == StreamStatus.STARTING:
         return []
     data = {"egressId": rec.id, "roomName": rec.room_name, "type": rec.mode, "destination": dest["url"],
             "status": dest["status"], "retries": dest.get("retries", 0)}
     if dest.get("error_code"):
         data.update(errorMessage=dest.get("error"), errorCode=dest["error_code"])
-    return [("stream.failed" if dest["status"] == "FAILED" else "stream.updated", data)]
+    return [("stream.failed" if dest["status"] == StreamStatus.FAILED else "stream.updated", data)]
 
 
 def _duration(rec: EgressRecord) -> float | None:
@@ -102,63 +102,64 @@ FORMATS = ("baxcloud", "livekit")
 
 
 class Webhooks:
-    """The outbox (a table in the service's SQLite file) and its delivery loop."""
+    """Which events a change causes (for the store's outbox), and the loop that delivers them from there."""
 
-    def __init__(self, db_path: Path, urls: list[str], secret: str, retry_base_s: float = 2.0,
+    def __init__(self, store: Store, urls: list[str], secret: str, retry_base_s: float = 2.0,
                  formats: tuple[str, ...] = ("baxcloud",), livekit_key: str = "", livekit_secret: str = ""):
+        self.store = store
         self.urls = urls
         self.secret = secret
         self.retry_base_s = retry_base_s
         self.formats = formats
         self._livekit = (livekit_key, livekit_secret)
-        self._db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, egress_id TEXT,"
-            " url TEXT, body TEXT, attempts INTEGER DEFAULT 0, next_at REAL, created_at REAL,"
-            " delivered_at REAL, failed_at REAL, last_error TEXT, format TEXT DEFAULT 'baxcloud')")
-        if "format" not in {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}:
-            self._db.execute("ALTER TABLE outbox ADD COLUMN format TEXT DEFAULT 'baxcloud'")
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
-    def enqueue(self, rec: EgressRecord, previous: str | None) -> None:
-        """The events of an egress's status change, into the outbox."""
+    def for_change(self, before: EgressRecord, after: EgressRecord) -> list[OutboxEvent]:
+        """The events of an egress's status change."""
+        out = []
         if "baxcloud" in self.formats:
-            self._queue(rec.id, events_for(rec, previous))
+            out += self._baxcloud(after.id, events_for(after, before.status))
         if "livekit" in self.formats:
-            self._queue_livekit(rec, livekit_info.events_for(rec, previous))
+            out += self._livekit_events(after, livekit_info.events_for(after, before.status))
+        return out
 
-    def enqueue_stream(self, rec: EgressRecord, dest: dict, previous: str | None) -> None:
-        """The events of a destination's change, into the outbox (in order with the egress's own)."""
-        events = stream_events_for(rec, dest, previous)
-        if "baxcloud" in self.formats:
-            self._queue(rec.id, events)
-        if "livekit" in self.formats and events and not rec.ended:
-            self._queue_livekit(rec, ["egress_updated"])
+    def for_stream(self, index: int):
+        """The events of a change of the `index`-th live destination (in order with the egress's own)."""
+        def events(before: EgressRecord, after: EgressRecord) -> list[OutboxEvent]:
+            was = before.streams or []
+            events = stream_events_for(after, after.streams[index], was[index]["status"] if index < len(was) else None)
+            out = self._baxcloud(after.id, events) if "baxcloud" in self.formats else []
+            if "livekit" in self.formats and events and not after.ended:
+                out += self._livekit_events(after, ["egress_updated"])
+            return out
+        return events
 
-    def _queue(self, egress_id: str, events: list[tuple[str, dict]]) -> None:
+    def _baxcloud(self, egress_id: str, events: list[tuple[str, dict]]) -> list[OutboxEvent]:
         now = time.time()
+        out = []
         for name, data in events:
             event_id = "evt_" + secrets.token_hex(8)
-            self._insert(event_id, egress_id, "baxcloud", json.dumps(
-                {"event": name, "id": event_id, "timestamp": iso(now), "data": data}, separators=(",", ":")))
+            out += self._to_each(event_id, egress_id, "baxcloud", json.dumps(
+                {"event": name, "id": event_id, "timestamp": iso(now), "data": data}, separators=(",", ":")), now)
+        return out
 
-    def _queue_livekit(self, rec: EgressRecord, names: list[str]) -> None:
+    def _livekit_events(self, rec: EgressRecord, names: list[str]) -> list[OutboxEvent]:
+        out = []
         for name in names:
             event_id = "EV_" + secrets.token_hex(8)
-            self._insert(event_id, rec.id, "livekit", livekit_info.webhook_event(rec, name, event_id))
+            out += self._to_each(event_id, rec.id, "livekit", livekit_info.webhook_event(rec, name, event_id),
+                                 time.time())
+        return out
 
-    def _insert(self, event_id: str, egress_id: str, fmt: str, body: str) -> None:
-        now = time.time()
-        for url in self.urls:
-            self._db.execute("INSERT INTO outbox (id, egress_id, url, body, next_at, created_at, format) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?)", (event_id, egress_id, url, body, now, now, fmt))
+    def _to_each(self, event_id: str, egress_id: str, fmt: str, body: str, now: float) -> list[OutboxEvent]:
+        # The delivery loop runs once the change that queued these has committed (this runs inside it).
         self._wake.set()
+        return [OutboxEvent(event_id, egress_id, url, fmt, body, created_at=now) for url in self.urls]
 
     @property
     def backlog(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL"
-                                ).fetchone()[0]
+        return self.store.event_backlog()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -170,60 +171,43 @@ class Webhooks:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        self._db.close()
-
-    def _due(self) -> list[tuple]:
-        # Only the oldest pending event of each (egress, url) may go: order holds.
-        return self._db.execute(
-            "SELECT seq, id, url, body, attempts, created_at, format FROM outbox o WHERE delivered_at IS NULL AND"
-            " failed_at IS NULL AND seq = (SELECT MIN(seq) FROM outbox p WHERE p.egress_id = o.egress_id AND"
-            " p.url = o.url AND p.delivered_at IS NULL AND p.failed_at IS NULL) AND next_at <= ?",
-            (time.time(),)).fetchall()
-
-    def _next_wake(self) -> float:
-        row = self._db.execute("SELECT MIN(next_at) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL"
-                               ).fetchone()
-        return max(0.0, row[0] - time.time()) if row and row[0] else 3600.0
 
     async def _run(self) -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             while True:
-                due = self._due()
+                due = self.store.due_events(time.time())
                 if due:
-                    await asyncio.gather(*(self._deliver(session, *row) for row in due))
+                    await asyncio.gather(*(self._deliver(session, event) for event in due))
                     continue
                 self._wake.clear()
+                next_at = self.store.next_event_at()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self._next_wake())
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, next_at - time.time()) if next_at else 3600.0)
                 except TimeoutError:
                     pass
 
-    async def _deliver(self, session: aiohttp.ClientSession, seq: int, event_id: str, url: str, body: str,
-                       attempts: int, created_at: float, fmt: str) -> None:
-        data = body.encode()
-        if fmt == "livekit":
+    async def _deliver(self, session: aiohttp.ClientSession, event: OutboxEvent) -> None:
+        data = event.body.encode()
+        if event.format == "livekit":
             headers = {"Content-Type": "application/webhook+json",
                        "Authorization": livekit_info.authorization(*self._livekit, data)}
         else:
-            headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event_id,
+            headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event.event_id,
                        SIGNATURE_HEADER: sign(self.secret, int(time.time()), data)}
         error = None
+        attempts = event.attempts + 1
         try:
-            async with session.post(url, data=data, headers=headers) as resp:
+            async with session.post(event.url, data=data, headers=headers) as resp:
                 if 200 <= resp.status < 300:
-                    self._db.execute("UPDATE outbox SET delivered_at = ?, attempts = ? WHERE seq = ?",
-                                     (time.time(), attempts + 1, seq))
+                    self.store.event_delivered(event.seq, attempts)
                     return
                 error = f"HTTP {resp.status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = str(exc) or type(exc).__name__
-        attempts += 1
-        if time.time() - created_at > GIVE_UP_AFTER_S:
-            log.error("webhook %s to %s given up after %d attempts: %s", event_id, url, attempts, error)
-            self._db.execute("UPDATE outbox SET failed_at = ?, attempts = ?, last_error = ? WHERE seq = ?",
-                             (time.time(), attempts, error, seq))
+        if time.time() - event.created_at > GIVE_UP_AFTER_S:
+            log.error("webhook %s to %s given up after %d attempts: %s", event.event_id, event.url, attempts, error)
+            self.store.event_given_up(event.seq, attempts, error)
             return
         delay = min(self.retry_base_s * 2 ** (attempts - 1), MAX_BACKOFF_S)
-        log.warning("webhook %s to %s failed (%s); retry in %.0f s", event_id, url, error, delay)
-        self._db.execute("UPDATE outbox SET attempts = ?, next_at = ?, last_error = ? WHERE seq = ?",
-                         (attempts, time.time() + delay, error, seq))
+        log.warning("webhook %s to %s failed (%s); retry in %.0f s", event.event_id, event.url, error, delay)
+        self.store.event_retry(event.seq, attempts, time.time() + delay, error)

@@ -1,14 +1,14 @@
 """Runs each egress as its own `compositor record` worker and follows its events.
 
 The service and a worker talk only through the worker's arguments (a request
-file), its JSON-lines events on stdout, signals (SIGINT: finish the file),
-and commands as JSON lines on its stdin (changing live destinations).
+file), its events on stdout, signals (SIGINT: finish the file), and commands
+on its stdin (a warm worker's job, changes to live destinations and layout):
+the events and commands are protocol's models, one JSON line each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -18,9 +18,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import Conflict, InvalidRequest
-from ..events import STORING
 from ..plan import DEFAULT_SAMPLE_RATE, WARM_SIZE, partial_path
 from ..process import ManagedProcess
+from ..protocol import (
+    Command,
+    CommandReply,
+    ErrorEvent,
+    Event,
+    JobCommand,
+    ResultEvent,
+    Status,
+    StatusEvent,
+    StreamEvent,
+    UpdateStreams,
+    WarmEvent,
+    parse_event,
+)
 from ..request import RecordRequest, UploadSpec
 from ..storage.config import REVEAL
 from .results import FileResult, iso
@@ -39,17 +52,16 @@ WARM_TIMEOUT_S = 30.0
 class WorkerRunner:
     """Owns the worker processes of running egresses."""
 
-    def __init__(self, store: Store, jobs_dir: Path,
-                 on_change: Callable[[EgressRecord, str], None] | None = None,
-                 on_stream: Callable[[EgressRecord, dict, str | None], None] | None = None, *,
+    def __init__(self, store: Store, jobs_dir: Path, change: Callable[..., EgressRecord],
+                 change_stream: Callable[[str, int, dict], None], *,
                  warm_target: int = 0, warm_size: tuple[int, int] = WARM_SIZE, worker_args: tuple[str, ...] = (),
                  worker_env: dict[str, str] | None = None):
         self.store = store
         self.jobs_dir = jobs_dir
-        #: called with the updated egress and its status before the update
-        self.on_change = on_change or (lambda rec, previous: None)
-        #: called with the egress, a destination's new state and its status before
-        self.on_stream = on_stream or (lambda rec, dest, previous: None)
+        #: changes an egress (its fields as keywords) with the webhooks that causes
+        self.change = change
+        #: changes (or adds) an egress's `index`-th live destination
+        self.change_stream = change_stream
         self._replies: dict[int, asyncio.Future] = {}
         self._next_command = 0
         #: idle workers with display, sink and browser up, for jobs of `warm_size` at 48 kHz
@@ -87,9 +99,9 @@ class WorkerRunner:
             # A warm worker takes its job on stdin; the file is for a restarted service to resume a delivery.
             _write_private(config, request.model_dump_json(exclude_none=True, context=REVEAL))
         if worker is not None:
-            job = {"op": "job", "egress_id": egress_id,
-                   "request": request.model_dump(mode="json", exclude_none=True, context=REVEAL)}
-            worker.proc.stdin.write((json.dumps(job) + "\n").encode())
+            job = JobCommand(egress_id=egress_id,
+                             request=request.model_dump(mode="json", exclude_none=True, context=REVEAL))
+            worker.proc.stdin.write((job.wire() + "\n").encode())
             # It has its signal handlers already: a stop can go at once.
             self._listening.add(egress_id)
             self.replenish()
@@ -98,7 +110,7 @@ class WorkerRunner:
                                   "--control", "stdin", *self.worker_args)
             await worker.start()
         self._workers[egress_id] = worker
-        self._set(egress_id, worker_pid=worker.pid)
+        self.change(egress_id, worker_pid=worker.pid)
         self._followers[egress_id] = asyncio.create_task(self._follow(egress_id, worker))
 
     def job_file(self, egress_id: str) -> Path:
@@ -191,11 +203,7 @@ class WorkerRunner:
     async def _until_warm(worker: ManagedProcess) -> bool:
         """Read its events up to WARM (the rest of its stream is the egress's, read by _follow)."""
         async for raw in worker.proc.stdout:
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                continue
-            if event.get("type") == "status" and event.get("status") == "WARM":
+            if isinstance(parse_event(raw), WarmEvent):
                 return True
         return False
 
@@ -212,9 +220,9 @@ class WorkerRunner:
 
     async def update_streams(self, egress_id: str, add: list[str], remove: list[str]) -> None:
         """Have a running worker add and remove destinations; raises the worker's error if it refuses."""
-        await self.command(egress_id, {"op": "update_streams", "add": add, "remove": remove})
+        await self.command(egress_id, UpdateStreams(add=add, remove=remove))
 
-    async def command(self, egress_id: str, command: dict) -> dict:
+    async def command(self, egress_id: str, command: Command) -> CommandReply:
         """Send a running worker a command; its answer, or the worker's error if it refuses."""
         worker = self._workers.get(egress_id)
         if worker is None or not worker.running or egress_id not in self._listening:
@@ -223,7 +231,7 @@ class WorkerRunner:
         ident = self._next_command
         reply = self._replies[ident] = asyncio.get_running_loop().create_future()
         try:
-            worker.proc.stdin.write((json.dumps({**command, "id": ident}) + "\n").encode())
+            worker.proc.stdin.write((command.model_copy(update={"id": ident}).wire() + "\n").encode())
             await worker.proc.stdin.drain()
             answer = await asyncio.wait_for(reply, COMMAND_TIMEOUT_S)
         except (ConnectionError, TimeoutError) as exc:
@@ -231,11 +239,11 @@ class WorkerRunner:
                            f"egress {egress_id} did not take the change ({exc or 'timeout'})") from None
         finally:
             self._replies.pop(ident, None)
-        if answer.get("ok"):
+        if answer.ok:
             return answer
-        if answer.get("code") == "INVALID_ARGUMENT":
-            raise InvalidRequest(answer.get("message", "refused"), details=answer.get("details") or {})
-        raise Conflict(answer.get("code", "REFUSED"), answer.get("message", "the worker refused the change"))
+        if answer.code == "INVALID_ARGUMENT":
+            raise InvalidRequest(answer.message or "refused", details=answer.details or {})
+        raise Conflict(answer.code or "REFUSED", answer.message or "the worker refused the change")
 
     async def shutdown(self, grace: float = WORKER_STOP_S) -> None:
         """Stop every worker cleanly (killing those past the grace period)."""
@@ -244,18 +252,13 @@ class WorkerRunner:
         await asyncio.gather(*(w.stop(grace) for w in workers), return_exceptions=True)
         await asyncio.gather(*self._followers.values(), return_exceptions=True)
 
-    def _set(self, egress_id: str, **fields) -> None:
-        previous = self.store.get(egress_id).status
-        self.on_change(self.store.update(egress_id, **fields), previous)
-
     async def _follow(self, egress_id: str, worker: ManagedProcess) -> None:
         settled = False
         try:
             assert worker.proc and worker.proc.stdout
             async for raw in worker.proc.stdout:
-                try:
-                    event = json.loads(raw)
-                except ValueError:
+                event = parse_event(raw)
+                if event is None:
                     continue
                 if egress_id not in self._listening:
                     # Its first event comes after it set up its signal handlers.
@@ -269,7 +272,7 @@ class WorkerRunner:
                             egress_id)
             else:
                 if not settled:
-                    self._set(egress_id, status="FAILED", ended_at=time.time(), error_code="WORKER_CRASHED",
+                    self.change(egress_id, status=Status.FAILED, ended_at=time.time(), error_code="WORKER_CRASHED",
                               error=f"the worker ended without a result: {worker.describe_exit()}",
                               file=kept_file(self.store.get(egress_id).request))
                 self.forget_job(egress_id)
@@ -281,51 +284,35 @@ class WorkerRunner:
             self._delivering.discard(egress_id)
             log.info("worker %s ended (%s)", egress_id, worker.proc.returncode if worker.proc else None)
 
-    def _apply(self, egress_id: str, event: dict) -> bool:
+    def _apply(self, egress_id: str, event: Event) -> bool:
         """Fold one worker event into the store; True when it settles the egress."""
-        kind = event.get("type")
-        if kind == "status" and event.get("message") == STORING:
-            self._delivering.add(egress_id)
-        if kind == "status" and event.get("status") in ("ACTIVE", "ENDING"):
-            fields = {"status": event["status"]}
-            if event.get("message") and event["status"] == "ACTIVE":
-                log.warning("egress %s: %s", egress_id, event["message"])
-            if event["status"] == "ACTIVE":
-                fields["started_at"] = event["time"]
-            self._set(egress_id, **fields)
-        elif kind == "stream":
-            self._stream(egress_id, event)
-        elif kind == "command":
-            reply = self._replies.get(event.get("id"))
+        if isinstance(event, StatusEvent) and event.status in (Status.ACTIVE, Status.ENDING):
+            if event.storing:
+                self._delivering.add(egress_id)
+            fields: dict = {"status": event.status}
+            if event.status == Status.ACTIVE:
+                if event.message:
+                    log.warning("egress %s: %s", egress_id, event.message)
+                fields["started_at"] = event.time
+            self.change(egress_id, **fields)
+        elif isinstance(event, StreamEvent):
+            self.change_stream(egress_id, event.index, event.state())
+        elif isinstance(event, CommandReply):
+            reply = self._replies.get(event.id)
             if reply and not reply.done():
                 reply.set_result(event)
-        elif kind == "result":
-            f = event.get("file")
-            outputs = {k: event[k] for k in ("segments", "images", "manifest") if event.get(k)}
-            self._set(egress_id, status="LIMIT_REACHED" if event.get("stopped_by") == "limit" else "COMPLETE",
-                      ended_at=event["time"], file=_file_result(f) if f else None, outputs=outputs or None,
-                      **({"streams": event["streams"]} if event.get("streams") else {}))
+        elif isinstance(event, ResultEvent):
+            outputs = {k: v for k in ("segments", "images", "manifest") if (v := getattr(event, k))}
+            self.change(egress_id, status=Status.LIMIT_REACHED if event.stopped_by == "limit" else Status.COMPLETE,
+                      ended_at=event.time, file=_file_result(event.file) if event.file else None,
+                      outputs=outputs or None, **({"streams": event.streams} if event.streams else {}))
             return True
-        elif kind == "error":
-            kept = (event.get("file") or {}).get("path")
-            self._set(egress_id, status=event.get("status", "FAILED"), ended_at=event["time"],
-                      error=event.get("message"), error_code=event.get("code"),
-                      file=_kept(Path(kept)) if kept else None)
+        elif isinstance(event, ErrorEvent):
+            kept = (event.file or {}).get("path")
+            self.change(egress_id, status=event.status, ended_at=event.time, error=event.message,
+                      error_code=event.code, file=_kept(Path(kept)) if kept else None)
             return True
         return False
-
-    def _stream(self, egress_id: str, event: dict) -> None:
-        """A destination changed: keep its state (by its index) and tell who listens."""
-        rec = self.store.get(egress_id)
-        streams = list(rec.streams or [])
-        dest = {k: v for k, v in event.items() if k not in ("type", "time", "egress_id", "index")}
-        index = event.get("index", len(streams))
-        previous = streams[index]["status"] if index < len(streams) else None
-        if index < len(streams):
-            streams[index] = dest
-        else:
-            streams.append(dest)
-        self.on_stream(self.store.update(egress_id, streams=streams), dest, previous)
 
 
 def _write_private(path: Path, text: str) -> None:

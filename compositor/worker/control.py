@@ -1,4 +1,5 @@
-"""The worker's control channel: commands as JSON lines on stdin, each answered by a `command` event.
+"""The worker's control channel: commands (protocol.Command) as JSON lines on stdin, each answered by a
+CommandReply event.
 
 A warm worker takes its job this way; a recording takes changes to its live
 destinations and its layout.
@@ -10,8 +11,11 @@ import asyncio
 import json
 import sys
 
-from ..errors import CompositorError, Conflict, InvalidRequest
+from pydantic import ValidationError
+
+from ..errors import CompositorError, Conflict
 from ..events import EventSink
+from ..protocol import COMMAND, CommandReply, JobCommand, UpdateLayout, UpdateStreams
 from .recorder import Recorder
 
 
@@ -21,7 +25,7 @@ class Control:
     def __init__(self, events: EventSink):
         self.events = events
         self.recorder: Recorder | None = None
-        self.job: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+        self.job: asyncio.Future[JobCommand] = asyncio.get_running_loop().create_future()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -29,30 +33,37 @@ class Control:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         async for line in reader:
             try:
-                cmd = json.loads(line)
-                if not isinstance(cmd, dict):
-                    raise ValueError
+                raw = json.loads(line)
             except ValueError:
-                self.events.emit("command", ok=False, code="INVALID_ARGUMENT",
-                                 message="a command is one JSON object per line")
+                raw = None
+            if not isinstance(raw, dict):
+                self.events.emit(CommandReply(ok=False, code="INVALID_ARGUMENT",
+                                              message="a command is one JSON object per line"))
                 continue
+            ident = raw.get("id") if isinstance(raw.get("id"), int) else None
             try:
-                self.events.emit("command", id=cmd.get("id"), ok=True, **await self._take(cmd))
+                reply = CommandReply(id=ident, ok=True, **await self._take(COMMAND.validate_python(raw)))
+            except ValidationError as exc:
+                reply = CommandReply(id=ident, ok=False, code="INVALID_ARGUMENT", message=_why(exc))
             except CompositorError as exc:
-                self.events.emit("command", id=cmd.get("id"), ok=False, **exc.to_dict())
+                reply = CommandReply(id=ident, ok=False, **exc.to_dict())
+            self.events.emit(reply)
 
-    async def _take(self, cmd: dict) -> dict:
-        op = cmd.get("op")
-        if op == "job":
+    async def _take(self, cmd: JobCommand | UpdateStreams | UpdateLayout) -> dict:
+        if isinstance(cmd, JobCommand):
             if self.job.done():
                 raise Conflict("HAS_JOB", "this worker already has its job")
             self.job.set_result(cmd)
             return {}
-        if op not in ("update_streams", "update_layout"):
-            raise InvalidRequest("unknown command; known: job, update_streams, update_layout")
         if self.recorder is None:
             raise Conflict("EGRESS_NOT_ACTIVE", "no recording is running yet")
-        if op == "update_layout":
-            return await self.recorder.update_layout(str(cmd.get("layout") or ""))
-        return {"streams": await self.recorder.update_streams(list(cmd.get("add") or []),
-                                                              list(cmd.get("remove") or []))}
+        if isinstance(cmd, UpdateLayout):
+            return await self.recorder.update_layout(cmd.layout)
+        return {"streams": await self.recorder.update_streams(cmd.add, cmd.remove)}
+
+
+def _why(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        return "unknown command; known: job, update_streams, update_layout"
+    return f"{'.'.join(map(str, first['loc'][1:]))}: {first['msg']}"

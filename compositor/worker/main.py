@@ -27,6 +27,7 @@ from ..outbound import OutboundPolicy
 from ..paths import WORKDIR_PREFIX
 from ..pipeline.delivery import Delivery
 from ..plan import DEFAULT_SAMPLE_RATE, EgressConfig, resolve
+from ..protocol import ErrorEvent, ResultEvent, Status, WarmEvent
 from ..request import RecordRequest, first_error, read_request_file
 from ..storage.manifest import find_manifest, read_manifest, result_of
 from .control import Control
@@ -93,8 +94,8 @@ async def record(options: WorkerOptions, request: Callable[[], RecordRequest] | 
                     control.recorder = job.recorder
                 outputs = await job.recorder.run()
     except CompositorError as exc:
-        events.emit("error", egress_id=job.config.egress_id if job.config else None, status=_status_of(exc),
-                    **exc.to_dict(), **({"file": {"path": exc.details["file"]}} if "file" in exc.details else {}))
+        events.emit(ErrorEvent(egress_id=job.config.egress_id if job.config else None, status=_status_of(exc),
+                               **exc.to_dict(), file={"path": exc.details["file"]} if "file" in exc.details else None))
         return exc.exit_status
     finally:
         if commands:
@@ -103,8 +104,8 @@ async def record(options: WorkerOptions, request: Callable[[], RecordRequest] | 
     if "file" in result:
         result["file"].update(started_at=job.recorder.timings.get("first_frame"),
                               ended_at=job.recorder.timings.get("stop_requested"))
-    events.emit("result", egress_id=job.config.egress_id, status="COMPLETE", **result,
-                timings=job.recorder.timings, stopped_by=job.recorder.stopped_by)
+    events.emit(ResultEvent(egress_id=job.config.egress_id, **result, timings=job.recorder.timings,
+                            stopped_by=job.recorder.stopped_by))
     return 0
 
 
@@ -117,7 +118,7 @@ async def _warm(options: WorkerOptions, stop: asyncio.Event, control: Control, j
     try:
         async with contextlib.AsyncExitStack() as stack:
             stage = await open_stage(stack, workdir, width, height, DEFAULT_SAMPLE_RATE, gate)
-            options.events.emit("status", status="WARM", width=width, height=height)
+            options.events.emit(WarmEvent(width=width, height=height))
             stopped = asyncio.ensure_future(stop.wait())
             await asyncio.wait([control.job, stopped], return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
@@ -125,10 +126,10 @@ async def _warm(options: WorkerOptions, stop: asyncio.Event, control: Control, j
                 raise Aborted("stopped while warm, before any job")
             cmd = control.job.result()
             try:
-                request = RecordRequest.model_validate(cmd.get("request") or {})
+                request = RecordRequest.model_validate(cmd.request)
             except ValidationError as exc:
                 raise InvalidRequest(first_error(exc)) from None
-            job.config = resolve(request, egress_id=cmd.get("egress_id"), policy=gate.policy)
+            job.config = resolve(request, egress_id=cmd.egress_id, policy=gate.policy)
             if job.config.frame != (width, height, DEFAULT_SAMPLE_RATE):
                 raise InvalidRequest(f"this warm worker renders {width}x{height} at {DEFAULT_SAMPLE_RATE} Hz; the job "
                                      "needs {}x{} at {} Hz".format(*job.config.frame))
@@ -138,8 +139,8 @@ async def _warm(options: WorkerOptions, stop: asyncio.Event, control: Control, j
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _status_of(exc: CompositorError) -> str:
-    return "ABORTED" if exc.code == "ABORTED" else "FAILED"
+def _status_of(exc: CompositorError) -> Status:
+    return Status.ABORTED if exc.code == "ABORTED" else Status.FAILED
 
 
 async def deliver(options: WorkerOptions, job_file: Path) -> int:
@@ -161,13 +162,11 @@ async def deliver(options: WorkerOptions, job_file: Path) -> int:
                     Delivery(request.upload, egress_id, events, gate.url) as delivery):
             delivered = await delivery.deliver(read_manifest(found))
     except ValidationError as exc:
-        events.emit("error", egress_id=egress_id, status="FAILED", code="INVALID_ARGUMENT",
-                    message=first_error(exc))
+        events.emit(ErrorEvent(egress_id=egress_id, code="INVALID_ARGUMENT", message=first_error(exc)))
         return 2
     except CompositorError as exc:
         kept = exc.details.get("kept")
-        events.emit("error", egress_id=egress_id, status="FAILED", **exc.to_dict(),
-                    **({"file": {"path": kept}} if kept else {}))
+        events.emit(ErrorEvent(egress_id=egress_id, **exc.to_dict(), file={"path": kept} if kept else None))
         return exc.exit_status
-    events.emit("result", egress_id=egress_id, status="COMPLETE", **result_of(delivered), stopped_by="resumed")
+    events.emit(ResultEvent(egress_id=egress_id, **result_of(delivered), stopped_by="resumed"))
     return 0

@@ -31,7 +31,7 @@ from ..errors import (
     StartTimeout,
     TemplateFailed,
 )
-from ..events import STORING, EventSink
+from ..events import EventSink
 from ..layouts import resolve_layout
 from ..livekit_room import server_from_env, with_query
 from ..paths import WORKDIR_PREFIX
@@ -55,6 +55,7 @@ from ..pipeline.streams import Destination, StreamFanout
 from ..plan import EgressConfig, partial_path
 from ..probe import MediaFacts
 from ..process import ManagedProcess
+from ..protocol import ProgressEvent, Status, StatusEvent, StreamEvent
 from ..storage.errors import UploadFailed
 from ..storage.manifest import result_of
 from .gate import OutboundGate
@@ -119,9 +120,9 @@ class Recorder:
         #: the outputs are being stored (recording is over)
         self.storing = False
 
-    def _status(self, status: str, message: str = "", **extra) -> None:
-        self.events.emit("status", status=status, egress_id=self.config.egress_id,
-                         **({"message": message} if message else {}), **extra)
+    def _status(self, status: Status, message: str = "", **extra) -> None:
+        self.events.emit(StatusEvent(status=status, egress_id=self.config.egress_id, message=message or None,
+                                     **extra))
 
     async def run(self, stage: Stage | None = None) -> Outputs:
         """Record to every output of the config; returns what they became, or raises CompositorError.
@@ -129,7 +130,7 @@ class Recorder:
         `stage` is a warm worker's display, sink and browser, already up for this frame size.
         """
         cfg = self.config
-        self._status("STARTING")
+        self._status(Status.STARTING)
         await preflight(cfg, self.gate)
         async with contextlib.AsyncExitStack() as outer:
             if cfg.upload:
@@ -159,7 +160,7 @@ class Recorder:
                                   file=file, playlist=cfg.segments.playlist if cfg.segments else None,
                                   live_playlist=cfg.segments.live_playlist if cfg.segments else None,
                                   images=images)
-        self._status("ENDING", message=STORING)
+        self._status(Status.ENDING, "storing the outputs", storing=True)
         self.storing = True
         try:
             outputs.delivered = await self.delivery.deliver(manifest)
@@ -242,12 +243,12 @@ class Recorder:
             # What this job holds, so a supervisor (or a test) can check it all goes away.
             owners = {"xvfb": display.process, "pulseaudio": sink.process, "chromium": browser.process,
                       "ffmpeg": encoder.process}
-            self._status("ACTIVE", await self._start_notice(browser),
+            self._status(Status.ACTIVE, await self._start_notice(browser),
                          resources={"display": display.name, "workdir": str(workdir),
                                     "pids": {k: p.pid for k, p in owners.items() if p}})
             failure = await self._until_done(encoder, browser, watched)
         self.timings["stop_requested"] = time.time()
-        self._status("ENDING")
+        self._status(Status.ENDING)
         code = await encoder.stop()
         log.debug("encoder exit %s", code)
         outputs = Outputs()
@@ -341,7 +342,7 @@ class Recorder:
 
     def _stream_changed(self, dest: Destination) -> None:
         index = self._fanout.destinations.index(dest) if self._fanout and dest in self._fanout.destinations else -1
-        self.events.emit("stream", egress_id=self.config.egress_id, index=index, **dest.info())
+        self.events.emit(StreamEvent(egress_id=self.config.egress_id, index=index, **dest.info()))
 
     async def _start_signal(self, browser: Browser) -> None:
         while (signal := await browser.signals.get()) != START_RECORDING:
@@ -457,6 +458,6 @@ class Recorder:
         size = p.total_size
         if not size and self._partial and self._partial.exists():
             size = self._partial.stat().st_size  # behind ffmpeg's tee there is no total
-        self.events.emit("progress", egress_id=self.config.egress_id, elapsed=round(p.out_time, 2),
-                         frames=p.frame, fps=p.fps, bitrate_kbps=p.bitrate_kbps, size=size,
-                         dup_frames=p.dup_frames, drop_frames=p.drop_frames, speed=p.speed)
+        self.events.emit(ProgressEvent(egress_id=self.config.egress_id, elapsed=round(p.out_time, 2),
+                                       frames=p.frame, fps=p.fps, bitrate_kbps=p.bitrate_kbps, size=size,
+                                       dup_frames=p.dup_frames, drop_frames=p.drop_frames, speed=p.speed))
