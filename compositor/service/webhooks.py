@@ -25,7 +25,7 @@ import aiohttp
 from ..protocol import Status, StreamStatus
 from . import livekit_info
 from .results import iso, recording_id
-from .store import EgressRecord, OutboxEvent, Store
+from .store import EgressRecord, EventsOf, OutboxEvent, Store
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +124,16 @@ class Webhooks:
             out += self._livekit_events(after, livekit_info.events_for(after, before.status))
         return out
 
-    def for_stream(self, index: int):
+    def for_stream(self, index: int) -> EventsOf:
         """The events of a change of the `index`-th live destination (in order with the egress's own)."""
-        def events(before: EgressRecord, after: EgressRecord) -> list[OutboxEvent]:
+        def of_change(before: EgressRecord, after: EgressRecord) -> list[OutboxEvent]:
             was = before.streams or []
-            events = stream_events_for(after, after.streams[index], was[index]["status"] if index < len(was) else None)
-            out = self._baxcloud(after.id, events) if "baxcloud" in self.formats else []
-            if "livekit" in self.formats and events and not after.ended:
+            named = stream_events_for(after, after.streams[index], was[index]["status"] if index < len(was) else None)
+            out = self._baxcloud(after.id, named) if "baxcloud" in self.formats else []
+            if "livekit" in self.formats and named and not after.ended:
                 out += self._livekit_events(after, ["egress_updated"])
             return out
-        return events
+        return of_change
 
     def _baxcloud(self, egress_id: str, events: list[tuple[str, dict]]) -> list[OutboxEvent]:
         now = time.time()
