@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-# Real receivers the tests stream to (nginx-rtmp, stunnel for RTMPS).
-TEST_PACKAGES := nginx-light libnginx-mod-rtmp stunnel4 openssl iproute2
+# Real receivers the tests stream to (nginx-rtmp, stunnel for RTMPS); the cluster's Redis.
+TEST_PACKAGES := nginx-light libnginx-mod-rtmp stunnel4 openssl iproute2 redis-server
 # Azure Blob emulator for the storage tests, from npm into .tools/ (not global).
 # 3.35.0: the last release that supports Debian 12's Node 18.
 AZURITE_VERSION := 3.35.0

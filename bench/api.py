@@ -31,13 +31,14 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from compositor.service.store import EgressRecord, SqliteStore  # noqa: E402
+from compositor.service.seams import EgressRecord  # noqa: E402
+from compositor.service.store import SqliteStore  # noqa: E402
 
 KEY = "bench-key"
 STORED = 10_000
 
 
-def seed(data_dir: Path) -> list[str]:
+async def seed(data_dir: Path) -> list[str]:
     store = SqliteStore(data_dir / "compositor.db")
     ids = []
     now = time.time()
@@ -46,9 +47,9 @@ def seed(data_dir: Path) -> list[str]:
                            quality="720p", request={"file": {"filepath": f"/x/{i}.mp4", "file_type": "MP4"}},
                            status="COMPLETE", created_at=now - i, started_at=now - i, ended_at=now - i + 60,
                            file={"location": f"/x/{i}.mp4", "filename": f"{i}.mp4", "size": 1000, "duration": 60.0})
-        store.create(rec)
+        await store.create(rec)
         ids.append(rec.id)
-    store.close()
+    await store.close()
     return ids
 
 
@@ -128,7 +129,7 @@ async def load(session: aiohttp.ClientSession, make_url, seconds: float, clients
 async def run(opts) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         data = Path(tmp)
-        ids = seed(data)
+        ids = await seed(data)
         proc, base = start_server(data)
         try:
             headers = {"Authorization": f"Bearer {KEY}"}

@@ -159,3 +159,11 @@ class Draining(CompositorError):
     code = "DRAINING"
     http_status = 503
     retry_after = 30
+
+
+class Unavailable(CompositorError):
+    """The cluster's shared state cannot be reached (or refuses this node): try again, or another node."""
+
+    code = "UNAVAILABLE"
+    http_status = 503
+    retry_after = 5

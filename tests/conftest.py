@@ -239,9 +239,9 @@ async def open_app(tmp_path):
     async def _open(**settings) -> tuple[TestClient, Service]:
         base = dict(api_keys=[KEY], capacity=4.0, livekit_api_key=API_KEY, livekit_api_secret=API_SECRET,
                     livekit_url="ws://127.0.0.1:9", url_signing_key="k")
-        service = Service(Settings(data_dir=tmp_path / f"data{len(opened)}", **{**base, **settings}))
+        service = Service.on_this_node(Settings(data_dir=tmp_path / f"data{len(opened)}", **{**base, **settings}))
         # Capacity enough for any frame (a frame that could never fit is a 400), all of it taken.
-        service.admission.try_hold("EG_busy", service.admission.capacity)
+        service.dispatcher.hold("EG_busy", service.dispatcher.capacity)
         service.start_background()
         client = TestClient(TestServer(make_app(service)))
         await client.start_server()

@@ -108,7 +108,7 @@ async def test_only_enabled_matching_rooms_start(open_app, caplog):
     await post(client, event("participant_joined", "auto-3", "alice"))
     await asyncio.sleep(0.5)
     assert attempts(caplog, "auto-3") and "CAPACITY_EXCEEDED" in attempts(caplog, "auto-3")[0]
-    assert service.store.list()[1] == 0
+    assert (await service.store.list())[1] == 0
 
 
 async def test_delay_needs_the_participants_throughout_and_recorders_do_not_count(open_app, caplog):

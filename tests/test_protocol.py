@@ -1,4 +1,4 @@
-"""The service–worker protocol and the store's outbox, without processes: fast checks of pure logic."""
+"""The service–worker protocol, without processes: fast checks of pure logic."""
 
 from __future__ import annotations
 
@@ -23,8 +23,6 @@ from compositor.protocol import (
     WarmEvent,
     parse_event,
 )
-from compositor.service.store import EgressRecord, OutboxEvent, SqliteStore
-from compositor.service.webhooks import Webhooks
 
 
 def wire(event) -> dict:
@@ -80,78 +78,3 @@ def test_commands_by_op():
 
 def test_status_is_a_string_where_strings_are_expected():
     assert Status.ACTIVE == "ACTIVE" and json.dumps({"s": Status.FAILED}) == '{"s": "FAILED"}'
-
-
-# The outbox: a change and the webhook events it causes commit together, or neither does.
-
-def record(store: SqliteStore, mode: str = "record") -> EgressRecord:
-    rec = EgressRecord(id="EG_1", room_name="room", mode=mode, layout="grid", quality="720p", request={})
-    store.create(rec)
-    return rec
-
-
-def test_a_status_change_and_its_webhooks_commit_together(tmp_path):
-    store = SqliteStore(tmp_path / "c.db")
-    hooks = Webhooks(store, ["http://a.test/hook", "http://b.test/hook"], "secret", formats=("baxcloud", "livekit"))
-    record(store)
-    rec = store.update("EG_1", events=hooks.for_change, status=Status.ACTIVE, started_at=1.0)
-    assert rec.status is Status.ACTIVE
-    due = store.due_events(float("inf"))
-    # recording.started (baxcloud) and egress_started (livekit), each for both receivers; one at a time per receiver
-    assert sorted((e.url, e.format) for e in due) == [("http://a.test/hook", "baxcloud"),
-                                                      ("http://b.test/hook", "baxcloud")]
-    assert json.loads(due[0].body)["event"] == "recording.started"
-    assert store.event_backlog() == 4
-    # Unchanged status: no events.
-    store.update("EG_1", events=hooks.for_change, worker_pid=42)
-    assert store.event_backlog() == 4
-
-
-def test_a_change_whose_events_fail_is_not_kept(tmp_path):
-    store = SqliteStore(tmp_path / "c.db")
-    record(store)
-
-    def broken(before, after):
-        raise RuntimeError("composing the events failed")
-
-    with pytest.raises(RuntimeError):
-        store.update("EG_1", events=broken, status=Status.ACTIVE)
-    assert store.get("EG_1").status is Status.STARTING and store.event_backlog() == 0
-
-
-def test_outbox_order_and_retries(tmp_path):
-    store = SqliteStore(tmp_path / "c.db")
-    record(store)
-
-    def one(name):
-        return lambda before, after: [OutboxEvent(name, "EG_1", "http://a.test/", "baxcloud", name, created_at=1.0)]
-
-    store.update("EG_1", events=one("first"), status=Status.ACTIVE)
-    store.update("EG_1", events=one("second"), status=Status.COMPLETE)
-    (head,) = store.due_events(2.0)
-    assert head.event_id == "first"
-    store.event_retry(head.seq, 1, next_at=100.0, error="HTTP 500")
-    assert store.due_events(2.0) == [] and store.next_event_at() == 100.0
-    (again,) = store.due_events(100.0)
-    assert again.event_id == "first" and again.attempts == 1
-    store.event_delivered(again.seq, 2)
-    (then,) = store.due_events(100.0)
-    assert then.event_id == "second"
-    store.event_given_up(then.seq, 1, "gone")
-    assert store.event_backlog() == 0 and store.next_event_at() is None
-
-
-def test_a_destinations_change_reports_its_own_transition(tmp_path):
-    store = SqliteStore(tmp_path / "c.db")
-    hooks = Webhooks(store, ["http://a.test/"], "secret")
-    record(store, mode="stream")
-    store.update("EG_1", streams=[{"url": "rtmp://h/a/***", "status": "ACTIVE", "retries": 0}])
-    failed = {"url": "rtmp://h/a/***", "status": "FAILED", "retries": 3, "error": "refused",
-              "error_code": "RTMP_PUBLISH_REJECTED"}
-    store.update("EG_1", events=hooks.for_stream(0), streams=[failed])
-    (event,) = store.due_events(float("inf"))
-    body = json.loads(event.body)
-    assert body["event"] == "stream.failed" and body["data"]["errorCode"] == "RTMP_PUBLISH_REJECTED"
-    # The same state again is no news.
-    store.update("EG_1", events=hooks.for_stream(0), streams=[failed])
-    assert store.event_backlog() == 1

@@ -321,10 +321,10 @@ async def test_download_urls_live_no_longer_than_the_server_allows(open_app):
     recordings = service.settings.recordings_dir
     recordings.mkdir(parents=True, exist_ok=True)
     (recordings / "r.mp4").write_bytes(b"recording")
-    from compositor.service.store import EgressRecord
-    service.store.create(EgressRecord(id="EG_done", room_name="r", mode="record", layout="grid", quality="720p",
-                                      request={}, status="COMPLETE",
-                                      file={"location": str(recordings / "r.mp4"), "key": "r.mp4", "size": 9}))
+    from compositor.service.seams import EgressRecord
+    await service.store.create(EgressRecord(id="EG_done", room_name="r", mode="record", layout="grid",
+                                            quality="720p", request={}, status="COMPLETE",
+                                            file={"location": str(recordings / "r.mp4"), "key": "r.mp4", "size": 9}))
     auth = {"Authorization": f"Bearer {KEY}"}
     too_long = await client.get("/v1/recordings/rec_done/download-url?expiresIn=61", headers=auth)
     assert too_long.status == 400 and (await too_long.json())["error"]["details"]["field"] == "expiresIn"

@@ -28,7 +28,7 @@ from compositor.api.livekit_shape import (
 from compositor.destinations import redact_url
 from compositor.service import Service
 from compositor.service.requests import StartEgressRequest
-from compositor.service.store import EgressRecord
+from compositor.service.seams import EgressRecord
 from tools.peers.livekit import API_KEY, API_SECRET, REPO, make_clip
 
 from .test_livekit import ALICE, near, region
@@ -64,21 +64,21 @@ def sdk(client: TestClient) -> api.LiveKitAPI:
     return api.LiveKitAPI(url=str(client.make_url("")), api_key=API_KEY, api_secret=API_SECRET)
 
 
-def seed(service: Service) -> None:
+async def seed(service: Service) -> None:
     """Three stored egresses as the service leaves them (the worker's stream URLs redacted, the request's not)."""
-    service.store.create(EgressRecord(
+    await service.store.create(EgressRecord(
         id="EG_done", room_name="room-a", mode="record", kind="participant", layout="default",
         quality="H264_720P_30", status="COMPLETE", created_at=T0, started_at=T0 + 0.5, ended_at=T0 + 10.25,
         request={"room": {"kind": "livekit", "identity": "alice", "screen_share": True},
                  "file": {"filepath": "/data/recordings/a.mp4", "file_type": "MP4"}},
         file={"location": "/data/recordings/a.mp4", "filename": "a.mp4", "size": 1234, "duration": 9.75}))
-    service.store.create(EgressRecord(
+    await service.store.create(EgressRecord(
         id="EG_live", room_name="room-b", mode="both", kind="room_composite", layout="grid", quality="720p",
         status="ACTIVE", created_at=T0 + 1, started_at=T0 + 2,
         request={"room": {"kind": "livekit"}, "advanced": {"width": 320, "height": 180, "x264_preset": "superfast"},
                  "stream": {"urls": [STREAM_URL]}, "file": {"filepath": "/data/recordings/b.mp4"}},
         streams=[{"url": redact_url(STREAM_URL), "status": "ACTIVE", "started_at": T0 + 2}]))
-    service.store.create(EgressRecord(
+    await service.store.create(EgressRecord(
         id="EG_failed", room_name="room-a", mode="record", kind="track_composite", layout="default",
         quality="720p", status="FAILED", created_at=T0 + 2, ended_at=T0 + 3, error="the worker ended",
         error_code="WORKER_CRASHED", request={"room": {"kind": "livekit", "track_ids": ["TR_audio"]},
@@ -121,7 +121,7 @@ async def test_routes_other_than_the_egress_methods(open_app):
 
 async def test_list_in_protobuf_and_json_shows_egress_info(open_app, monkeypatch):
     client, service = await open_app()
-    seed(service)
+    await seed(service)
     async with sdk(client) as lk:
         listed = await lk.egress.list_egress(proto.ListEgressRequest())
         assert [i.egress_id for i in listed.items] == ["EG_failed", "EG_live", "EG_done"]
@@ -269,7 +269,7 @@ def test_each_start_request_maps_onto_ours():
 
 async def test_stop_and_updates_of_missing_or_ended_egresses(open_app):
     client, service = await open_app()
-    seed(service)
+    await seed(service)
     for method, body, status, code, ours_code in (
             ("StopEgress", {"egress_id": "EG_nope"}, 404, "not_found", "NOT_FOUND"),
             ("StopEgress", {"egressId": "EG_done"}, 412, "failed_precondition", "EGRESS_ENDED"),

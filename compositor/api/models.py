@@ -9,7 +9,7 @@ from pydantic import Field
 from ..protocol import Status, StreamStatus
 from ..request import Model
 from ..service.results import FileResult, iso, recording_id
-from ..service.store import EgressRecord
+from ..service.seams import EgressRecord
 
 
 class StreamInfo(Model):

@@ -26,6 +26,7 @@ from ..service.requests import (
     UpdateStreamsRequest,
 )
 from ..service.results import egress_id_of, iso, recording_id
+from ..service.seams import EgressRecord
 from ..service.service import Service
 from ..storage.local_urls import DOWNLOAD_PATH, verify_local_signature
 from . import twirp
@@ -110,16 +111,12 @@ async def _json_body(request: web.Request) -> dict:
     return body
 
 
-def _info(request: web.Request, rec) -> dict:
-    return egress_info(rec, request.app[SERVICE_KEY].queue_position(rec.id))
+async def _info(request: web.Request, rec) -> dict:
+    return egress_info(rec, await request.app[SERVICE_KEY].queue_position(rec.id))
 
 
-def _egress_or_404(request: web.Request):
-    egress_id = request.match_info["id"]
-    rec = request.app[SERVICE_KEY].store.get(egress_id)
-    if rec is None:
-        raise NotFound(f"no egress {egress_id!r}")
-    return rec
+def _egress_or_404(request: web.Request) -> Awaitable[EgressRecord]:
+    return request.app[SERVICE_KEY].get(request.match_info["id"])
 
 
 def _validated(model, body: dict):
@@ -147,53 +144,54 @@ async def start_egress(request: web.Request) -> web.Response:
     body = await _json_body(request)
     req = _validated(StartEgressRequest, from_livekit(body) if is_livekit(body) else body)
     rec = await request.app[SERVICE_KEY].start(req)
-    return web.json_response(_info(request, rec), status=201)
+    return web.json_response(await _info(request, rec), status=201)
 
 
 async def stop_egress(request: web.Request) -> web.Response:
-    rec = _egress_or_404(request)
+    rec = await _egress_or_404(request)
     rec = await request.app[SERVICE_KEY].stop(rec.id)
-    return web.json_response(_info(request, rec))
+    return web.json_response(await _info(request, rec))
 
 
 async def update_streams(request: web.Request) -> web.Response:
     """Add and remove live destinations (BaxCloud shape, or LiveKit's add_output_urls / remove_output_urls)."""
-    rec = _egress_or_404(request)
+    rec = await _egress_or_404(request)
     change = _validated(UpdateStreamsRequest, await _json_body(request))
     rec = await request.app[SERVICE_KEY].update_streams(rec.id, change.add, change.remove)
-    return web.json_response(_info(request, rec))
+    return web.json_response(await _info(request, rec))
 
 
 async def update_layout(request: web.Request) -> web.Response:
     """Switch a recording egress to another built-in layout (LiveKit's UpdateLayout)."""
-    rec = _egress_or_404(request)
+    rec = await _egress_or_404(request)
     change = _validated(UpdateLayoutRequest, await _json_body(request))
     rec = await request.app[SERVICE_KEY].update_layout(rec.id, change.layout)
-    return web.json_response(_info(request, rec))
+    return web.json_response(await _info(request, rec))
 
 
 async def get_egress(request: web.Request) -> web.Response:
-    return web.json_response(_info(request, _egress_or_404(request)))
+    return web.json_response(await _info(request, await _egress_or_404(request)))
 
 
-def _listing(request: web.Request, show, mode: str | None = None) -> web.Response:
+async def _listing(request: web.Request, show, mode: str | None = None) -> web.Response:
     """One page of stored egresses (filtered by roomName and status) as {items, page, limit, total}."""
     page, limit = _paging(request)
-    items, total = request.app[SERVICE_KEY].store.list(room_name=request.query.get("roomName"),
-                                                       status=request.query.get("status"), mode=mode,
-                                                       page=page, limit=limit)
-    return web.json_response({"items": [show(r) for r in items], "page": page, "limit": limit, "total": total})
+    items, total = await request.app[SERVICE_KEY].store.list(room_name=request.query.get("roomName"),
+                                                             status=request.query.get("status"), mode=mode,
+                                                             page=page, limit=limit)
+    return web.json_response({"items": [await show(r) for r in items], "page": page, "limit": limit,
+                              "total": total})
 
 
 async def list_egress(request: web.Request) -> web.Response:
-    return _listing(request, lambda rec: _info(request, rec))
+    return await _listing(request, lambda rec: _info(request, rec))
 
 
 async def delete_egress(request: web.Request) -> web.Response:
-    rec = _egress_or_404(request)
+    rec = await _egress_or_404(request)
     if not rec.ended:
         raise Conflict("EGRESS_ACTIVE", f"egress {rec.id} is {rec.status}; stop it first")
-    request.app[SERVICE_KEY].delete(rec.id)
+    await request.app[SERVICE_KEY].delete(rec.id)
     return web.json_response({"id": rec.id, "deleted": True})
 
 
@@ -203,30 +201,34 @@ async def start_recording(request: web.Request) -> web.Response:
     return web.json_response(recording_info(rec), status=201)
 
 
-def _recording_or_404(request: web.Request, key: str = "id"):
+async def _recording_or_404(request: web.Request, key: str = "id") -> EgressRecord:
     ident = request.match_info[key]
-    rec = request.app[SERVICE_KEY].store.get(egress_id_of(ident) if ident.startswith("rec_") else ident)
+    rec = await request.app[SERVICE_KEY].store.get(egress_id_of(ident) if ident.startswith("rec_") else ident)
     if rec is None or rec.mode != "record":
         raise NotFound(f"no recording {ident!r}")
     return rec
 
 
 async def stop_recording(request: web.Request) -> web.Response:
-    rec = _recording_or_404(request, "egress_id")
+    rec = await _recording_or_404(request, "egress_id")
     return web.json_response(recording_info(await request.app[SERVICE_KEY].stop(rec.id)))
 
 
 async def get_recording(request: web.Request) -> web.Response:
-    return web.json_response(recording_info(_recording_or_404(request)))
+    return web.json_response(recording_info(await _recording_or_404(request)))
 
 
 async def list_recordings(request: web.Request) -> web.Response:
-    return _listing(request, recording_info, mode="record")
+    return await _listing(request, _recording_info, mode="record")
+
+
+async def _recording_info(rec: EgressRecord) -> dict:
+    return recording_info(rec)
 
 
 async def recording_download_url(request: web.Request) -> web.Response:
     """A URL that downloads the recording without an API key until it expires (`?expiresIn=` seconds)."""
-    rec = _recording_or_404(request)
+    rec = await _recording_or_404(request)
     if rec.status not in (Status.COMPLETE, Status.LIMIT_REACHED) or not rec.file:
         raise Conflict("NOT_READY", f"recording {recording_id(rec.id)} has no finished file ({rec.status})")
     service = request.app[SERVICE_KEY]
@@ -261,15 +263,15 @@ async def download_file(request: web.Request) -> web.StreamResponse:
 
 
 async def get_auto_egress(request: web.Request) -> web.Response:
-    stored = request.app[SERVICE_KEY].store.get_setting(AUTO_EGRESS) or {}
+    stored = await request.app[SERVICE_KEY].store.get_setting(AUTO_EGRESS) or {}
     return web.json_response(AutoEgressConfig.model_validate(stored).model_dump(by_alias=True))
 
 
 async def put_auto_egress(request: web.Request) -> web.Response:
     store = request.app[SERVICE_KEY].store
-    current = AutoEgressConfig.model_validate(store.get_setting(AUTO_EGRESS) or {}).model_dump(by_alias=True)
+    current = AutoEgressConfig.model_validate(await store.get_setting(AUTO_EGRESS) or {}).model_dump(by_alias=True)
     config = _validated(AutoEgressConfig, {**current, **await _json_body(request)})
-    store.put_setting(AUTO_EGRESS, config.model_dump())
+    await store.put_setting(AUTO_EGRESS, config.model_dump())
     return web.json_response(config.model_dump(by_alias=True))
 
 
@@ -297,7 +299,7 @@ async def livekit_webhook(request: web.Request) -> web.Response:
         raise InvalidRequest("the LiveKit webhook event has no id")
     if event.created_at and event.created_at < time.time() - WEBHOOK_REPLAY_WINDOW_S:
         raise InvalidRequest("the LiveKit webhook event is stale (created over a day ago): refused as a replay")
-    if not service.store.first_sighting(f"livekit:{event.id}", WEBHOOK_REPLAY_WINDOW_S):
+    if not await service.store.first_sighting(f"livekit:{event.id}", WEBHOOK_REPLAY_WINDOW_S):
         # A retry of LiveKit's, or a replay: answered as received, acted on once.
         return web.json_response({"received": event.id, "duplicate": True})
     await service.auto_egress.handle(event)
@@ -308,17 +310,18 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text: egresses by status and type, active, capacity, load, webhook backlog."""
     service = request.app[SERVICE_KEY]
     lines = ["# HELP compositor_egresses Stored egresses by status and type.", "# TYPE compositor_egresses gauge"]
-    counts = service.store.counts()
+    counts = await service.store.counts()
     lines += [f'compositor_egresses{{status="{s}",type="{m}"}} {n}' for s, m, n in counts]
     gauges = {
         "compositor_egresses_active": ("Egresses starting, recording or ending.",
                                        sum(n for s, _, n in counts if s in ACTIVE_STATUSES)),
         "compositor_workers": ("Worker processes running.", len(service.runner.running)),
         "compositor_warm_workers": ("Idle warm workers ready for a job.", service.runner.warm),
-        "compositor_capacity_cores": ("CPU cores egresses may use.", service.admission.capacity),
-        "compositor_capacity_free_cores": ("CPU cores not held by egresses.", round(service.admission.free, 3)),
+        "compositor_capacity_cores": ("CPU cores egresses may use.", service.dispatcher.capacity),
+        "compositor_capacity_free_cores": ("CPU cores not held by egresses.",
+                                           round(await service.dispatcher.free(), 3)),
         "compositor_cpu_load1": ("1-minute load average of the machine.", os.getloadavg()[0]),
-        "compositor_webhook_backlog": ("Webhook deliveries not yet done.", service.webhooks.backlog),
+        "compositor_webhook_backlog": ("Webhook deliveries not yet done.", await service.webhooks.backlog()),
     }
     for name, (doc, value) in gauges.items():
         lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {value}"]
@@ -335,7 +338,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
-    free = service.admission.free
+    free = await service.dispatcher.free()
     status = 200 if not service.draining else 503
     return web.json_response({"ready": status == 200, "freeCapacity": round(free, 3),
                               "active": len(service.runner.running), "warm": service.runner.warm}, status=status)

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 async def serve(settings: Settings, host: str, port: int) -> int:
     """Recover what a previous run left, listen on host:port (0: any free port, printed), run until a signal,
     then drain: no new work, running egresses finish their files and uploads."""
-    service = Service(settings)
+    service = Service.on_this_node(settings)
     service.start_background()
     resumed, settled = await service.recover()
     for rec in resumed:

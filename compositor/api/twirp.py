@@ -208,18 +208,18 @@ async def _list(service: Service, msg: proto.ListEgressRequest) -> proto.ListEgr
     room = msg.room_name or None
     out = proto.ListEgressResponse()
     if msg.egress_id:
-        rec = service.store.get(msg.egress_id)
+        rec = await service.store.get(msg.egress_id)
         recs = [rec] if rec and room in (None, rec.room_name) else []
     elif msg.active:
         # Active egresses are few (capacity and queue bound them): one answer, no pages.
-        recs = sorted((r for r in service.store.unfinished() if room in (None, r.room_name)),
+        recs = sorted((r for r in await service.store.unfinished() if room in (None, r.room_name)),
                       key=lambda r: r.created_at, reverse=True)
     else:
         token = msg.page_token.token or "1"
         if not token.isdigit() or int(token) < 1:
             raise InvalidRequest("page_token is not one this server gave", details={"field": "page_token"})
         page = int(token)
-        recs, total = service.store.list(room_name=room, status=None, mode=None, page=page, limit=LIST_PAGE)
+        recs, total = await service.store.list(room_name=room, status=None, mode=None, page=page, limit=LIST_PAGE)
         if page * LIST_PAGE < total:
             out.next_page_token.token = str(page + 1)
     out.items.extend(livekit_info.egress_info(r) for r in recs if not msg.active or r.status in ACTIVE_STATUSES)

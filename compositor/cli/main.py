@@ -114,6 +114,12 @@ def _serve_parser(sub) -> None:
     p.add_argument("--allow-host", action="append", help="a host requests may reach even if its address is private "
                                                          "(host, host:port, *.domain or *; repeatable; env "
                                                          "COMPOSITOR_ALLOWED_HOSTS)")
+    cluster = p.add_argument_group("cluster", "join a cluster of nodes sharing one Redis (all three, or none)")
+    cluster.add_argument("--redis-url", help="the cluster's Redis, with its password (env COMPOSITOR_REDIS_URL)")
+    cluster.add_argument("--node-id", help="this node's name in the cluster (env COMPOSITOR_NODE_ID; default: the "
+                                           "host name)")
+    cluster.add_argument("--advertise-url", help="where the other nodes reach this node's API (env "
+                                                 "COMPOSITOR_ADVERTISE_URL)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug log on stderr")
 
 
@@ -190,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             settings = load_settings(args.config, data_dir=args.data_dir, api_keys=args.api_key,
                                      capacity=args.capacity, webhook_urls=args.webhook_url,
-                                     allowed_hosts=args.allow_host)
+                                     allowed_hosts=args.allow_host,
+                                     cluster={k: v for k, v in (("redis_url", args.redis_url),
+                                                                ("node_id", args.node_id),
+                                                                ("advertise_url", args.advertise_url)) if v})
             return asyncio.run(serve(settings, args.host, args.port))
         except CompositorError as exc:
             print(f"compositor serve: {exc.message}", file=sys.stderr)

@@ -22,7 +22,7 @@ from ..errors import CompositorError
 from ..protocol import Status
 from ..request import RoomSpec
 from .requests import AutoEgressConfig, StartEgressRequest, StreamSpec
-from .store import EgressRecord, Store
+from .seams import EgressRecord, Store
 
 #: What starts an egress (the service's start) and what stops one.
 Start = Callable[[StartEgressRequest], Awaitable[EgressRecord]]
@@ -71,9 +71,9 @@ class AutoEgress:
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
-    def _config(self) -> AutoEgressConfig:
+    async def _config(self) -> AutoEgressConfig:
         # Read afresh at every event, so a PUT applies from the next one on.
-        return AutoEgressConfig.model_validate(self._store.get_setting(AUTO_EGRESS) or {})
+        return AutoEgressConfig.model_validate(await self._store.get_setting(AUTO_EGRESS) or {})
 
     async def handle(self, event: WebhookEvent) -> None:
         """Apply one verified LiveKit webhook event; other events than the room's and its participants' are
@@ -96,13 +96,13 @@ class AutoEgress:
             session.participants.add(who.sid)
         elif event.event in LEFT:
             session.participants.discard(who.sid)
-        self._review(session)
+        await self._review(session)
 
-    def _review(self, session: RoomSession) -> None:
+    async def _review(self, session: RoomSession) -> None:
         """Arm the delay when the room qualifies, call it off when it no longer does."""
         if session.egress_id or session.starting:
             return
-        config = self._config()
+        config = await self._config()
         count, room = len(session.participants), f"{session.name} ({session.sid})"
         if not config.enabled:
             why = "auto egress is disabled"
@@ -133,7 +133,7 @@ class AutoEgress:
         room = f"{session.name} ({session.sid})"
         try:
             # Across a restart of this service the sessions are forgotten: the store still knows what runs.
-            running = next((r for r in self._store.unfinished()
+            running = next((r for r in await self._store.unfinished()
                             if r.room_name == session.name and r.status != Status.ENDING), None)
             if running:
                 log.info("room %s: no auto egress: egress %s already records it", room, running.id)
@@ -172,7 +172,7 @@ class AutoEgress:
 
     async def _stop(self, session: RoomSession, egress_id: str) -> None:
         """Stop the session's egress; one that already ended (the room's end ends it too) stays as it is."""
-        rec = self._store.get(egress_id)
+        rec = await self._store.get(egress_id)
         if rec is None or rec.ended:
             log.info("room %s (%s) finished; auto egress %s already ended", session.name, session.sid, egress_id)
             return

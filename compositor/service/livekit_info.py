@@ -22,7 +22,7 @@ from livekit.protocol.webhook import WebhookEvent
 
 from ..presets import ALIASES
 from ..protocol import Status, StreamStatus
-from .store import EgressRecord
+from .seams import EgressRecord
 
 _STATUS = {Status.STARTING: lk.EGRESS_STARTING, Status.ACTIVE: lk.EGRESS_ACTIVE, Status.ENDING: lk.EGRESS_ENDING,
            Status.COMPLETE: lk.EGRESS_COMPLETE, Status.FAILED: lk.EGRESS_FAILED, Status.ABORTED: lk.EGRESS_ABORTED,

@@ -4,11 +4,13 @@ its destinations before the worker reports, recording ids and times."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 from pydantic import Field
 
 from ..destinations import StreamTarget
-from ..protocol import StreamStatus
+from ..plan import partial_path
+from ..protocol import ErrorEvent, Event, ResultEvent, Status, StatusEvent, StreamStatus
 from ..request import Model
 
 
@@ -47,3 +49,44 @@ def iso(ts: float | None) -> str | None:
 def pending_streams(targets: tuple[StreamTarget, ...]) -> list[dict]:
     """Destinations of a new egress, before its worker reports on them."""
     return [{"url": t.redacted, "status": StreamStatus.STARTING, "retries": 0} for t in targets]
+
+
+def fold(event: Event) -> dict | None:
+    """The stored fields a worker's event changes (None: it changes none; a stream event changes its
+    destination, which the service folds itself)."""
+    if isinstance(event, StatusEvent) and event.status in (Status.ACTIVE, Status.ENDING):
+        return {"status": event.status, **({"started_at": event.time} if event.status == Status.ACTIVE else {})}
+    if isinstance(event, ResultEvent):
+        outputs = {k: v for k in ("segments", "images", "manifest") if (v := getattr(event, k))}
+        return {"status": Status.LIMIT_REACHED if event.stopped_by == "limit" else Status.COMPLETE,
+                "ended_at": event.time, "file": _file_result(event.file) if event.file else None,
+                "outputs": outputs or None, **({"streams": event.streams} if event.streams else {})}
+    if isinstance(event, ErrorEvent):
+        kept = (event.file or {}).get("path")
+        return {"status": event.status, "ended_at": event.time, "error": event.message, "error_code": event.code,
+                "file": _kept(Path(kept)) if kept else None}
+    return None
+
+
+def _file_result(f: dict) -> dict:
+    """A worker's file facts as the API shows them (FileResult names the fields)."""
+    location = f.get("location") or f["path"]
+    return FileResult(location=location, filename=(f.get("key") or location).rpartition("/")[2], size=f["size"],
+                      duration=f["duration"],
+                      **{k: f[k] for k in ("width", "height", "fps", "video_codec", "audio_codec", "key", "storage",
+                                           "backup_used") if k in f},
+                      started_at=iso(f.get("started_at")), ended_at=iso(f.get("ended_at"))
+                      ).model_dump(by_alias=True, exclude_none=True)
+
+
+def kept_file(request: dict) -> dict | None:
+    """The file an egress left (final, or the crash-safe partial one), if any."""
+    output = Path(request.get("file", {}).get("filepath", ""))
+    if not output.name:
+        return None
+    return next((_kept(path) for path in (output, partial_path(output)) if path.exists()), None)
+
+
+def _kept(path: Path) -> dict:
+    """A file left on this server (not stored), as the API shows it."""
+    return {"location": str(path), "filename": path.name, "size": path.stat().st_size if path.is_file() else 0}

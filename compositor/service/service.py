@@ -1,4 +1,4 @@
-"""The egress service: one node's state (store), admission, workers, webhooks and auto egress."""
+"""The egress service: admits, runs, controls and settles egresses through its seams (seams.py)."""
 
 from __future__ import annotations
 
@@ -13,105 +13,112 @@ from ..destinations import parse_stream_urls, redact_url, redact_ws
 from ..errors import CapacityExceeded, Conflict, Draining, InvalidRequest, NotFound
 from ..layouts import resolve_layout
 from ..outbound import check_urls
-from ..plan import new_egress_id, outbound_urls, resolve
-from ..protocol import Status, UpdateLayout
+from ..plan import EgressConfig, new_egress_id, outbound_urls, resolve
+from ..protocol import Event, Status, StatusEvent, StreamEvent, UpdateLayout, UpdateStreams
 from ..request import RecordRequest, UploadSpec
 from ..storage import LocalStorage, NameValues, Uploader, render_name, sign_local_url
 from ..storage.manifest import find_manifest
-from .admission import Admission, Queued, egress_cost
 from .auto_egress import AutoEgress
+from .dispatch import LocalDispatcher, egress_cost
 from .requests import StartEgressRequest
-from .results import pending_streams
+from .results import fold, kept_file, pending_streams
+from .seams import Control, Dispatcher, EgressRecord, Job, NodeRunner, Placed, Runner, Store
 from .settings import Settings, private_dir
-from .store import EgressRecord, SqliteStore
+from .store import SqliteStore
 from .webhooks import Webhooks
-from .workers import WorkerRunner, kept_file
+from .workers import WorkerRunner
 
 log = logging.getLogger(__name__)
 
 
 class Service:
-    """Owns the store, admission and the workers of one node."""
+    """One node's egress service, built from its seams: it admits, starts, controls and settles egresses, and
+    folds what their workers report into the store with the webhooks each change causes."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, store: Store, dispatcher: Dispatcher, runner: Runner,
+                 control: Control, webhooks: Webhooks):
         self.settings = settings
-        private_dir(settings.data_dir)
-        self.store = SqliteStore(settings.data_dir / "compositor.db")
-        self.admission = Admission(settings.capacity)
-        self.webhooks = Webhooks(self.store, settings.webhook_urls, settings.webhook_secret,
-                                 settings.webhook_retry_base_s, settings.webhook_formats, settings.livekit_api_key,
-                                 settings.livekit_api_secret)
-        self.runner = WorkerRunner(self.store, settings.data_dir / "jobs", change=self._change,
-                                   change_stream=self._change_stream, warm_target=settings.warm_workers,
-                                   warm_size=settings.warm_size, worker_args=settings.worker_args,
-                                   worker_env=settings.livekit_env)
+        self.store = store
+        self.dispatcher = dispatcher
+        self.runner = runner
+        self.control = control
+        self.webhooks = webhooks
         #: what requests may reach; the same flags hold every worker to it
         self.policy = settings.outbound_policy
         self.draining = False
-        self._queue: list[Queued] = []
         self._background: set[asyncio.Task] = set()
-        self.auto_egress = AutoEgress(self.store, self.start, self.stop)
+        self._reports: asyncio.Task | None = None
+        self.auto_egress = AutoEgress(store, self.start, self.stop)
+
+    @classmethod
+    def on_this_node(cls, settings: Settings, runner: NodeRunner | None = None) -> Service:
+        """The service of a single node: SQLite in the data folder, an in-memory queue, worker processes (or
+        `runner`, which is also its Control: simulation.SimulatedRunner for benchmarks)."""
+        private_dir(settings.data_dir)
+        store = SqliteStore(settings.data_dir / "compositor.db")
+        runner = runner or WorkerRunner(settings.data_dir / "jobs", warm_target=settings.warm_workers,
+                                        warm_size=settings.warm_size, worker_args=settings.worker_args,
+                                        worker_env=settings.livekit_env)
+        webhooks = Webhooks(store, settings.webhook_urls, settings.webhook_secret, settings.webhook_retry_base_s,
+                            settings.webhook_formats, settings.livekit_api_key, settings.livekit_api_secret)
+        return cls(settings, store=store, dispatcher=LocalDispatcher(settings.capacity, settings.max_queue),
+                   runner=runner, control=runner, webhooks=webhooks)
 
     def start_background(self) -> None:
-        """Start the service's own tasks (webhook delivery, warm workers); needs the running loop."""
+        """Start the service's own tasks (webhook delivery, workers' reports, warm workers); needs the running
+        loop."""
         self.webhooks.start()
+        self._reports = asyncio.create_task(self._follow_reports())
         self.runner.replenish()
 
     async def recover(self) -> tuple[list[EgressRecord], list[EgressRecord]]:
         """After a restart: resume the deliveries left unfinished (outputs staged, manifest written), and end
         every other egress left running, keeping its file. Returns (resumed, settled)."""
         resumed, settled = [], []
-        for rec in self.store.unfinished():
+        for rec in await self.store.unfinished():
             job = self.runner.job_request(rec.id)
             upload = job and job.upload
             if upload and not upload.in_place and find_manifest(Path(upload.staging), rec.id):
                 await self.runner.resume_delivery(rec.id)
                 resumed.append(rec)
                 continue
-            done = self._change(rec.id, status=Status.FAILED, ended_at=time.time(), error_code="SERVICE_RESTARTED",
-                                error="the service stopped while this egress ran; its file is kept as it was",
-                                file=kept_file(rec.request))
+            done = await self._change(rec.id, status=Status.FAILED, ended_at=time.time(),
+                                      error_code="SERVICE_RESTARTED", file=kept_file(rec.request),
+                                      error="the service stopped while this egress ran; its file is kept as it was")
             self.runner.forget_job(rec.id)
             settled.append(done)
         return resumed, settled
 
     async def start(self, req: StartEgressRequest) -> EgressRecord:
+        """Admit an egress: started at once, or queued for capacity (`req.queue`), or refused."""
         if self.draining:
             raise Draining("the service is shutting down")
-        egress_id = new_egress_id()
-        upload = self._upload_spec(req, egress_id)
-        paths = self._output_paths(req, egress_id, Path(upload.staging))
-        record_req = req.to_record_request(paths, upload, self.settings.server_facts)
-        # every check that needs no process, before admitting
-        config = resolve(record_req, egress_id, {**os.environ, **self.settings.livekit_env}, self.policy)
-        cost = egress_cost(config)
-        if cost > self.admission.capacity:
-            raise InvalidRequest(f"this egress needs {cost} cores and this server has {self.admission.capacity:g} in "
-                                 "all: ask for a smaller frame", details={"field": "quality", "needed": cost})
-        self._check_room(req, cost)  # before resolving its hosts, which may take a while
+        job, config = await self._plan(req, new_egress_id())
+        egress_id, record_req = job.egress_id, job.request
+        await self.dispatcher.check(job.cost, req.queue)  # before resolving its hosts, which may take a while
         await check_urls(self.policy, outbound_urls(config))
-        admitted = not self._queue and self.admission.try_hold(egress_id, cost)
-        if not admitted:
-            self._check_room(req, cost)
         # The record keeps the layout the caller named, never the server's path of a custom one.
-        rec = EgressRecord(id=egress_id, room_name=req.room_name, mode=req.mode, kind=req.kind, layout=req.layout,
-                           quality=req.quality, request=_stored(record_req),
-                           streams=pending_streams(config.stream.targets) if config.stream else None)
-        self.store.create(rec)
-        if not admitted:
-            self._queue.append(Queued(egress_id, record_req, cost, config.frame))
-            return rec
-        return await self._launch(egress_id, record_req, config.frame)
+        await self.store.create(EgressRecord(
+            id=egress_id, room_name=req.room_name, mode=req.mode, kind=req.kind, layout=req.layout,
+            quality=req.quality, request=_stored(record_req),
+            streams=pending_streams(config.stream.targets) if config.stream else None))
+        try:
+            placed = await self.dispatcher.admit(job, req.queue)
+        except CapacityExceeded:
+            await self.store.delete(egress_id)
+            raise
+        if placed is Placed.HERE:
+            await self._launch(job)
+        return await self.store.get(egress_id)
 
-    def _check_room(self, req: StartEgressRequest, cost: float) -> None:
-        """CapacityExceeded unless an egress of `cost` cores would start now, or may wait in the queue."""
-        if (not self._queue and cost <= self.admission.free + 1e-9) or (
-                req.queue and len(self._queue) < self.settings.max_queue):
-            return
-        full = " and the wait queue is full" if req.queue else ""
-        raise CapacityExceeded(
-            f"no capacity for this egress (needs {cost} cores, {max(self.admission.free, 0):.2f} free){full}",
-            details={"needed": cost, "free": round(self.admission.free, 3), "queued": len(self._queue)})
+    async def _plan(self, req: StartEgressRequest, egress_id: str) -> tuple[Job, EgressConfig]:
+        """The one planning step: where the outputs go, the worker's request, and the job resolved from it
+        with every check that needs no process."""
+        upload = self._upload_spec(req, egress_id)
+        paths = self._output_paths(req, egress_id, Path(upload.staging), await self.store.unfinished())
+        record_req = req.to_record_request(paths, upload, self.settings.server_facts)
+        config = resolve(record_req, egress_id, {**os.environ, **self.settings.livekit_env}, self.policy)
+        return Job(egress_id, record_req, egress_cost(config), config.frame), config
 
     def _upload_spec(self, req: StartEgressRequest, egress_id: str) -> UploadSpec:
         """Where this egress's outputs go: the request's storage or the server's, staged locally first."""
@@ -122,7 +129,9 @@ class Service:
                           staging=str(s.recordings_dir if in_place else s.staging_dir(egress_id)),
                           local_root=str(s.recordings_dir), retry_window_s=s.upload_retry_window_s)
 
-    def _output_paths(self, req: StartEgressRequest, egress_id: str, staging: Path) -> dict[str, str]:
+    @staticmethod
+    def _output_paths(req: StartEgressRequest, egress_id: str, staging: Path,
+                      unfinished: list[EgressRecord]) -> dict[str, str]:
         """Each output's storage key from its filename template, as a path under `staging`."""
         values = NameValues(room_name=req.room_name, egress_id=egress_id)
         now = datetime.now(timezone.utc)
@@ -130,7 +139,7 @@ class Service:
         if req.wants_file:
             ext = req.file_type.lower()
             key = render_name(req.file and req.file.filepath, values, ext, now=now, field="file.filepath")
-            in_use = {r.request.get("file", {}).get("filepath") for r in self.store.unfinished()}
+            in_use = {r.request.get("file", {}).get("filepath") for r in unfinished}
             if (staging / key).exists() or str(staging / key) in in_use:
                 # Two egresses of one room in the same second would share {room_name}-{time}.
                 stem, dot, suffix = key.rpartition(".")
@@ -143,40 +152,43 @@ class Service:
                                                         field=f"{kind}.filenamePrefix"))
         return paths
 
-    async def _launch(self, egress_id: str, record_req: RecordRequest, frame: tuple[int, int, int]) -> EgressRecord:
+    async def _launch(self, job: Job) -> None:
         try:
-            await self.runner.start(egress_id, record_req, frame)
+            pid = await self.runner.start(job)
         except OSError as exc:
-            self.admission.release(egress_id)
-            self.runner.forget_job(egress_id)
-            self._change(egress_id, status=Status.FAILED, ended_at=time.time(), error_code="WORKER_START",
-                         error=f"could not start the worker: {exc}")
-        return self.store.get(egress_id)
+            self.runner.forget_job(job.egress_id)
+            await self._change(job.egress_id, status=Status.FAILED, ended_at=time.time(), error_code="WORKER_START",
+                               error=f"could not start the worker: {exc}")
+            return
+        await self.store.update(job.egress_id, worker_pid=pid)
 
-    def queue_position(self, egress_id: str) -> int | None:
+    async def queue_position(self, egress_id: str) -> int | None:
         """1 for the next egress to start, None when it is not waiting."""
-        return next((i + 1 for i, q in enumerate(self._queue) if q.egress_id == egress_id), None)
-
-    async def _admit_queued(self) -> None:
-        while self._queue and not self.draining and self.admission.try_hold(self._queue[0].egress_id,
-                                                                            self._queue[0].cost):
-            head = self._queue.pop(0)
-            await self._launch(head.egress_id, head.request, head.frame)
+        return await self.dispatcher.position(egress_id)
 
     async def stop(self, egress_id: str) -> EgressRecord:
         """Ask an egress to finish (a queued one ends ABORTED at once)."""
-        rec = self.store.get(egress_id)
-        if rec is None:
-            raise NotFound(f"no egress {egress_id!r}")
+        rec = await self._running(egress_id)
+        if await self.dispatcher.withdraw(egress_id):
+            return await self._change(egress_id, status=Status.ABORTED, ended_at=time.time(), error_code="ABORTED",
+                                      error="stopped while waiting for capacity")
+        if await self.control.stop(egress_id) and rec.status == Status.ACTIVE:
+            return await self.store.update(egress_id, status=Status.ENDING)
+        return await self.store.get(egress_id)
+
+    async def _running(self, egress_id: str) -> EgressRecord:
+        """The egress, which must not have ended."""
+        rec = await self.get(egress_id)
         if rec.ended:
             raise Conflict("EGRESS_ENDED", f"egress {egress_id} has already ended ({rec.status})")
-        if self.queue_position(egress_id):
-            self._queue = [q for q in self._queue if q.egress_id != egress_id]
-            return self._change(egress_id, status=Status.ABORTED, ended_at=time.time(), error_code="ABORTED",
-                                error="stopped while waiting for capacity")
-        if self.runner.stop(egress_id) and rec.status == Status.ACTIVE:
-            return self.store.update(egress_id, status=Status.ENDING)
-        return self.store.get(egress_id)
+        return rec
+
+    async def get(self, egress_id: str) -> EgressRecord:
+        """The egress; NotFound when there is none of that id."""
+        rec = await self.store.get(egress_id)
+        if rec is None:
+            raise NotFound(f"no egress {egress_id!r}")
+        return rec
 
     async def download_url(self, rec: EgressRecord, origin: str, ttl: int) -> str:
         """A URL that downloads the egress's file for `ttl` seconds: presigned by its storage, or signed here."""
@@ -195,77 +207,101 @@ class Service:
         async with Uploader(upload.storage, backup=upload.backup) as uploader:
             return await uploader.presign(f["key"], ttl, backup_used=bool(f.get("backup_used")))
 
-    def delete(self, egress_id: str) -> None:
+    async def delete(self, egress_id: str) -> None:
         """Forget an ended egress (its stored files stay where they are)."""
-        self.store.delete(egress_id)
+        await self.store.delete(egress_id)
         self.runner.forget_job(egress_id, keep_storage=False)
 
     async def update_streams(self, egress_id: str, add: list[str], remove: list[str]) -> EgressRecord:
         """Add and remove live destinations of a running egress."""
-        rec = self.store.get(egress_id)
-        if rec is None:
-            raise NotFound(f"no egress {egress_id!r}")
+        rec = await self.get(egress_id)
         if "stream" not in rec.request:
             raise Conflict("NO_STREAM_OUTPUT", f"egress {egress_id} has no stream output; start it with mode "
                                                f"'stream' or 'both' (urls may be empty) to add destinations later")
-        if rec.status != Status.ACTIVE:
-            raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} is {rec.status}; destinations change only "
-                                                f"while it is ACTIVE")
+        _must_be_active(rec, "destinations change")
         added = parse_stream_urls(add, "add")
         parse_stream_urls(remove, "remove")
         await check_urls(self.policy, [(f"add.{i}", t.url) for i, t in enumerate(added)])
-        await self.runner.update_streams(egress_id, add, remove)
-        return self.store.get(egress_id)
+        await self.control.command(egress_id, UpdateStreams(add=add, remove=remove))
+        return await self.store.get(egress_id)
 
     async def update_layout(self, egress_id: str, layout: str) -> EgressRecord:
         """Switch a recording egress to another built-in layout (`grid`, `speaker-light`, …)."""
-        rec = self.store.get(egress_id)
-        if rec is None:
-            raise NotFound(f"no egress {egress_id!r}")
+        rec = await self.get(egress_id)
         if "template_url" not in rec.request:  # a template's layouts are its own to name
             # Never a path: that would probe the server's disk.
             if "/" in layout or layout.endswith(".j2"):
                 raise InvalidRequest("a running egress switches between built-in layouts; a custom layout is chosen "
                                      "when the egress starts", details={"field": "layout"})
             resolve_layout(layout)
-        if rec.status != Status.ACTIVE:
-            raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} is {rec.status}; its layout changes only while "
-                                                f"it is ACTIVE")
-        await self.runner.command(egress_id, UpdateLayout(layout=layout))
-        return self.store.update(egress_id, layout=layout)
+        _must_be_active(rec, "its layout changes")
+        await self.control.command(egress_id, UpdateLayout(layout=layout))
+        return await self.store.update(egress_id, layout=layout)
 
-    def _change(self, egress_id: str, **fields) -> EgressRecord:
+    async def _follow_reports(self) -> None:
+        """Fold each worker's events into the store, in the order they came."""
+        async for egress_id, event in self.runner.events():
+            try:
+                await self._fold(egress_id, event)
+            except Exception:  # one bad report must not stop the others from being kept
+                log.exception("egress %s: could not keep the worker's %s event", egress_id, event.type)
+
+    async def _fold(self, egress_id: str, event: Event) -> None:
+        if isinstance(event, StreamEvent):
+            await self._change_stream(egress_id, event.index, event.state())
+        elif (fields := fold(event)) is not None:
+            if isinstance(event, StatusEvent) and event.status == Status.ACTIVE and event.message:
+                log.warning("egress %s: %s", egress_id, event.message)
+            await self._change(egress_id, **fields)
+
+    async def _change(self, egress_id: str, **fields) -> EgressRecord:
         """Change an egress and queue the webhooks the change causes, in one transaction; an egress that ended
         gives its capacity to the next in the queue."""
-        rec = self.store.update(egress_id, events=self.webhooks.for_change, **fields)
+        rec = await self.store.update(egress_id, events=self.webhooks.for_change, **fields)
         if "status" in fields:
-            self._settled(rec)
+            log.info("egress %s %s", rec.id, rec.status)
+            if rec.ended:
+                await self._release(rec.id)
         return rec
 
-    def _change_stream(self, egress_id: str, index: int, state: dict) -> None:
+    async def _change_stream(self, egress_id: str, index: int, state: dict) -> None:
         """The `index`-th live destination of an egress changed (a new index: one was added)."""
-        streams = list(self.store.get(egress_id).streams or [])
+        streams = list((await self.get(egress_id)).streams or [])
         streams[index:index + 1] = [state]
-        self.store.update(egress_id, events=self.webhooks.for_stream(index), streams=streams)
+        await self.store.update(egress_id, events=self.webhooks.for_stream(index), streams=streams)
 
-    def _settled(self, rec: EgressRecord) -> None:
-        if rec.ended:
-            self.admission.release(rec.id)
-            if self._queue:
-                task = asyncio.get_running_loop().create_task(self._admit_queued())
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-        log.info("egress %s %s", rec.id, rec.status)
+    async def _release(self, egress_id: str) -> None:
+        """An egress ended: run the queued ones its capacity admits (or, draining, abort them)."""
+        for job in await self.dispatcher.release(egress_id):
+            if self.draining:
+                await self._change(job.egress_id, status=Status.ABORTED, ended_at=time.time(), error_code="ABORTED",
+                                   error="the service shut down while this egress waited for capacity")
+            else:
+                self._in_background(self._launch(job))
+
+    def _in_background(self, work) -> None:
+        # A launch waits for its worker to start: not inside the change that made room for it.
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def shutdown(self) -> None:
         """Drain: take no new work, let running egresses finish their files."""
         self.draining = True
         await self.auto_egress.close()
-        for queued in list(self._queue):
-            await self.stop(queued.egress_id)  # never started: ABORTED
+        for job in await self.dispatcher.queued():
+            await self.stop(job.egress_id)  # never started: ABORTED
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.runner.shutdown(self.settings.stop_grace_s)
+        if self._reports:
+            await self._reports  # the runner's last reports, kept
         await self.webhooks.stop()
-        self.store.close()
+        await self.store.close()
+
+
+def _must_be_active(rec: EgressRecord, what: str) -> None:
+    if rec.status != Status.ACTIVE:
+        raise Conflict("EGRESS_NOT_ACTIVE", f"egress {rec.id} is {rec.status}; {what} only while it is ACTIVE")
 
 
 def _stored(request: RecordRequest) -> dict:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,6 +26,18 @@ from ..storage.uploader import MAX_URL_EXPIRY_S, AnyStorage
 from .requests import ServerFacts
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """How a node joins a cluster: the shared Redis, its own name, and the URL other nodes reach it at."""
+
+    redis_url: str
+    node_id: str
+    #: where this node's HTTP API is reached by the others (download URLs of files on its disk point there)
+    advertise_url: str
+    #: a node that has not renewed its lease for this long is lost: its egresses are settled by the others
+    lease_s: float = 10.0
 
 
 @dataclass
@@ -60,6 +73,13 @@ class Settings:
     backup_storage: AnyStorage | None = None
     upload_retry_window_s: float = 300.0
     stop_grace_s: float = 30.0
+    #: None: a single node (SQLite, nothing shared)
+    cluster: ClusterSettings | None = None
+
+    @property
+    def node_id(self) -> str | None:
+        """This node's name in its cluster; None on a single node."""
+        return self.cluster.node_id if self.cluster else None
 
     @property
     def server_facts(self) -> ServerFacts:
@@ -136,6 +156,18 @@ def _secret_file(path: Path) -> str:
     return value
 
 
+class ClusterConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    redis_url: str = Field(pattern=r"^rediss?://", description="the cluster's Redis (redis:// or rediss://, "
+                           "with its password)")
+    node_id: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+                         description="this node's name, unique in the cluster (default: the host name)")
+    advertise_url: str = Field(pattern=r"^https?://[^/?#\s]+/?$", description="where the other nodes reach this "
+                               "node's API")
+    lease_s: float = Field(10.0, ge=2, le=300, description="a node silent this long is lost")
+
+
 class ServeConfig(BaseModel):
     """The service's configuration: a YAML file, COMPOSITOR_* variables and flags, later ones winning."""
 
@@ -172,17 +204,28 @@ class ServeConfig(BaseModel):
     upload_retry_window_s: float = Field(300, gt=0, le=86400, description="seconds failed uploads are retried")
     stop_grace_s: float = Field(30, gt=0, le=3600, description="on shutdown, seconds workers get to finish their "
                                 "files and uploads (a delivery cut short resumes at the next start)")
+    url_signing_key: str | None = Field(None, description="signs download URLs (default: one kept in the data "
+                                        "dir; a cluster needs one shared by every node)")
+    cluster: ClusterConfig | None = Field(None, description="join a cluster on Redis (several nodes, shared "
+                                          "state); without it, one node on SQLite")
 
 
 _LISTS = {"api_keys", "webhook_urls", "allowed_hosts"}
 _JSON = {"storage", "backup_storage"}
 
 
+# A cluster's settings from the environment, as COMPOSITOR_<NAME> (no CLUSTER_ in the middle).
+_CLUSTER = ("redis_url", "node_id", "advertise_url", "lease_s")
+
+
 def _from_env() -> dict:
     out = {}
+    cluster = {name: value for name in _CLUSTER if (value := os.environ.get(f"COMPOSITOR_{name.upper()}"))}
+    if cluster:
+        out["cluster"] = cluster
     for name in ServeConfig.model_fields:
         value = os.environ.get(f"COMPOSITOR_{name.upper()}")
-        if not value:
+        if not value or name == "cluster":
             continue
         if name in _LISTS:
             out[name] = [v.strip() for v in value.split(",") if v.strip()]
@@ -208,8 +251,13 @@ def _from_yaml(path: Path) -> dict:
 
 def load_settings(config_file: Path | None = None, **flags) -> Settings:
     """Settings from a YAML file, then COMPOSITOR_* environment variables, then flags; defaults fill the rest."""
-    layered = {**(_from_yaml(config_file) if config_file else {}), **_from_env(),
-               **{k: v for k, v in flags.items() if v not in (None, [])}}
+    layers = [_from_yaml(config_file) if config_file else {}, _from_env(),
+              {k: v for k, v in flags.items() if v not in (None, [])}]
+    layered = {k: v for layer in layers for k, v in layer.items()}
+    # The cluster's fields layer one by one, like the others.
+    cluster = {k: v for layer in layers for k, v in (layer.get("cluster") or {}).items()}
+    if cluster:
+        layered["cluster"] = cluster
     try:
         cfg = ServeConfig.model_validate(layered)
     except ValidationError as exc:
@@ -224,6 +272,12 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
     if "livekit" in formats and not (cfg.livekit_api_key and cfg.livekit_api_secret):
         raise InvalidRequest("webhook_format livekit signs with LiveKit's API key: set livekit_api_key and "
                              "livekit_api_secret (COMPOSITOR_LIVEKIT_API_KEY, COMPOSITOR_LIVEKIT_API_SECRET)")
+    if cfg.cluster:
+        # Every node must sign and check alike: a secret made per node would split the cluster.
+        missing = [name for name in ("api_keys", "webhook_secret", "url_signing_key") if not getattr(cfg, name)]
+        if missing:
+            raise InvalidRequest(f"a cluster node needs {', '.join(missing)} set alike on every node "
+                                 f"({', '.join('COMPOSITOR_' + m.upper() for m in missing)})")
     directory = Path(cfg.data_dir).resolve()
     keys = cfg.api_keys
     if not keys:
@@ -236,7 +290,7 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         webhook_retry_base_s=cfg.webhook_retry_base_s, webhook_formats=formats,
         livekit_api_key=cfg.livekit_api_key or "", livekit_api_secret=cfg.livekit_api_secret or "",
         livekit_url=cfg.livekit_url or "",
-        url_signing_key=_secret_file(directory / "url-signing-key"),
+        url_signing_key=cfg.url_signing_key or _secret_file(directory / "url-signing-key"),
         download_url_ttl_s=cfg.download_url_ttl_s, download_url_max_ttl_s=cfg.download_url_max_ttl_s,
         request_timeout_s=cfg.request_timeout_s, max_queue=cfg.max_queue, warm_workers=cfg.warm_workers,
         warm_size=tuple(int(x) for x in cfg.warm_size.split("x")),
@@ -246,7 +300,8 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         allowed_hosts=AllowedHosts.parse(cfg.allowed_hosts).entries,
         storage=parse_storage(cfg.storage) if cfg.storage else LocalStorage(),
         backup_storage=parse_storage(cfg.backup_storage, "backup_storage") if cfg.backup_storage else None,
-        upload_retry_window_s=cfg.upload_retry_window_s, stop_grace_s=cfg.stop_grace_s)
+        upload_retry_window_s=cfg.upload_retry_window_s, stop_grace_s=cfg.stop_grace_s,
+        cluster=ClusterSettings(**cfg.cluster.model_dump()) if cfg.cluster else None)
 
 
 def _layouts_dir(value: str | None) -> Path | None:

@@ -2,7 +2,7 @@
 survives restarts).
 
 An egress's change and the events it causes commit in one transaction (the outbox): a crash between them can
-lose neither. The service talks to `Store` only, so another engine can stand in later.
+lose neither. The service talks to `seams.Store` only, so another engine can stand in.
 """
 
 from __future__ import annotations
@@ -11,95 +11,24 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-from ..protocol import ACTIVE_STATUSES, ENDED_STATUSES, Status
-
-
-@dataclass
-class EgressRecord:
-    """One egress as stored: its request, where it is, and what came of it."""
-
-    id: str
-    room_name: str
-    mode: str
-    layout: str
-    quality: str
-    request: dict
-    status: Status = Status.STARTING
-    created_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
-    started_at: float | None = None
-    ended_at: float | None = None
-    error: str | None = None
-    error_code: str | None = None
-    file: dict | None = None
-    worker_pid: int | None = None
-    #: each live destination as the worker last reported it (URLs redacted)
-    streams: list | None = None
-    #: what the other outputs became: {"segments": {...}, "images": {...}}
-    outputs: dict | None = None
-    #: LiveKit's egress type: room_composite, web, participant, track_composite or track
-    kind: str = "room_composite"
-
-    @property
-    def ended(self) -> bool:
-        return self.status in ENDED_STATUSES
-
-
-@dataclass(frozen=True)
-class OutboxEvent:
-    """One webhook event for one receiver, as the outbox keeps it until it is delivered or given up."""
-
-    event_id: str
-    egress_id: str
-    url: str
-    #: baxcloud or livekit: how it is signed
-    format: str
-    body: str
-    attempts: int = 0
-    created_at: float = 0.0
-    #: the outbox's own order; 0 until stored
-    seq: int = 0
-
-
-#: What a change causes: the events for (the egress before, the egress after).
-EventsOf = Callable[[EgressRecord, EgressRecord], list[OutboxEvent]]
-
-
-class Store(Protocol):
-    def create(self, rec: EgressRecord) -> None: ...
-    def get(self, egress_id: str) -> EgressRecord | None: ...
-    def update(self, egress_id: str, *, events: EventsOf | None = None, **fields) -> EgressRecord: ...
-    def list(self, *, room_name: str | None, status: str | None, mode: str | None, page: int,
-             limit: int) -> tuple[list[EgressRecord], int]: ...
-    def delete(self, egress_id: str) -> None: ...
-    def unfinished(self) -> list[EgressRecord]: ...
-    def get_setting(self, key: str) -> dict | None: ...
-    def put_setting(self, key: str, value: dict) -> None: ...
-    def counts(self) -> list[tuple[str, str, int]]: ...
-    def first_sighting(self, event_id: str, keep_s: float) -> bool: ...
-    def due_events(self, now: float) -> list[OutboxEvent]: ...
-    def next_event_at(self) -> float | None: ...
-    def event_delivered(self, seq: int, attempts: int) -> None: ...
-    def event_retry(self, seq: int, attempts: int, next_at: float, error: str) -> None: ...
-    def event_given_up(self, seq: int, attempts: int, error: str) -> None: ...
-    def event_backlog(self) -> int: ...
-
+from ..protocol import ACTIVE_STATUSES, Status
+from .seams import EgressRecord, EventsOf, OutboxEvent
 
 _COLUMNS = ["id", "room_name", "mode", "layout", "quality", "request", "status", "created_at", "updated_at",
-            "started_at", "ended_at", "error", "error_code", "file", "worker_pid", "streams", "outputs", "kind"]
+            "started_at", "ended_at", "error", "error_code", "file", "worker_pid", "streams", "outputs", "kind",
+            "node"]
 _JSON = {"request", "file", "streams", "outputs"}
 # Columns added after the first release: older data dirs gain them on open.
-_ADDED = {"streams": "TEXT", "outputs": "TEXT", "kind": "TEXT NOT NULL DEFAULT 'room_composite'"}
+_ADDED = {"streams": "TEXT", "outputs": "TEXT", "kind": "TEXT NOT NULL DEFAULT 'room_composite'", "node": "TEXT"}
 
 
 class SqliteStore:
-    """Store on one SQLite file; every call is a short transaction."""
+    """Store on one SQLite file. Every call is a short local transaction, run on the event loop: it never
+    waits on anything but the disk."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -138,13 +67,16 @@ class SqliteStore:
             values[key] = json.loads(values[key]) if values[key] is not None else None
         return EgressRecord(**values | {"status": Status(values["status"])})
 
-    def create(self, rec: EgressRecord) -> None:
+    async def create(self, rec: EgressRecord) -> None:
         values = [json.dumps(getattr(rec, c)) if c in _JSON and getattr(rec, c) is not None else getattr(rec, c)
                   for c in _COLUMNS]
         self._db.execute(f"INSERT INTO egress ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})",
                          values)
 
-    def get(self, egress_id: str) -> EgressRecord | None:
+    async def get(self, egress_id: str) -> EgressRecord | None:
+        return self._get(egress_id)
+
+    def _get(self, egress_id: str) -> EgressRecord | None:
         row = self._db.execute(f"SELECT {','.join(_COLUMNS)} FROM egress WHERE id = ?", (egress_id,)).fetchone()
         return self._row(row) if row else None
 
@@ -158,17 +90,19 @@ class SqliteStore:
             raise
         self._db.execute("COMMIT")
 
-    def update(self, egress_id: str, *, events: EventsOf | None = None, **fields) -> EgressRecord:
+    async def update(self, egress_id: str, *, events: EventsOf | None = None, **fields) -> EgressRecord:
         """Change an egress; with `events`, the webhook events the change causes go into the outbox in the same
         transaction."""
         fields["updated_at"] = time.time()
         sets = ", ".join(f"{k} = ?" for k in fields)
         values = [json.dumps(v) if k in _JSON and v is not None else v for k, v in fields.items()]
         with self._transaction():
-            before = self.get(egress_id)
+            before = self._get(egress_id)
             assert before is not None, egress_id
+            if before.ended and "status" in fields:
+                return before  # settled for good: a late report changes nothing
             self._db.execute(f"UPDATE egress SET {sets} WHERE id = ?", (*values, egress_id))
-            after = self.get(egress_id)
+            after = self._get(egress_id)
             for e in events(before, after) if events else []:
                 self._db.execute("INSERT INTO outbox (id, egress_id, url, body, next_at, created_at, format) "
                                  "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -180,33 +114,35 @@ class SqliteStore:
               " outbox p WHERE p.egress_id = o.egress_id AND p.url = o.url AND p.delivered_at IS NULL"
               " AND p.failed_at IS NULL)")
 
-    def due_events(self, now: float) -> list[OutboxEvent]:
-        """The events to send now."""
-        rows = self._db.execute(f"SELECT id, egress_id, url, format, body, attempts, created_at, seq {self._HEADS}"
-                                " AND next_at <= ?", (now,)).fetchall()
+    async def claim_events(self, now: float, lease_s: float) -> list[OutboxEvent]:
+        """The events to send now, each held for `lease_s` (due again then, unless delivered or retried)."""
+        with self._transaction():
+            rows = self._db.execute(f"SELECT id, egress_id, url, format, body, attempts, created_at, seq "
+                                    f"{self._HEADS} AND next_at <= ?", (now,)).fetchall()
+            self._db.executemany("UPDATE outbox SET next_at = ? WHERE seq = ?", [(now + lease_s, r[7]) for r in rows])
         return [OutboxEvent(*row) for row in rows]
 
-    def next_event_at(self) -> float | None:
+    async def next_event_at(self) -> float | None:
         """When the next event may go (one waiting behind a retrying one waits for it); None when none is pending."""
         return self._db.execute(f"SELECT MIN(next_at) {self._HEADS}").fetchone()[0]
 
-    def event_delivered(self, seq: int, attempts: int) -> None:
+    async def event_delivered(self, seq: int, attempts: int) -> None:
         self._db.execute("UPDATE outbox SET delivered_at = ?, attempts = ? WHERE seq = ?", (time.time(), attempts, seq))
 
-    def event_retry(self, seq: int, attempts: int, next_at: float, error: str) -> None:
+    async def event_retry(self, seq: int, attempts: int, next_at: float, error: str) -> None:
         self._db.execute("UPDATE outbox SET attempts = ?, next_at = ?, last_error = ? WHERE seq = ?",
                          (attempts, next_at, error, seq))
 
-    def event_given_up(self, seq: int, attempts: int, error: str) -> None:
+    async def event_given_up(self, seq: int, attempts: int, error: str) -> None:
         self._db.execute("UPDATE outbox SET failed_at = ?, attempts = ?, last_error = ? WHERE seq = ?",
                          (time.time(), attempts, error, seq))
 
-    def event_backlog(self) -> int:
+    async def event_backlog(self) -> int:
         """Events neither delivered nor given up."""
         return self._db.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL"
                                 ).fetchone()[0]
 
-    def list(self, *, room_name: str | None = None, status: str | None = None, mode: str | None = None,
+    async def list(self, *, room_name: str | None = None, status: str | None = None, mode: str | None = None,
              page: int = 1, limit: int = 20) -> tuple[list[EgressRecord], int]:
         where, args = [], []
         if mode:
@@ -224,32 +160,32 @@ class SqliteStore:
                                 "LIMIT ? OFFSET ?", (*args, limit, (page - 1) * limit)).fetchall()
         return [self._row(r) for r in rows], total
 
-    def delete(self, egress_id: str) -> None:
+    async def delete(self, egress_id: str) -> None:
         self._db.execute("DELETE FROM egress WHERE id = ?", (egress_id,))
 
-    def get_setting(self, key: str) -> dict | None:
+    async def get_setting(self, key: str) -> dict | None:
         row = self._db.execute("SELECT value FROM setting WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def put_setting(self, key: str, value: dict) -> None:
+    async def put_setting(self, key: str, value: dict) -> None:
         self._db.execute("INSERT INTO setting (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
                          "excluded.value", (key, json.dumps(value)))
 
-    def counts(self) -> list[tuple[str, str, int]]:
+    async def counts(self) -> list[tuple[str, str, int]]:
         """(status, mode, count) over every stored egress."""
         return self._db.execute("SELECT status, mode, COUNT(*) FROM egress GROUP BY status, mode").fetchall()
 
-    def first_sighting(self, event_id: str, keep_s: float) -> bool:
+    async def first_sighting(self, event_id: str, keep_s: float) -> bool:
         """True the first time `event_id` is seen within `keep_s` seconds (ids older than that are forgotten)."""
         now = time.time()
         self._db.execute("DELETE FROM seen_event WHERE at < ?", (now - keep_s,))
         return self._db.execute("INSERT OR IGNORE INTO seen_event (id, at) VALUES (?, ?)",
                                 (event_id, now)).rowcount == 1
 
-    def unfinished(self) -> list[EgressRecord]:
+    async def unfinished(self) -> list[EgressRecord]:
         rows = self._db.execute(f"SELECT {','.join(_COLUMNS)} FROM egress WHERE status IN "
                                 f"({','.join('?' * len(ACTIVE_STATUSES))})", ACTIVE_STATUSES).fetchall()
         return [self._row(r) for r in rows]
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self._db.close()

@@ -25,13 +25,15 @@ import aiohttp
 from ..protocol import Status, StreamStatus
 from . import livekit_info
 from .results import iso, recording_id
-from .store import EgressRecord, EventsOf, OutboxEvent, Store
+from .seams import EgressRecord, EventsOf, OutboxEvent, Store
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Compositor-Signature"
 EVENT_ID_HEADER = "X-Compositor-Event-Id"
 GIVE_UP_AFTER_S = 24 * 3600
+# An event being sent is held this long: past it (its sender died), it is due again.
+CLAIM_S = 60.0
 MAX_BACKOFF_S = 3600
 
 
@@ -157,9 +159,9 @@ class Webhooks:
         self._wake.set()
         return [OutboxEvent(event_id, egress_id, url, fmt, body, created_at=now) for url in self.urls]
 
-    @property
-    def backlog(self) -> int:
-        return self.store.event_backlog()
+    async def backlog(self) -> int:
+        """Events not delivered yet, nor given up."""
+        return await self.store.event_backlog()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -175,12 +177,12 @@ class Webhooks:
     async def _run(self) -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             while True:
-                due = self.store.due_events(time.time())
+                due = await self.store.claim_events(time.time(), CLAIM_S)
                 if due:
                     await asyncio.gather(*(self._deliver(session, event) for event in due))
                     continue
                 self._wake.clear()
-                next_at = self.store.next_event_at()
+                next_at = await self.store.next_event_at()
                 try:
                     await asyncio.wait_for(self._wake.wait(), max(0.0, next_at - time.time()) if next_at else 3600.0)
                 except TimeoutError:
@@ -199,15 +201,15 @@ class Webhooks:
         try:
             async with session.post(event.url, data=data, headers=headers) as resp:
                 if 200 <= resp.status < 300:
-                    self.store.event_delivered(event.seq, attempts)
+                    await self.store.event_delivered(event.seq, attempts)
                     return
                 error = f"HTTP {resp.status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = str(exc) or type(exc).__name__
         if time.time() - event.created_at > GIVE_UP_AFTER_S:
             log.error("webhook %s to %s given up after %d attempts: %s", event.event_id, event.url, attempts, error)
-            self.store.event_given_up(event.seq, attempts, error)
+            await self.store.event_given_up(event.seq, attempts, error)
             return
         delay = min(self.retry_base_s * 2 ** (attempts - 1), MAX_BACKOFF_S)
         log.warning("webhook %s to %s failed (%s); retry in %.0f s", event.event_id, event.url, error, delay)
-        self.store.event_retry(event.seq, attempts, time.time() + delay, error)
+        await self.store.event_retry(event.seq, attempts, time.time() + delay, error)

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..errors import Conflict, InvalidRequest
@@ -29,15 +29,12 @@ from ..protocol import (
     ResultEvent,
     Status,
     StatusEvent,
-    StreamEvent,
-    UpdateStreams,
     WarmEvent,
     parse_event,
 )
 from ..request import RecordRequest, UploadSpec
 from ..storage.config import REVEAL
-from .results import FileResult, iso
-from .store import EgressRecord, Store
+from .seams import Job
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +47,11 @@ WARM_TIMEOUT_S = 30.0
 
 
 class WorkerRunner:
-    """Owns the worker processes of running egresses."""
+    """Owns the worker processes of running egresses: the `seams.Runner` and `seams.Control` of one node."""
 
-    def __init__(self, store: Store, jobs_dir: Path, change: Callable[..., EgressRecord],
-                 change_stream: Callable[[str, int, dict], None], *,
-                 warm_target: int = 0, warm_size: tuple[int, int] = WARM_SIZE, worker_args: tuple[str, ...] = (),
-                 worker_env: dict[str, str] | None = None):
-        self.store = store
+    def __init__(self, jobs_dir: Path, *, warm_target: int = 0, warm_size: tuple[int, int] = WARM_SIZE,
+                 worker_args: tuple[str, ...] = (), worker_env: dict[str, str] | None = None):
         self.jobs_dir = jobs_dir
-        #: changes an egress (its fields as keywords) with the webhooks that causes
-        self.change = change
-        #: changes (or adds) an egress's `index`-th live destination
-        self.change_stream = change_stream
         self._replies: dict[int, asyncio.Future] = {}
         self._next_command = 0
         #: idle workers with display, sink and browser up, for jobs of `warm_size` at 48 kHz
@@ -81,6 +71,10 @@ class WorkerRunner:
         self._listening: set[str] = set()
         # Egresses whose worker is storing their outputs: cut short by a shutdown, they resume at the next start.
         self._delivering: set[str] = set()
+        # Where each running egress's file goes: what a crashed worker may have left there.
+        self._outputs: dict[str, str | None] = {}
+        # What the workers said, in order, for events(); None once shut down.
+        self._events: asyncio.Queue[tuple[str, Event] | None] = asyncio.Queue()
 
     @property
     def running(self) -> list[str]:
@@ -91,17 +85,25 @@ class WorkerRunner:
         """Warm workers ready for a job."""
         return sum(1 for w in self._warm if w.running)
 
-    async def start(self, egress_id: str, request: RecordRequest, frame: tuple[int, int, int]) -> None:
-        """Run an egress: on a warm worker when one fits its frame (width, height, sample rate), else a new one."""
-        worker = self._take_warm(frame)
+    async def events(self) -> AsyncIterator[tuple[str, Event]]:
+        """(egress id, event) as the workers report them; a worker that ends without a result reports an
+        ErrorEvent (WORKER_CRASHED). Ends after shutdown()."""
+        while (item := await self._events.get()) is not None:
+            yield item
+
+    async def start(self, job: Job) -> int | None:
+        """Run an egress: on a warm worker when one fits its frame (width, height, sample rate), else a new one.
+        Returns its pid."""
+        egress_id, request = job.egress_id, job.request
+        worker = self._take_warm(job.frame)
         config = self.job_file(egress_id)
         if worker is None or (request.upload and not request.upload.in_place):
             # A warm worker takes its job on stdin; the file is for a restarted service to resume a delivery.
             _write_private(config, request.model_dump_json(exclude_none=True, context=REVEAL))
         if worker is not None:
-            job = JobCommand(egress_id=egress_id,
-                             request=request.model_dump(mode="json", exclude_none=True, context=REVEAL))
-            worker.proc.stdin.write((job.wire() + "\n").encode())
+            command = JobCommand(egress_id=egress_id,
+                                 request=request.model_dump(mode="json", exclude_none=True, context=REVEAL))
+            worker.proc.stdin.write((command.wire() + "\n").encode())
             # It has its signal handlers already: a stop can go at once.
             self._listening.add(egress_id)
             self.replenish()
@@ -110,8 +112,9 @@ class WorkerRunner:
                                   "--control", "stdin", *self.worker_args)
             await worker.start()
         self._workers[egress_id] = worker
-        self.change(egress_id, worker_pid=worker.pid)
+        self._outputs[egress_id] = request.file.filepath if request.file else None
         self._followers[egress_id] = asyncio.create_task(self._follow(egress_id, worker))
+        return worker.pid
 
     def job_file(self, egress_id: str) -> Path:
         """The worker's request (secrets included, readable by this user only)."""
@@ -207,7 +210,7 @@ class WorkerRunner:
                 return True
         return False
 
-    def stop(self, egress_id: str) -> bool:
+    async def stop(self, egress_id: str) -> bool:
         """Ask a worker to finish its file; False if it is not running."""
         worker = self._workers.get(egress_id)
         if worker is None or not worker.running:
@@ -217,10 +220,6 @@ class WorkerRunner:
         else:
             self._stop_pending.add(egress_id)
         return True
-
-    async def update_streams(self, egress_id: str, add: list[str], remove: list[str]) -> None:
-        """Have a running worker add and remove destinations; raises the worker's error if it refuses."""
-        await self.command(egress_id, UpdateStreams(add=add, remove=remove))
 
     async def command(self, egress_id: str, command: Command) -> CommandReply:
         """Send a running worker a command; its answer, or the worker's error if it refuses."""
@@ -251,6 +250,7 @@ class WorkerRunner:
         workers = [*self._workers.values(), *self._warm]
         await asyncio.gather(*(w.stop(grace) for w in workers), return_exceptions=True)
         await asyncio.gather(*self._followers.values(), return_exceptions=True)
+        self._events.put_nowait(None)
 
     async def _follow(self, egress_id: str, worker: ManagedProcess) -> None:
         settled = False
@@ -266,15 +266,20 @@ class WorkerRunner:
                     if egress_id in self._stop_pending:
                         worker.signal(signal.SIGINT)
                 settled = self._apply(egress_id, event) or settled
+                self._events.put_nowait((egress_id, event))
             await worker.wait()
             if not settled and self._closing and egress_id in self._delivering:
                 log.warning("the delivery of %s was cut short by the shutdown; it resumes at the next start",
                             egress_id)
             else:
                 if not settled:
-                    self.change(egress_id, status=Status.FAILED, ended_at=time.time(), error_code="WORKER_CRASHED",
-                              error=f"the worker ended without a result: {worker.describe_exit()}",
-                              file=kept_file(self.store.get(egress_id).request))
+                    output = self._outputs.get(egress_id)
+                    kept = output and next((p for p in (Path(output), partial_path(Path(output))) if p.exists()),
+                                           None)
+                    self._events.put_nowait((egress_id, ErrorEvent(
+                        status=Status.FAILED, code="WORKER_CRASHED", time=time.time(),
+                        message=f"the worker ended without a result: {worker.describe_exit()}",
+                        file={"path": str(kept)} if kept else None)))
                 self.forget_job(egress_id)
         finally:
             self._workers.pop(egress_id, None)
@@ -282,37 +287,19 @@ class WorkerRunner:
             self._listening.discard(egress_id)
             self._stop_pending.discard(egress_id)
             self._delivering.discard(egress_id)
+            self._outputs.pop(egress_id, None)
             log.info("worker %s ended (%s)", egress_id, worker.proc.returncode if worker.proc else None)
 
     def _apply(self, egress_id: str, event: Event) -> bool:
-        """Fold one worker event into the store; True when it settles the egress."""
-        if isinstance(event, StatusEvent) and event.status in (Status.ACTIVE, Status.ENDING):
-            if event.storing:
-                self._delivering.add(egress_id)
-            fields: dict = {"status": event.status}
-            if event.status == Status.ACTIVE:
-                if event.message:
-                    log.warning("egress %s: %s", egress_id, event.message)
-                fields["started_at"] = event.time
-            self.change(egress_id, **fields)
-        elif isinstance(event, StreamEvent):
-            self.change_stream(egress_id, event.index, event.state())
+        """What the runner itself takes from an event (the service folds it into the store); True when it
+        settles the egress."""
+        if isinstance(event, StatusEvent) and event.storing:
+            self._delivering.add(egress_id)
         elif isinstance(event, CommandReply):
             reply = self._replies.get(event.id)
             if reply and not reply.done():
                 reply.set_result(event)
-        elif isinstance(event, ResultEvent):
-            outputs = {k: v for k in ("segments", "images", "manifest") if (v := getattr(event, k))}
-            self.change(egress_id, status=Status.LIMIT_REACHED if event.stopped_by == "limit" else Status.COMPLETE,
-                      ended_at=event.time, file=_file_result(event.file) if event.file else None,
-                      outputs=outputs or None, **({"streams": event.streams} if event.streams else {}))
-            return True
-        elif isinstance(event, ErrorEvent):
-            kept = (event.file or {}).get("path")
-            self.change(egress_id, status=event.status, ended_at=event.time, error=event.message,
-                      error_code=event.code, file=_kept(Path(kept)) if kept else None)
-            return True
-        return False
+        return isinstance(event, (ResultEvent, ErrorEvent))
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -320,27 +307,3 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-
-
-def _file_result(f: dict) -> dict:
-    """A worker's file facts as the API shows them (FileResult names the fields)."""
-    location = f.get("location") or f["path"]
-    return FileResult(location=location, filename=(f.get("key") or location).rpartition("/")[2], size=f["size"],
-                      duration=f["duration"],
-                      **{k: f[k] for k in ("width", "height", "fps", "video_codec", "audio_codec", "key", "storage",
-                                           "backup_used") if k in f},
-                      started_at=iso(f.get("started_at")), ended_at=iso(f.get("ended_at"))
-                      ).model_dump(by_alias=True, exclude_none=True)
-
-
-def kept_file(request: dict) -> dict | None:
-    """The file an egress left (final, or the crash-safe partial one), if any."""
-    output = Path(request.get("file", {}).get("filepath", ""))
-    if not output.name:
-        return None
-    return next((_kept(path) for path in (output, partial_path(output)) if path.exists()), None)
-
-
-def _kept(path: Path) -> dict:
-    """A file left on this server (not stored), as the API shows it."""
-    return {"location": str(path), "filename": path.name, "size": path.stat().st_size if path.is_file() else 0}

@@ -1,0 +1,256 @@
+"""`seams.Store` on Redis: the egresses, settings and webhook outbox every node of a cluster shares.
+
+Each change is one Lua script, so it is atomic: a compare-and-set of the egress's record (read, changed in
+Python, written back only if nobody wrote it meanwhile, else read again), its indexes, and the webhook events
+the change causes. A node's writes carry its fence (its epoch): once the cluster has declared the node lost,
+they are refused.
+
+Keys, under the prefix: `eg:<id>` (the record, JSON), `eg:all` / `eg:status:<s>` / `eg:room:<r>` /
+`eg:mode:<m>` (sorted sets by creation time), `eg:unfinished` (a set), `setting:<key>`, `seen:<id>`, and the
+outbox: `ob:seq`, `ob:e:<seq>` (one event, a hash), `ob:q:<egress>|<url>` (a receiver's pending events of one
+egress, in order), `ob:due` (each such queue by when its head is due), `ob:backlog`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from ...errors import Unavailable
+from ...protocol import Status
+from ..seams import EgressRecord, EventsOf, OutboxEvent
+
+MODES = ("record", "stream", "both")
+_FIELDS = {f.name for f in dataclasses.fields(EgressRecord)}
+# At most this many receivers' events are claimed at once.
+CLAIM_BATCH = 100
+
+_PUT = """
+local p, id = ARGV[1], ARGV[2]
+if ARGV[5] ~= '' and redis.call('GET', ARGV[5]) ~= ARGV[6] then return redis.error_reply('FENCED') end
+local key = p .. 'eg:' .. id
+local cur = redis.call('GET', key)
+if (cur or '') ~= ARGV[3] then return 0 end
+local function index(raw, add)
+  if raw == nil or raw == false or raw == '' then return end
+  local r = cjson.decode(raw)
+  for _, k in ipairs({p..'eg:all', p..'eg:status:'..r.status, p..'eg:room:'..r.room_name, p..'eg:mode:'..r.mode}) do
+    if add then redis.call('ZADD', k, r.created_at, id) else redis.call('ZREM', k, id) end
+  end
+  if add and (r.status == 'STARTING' or r.status == 'ACTIVE' or r.status == 'ENDING') then
+    redis.call('SADD', p..'eg:unfinished', id)
+  elseif not add then
+    redis.call('SREM', p..'eg:unfinished', id)
+  end
+end
+index(cur, false)
+if ARGV[4] == '' then
+  redis.call('DEL', key)
+else
+  redis.call('SET', key, ARGV[4])
+  index(ARGV[4], true)
+end
+for i = 8, 7 + 5 * tonumber(ARGV[7]), 5 do
+  local seq = redis.call('INCR', p..'ob:seq')
+  local q = p..'ob:q:'..id..'|'..ARGV[i+1]
+  redis.call('HSET', p..'ob:e:'..seq, 'id', ARGV[i], 'egress_id', id, 'url', ARGV[i+1], 'format', ARGV[i+2],
+             'body', ARGV[i+3], 'created_at', ARGV[i+4], 'next_at', ARGV[i+4], 'attempts', 0, 'q', q)
+  redis.call('RPUSH', q, seq)
+  if redis.call('LLEN', q) == 1 then redis.call('ZADD', p..'ob:due', ARGV[i+4], q) end
+  redis.call('INCR', p..'ob:backlog')
+end
+return 1
+"""
+
+_CLAIM = """
+local p, now, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+for _, q in ipairs(redis.call('ZRANGEBYSCORE', p..'ob:due', '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))) do
+  local seq = redis.call('LINDEX', q, 0)
+  redis.call('ZADD', p..'ob:due', now + lease, q)
+  redis.call('HSET', p..'ob:e:'..seq, 'next_at', now + lease)
+  local e = redis.call('HMGET', p..'ob:e:'..seq, 'id', 'egress_id', 'url', 'format', 'body', 'attempts',
+                       'created_at')
+  table.insert(e, seq)
+  table.insert(out, e)
+end
+return out
+"""
+
+# ARGV: prefix, seq, done (1: delivered or given up; 0: retry), attempts, next_at, error
+_SETTLE_EVENT = """
+local p, seq = ARGV[1], ARGV[2]
+local e = p..'ob:e:'..seq
+local q = redis.call('HGET', e, 'q')
+if not q or redis.call('LINDEX', q, 0) ~= seq then return 0 end
+if ARGV[3] == '0' then
+  redis.call('HSET', e, 'attempts', ARGV[4], 'next_at', ARGV[5], 'last_error', ARGV[6])
+  redis.call('ZADD', p..'ob:due', ARGV[5], q)
+  return 1
+end
+redis.call('LPOP', q)
+redis.call('DEL', e)
+redis.call('DECR', p..'ob:backlog')
+local head = redis.call('LINDEX', q, 0)
+if head then
+  redis.call('ZADD', p..'ob:due', redis.call('HGET', p..'ob:e:'..head, 'next_at'), q)
+else
+  redis.call('ZREM', p..'ob:due', q)
+end
+return 1
+"""
+
+_LIST = """
+local p, n = ARGV[1], tonumber(ARGV[4])
+local src = ARGV[5]
+if n > 1 then
+  local args = {'ZINTERSTORE', KEYS[1], n}
+  for i = 1, n do table.insert(args, ARGV[4 + i]) end
+  table.insert(args, 'AGGREGATE')
+  table.insert(args, 'MAX')
+  redis.call(unpack(args))
+  src = KEYS[1]
+end
+local total = redis.call('ZCARD', src)
+local ids = redis.call('ZREVRANGE', src, tonumber(ARGV[2]), tonumber(ARGV[3]))
+if n > 1 then redis.call('DEL', KEYS[1]) end
+local recs = {}
+for _, id in ipairs(ids) do table.insert(recs, redis.call('GET', p..'eg:'..id)) end
+return {total, recs}
+"""
+
+
+class Fenced(Unavailable):
+    """This node was declared lost: what it writes is refused until it joins again."""
+
+    code = "NODE_FENCED"
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A node's writes go through only while `key` holds `value` (its epoch)."""
+
+    key: str
+    value: str
+
+
+def _encode(rec: EgressRecord) -> str:
+    return json.dumps(dataclasses.asdict(rec), separators=(",", ":"))
+
+
+def _decode(raw: str) -> EgressRecord:
+    values = {k: v for k, v in json.loads(raw).items() if k in _FIELDS}
+    return EgressRecord(**values | {"status": Status(values["status"])})
+
+
+class RedisStore:
+    """`seams.Store` on one Redis (the cluster's). `fence`: the node's epoch its writes need."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "compositor:", fence: Fence | None = None):
+        self._r = client
+        self._p = prefix
+        self.fence = fence
+        self._put_script = client.register_script(_PUT)
+        self._claim = client.register_script(_CLAIM)
+        self._settle_event = client.register_script(_SETTLE_EVENT)
+        self._list = client.register_script(_LIST)
+
+    async def _put(self, egress_id: str, expected: str, new: str, events: list[OutboxEvent] = ()) -> bool:
+        fence = self.fence or Fence("", "")
+        args = [self._p, egress_id, expected, new, fence.key, fence.value, len(events)]
+        for e in events:
+            args += [e.event_id, e.url, e.format, e.body, repr(e.created_at)]
+        try:
+            return bool(await self._put_script(args=args))
+        except ResponseError as exc:
+            if "FENCED" in str(exc):
+                raise Fenced("this node was declared lost by the cluster; it takes no work until it joins "
+                             "again") from None
+            raise
+
+    async def create(self, rec: EgressRecord) -> None:
+        if not await self._put(rec.id, "", _encode(rec)):
+            raise ValueError(f"egress {rec.id} exists already")
+
+    async def get(self, egress_id: str) -> EgressRecord | None:
+        raw = await self._r.get(f"{self._p}eg:{egress_id}")
+        return _decode(raw) if raw else None
+
+    async def update(self, egress_id: str, *, events: EventsOf | None = None, **fields) -> EgressRecord:
+        while True:
+            raw = await self._r.get(f"{self._p}eg:{egress_id}")
+            assert raw, egress_id
+            before = _decode(raw)
+            if before.ended and "status" in fields:
+                return before  # settled for good: a late report changes nothing
+            after = dataclasses.replace(before, **fields, updated_at=time.time())
+            if await self._put(egress_id, raw, _encode(after), events(before, after) if events else []):
+                return after
+            # Written by another node meanwhile: read it again and redo the change on what it is now.
+
+    async def delete(self, egress_id: str) -> None:
+        while raw := await self._r.get(f"{self._p}eg:{egress_id}"):
+            if await self._put(egress_id, raw, ""):
+                return
+
+    async def list(self, *, room_name: str | None = None, status: str | None = None, mode: str | None = None,
+                   page: int = 1, limit: int = 20) -> tuple[list[EgressRecord], int]:
+        keys = [f"{self._p}eg:all"]
+        keys += [f"{self._p}eg:room:{room_name}"] if room_name else []
+        keys += [f"{self._p}eg:status:{status}"] if status else []
+        keys += [f"{self._p}eg:mode:{mode}"] if mode else []
+        start = (page - 1) * limit
+        scratch = f"{self._p}tmp:list:{time.monotonic_ns()}"
+        total, raws = await self._list(keys=[scratch], args=[self._p, start, start + limit - 1, len(keys), *keys])
+        return [_decode(r) for r in raws if r], int(total)
+
+    async def unfinished(self) -> list[EgressRecord]:
+        ids = await self._r.smembers(f"{self._p}eg:unfinished")
+        raws = await self._r.mget([f"{self._p}eg:{i}" for i in ids]) if ids else []
+        return [_decode(r) for r in raws if r]
+
+    async def get_setting(self, key: str) -> dict | None:
+        raw = await self._r.get(f"{self._p}setting:{key}")
+        return json.loads(raw) if raw else None
+
+    async def put_setting(self, key: str, value: dict) -> None:
+        await self._r.set(f"{self._p}setting:{key}", json.dumps(value))
+
+    async def counts(self) -> list[tuple[str, str, int]]:
+        pipe = self._r.pipeline(transaction=False)
+        pairs = [(s.value, m) for s in Status for m in MODES]
+        for s, m in pairs:
+            pipe.zintercard(2, [f"{self._p}eg:status:{s}", f"{self._p}eg:mode:{m}"])
+        return [(s, m, n) for (s, m), n in zip(pairs, await pipe.execute()) if n]
+
+    async def first_sighting(self, event_id: str, keep_s: float) -> bool:
+        return bool(await self._r.set(f"{self._p}seen:{event_id}", "1", nx=True, px=max(1, int(keep_s * 1000))))
+
+    async def claim_events(self, now: float, lease_s: float) -> list[OutboxEvent]:
+        rows = await self._claim(args=[self._p, repr(now), repr(lease_s), CLAIM_BATCH])
+        return [OutboxEvent(event_id, egress_id, url, fmt, body, int(attempts), float(created), int(seq))
+                for event_id, egress_id, url, fmt, body, attempts, created, seq in rows]
+
+    async def next_event_at(self) -> float | None:
+        head = await self._r.zrange(f"{self._p}ob:due", 0, 0, withscores=True)
+        return head[0][1] if head else None
+
+    async def event_delivered(self, seq: int, attempts: int) -> None:
+        await self._settle_event(args=[self._p, seq, 1, attempts, 0, ""])
+
+    async def event_retry(self, seq: int, attempts: int, next_at: float, error: str) -> None:
+        await self._settle_event(args=[self._p, seq, 0, attempts, repr(next_at), error])
+
+    async def event_given_up(self, seq: int, attempts: int, error: str) -> None:
+        await self._settle_event(args=[self._p, seq, 1, attempts, 0, error])
+
+    async def event_backlog(self) -> int:
+        return int(await self._r.get(f"{self._p}ob:backlog") or 0)
+
+    async def close(self) -> None:
+        await self._r.aclose()

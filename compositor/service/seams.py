@@ -1,0 +1,180 @@
+"""The service's seams: what it keeps (`Store`), how it admits (`Dispatcher`), how it runs workers (`Runner`)
+and how a call reaches a running worker (`Control`), with the records that cross them.
+
+`Service` is built from one implementation of each. On one node they are SQLite (store.SqliteStore), an
+in-process queue (dispatch.LocalDispatcher) and worker processes (workers.WorkerRunner, which is also the
+Control); benchmarks plug in simulation.SimulatedRunner, which runs no process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from ..protocol import ENDED_STATUSES, Command, CommandReply, Event, Status
+from ..request import RecordRequest, UploadSpec
+
+
+@dataclass
+class EgressRecord:
+    """One egress as stored: its request, where it is, and what came of it."""
+
+    id: str
+    room_name: str
+    mode: str
+    layout: str
+    quality: str
+    request: dict
+    status: Status = Status.STARTING
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+    error: str | None = None
+    error_code: str | None = None
+    file: dict | None = None
+    worker_pid: int | None = None
+    #: each live destination as the worker last reported it (URLs redacted)
+    streams: list | None = None
+    #: what the other outputs became: {"segments": {...}, "images": {...}}
+    outputs: dict | None = None
+    #: LiveKit's egress type: room_composite, web, participant, track_composite or track
+    kind: str = "room_composite"
+    #: the node whose worker runs it (in a cluster; None on a single node, or until placed)
+    node: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED_STATUSES
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """One webhook event for one receiver, as the outbox keeps it until it is delivered or given up."""
+
+    event_id: str
+    egress_id: str
+    url: str
+    #: baxcloud or livekit: how it is signed
+    format: str
+    body: str
+    attempts: int = 0
+    created_at: float = 0.0
+    #: the outbox's own order; 0 until stored
+    seq: int = 0
+
+
+#: What a change causes: the events for (the egress before, the egress after).
+EventsOf = Callable[[EgressRecord, EgressRecord], list[OutboxEvent]]
+
+
+class Store(Protocol):
+    """Egresses, settings and the webhook outbox. A change and the events it causes commit together; a
+    settled egress's status is final (a change of it is dropped whole, and the record returned as stored).
+    The outbox hands out, per egress and receiver, only the oldest pending event, claimed for a lease: an
+    event whose sender died is due again when its lease ends."""
+
+    async def create(self, rec: EgressRecord) -> None: ...
+    async def get(self, egress_id: str) -> EgressRecord | None: ...
+    async def update(self, egress_id: str, *, events: EventsOf | None = None, **fields) -> EgressRecord: ...
+    async def list(self, *, room_name: str | None = None, status: str | None = None, mode: str | None = None,
+                   page: int = 1, limit: int = 20) -> tuple[list[EgressRecord], int]: ...
+    async def delete(self, egress_id: str) -> None: ...
+    async def unfinished(self) -> list[EgressRecord]: ...
+    async def get_setting(self, key: str) -> dict | None: ...
+    async def put_setting(self, key: str, value: dict) -> None: ...
+    async def counts(self) -> list[tuple[str, str, int]]: ...
+    async def first_sighting(self, event_id: str, keep_s: float) -> bool: ...
+    async def claim_events(self, now: float, lease_s: float) -> list[OutboxEvent]: ...
+    async def next_event_at(self) -> float | None: ...
+    async def event_delivered(self, seq: int, attempts: int) -> None: ...
+    async def event_retry(self, seq: int, attempts: int, next_at: float, error: str) -> None: ...
+    async def event_given_up(self, seq: int, attempts: int, error: str) -> None: ...
+    async def event_backlog(self) -> int: ...
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Job:
+    """An egress ready to run: what its worker gets, and what it costs."""
+
+    egress_id: str
+    request: RecordRequest
+    #: CPU cores it holds while it runs
+    cost: float
+    #: (width, height, sample rate): a warm worker takes only a job of its own frame
+    frame: tuple[int, int, int]
+
+
+class Placed(StrEnum):
+    """Where admission put a job."""
+
+    #: it holds its cost on this node: run it here now
+    HERE = "here"
+    #: it holds its cost on another node of the cluster, which runs it
+    ELSEWHERE = "elsewhere"
+    #: it waits for capacity
+    QUEUED = "queued"
+
+
+class Dispatcher(Protocol):
+    """Admission: a job runs while the summed cost of running jobs fits the capacity; otherwise it waits in a
+    bounded queue, first come first served, or is refused."""
+
+    @property
+    def capacity(self) -> float: ...
+    async def free(self) -> float: ...
+    async def check(self, cost: float, queue: bool) -> None:
+        """Raise InvalidRequest for a cost no capacity holds, CapacityExceeded when a job of `cost` could
+        neither run now nor wait (with `queue`): the cheap refusal before any slow check."""
+    async def admit(self, job: Job, queue: bool) -> Placed:
+        """Place `job`: it holds its cost on a node and runs there now, or waits in the queue (with `queue`);
+        CapacityExceeded when neither."""
+    async def release(self, egress_id: str) -> list[Job]:
+        """An egress ended: its cost is free again. Returns the queued jobs that now hold theirs on this node,
+        to run here (those placed on other nodes reach them through their `placed()`)."""
+    def placed(self) -> AsyncIterator[Job]:
+        """Jobs other nodes placed on this one, to run here, as they come."""
+    async def withdraw(self, egress_id: str) -> bool:
+        """Take a job out of the queue; False when it was not waiting."""
+    async def position(self, egress_id: str) -> int | None:
+        """1 for the next job to run, None when it is not waiting."""
+    async def queued(self) -> list[Job]: ...
+
+
+class Control(Protocol):
+    """Calls that reach the worker of a running egress."""
+
+    async def stop(self, egress_id: str) -> bool:
+        """Ask it to finish its outputs; False when no worker runs it."""
+    async def command(self, egress_id: str, command: Command) -> CommandReply:
+        """Its answer to `command`; Conflict/InvalidRequest when it is not running or refuses."""
+
+
+class Runner(Protocol):
+    """Runs egresses, and reports what their workers say as (egress id, event) in order, until closed."""
+
+    @property
+    def running(self) -> list[str]: ...
+    @property
+    def warm(self) -> int: ...
+    async def start(self, job: Job) -> int | None:
+        """Run `job`; its worker's pid. Raises OSError when no worker could start."""
+    async def resume_delivery(self, egress_id: str) -> None:
+        """Store the outputs an earlier run staged but did not store."""
+    def events(self) -> AsyncIterator[tuple[str, Event]]: ...
+    def job_request(self, egress_id: str) -> RecordRequest | None:
+        """The request (secrets included) an unfinished egress's worker got; None when forgotten."""
+    def forget_job(self, egress_id: str, *, keep_storage: bool = True) -> None: ...
+    def kept_storage(self, egress_id: str) -> UploadSpec | None: ...
+    def replenish(self) -> None:
+        """Bring up the idle warm workers it keeps ready."""
+    async def shutdown(self, grace: float) -> None:
+        """Stop every worker (those past `grace` killed); the event stream ends after their last events."""
+
+
+class NodeRunner(Runner, Control, Protocol):
+    """A runner that is also the Control of what it runs: on one node, calls reach workers directly."""

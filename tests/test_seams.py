@@ -1,0 +1,353 @@
+"""The service's seams without media: the store's contract (run against every backend), admission, the API's
+views of a record, and the service itself on a simulated runner. Fast: no worker process starts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from compositor.api.models import egress_info, recording_info
+from compositor.errors import CapacityExceeded, Conflict, InvalidRequest
+from compositor.protocol import Status, UpdateLayout
+from compositor.request import RecordRequest
+from compositor.service import Service, Settings, livekit_info
+from compositor.service.cluster.store import RedisStore
+from compositor.service.dispatch import LocalDispatcher
+from compositor.service.requests import StartEgressRequest
+from compositor.service.seams import EgressRecord, Job, OutboxEvent, Placed
+from compositor.service.simulation import SimulatedRunner
+from compositor.service.store import SqliteStore
+from compositor.service.webhooks import Webhooks, verify
+from tools.peers.redis import RedisServer
+
+# Every backend of the Store runs the same contract.
+BACKENDS = ["sqlite", "redis"]
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(request, tmp_path):
+    if request.param == "sqlite":
+        opened = SqliteStore(tmp_path / "c.db")
+    else:
+        server = request.getfixturevalue("redis_server")
+        # A prefix of its own per test: the tests share one server, never its keys.
+        opened = RedisStore(aioredis.from_url(server.url, decode_responses=True), prefix=f"t{id(request)}:")
+    yield opened
+    await opened.close()
+
+
+async def record(store, egress_id: str = "EG_1", mode: str = "record", **fields) -> EgressRecord:
+    rec = EgressRecord(id=egress_id, room_name=fields.pop("room_name", "room"), mode=mode, layout="grid",
+                       quality="720p", request={}, **fields)
+    await store.create(rec)
+    return rec
+
+
+# The store: a change and the webhook events it causes commit together, or neither does.
+
+async def test_a_status_change_and_its_webhooks_commit_together(store):
+    hooks = Webhooks(store, ["http://a.test/hook", "http://b.test/hook"], "secret", formats=("baxcloud", "livekit"))
+    await record(store)
+    rec = await store.update("EG_1", events=hooks.for_change, status=Status.ACTIVE, started_at=1.0)
+    assert rec.status is Status.ACTIVE
+    due = await store.claim_events(float("inf"), 60)
+    # recording.started (baxcloud) and egress_started (livekit), each for both receivers; one at a time per receiver
+    assert sorted((e.url, e.format) for e in due) == [("http://a.test/hook", "baxcloud"),
+                                                      ("http://b.test/hook", "baxcloud")]
+    assert json.loads(due[0].body)["event"] == "recording.started"
+    assert await store.event_backlog() == 4
+    # Unchanged status: no events.
+    await store.update("EG_1", events=hooks.for_change, worker_pid=42)
+    assert await store.event_backlog() == 4
+
+
+async def test_a_change_whose_events_fail_is_not_kept(store):
+    await record(store)
+
+    def broken(before, after):
+        raise RuntimeError("composing the events failed")
+
+    with pytest.raises(RuntimeError):
+        await store.update("EG_1", events=broken, status=Status.ACTIVE)
+    assert (await store.get("EG_1")).status is Status.STARTING and await store.event_backlog() == 0
+
+
+async def test_outbox_order_and_retries(store):
+    await record(store)
+
+    def one(name):
+        return lambda before, after: [OutboxEvent(name, "EG_1", "http://a.test/", "baxcloud", name, created_at=1.0)]
+
+    await store.update("EG_1", events=one("first"), status=Status.ACTIVE)
+    await store.update("EG_1", events=one("second"), status=Status.COMPLETE)
+    (head,) = await store.claim_events(2.0, 60)
+    assert head.event_id == "first"
+    await store.event_retry(head.seq, 1, next_at=100.0, error="HTTP 500")
+    assert await store.claim_events(2.0, 60) == [] and await store.next_event_at() == 100.0
+    (again,) = await store.claim_events(100.0, 60)
+    assert again.event_id == "first" and again.attempts == 1
+    await store.event_delivered(again.seq, 2)
+    (then,) = await store.claim_events(100.0, 60)
+    assert then.event_id == "second"
+    await store.event_given_up(then.seq, 1, "gone")
+    assert await store.event_backlog() == 0 and await store.next_event_at() is None
+
+
+async def test_a_claimed_event_is_due_again_only_when_its_lease_ends(store):
+    await record(store)
+    one = [OutboxEvent("evt_1", "EG_1", "http://a.test/", "baxcloud", "{}", created_at=1.0)]
+    await store.update("EG_1", events=lambda before, after: one, status=Status.ACTIVE)
+    (claimed,) = await store.claim_events(10.0, lease_s=30)
+    assert await store.claim_events(39.0, lease_s=30) == [] and await store.next_event_at() == 40.0
+    (again,) = await store.claim_events(40.0, lease_s=30)  # its sender never answered
+    assert again.event_id == claimed.event_id == "evt_1"
+
+
+async def test_a_settled_status_is_final(store):
+    hooks = Webhooks(store, ["http://a.test/"], "secret")
+    await record(store)
+    await store.update("EG_1", events=hooks.for_change, status=Status.FAILED, error_code="NODE_LOST")
+    late = await store.update("EG_1", events=hooks.for_change, status=Status.COMPLETE, file={"size": 1})
+    assert (late.status, late.error_code, late.file) == (Status.FAILED, "NODE_LOST", None)
+    assert (await store.get("EG_1")).status is Status.FAILED and await store.event_backlog() == 1
+
+
+async def test_a_destinations_change_reports_its_own_transition(store):
+    hooks = Webhooks(store, ["http://a.test/"], "secret")
+    await record(store, mode="stream")
+    await store.update("EG_1", streams=[{"url": "rtmp://h/a/***", "status": "ACTIVE", "retries": 0}])
+    failed = {"url": "rtmp://h/a/***", "status": "FAILED", "retries": 3, "error": "refused",
+              "error_code": "RTMP_PUBLISH_REJECTED"}
+    await store.update("EG_1", events=hooks.for_stream(0), streams=[failed])
+    (event,) = await store.claim_events(float("inf"), 60)
+    body = json.loads(event.body)
+    assert body["event"] == "stream.failed" and body["data"]["errorCode"] == "RTMP_PUBLISH_REJECTED"
+    # The same state again is no news.
+    await store.update("EG_1", events=hooks.for_stream(0), streams=[failed])
+    assert await store.event_backlog() == 1
+
+
+async def test_lists_filter_page_and_count(store):
+    for i in range(7):
+        await record(store, f"EG_{i}", mode="stream" if i % 3 == 0 else "record", room_name=f"room-{i % 2}",
+                     created_at=1000.0 + i, status=Status.COMPLETE if i < 4 else Status.ACTIVE)
+    page, total = await store.list(page=1, limit=3)
+    assert total == 7 and [r.id for r in page] == ["EG_6", "EG_5", "EG_4"]  # newest first
+    page, total = await store.list(page=3, limit=3)
+    assert total == 7 and [r.id for r in page] == ["EG_0"]
+    page, total = await store.list(room_name="room-0", status="COMPLETE")
+    assert total == 2 and {r.id for r in page} == {"EG_0", "EG_2"}
+    page, total = await store.list(mode="stream")
+    assert total == 3 and {r.id for r in page} == {"EG_0", "EG_3", "EG_6"}
+    assert {r.id for r in await store.unfinished()} == {"EG_4", "EG_5", "EG_6"}
+    assert sorted(await store.counts()) == [("ACTIVE", "record", 2), ("ACTIVE", "stream", 1),
+                                            ("COMPLETE", "record", 2), ("COMPLETE", "stream", 2)]
+    await store.delete("EG_6")
+    assert await store.get("EG_6") is None and (await store.list())[1] == 6
+
+
+async def test_records_read_back_as_written(store):
+    rec = await record(store, file={"location": "/r/a.mp4", "size": 3}, streams=[{"url": "rtmp://h/a/***"}],
+                       kind="web")
+    back = await store.get("EG_1")
+    assert back == rec and back.status is Status.STARTING and not back.ended
+    assert await store.get("EG_nothing") is None
+
+
+async def test_settings_and_first_sightings(store):
+    assert await store.get_setting("auto_egress") is None
+    await store.put_setting("auto_egress", {"enabled": True})
+    await store.put_setting("auto_egress", {"enabled": False})
+    assert await store.get_setting("auto_egress") == {"enabled": False}
+    assert await store.first_sighting("livekit:EV_1", 60) is True
+    assert await store.first_sighting("livekit:EV_1", 60) is False
+    # Forgotten once older than the window.
+    assert await store.first_sighting("livekit:EV_2", 0.05) is True
+    await asyncio.sleep(0.1)
+    assert await store.first_sighting("livekit:EV_2", 0.05) is True
+
+
+# Admission: never more than the capacity, the queue in order and bounded.
+
+def job(egress_id: str, cost: float) -> Job:
+    return Job(egress_id, RecordRequest(file={"filepath": "/r/a.mp4"}), cost, (640, 360, 48000))
+
+
+async def test_admission_never_oversubscribes_and_keeps_the_queue_in_order():
+    d = LocalDispatcher(capacity=1.0, max_queue=2)
+    assert await d.admit(job("a", 0.7), queue=False) is Placed.HERE
+    with pytest.raises(CapacityExceeded) as refused:
+        await d.admit(job("b", 0.4), queue=False)
+    assert refused.value.details == {"needed": 0.4, "free": 0.3, "queued": 0}
+    assert await d.admit(job("big", 0.7), queue=True) is Placed.QUEUED
+    # A small one that would fit waits behind the queue's head: first come, first served.
+    assert await d.admit(job("small", 0.2), queue=True) is Placed.QUEUED
+    with pytest.raises(CapacityExceeded, match="queue is full"):
+        await d.admit(job("c", 0.1), queue=True)
+    assert [await d.position(x) for x in ("a", "big", "small")] == [None, 1, 2]
+    assert await d.free() == pytest.approx(0.3)
+    assert [j.egress_id for j in await d.release("a")] == ["big", "small"]
+    assert await d.free() == pytest.approx(0.1) and await d.queued() == []
+    assert await d.release("a") == []  # twice is once
+
+
+async def test_admission_refuses_what_could_never_fit_and_withdraws():
+    d = LocalDispatcher(capacity=1.0, max_queue=4)
+    with pytest.raises(InvalidRequest) as never:
+        await d.check(1.3, queue=True)
+    assert never.value.details == {"field": "quality", "needed": 1.3}
+    assert await d.admit(job("a", 1.0), queue=True) is Placed.HERE
+    assert await d.admit(job("b", 0.4), queue=True) is Placed.QUEUED
+    assert await d.withdraw("b") and not await d.withdraw("b")
+    assert await d.release("a") == [] and await d.free() == 1.0
+
+
+# What the API shows of a record, without the API.
+
+def test_views_of_an_ended_recording():
+    rec = EgressRecord(id="EG_abc", room_name="room", mode="record", layout="grid", quality="720p",
+                       request={"file": {"file_type": "WEBM"}}, status=Status.COMPLETE, created_at=1e9,
+                       started_at=1e9 + 1, ended_at=1e9 + 5, file={"location": "/r/a.webm", "filename": "a.webm",
+                                                                    "size": 9, "duration": 3.5})
+    info = egress_info(rec, queue_position=None)
+    assert (info["status"], info["durationSec"], info["file"]["size"]) == ("COMPLETE", 3.5, 9)
+    assert info["startedAt"] == "2001-09-09T01:46:41.000Z" and info["queuePosition"] is None
+    shown = recording_info(rec)
+    assert (shown["id"], shown["egressId"], shown["fileType"]) == ("rec_abc", "EG_abc", "WEBM")
+    lk = livekit_info.egress_info(rec)
+    assert lk.egress_id == "EG_abc" and lk.file_results[0].filename == "a.webm"
+    assert lk.ended_at - lk.started_at == 4_000_000_000
+
+
+def test_views_of_a_waiting_egress_without_times():
+    rec = EgressRecord(id="EG_q", room_name="room", mode="stream", layout="grid", quality="720p", request={},
+                       streams=[{"url": "rtmp://h/a/***", "status": "STARTING", "retries": 0}])
+    info = egress_info(rec, queue_position=2)
+    assert info["queuePosition"] == 2 and info["durationSec"] is None and info["startedAt"] is None
+    assert info["streams"] == [{"url": "rtmp://h/a/***", "status": "STARTING", "retries": 0, "error": None,
+                                "errorCode": None, "lastRetryAt": None, "startedAt": None, "endedAt": None}]
+
+
+# The service on a simulated runner: its own logic, every egress 480p (0.4 cores).
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that keeps what it is sent."""
+
+    def __init__(self):
+        self.events: list[dict] = []
+        app = web.Application()
+        app.router.add_post("/hook", self._post)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    async def _post(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        assert verify("hook-secret", request.headers["X-Compositor-Signature"], body)
+        self.events.append(json.loads(body))
+        return web.json_response({})
+
+
+@pytest.fixture
+async def simulated(tmp_path):
+    receiver = Receiver()
+    await receiver.server.start_server()
+    runner = SimulatedRunner(start_s=0.02, stop_s=0.02)
+    service = Service.on_this_node(Settings(
+        data_dir=tmp_path / "data", capacity=1.0, max_queue=2, url_signing_key="k", webhook_secret="hook-secret",
+        webhook_urls=[str(receiver.server.make_url("/hook"))]), runner=runner)
+    service.start_background()
+    yield service, runner, receiver
+    if not service.draining:
+        await service.shutdown()
+    await receiver.server.close()
+
+
+def small(**fields) -> StartEgressRequest:
+    return StartEgressRequest.model_validate({"roomName": "room", "quality": "480p", **fields})
+
+
+async def until(check, timeout: float = 5.0):
+    for _ in range(int(timeout / 0.02)):
+        if result := await check():
+            return result
+        await asyncio.sleep(0.02)
+    raise AssertionError("never happened")
+
+
+async def test_the_service_runs_what_fits_queues_the_rest_and_runs_it_when_room_frees(simulated):
+    service, runner, receiver = simulated
+    first, second = await service.start(small()), await service.start(small())
+    queued = await service.start(small(queue=True))
+    assert queued.status is Status.STARTING and await service.queue_position(queued.id) == 1
+    with pytest.raises(CapacityExceeded):
+        await service.start(small())  # not willing to wait
+    assert [j.egress_id for j in runner.started] == [first.id, second.id]
+    assert all(j.cost == 0.4 and j.frame[:2] == (854, 480) for j in runner.started)
+    await until(lambda: _is(service, first.id, Status.ACTIVE))
+    await service.update_layout(first.id, "speaker")
+    assert runner.commands == [(first.id, UpdateLayout(id=None, layout="speaker"))]
+    assert (await service.stop(first.id)).status is Status.ENDING
+    await until(lambda: _is(service, first.id, Status.COMPLETE))
+    # The freed 0.4 cores go to the queue's head.
+    await until(lambda: _is(service, queued.id, Status.ACTIVE))
+    assert await service.queue_position(queued.id) is None
+    with pytest.raises(Conflict, match="already ended"):
+        await service.stop(first.id)
+
+
+async def test_a_queued_egress_stopped_ends_aborted_and_never_runs(simulated):
+    service, runner, receiver = simulated
+    await service.start(small())
+    await service.start(small())
+    queued = await service.start(small(queue=True))
+    stopped = await service.stop(queued.id)
+    assert (stopped.status, stopped.error_code) == (Status.ABORTED, "ABORTED")
+    assert queued.id not in [j.egress_id for j in runner.started]
+    await until(lambda: _delivered(receiver, "recording.failed", 1))
+
+
+async def test_every_change_reaches_the_webhook_once_in_order(simulated):
+    service, runner, receiver = simulated
+    ids = [(await service.start(small())).id for _ in range(2)]
+    for egress_id in ids:
+        await until(lambda: _is(service, egress_id, Status.ACTIVE))
+        await service.stop(egress_id)
+    await until(lambda: _delivered(receiver, "recording.completed", 2))
+    for egress_id in ids:
+        names = [e["event"] for e in receiver.events if e["data"]["egressId"] == egress_id]
+        assert names == ["recording.started", "recording.completed"]
+    assert len({e["id"] for e in receiver.events}) == len(receiver.events) == 4
+    assert await service.webhooks.backlog() == 0
+
+
+async def test_a_drain_aborts_the_queue_and_finishes_the_rest(simulated):
+    service, runner, receiver = simulated
+    running = [await service.start(small()) for _ in range(2)]
+    queued = await service.start(small(queue=True))
+    await service.shutdown()
+    assert runner.running == []
+    reopened = SqliteStore(service.settings.data_dir / "compositor.db")
+    try:
+        assert (await reopened.get(queued.id)).status is Status.ABORTED
+        assert {(await reopened.get(r.id)).status for r in running} == {Status.COMPLETE}
+    finally:
+        await reopened.close()
+
+
+async def _is(service: Service, egress_id: str, status: Status) -> bool:
+    return (await service.get(egress_id)).status is status
+
+
+async def _delivered(receiver: Receiver, name: str, count: int) -> bool:
+    return sum(e["event"] == name for e in receiver.events) >= count
