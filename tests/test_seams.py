@@ -199,7 +199,7 @@ async def test_admission_never_oversubscribes_and_keeps_the_queue_in_order():
     assert [await d.position(x) for x in ("a", "big", "small")] == [None, 1, 2]
     assert await d.free() == pytest.approx(0.3)
     assert [j.egress_id for j in await d.release("a")] == ["big", "small"]
-    assert await d.free() == pytest.approx(0.1) and await d.queued() == []
+    assert await d.free() == pytest.approx(0.1) and await d.drain() == []
     assert await d.release("a") == []  # twice is once
 
 

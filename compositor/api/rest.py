@@ -14,7 +14,15 @@ from google.protobuf.json_format import ParseError
 from livekit import api as livekit_api
 from pydantic import ValidationError
 
-from ..errors import CompositorError, Conflict, Forbidden, InvalidRequest, NotFound, Unauthenticated
+from ..errors import (
+    CompositorError,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from ..protocol import ACTIVE_STATUSES, Status
 from ..request import first_error
 from ..service.auto_egress import AUTO_EGRESS
@@ -338,8 +346,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
-    free = await service.dispatcher.free()
-    status = 200 if not service.draining else 503
+    status = 200 if service.ready else 503
+    try:
+        free = await service.dispatcher.free()
+    except Unavailable:
+        free, status = 0.0, 503
     return web.json_response({"ready": status == 200, "freeCapacity": round(free, 3),
                               "active": len(service.runner.running), "warm": service.runner.warm}, status=status)
 

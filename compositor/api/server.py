@@ -17,9 +17,8 @@ log = logging.getLogger(__name__)
 async def serve(settings: Settings, host: str, port: int) -> int:
     """Recover what a previous run left, listen on host:port (0: any free port, printed), run until a signal,
     then drain: no new work, running egresses finish their files and uploads."""
-    service = Service.on_this_node(settings)
-    service.start_background()
-    resumed, settled = await service.recover()
+    service = Service.from_settings(settings)
+    resumed, settled = await service.open()
     for rec in resumed:
         log.warning("resuming the delivery of %s, left unfinished by a previous run", rec.id)
     for rec in settled:

@@ -81,7 +81,7 @@ class LocalDispatcher:
     async def position(self, egress_id: str) -> int | None:
         return next((i + 1 for i, j in enumerate(self._queue) if j.egress_id == egress_id), None)
 
-    async def queued(self) -> list[Job]:
+    async def drain(self) -> list[Job]:
         return list(self._queue)
 
     async def placed(self) -> AsyncIterator[Job]:

@@ -106,7 +106,7 @@ def _results(rec: EgressRecord) -> lk.EgressInfo:
     if rec.file:
         f = rec.file
         info.file_results.add(filename=f.get("filename", Path(f["location"]).name), location=f["location"],
-                              size=f.get("size", 0), duration=_ns(f.get("duration")),
+                              size=f.get("size") or 0, duration=_ns(f.get("duration")),
                               started_at=_ns(rec.started_at), ended_at=_ns(rec.ended_at))
     for s in rec.streams or []:
         info.stream_results.add(url=s["url"], status=_STREAM_STATUS.get(s["status"], lk.StreamInfo.ACTIVE),

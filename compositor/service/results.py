@@ -26,10 +26,11 @@ def egress_id_of(rec_id: str) -> str:
 class FileResult(Model):
     location: str = Field(description="the object's URL, or the file's path on this server")
     filename: str
-    size: int
+    size: int | None = Field(None, description="bytes (unknown for the file of a lost cluster node)")
     key: str | None = Field(None, description="the name in the storage")
     storage: str | None = Field(None, description="local, s3, gcs or azure")
     backup_used: bool | None = Field(None, description="the storage refused; the backup storage holds it")
+    node: str | None = Field(None, description="in a cluster, the node whose disk holds a file kept locally")
     duration: float | None = None
     width: int | None = None
     height: int | None = None

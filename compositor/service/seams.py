@@ -142,7 +142,9 @@ class Dispatcher(Protocol):
         """Take a job out of the queue; False when it was not waiting."""
     async def position(self, egress_id: str) -> int | None:
         """1 for the next job to run, None when it is not waiting."""
-    async def queued(self) -> list[Job]: ...
+    async def drain(self) -> list[Job]:
+        """This node takes no more jobs. Returns the waiting jobs that end with it (a cluster's queue outlives
+        any node: none there), for the service to abort."""
 
 
 class Control(Protocol):

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..destinations import parse_stream_urls, redact_url, redact_ws
-from ..errors import CapacityExceeded, Conflict, Draining, InvalidRequest, NotFound
+from ..errors import CapacityExceeded, Conflict, Draining, InvalidRequest, NotFound, Unavailable
 from ..layouts import resolve_layout
 from ..outbound import check_urls
 from ..plan import EgressConfig, new_egress_id, outbound_urls, resolve
@@ -19,6 +19,8 @@ from ..request import RecordRequest, UploadSpec
 from ..storage import LocalStorage, NameValues, Uploader, render_name, sign_local_url
 from ..storage.manifest import find_manifest
 from .auto_egress import AutoEgress
+from .cluster import Cluster
+from .cluster.store import Fenced
 from .dispatch import LocalDispatcher, egress_cost
 from .requests import StartEgressRequest
 from .results import fold, kept_file, pending_streams
@@ -36,17 +38,20 @@ class Service:
     folds what their workers report into the store with the webhooks each change causes."""
 
     def __init__(self, settings: Settings, *, store: Store, dispatcher: Dispatcher, runner: Runner,
-                 control: Control, webhooks: Webhooks):
+                 control: Control, webhooks: Webhooks, cluster: Cluster | None = None):
         self.settings = settings
         self.store = store
         self.dispatcher = dispatcher
         self.runner = runner
         self.control = control
         self.webhooks = webhooks
+        #: this node's membership of its cluster; None on a single node
+        self.cluster = cluster
         #: what requests may reach; the same flags hold every worker to it
         self.policy = settings.outbound_policy
         self.draining = False
         self._background: set[asyncio.Task] = set()
+        self._tasks: list[asyncio.Task] = []
         self._reports: asyncio.Task | None = None
         self.auto_egress = AutoEgress(store, self.start, self.stop)
 
@@ -64,18 +69,106 @@ class Service:
         return cls(settings, store=store, dispatcher=LocalDispatcher(settings.capacity, settings.max_queue),
                    runner=runner, control=runner, webhooks=webhooks)
 
+    @classmethod
+    def in_cluster(cls, settings: Settings, runner: NodeRunner | None = None) -> Service:
+        """A node of a cluster (settings.cluster): the store, queue and outbox shared on Redis, calls routed to
+        the node that runs each egress, and this node's workers (or `runner`)."""
+        private_dir(settings.data_dir)
+        local = runner or WorkerRunner(settings.data_dir / "jobs", warm_target=settings.warm_workers,
+                                       warm_size=settings.warm_size, worker_args=settings.worker_args,
+                                       worker_env=settings.livekit_env)
+        cluster = Cluster.connect(settings.cluster, settings.capacity, settings.max_queue, local)
+        webhooks = Webhooks(cluster.store, settings.webhook_urls, settings.webhook_secret,
+                            settings.webhook_retry_base_s, settings.webhook_formats, settings.livekit_api_key,
+                            settings.livekit_api_secret, idle_s=cluster.node.every_s)
+        return cls(settings, store=cluster.store, dispatcher=cluster.dispatcher, runner=local,
+                   control=cluster.control, webhooks=webhooks, cluster=cluster)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Service:
+        """A cluster node when the settings name a cluster, else a single node."""
+        return cls.in_cluster(settings) if settings.cluster else cls.on_this_node(settings)
+
+    @property
+    def ready(self) -> bool:
+        """Takes new work: not draining, and (in a cluster) holding its lease."""
+        return not self.draining and (self.cluster is None or self.cluster.node.ready)
+
+    async def open(self) -> tuple[list[EgressRecord], list[EgressRecord]]:
+        """Join the cluster (if any), start the service's own tasks, and recover what a previous run left:
+        returns (resumed, settled) as recover() does."""
+        if self.cluster:
+            await self.cluster.node.join()
+        self.start_background()
+        return await self.recover()
+
     def start_background(self) -> None:
-        """Start the service's own tasks (webhook delivery, workers' reports, warm workers); needs the running
-        loop."""
+        """Start the service's own tasks (webhook delivery, workers' reports, warm workers, and in a cluster
+        the lease, the search for lost nodes, calls from other nodes and jobs they place here); needs the
+        running loop."""
         self.webhooks.start()
         self._reports = asyncio.create_task(self._follow_reports())
+        self._tasks.append(asyncio.create_task(self._run_placed()))
+        if self.cluster:
+            node = self.cluster.node
+            self._tasks += [asyncio.create_task(node.every(self._keep_lease, "the lease")),
+                            asyncio.create_task(node.every(self._find_lost, "the search for lost nodes")),
+                            asyncio.create_task(self.cluster.control.serve())]
         self.runner.replenish()
+
+    async def _run_placed(self) -> None:
+        async for job in self.dispatcher.placed():
+            self._in_background(self._launch(job))
+
+    async def _keep_lease(self) -> None:
+        if await self.cluster.node.renew() or self.draining:
+            return
+        # The cluster declared this node lost and settled its egresses: what its workers do now counts for
+        # nothing. Stop them, then join again as a new node.
+        log.error("node %s was declared lost by the cluster: stopping its workers, then joining again",
+                  self.cluster.node.id)
+        for egress_id in self.runner.running:
+            await self.runner.stop(egress_id)
+        deadline = time.monotonic() + self.settings.stop_grace_s
+        while self.runner.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        await self.cluster.node.join()
+
+    async def _find_lost(self) -> None:
+        for node_id in await self.cluster.node.claim_lost():
+            log.warning("node %s was lost (no lease renewal for %g s): settling its egresses", node_id,
+                        self.cluster.node.lease_s)
+        for egress_id in await self.cluster.node.lost_egresses():
+            await self._settle_lost(egress_id)
+        for job in await self.cluster.dispatcher.pump():
+            self._in_background(self._launch(job))
+
+    async def _settle_lost(self, egress_id: str) -> None:
+        """An egress of a lost node: one it never started waits again (at the queue's head); one it ran ends
+        FAILED (NODE_LOST), its file listed where it was going."""
+        rec = await self.store.get(egress_id)
+        if rec is not None and not rec.ended:
+            if rec.status == Status.STARTING and rec.worker_pid is None:
+                again = await self.cluster.dispatcher.requeue(egress_id)
+                for job in again or []:
+                    self._in_background(self._launch(job))
+                if again is not None:
+                    log.info("egress %s never started on its lost node: placed again", egress_id)
+                    await self.cluster.node.settled_lost(egress_id)
+                    return
+            await self._change(egress_id, status=Status.FAILED, ended_at=time.time(), error_code="NODE_LOST",
+                               error=f"node {rec.node or 'unknown'} was lost while this egress ran",
+                               file=lost_file(rec))
+        else:
+            await self.dispatcher.release(egress_id)
+        await self.cluster.node.settled_lost(egress_id)
 
     async def recover(self) -> tuple[list[EgressRecord], list[EgressRecord]]:
         """After a restart: resume the deliveries left unfinished (outputs staged, manifest written), and end
-        every other egress left running, keeping its file. Returns (resumed, settled)."""
+        every other egress left running, keeping its file. Returns (resumed, settled). In a cluster, what a
+        node left is the cluster's to settle (NODE_LOST), as for any lost node."""
         resumed, settled = [], []
-        for rec in await self.store.unfinished():
+        for rec in [] if self.cluster else await self.store.unfinished():
             job = self.runner.job_request(rec.id)
             upload = job and job.upload
             if upload and not upload.in_place and find_manifest(Path(upload.staging), rec.id):
@@ -153,6 +246,10 @@ class Service:
         return paths
 
     async def _launch(self, job: Job) -> None:
+        rec = await self.store.get(job.egress_id)
+        if rec is None or rec.ended:  # stopped (or deleted) on its way here
+            await self.dispatcher.release(job.egress_id)
+            return
         try:
             pid = await self.runner.start(job)
         except OSError as exc:
@@ -160,7 +257,9 @@ class Service:
             await self._change(job.egress_id, status=Status.FAILED, ended_at=time.time(), error_code="WORKER_START",
                                error=f"could not start the worker: {exc}")
             return
-        await self.store.update(job.egress_id, worker_pid=pid)
+        rec = await self.store.update(job.egress_id, worker_pid=pid, node=self.settings.node_id)
+        if rec.ended:  # stopped while its worker started
+            await self.runner.stop(job.egress_id)
 
     async def queue_position(self, egress_id: str) -> int | None:
         """1 for the next egress to start, None when it is not waiting."""
@@ -172,8 +271,13 @@ class Service:
         if await self.dispatcher.withdraw(egress_id):
             return await self._change(egress_id, status=Status.ABORTED, ended_at=time.time(), error_code="ABORTED",
                                       error="stopped while waiting for capacity")
-        if await self.control.stop(egress_id) and rec.status == Status.ACTIVE:
-            return await self.store.update(egress_id, status=Status.ENDING)
+        if await self.control.stop(egress_id):
+            if rec.status == Status.ACTIVE:
+                return await self.store.update(egress_id, status=Status.ENDING)
+        elif rec.status == Status.STARTING:
+            # Placed, but its worker is not up yet: it ends here, and its worker is stopped as it comes up.
+            return await self._change(egress_id, status=Status.ABORTED, ended_at=time.time(), error_code="ABORTED",
+                                      error="stopped before it started")
         return await self.store.get(egress_id)
 
     async def _running(self, egress_id: str) -> EgressRecord:
@@ -200,6 +304,9 @@ class Service:
                 if root not in path.parents:
                     raise NotFound(f"the file of {rec.id} is not in the recordings folder")
                 key = path.relative_to(root).as_posix()
+            if self.cluster and rec.node and rec.node != self.cluster.node.id:
+                # The file is on the disk of the node that recorded it: the URL leads there.
+                origin = await self.cluster.node.url_of(rec.node) or origin
             return sign_local_url(origin, key, self.settings.url_signing_key, ttl)
         upload = self.runner.kept_storage(rec.id)
         if upload is None:
@@ -241,10 +348,22 @@ class Service:
     async def _follow_reports(self) -> None:
         """Fold each worker's events into the store, in the order they came."""
         async for egress_id, event in self.runner.events():
-            try:
-                await self._fold(egress_id, event)
-            except Exception:  # one bad report must not stop the others from being kept
-                log.exception("egress %s: could not keep the worker's %s event", egress_id, event.type)
+            while True:
+                try:
+                    await self._fold(egress_id, event)
+                except Fenced:
+                    log.warning("egress %s: the worker's %s event is refused: the cluster declared this node "
+                                "lost", egress_id, event.type)
+                except Unavailable as exc:
+                    if self.ready or (self.cluster and self.cluster.node.joined):
+                        # The shared store is away for a moment: keep the event until it is back.
+                        log.warning("egress %s: keeping the %s event until the store is back (%s)", egress_id,
+                                    event.type, exc.message)
+                        await asyncio.sleep(1.0)
+                        continue
+                except Exception:  # one bad report must not stop the others from being kept
+                    log.exception("egress %s: could not keep the worker's %s event", egress_id, event.type)
+                break
 
     async def _fold(self, egress_id: str, event: Event) -> None:
         if isinstance(event, StreamEvent):
@@ -286,17 +405,30 @@ class Service:
         task.add_done_callback(self._background.discard)
 
     async def shutdown(self) -> None:
-        """Drain: take no new work, let running egresses finish their files."""
+        """Drain: take no new work, let running egresses finish their files (in a cluster, then leave it)."""
         self.draining = True
         await self.auto_egress.close()
-        for job in await self.dispatcher.queued():
+        for job in await self.dispatcher.drain():
             await self.stop(job.egress_id)  # never started: ABORTED
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.runner.shutdown(self.settings.stop_grace_s)
         if self._reports:
             await self._reports  # the runner's last reports, kept
+        if self.cluster:
+            self.cluster.node.closing = True  # its loops end at their next turn, however a cancel fares
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.cluster:
+            await self.cluster.node.leave()
         await self.webhooks.stop()
         await self.store.close()
+
+
+def lost_file(rec: EgressRecord) -> dict | None:
+    """Where a lost node was writing an egress's file (its size unknown: the file is on that node's disk)."""
+    path = Path(rec.request.get("file", {}).get("filepath", ""))
+    return {"location": str(path), "filename": path.name, "node": rec.node} if path.name else None
 
 
 def _must_be_active(rec: EgressRecord, what: str) -> None:

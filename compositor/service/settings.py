@@ -252,7 +252,7 @@ def _from_yaml(path: Path) -> dict:
 def load_settings(config_file: Path | None = None, **flags) -> Settings:
     """Settings from a YAML file, then COMPOSITOR_* environment variables, then flags; defaults fill the rest."""
     layers = [_from_yaml(config_file) if config_file else {}, _from_env(),
-              {k: v for k, v in flags.items() if v not in (None, [])}]
+              {k: v for k, v in flags.items() if v not in (None, [], {})}]
     layered = {k: v for layer in layers for k, v in layer.items()}
     # The cluster's fields layer one by one, like the others.
     cluster = {k: v for layer in layers for k, v in (layer.get("cluster") or {}).items()}

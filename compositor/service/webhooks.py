@@ -22,6 +22,7 @@ import time
 
 import aiohttp
 
+from ..errors import Unavailable
 from ..protocol import Status, StreamStatus
 from . import livekit_info
 from .results import iso, recording_id
@@ -107,8 +108,11 @@ class Webhooks:
     """Which events a change causes (for the store's outbox), and the loop that delivers them from there."""
 
     def __init__(self, store: Store, urls: list[str], secret: str, retry_base_s: float = 2.0,
-                 formats: tuple[str, ...] = ("baxcloud",), livekit_key: str = "", livekit_secret: str = ""):
+                 formats: tuple[str, ...] = ("baxcloud",), livekit_key: str = "", livekit_secret: str = "",
+                 idle_s: float = 3600.0):
         self.store = store
+        #: how long the loop sleeps with nothing due: events queued by other nodes of a cluster wake no one here
+        self.idle_s = idle_s
         self.urls = urls
         self.secret = secret
         self.retry_base_s = retry_base_s
@@ -116,6 +120,7 @@ class Webhooks:
         self._livekit = (livekit_key, livekit_secret)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._closed = False
 
     def for_change(self, before: EgressRecord, after: EgressRecord) -> list[OutboxEvent]:
         """The events of an egress's status change."""
@@ -167,7 +172,10 @@ class Webhooks:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        self._closed = True
+        self._wake.set()
         if self._task:
+            # The flag ends the loop even where a cancel meets a timeout at once and is lost (asyncio.wait_for).
             self._task.cancel()
             try:
                 await self._task
@@ -176,15 +184,21 @@ class Webhooks:
 
     async def _run(self) -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            while True:
-                due = await self.store.claim_events(time.time(), CLAIM_S)
-                if due:
-                    await asyncio.gather(*(self._deliver(session, event) for event in due))
-                    continue
-                self._wake.clear()
-                next_at = await self.store.next_event_at()
+            while not self._closed:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, next_at - time.time()) if next_at else 3600.0)
+                    due = await self.store.claim_events(time.time(), CLAIM_S)
+                    if due:
+                        await asyncio.gather(*(self._deliver(session, event) for event in due))
+                        continue
+                    self._wake.clear()
+                    next_at = await self.store.next_event_at()
+                except Unavailable as exc:  # the cluster's store is away: its events wait there
+                    log.warning("webhooks wait: %s", exc.message)
+                    next_at = time.time() + min(self.idle_s, 5.0)
+                try:
+                    await asyncio.wait_for(self._wake.wait(),
+                                           min(max(0.0, next_at - time.time()) if next_at else self.idle_s,
+                                               self.idle_s))
                 except TimeoutError:
                     pass
 

@@ -14,17 +14,24 @@ egress, in order), `ob:due` (each such queue by when its head is due), `ob:backl
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...errors import Unavailable
 from ...protocol import Status
 from ..seams import EgressRecord, EventsOf, OutboxEvent
 
+#: what Redis raises when it does not answer
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 MODES = ("record", "stream", "both")
 _FIELDS = {f.name for f in dataclasses.fields(EgressRecord)}
 # At most this many receivers' events are claimed at once.
@@ -125,6 +132,24 @@ return {total, recs}
 """
 
 
+def outage_is_unavailable(cls: type) -> type:
+    """Class decorator: a public coroutine method of `cls` raises Unavailable (503, with Retry-After) when Redis
+    does not answer, as the API's callers should see it."""
+    def guarded(method):
+        @functools.wraps(method)
+        async def call(*args, **kwargs):
+            try:
+                return await method(*args, **kwargs)
+            except REDIS_DOWN as exc:
+                raise Unavailable(f"the cluster's Redis does not answer ({exc})") from None
+        return call
+
+    for name, value in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.iscoroutinefunction(value):
+            setattr(cls, name, guarded(value))
+    return cls
+
+
 class Fenced(Unavailable):
     """This node was declared lost: what it writes is refused until it joins again."""
 
@@ -148,10 +173,12 @@ def _decode(raw: str) -> EgressRecord:
     return EgressRecord(**values | {"status": Status(values["status"])})
 
 
+@outage_is_unavailable
 class RedisStore:
-    """`seams.Store` on one Redis (the cluster's). `fence`: the node's epoch its writes need."""
+    """`seams.Store` on one Redis (the cluster's). `fence`: the node's epoch its writes need, as it is now."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "compositor:", fence: Fence | None = None):
+    def __init__(self, client: aioredis.Redis, prefix: str = "compositor:",
+                 fence: Callable[[], Fence] | None = None):
         self._r = client
         self._p = prefix
         self.fence = fence
@@ -161,7 +188,7 @@ class RedisStore:
         self._list = client.register_script(_LIST)
 
     async def _put(self, egress_id: str, expected: str, new: str, events: list[OutboxEvent] = ()) -> bool:
-        fence = self.fence or Fence("", "")
+        fence = self.fence() if self.fence else Fence("", "")
         args = [self._p, egress_id, expected, new, fence.key, fence.value, len(events)]
         for e in events:
             args += [e.event_id, e.url, e.format, e.body, repr(e.created_at)]
