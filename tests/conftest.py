@@ -21,6 +21,7 @@ from tools.peers.livekit import API_KEY, API_SECRET
 from tools.peers.receivers import NginxRtmp, free_port  # noqa: F401  (tests import free_port from here)
 
 from .support.livekit import livekit, livekit_service  # noqa: F401  (per module that asks)
+from .support.simulated import redis_server  # noqa: F401  (per module that asks)
 
 # Storage servers as fixtures for every test module (each module gets its own servers).
 from .support.storage_servers import azure_server, gcs_account, gcs_server, s3_server, token_server  # noqa: F401

@@ -8,8 +8,6 @@ import json
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from compositor.api.models import egress_info, recording_info
 from compositor.errors import CapacityExceeded, Conflict, InvalidRequest
@@ -18,22 +16,15 @@ from compositor.request import RecordRequest
 from compositor.service import Service, Settings, livekit_info
 from compositor.service.cluster.store import RedisStore
 from compositor.service.dispatch import LocalDispatcher
-from compositor.service.requests import StartEgressRequest
 from compositor.service.seams import EgressRecord, Job, OutboxEvent, Placed
 from compositor.service.simulation import SimulatedRunner
 from compositor.service.store import SqliteStore
-from compositor.service.webhooks import Webhooks, verify
-from tools.peers.redis import RedisServer
+from compositor.service.webhooks import Webhooks
+
+from .support.simulated import HOOK_SECRET, Receiver, small, until
 
 # Every backend of the Store runs the same contract.
 BACKENDS = ["sqlite", "redis"]
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -242,47 +233,19 @@ def test_views_of_a_waiting_egress_without_times():
 
 # The service on a simulated runner: its own logic, every egress 480p (0.4 cores).
 
-class Receiver:
-    """A webhook receiver on 127.0.0.1 that keeps what it is sent."""
-
-    def __init__(self):
-        self.events: list[dict] = []
-        app = web.Application()
-        app.router.add_post("/hook", self._post)
-        self.server = TestServer(app, host="127.0.0.1")
-
-    async def _post(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        assert verify("hook-secret", request.headers["X-Compositor-Signature"], body)
-        self.events.append(json.loads(body))
-        return web.json_response({})
-
-
 @pytest.fixture
 async def simulated(tmp_path):
     receiver = Receiver()
     await receiver.server.start_server()
     runner = SimulatedRunner(start_s=0.02, stop_s=0.02)
     service = Service.on_this_node(Settings(
-        data_dir=tmp_path / "data", capacity=1.0, max_queue=2, url_signing_key="k", webhook_secret="hook-secret",
-        webhook_urls=[str(receiver.server.make_url("/hook"))]), runner=runner)
+        data_dir=tmp_path / "data", capacity=1.0, max_queue=2, url_signing_key="k", webhook_secret=HOOK_SECRET,
+        webhook_urls=[receiver.url]), runner=runner)
     service.start_background()
     yield service, runner, receiver
     if not service.draining:
         await service.shutdown()
     await receiver.server.close()
-
-
-def small(**fields) -> StartEgressRequest:
-    return StartEgressRequest.model_validate({"roomName": "room", "quality": "480p", **fields})
-
-
-async def until(check, timeout: float = 5.0):
-    for _ in range(int(timeout / 0.02)):
-        if result := await check():
-            return result
-        await asyncio.sleep(0.02)
-    raise AssertionError("never happened")
 
 
 async def test_the_service_runs_what_fits_queues_the_rest_and_runs_it_when_room_frees(simulated):

@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Compositor-Signature"
 EVENT_ID_HEADER = "X-Compositor-Event-Id"
 GIVE_UP_AFTER_S = 24 * 3600
-# An event being sent is held this long: past it (its sender died), it is due again.
-CLAIM_S = 60.0
+# A delivery gives up after this long.
+DELIVERY_TIMEOUT_S = 10.0
+# An event being sent is held this long (a delivery and then some): past it (its sender died), it is due again.
+CLAIM_S = DELIVERY_TIMEOUT_S + 5.0
 MAX_BACKOFF_S = 3600
 
 
@@ -183,7 +185,7 @@ class Webhooks:
                 pass
 
     async def _run(self) -> None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DELIVERY_TIMEOUT_S)) as session:
             while not self._closed:
                 try:
                     due = await self.store.claim_events(time.time(), CLAIM_S)
