@@ -202,6 +202,8 @@ class HttpReceiver:
 
         self.posts: list[tuple[dict, bytes]] = []
         self.gets: list[str] = []
+        #: what POSTs are answered (a test sets 500 to play a receiver that fails; those POSTs are not kept)
+        self.post_status = 200
         self._loop = asyncio.new_event_loop()
 
         async def get(request):
@@ -209,7 +211,10 @@ class HttpReceiver:
             return web.Response(text=page, content_type="text/html")
 
         async def post(request):
-            self.posts.append((dict(request.headers), await request.read()))
+            body = await request.read()
+            if self.post_status != 200:
+                return web.json_response({"ok": False}, status=self.post_status)
+            self.posts.append((dict(request.headers), body))
             return web.json_response({"ok": True})
 
         app = web.Application()

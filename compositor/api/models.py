@@ -66,6 +66,7 @@ class EgressInfo(Lifecycle):
     kind: str = Field("room_composite", description="LiveKit's egress type: room_composite, web, participant, "
                                                     "track_composite or track")
     queue_position: int | None = Field(None, description="1 = next to start, while waiting for capacity")
+    node: str | None = Field(None, description="in a cluster, the node that runs it")
     streams: list[StreamInfo] = Field(default_factory=list)
     segments: SegmentsResult | None = None
     images: ImagesResult | None = None
@@ -123,7 +124,7 @@ def _egress(rec: EgressRecord) -> EgressInfo:
                       streams=[stream_info(s) for s in rec.streams or []],
                       segments=SegmentsResult.model_validate(outputs["segments"]) if outputs.get("segments") else None,
                       images=ImagesResult.model_validate(outputs["images"]) if outputs.get("images") else None,
-                      manifest=outputs.get("manifest"))
+                      manifest=outputs.get("manifest"), node=rec.node)
 
 
 def stream_info(worker: dict) -> StreamInfo:

@@ -17,6 +17,7 @@ from ..plan import EgressConfig, new_egress_id, outbound_urls, resolve
 from ..protocol import Event, Status, StatusEvent, StreamEvent, UpdateLayout, UpdateStreams
 from ..request import RecordRequest, UploadSpec
 from ..storage import LocalStorage, NameValues, Uploader, render_name, sign_local_url
+from ..storage.config import REVEAL
 from ..storage.manifest import find_manifest
 from .auto_egress import AutoEgress
 from .cluster import Cluster
@@ -250,6 +251,7 @@ class Service:
         if rec is None or rec.ended:  # stopped (or deleted) on its way here
             await self.dispatcher.release(job.egress_id)
             return
+        job = await self._on_this_disk(job)
         try:
             pid = await self.runner.start(job)
         except OSError as exc:
@@ -260,6 +262,19 @@ class Service:
         rec = await self.store.update(job.egress_id, worker_pid=pid, node=self.settings.node_id)
         if rec.ended:  # stopped while its worker started
             await self.runner.stop(job.egress_id)
+
+    async def _on_this_disk(self, job: Job) -> Job:
+        """A job another node planned writes under that node's data dir: here, it writes under this one's (the
+        same place on a cluster whose nodes share one data_dir path)."""
+        upload = job.request.upload
+        theirs = Path(upload.local_root).parent if upload and upload.local_root else None
+        if theirs is None or theirs == self.settings.data_dir:
+            return job
+        data = _rebased(job.request.model_dump(mode="json", exclude_none=True, context=REVEAL), str(theirs),
+                        str(self.settings.data_dir))
+        request = RecordRequest.model_validate(data)
+        await self.store.update(job.egress_id, request=_stored(request))
+        return Job(job.egress_id, request, job.cost, job.frame)
 
     async def queue_position(self, egress_id: str) -> int | None:
         """1 for the next egress to start, None when it is not waiting."""
@@ -423,6 +438,17 @@ class Service:
             await self.cluster.node.leave()
         await self.webhooks.stop()
         await self.store.close()
+
+
+def _rebased(value, old: str, new: str):
+    """`value` (JSON data) with every path under the folder `old` moved under `new`."""
+    if isinstance(value, dict):
+        return {k: _rebased(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rebased(v, old, new) for v in value]
+    if isinstance(value, str) and (value == old or value.startswith(old + "/")):
+        return new + value[len(old):]
+    return value
 
 
 def lost_file(rec: EgressRecord) -> dict | None:

@@ -1,0 +1,215 @@
+"""A cluster of three real `compositor serve` nodes on one real redis-server (password, append-only), recording
+small synthetic rooms through the full pipeline: placement, any node serving any call, a node killed, frozen,
+cut off from Redis, and drained. Statuses, exactly-one final webhooks, files' content, no leaked process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+
+import pytest
+
+from compositor import analysis
+
+from .conftest import HttpReceiver, _cmdline, _pids, free_port
+from .test_service import ROOM, SMALL, Server
+
+# Short leases keep the tests short: a node silent this long is lost (the default is 10 s).
+LEASE_S = 3
+SECRETS = {"COMPOSITOR_WEBHOOK_SECRET": "cluster-webhook-secret", "COMPOSITOR_URL_SIGNING_KEY": "cluster-url-key"}
+COLORS = {"a": "#4363d8", "b": "#e6194b", "c": "#3cb44b"}
+
+
+class Cluster:
+    """Nodes a, b, c: each one `compositor serve` (0.5 cores: one 360p egress at a time), its own Redis user."""
+
+    def __init__(self, redis, tmp_path, webhook_url: str):
+        self.redis = redis
+        self.tmp_path = tmp_path
+        self.webhook_url = webhook_url
+        self.nodes: dict[str, Server] = {}
+        self.users: dict[str, str] = {}
+
+    def start(self, name: str, *extra: str) -> Server:
+        password = self.users.setdefault(name, f"pw-{name}-{os.urandom(4).hex()}")
+        self.redis.cli("ACL", "SETUSER", name, "on", f">{password}", "~*", "&*", "+@all")
+        port = free_port()
+        env = {**SECRETS, "COMPOSITOR_REDIS_URL": f"redis://{name}:{password}@127.0.0.1:{self.redis.port}/0",
+               "COMPOSITOR_NODE_ID": name, "COMPOSITOR_ADVERTISE_URL": f"http://127.0.0.1:{port}",
+               "COMPOSITOR_LEASE_S": str(LEASE_S), "COMPOSITOR_WEBHOOK_URLS": self.webhook_url}
+        node = Server(self.tmp_path / name / "data", "--port", str(port), "--capacity", "0.5", *extra, env=env)
+        self.nodes[name] = node
+        return node
+
+    def cut(self, name: str) -> None:
+        """The node loses Redis: its user is disabled and its connections killed."""
+        self.redis.cli("ACL", "SETUSER", name, "off")
+        self.redis.cli("CLIENT", "KILL", "USER", name)
+
+    def restore(self, name: str) -> None:
+        self.redis.cli("ACL", "SETUSER", name, "on")
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            if node.proc.poll() is None:
+                os.kill(node.proc.pid, signal.SIGCONT)
+            node.stop_server()
+
+
+@pytest.fixture
+def webhooks():
+    receiver = HttpReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def cluster(redis_server, tmp_path, webhooks):
+    redis_server.cli("FLUSHALL")
+    made = Cluster(redis_server, tmp_path, webhooks.url)
+    yield made
+    made.stop()
+    for name in made.nodes:
+        leftover = [p for p in _pids() if str(tmp_path / name) in _cmdline(p)]
+        assert leftover == [], f"node {name} left {[_cmdline(p) for p in leftover]}"
+
+
+def start(node: Server, color: str, **body) -> dict:
+    room = {"room": {"participants": [{"name": "A", "color": color, "tone": 450}]}}
+    status, info, _ = node.call("POST", "/v1/egress/start", {"roomName": "room-1", **SMALL, **room, **body})
+    assert status == 201, info
+    return info
+
+
+def final_events(receiver: HttpReceiver, egress_id: str) -> list[dict]:
+    events = [json.loads(body) for _, body in receiver.posts]
+    return [e for e in events if e["data"].get("egressId") == egress_id
+            and e["event"] in ("recording.completed", "recording.failed")]
+
+
+def wait_for(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not within {timeout} s")
+
+
+def assert_recorded(info: dict, color: str) -> None:
+    f = info["file"]
+    frame = analysis.frame_at(f["location"], 1.0)
+    assert analysis.color_distance(analysis.region_color(frame, 0, 0, 1, 1), color) <= 40
+    assert analysis.tone_level(analysis.audio_samples(f["location"]), 450, 1.0, 2.0) > 0.05
+
+
+def test_placement_and_any_node_serves_any_call(cluster):
+    a, b, c = (cluster.start(n) for n in "abc")
+    started = [start(a, COLORS[n]) for n in "abc"]  # 0.4 cores each: one per node, whichever is asked
+    status, body, headers = a.call("POST", "/v1/egress/start", {"roomName": "room-1", **SMALL, **ROOM})
+    assert status == 503 and body["error"]["code"] == "CAPACITY_EXCEEDED" and headers["Retry-After"]
+    active = [b.wait_status(s["id"], "ACTIVE") for s in started]
+    assert sorted(info["node"] for info in active) == ["a", "b", "c"]
+    # Any node lists them all, with totals.
+    _, listed, _ = c.call("GET", "/v1/egress?status=ACTIVE&limit=2")
+    assert listed["total"] == 3 and len(listed["items"]) == 2
+    # Update on b, stop on c, whatever node runs each.
+    for info in active:
+        status, changed, _ = b.call("POST", f"/v1/egress/{info['id']}/layout", {"layout": "speaker"})
+        assert status == 200 and changed["layout"] == "speaker", changed
+    time.sleep(2)
+    for info in active:
+        assert c.call("POST", f"/v1/egress/{info['id']}/stop")[0] == 200
+    done = [a.wait_status(s["id"], "COMPLETE") for s in started]
+    for info, color in zip(done, COLORS.values()):
+        assert_recorded(info, color)
+    # Each file is on its own node's disk; its download URL, from any node, leads there.
+    locations = {d["file"]["location"].split("/data/")[0] for d in done}
+    assert len(locations) == 3
+    for info in done:
+        _, url, _ = b.call("GET", f"/v1/recordings/rec_{info['id'][3:]}/download-url")
+        with urllib.request.urlopen(url["downloadUrl"], timeout=30) as resp:
+            with open(info["file"]["location"], "rb") as f:
+                assert resp.read() == f.read()
+
+
+def test_a_killed_node_is_settled_once_and_its_webhooks_survive_the_node_that_queued_them(cluster, webhooks):
+    a, b = cluster.start("a"), cluster.start("b")
+    webhooks.post_status = 500  # the receiver is down: every event waits in the shared outbox
+    info = start(a, COLORS["a"])
+    victim_name = a.wait_status(info["id"], "ACTIVE")["node"]
+    victim, survivor = (a, b) if victim_name == "a" else (b, a)
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.proc.wait(10)
+    failed = survivor.wait_status(info["id"], "FAILED", timeout=20)
+    assert time.monotonic() - t0 <= 20
+    assert failed["errorCode"] == "NODE_LOST" and f"node {victim_name}" in failed["error"]
+    assert failed["file"]["location"].endswith(".mp4") and failed["file"]["node"] == victim_name
+    webhooks.post_status = 200  # back: the survivor delivers what the dead node queued, and the end
+    wait_for(lambda: final_events(webhooks, info["id"]), 40, "the final webhook")
+    time.sleep(3)
+    events = [json.loads(body) for _, body in webhooks.posts if info["id"] in body.decode()]
+    assert [e["event"] for e in events] == ["recording.started", "recording.failed"]
+    assert len({e["id"] for e in events}) == 2 and events[1]["data"]["errorCode"] == "NODE_LOST"
+    # The killed node's worker went with it (its file stays, playable up to the kill).
+    wait_for(lambda: not [p for p in _pids() if info["id"] in _cmdline(p)], 15, "the worker's end")
+
+
+def test_a_frozen_node_is_fenced_then_joins_again_and_changes_nothing_settled(cluster):
+    a, b = cluster.start("a"), cluster.start("b")
+    info = start(a, COLORS["a"])
+    name = a.wait_status(info["id"], "ACTIVE")["node"]
+    frozen, other = (a, b) if name == "a" else (b, a)
+    os.kill(frozen.proc.pid, signal.SIGSTOP)
+    failed = other.wait_status(info["id"], "FAILED", timeout=20)
+    assert failed["errorCode"] == "NODE_LOST"
+    os.kill(frozen.proc.pid, signal.SIGCONT)
+    # It learns it was lost, stops its worker, joins again as new and takes work again.
+    wait_for(lambda: not [p for p in _pids() if info["id"] in _cmdline(p)], 40, "the fenced node's worker to stop")
+    wait_for(lambda: frozen.call("GET", "/readyz", key=None)[0] == 200, 40, "the node back")
+    again = other.call("GET", f"/v1/egress/{info['id']}")[1]
+    assert (again["status"], again["errorCode"]) == ("FAILED", "NODE_LOST")
+
+
+def test_a_node_cut_off_from_redis_stops_taking_work_and_comes_back(cluster):
+    a, b = cluster.start("a"), cluster.start("b")
+    info = start(a, COLORS["a"])
+    name = a.wait_status(info["id"], "ACTIVE")["node"]
+    cut, other = (a, b) if name == "a" else (b, a)
+    cluster.cut(name)
+    wait_for(lambda: cut.call("GET", "/readyz", key=None)[0] == 503, 20, "readyz 503 on the cut node")
+    failed = other.wait_status(info["id"], "FAILED", timeout=20)
+    assert failed["errorCode"] == "NODE_LOST"
+    cluster.restore(name)
+    wait_for(lambda: cut.call("GET", "/readyz", key=None)[0] == 200, 40, "the node back")
+    wait_for(lambda: not [p for p in _pids() if info["id"] in _cmdline(p)], 40, "its worker to stop")
+    assert other.call("GET", f"/v1/egress/{info['id']}")[1]["status"] == "FAILED"
+    # Back in the cluster: it records again.
+    again = start(cut, COLORS["b"])
+    assert cut.wait_status(again["id"], "ACTIVE")["status"] == "ACTIVE"
+    time.sleep(2.5)
+    cut.call("POST", f"/v1/egress/{again['id']}/stop")
+    assert_recorded(other.wait_status(again["id"], "COMPLETE"), COLORS["b"])
+
+
+def test_a_draining_node_finishes_its_egress_and_takes_no_more(cluster):
+    a, b = cluster.start("a"), cluster.start("b")
+    info = start(a, COLORS["a"])
+    name = a.wait_status(info["id"], "ACTIVE")["node"]
+    draining, other = (a, b) if name == "a" else (b, a)
+    time.sleep(1.5)
+    draining.proc.send_signal(signal.SIGTERM)  # drain: its egress finishes its file
+    done = other.wait_status(info["id"], "COMPLETE", timeout=60)
+    assert_recorded(done, COLORS["a"])
+    draining.proc.wait(60)
+    nxt = start(other, COLORS["c"])
+    assert other.wait_status(nxt["id"], "ACTIVE")["node"] == ("b" if name == "a" else "a")
+    time.sleep(1)
+    other.call("POST", f"/v1/egress/{nxt['id']}/stop")
+    other.wait_status(nxt["id"], "COMPLETE")
+
