@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from compositor.api.rest import make_app
 from compositor.errors import CapacityExceeded, Conflict
 from compositor.protocol import ResultEvent, Status, UpdateLayout, UpdateStreams
 from compositor.service import Service, Settings
 from compositor.service.settings import ClusterSettings
 from compositor.service.simulation import SimulatedRunner
 from compositor.service.webhooks import CLAIM_S
+from tools.peers.livekit import API_KEY, API_SECRET
 
 from .support.simulated import HOOK_SECRET, Receiver, small, until
+from .test_auto_egress import KEY, configure, event, post
 
 LEASE_S = 2.0
 
@@ -30,8 +34,9 @@ async def cluster(redis_server, tmp_path):
     async def _node(name: str, capacity: float = 1.0) -> tuple[Service, SimulatedRunner]:
         runner = SimulatedRunner(start_s=0.02, stop_s=0.02)
         settings = Settings(
-            data_dir=tmp_path / name, capacity=capacity, max_queue=4, api_keys=["key"], url_signing_key="sign",
+            data_dir=tmp_path / name, capacity=capacity, max_queue=4, api_keys=[KEY], url_signing_key="sign",
             allowed_hosts=("127.0.0.1:1935",), webhook_secret=HOOK_SECRET, webhook_urls=[receiver.url],
+            livekit_api_key=API_KEY, livekit_api_secret=API_SECRET, livekit_url="ws://127.0.0.1:9",
             cluster=ClusterSettings(redis_server.url, name, f"http://{name}.test:8080", lease_s=LEASE_S))
         service = Service.in_cluster(settings, runner=runner)
         await service.open()
@@ -165,3 +170,32 @@ async def _kill(service: Service) -> None:
     for task in service.runner._jobs.values():
         task.cancel()
     service.draining = True  # the fixture does not shut it down
+
+
+async def test_auto_egress_is_decided_once_for_the_cluster(cluster):
+    nodes = [await cluster(n) for n in "abc"]
+    clients = [TestClient(TestServer(make_app(service))) for service, _ in nodes]
+    for client in clients:
+        await client.start_server()
+    try:
+        await configure(clients[0], enabled=True, minParticipants=2, delaySeconds=0.3)  # shared by every node
+        events = [event("room_started", "standup"), event("participant_joined", "standup", "alice"),
+                  event("participant_joined", "standup", "bob"), event("participant_joined", "standup", "carol")]
+        # Round-robin over the nodes, each event delivered twice to two nodes (LiveKit's retries, refused as
+        # such): no node sees two joins itself, and c (bob) and a (carol) both find the room qualifies.
+        for i, ev in enumerate(events):
+            await post(clients[i % 3], ev)
+            await post(clients[(i + 1) % 3], ev)
+        runners = [r for _, r in nodes]
+        await until(lambda: _all_started(*runners, 1))
+        await asyncio.sleep(1.0)  # every node's delay has run out by now
+        assert sum(len(r.started) for r in runners) == 1
+        (job,) = [j for r in runners for j in r.started]
+        a = nodes[0][0]
+        await until(lambda: status_is(a, job.egress_id, Status.ACTIVE))
+        # The room's end reaches one node, another than the one that started the egress: it stops.
+        await post(clients[2], event("room_finished", "standup"))
+        await until(lambda: status_is(a, job.egress_id, Status.COMPLETE))
+    finally:
+        for client in clients:
+            await client.close()

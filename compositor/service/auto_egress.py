@@ -14,6 +14,7 @@ import fnmatch
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from livekit.protocol.models import ParticipantInfo
 from livekit.protocol.webhook import WebhookEvent
@@ -40,17 +41,69 @@ LEFT = ("participant_left", "participant_connection_aborted")
 
 @dataclass
 class RoomSession:
-    """One life of a LiveKit room, and where its auto egress is."""
+    """One life of a LiveKit room as this node follows it (what every node shares is in `RoomSessions`)."""
 
     sid: str
     name: str
-    #: sids of the participants present that count (recorders and hidden participants do not)
-    participants: set[str] = field(default_factory=set)
     #: runs out after delaySeconds with enough participants; None when not waiting
     timer: asyncio.TimerHandle | None = None
     starting: asyncio.Task | None = None
+
+
+class RoomSessions(Protocol):
+    """What is known of each room session, shared by every node that gets the room's webhooks: who is in it,
+    and its one auto egress."""
+
+    async def participants(self, sid: str, joined: str | None = None, left: str | None = None) -> int:
+        """Count a participant in (or out); how many count now."""
+    async def claim(self, sid: str) -> bool:
+        """True for the one caller that is to start the session's egress."""
+    async def unclaim(self, sid: str) -> None:
+        """The start failed: the session's next event may try again."""
+    async def started(self, sid: str, egress_id: str) -> None: ...
+    async def finish(self, sid: str) -> tuple[bool, str | None]:
+        """The room finished: (whether a start was claimed, its egress id once started)."""
+    async def finished(self, sid: str) -> bool: ...
+
+
+@dataclass
+class _Known:
+    participants: set[str] = field(default_factory=set)
+    claimed: bool = False
     egress_id: str | None = None
-    finished: bool = False
+
+
+class LocalSessions:
+    """`RoomSessions` of a single node, in memory."""
+
+    def __init__(self):
+        self._known: dict[str, _Known] = {}
+
+    async def participants(self, sid: str, joined: str | None = None, left: str | None = None) -> int:
+        known = self._known.setdefault(sid, _Known())
+        if joined:
+            known.participants.add(joined)
+        if left:
+            known.participants.discard(left)
+        return len(known.participants)
+
+    async def claim(self, sid: str) -> bool:
+        known = self._known.setdefault(sid, _Known())
+        claimed, known.claimed = known.claimed, True
+        return not claimed
+
+    async def unclaim(self, sid: str) -> None:
+        self._known.setdefault(sid, _Known()).claimed = False
+
+    async def started(self, sid: str, egress_id: str) -> None:
+        self._known.setdefault(sid, _Known()).egress_id = egress_id
+
+    async def finish(self, sid: str) -> tuple[bool, str | None]:
+        known = self._known.pop(sid, _Known())
+        return known.claimed, known.egress_id
+
+    async def finished(self, sid: str) -> bool:
+        return sid not in self._known
 
 
 def counts(participant: ParticipantInfo) -> bool:
@@ -61,10 +114,13 @@ def counts(participant: ParticipantInfo) -> bool:
 
 
 class AutoEgress:
-    """Follows the rooms of the LiveKit server from its webhooks and starts and stops their auto egresses."""
+    """Follows the rooms of the LiveKit server from its webhooks and starts and stops their auto egresses.
+    In a cluster every node may get a room's events: the sessions are shared, and one node starts each
+    session's egress."""
 
-    def __init__(self, store: Store, start: Start, stop: Stop):
+    def __init__(self, store: Store, sessions: RoomSessions, start: Start, stop: Stop):
         self._store = store
+        self._sessions = sessions
         self._start_egress = start
         self._stop_egress = stop
         self._rooms: dict[str, RoomSession] = {}
@@ -82,9 +138,7 @@ class AutoEgress:
         if self._closed or not sid or event.event not in (STARTED, FINISHED, JOINED, *LEFT):
             return
         if event.event == FINISHED:
-            session = self._rooms.pop(sid, None)
-            if session:
-                await self._finish(session)
+            await self._finish(self._rooms.pop(sid, None) or RoomSession(sid, name))
             return
         session = self._rooms.setdefault(sid, RoomSession(sid, name))
         who = event.participant
@@ -92,18 +146,17 @@ class AutoEgress:
             log.debug("room %s (%s): %s %s (%s, kind %s, hidden %s, recorder %s)", name, sid, event.event,
                       who.identity, who.sid, ParticipantInfo.Kind.Name(who.kind), who.permission.hidden,
                       who.permission.recorder)
-        if event.event == JOINED and counts(who):
-            session.participants.add(who.sid)
-        elif event.event in LEFT:
-            session.participants.discard(who.sid)
-        await self._review(session)
+        count = await self._sessions.participants(
+            sid, joined=who.sid if event.event == JOINED and counts(who) else None,
+            left=who.sid if event.event in LEFT else None)
+        await self._review(session, count)
 
-    async def _review(self, session: RoomSession) -> None:
+    async def _review(self, session: RoomSession, count: int) -> None:
         """Arm the delay when the room qualifies, call it off when it no longer does."""
-        if session.egress_id or session.starting:
+        if session.starting:
             return
         config = await self._config()
-        count, room = len(session.participants), f"{session.name} ({session.sid})"
+        room = f"{session.name} ({session.sid})"
         if not config.enabled:
             why = "auto egress is disabled"
         elif not fnmatch.fnmatchcase(session.name, config.room_name_pattern):
@@ -132,10 +185,15 @@ class AutoEgress:
     async def _start(self, session: RoomSession, config: AutoEgressConfig) -> None:
         room = f"{session.name} ({session.sid})"
         try:
+            # Another node may have seen participants leave meanwhile, or started the session's egress.
+            count = await self._sessions.participants(session.sid)
+            if count < config.min_participants or not await self._sessions.claim(session.sid):
+                return
             # Across a restart of this service the sessions are forgotten: the store still knows what runs.
             running = next((r for r in await self._store.unfinished()
                             if r.room_name == session.name and r.status != Status.ENDING), None)
             if running:
+                await self._sessions.unclaim(session.sid)
                 log.info("room %s: no auto egress: egress %s already records it", room, running.id)
                 return
             stream = StreamSpec() if config.mode in ("stream", "both") else None
@@ -144,13 +202,14 @@ class AutoEgress:
             try:
                 rec = await self._start_egress(req)
             except CompositorError as err:
-                # No egress_id: the room's next event (a join, say) tries again.
+                # Not started: the room's next event (a join, say) tries again.
+                await self._sessions.unclaim(session.sid)
                 log.warning("room %s: auto egress not started: %s: %s", room, err.code, err.message)
                 return
-            session.egress_id = rec.id
+            await self._sessions.started(session.sid, rec.id)
             log.info("room %s: auto egress %s started (%s, %s, %s) after %d participants for %gs", room, rec.id,
-                     config.mode, config.layout, config.quality, len(session.participants), config.delay_seconds)
-            if session.finished:
+                     config.mode, config.layout, config.quality, count, config.delay_seconds)
+            if await self._sessions.finished(session.sid):
                 await self._stop(session, rec.id)  # the room finished while its egress started
         finally:
             session.starting = None
@@ -161,13 +220,13 @@ class AutoEgress:
             log.error("auto egress failed", exc_info=task.exception())
 
     async def _finish(self, session: RoomSession) -> None:
-        session.finished = True
         if session.timer is not None:
             session.timer.cancel()
             session.timer = None
-        if session.egress_id:
-            await self._stop(session, session.egress_id)
-        elif not session.starting:
+        claimed, egress_id = await self._sessions.finish(session.sid)
+        if egress_id:
+            await self._stop(session, egress_id)
+        elif not claimed and not session.starting:
             log.info("room %s (%s) finished without an auto egress", session.name, session.sid)
 
     async def _stop(self, session: RoomSession, egress_id: str) -> None:

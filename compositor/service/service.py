@@ -19,7 +19,7 @@ from ..request import RecordRequest, UploadSpec
 from ..storage import LocalStorage, NameValues, Uploader, render_name, sign_local_url
 from ..storage.config import REVEAL
 from ..storage.manifest import find_manifest
-from .auto_egress import AutoEgress
+from .auto_egress import AutoEgress, LocalSessions
 from .cluster import Cluster
 from .cluster.store import Fenced
 from .dispatch import LocalDispatcher, egress_cost
@@ -32,6 +32,9 @@ from .webhooks import Webhooks
 from .workers import WorkerRunner
 
 log = logging.getLogger(__name__)
+
+# A new egress's file name is checked against this many of its room's newest egresses.
+RECENT_OF_ROOM = 50
 
 
 class Service:
@@ -54,7 +57,7 @@ class Service:
         self._background: set[asyncio.Task] = set()
         self._tasks: list[asyncio.Task] = []
         self._reports: asyncio.Task | None = None
-        self.auto_egress = AutoEgress(store, self.start, self.stop)
+        self.auto_egress = AutoEgress(store, cluster.sessions if cluster else LocalSessions(), self.start, self.stop)
 
     @classmethod
     def on_this_node(cls, settings: Settings, runner: NodeRunner | None = None) -> Service:
@@ -209,7 +212,9 @@ class Service:
         """The one planning step: where the outputs go, the worker's request, and the job resolved from it
         with every check that needs no process."""
         upload = self._upload_spec(req, egress_id)
-        paths = self._output_paths(req, egress_id, Path(upload.staging), await self.store.unfinished())
+        # Names collide only within a room (they hold its name), and only with its newest egresses.
+        recent, _ = await self.store.list(room_name=req.room_name, limit=RECENT_OF_ROOM)
+        paths = self._output_paths(req, egress_id, Path(upload.staging), [r for r in recent if not r.ended])
         record_req = req.to_record_request(paths, upload, self.settings.server_facts)
         config = resolve(record_req, egress_id, {**os.environ, **self.settings.livekit_env}, self.policy)
         return Job(egress_id, record_req, egress_cost(config), config.frame), config

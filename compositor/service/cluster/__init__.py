@@ -1,5 +1,5 @@
 """The service's seams on Redis, for nodes that share one cluster: the store and its outbox, placement across
-nodes, calls that reach an egress's owner, and each node's lease."""
+nodes, calls that reach an egress's owner, each node's lease, and the room sessions auto egress follows."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..settings import ClusterSettings
 from .control import RedisControl
 from .dispatch import RedisDispatcher
 from .node import ClusterNode
+from .sessions import RedisSessions
 from .store import RedisStore
 
 #: every key of a cluster starts with this
@@ -29,6 +30,7 @@ class Cluster:
     store: RedisStore
     dispatcher: RedisDispatcher
     control: RedisControl
+    sessions: RedisSessions
 
     @classmethod
     def connect(cls, settings: ClusterSettings, capacity: float, max_queue: int, local: Control,
@@ -39,4 +41,5 @@ class Cluster:
                                    socket_connect_timeout=SOCKET_TIMEOUT_S)
         node = ClusterNode(client, settings, capacity, prefix)
         return cls(node, RedisStore(client, prefix, fence=lambda: node.fence),
-                   RedisDispatcher(client, node, max_queue), RedisControl(client, node, local))
+                   RedisDispatcher(client, node, max_queue), RedisControl(client, node, local),
+                   RedisSessions(client, prefix))
