@@ -14,9 +14,12 @@ from compositor.errors import CapacityExceeded, Conflict, InvalidRequest
 from compositor.protocol import Status, UpdateLayout
 from compositor.request import RecordRequest
 from compositor.service import Service, Settings, livekit_info
+from compositor.service.cluster.dispatch import RedisDispatcher
+from compositor.service.cluster.node import ClusterNode
 from compositor.service.cluster.store import RedisStore
 from compositor.service.dispatch import LocalDispatcher
 from compositor.service.seams import EgressRecord, Job, OutboxEvent, Placed
+from compositor.service.settings import ClusterSettings
 from compositor.service.simulation import SimulatedRunner
 from compositor.service.store import SqliteStore
 from compositor.service.webhooks import Webhooks
@@ -170,14 +173,36 @@ async def test_settings_and_first_sightings(store):
     assert await store.first_sighting("livekit:EV_2", 0.05) is True
 
 
-# Admission: never more than the capacity, the queue in order and bounded.
+# Admission: never more than the capacity, the queue in order and bounded; the same on one node and in a
+# cluster (here of one node).
+
+@pytest.fixture(params=BACKENDS)
+async def dispatchers(request, tmp_path):
+    """dispatchers(capacity, max_queue) -> a Dispatcher of that backend."""
+    opened = []
+
+    async def _open(capacity: float, max_queue: int):
+        if request.param == "sqlite":
+            return LocalDispatcher(capacity, max_queue)
+        server = request.getfixturevalue("redis_server")
+        client = aioredis.from_url(server.url, decode_responses=True)
+        node = ClusterNode(client, ClusterSettings(server.url, "solo", "http://solo.test"), capacity,
+                           prefix=f"d{id(request)}:")
+        await node.join()
+        opened.append(client)
+        return RedisDispatcher(client, node, max_queue)
+
+    yield _open
+    for client in opened:
+        await client.aclose()
+
 
 def job(egress_id: str, cost: float) -> Job:
     return Job(egress_id, RecordRequest(file={"filepath": "/r/a.mp4"}), cost, (640, 360, 48000))
 
 
-async def test_admission_never_oversubscribes_and_keeps_the_queue_in_order():
-    d = LocalDispatcher(capacity=1.0, max_queue=2)
+async def test_admission_never_oversubscribes_and_keeps_the_queue_in_order(dispatchers):
+    d = await dispatchers(capacity=1.0, max_queue=2)
     assert await d.admit(job("a", 0.7), queue=False) is Placed.HERE
     with pytest.raises(CapacityExceeded) as refused:
         await d.admit(job("b", 0.4), queue=False)
@@ -189,13 +214,14 @@ async def test_admission_never_oversubscribes_and_keeps_the_queue_in_order():
         await d.admit(job("c", 0.1), queue=True)
     assert [await d.position(x) for x in ("a", "big", "small")] == [None, 1, 2]
     assert await d.free() == pytest.approx(0.3)
-    assert [j.egress_id for j in await d.release("a")] == ["big", "small"]
-    assert await d.free() == pytest.approx(0.1) and await d.drain() == []
+    admitted = await d.release("a")
+    assert [j.egress_id for j in admitted] == ["big", "small"] and admitted[0].request == job("big", 0.7).request
+    assert await d.free() == pytest.approx(0.1) and await d.position("small") is None
     assert await d.release("a") == []  # twice is once
 
 
-async def test_admission_refuses_what_could_never_fit_and_withdraws():
-    d = LocalDispatcher(capacity=1.0, max_queue=4)
+async def test_admission_refuses_what_could_never_fit_and_withdraws(dispatchers):
+    d = await dispatchers(capacity=1.0, max_queue=4)
     with pytest.raises(InvalidRequest) as never:
         await d.check(1.3, queue=True)
     assert never.value.details == {"field": "quality", "needed": 1.3}

@@ -190,6 +190,8 @@ class Service:
         """Admit an egress: started at once, or queued for capacity (`req.queue`), or refused."""
         if self.draining:
             raise Draining("the service is shutting down")
+        if not self.ready:
+            raise Unavailable("this node is out of its cluster for now (no lease): try another node")
         job, config = await self._plan(req, new_egress_id())
         egress_id, record_req = job.egress_id, job.request
         await self.dispatcher.check(job.cost, req.queue)  # before resolving its hosts, which may take a while
