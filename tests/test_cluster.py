@@ -13,8 +13,10 @@ import urllib.request
 import pytest
 
 from compositor import analysis
+from tools.peers.livekit import API_KEY, API_SECRET
 
 from .conftest import HttpReceiver, _cmdline, _pids, free_port
+from .test_auto_egress import event, signed
 from .test_service import ROOM, SMALL, Server
 
 # Short leases keep the tests short: a node silent this long is lost (the default is 10 s).
@@ -33,13 +35,13 @@ class Cluster:
         self.nodes: dict[str, Server] = {}
         self.users: dict[str, str] = {}
 
-    def start(self, name: str, *extra: str) -> Server:
+    def start(self, name: str, *extra: str, env: dict | None = None) -> Server:
         password = self.users.setdefault(name, f"pw-{name}-{os.urandom(4).hex()}")
         self.redis.cli("ACL", "SETUSER", name, "on", f">{password}", "~*", "&*", "+@all")
         port = free_port()
         env = {**SECRETS, "COMPOSITOR_REDIS_URL": f"redis://{name}:{password}@127.0.0.1:{self.redis.port}/0",
                "COMPOSITOR_NODE_ID": name, "COMPOSITOR_ADVERTISE_URL": f"http://127.0.0.1:{port}",
-               "COMPOSITOR_LEASE_S": str(LEASE_S), "COMPOSITOR_WEBHOOK_URLS": self.webhook_url}
+               "COMPOSITOR_LEASE_S": str(LEASE_S), "COMPOSITOR_WEBHOOK_URLS": self.webhook_url, **(env or {})}
         node = Server(self.tmp_path / name / "data", "--port", str(port), "--capacity", "0.5", *extra, env=env)
         self.nodes[name] = node
         return node
@@ -213,3 +215,41 @@ def test_a_draining_node_finishes_its_egress_and_takes_no_more(cluster):
     other.call("POST", f"/v1/egress/{nxt['id']}/stop")
     other.wait_status(nxt["id"], "COMPLETE")
 
+
+
+def test_auto_egress_duplicates_round_robin_start_one_egress(cluster, webhooks):
+    # A LiveKit server that is not there: the egress starts (and then fails to join); what counts is how many.
+    livekit = {"COMPOSITOR_LIVEKIT_URL": "ws://127.0.0.1:9", "COMPOSITOR_LIVEKIT_API_KEY": API_KEY,
+               "COMPOSITOR_LIVEKIT_API_SECRET": API_SECRET}
+    nodes = [cluster.start(n, env=livekit) for n in "abc"]
+    status, _, _ = nodes[0].call("PUT", "/v1/egress/auto-egress",
+                                 {"enabled": True, "minParticipants": 2, "delaySeconds": 0.5, "quality": "480p"})
+    assert status == 200
+    events = [event("room_started", "standup"), event("participant_joined", "standup", "alice"),
+              event("participant_joined", "standup", "bob"), event("participant_joined", "standup", "carol"),
+              event("room_finished", "standup")]
+    # Each event to one node and its retry to the next: no node sees two joins, two see the room qualify.
+    for i, ev in enumerate(events[:-1]):
+        for node in (nodes[i % 3], nodes[(i + 1) % 3]):
+            send_webhook(node, ev)
+
+    def standup() -> dict:
+        return nodes[1].call("GET", "/v1/egress?roomName=standup")[1]
+
+    wait_for(lambda: standup()["total"], 20, "the auto egress")
+    time.sleep(3)  # every node's delay has long run out
+    listed = standup()
+    assert listed["total"] == 1, listed
+    egress_id = listed["items"][0]["id"]
+    send_webhook(nodes[2], events[-1])
+    nodes[0].wait_status(egress_id, "COMPLETE", "FAILED", "ABORTED", timeout=60)
+    wait_for(lambda: final_events(webhooks, egress_id), 20, "its final webhook")
+    assert standup()["total"] == 1
+
+
+def send_webhook(node: Server, ev: dict) -> None:
+    """A LiveKit webhook event to one node, signed as livekit-server signs it."""
+    body, headers = signed(ev)
+    req = urllib.request.Request(node.base + "/v1/livekit/webhook", data=body, headers=headers, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200

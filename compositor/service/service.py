@@ -21,6 +21,7 @@ from ..storage.config import REVEAL
 from ..storage.manifest import find_manifest
 from .auto_egress import AutoEgress, LocalSessions
 from .cluster import Cluster
+from .cluster.node import BLOCK_S
 from .cluster.store import Fenced
 from .dispatch import LocalDispatcher, egress_cost
 from .requests import StartEgressRequest
@@ -84,7 +85,7 @@ class Service:
         cluster = Cluster.connect(settings.cluster, settings.capacity, settings.max_queue, local)
         webhooks = Webhooks(cluster.store, settings.webhook_urls, settings.webhook_secret,
                             settings.webhook_retry_base_s, settings.webhook_formats, settings.livekit_api_key,
-                            settings.livekit_api_secret, idle_s=cluster.node.every_s)
+                            settings.livekit_api_secret, idle_s=BLOCK_S)
         return cls(settings, store=cluster.store, dispatcher=cluster.dispatcher, runner=local,
                    control=cluster.control, webhooks=webhooks, cluster=cluster)
 
@@ -139,6 +140,8 @@ class Service:
         await self.cluster.node.join()
 
     async def _find_lost(self) -> None:
+        if not await self.cluster.node.is_sweeper():
+            return
         for node_id in await self.cluster.node.claim_lost():
             log.warning("node %s was lost (no lease renewal for %g s): settling its egresses", node_id,
                         self.cluster.node.lease_s)

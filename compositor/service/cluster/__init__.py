@@ -17,7 +17,7 @@ from .store import RedisStore
 
 #: every key of a cluster starts with this
 PREFIX = "compositor:"
-# Redis answers within this, or counts as away (a blocking read waits less: node.every_s).
+# Redis answers within this, or counts as away (a blocking read waits less: node.BLOCK_S).
 SOCKET_TIMEOUT_S = 5.0
 
 

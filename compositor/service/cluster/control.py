@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from ...errors import CompositorError, Conflict, InvalidRequest
 from ...protocol import COMMAND, Command, CommandReply
 from ..seams import Control
-from .node import ClusterNode
+from .node import BLOCK_S, ClusterNode
 from .store import REDIS_DOWN, outage_is_unavailable
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class RedisControl:
         inbox = f"{self._p}node:{self.node.id}:control"
         while not self.node.closing:
             try:
-                popped = await self._r.blpop([inbox], timeout=self.node.every_s)
+                popped = await self._r.blpop([inbox], timeout=BLOCK_S)
                 if popped:
                     call = json.loads(popped[1])
                     answer = await self._answer(call)

@@ -20,7 +20,7 @@ from ...request import RecordRequest
 from ...storage.config import REVEAL
 from ..dispatch import EPSILON
 from ..seams import Job, Placed
-from .node import _NOW, ClusterNode
+from .node import _NOW, BLOCK_S, ClusterNode
 from .store import REDIS_DOWN, outage_is_unavailable
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class RedisDispatcher:
         inbox = f"{self._p}node:{self.node.id}:inbox"
         while not self.node.closing:
             try:
-                popped = await self._r.blpop([inbox], timeout=self.node.every_s)
+                popped = await self._r.blpop([inbox], timeout=BLOCK_S)
             except REDIS_DOWN as exc:
                 log.warning("the inbox of node %s: Redis did not answer (%s)", self.node.id, exc)
                 await asyncio.sleep(self.node.every_s)

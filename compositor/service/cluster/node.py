@@ -24,6 +24,9 @@ from .store import REDIS_DOWN, Fence
 
 log = logging.getLogger(__name__)
 
+#: a blocking read (a node's inbox, its control list) waits at most this: under the client's socket timeout
+BLOCK_S = 4.0
+
 _NOW = """
 local function now()
   local t = redis.call('TIME')
@@ -67,6 +70,16 @@ end
 return lost
 """
 
+# ARGV: prefix, node id, ms. 1 while this node is the cluster's sweeper (the first to ask, until it stops asking).
+_SWEEPER = """
+local key = ARGV[1]..'sweeper'
+if redis.call('SET', key, ARGV[2], 'NX', 'PX', ARGV[3]) or redis.call('GET', key) == ARGV[2] then
+  redis.call('PEXPIRE', key, ARGV[3])
+  return 1
+end
+return 0
+"""
+
 # ARGV: prefix, node id, epoch. A node leaves (after a drain): nothing of it stays to be settled.
 _LEAVE = """
 local p, n = ARGV[1], ARGV[2]
@@ -93,6 +106,7 @@ class ClusterNode:
         self._renew = client.register_script(_RENEW)
         self._claim_lost = client.register_script(_CLAIM_LOST)
         self._leave = client.register_script(_LEAVE)
+        self._sweeper = client.register_script(_SWEEPER)
         #: the writes of this node go through only while it holds this epoch
         self.fence = Fence(f"{prefix}epoch:{self.id}", "")
         self._renewed_at = 0.0
@@ -126,6 +140,12 @@ class ClusterNode:
             return False
         self._renewed_at = time.monotonic()
         return True
+
+    async def is_sweeper(self) -> bool:
+        """Whether this node is the one that looks for lost nodes and settles their egresses now (one node at
+        a time, so 200 nodes do not all settle the same egresses; another takes over within a few turns
+        when it is lost itself)."""
+        return bool(await self._sweeper(args=[self.prefix, self.id, int(3 * self.every_s * 1000)]))
 
     async def claim_lost(self) -> list[str]:
         """Take the nodes whose lease lapsed out of the cluster (each seen by one node only); their ids."""
