@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,13 +92,15 @@ async def until(check, timeout: float) -> float:
 
 async def run(opts) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
-    redis = RedisServer(tmp / "redis").start()
+    redis = RedisServer(tmp / "redis")
     port = free_port()
-    receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port)])
-    wait_http(f"http://127.0.0.1:{port}/stats", proc=receiver)
+    receiver: subprocess.Popen | None = None
     session = aiohttp.ClientSession()
     nodes: list[tuple[Service, SimulatedRunner]] = []
     try:
+        redis.start()
+        receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port)])
+        wait_http(f"http://127.0.0.1:{port}/stats", proc=receiver)
         for i in range(opts.nodes):
             runner = SimulatedRunner(start_s=0.05, stop_s=0.05)
             name = f"n{i:03d}"
@@ -108,6 +112,10 @@ async def run(opts) -> dict:
                 runner=runner)
             await service.open()
             nodes.append((service, runner))
+        # 200 services' worth of objects, made once: frozen out of the collector, whose full passes over them
+        # would stall this one loop that all 200 share (a real node holds one service).
+        gc.collect()
+        gc.freeze()
         stats0 = _redis_stats(redis)
         t_load = time.monotonic()
 
@@ -166,7 +174,8 @@ async def run(opts) -> dict:
             "outbox_lag_p50_ms": round(1000 * pct(got["lags"], 0.5), 1),
             "outbox_lag_p99_ms": round(1000 * pct(got["lags"], 0.99), 1),
             "webhooks_lost": lost_webhooks,
-            "redis_ops_per_s_under_load": round((stats1["cmds"] - stats0["cmds"]) / load_s),
+            # Commands Redis ran, those inside the scripts included (placement reads every live node's load).
+            "redis_commands_per_s_under_load": round((stats1["cmds"] - stats0["cmds"]) / load_s),
             "redis_memory_mb": round(stats2["memory"] / 2 ** 20, 1),
         }
     finally:
@@ -175,9 +184,11 @@ async def run(opts) -> dict:
                 service.draining = True
                 await service.shutdown()
         await session.close()
-        receiver.terminate()
-        receiver.wait(10)
+        if receiver is not None:
+            receiver.terminate()
+            receiver.wait(10)
         redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _timed(admit, into: list[float]):
