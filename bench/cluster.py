@@ -42,7 +42,7 @@ from compositor.protocol import Status  # noqa: E402
 from compositor.service import Service, Settings  # noqa: E402
 from compositor.service.requests import StartEgressRequest  # noqa: E402
 from compositor.service.settings import ClusterSettings  # noqa: E402
-from compositor.service.simulation import SimulatedRunner  # noqa: E402
+from compositor.service.simulation import SimulatedRunner, lose  # noqa: E402
 from tools.peers.receivers import free_port, wait_http  # noqa: E402
 from tools.peers.redis import RedisServer  # noqa: E402
 
@@ -148,8 +148,8 @@ async def run(opts) -> dict:
         # Ten nodes lost at once: their leases lapse.
         victims = [n for n in nodes if n[1].running][:10]
         lost = [egress_id for _, r in victims for egress_id in r.running]
-        for service, runner in victims:
-            _kill(service, runner)
+        for service, _ in victims:
+            lose(service)
         settled_s = await until(lambda: _all(store, lost, Status.FAILED), 4 * opts.lease + 30)
 
         # The rest stop; every egress must end with exactly one final webhook received.
@@ -225,11 +225,6 @@ async def _received(session: aiohttp.ClientSession, port: int, ids: list[str]) -
     return set(ids) <= set((await _stats(session, port))["finals"])
 
 
-def _kill(service: Service, runner: SimulatedRunner) -> None:
-    """As SIGKILL leaves a node: its lease, loops and simulated workers stop, nothing is cleaned up."""
-    for task in [*service._tasks, service._reports, service.webhooks._task, *runner._jobs.values()]:
-        task.cancel()
-    service.draining = True
 
 
 def _redis_stats(redis: RedisServer) -> dict:

@@ -139,6 +139,13 @@ class Conflict(CompositorError):
         self.code = code
 
 
+def refusal(code: str | None, message: str | None, details: dict | None = None) -> CompositorError:
+    """A worker's refusal of a command as its caller gets it: a bad argument is 400, anything else 409."""
+    if code == "INVALID_ARGUMENT":
+        return InvalidRequest(message or "refused", details=details or {})
+    return Conflict(code or "REFUSED", message or "the worker refused the change")
+
+
 class StreamFailed(CompositorError):
     """Every live destination of a stream-only egress failed for good; the code is theirs (RTMP_…, SRT_…)."""
 

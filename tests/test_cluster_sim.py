@@ -13,7 +13,7 @@ from compositor.errors import CapacityExceeded, Conflict
 from compositor.protocol import ResultEvent, Status, UpdateLayout, UpdateStreams
 from compositor.service import Service, Settings
 from compositor.service.settings import ClusterSettings
-from compositor.service.simulation import SimulatedRunner
+from compositor.service.simulation import SimulatedRunner, lose
 from compositor.service.webhooks import CLAIM_S
 from tools.peers.livekit import API_KEY, API_SECRET
 
@@ -109,7 +109,7 @@ async def test_a_lost_nodes_egresses_fail_once_and_its_unstarted_ones_run_elsewh
     running = [await b.start(small()), await b.start(small())]  # both on b (self on a tie, then busiest)
     await until(lambda: status_is(a, running[1].id, Status.ACTIVE))
     assert started_on(rb) == [[r.id for r in running]]
-    await _kill(b)
+    lose(b)
     # Until its lease lapses b still counts, and is the busiest that fits: a job placed there never starts.
     unstarted = await a.start(small())
     assert (await a.get(unstarted.id)).status is Status.STARTING and ra.started == []
@@ -163,13 +163,6 @@ async def _final_events(receiver: Receiver, egresses, count: int) -> bool:
     return all(len(receiver.final(e.id)) >= count for e in egresses)
 
 
-async def _kill(service: Service) -> None:
-    """As SIGKILL leaves it: nothing more of the node runs, nothing is cleaned up."""
-    for task in [*service._tasks, service._reports, service.webhooks._task]:
-        task.cancel()
-    for task in service.runner._jobs.values():
-        task.cancel()
-    service.draining = True  # the fixture does not shut it down
 
 
 async def test_auto_egress_is_decided_once_for_the_cluster(cluster):

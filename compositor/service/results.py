@@ -83,9 +83,13 @@ def _file_result(f: dict) -> dict:
 def kept_file(request: dict) -> dict | None:
     """The file an egress left (final, or the crash-safe partial one), if any."""
     output = Path(request.get("file", {}).get("filepath", ""))
-    if not output.name:
-        return None
-    return next((_kept(path) for path in (output, partial_path(output)) if path.exists()), None)
+    left = left_behind(output) if output.name else None
+    return _kept(left) if left else None
+
+
+def left_behind(output: Path) -> Path | None:
+    """What an egress writing `output` left on this disk: the file, or its crash-safe partial one."""
+    return next((path for path in (output, partial_path(output)) if path.exists()), None)
 
 
 def _kept(path: Path) -> dict:

@@ -66,26 +66,19 @@ class Service:
         `runner`, which is also its Control: simulation.SimulatedRunner for benchmarks)."""
         private_dir(settings.data_dir)
         store = SqliteStore(settings.data_dir / "compositor.db")
-        runner = runner or WorkerRunner(settings.data_dir / "jobs", warm_target=settings.warm_workers,
-                                        warm_size=settings.warm_size, worker_args=settings.worker_args,
-                                        worker_env=settings.livekit_env)
-        webhooks = Webhooks(store, settings.webhook_urls, settings.webhook_secret, settings.webhook_retry_base_s,
-                            settings.webhook_formats, settings.livekit_api_key, settings.livekit_api_secret)
+        runner = runner or _worker_runner(settings)
         return cls(settings, store=store, dispatcher=LocalDispatcher(settings.capacity, settings.max_queue),
-                   runner=runner, control=runner, webhooks=webhooks)
+                   runner=runner, control=runner, webhooks=_webhooks(settings, store))
 
     @classmethod
     def in_cluster(cls, settings: Settings, runner: NodeRunner | None = None) -> Service:
         """A node of a cluster (settings.cluster): the store, queue and outbox shared on Redis, calls routed to
         the node that runs each egress, and this node's workers (or `runner`)."""
         private_dir(settings.data_dir)
-        local = runner or WorkerRunner(settings.data_dir / "jobs", warm_target=settings.warm_workers,
-                                       warm_size=settings.warm_size, worker_args=settings.worker_args,
-                                       worker_env=settings.livekit_env)
+        local = runner or _worker_runner(settings)
         cluster = Cluster.connect(settings.cluster, settings.capacity, settings.max_queue, local)
-        webhooks = Webhooks(cluster.store, settings.webhook_urls, settings.webhook_secret,
-                            settings.webhook_retry_base_s, settings.webhook_formats, settings.livekit_api_key,
-                            settings.livekit_api_secret, idle_s=BLOCK_S)
+        # Other nodes' events wake no one here: look for them now and then.
+        webhooks = _webhooks(settings, cluster.store, idle_s=BLOCK_S)
         return cls(settings, store=cluster.store, dispatcher=cluster.dispatcher, runner=local,
                    control=cluster.control, webhooks=webhooks, cluster=cluster)
 
@@ -380,7 +373,8 @@ class Service:
                     log.warning("egress %s: the worker's %s event is refused: the cluster declared this node "
                                 "lost", egress_id, event.type)
                 except Unavailable as exc:
-                    if self.ready or (self.cluster and self.cluster.node.joined):
+                    # (Only a cluster's store is ever away; a node the cluster declared lost drops the event.)
+                    if self.cluster and self.cluster.node.joined:
                         # The shared store is away for a moment: keep the event until it is back.
                         log.warning("egress %s: keeping the %s event until the store is back (%s)", egress_id,
                                     event.type, exc.message)
@@ -448,6 +442,18 @@ class Service:
             await self.cluster.node.leave()
         await self.webhooks.stop()
         await self.store.close()
+
+
+def _worker_runner(settings: Settings) -> WorkerRunner:
+    """This node's worker processes, held to the settings' policy."""
+    return WorkerRunner(settings.data_dir / "jobs", warm_target=settings.warm_workers, warm_size=settings.warm_size,
+                        worker_args=settings.worker_args, worker_env=settings.livekit_env)
+
+
+def _webhooks(settings: Settings, store: Store, **kw) -> Webhooks:
+    """The settings' webhook receivers, fed from `store`'s outbox."""
+    return Webhooks(store, settings.webhook_urls, settings.webhook_secret, settings.webhook_retry_base_s,
+                    settings.webhook_formats, settings.livekit_api_key, settings.livekit_api_secret, **kw)
 
 
 def _rebased(value, old: str, new: str):

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from ..errors import Conflict
 from ..protocol import Command, CommandReply, Event, ResultEvent, Status, StatusEvent
 from ..request import RecordRequest, UploadSpec
 from .seams import Job
+
+if TYPE_CHECKING:  # the service imports this module's runner only where it is plugged in
+    from .service import Service
 
 
 class SimulatedRunner:
@@ -101,3 +105,13 @@ class SimulatedRunner:
             stopping.set()
         await asyncio.gather(*self._jobs.values(), return_exceptions=True)
         self._events.put_nowait(None)
+
+
+def lose(service: Service) -> None:
+    """Take down a node running on a SimulatedRunner as SIGKILL would: its lease, loops and egresses stop at
+    once, nothing is cleaned up or reported; `draining` keeps a later shutdown() from running."""
+    runner = service.runner
+    assert isinstance(runner, SimulatedRunner), "only a simulated node can be lost this way"
+    for task in [*service._tasks, service._reports, service.webhooks._task, *runner._jobs.values()]:
+        task.cancel()
+    service.draining = True

@@ -199,8 +199,8 @@ class Webhooks:
                     next_at = time.time() + min(self.idle_s, 5.0)
                 try:
                     await asyncio.wait_for(self._wake.wait(),
-                                           min(max(0.0, next_at - time.time()) if next_at else self.idle_s,
-                                               self.idle_s))
+                                           min(max(0.0, next_at - time.time()), self.idle_s) if next_at
+                                           else self.idle_s)
                 except TimeoutError:
                     pass
 

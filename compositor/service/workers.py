@@ -17,8 +17,8 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ..errors import Conflict, InvalidRequest
-from ..plan import DEFAULT_SAMPLE_RATE, WARM_SIZE, partial_path
+from ..errors import Conflict, refusal
+from ..plan import DEFAULT_SAMPLE_RATE, WARM_SIZE
 from ..process import ManagedProcess
 from ..protocol import (
     Command,
@@ -34,6 +34,7 @@ from ..protocol import (
 )
 from ..request import RecordRequest, UploadSpec
 from ..storage.config import REVEAL
+from .results import left_behind
 from .seams import Job
 
 log = logging.getLogger(__name__)
@@ -240,9 +241,7 @@ class WorkerRunner:
             self._replies.pop(ident, None)
         if answer.ok:
             return answer
-        if answer.code == "INVALID_ARGUMENT":
-            raise InvalidRequest(answer.message or "refused", details=answer.details or {})
-        raise Conflict(answer.code or "REFUSED", answer.message or "the worker refused the change")
+        raise refusal(answer.code, answer.message, answer.details)
 
     async def shutdown(self, grace: float = WORKER_STOP_S) -> None:
         """Stop every worker cleanly (killing those past the grace period)."""
@@ -274,8 +273,7 @@ class WorkerRunner:
             else:
                 if not settled:
                     output = self._outputs.get(egress_id)
-                    kept = output and next((p for p in (Path(output), partial_path(Path(output))) if p.exists()),
-                                           None)
+                    kept = left_behind(Path(output)) if output else None
                     self._events.put_nowait((egress_id, ErrorEvent(
                         status=Status.FAILED, code="WORKER_CRASHED", time=time.time(),
                         message=f"the worker ended without a result: {worker.describe_exit()}",

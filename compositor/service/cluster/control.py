@@ -14,7 +14,7 @@ import secrets
 
 import redis.asyncio as aioredis
 
-from ...errors import CompositorError, Conflict, InvalidRequest
+from ...errors import CompositorError, Conflict, refusal
 from ...protocol import COMMAND, Command, CommandReply
 from ..seams import Control
 from .node import BLOCK_S, ClusterNode
@@ -63,10 +63,7 @@ class RedisControl:
             raise Conflict("EGRESS_NOT_ACTIVE", f"egress {call['egress_id']}: its node {owner} did not answer")
         answer = json.loads(popped[1])
         if "error" in answer:
-            err = answer["error"]
-            if err["code"] == "INVALID_ARGUMENT":
-                raise InvalidRequest(err["message"], details=err.get("details") or {})
-            raise Conflict(err["code"], err["message"])
+            raise refusal(answer["error"]["code"], answer["error"]["message"], answer["error"].get("details"))
         return answer
 
     async def serve(self) -> None:
