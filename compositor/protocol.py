@@ -233,3 +233,117 @@ class UpdateLayout(_Command):
 
 Command = Annotated[JobCommand | UpdateStreams | UpdateLayout, Field(discriminator="op")]
 COMMAND = TypeAdapter(Command)
+
+
+# --- Ingress: what the service and an ingress worker (`compositor ingress`) say to each other ---------------
+
+
+class IngressState(StrEnum):
+    """Where an ingress is, as LiveKit's IngressState.Status names it. A reusable one (RTMP, WHIP) goes back to
+    INACTIVE when its publisher leaves; a URL pull ends COMPLETE; either may end in ERROR."""
+
+    INACTIVE = "ENDPOINT_INACTIVE"
+    BUFFERING = "ENDPOINT_BUFFERING"
+    PUBLISHING = "ENDPOINT_PUBLISHING"
+    ERROR = "ENDPOINT_ERROR"
+    COMPLETE = "ENDPOINT_COMPLETE"
+
+
+#: An ingress in one of these has a live session (and a worker).
+LIVE_INGRESS_STATES = (IngressState.BUFFERING, IngressState.PUBLISHING)
+
+
+class InputKind(StrEnum):
+    """How media comes in."""
+
+    RTMP = "rtmp"
+    WHIP = "whip"
+    URL = "url"
+
+
+class VideoLayer(BaseModel):
+    """One simulcast layer an ingress publishes."""
+
+    width: int
+    height: int
+    #: bits per second
+    bitrate: int
+
+
+class IngressVideo(BaseModel):
+    """The video track an ingress publishes: its source, frame rate and layers (the first is the top one)."""
+
+    source: Literal["camera", "screen_share"] = "camera"
+    name: str | None = None
+    fps: float = 30.0
+    layers: list[VideoLayer]
+
+
+class IngressAudio(BaseModel):
+    """The Opus audio track an ingress publishes."""
+
+    source: Literal["microphone", "screen_share_audio"] = "microphone"
+    name: str | None = None
+    #: bits per second
+    bitrate: int = 96_000
+    channels: Literal[1, 2] = 2
+
+
+class IngressJob(BaseModel):
+    """What one ingress worker runs: where it reads media, and the room it publishes it into."""
+
+    ingress_id: str
+    input: InputKind
+    #: where the worker reads: the node's own RTMP server (rtmp://127.0.0.1:…/live/KEY) or the request's URL
+    #: (http, https, srt); None for WHIP, whose media comes on the peer connection of `whip_offer`
+    source_url: str | None = None
+    #: WHIP: the publisher's SDP offer; the worker answers it (WhipAnswerEvent)
+    whip_offer: str | None = None
+    #: the LiveKit server (ws:// or wss://) and a token that joins the room as the ingress's participant
+    room_url: str
+    token: str
+    video: IngressVideo | None = IngressVideo(layers=[VideoLayer(width=1280, height=720, bitrate=1_700_000)])
+    audio: IngressAudio | None = IngressAudio()
+    #: no media for this long ends the session (a stalled publisher or source)
+    stall_s: float = 3.0
+
+
+class _IngressEvent(_Message):
+    time: float = Field(default_factory=lambda: round(time.time(), 3))
+    ingress_id: str | None = None
+
+
+class IngressEvent(_IngressEvent):
+    """The ingress moved on: BUFFERING (input open, joining the room), PUBLISHING (its tracks are in the room),
+    then its end: INACTIVE (the publisher left), COMPLETE (a URL ran out) or ERROR (`code`, `error`)."""
+
+    type: Literal["ingress"] = "ingress"
+    state: IngressState
+    code: str | None = None
+    error: str | None = None
+    #: what came in: {"mime_type", "width", "height", "framerate", "average_bitrate"}
+    video: dict[str, Any] | None = None
+    #: {"mime_type", "channels", "sample_rate", "average_bitrate"}
+    audio: dict[str, Any] | None = None
+    #: the room's id and the published tracks: [{"sid", "type", "source", "name", "width", "height"}]
+    room_id: str | None = None
+    tracks: list[dict[str, Any]] | None = None
+
+
+class WhipAnswerEvent(_IngressEvent):
+    """A WHIP ingress's SDP answer to its publisher's offer."""
+
+    type: Literal["whip_answer"] = "whip_answer"
+    sdp: str
+
+
+IngressWorkerEvent = Annotated[IngressEvent | WhipAnswerEvent, Field(discriminator="type")]
+_INGRESS_EVENT = TypeAdapter(IngressWorkerEvent)
+
+
+def parse_ingress_event(line: bytes | str) -> IngressEvent | WhipAnswerEvent | None:
+    """One line of an ingress worker's stdout as its event; None for anything else."""
+    try:
+        return _INGRESS_EVENT.validate_json(line)
+    except ValueError:
+        return None

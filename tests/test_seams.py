@@ -340,3 +340,35 @@ async def _is(service: Service, egress_id: str, status: Status) -> bool:
 
 async def _delivered(receiver: Receiver, name: str, count: int) -> bool:
     return sum(e["event"] == name for e in receiver.events) >= count
+
+
+# Ingresses: kept whole, found by their stream key, a state change and its webhooks committed together.
+# (SQLite only: a cluster does not run ingress yet.)
+
+async def test_an_ingress_reads_back_by_id_and_key_and_its_changes_bring_their_webhooks(tmp_path):
+    from compositor.protocol import IngressState
+    from compositor.service.seams import IngressRecord
+
+    store = SqliteStore(tmp_path / "db")
+    hooks = Webhooks(store, ["http://a.test/hook"], "secret", formats=("baxcloud", "livekit"))
+    rec = IngressRecord(id="IN_1", input_type="rtmp", room_name="r", participant_identity="p", stream_key="k" * 20,
+                        video={"preset": "H264_540P_25FPS_2_LAYERS"})
+    await store.create_ingress(rec)
+    with pytest.raises(Exception):  # one key, one ingress
+        await store.create_ingress(IngressRecord(id="IN_2", input_type="rtmp", room_name="r",
+                                                 participant_identity="q", stream_key="k" * 20))
+    assert await store.ingress_of_key("k" * 20) == await store.get_ingress("IN_1") == rec
+    assert await store.ingress_of_key("") is None and await store.ingress_of_key("nope") is None
+    for state in (IngressState.BUFFERING, IngressState.PUBLISHING, IngressState.INACTIVE):
+        await store.update_ingress("IN_1", events=hooks.for_ingress, state=state, started_at=1.0, ended_at=3.5)
+    rows = store._db.execute("SELECT body FROM outbox ORDER BY seq").fetchall()
+    names = [json.loads(body)["event"] for (body,) in rows]
+    assert names == ["live.started", "ingress_started", "live.ended", "ingress_ended"]
+    ended = json.loads(rows[2][0])["data"]
+    assert ended["ingressId"] == "IN_1" and ended["durationSec"] == 2.5 and ended["state"] == "INACTIVE"
+    assert "streamKey" not in rows[3][0] and "k" * 20 not in rows[3][0]  # webhooks never carry the key
+    assert [r.id for r in await store.list_ingress(room_name="r")] == ["IN_1"]
+    assert await store.list_ingress(room_name="other") == []
+    await store.delete_ingress("IN_1")
+    assert await store.get_ingress("IN_1") is None
+    await store.close()

@@ -6,7 +6,7 @@ import time
 
 from pydantic import Field
 
-from ..protocol import Status, StreamStatus
+from ..protocol import IngressState, InputKind, Status, StreamStatus
 from ..request import Model
 from ..service.results import FileResult, iso, recording_id
 from ..service.seams import EgressRecord
@@ -96,6 +96,52 @@ class RecordingList(Model):
 class DownloadUrl(Model):
     download_url: str
     expires_at: str
+
+
+class IngressSession(Model):
+    """An ingress's current (or last) session."""
+
+    #: LiveKit's IngressState.Status name: ENDPOINT_INACTIVE, _BUFFERING, _PUBLISHING, _COMPLETE or _ERROR
+    status: IngressState
+    error: str | None = None
+    error_code: str | None = None
+    resource_id: str | None = None
+    room_id: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    updated_at: str | None = None
+    #: what came in: mime_type, width, height, framerate (video); mime_type, channels, sample_rate (audio)
+    video: dict | None = None
+    audio: dict | None = None
+    #: the tracks published into the room: sid, type, source, name, width, height
+    tracks: list[dict] = []
+
+
+class IngressInfo(Model):
+    """An ingress: where publishers go (`url` + `streamKey`), the room it publishes into, its session."""
+
+    ingress_id: str
+    name: str
+    input_type: InputKind
+    #: RTMP: the server URL (OBS's "Server"); WHIP: the endpoint; URL: the source (credentials left out)
+    url: str
+    #: the publisher's secret (RTMP stream key, WHIP bearer token); empty for a URL ingress
+    stream_key: str
+    rtmps_url: str | None = None
+    room_name: str
+    participant_identity: str
+    participant_name: str
+    participant_metadata: str
+    enabled: bool
+    reusable: bool
+    video: dict
+    audio: dict
+    state: IngressSession
+    created_at: str | None = None
+
+
+class IngressList(Model):
+    items: list[IngressInfo]
 
 
 class ErrorDetail(Model):

@@ -7,6 +7,7 @@ from functools import cache
 from pydantic.json_schema import models_json_schema
 
 from .. import __version__
+from ..service.ingress import IngressRequest, IngressUpdate
 from ..service.requests import (
     AutoEgressConfig,
     StartEgressRequest,
@@ -14,10 +15,20 @@ from ..service.requests import (
     UpdateLayoutRequest,
     UpdateStreamsRequest,
 )
-from .models import DownloadUrl, EgressInfo, EgressList, ErrorBody, RecordingInfo, RecordingList
+from .models import (
+    DownloadUrl,
+    EgressInfo,
+    EgressList,
+    ErrorBody,
+    IngressInfo,
+    IngressList,
+    RecordingInfo,
+    RecordingList,
+)
 
-REQUESTS = [StartEgressRequest, StartRecordingRequest, AutoEgressConfig, UpdateStreamsRequest, UpdateLayoutRequest]
-RESPONSES = [EgressInfo, EgressList, RecordingInfo, RecordingList, DownloadUrl, ErrorBody]
+REQUESTS = [StartEgressRequest, StartRecordingRequest, AutoEgressConfig, UpdateStreamsRequest, UpdateLayoutRequest,
+            IngressRequest, IngressUpdate]
+RESPONSES = [EgressInfo, EgressList, RecordingInfo, RecordingList, DownloadUrl, ErrorBody, IngressInfo, IngressList]
 
 # method, path, summary, request model, response model, success status
 OPERATIONS = [
@@ -36,11 +47,17 @@ OPERATIONS = [
     ("get", "/v1/recordings", "List recordings (roomName, status, page, limit)", None, RecordingList, 200),
     ("get", "/v1/recordings/{id}", "Get a recording", None, RecordingInfo, 200),
     ("get", "/v1/recordings/{id}/download-url", "Signed, expiring download URL", None, DownloadUrl, 200),
+    ("post", "/v1/ingress", "Create an ingress (RTMP, WHIP or URL); a URL ingress starts pulling", IngressRequest,
+     IngressInfo, 201),
+    ("get", "/v1/ingress", "List ingresses (roomName, ingressId)", None, IngressList, 200),
+    ("get", "/v1/ingress/{id}", "Get an ingress", None, IngressInfo, 200),
+    ("patch", "/v1/ingress/{id}", "Change an ingress between sessions", IngressUpdate, IngressInfo, 200),
+    ("delete", "/v1/ingress/{id}", "Delete an ingress (a live session is stopped)", None, IngressInfo, 200),
 ]
 QUERY_SCHEMAS = {"page": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
                  "limit": {"type": "integer", "minimum": 1, "maximum": 100}}
 QUERY = {"/v1/egress": ["roomName", "status", "page", "limit"],
-         "/v1/recordings": ["roomName", "status", "page", "limit"]}
+         "/v1/recordings": ["roomName", "status", "page", "limit"], "/v1/ingress": ["roomName", "ingressId"]}
 
 
 def _ref(model) -> dict:

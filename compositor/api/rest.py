@@ -12,7 +12,6 @@ from collections.abc import Awaitable
 from aiohttp import web
 from google.protobuf.json_format import ParseError
 from livekit import api as livekit_api
-from pydantic import ValidationError
 
 from ..errors import (
     CompositorError,
@@ -24,7 +23,6 @@ from ..errors import (
     Unavailable,
 )
 from ..protocol import ACTIVE_STATUSES, Status
-from ..request import first_error
 from ..service.auto_egress import AUTO_EGRESS
 from ..service.requests import (
     AutoEgressConfig,
@@ -37,8 +35,8 @@ from ..service.results import egress_id_of, iso, recording_id
 from ..service.seams import EgressRecord
 from ..service.service import Service
 from ..storage.local_urls import DOWNLOAD_PATH, verify_local_signature
-from . import twirp
-from .bodies import read_body
+from . import ingress, twirp
+from .bodies import read_body, validated
 from .livekit_shape import from_livekit, is_livekit
 from .models import egress_info, recording_info
 from .openapi import openapi
@@ -86,8 +84,9 @@ async def errors_middleware(request: web.Request, handler):
 async def auth_middleware(request: web.Request, handler):
     # The LiveKit webhook is signed with the LiveKit API key instead (checked by its handler); the Twirp
     # Egress API takes LiveKit access tokens (checked by twirp.py).
-    if (request.path in ("/healthz", "/readyz", "/openapi.json", LIVEKIT_WEBHOOK_PATH)
-            or request.path.startswith((DOWNLOAD_PATH, twirp.PREFIX))):
+    # A WHIP publisher presents its ingress's stream key instead (checked by the ingress service).
+    if (request.path in ("/healthz", "/readyz", "/openapi.json", LIVEKIT_WEBHOOK_PATH, ingress.WHIP_PATH)
+            or request.path.startswith((DOWNLOAD_PATH, twirp.PREFIX, ingress.WHIP_PATH + "/"))):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
@@ -127,15 +126,6 @@ def _egress_or_404(request: web.Request) -> Awaitable[EgressRecord]:
     return request.app[SERVICE_KEY].get(request.match_info["id"])
 
 
-def _validated(model, body: dict):
-    """body as `model`, or InvalidRequest naming the first bad field."""
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        field = ".".join(str(p) for p in exc.errors()[0].get("loc", ()))
-        raise InvalidRequest(first_error(exc), details={"field": field}) from None
-
-
 def _paging(request: web.Request) -> tuple[int, int]:
     try:
         page = int(request.query.get("page", 1))
@@ -150,7 +140,7 @@ def _paging(request: web.Request) -> tuple[int, int]:
 
 async def start_egress(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    req = _validated(StartEgressRequest, from_livekit(body) if is_livekit(body) else body)
+    req = validated(StartEgressRequest, from_livekit(body) if is_livekit(body) else body)
     rec = await request.app[SERVICE_KEY].start(req)
     return web.json_response(await _info(request, rec), status=201)
 
@@ -164,7 +154,7 @@ async def stop_egress(request: web.Request) -> web.Response:
 async def update_streams(request: web.Request) -> web.Response:
     """Add and remove live destinations (BaxCloud shape, or LiveKit's add_output_urls / remove_output_urls)."""
     rec = await _egress_or_404(request)
-    change = _validated(UpdateStreamsRequest, await _json_body(request))
+    change = validated(UpdateStreamsRequest, await _json_body(request))
     rec = await request.app[SERVICE_KEY].update_streams(rec.id, change.add, change.remove)
     return web.json_response(await _info(request, rec))
 
@@ -172,7 +162,7 @@ async def update_streams(request: web.Request) -> web.Response:
 async def update_layout(request: web.Request) -> web.Response:
     """Switch a recording egress to another built-in layout (LiveKit's UpdateLayout)."""
     rec = await _egress_or_404(request)
-    change = _validated(UpdateLayoutRequest, await _json_body(request))
+    change = validated(UpdateLayoutRequest, await _json_body(request))
     rec = await request.app[SERVICE_KEY].update_layout(rec.id, change.layout)
     return web.json_response(await _info(request, rec))
 
@@ -204,7 +194,7 @@ async def delete_egress(request: web.Request) -> web.Response:
 
 
 async def start_recording(request: web.Request) -> web.Response:
-    req = _validated(StartRecordingRequest, await _json_body(request))
+    req = validated(StartRecordingRequest, await _json_body(request))
     rec = await request.app[SERVICE_KEY].start(req.to_egress_request())
     return web.json_response(recording_info(rec), status=201)
 
@@ -278,7 +268,7 @@ async def get_auto_egress(request: web.Request) -> web.Response:
 async def put_auto_egress(request: web.Request) -> web.Response:
     store = request.app[SERVICE_KEY].store
     current = AutoEgressConfig.model_validate(await store.get_setting(AUTO_EGRESS) or {}).model_dump(by_alias=True)
-    config = _validated(AutoEgressConfig, {**current, **await _json_body(request)})
+    config = validated(AutoEgressConfig, {**current, **await _json_body(request)})
     await store.put_setting(AUTO_EGRESS, config.model_dump())
     return web.json_response(config.model_dump(by_alias=True))
 
@@ -355,6 +345,17 @@ async def readyz(request: web.Request) -> web.Response:
                               "active": len(service.runner.running), "warm": service.runner.warm}, status=status)
 
 
+def _ingress_route(call, with_body: bool = False):
+    """An ingress handler (ingress.py) as an aiohttp handler: it gets the service, and the JSON body if it
+    takes one."""
+    async def handle(request: web.Request) -> web.StreamResponse:
+        service = request.app[SERVICE_KEY]
+        if with_body:
+            return await call(request, service, await _json_body(request))
+        return await call(request, service)
+    return handle
+
+
 def make_app(service: Service) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, auth_middleware])
     app[SERVICE_KEY] = service
@@ -378,5 +379,14 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_post(LIVEKIT_WEBHOOK_PATH, livekit_webhook)
-    app.router.add_route("*", twirp.ROUTE, twirp.handler(service))
+    app.router.add_post("/v1/ingress", _ingress_route(ingress.create_ingress, with_body=True))
+    app.router.add_get("/v1/ingress", _ingress_route(ingress.list_ingress))
+    app.router.add_get("/v1/ingress/{id}", _ingress_route(ingress.get_ingress))
+    app.router.add_patch("/v1/ingress/{id}", _ingress_route(ingress.update_ingress, with_body=True))
+    app.router.add_delete("/v1/ingress/{id}", _ingress_route(ingress.delete_ingress))
+    app.router.add_post(ingress.WHIP_PATH, _ingress_route(ingress.whip_offer))
+    app.router.add_post(ingress.WHIP_PATH + "/{key}", _ingress_route(ingress.whip_offer))
+    app.router.add_delete(ingress.WHIP_PATH + "/session/{resource}", _ingress_route(ingress.whip_delete))
+    app.router.add_route("*", twirp.ROUTE, twirp.handler(service, {twirp.EGRESS: twirp.EGRESS_SERVICE,
+                                                                   twirp.INGRESS: ingress.INGRESS_SERVICE}))
     return app

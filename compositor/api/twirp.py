@@ -1,10 +1,11 @@
-"""LiveKit's Egress service over Twirp (`POST /twirp/livekit.Egress/{Method}`), so the egress clients of
-LiveKit's server SDKs work pointed at this service.
+"""LiveKit's Egress and Ingress services over Twirp (`POST /twirp/livekit.Egress/{Method}`,
+`/twirp/livekit.Ingress/{Method}`), so the egress and ingress clients of LiveKit's server SDKs work pointed at
+this service.
 
 Bodies are LiveKit's own messages, in protobuf (`application/protobuf`) or protobuf JSON
 (`application/json`); the answer comes in the request's encoding, errors in Twirp's JSON. Callers
 authenticate as with LiveKit: an access token signed with the service's livekit_api_key/secret that
-grants roomRecord.
+grants roomRecord (Egress) or ingressAdmin (Ingress).
 """
 
 from __future__ import annotations
@@ -22,22 +23,20 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from livekit.api import TokenVerifier
 from livekit.protocol import egress as proto
-from pydantic import BaseModel, ValidationError
 
 from ..errors import CapacityExceeded, CompositorError, InvalidRequest
 from ..protocol import ACTIVE_STATUSES
-from ..request import first_error
 from ..service import livekit_info
 from ..service.requests import StartEgressRequest, UpdateStreamsRequest
 from ..service.service import Service
-from .bodies import read_body
+from .bodies import read_body, validated
 from .livekit_shape import from_livekit, from_livekit_participant, from_livekit_track, from_livekit_track_composite
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/twirp/"
 ROUTE = PREFIX + "{route:.*}"
-SERVICE_NAME = "livekit.Egress"
+EGRESS, INGRESS = "livekit.Egress", "livekit.Ingress"
 PROTOBUF, JSON = "application/protobuf", "application/json"
 #: ListEgress answers this many egresses at a time; next_page_token asks for the next ones.
 LIST_PAGE = 100
@@ -78,23 +77,36 @@ def _reply(body: bytes, kind: str, status: int = 200, headers: dict[str, str] | 
     return web.Response(body=body, status=status, headers={"Content-Type": kind, **(headers or {})})
 
 
-Call = Callable[[Service, Any], Awaitable[Message]]
+#: A method's answer to its message (the HTTP request gives the host its URLs are shown at).
+Call = Callable[[Service, Any, web.Request], Awaitable[Message]]
 
 
 @dataclass(frozen=True)
 class Method:
-    """One method of the service: the message its body holds, and what answers it."""
+    """One method of a service: the message its body holds, and what answers it."""
 
     request: type[Message]
     call: Call
 
 
-def handler(service: Service) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """The aiohttp handler of every path under /twirp/ (register it for ROUTE), serving `service`."""
+@dataclass(frozen=True)
+class TwirpService:
+    """A Twirp service: its methods, and the grant an access token needs for them."""
+
+    methods: dict[str, Method]
+    #: the VideoGrants attribute, and its name as LiveKit says it
+    grant: tuple[str, str]
+    #: every method LiveKit's service declares (those not in `methods` answer unimplemented)
+    declared: frozenset[str]
+
+
+def handler(service: Service, services: dict[str, TwirpService]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The aiohttp handler of every path under /twirp/ (register it for ROUTE), serving `services` of
+    `service`."""
 
     async def handle(request: web.Request) -> web.Response:
         try:
-            return await _serve(service, request)
+            return await _serve(service, services, request)
         except TwirpError as err:
             return err.response()
         except CompositorError as err:
@@ -109,20 +121,23 @@ def handler(service: Service) -> Callable[[web.Request], Awaitable[web.Response]
     return handle
 
 
-async def _serve(service: Service, request: web.Request) -> web.Response:
+async def _serve(service: Service, services: dict[str, TwirpService], request: web.Request) -> web.Response:
     service_name, _, name = request.match_info["route"].partition("/")
-    method = METHODS.get(name) if service_name == SERVICE_NAME else None
+    served = services.get(service_name)
+    method = served.methods.get(name) if served else None
     route = f"{request.method} {request.path}"
     if request.method != "POST" or method is None:
-        if request.method == "POST" and service_name == SERVICE_NAME and name in _DECLARED:
-            raise TwirpError("unimplemented", f"{name} is not served here; the methods are {', '.join(METHODS)}")
+        if request.method == "POST" and served and name in served.declared:
+            raise TwirpError("unimplemented", f"{name} is not served here; the methods are "
+                                              f"{', '.join(served.methods)}")
         raise TwirpError("bad_route", f"no such method: {route}", {"twirp_invalid_route": route})
     settings = service.settings
     if not (settings.livekit_api_key and settings.livekit_api_secret):
-        raise TwirpError("unimplemented", "the LiveKit Egress API checks LiveKit access tokens: set "
-                         "livekit_api_key and livekit_api_secret (COMPOSITOR_LIVEKIT_API_KEY, "
+        raise TwirpError("unimplemented", f"the LiveKit {service_name.split('.')[1]} API checks LiveKit access "
+                         "tokens: set livekit_api_key and livekit_api_secret (COMPOSITOR_LIVEKIT_API_KEY, "
                          "COMPOSITOR_LIVEKIT_API_SECRET)")
-    _authorize(request.headers.get("Authorization", ""), settings.livekit_api_key, settings.livekit_api_secret)
+    _authorize(request.headers.get("Authorization", ""), settings.livekit_api_key, settings.livekit_api_secret,
+               served.grant)
     kind = request.content_type
     if kind not in (PROTOBUF, JSON):
         raise TwirpError("bad_route", f"unexpected Content-Type: {kind!r} (use {PROTOBUF} or {JSON})",
@@ -131,7 +146,7 @@ async def _serve(service: Service, request: web.Request) -> web.Response:
         body = await read_body(request, settings.request_timeout_s)
     except web.HTTPRequestEntityTooLarge:
         raise TwirpError("malformed", "the request body is too large") from None
-    reply = await method.call(service, _parse(body, method.request(), kind))
+    reply = await method.call(service, _parse(body, method.request(), kind), request)
     if kind == JSON:
         # As Twirp's own servers answer: proto field names, fields at their defaults included.
         text = json_format.MessageToJson(reply, preserving_proto_field_name=True, indent=None,
@@ -140,8 +155,8 @@ async def _serve(service: Service, request: web.Request) -> web.Response:
     return _reply(reply.SerializeToString(), PROTOBUF)
 
 
-def _authorize(header: str, api_key: str, api_secret: str) -> None:
-    """Accept a LiveKit access token of this server's key that grants roomRecord, as LiveKit's server does."""
+def _authorize(header: str, api_key: str, api_secret: str, grant: tuple[str, str]) -> None:
+    """Accept a LiveKit access token of this server's key that grants `grant`, as LiveKit's server does."""
     token = header[7:].strip() if header[:7].lower() == "bearer " else ""
     if not token:
         raise TwirpError("unauthenticated", "no access token (Authorization: Bearer <LiveKit access token>)")
@@ -152,8 +167,9 @@ def _authorize(header: str, api_key: str, api_secret: str) -> None:
     except (jwt.PyJWTError, json_format.Error, ValueError, TypeError, AttributeError):
         raise TwirpError("unauthenticated", "invalid access token: expired, or not signed with this server's "
                          "LiveKit API key and secret") from None
-    if not (claims.video and claims.video.room_record):
-        raise TwirpError("permission_denied", "the access token does not grant roomRecord")
+    attribute, name = grant
+    if not (claims.video and getattr(claims.video, attribute)):
+        raise TwirpError("permission_denied", f"the access token does not grant {name}")
 
 
 def _parse(body: bytes, message: Message, kind: str) -> Message:
@@ -172,39 +188,31 @@ def _parse(body: bytes, message: Message, kind: str) -> Message:
     return message
 
 
-def _validated(model: type[BaseModel], data: dict) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        field = ".".join(str(p) for p in exc.errors()[0].get("loc", ()))
-        raise InvalidRequest(first_error(exc), details={"field": field} if field else {}) from None
-
-
 def _start(mapping: Callable[[dict], dict]) -> Call:
     """A Start*Egress method: LiveKit's request mapped (by `mapping`) onto ours, then started."""
 
-    async def start(service: Service, msg: Message) -> proto.EgressInfo:
+    async def start(service: Service, msg: Message, _: web.Request) -> proto.EgressInfo:
         body = json_format.MessageToDict(msg, preserving_proto_field_name=True)
-        return livekit_info.egress_info(await service.start(_validated(StartEgressRequest, mapping(body))))
+        return livekit_info.egress_info(await service.start(validated(StartEgressRequest, mapping(body))))
 
     return start
 
 
-async def _stop(service: Service, msg: proto.StopEgressRequest) -> proto.EgressInfo:
+async def _stop(service: Service, msg: proto.StopEgressRequest, _: web.Request) -> proto.EgressInfo:
     return livekit_info.egress_info(await service.stop(msg.egress_id))
 
 
-async def _update_layout(service: Service, msg: proto.UpdateLayoutRequest) -> proto.EgressInfo:
+async def _update_layout(service: Service, msg: proto.UpdateLayoutRequest, _: web.Request) -> proto.EgressInfo:
     return livekit_info.egress_info(await service.update_layout(msg.egress_id, msg.layout))
 
 
-async def _update_stream(service: Service, msg: proto.UpdateStreamRequest) -> proto.EgressInfo:
-    change = _validated(UpdateStreamsRequest, {"add_output_urls": list(msg.add_output_urls),
+async def _update_stream(service: Service, msg: proto.UpdateStreamRequest, _: web.Request) -> proto.EgressInfo:
+    change = validated(UpdateStreamsRequest, {"add_output_urls": list(msg.add_output_urls),
                                                "remove_output_urls": list(msg.remove_output_urls)})
     return livekit_info.egress_info(await service.update_streams(msg.egress_id, change.add, change.remove))
 
 
-async def _list(service: Service, msg: proto.ListEgressRequest) -> proto.ListEgressResponse:
+async def _list(service: Service, msg: proto.ListEgressRequest, _: web.Request) -> proto.ListEgressResponse:
     room = msg.room_name or None
     out = proto.ListEgressResponse()
     if msg.egress_id:
@@ -226,7 +234,7 @@ async def _list(service: Service, msg: proto.ListEgressRequest) -> proto.ListEgr
     return out
 
 
-METHODS: dict[str, Method] = {
+EGRESS_METHODS: dict[str, Method] = {
     "StartRoomCompositeEgress": Method(proto.RoomCompositeEgressRequest, _start(from_livekit)),
     "StartWebEgress": Method(proto.WebEgressRequest, _start(from_livekit)),
     "StartParticipantEgress": Method(proto.ParticipantEgressRequest, _start(from_livekit_participant)),
@@ -237,5 +245,5 @@ METHODS: dict[str, Method] = {
     "ListEgress": Method(proto.ListEgressRequest, _list),
     "StopEgress": Method(proto.StopEgressRequest, _stop),
 }
-# Methods LiveKit's Egress service declares; those not in METHODS (StartEgress) answer unimplemented.
-_DECLARED = {m.name for m in proto.DESCRIPTOR.services_by_name["Egress"].methods}
+EGRESS_SERVICE = TwirpService(EGRESS_METHODS, ("room_record", "roomRecord"), frozenset(
+    m.name for m in proto.DESCRIPTOR.services_by_name["Egress"].methods))

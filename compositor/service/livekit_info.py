@@ -18,11 +18,13 @@ from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 from livekit.api import AccessToken
 from livekit.protocol import egress as lk
+from livekit.protocol import ingress as lki
+from livekit.protocol import models as lkm
 from livekit.protocol.webhook import WebhookEvent
 
 from ..presets import ALIASES
-from ..protocol import Status, StreamStatus
-from .seams import EgressRecord
+from ..protocol import IngressState, InputKind, Status, StreamStatus
+from .seams import EgressRecord, IngressRecord
 
 _STATUS = {Status.STARTING: lk.EGRESS_STARTING, Status.ACTIVE: lk.EGRESS_ACTIVE, Status.ENDING: lk.EGRESS_ENDING,
            Status.COMPLETE: lk.EGRESS_COMPLETE, Status.FAILED: lk.EGRESS_FAILED, Status.ABORTED: lk.EGRESS_ABORTED,
@@ -144,3 +146,75 @@ def authorization(api_key: str, api_secret: str, body: bytes) -> str:
     """LiveKit's webhook signature: a JWT whose `sha256` claim is the body's hash."""
     digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
     return AccessToken(api_key, api_secret).with_sha256(digest).to_jwt()
+
+
+_INPUT = {InputKind.RTMP: lki.RTMP_INPUT, InputKind.WHIP: lki.WHIP_INPUT, InputKind.URL: lki.URL_INPUT}
+_INGRESS_STATUS = {IngressState.INACTIVE: lki.IngressState.ENDPOINT_INACTIVE,
+                   IngressState.BUFFERING: lki.IngressState.ENDPOINT_BUFFERING,
+                   IngressState.PUBLISHING: lki.IngressState.ENDPOINT_PUBLISHING,
+                   IngressState.ERROR: lki.IngressState.ENDPOINT_ERROR,
+                   IngressState.COMPLETE: lki.IngressState.ENDPOINT_COMPLETE}
+_SOURCE = {"camera": lkm.CAMERA, "microphone": lkm.MICROPHONE, "screen_share": lkm.SCREEN_SHARE,
+           "screen_share_audio": lkm.SCREEN_SHARE_AUDIO}
+
+
+def ingress_info(rec: IngressRecord, url: str = "") -> lki.IngressInfo:
+    """An ingress as LiveKit's IngressInfo; `url` is where publishers go (RTMP server, WHIP endpoint) or, for
+    a URL ingress, its source as shown."""
+    info = lki.IngressInfo(
+        ingress_id=rec.id, name=rec.name, stream_key=rec.stream_key, url=url, input_type=_INPUT[InputKind(
+            rec.input_type)], enable_transcoding=True, room_name=rec.room_name,
+        participant_identity=rec.participant_identity, participant_name=rec.participant_name,
+        participant_metadata=rec.participant_metadata, reusable=rec.reusable, enabled=rec.enabled)
+    video, audio = rec.video or {}, rec.audio or {}
+    info.video.source = _SOURCE[video.get("source", "camera")]
+    info.video.name = video.get("name", "")
+    if video.get("preset"):
+        info.video.preset = lki.IngressVideoEncodingPreset.Value(video["preset"])
+    elif options := video.get("options"):
+        info.video.options.frame_rate = options.get("frame_rate", 30)
+        for layer in options["layers"]:
+            info.video.options.layers.add(width=layer["width"], height=layer["height"], bitrate=layer["bitrate"])
+    info.audio.source = _SOURCE[audio.get("source", "microphone")]
+    info.audio.name = audio.get("name", "")
+    if audio.get("preset"):
+        info.audio.preset = lki.IngressAudioEncodingPreset.Value(audio["preset"])
+    elif options := audio.get("options"):
+        info.audio.options.bitrate, info.audio.options.channels = options.get("bitrate", 96000), options.get(
+            "channels", 2)
+    state = info.state
+    state.status = _INGRESS_STATUS[rec.state]
+    state.error = rec.error
+    state.room_id = rec.room_id
+    state.resource_id = rec.resource_id
+    state.started_at, state.ended_at, state.updated_at = _ns(rec.started_at), _ns(rec.ended_at), _ns(rec.updated_at)
+    for kind, given in (("video", rec.input_video), ("audio", rec.input_audio)):
+        if given:
+            target = getattr(state, kind)
+            for key, value in given.items():
+                if key in target.DESCRIPTOR.fields_by_name:
+                    setattr(target, key, value)
+    for t in rec.tracks or []:
+        state.tracks.add(sid=t.get("sid", ""), type=lkm.VIDEO if t.get("type") == "video" else lkm.AUDIO,
+                         name=t.get("name", ""), source=_SOURCE.get(t.get("source", ""), lkm.UNKNOWN),
+                         width=t.get("width", 0), height=t.get("height", 0), simulcast=bool(t.get("simulcast")),
+                         mime_type=t.get("mime_type", ""))
+    return info
+
+
+def ingress_events_for(rec: IngressRecord, previous: IngressState) -> list[str]:
+    """LiveKit's ingress events: started once publishing, ended when a session ends."""
+    if rec.state == previous:
+        return []
+    if rec.state == IngressState.PUBLISHING:
+        return ["ingress_started"]
+    live = (IngressState.BUFFERING, IngressState.PUBLISHING)
+    return ["ingress_ended"] if previous in live and rec.state not in live else []
+
+
+def ingress_webhook_event(rec: IngressRecord, name: str, event_id: str) -> str:
+    """A LiveKit ingress webhook body (the stream key left out: webhooks travel to other systems)."""
+    info = ingress_info(rec)
+    info.stream_key = ""
+    event = WebhookEvent(event=name, id=event_id, created_at=int(time.time()), ingress_info=info)
+    return MessageToJson(event, indent=None)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from ..protocol import ENDED_STATUSES, Command, CommandReply, Event, Status
+from ..protocol import ENDED_STATUSES, LIVE_INGRESS_STATES, Command, CommandReply, Event, IngressState, Status
 from ..request import RecordRequest, UploadSpec
 
 
@@ -51,6 +51,53 @@ class EgressRecord:
         return self.status in ENDED_STATUSES
 
 
+@dataclass
+class IngressRecord:
+    """One ingress as stored: what the caller asked for, and its current (or last) session's state."""
+
+    id: str
+    #: rtmp, whip or url (protocol.InputKind)
+    input_type: str
+    room_name: str
+    participant_identity: str
+    name: str = ""
+    participant_name: str = ""
+    participant_metadata: str = ""
+    #: RTMP and WHIP: the publisher's secret (the RTMP stream name, the WHIP bearer token); "" for URL
+    stream_key: str = ""
+    #: URL: where media is pulled from (kept as given: it may hold credentials, shown redacted)
+    url: str = ""
+    enabled: bool = True
+    enable_transcoding: bool = True
+    #: the request's video and audio options as given ({"source", "preset"|"options", "name"})
+    video: dict = field(default_factory=dict)
+    audio: dict = field(default_factory=dict)
+    state: IngressState = IngressState.INACTIVE
+    error: str = ""
+    error_code: str = ""
+    #: the current session: its id, its input as received, the room's id and the published tracks
+    resource_id: str = ""
+    input_video: dict | None = None
+    input_audio: dict | None = None
+    room_id: str = ""
+    tracks: list | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    worker_pid: int | None = None
+
+    @property
+    def live(self) -> bool:
+        """A session is on: a worker buffers or publishes it."""
+        return self.state in LIVE_INGRESS_STATES
+
+    @property
+    def reusable(self) -> bool:
+        """RTMP and WHIP take publisher after publisher; a URL is pulled once."""
+        return self.input_type != "url"
+
+
 @dataclass(frozen=True)
 class OutboxEvent:
     """One webhook event for one receiver, as the outbox keeps it until it is delivered or given up."""
@@ -69,10 +116,12 @@ class OutboxEvent:
 
 #: What a change causes: the events for (the egress before, the egress after).
 EventsOf = Callable[[EgressRecord, EgressRecord], list[OutboxEvent]]
+#: What an ingress's change causes: the events for (before, after).
+IngressEventsOf = Callable[[IngressRecord, IngressRecord], list[OutboxEvent]]
 
 
 class Store(Protocol):
-    """Egresses, settings and the webhook outbox. A change and the events it causes commit together; a
+    """Egresses, ingresses, settings and the webhook outbox. A change and the events it causes commit together; a
     settled egress's status is final (a change of it is dropped whole, and the record returned as stored).
     The outbox hands out, per egress and receiver, only the oldest pending event, claimed for a lease: an
     event whose sender died is due again when its lease ends."""
@@ -94,15 +143,23 @@ class Store(Protocol):
     async def event_retry(self, seq: int, attempts: int, next_at: float, error: str) -> None: ...
     async def event_given_up(self, seq: int, attempts: int, error: str) -> None: ...
     async def event_backlog(self) -> int: ...
+    async def create_ingress(self, rec: IngressRecord) -> None: ...
+    async def get_ingress(self, ingress_id: str) -> IngressRecord | None: ...
+    async def ingress_of_key(self, stream_key: str) -> IngressRecord | None: ...
+    async def update_ingress(self, ingress_id: str, *, events: IngressEventsOf | None = None,
+                             **fields) -> IngressRecord: ...
+    async def list_ingress(self, *, room_name: str | None = None) -> list[IngressRecord]: ...
+    async def delete_ingress(self, ingress_id: str) -> None: ...
     async def close(self) -> None: ...
 
 
 @dataclass
 class Job:
-    """An egress ready to run: what its worker gets, and what it costs."""
+    """An egress ready to run: what its worker gets, and what it costs. (An ingress session holds its cost as a
+    Job of its ingress id and no request: admission counts both kinds against one capacity.)"""
 
     egress_id: str
-    request: RecordRequest
+    request: RecordRequest | None
     #: CPU cores it holds while it runs
     cost: float
     #: (width, height, sample rate): a warm worker takes only a job of its own frame

@@ -24,6 +24,8 @@ from .cluster import Cluster
 from .cluster.node import BLOCK_S
 from .cluster.store import Fenced
 from .dispatch import LocalDispatcher, egress_cost
+from .ingress import IngressService
+from .ingress_workers import IngressRunner
 from .requests import StartEgressRequest
 from .results import fold, kept_file, pending_streams
 from .seams import Control, Dispatcher, EgressRecord, Job, NodeRunner, Placed, Runner, Store
@@ -43,7 +45,8 @@ class Service:
     folds what their workers report into the store with the webhooks each change causes."""
 
     def __init__(self, settings: Settings, *, store: Store, dispatcher: Dispatcher, runner: Runner,
-                 control: Control, webhooks: Webhooks, cluster: Cluster | None = None):
+                 control: Control, webhooks: Webhooks, cluster: Cluster | None = None,
+                 ingress_runner: IngressRunner | None = None):
         self.settings = settings
         self.store = store
         self.dispatcher = dispatcher
@@ -58,7 +61,11 @@ class Service:
         self._background: set[asyncio.Task] = set()
         self._tasks: list[asyncio.Task] = []
         self._reports: asyncio.Task | None = None
+        self._ingress_reports: asyncio.Task | None = None
         self.auto_egress = AutoEgress(store, cluster.sessions if cluster else LocalSessions(), self.start, self.stop)
+        #: ingresses, when this node runs them (with `ingress_runner`): their sessions share its capacity
+        self.ingress = IngressService(settings, store=store, dispatcher=dispatcher, runner=ingress_runner,
+                                      webhooks=webhooks, release=self._release) if ingress_runner else None
 
     @classmethod
     def on_this_node(cls, settings: Settings, runner: NodeRunner | None = None) -> Service:
@@ -68,7 +75,8 @@ class Service:
         store = SqliteStore(settings.data_dir / "compositor.db")
         runner = runner or _worker_runner(settings)
         return cls(settings, store=store, dispatcher=LocalDispatcher(settings.capacity, settings.max_queue),
-                   runner=runner, control=runner, webhooks=_webhooks(settings, store))
+                   runner=runner, control=runner, webhooks=_webhooks(settings, store),
+                   ingress_runner=IngressRunner(settings.data_dir / "jobs", worker_args=settings.worker_args))
 
     @classmethod
     def in_cluster(cls, settings: Settings, runner: NodeRunner | None = None) -> Service:
@@ -98,6 +106,9 @@ class Service:
         if self.cluster:
             await self.cluster.node.join()
         self.start_background()
+        if self.ingress:
+            await self.ingress.open()
+            self._ingress_reports = asyncio.create_task(self.ingress.follow())
         return await self.recover()
 
     def start_background(self) -> None:
@@ -430,6 +441,10 @@ class Service:
         for job in await self.dispatcher.drain():
             await self.stop(job.egress_id)  # never started: ABORTED
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self.ingress:
+            await self.ingress.shutdown()
+            if self._ingress_reports:
+                await self._ingress_reports  # the sessions' last states, kept
         await self.runner.shutdown(self.settings.stop_grace_s)
         if self._reports:
             await self._reports  # the runner's last reports, kept

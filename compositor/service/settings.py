@@ -75,6 +75,15 @@ class Settings:
     stop_grace_s: float = 30.0
     #: None: a single node (SQLite, nothing shared)
     cluster: ClusterSettings | None = None
+    #: RTMP ingest (nginx-rtmp) on this address and port; None: no RTMP ingress
+    ingress_rtmp_port: int | None = None
+    ingress_rtmp_host: str = "0.0.0.0"
+    #: RTMPS (stunnel in front of nginx) on this port, with this certificate and key
+    ingress_rtmps_port: int | None = None
+    ingress_tls_cert: Path | None = None
+    ingress_tls_key: Path | None = None
+    #: the host name publishers reach this node at, in ingress URLs (default: the API request's own)
+    ingress_public_host: str | None = None
 
     @property
     def node_id(self) -> str | None:
@@ -208,6 +217,16 @@ class ServeConfig(BaseModel):
                                         "dir; a cluster needs one shared by every node)")
     cluster: ClusterConfig | None = Field(None, description="join a cluster on Redis (several nodes, shared "
                                           "state); without it, one node on SQLite")
+    ingress_rtmp_port: int | None = Field(None, ge=1, le=65535, description="take RTMP publishers on this port "
+                                          "(nginx-rtmp); unset: no RTMP ingress")
+    ingress_rtmp_host: str = Field("0.0.0.0", description="the address RTMP (and RTMPS) ingest listens on")
+    ingress_rtmps_port: int | None = Field(None, ge=1, le=65535, description="RTMPS ingest on this port (needs "
+                                           "ingress_tls_cert and ingress_tls_key)")
+    ingress_tls_cert: str | None = Field(None, description="PEM certificate (chain) of RTMPS ingest")
+    ingress_tls_key: str | None = Field(None, description="PEM private key of RTMPS ingest")
+    ingress_public_host: str | None = Field(None, pattern=r"^[A-Za-z0-9.:\[\]-]+$", description="the host "
+                                            "publishers reach this node at, in ingress URLs (default: the host the "
+                                            "API was called at)")
 
 
 _LISTS = {"api_keys", "webhook_urls", "allowed_hosts"}
@@ -278,6 +297,12 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         if missing:
             raise InvalidRequest(f"a cluster node needs {', '.join(missing)} set alike on every node "
                                  f"({', '.join('COMPOSITOR_' + m.upper() for m in missing)})")
+    if cfg.ingress_rtmps_port and not (cfg.ingress_rtmp_port and cfg.ingress_tls_cert and cfg.ingress_tls_key):
+        raise InvalidRequest("ingress_rtmps_port needs ingress_rtmp_port, ingress_tls_cert and ingress_tls_key")
+    tls = [Path(p).expanduser().resolve() if p else None for p in (cfg.ingress_tls_cert, cfg.ingress_tls_key)]
+    for path in tls:
+        if path and not path.is_file():
+            raise InvalidRequest(f"RTMPS: {path} is not a file")
     directory = Path(cfg.data_dir).resolve()
     keys = cfg.api_keys
     if not keys:
@@ -301,7 +326,10 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         storage=parse_storage(cfg.storage) if cfg.storage else LocalStorage(),
         backup_storage=parse_storage(cfg.backup_storage, "backup_storage") if cfg.backup_storage else None,
         upload_retry_window_s=cfg.upload_retry_window_s, stop_grace_s=cfg.stop_grace_s,
-        cluster=ClusterSettings(**cfg.cluster.model_dump()) if cfg.cluster else None)
+        cluster=ClusterSettings(**cfg.cluster.model_dump()) if cfg.cluster else None,
+        ingress_rtmp_port=cfg.ingress_rtmp_port, ingress_rtmp_host=cfg.ingress_rtmp_host,
+        ingress_rtmps_port=cfg.ingress_rtmps_port, ingress_tls_cert=tls[0], ingress_tls_key=tls[1],
+        ingress_public_host=cfg.ingress_public_host)
 
 
 def _layouts_dir(value: str | None) -> Path | None:

@@ -7,6 +7,7 @@ lose neither. The service talks to `seams.Store` only, so another engine can sta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -15,8 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..protocol import ACTIVE_STATUSES, Status
-from .seams import EgressRecord, EventsOf, OutboxEvent
+from ..protocol import ACTIVE_STATUSES, IngressState, Status
+from .seams import EgressRecord, EventsOf, IngressEventsOf, IngressRecord, OutboxEvent
 
 _COLUMNS = ["id", "room_name", "mode", "layout", "quality", "request", "status", "created_at", "updated_at",
             "started_at", "ended_at", "error", "error_code", "file", "worker_pid", "streams", "outputs", "kind",
@@ -59,6 +60,10 @@ class SqliteStore:
         self._db.execute("CREATE INDEX IF NOT EXISTS egress_created ON egress(created_at DESC, id)")
         self._db.execute("CREATE INDEX IF NOT EXISTS egress_room ON egress(room_name, created_at)")
         self._db.execute("CREATE INDEX IF NOT EXISTS egress_status ON egress(status, created_at)")
+        # An ingress is read whole and by its stream key: the record is one JSON document.
+        self._db.execute("CREATE TABLE IF NOT EXISTS ingress (id TEXT PRIMARY KEY, stream_key TEXT, room_name TEXT,"
+                         " created_at REAL, data TEXT)")
+        self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS ingress_key ON ingress(stream_key) WHERE stream_key != ''")
 
     @staticmethod
     def _row(row: tuple) -> EgressRecord:
@@ -103,11 +108,57 @@ class SqliteStore:
                 return before  # settled for good: a late report changes nothing
             self._db.execute(f"UPDATE egress SET {sets} WHERE id = ?", (*values, egress_id))
             after = self._get(egress_id)
-            for e in events(before, after) if events else []:
-                self._db.execute("INSERT INTO outbox (id, egress_id, url, body, next_at, created_at, format) "
-                                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 (e.event_id, e.egress_id, e.url, e.body, e.created_at, e.created_at, e.format))
+            self._queue_events(events(before, after) if events else [])
         return after
+
+    def _queue_events(self, events: list[OutboxEvent]) -> None:
+        for e in events:
+            self._db.execute("INSERT INTO outbox (id, egress_id, url, body, next_at, created_at, format) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (e.event_id, e.egress_id, e.url, e.body, e.created_at, e.created_at, e.format))
+
+    @staticmethod
+    def _ingress(row: tuple | None) -> IngressRecord | None:
+        if row is None:
+            return None
+        data = json.loads(row[0])
+        return IngressRecord(**data | {"state": IngressState(data["state"])})
+
+    async def create_ingress(self, rec: IngressRecord) -> None:
+        self._db.execute("INSERT INTO ingress (id, stream_key, room_name, created_at, data) VALUES (?, ?, ?, ?, ?)",
+                         (rec.id, rec.stream_key, rec.room_name, rec.created_at, json.dumps(dataclasses.asdict(rec))))
+
+    async def get_ingress(self, ingress_id: str) -> IngressRecord | None:
+        return self._ingress(self._db.execute("SELECT data FROM ingress WHERE id = ?", (ingress_id,)).fetchone())
+
+    async def ingress_of_key(self, stream_key: str) -> IngressRecord | None:
+        """The ingress a publisher's stream key names; None for an unknown (or empty) key."""
+        if not stream_key:
+            return None
+        return self._ingress(self._db.execute("SELECT data FROM ingress WHERE stream_key = ?",
+                                              (stream_key,)).fetchone())
+
+    async def update_ingress(self, ingress_id: str, *, events: IngressEventsOf | None = None,
+                             **fields) -> IngressRecord:
+        """Change an ingress; with `events`, the webhook events the change causes go into the outbox in the same
+        transaction."""
+        with self._transaction():
+            before = await self.get_ingress(ingress_id)
+            assert before is not None, ingress_id
+            after = dataclasses.replace(before, **fields, updated_at=time.time())
+            self._db.execute("UPDATE ingress SET room_name = ?, data = ? WHERE id = ?",
+                             (after.room_name, json.dumps(dataclasses.asdict(after)), ingress_id))
+            self._queue_events(events(before, after) if events else [])
+        return after
+
+    async def list_ingress(self, *, room_name: str | None = None) -> list[IngressRecord]:
+        """Every ingress (of a room), newest first."""
+        where, args = (" WHERE room_name = ?", (room_name,)) if room_name else ("", ())
+        rows = self._db.execute(f"SELECT data FROM ingress{where} ORDER BY created_at DESC, id", args).fetchall()
+        return [self._ingress(r) for r in rows]
+
+    async def delete_ingress(self, ingress_id: str) -> None:
+        self._db.execute("DELETE FROM ingress WHERE id = ?", (ingress_id,))
 
     # Of each (egress, receiver), only the oldest pending event may go: order holds.
     _HEADS = ("FROM outbox o WHERE delivered_at IS NULL AND failed_at IS NULL AND seq = (SELECT MIN(seq) FROM"

@@ -23,10 +23,10 @@ import time
 import aiohttp
 
 from ..errors import Unavailable
-from ..protocol import Status, StreamStatus
+from ..protocol import IngressState, Status, StreamStatus
 from . import livekit_info
 from .results import iso, recording_id
-from .seams import EgressRecord, EventsOf, OutboxEvent, Store
+from .seams import EgressRecord, EventsOf, IngressRecord, OutboxEvent, Store
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,25 @@ def stream_events_for(rec: EgressRecord, dest: dict, previous: str | None) -> li
     return [("stream.failed" if dest["status"] == StreamStatus.FAILED else "stream.updated", data)]
 
 
-def _duration(rec: EgressRecord) -> float | None:
+def ingress_events_for(rec: IngressRecord, previous: IngressState) -> list[tuple[str, dict]]:
+    """Stream In events of an ingress's state change: `live.started` once its tracks are in the room,
+    `live.ended` when its publisher left (or its URL ran out), `live.failed` when it failed."""
+    if rec.state == previous:
+        return []
+    base = {"ingressId": rec.id, "roomName": rec.room_name, "participantIdentity": rec.participant_identity,
+            "inputType": rec.input_type, "name": rec.name, "state": rec.state.name}
+    if rec.state == IngressState.PUBLISHING:
+        return [("live.started", base)]
+    ended = {"durationSec": _duration(rec)}
+    if rec.state in (IngressState.INACTIVE, IngressState.COMPLETE) and previous in (IngressState.BUFFERING,
+                                                                                     IngressState.PUBLISHING):
+        return [("live.ended", {**base, **ended})]
+    if rec.state == IngressState.ERROR:
+        return [("live.failed", {**base, **ended, "errorMessage": rec.error, "errorCode": rec.error_code})]
+    return []
+
+
+def _duration(rec: EgressRecord | IngressRecord) -> float | None:
     return round(rec.ended_at - rec.started_at, 3) if rec.ended_at and rec.started_at else None
 
 
@@ -131,6 +149,18 @@ class Webhooks:
             out += self._baxcloud(after.id, events_for(after, before.status))
         if "livekit" in self.formats:
             out += self._livekit_events(after, livekit_info.events_for(after, before.status))
+        return out
+
+    def for_ingress(self, before: IngressRecord, after: IngressRecord) -> list[OutboxEvent]:
+        """The events of an ingress's state change."""
+        out = []
+        if "baxcloud" in self.formats:
+            out += self._baxcloud(after.id, ingress_events_for(after, before.state))
+        if "livekit" in self.formats:
+            for name in livekit_info.ingress_events_for(after, before.state):
+                event_id = "EV_" + secrets.token_hex(8)
+                out += self._to_each(event_id, after.id, "livekit", livekit_info.ingress_webhook_event(
+                    after, name, event_id), time.time())
         return out
 
     def for_stream(self, index: int) -> EventsOf:

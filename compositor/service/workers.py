@@ -100,7 +100,7 @@ class WorkerRunner:
         config = self.job_file(egress_id)
         if worker is None or (request.upload and not request.upload.in_place):
             # A warm worker takes its job on stdin; the file is for a restarted service to resume a delivery.
-            _write_private(config, request.model_dump_json(exclude_none=True, context=REVEAL))
+            write_private(config, request.model_dump_json(exclude_none=True, context=REVEAL))
         if worker is not None:
             command = JobCommand(egress_id=egress_id,
                                  request=request.model_dump(mode="json", exclude_none=True, context=REVEAL))
@@ -137,7 +137,7 @@ class WorkerRunner:
         the egress is deleted."""
         job = self.job_request(egress_id) if keep_storage else None
         if job and job.upload and not job.upload.in_place:
-            _write_private(self._storage_file(egress_id), job.upload.model_dump_json(exclude_none=True,
+            write_private(self._storage_file(egress_id), job.upload.model_dump_json(exclude_none=True,
                                                                                      context=REVEAL))
         elif not keep_storage:
             self._storage_file(egress_id).unlink(missing_ok=True)
@@ -300,7 +300,7 @@ class WorkerRunner:
         return isinstance(event, (ResultEvent, ErrorEvent))
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
