@@ -88,6 +88,7 @@ bench: setup test-system $(LIVEKIT_TOOLS)
 	$(PY) bench/outputs.py
 	$(PY) bench/rooms.py
 	$(PY) bench/cluster.py
+	$(PY) bench/ingress.py
 
 # The README's pictures of the built-in layouts, made by `compositor layouts snapshot`.
 SNAP := $(PY) -m compositor layouts snapshot --names

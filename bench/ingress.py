@@ -103,10 +103,10 @@ async def first_frame_after(server: LiveKitServer, start_push) -> tuple[float, s
         await room.disconnect()
 
 
-def worker_cores(seconds: float) -> float:
-    """Cores of the ingress worker's process tree over `seconds`."""
-    pids = [int(p) for p in subprocess.run(["pgrep", "-f", "compositor ingress"], capture_output=True,
-                                           text=True).stdout.split()]
+def worker_cores(ingress_id: str, seconds: float) -> float:
+    """Cores of the ingress worker's process tree over `seconds` (its argv names its job file, by the id)."""
+    pids = [int(p) for p in subprocess.run(["pgrep", "-f", f"compositor ingress .*{ingress_id}-"],
+                                           capture_output=True, text=True).stdout.split()]
     if not pids:
         raise SystemExit("no ingress worker runs")
     def used() -> float:
@@ -144,7 +144,7 @@ def main() -> None:
 
             first_frame, pusher = asyncio.run(first_frame_after(server, start_push))
             time.sleep(3)  # past its start-up
-            cores = worker_cores(args.seconds)
+            cores = worker_cores(info["ingressId"], args.seconds)
             out = work / "room.mp4"
             record(["--room", "livekit", "--room-name", ROOM, "--layout", "grid", "--preset", "720p"], out,
                    stop_after=args.seconds, env=server.env)

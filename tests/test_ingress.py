@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -178,6 +179,30 @@ def test_rtmps_goes_through_tls_to_the_same_ingest(service, livekit):
         pusher.terminate()
         pusher.wait(10)
     wait_state(service, info["ingressId"], "ENDPOINT_INACTIVE", timeout=10)
+
+
+def test_a_stalled_publisher_ends_its_session_in_error_within_5_s(service, livekit):
+    info = create(service, inputType="rtmp", roomName="stall-room")
+    pusher = push(f"{info['url']}/{info['streamKey']}")
+    try:
+        wait_state(service, info["ingressId"], "ENDPOINT_PUBLISHING")
+        pusher.send_signal(signal.SIGSTOP)  # connected, sending nothing
+        stalled = time.monotonic()
+        done = wait_state(service, info["ingressId"], "ENDPOINT_ERROR", timeout=10)
+        assert time.monotonic() - stalled <= 5, "the stall was seen late"
+        assert done["state"]["errorCode"] == "INPUT_STALLED", done["state"]
+        until(lambda: "encoder" not in livekit.participants("stall-room"), 10, "the ingress stayed in the room")
+    finally:
+        pusher.send_signal(signal.SIGCONT)
+        pusher.kill()
+        pusher.wait()
+    # The key is free again: a new push goes live.
+    again = push(f"{info['url']}/{info['streamKey']}", seconds=30)
+    try:
+        wait_state(service, info["ingressId"], "ENDPOINT_PUBLISHING")
+    finally:
+        again.terminate()
+        again.wait(10)
 
 
 def test_a_wrong_or_disabled_key_is_refused_at_once(service):

@@ -24,7 +24,8 @@ MAY_USE = {
     "service": {CORE, "storage"},
     "api": {CORE, "storage", "service"},
     "authoring": {CORE, "storage", "pipeline", "worker"},
-    "cli": {CORE, "storage", "pipeline", "worker", "service", "api", "authoring"},
+    "ingress": {CORE, "storage", "pipeline", "worker"},
+    "cli": {CORE, "storage", "pipeline", "worker", "service", "api", "authoring", "ingress"},
 }
 
 

@@ -98,6 +98,18 @@ def _upload_parser(sub) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug log on stderr")
 
 
+def _ingress_parser(sub) -> None:
+    p = sub.add_parser("ingress", help="bring one stream (RTMP, WHIP, a URL) into a LiveKit room",
+                       description="Run one ingress: read its input, publish it into its room as a participant. "
+                                   "The service runs one per live ingress.")
+    p.add_argument("--config", type=Path, required=True, help="the ingress job JSON (it holds the room token)")
+    p.add_argument("--events", choices=["text", "json"], default="text",
+                   help="json: one JSON event per line on stdout")
+    p.add_argument("--allow-host", action="append", metavar="HOST", help="see record --allow-host")
+    _untrusted_flag(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug log on stderr")
+
+
 def _serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="run the egress service (HTTP API)",
                        description="Run the egress HTTP API; each egress runs as its own worker.")
@@ -172,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     _record_parser(sub)
     _upload_parser(sub)
     _serve_parser(sub)
+    _ingress_parser(sub)
     layouts_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
@@ -190,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
             return 130
     if args.command == "upload":
         return asyncio.run(worker.deliver(_worker_options(args, EventSink(args.events)), args.config))
+    if args.command == "ingress":
+        from ..ingress.main import ingress  # loads PyAV and the WebRTC SDK, which only this command needs
+
+        return asyncio.run(ingress(args.config, args.events, outbound_policy(args)))
     if args.command == "layouts":
         return run_layouts(args)
     if args.command == "serve":

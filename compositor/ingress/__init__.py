@@ -1,0 +1,2 @@
+"""The ingress worker (`compositor ingress`): one external stream (RTMP, WHIP, a URL) brought into a LiveKit
+room as a participant's tracks."""
