@@ -48,19 +48,25 @@ AUDIO = "aevalsrc='if(lt(mod(t\\,1)\\,0.03)\\,0.8*sin(2*PI*3000*t)\\,0)':s=48000
 class Serve:
     """`compositor serve` with RTMP ingest on free ports of 127.0.0.1, publishing into `server`'s rooms."""
 
-    def __init__(self, folder: Path, server: LiveKitServer):
+    def __init__(self, folder: Path, server: LiveKitServer, verbose: bool = False):
         self.rtmp_port = free_port()
         env = {**os.environ, "COMPOSITOR_LIVEKIT_URL": server.http_url, "COMPOSITOR_LIVEKIT_API_KEY": API_KEY,
                "COMPOSITOR_LIVEKIT_API_SECRET": API_SECRET, "COMPOSITOR_INGRESS_RTMP_PORT": str(self.rtmp_port),
                "COMPOSITOR_INGRESS_RTMP_HOST": "127.0.0.1"}
         self.log = open(folder / "serve.log", "a")
         self.proc = subprocess.Popen([sys.executable, "-m", "compositor", "serve", "--port", "0", "--data-dir",
-                                      str(folder / "data"), "--api-key", KEY, "--allow-host", "127.0.0.1"],
+                                      str(folder / "data"), "--api-key", KEY, "--allow-host", "127.0.0.1",
+                                      *(["-v"] if verbose else [])],
                                      cwd=REPO, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         line = self.proc.stdout.readline()
         if "listening on" not in line:
             raise SystemExit(f"serve did not start: {line} (see {folder / 'serve.log'})")
         self.base = line.split("listening on ")[1].split()[0]
+        deadline = time.monotonic() + 30
+        while self.call("GET", "/readyz")["ingress"]["warm"] < 1:  # as a running node has it
+            if time.monotonic() > deadline:
+                raise SystemExit("no warm ingress worker came up")
+            time.sleep(0.2)
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
         req = urllib.request.Request(self.base + path, data=json.dumps(body).encode() if body else None,
@@ -103,12 +109,15 @@ async def first_frame_after(server: LiveKitServer, start_push) -> tuple[float, s
         await room.disconnect()
 
 
-def worker_cores(ingress_id: str, seconds: float) -> float:
-    """Cores of the ingress worker's process tree over `seconds` (its argv names its job file, by the id)."""
-    pids = [int(p) for p in subprocess.run(["pgrep", "-f", f"compositor ingress .*{ingress_id}-"],
-                                           capture_output=True, text=True).stdout.split()]
-    if not pids:
-        raise SystemExit("no ingress worker runs")
+def ingress_workers(serve: Serve) -> set[int]:
+    """The ingress workers `serve` runs (warm ones and those with a session)."""
+    out = subprocess.run(["pgrep", "-P", str(serve.proc.pid), "-f", "compositor ingress"], capture_output=True,
+                         text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def worker_cores(pids: set[int], seconds: float) -> float:
+    """Cores of the ingress worker's process tree over `seconds`."""
     def used() -> float:
         table = proc_table()
         return sum(sum(classify(p, table).values()) for p in pids)
@@ -122,18 +131,20 @@ def worker_cores(ingress_id: str, seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("-v", "--verbose", action="store_true", help="print the service's ingress log")
     args = parser.parse_args()
     if not (BIN / "livekit-server").exists():
         sys.exit(WHY_MISSING)
     with tempfile.TemporaryDirectory(prefix="bench-ingress-") as tmp:
         work = Path(tmp)
         server = LiveKitServer(work / "livekit")
-        serve = Serve(work, server)
+        serve = Serve(work, server, args.verbose)
         pusher = None
         try:
             info = serve.call("POST", "/v1/ingress", {"inputType": "rtmp", "roomName": ROOM,
                                                       "participantIdentity": "encoder"})
             url = f"{info['url']}/{info['streamKey']}"
+            warm = ingress_workers(serve)  # the session runs on the warm one (another comes up for the next)
 
             def start_push() -> subprocess.Popen:
                 return subprocess.Popen(
@@ -144,11 +155,15 @@ def main() -> None:
 
             first_frame, pusher = asyncio.run(first_frame_after(server, start_push))
             time.sleep(3)  # past its start-up
-            cores = worker_cores(info["ingressId"], args.seconds)
+            session = warm & ingress_workers(serve)
+            if len(session) != 1:
+                raise SystemExit(f"cannot tell the session's worker: warm were {warm}, now {ingress_workers(serve)}")
+            cores = worker_cores(session, args.seconds)
             out = work / "room.mp4"
             record(["--room", "livekit", "--room-name", ROOM, "--layout", "grid", "--preset", "720p"], out,
                    stop_after=args.seconds, env=server.env)
-            offsets = [abs(o) for o in analysis.av_offsets(out)]
+            signed = analysis.av_offsets(out)  # audio minus video: positive, the sound is late
+            offsets = [abs(o) for o in signed]
             ingress = serve.call("GET", f"/v1/ingress/{info['ingressId']}")
         finally:
             if pusher:
@@ -156,8 +171,12 @@ def main() -> None:
                 pusher.wait()
             serve.close()
             server.close()
+            if args.verbose:
+                print("".join(line for line in (work / "serve.log").read_text().splitlines(True)
+                              if "ingress" in line))
     results = {"cores_per_ingress": cores, "push_to_first_frame_s": first_frame,
                "av_offset_ms": {"median": round(statistics.median(offsets) * 1000, 1) if offsets else None,
+                                "median_signed": round(statistics.median(signed) * 1000, 1) if signed else None,
                                 "max": round(max(offsets) * 1000, 1) if offsets else None, "markers": len(offsets)},
                "tracks": ingress["state"]["tracks"], "input": ingress["state"]["video"]}
     path = REPO / "bench" / "results" / "ingress.json"
@@ -167,8 +186,8 @@ def main() -> None:
     print(f"cores per ingress:        {cores}  (LiveKit budgets 2; target <= 0.5)")
     print(f"push -> first frame seen: {first_frame} s  (target <= 1.5 s)")
     av = results["av_offset_ms"]
-    print(f"A/V offset in our recording of the room: median {av['median']} ms, max {av['max']} ms over "
-          f"{av['markers']} markers  (target <= 40 ms)")
+    print(f"A/V offset in our recording of the room: median {av['median']} ms (signed {av['median_signed']} ms: "
+          f"+ is sound late), max {av['max']} ms over {av['markers']} markers  (target <= 40 ms)")
     print(f"wrote {path.relative_to(REPO)}")
 
 

@@ -330,6 +330,12 @@ class IngressEvent(_IngressEvent):
     tracks: list[dict[str, Any]] | None = None
 
 
+class IngressReadyEvent(_IngressEvent):
+    """A warm ingress worker has loaded its libraries and waits for its job (one IngressJob JSON line on stdin)."""
+
+    type: Literal["ready"] = "ready"
+
+
 class WhipAnswerEvent(_IngressEvent):
     """A WHIP ingress's SDP answer to its publisher's offer."""
 
@@ -337,11 +343,11 @@ class WhipAnswerEvent(_IngressEvent):
     sdp: str
 
 
-IngressWorkerEvent = Annotated[IngressEvent | WhipAnswerEvent, Field(discriminator="type")]
+IngressWorkerEvent = Annotated[IngressEvent | WhipAnswerEvent | IngressReadyEvent, Field(discriminator="type")]
 _INGRESS_EVENT = TypeAdapter(IngressWorkerEvent)
 
 
-def parse_ingress_event(line: bytes | str) -> IngressEvent | WhipAnswerEvent | None:
+def parse_ingress_event(line: bytes | str) -> IngressEvent | WhipAnswerEvent | IngressReadyEvent | None:
     """One line of an ingress worker's stdout as its event; None for anything else."""
     try:
         return _INGRESS_EVENT.validate_json(line)

@@ -341,8 +341,11 @@ async def readyz(request: web.Request) -> web.Response:
         free = await service.dispatcher.free()
     except Unavailable:
         free, status = 0.0, 503
-    return web.json_response({"ready": status == 200, "freeCapacity": round(free, 3),
-                              "active": len(service.runner.running), "warm": service.runner.warm}, status=status)
+    body = {"ready": status == 200, "freeCapacity": round(free, 3), "active": len(service.runner.running),
+            "warm": service.runner.warm}
+    if service.ingress:
+        body["ingress"] = {"active": len(service.ingress.runner.running), "warm": service.ingress.runner.warm}
+    return web.json_response(body, status=status)
 
 
 def _ingress_route(call, with_body: bool = False):

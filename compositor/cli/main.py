@@ -9,11 +9,10 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from .. import worker
-from ..api.server import serve
 from ..errors import CompositorError, InvalidRequest
 from ..events import EventSink
 from ..layouts import builtin_layouts
@@ -21,9 +20,11 @@ from ..plan import WARM_SIZE
 from ..presets import DEFAULT_PRESET, preset_names
 from ..protocol import ErrorEvent
 from ..request import RecordRequest, first_error, parse_participant, read_request_file
-from ..service import load_settings
 from .args import add_page_flags, fold_page_flags, outbound_policy
 from .layouts import layouts_parser, run_layouts
+
+if TYPE_CHECKING:
+    from .. import worker
 
 
 def _record_parser(sub) -> None:
@@ -102,7 +103,10 @@ def _ingress_parser(sub) -> None:
     p = sub.add_parser("ingress", help="bring one stream (RTMP, WHIP, a URL) into a LiveKit room",
                        description="Run one ingress: read its input, publish it into its room as a participant. "
                                    "The service runs one per live ingress.")
-    p.add_argument("--config", type=Path, required=True, help="the ingress job JSON (it holds the room token)")
+    job = p.add_mutually_exclusive_group(required=True)
+    job.add_argument("--config", type=Path, help="the ingress job JSON (it holds the room token)")
+    job.add_argument("--warm", action="store_true", help="load everything, say READY, then take the job as one "
+                                                         "JSON line on stdin (how the service keeps one ready)")
     p.add_argument("--events", choices=["text", "json"], default="text",
                    help="json: one JSON event per line on stdout")
     p.add_argument("--allow-host", action="append", metavar="HOST", help="see record --allow-host")
@@ -175,6 +179,8 @@ def _live_flags(args: argparse.Namespace, data: dict) -> None:
 
 
 def _worker_options(args: argparse.Namespace, events: EventSink) -> worker.WorkerOptions:
+    from .. import worker
+
     return worker.WorkerOptions(events=events, policy=outbound_policy(args), egress_id=args.egress_id)
 
 
@@ -191,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not getattr(args, "verbose", False):
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    # Each command imports what only it needs: an ingress worker starts without the recorder or the service.
+    if args.command in ("record", "upload"):
+        from .. import worker
     if args.command == "record":
         events = EventSink(args.events)
         options = _worker_options(args, events)
@@ -210,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "layouts":
         return run_layouts(args)
     if args.command == "serve":
+        from ..api.server import serve
+        from ..service import load_settings
+
         try:
             settings = load_settings(args.config, data_dir=args.data_dir, api_keys=args.api_key,
                                      capacity=args.capacity, webhook_urls=args.webhook_url,

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from ..errors import CompositorError, InvalidRequest
 from ..outbound import OutboundPolicy
-from ..protocol import IngressEvent, IngressJob, IngressState, InputKind, WhipAnswerEvent
+from ..protocol import IngressEvent, IngressJob, IngressReadyEvent, IngressState, InputKind, WhipAnswerEvent
 from ..request import first_error
 from ..worker.gate import OutboundGate
 from .errors import InputInvalid, RoomLost
@@ -46,14 +46,16 @@ class IngressEvents:
         self.mode = mode
         self.ingress_id: str | None = None
 
-    def emit(self, event: IngressEvent | WhipAnswerEvent) -> None:
+    def emit(self, event: IngressEvent | WhipAnswerEvent | IngressReadyEvent) -> None:
         """Write one event (stamped with the ingress's id)."""
         event.ingress_id = event.ingress_id or self.ingress_id
         if self.mode == "json":
             sys.stdout.write(event.wire() + "\n")
             sys.stdout.flush()
             return
-        if isinstance(event, WhipAnswerEvent):
+        if isinstance(event, IngressReadyEvent):
+            line = "READY (waiting for the job on stdin)"
+        elif isinstance(event, WhipAnswerEvent):
             line = "WHIP answer ready"
         else:
             line = event.state.removeprefix("ENDPOINT_")
@@ -70,16 +72,26 @@ class _Stopped(Exception):
     """SIGINT or SIGTERM came: the ingress ends INACTIVE."""
 
 
-async def ingress(job_file: Path, events_mode: str, policy: OutboundPolicy) -> int:
-    """Run the ingress `job_file` describes until it ends; its final event is the last line; returns the exit
-    status (0 INACTIVE/COMPLETE, 1 ERROR)."""
+async def ingress(job_file: Path | None, events_mode: str, policy: OutboundPolicy) -> int:
+    """Run the ingress `job_file` describes (None: warm, the job comes as one line on stdin once READY) until it
+    ends; its final event is the last line; returns the exit status (0 INACTIVE/COMPLETE, 1 ERROR)."""
     events = IngressEvents(events_mode)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        job = IngressJob.model_validate_json(job_file.read_bytes())
+        if job_file is None:
+            from .whip import WhipInput  # noqa: F401  (loaded now: a WHIP job then starts at once)
+
+            reader = asyncio.StreamReader()
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+            events.emit(IngressReadyEvent())
+            job = IngressJob.model_validate_json(await _until(reader.readline(), stop))
+        else:
+            job = IngressJob.model_validate_json(job_file.read_bytes())
+    except _Stopped:
+        return 0  # a warm worker let go before it had a job: nothing to report
     except (OSError, ValidationError) as exc:
         why = first_error(exc) if isinstance(exc, ValidationError) else f"cannot read {job_file}: {exc.strerror}"
         events.emit(IngressEvent(state=IngressState.ERROR, code="INVALID_ARGUMENT", error=why))

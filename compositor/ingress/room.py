@@ -19,6 +19,10 @@ from .pacing import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
+#: Both tracks go out as one stream: subscribers (a browser, our own recorder's page) then play them in sync,
+#: as WebRTC synchronises the tracks of one stream only.
+SYNC_STREAM = "ingress"
+
 JOIN_TIMEOUT_S = 10.0
 PUBLISH_TIMEOUT_S = 10.0
 LEAVE_TIMEOUT_S = 5.0
@@ -89,7 +93,7 @@ class IngressRoom:
         track = rtc.LocalVideoTrack.create_video_track(name, self.video)
         options = rtc.TrackPublishOptions(
             source=VIDEO_SOURCES[spec.source], simulcast=len(spec.layers) > 1, video_codec=VIDEO_CODEC,
-            video_encoding=rtc.VideoEncoding(max_bitrate=top.bitrate, max_framerate=spec.fps))
+            video_encoding=rtc.VideoEncoding(max_bitrate=top.bitrate, max_framerate=spec.fps), stream=SYNC_STREAM)
         publication = await self.room.local_participant.publish_track(track, options)
         self.tracks.append({"sid": publication.sid, "type": "video", "source": spec.source, "name": name,
                             "width": width, "height": height})
@@ -100,7 +104,7 @@ class IngressRoom:
         name = spec.name or "audio"
         track = rtc.LocalAudioTrack.create_audio_track(name, self.audio)
         # No DTX: an ingress carries music and ambience as often as speech, and DTX thins those out.
-        options = rtc.TrackPublishOptions(source=AUDIO_SOURCES[spec.source], dtx=False,
+        options = rtc.TrackPublishOptions(source=AUDIO_SOURCES[spec.source], dtx=False, stream=SYNC_STREAM,
                                           audio_encoding={"max_bitrate": spec.bitrate})
         publication = await self.room.local_participant.publish_track(track, options)
         self.tracks.append({"sid": publication.sid, "type": "audio", "source": spec.source, "name": name})

@@ -43,6 +43,8 @@ _BASE62 = string.ascii_letters + string.digits
 #: A session's publisher that does not show up (or a worker that does not publish) within this ends it.
 PUBLISH_TIMEOUT_S = 20.0
 
+#: An RTMP publisher is admitted once its worker plays the stream, or after this long all the same.
+PLAYER_WAIT_S = 3.0
 #: LiveKit's video presets: frame rate and simulcast layers (the top one first), at full, half and quarter size.
 VIDEO_PRESETS: dict[str, tuple[float, list[tuple[int, int, int]]]] = {
     "H264_720P_30FPS_3_LAYERS": (30, [(1280, 720, 1_700_000), (640, 360, 450_000), (320, 180, 150_000)]),
@@ -255,6 +257,7 @@ class IngressService:
                                    error_code="SERVICE_RESTARTED", error="the service stopped during this session")
         if self.rtmp:
             await self.rtmp.start()
+        self.runner.replenish()
 
     # --- the API's calls -----------------------------------------------------------------------------------
 
@@ -333,7 +336,11 @@ class IngressService:
         job = self._job(rec, source_url=self.rtmp.play_url(stream_key))
         await self._admit_or_say(job, rec)
         log.info("ingress %s: RTMP publisher from %s", rec.id, addr or "?")
-        await self._run(rec, job)
+        self.rtmp.expect_player(stream_key)
+        rec = await self._run(rec, job)
+        if rec.live and not await self.rtmp.until_played(stream_key, PLAYER_WAIT_S):
+            log.warning("ingress %s: its worker did not ask for the stream within %g s; admitting the publisher "
+                        "anyway", rec.id, PLAYER_WAIT_S)
 
     async def on_publish_done(self, stream_key: str) -> None:
         """The RTMP publisher left: its worker sees the stream end and reports INACTIVE; one that lingers is

@@ -16,7 +16,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..process import ManagedProcess
-from ..protocol import IngressEvent, IngressJob, IngressState, WhipAnswerEvent, parse_ingress_event
+from ..protocol import (
+    IngressEvent,
+    IngressJob,
+    IngressReadyEvent,
+    IngressState,
+    WhipAnswerEvent,
+    parse_ingress_event,
+)
 from .workers import write_private
 
 log = logging.getLogger(__name__)
@@ -25,6 +32,8 @@ log = logging.getLogger(__name__)
 STOP_S = 10.0
 #: A WHIP worker answers its publisher's offer within this.
 ANSWER_TIMEOUT_S = 15.0
+#: A warm worker that has not loaded its libraries within this is dropped.
+WARM_TIMEOUT_S = 30.0
 #: The states a worker ends a session in.
 FINAL_STATES = (IngressState.INACTIVE, IngressState.COMPLETE, IngressState.ERROR)
 
@@ -32,10 +41,15 @@ FINAL_STATES = (IngressState.INACTIVE, IngressState.COMPLETE, IngressState.ERROR
 class IngressRunner:
     """Owns the ingress workers of this node: starts them, hands their events up in order, always stops them."""
 
-    def __init__(self, jobs_dir: Path, *, worker_args: tuple[str, ...] = ()):
+    def __init__(self, jobs_dir: Path, *, worker_args: tuple[str, ...] = (), warm_target: int = 0):
         self.jobs_dir = jobs_dir
         #: flags every worker gets (the outbound policy: --untrusted and the allowed hosts)
         self.worker_args = worker_args
+        #: workers kept with their libraries loaded, waiting for a job: a publisher's session starts at once
+        self.warm_target = warm_target
+        self._warm: list[ManagedProcess] = []
+        self._warming = 0
+        self._closing = False
         self._workers: dict[str, ManagedProcess] = {}
         self._followers: dict[str, asyncio.Task] = {}
         self._answers: dict[str, asyncio.Future[str]] = {}
@@ -45,6 +59,11 @@ class IngressRunner:
     def running(self) -> list[str]:
         return list(self._workers)
 
+    @property
+    def warm(self) -> int:
+        """Warm workers ready for a session."""
+        return sum(1 for w in self._warm if w.running)
+
     async def events(self) -> AsyncIterator[tuple[str, IngressEvent]]:
         """(ingress id, event) as the workers report them; a worker that ends without a final state reports
         ERROR (WORKER_CRASHED). Ends after shutdown()."""
@@ -52,18 +71,22 @@ class IngressRunner:
             yield item
 
     async def start(self, job: IngressJob) -> int:
-        """Run a session; its worker's pid. Raises OSError when the worker could not start."""
-        # One file per session: the last session's follower may still be cleaning up after its worker.
-        config = self.jobs_dir / f"{job.ingress_id}-{secrets.token_hex(4)}.ingress.json"
-        write_private(config, job.model_dump_json())
-        worker = ManagedProcess(f"ingress {job.ingress_id}",
-                                [sys.executable, "-m", "compositor", "ingress", "--config", str(config),
-                                 "--events", "json", *self.worker_args],
-                                stop_signal=signal.SIGINT, stop_timeout=STOP_S, stdout_pipe=True, umask=0o077)
+        """Run a session, on a warm worker when one is ready; its worker's pid. Raises OSError when no worker
+        could start."""
         if job.whip_offer is not None:
             self._answers[job.ingress_id] = asyncio.get_running_loop().create_future()
+        # One file per session: the last session's follower may still be cleaning up after its worker.
+        config = self.jobs_dir / f"{job.ingress_id}-{secrets.token_hex(4)}.ingress.json"
+        worker = self._take_warm()
         try:
-            await worker.start()
+            if worker is not None:
+                worker.proc.stdin.write(job.model_dump_json().encode() + b"\n")
+                await worker.proc.stdin.drain()
+                self.replenish()
+            else:
+                write_private(config, job.model_dump_json())
+                worker = self._worker(f"ingress {job.ingress_id}", "--config", str(config))
+                await worker.start()
         except OSError:
             config.unlink(missing_ok=True)
             self._answers.pop(job.ingress_id, None)
@@ -71,6 +94,52 @@ class IngressRunner:
         self._workers[job.ingress_id] = worker
         self._followers[job.ingress_id] = asyncio.create_task(self._follow(job.ingress_id, worker, config))
         return worker.pid
+
+    def _worker(self, name: str, *args: str) -> ManagedProcess:
+        return ManagedProcess(name, [sys.executable, "-m", "compositor", "ingress", *args, "--events", "json",
+                                     *self.worker_args],
+                              stop_signal=signal.SIGINT, stop_timeout=STOP_S, stdout_pipe=True, stdin_pipe=True,
+                              umask=0o077)
+
+    def _take_warm(self) -> ManagedProcess | None:
+        while self._warm:
+            worker = self._warm.pop(0)
+            if worker.running:
+                return worker
+        return None
+
+    def replenish(self) -> None:
+        """Start warm workers until `warm_target` are ready or coming up."""
+        while not self._closing and len(self._warm) + self._warming < self.warm_target:
+            self._warming += 1
+            task = asyncio.create_task(self._warm_up())
+            self._followers[f"warm-{id(task)}"] = task
+
+    async def _warm_up(self) -> None:
+        worker = self._worker("warm ingress worker", "--warm")
+        try:
+            await worker.start()
+            ready = await asyncio.wait_for(self._until_ready(worker), WARM_TIMEOUT_S)
+        except (OSError, TimeoutError):
+            ready = False
+        finally:
+            self._warming -= 1
+            self._followers.pop(f"warm-{id(asyncio.current_task())}", None)
+        if ready and not self._closing:
+            self._warm.append(worker)
+        else:
+            if not self._closing:
+                log.warning("a warm ingress worker did not come up: %s",
+                            worker.describe_exit() if worker.proc else "not started")
+            await worker.stop()
+
+    @staticmethod
+    async def _until_ready(worker: ManagedProcess) -> bool:
+        """Read its events up to READY (the rest of its stream is its session's, read by _follow)."""
+        async for raw in worker.proc.stdout:
+            if isinstance(parse_ingress_event(raw), IngressReadyEvent):
+                return True
+        return False
 
     async def answer(self, ingress_id: str) -> str | None:
         """A WHIP session's SDP answer; None when its worker ended (or did not answer in time) first."""
@@ -94,7 +163,8 @@ class IngressRunner:
 
     async def shutdown(self) -> None:
         """Stop every worker (killing those past STOP_S); the event stream ends after their last events."""
-        await asyncio.gather(*(w.stop() for w in self._workers.values()), return_exceptions=True)
+        self._closing = True
+        await asyncio.gather(*(w.stop() for w in [*self._workers.values(), *self._warm]), return_exceptions=True)
         await asyncio.gather(*self._followers.values(), return_exceptions=True)
         self._events.put_nowait(None)
 

@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 
 NGINX_RTMP_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
 APP = "live"
-#: a publisher that sends nothing for this long is dropped (its ingress then ends)
-IDLE_PUBLISHER_S = 4
 READY_TIMEOUT_S = 10.0
 
 #: What the service answers for a key: None admits the publisher, an error refuses it (logged, not shown to it).
@@ -48,6 +46,8 @@ class RtmpServer:
         self._on_publish, self._on_done = on_publish, on_done
         self._secret = secrets.token_urlsafe(24)
         self._hooks: web.AppRunner | None = None
+        #: stream key -> set once a worker plays it (idle streams on: a player may come before its publisher)
+        self._played: dict[str, asyncio.Event] = {}
         #: nginx's control port (127.0.0.1 only): drops publishers
         self._control_port = 0
         self._nginx: ManagedProcess | None = None
@@ -67,6 +67,7 @@ class RtmpServer:
         app = web.Application()
         app.router.add_post(f"/{self._secret}/publish", self._publish)
         app.router.add_post(f"/{self._secret}/done", self._done)
+        app.router.add_post(f"/{self._secret}/play", self._play)
         self._hooks = web.AppRunner(app, access_log=None)
         await self._hooks.setup()
         site = web.TCPSite(self._hooks, "127.0.0.1", 0)
@@ -118,10 +119,10 @@ rtmp {{
       record off;
       allow play 127.0.0.1;
       deny play all;
-      idle_streams off;
-      drop_idle_publisher {IDLE_PUBLISHER_S}s;
+      publish_notify on;
       on_publish {hooks}/publish;
       on_publish_done {hooks}/done;
+      on_play {hooks}/play;
     }}
   }}
 }}
@@ -135,6 +136,29 @@ http {{
   }}
 }}
 """
+
+    def expect_player(self, stream_key: str) -> None:
+        """A worker is about to play `stream_key` (call before starting it, then `until_played`)."""
+        self._played[stream_key] = asyncio.Event()
+
+    async def until_played(self, stream_key: str, timeout: float) -> bool:
+        """Until the worker plays `stream_key` (False after `timeout`). The publisher is admitted only then, so
+        the worker gets its stream from the first key frame instead of waiting a whole GOP for the next one."""
+        played = self._played.get(stream_key)
+        try:
+            await asyncio.wait_for(played.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._played.pop(stream_key, None)
+
+    async def _play(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        played = self._played.get(str(form.get("name", "")))
+        if played is not None:
+            played.set()
+        return web.Response(status=204)
 
     async def drop(self, stream_key: str) -> None:
         """Cut the publisher of `stream_key` off (its session ended, or its ingress is gone); nothing if none."""

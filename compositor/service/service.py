@@ -76,7 +76,8 @@ class Service:
         runner = runner or _worker_runner(settings)
         return cls(settings, store=store, dispatcher=LocalDispatcher(settings.capacity, settings.max_queue),
                    runner=runner, control=runner, webhooks=_webhooks(settings, store),
-                   ingress_runner=IngressRunner(settings.data_dir / "jobs", worker_args=settings.worker_args))
+                   ingress_runner=IngressRunner(settings.data_dir / "jobs", worker_args=settings.worker_args,
+                                                warm_target=settings.ingress_warm_workers))
 
     @classmethod
     def in_cluster(cls, settings: Settings, runner: NodeRunner | None = None) -> Service:

@@ -84,6 +84,8 @@ class Settings:
     ingress_tls_key: Path | None = None
     #: the host name publishers reach this node at, in ingress URLs (default: the API request's own)
     ingress_public_host: str | None = None
+    #: ingress workers kept loaded and waiting, so a publisher's session starts at once
+    ingress_warm_workers: int = 0
 
     @property
     def node_id(self) -> str | None:
@@ -224,6 +226,8 @@ class ServeConfig(BaseModel):
                                            "ingress_tls_cert and ingress_tls_key)")
     ingress_tls_cert: str | None = Field(None, description="PEM certificate (chain) of RTMPS ingest")
     ingress_tls_key: str | None = Field(None, description="PEM private key of RTMPS ingest")
+    ingress_warm_workers: int | None = Field(None, ge=0, le=16, description="ingress workers kept loaded and "
+                                             "waiting (default: 1 when livekit_url is set, else 0)")
     ingress_public_host: str | None = Field(None, pattern=r"^[A-Za-z0-9.:\[\]-]+$", description="the host "
                                             "publishers reach this node at, in ingress URLs (default: the host the "
                                             "API was called at)")
@@ -329,7 +333,9 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         cluster=ClusterSettings(**cfg.cluster.model_dump()) if cfg.cluster else None,
         ingress_rtmp_port=cfg.ingress_rtmp_port, ingress_rtmp_host=cfg.ingress_rtmp_host,
         ingress_rtmps_port=cfg.ingress_rtmps_port, ingress_tls_cert=tls[0], ingress_tls_key=tls[1],
-        ingress_public_host=cfg.ingress_public_host)
+        ingress_public_host=cfg.ingress_public_host,
+        ingress_warm_workers=cfg.ingress_warm_workers if cfg.ingress_warm_workers is not None
+        else int(bool(cfg.livekit_url)))
 
 
 def _layouts_dir(value: str | None) -> Path | None:
