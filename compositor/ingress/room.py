@@ -19,10 +19,6 @@ from .pacing import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-#: Both tracks go out as one stream: subscribers (a browser, our own recorder's page) then play them in sync,
-#: as WebRTC synchronises the tracks of one stream only.
-SYNC_STREAM = "ingress"
-
 JOIN_TIMEOUT_S = 10.0
 PUBLISH_TIMEOUT_S = 10.0
 LEAVE_TIMEOUT_S = 5.0
@@ -93,7 +89,7 @@ class IngressRoom:
         track = rtc.LocalVideoTrack.create_video_track(name, self.video)
         options = rtc.TrackPublishOptions(
             source=VIDEO_SOURCES[spec.source], simulcast=len(spec.layers) > 1, video_codec=VIDEO_CODEC,
-            video_encoding=rtc.VideoEncoding(max_bitrate=top.bitrate, max_framerate=spec.fps), stream=SYNC_STREAM)
+            video_encoding=rtc.VideoEncoding(max_bitrate=top.bitrate, max_framerate=spec.fps))
         publication = await self.room.local_participant.publish_track(track, options)
         self.tracks.append({"sid": publication.sid, "type": "video", "source": spec.source, "name": name,
                             "width": width, "height": height})
@@ -104,7 +100,7 @@ class IngressRoom:
         name = spec.name or "audio"
         track = rtc.LocalAudioTrack.create_audio_track(name, self.audio)
         # No DTX: an ingress carries music and ambience as often as speech, and DTX thins those out.
-        options = rtc.TrackPublishOptions(source=AUDIO_SOURCES[spec.source], dtx=False, stream=SYNC_STREAM,
+        options = rtc.TrackPublishOptions(source=AUDIO_SOURCES[spec.source], dtx=False,
                                           audio_encoding={"max_bitrate": spec.bitrate})
         publication = await self.room.local_participant.publish_track(track, options)
         self.tracks.append({"sid": publication.sid, "type": "audio", "source": spec.source, "name": name})
@@ -126,7 +122,7 @@ class IngressRoom:
         self.video.capture_frame(frame, timestamp_us=timestamp_us)
 
     async def send_audio(self, frame: av.AudioFrame) -> None:
-        """10 ms of s16 audio into the audio track."""
+        """20 ms of s16 audio into the audio track."""
         await self.audio.capture_frame(rtc.AudioFrame(frame.to_ndarray().tobytes(), SAMPLE_RATE,
                                                       self.job.audio.channels, frame.samples))
 
