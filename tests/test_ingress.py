@@ -104,23 +104,11 @@ def shows(path: str, color: str, tone: int) -> None:
     assert min(levels) > 0.02, levels
 
 
-def events_of(hooks, ingress_id: str) -> list[str]:
-    """The BaxCloud Stream In events received for an ingress, in order."""
-    names = []
-    for _, body in hooks.posts:
-        event = json.loads(body)
-        if event.get("data", {}).get("ingressId") == ingress_id:
-            names.append(event["event"])
-    return names
-
-
-def livekit_events_of(hooks, ingress_id: str) -> list[str]:
-    names = []
-    for _, body in hooks.posts:
-        event = json.loads(body)
-        if event.get("ingressInfo", {}).get("ingressId") == ingress_id:
-            names.append(event["event"])
-    return names
+def events_of(hooks, ingress_id: str, livekit: bool = False) -> list[str]:
+    """The webhook events received for an ingress, in order: BaxCloud's Stream In ones, or LiveKit's."""
+    where = "ingressInfo" if livekit else "data"
+    return [event["event"] for event in (json.loads(body) for _, body in hooks.posts)
+            if event.get(where, {}).get("ingressId") == ingress_id]
 
 
 def until(condition, timeout: float, what: str):
@@ -157,7 +145,7 @@ def test_an_rtmp_push_is_in_the_room_and_in_our_recording_of_it(service, livekit
     until(lambda: "encoder" not in livekit.participants("rtmp-room"), 10, "the ingress stayed in the room")
     until(lambda: events_of(hooks, info["ingressId"]) == ["live.started", "live.ended"], 10,
           f"webhooks: {events_of(hooks, info['ingressId'])}")
-    assert livekit_events_of(hooks, info["ingressId"]) == ["ingress_started", "ingress_ended"]
+    assert events_of(hooks, info["ingressId"], livekit=True) == ["ingress_started", "ingress_ended"]
     # Reusable: the same key goes live again.
     again = push(f"{info['url']}/{info['streamKey']}", seconds=30)
     try:

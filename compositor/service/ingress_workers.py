@@ -24,6 +24,7 @@ from ..protocol import (
     WhipAnswerEvent,
     parse_ingress_event,
 )
+from .warm import WarmPool
 from .workers import write_private
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 STOP_S = 10.0
 #: A WHIP worker answers its publisher's offer within this.
 ANSWER_TIMEOUT_S = 15.0
-#: A warm worker that has not loaded its libraries within this is dropped.
-WARM_TIMEOUT_S = 30.0
 #: The states a worker ends a session in.
 FINAL_STATES = (IngressState.INACTIVE, IngressState.COMPLETE, IngressState.ERROR)
 
@@ -46,10 +45,7 @@ class IngressRunner:
         #: flags every worker gets (the outbound policy: --untrusted and the allowed hosts)
         self.worker_args = worker_args
         #: workers kept with their libraries loaded, waiting for a job: a publisher's session starts at once
-        self.warm_target = warm_target
-        self._warm: list[ManagedProcess] = []
-        self._warming = 0
-        self._closing = False
+        self._pool = WarmPool(warm_target, lambda: self._worker("warm ingress worker", "--warm"), self._until_ready)
         self._workers: dict[str, ManagedProcess] = {}
         self._followers: dict[str, asyncio.Task] = {}
         self._answers: dict[str, asyncio.Future[str]] = {}
@@ -62,7 +58,7 @@ class IngressRunner:
     @property
     def warm(self) -> int:
         """Warm workers ready for a session."""
-        return sum(1 for w in self._warm if w.running)
+        return self._pool.ready
 
     async def events(self) -> AsyncIterator[tuple[str, IngressEvent]]:
         """(ingress id, event) as the workers report them; a worker that ends without a final state reports
@@ -77,7 +73,7 @@ class IngressRunner:
             self._answers[job.ingress_id] = asyncio.get_running_loop().create_future()
         # One file per session: the last session's follower may still be cleaning up after its worker.
         config = self.jobs_dir / f"{job.ingress_id}-{secrets.token_hex(4)}.ingress.json"
-        worker = self._take_warm()
+        worker = self._pool.take()
         try:
             if worker is not None:
                 worker.proc.stdin.write(job.model_dump_json().encode() + b"\n")
@@ -101,37 +97,9 @@ class IngressRunner:
                               stop_signal=signal.SIGINT, stop_timeout=STOP_S, stdout_pipe=True, stdin_pipe=True,
                               umask=0o077)
 
-    def _take_warm(self) -> ManagedProcess | None:
-        while self._warm:
-            worker = self._warm.pop(0)
-            if worker.running:
-                return worker
-        return None
-
     def replenish(self) -> None:
-        """Start warm workers until `warm_target` are ready or coming up."""
-        while not self._closing and len(self._warm) + self._warming < self.warm_target:
-            self._warming += 1
-            task = asyncio.create_task(self._warm_up())
-            self._followers[f"warm-{id(task)}"] = task
-
-    async def _warm_up(self) -> None:
-        worker = self._worker("warm ingress worker", "--warm")
-        try:
-            await worker.start()
-            ready = await asyncio.wait_for(self._until_ready(worker), WARM_TIMEOUT_S)
-        except (OSError, TimeoutError):
-            ready = False
-        finally:
-            self._warming -= 1
-            self._followers.pop(f"warm-{id(asyncio.current_task())}", None)
-        if ready and not self._closing:
-            self._warm.append(worker)
-        else:
-            if not self._closing:
-                log.warning("a warm ingress worker did not come up: %s",
-                            worker.describe_exit() if worker.proc else "not started")
-            await worker.stop()
+        """Start warm workers until the target are ready or coming up."""
+        self._pool.replenish()
 
     @staticmethod
     async def _until_ready(worker: ManagedProcess) -> bool:
@@ -163,8 +131,7 @@ class IngressRunner:
 
     async def shutdown(self) -> None:
         """Stop every worker (killing those past STOP_S); the event stream ends after their last events."""
-        self._closing = True
-        await asyncio.gather(*(w.stop() for w in [*self._workers.values(), *self._warm]), return_exceptions=True)
+        await asyncio.gather(self._pool.close(), *(w.stop() for w in self._workers.values()), return_exceptions=True)
         await asyncio.gather(*self._followers.values(), return_exceptions=True)
         self._events.put_nowait(None)
 

@@ -36,6 +36,7 @@ from ..request import RecordRequest, UploadSpec
 from ..storage.config import REVEAL
 from .results import left_behind
 from .seams import Job
+from .warm import WarmPool
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ log = logging.getLogger(__name__)
 WORKER_STOP_S = 30.0
 # A worker answers a command within this (removing a destination waits for its pusher to finish).
 COMMAND_TIMEOUT_S = 20.0
-# A warm worker that has not brought its display, sink and browser up within this is dropped.
-WARM_TIMEOUT_S = 30.0
 
 
 class WorkerRunner:
@@ -57,13 +56,14 @@ class WorkerRunner:
         self._next_command = 0
         #: idle workers with display, sink and browser up, for jobs of `warm_size` at 48 kHz
         self.warm_size = warm_size
-        self.warm_target = warm_target
+        w, h = warm_size
+        self._pool = WarmPool(warm_target, lambda: self._worker("warm worker", "record", "--warm", "--width", str(w),
+                                                                "--height", str(h), *self.worker_args),
+                              self._until_warm)
         #: flags every worker gets (the outbound policy: --untrusted and the allowed hosts)
         self.worker_args = worker_args
         #: variables every worker gets besides the service's own (the LiveKit server)
         self.worker_env = worker_env or {}
-        self._warm: list[ManagedProcess] = []
-        self._warming = 0
         self._closing = False
         self._workers: dict[str, ManagedProcess] = {}
         self._followers: dict[str, asyncio.Task] = {}
@@ -84,7 +84,7 @@ class WorkerRunner:
     @property
     def warm(self) -> int:
         """Warm workers ready for a job."""
-        return sum(1 for w in self._warm if w.running)
+        return self._pool.ready
 
     async def events(self) -> AsyncIterator[tuple[str, Event]]:
         """(egress id, event) as the workers report them; a worker that ends without a result reports an
@@ -170,38 +170,11 @@ class WorkerRunner:
                               umask=0o077)
 
     def _take_warm(self, frame: tuple[int, int, int]) -> ManagedProcess | None:
-        if frame != (*self.warm_size, DEFAULT_SAMPLE_RATE):
-            return None
-        while self._warm:
-            worker = self._warm.pop(0)
-            if worker.running:
-                return worker
-        return None
+        return self._pool.take() if frame == (*self.warm_size, DEFAULT_SAMPLE_RATE) else None
 
     def replenish(self) -> None:
         """Start warm workers until `warm_target` are ready or coming up."""
-        while not self._closing and len(self._warm) + self._warming < self.warm_target:
-            self._warming += 1
-            task = asyncio.create_task(self._warm_up())
-            self._followers[f"warm-{id(task)}"] = task
-
-    async def _warm_up(self) -> None:
-        w, h = self.warm_size
-        worker = self._worker("warm worker", "record", "--warm", "--width", str(w), "--height", str(h),
-                              *self.worker_args)
-        try:
-            await worker.start()
-            ready = await asyncio.wait_for(self._until_warm(worker), WARM_TIMEOUT_S)
-        except (OSError, TimeoutError):
-            ready = False
-        finally:
-            self._warming -= 1
-            self._followers.pop(f"warm-{id(asyncio.current_task())}", None)
-        if ready and not self._closing:
-            self._warm.append(worker)
-        else:
-            log.warning("a warm worker did not come up: %s", worker.describe_exit() if worker.proc else "not started")
-            await worker.stop()
+        self._pool.replenish()
 
     @staticmethod
     async def _until_warm(worker: ManagedProcess) -> bool:
@@ -246,8 +219,8 @@ class WorkerRunner:
     async def shutdown(self, grace: float = WORKER_STOP_S) -> None:
         """Stop every worker cleanly (killing those past the grace period)."""
         self._closing = True
-        workers = [*self._workers.values(), *self._warm]
-        await asyncio.gather(*(w.stop(grace) for w in workers), return_exceptions=True)
+        await asyncio.gather(self._pool.close(grace), *(w.stop(grace) for w in self._workers.values()),
+                             return_exceptions=True)
         await asyncio.gather(*self._followers.values(), return_exceptions=True)
         self._events.put_nowait(None)
 
