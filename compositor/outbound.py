@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, Unsupported
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,19 @@ class OutboundPolicy:
             app = parts.path.rstrip("/").rsplit("/", 1)[0]
             return pinned, ["-rtmp_tcurl", urlunsplit(parts._replace(path=app, query="", fragment=""))]
         return pinned, []
+
+
+#: Media a URL pull from an untrusted request may name: files and streams one URL holds, not playlists.
+PLAYLIST_SUFFIXES = (".m3u8", ".m3u", ".mpd")
+
+
+def refuse_playlist(url: str, field: str) -> None:
+    """An untrusted pull may not name an HLS or DASH playlist: ffmpeg opens the URLs a playlist names itself,
+    with any http* protocol (httpproxy://HOST/ connects to HOST directly), where the policy cannot follow."""
+    if urlsplit(url).path.lower().endswith(PLAYLIST_SUFFIXES):
+        raise Unsupported(f"{field}: an HLS or DASH playlist names further URLs this server cannot hold to its "
+                          "outbound policy; pull a file (MP4, WebM, MP3, OGG, WAV, FLAC, AAC, FLV, MPEG-TS) or an "
+                          "SRT stream", details={"field": field})
 
 
 def worker_policy(entries: Iterable[str] | None, trusted: bool, env: Mapping[str, str] = os.environ

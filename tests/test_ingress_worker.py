@@ -496,3 +496,46 @@ def redirecting_server(media):
     yield f"http://127.0.0.1:{server.port}/clip.mp4", reached
     server.close()
     other_server.close()
+
+
+async def test_an_untrusted_url_cannot_be_a_playlist_naming_urls_past_the_gate(livekit, tmp_path):
+    """A playlist served under a file's name still cannot lead ffmpeg elsewhere: only demuxers that open no
+    further URL read an untrusted pull (a playlist's httpproxy:// segment would connect past the gate)."""
+    import socket
+    import threading
+
+    from aiohttp import web
+
+    elsewhere = socket.create_server(("127.0.0.1", 0))
+    reached: list[str] = []
+
+    def accept() -> None:
+        try:
+            conn, _ = elsewhere.accept()
+            reached.append("connected")
+            conn.close()
+        except OSError:
+            pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = elsewhere.getsockname()[1]
+    playlist = (f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n"
+                f"httpproxy://127.0.0.1:{port}/seg0.ts\n#EXT-X-ENDLIST\n")
+
+    async def show(_):
+        return web.Response(text=playlist, content_type="application/vnd.apple.mpegurl")
+
+    app = web.Application()
+    app.router.add_get("/show.mp4", show)
+    server = BackgroundApp(app)
+    try:
+        worker = await Worker.start(tmp_path, job(livekit, "ingress-playlist", InputKind.URL,
+                                                  f"http://127.0.0.1:{server.port}/show.mp4"),
+                                    "--untrusted", "--allow-host", f"127.0.0.1:{server.port}")
+        code, stderr = await worker.finish(timeout=20)
+        assert code == 1, stderr[-3000:]
+        assert worker.states() == [IngressState.ERROR]
+        assert reached == [], "the playlist's segment host was connected to"
+    finally:
+        server.close()
+        elsewhere.close()

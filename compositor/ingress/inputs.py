@@ -35,7 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 import av
 
 from ..errors import InvalidRequest
-from ..outbound import AddressRefused, OutboundPolicy
+from ..outbound import AddressRefused, OutboundPolicy, refuse_playlist
 from ..process import ManagedProcess
 from ..protocol import IngressJob, InputKind
 from .errors import IngressError, InputInvalid, InputStalled, InputUnreachable
@@ -64,10 +64,12 @@ QUEUE_FRAMES = 16
 # How long close() waits for the decoding thread; one blocked on the network ends at its read timeout.
 CLOSE_WAIT_S = 1.0
 # An untrusted URL reaches the network only through the outbound gate (http_proxy: https tunnels through it,
-# which takes tls, tcp and httpproxy), and nothing local (an HLS playlist naming file:// segments). Known gap:
-# ffmpeg's HLS demuxer opens whatever http* protocol a playlist names, so a segment named
-# httpproxy://HOST:PORT/... is connected to HOST directly, past the gate.
+# which takes tls, tcp and httpproxy), and nothing local.
 UNTRUSTED_PROTOCOLS = "http,https,tls,tcp,httpproxy,crypto"
+# ... and it is read only by demuxers that open no other URL: not HLS (or DASH, concat), whose playlists name
+# further URLs that ffmpeg opens itself, with any http* protocol (httpproxy://HOST/ connects to HOST directly,
+# past the gate). An operator's own request (trusted) may pull HLS.
+UNTRUSTED_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,mp3,ogg,wav,flac,aac,flv,mpegts"
 
 
 @dataclass(frozen=True)
@@ -123,10 +125,11 @@ async def input_for(job: IngressJob, policy: OutboundPolicy, proxy: str | None) 
         policy.local_file(url, "url")
     if scheme not in ("http", "https"):
         raise AddressRefused("url: only http(s) and srt URLs can be pulled", details={"field": "url"})
+    refuse_playlist(url, "url")
     await policy.check_url(url, "url")
     # ffmpeg connects straight to a host named in `no_proxy`: nothing may get around the gate.
     os.environ.pop("no_proxy", None)
-    options = {"http_proxy": proxy, "protocol_whitelist": UNTRUSTED_PROTOCOLS}
+    options = {"http_proxy": proxy, "protocol_whitelist": UNTRUSTED_PROTOCOLS, "format_whitelist": UNTRUSTED_FORMATS}
     return AvInput(url, live=False, what=what, options=options, read_timeout=read_timeout, **want)
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from ..errors import CapacityExceeded, Conflict, Draining, InvalidRequest, NotFound, Unavailable, Unsupported
+from ..outbound import refuse_playlist
 from ..protocol import (
     IngressAudio,
     IngressEvent,
@@ -271,6 +272,7 @@ class IngressService:
             stream_key="" if req.input_type == InputKind.URL else _new_key(),
             video=req.video.model_dump(exclude_defaults=True), audio=req.audio.model_dump(exclude_defaults=True))
         if req.input_type == InputKind.URL:
+            refuse_playlist(req.url, "url")
             await self.policy.check_url(req.url, "url")
             job = self._job(rec, source_url=req.url)
             await self._admit(job, rec.id)
