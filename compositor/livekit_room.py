@@ -71,9 +71,13 @@ def server_from_env(env: dict | None = None) -> LiveKitServer:
     if missing:
         raise InvalidRequest(f"a LiveKit room needs {', '.join(missing)} in the environment",
                              details={"field": "room"})
-    url = values["LIVEKIT_URL"]
-    if url.startswith("http"):
-        url = "ws" + url.removeprefix("http")  # LiveKit's tools accept either spelling
+    url = ws_url(values["LIVEKIT_URL"])
     if not url.startswith(("ws://", "wss://")):
         raise InvalidRequest(f"LIVEKIT_URL {url!r} must be ws(s):// or http(s)://", details={"field": "room"})
     return LiveKitServer(url, values["LIVEKIT_API_KEY"], values["LIVEKIT_API_SECRET"])
+
+
+def ws_url(url: str) -> str:
+    """A LiveKit server's URL as a room client connects to it: http(s):// becomes ws(s):// (LiveKit's tools
+    accept either spelling)."""
+    return "ws" + url.removeprefix("http") if url.startswith("http") else url

@@ -149,7 +149,12 @@ def partial_path(output: Path) -> Path:
 
 
 def new_egress_id() -> str:
-    return "EG_" + "".join(secrets.choice(_BASE62) for _ in range(12))
+    return "EG_" + random_base62(12)
+
+
+def random_base62(length: int) -> str:
+    """`length` random letters and digits (ids, and secrets such as stream keys: from `secrets`)."""
+    return "".join(secrets.choice(_BASE62) for _ in range(length))
 
 
 def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None = None,

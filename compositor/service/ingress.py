@@ -9,8 +9,6 @@ IngressRequest → an IngressRecord kept in the store → per session an admitte
 from __future__ import annotations
 
 import logging
-import secrets
-import string
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -22,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from ..errors import CapacityExceeded, Conflict, Draining, InvalidRequest, NotFound, Unavailable, Unsupported
+from ..livekit_room import ws_url
 from ..outbound import refuse_playlist
+from ..plan import random_base62
 from ..protocol import (
     IngressAudio,
     IngressEvent,
@@ -40,7 +40,6 @@ from .webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
-_BASE62 = string.ascii_letters + string.digits
 #: A session's publisher that does not show up (or a worker that does not publish) within this ends it.
 PUBLISH_TIMEOUT_S = 20.0
 
@@ -185,12 +184,12 @@ class IngressUpdate(_Model):
 
 
 def new_ingress_id() -> str:
-    return "IN_" + "".join(secrets.choice(_BASE62) for _ in range(12))
+    return "IN_" + random_base62(12)
 
 
 def _new_key() -> str:
     # 20 base62 characters (~119 bits): a key is the publisher's only credential.
-    return "".join(secrets.choice(_BASE62) for _ in range(20))
+    return random_base62(20)
 
 
 def video_plan(video: dict) -> IngressVideo:
@@ -394,7 +393,7 @@ class IngressService:
                  .with_grants(VideoGrants(room_join=True, room=rec.room_name, can_publish=True, can_subscribe=False))
                  .with_ttl(TOKEN_TTL).to_jwt())
         return IngressJob(ingress_id=rec.id, input=InputKind(rec.input_type), source_url=source_url,
-                          whip_offer=whip_offer, room_url=_ws_url(s.livekit_url), token=token,
+                          whip_offer=whip_offer, room_url=ws_url(s.livekit_url), token=token,
                           video=video_plan(rec.video), audio=audio_plan(rec.audio))
 
     async def _admit(self, job: IngressJob, ingress_id: str) -> None:
@@ -428,7 +427,7 @@ class IngressService:
 
     async def _run(self, rec: IngressRecord, job: IngressJob) -> IngressRecord:
         """Start the session's worker; BUFFERING until it publishes."""
-        resource = "IR_" + "".join(secrets.choice(_BASE62) for _ in range(12))
+        resource = "IR_" + random_base62(12)
         rec = await self._change(rec.id, state=IngressState.BUFFERING, resource_id=resource, started_at=time.time(),
                                  ended_at=None, error="", error_code="", tracks=None, input_video=None,
                                  input_audio=None, room_id="")
@@ -492,7 +491,3 @@ class IngressService:
         await self.runner.shutdown()
 
 
-
-def _ws_url(url: str) -> str:
-    """The LiveKit server's URL as the realtime SDK connects to it (ws:// or wss://)."""
-    return url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
