@@ -14,12 +14,14 @@ AZURITE := .tools/node_modules/.bin/azurite-blob
 # livekit-client's bundle, from npm, vendored into the package's assets (package data; not in git).
 NPM_LIVEKIT_CLIENT := node_modules/livekit-client/dist/livekit-client.esm.mjs
 LIVEKIT_CLIENT := compositor/assets/vendor/livekit-client.esm.mjs
-# LiveKit room tests: a real livekit-server and publishers (tools/lkpub, on LiveKit's Go server SDK,
-# pinned in its go.mod), built with Go into .tools/bin. Without Go they are skipped, saying why.
+# LiveKit room tests: a real livekit-server, publishers (tools/lkpub, on LiveKit's Go server SDK, pinned in
+# its go.mod) and a caller of the unified StartEgress (tools/lkegress, on the SDK that first sends it), built
+# with Go into .tools/bin. Without Go they are skipped, saying why.
 LIVEKIT_SERVER_VERSION := v1.13.5
 LIVEKIT_SERVER := .tools/bin/livekit-server
 LKPUB := .tools/bin/lkpub
-LIVEKIT_TOOLS := $(if $(shell command -v go),$(LIVEKIT_SERVER) $(LKPUB),no-go)
+LKEGRESS := .tools/bin/lkegress
+LIVEKIT_TOOLS := $(if $(shell command -v go),$(LIVEKIT_SERVER) $(LKPUB) $(LKEGRESS),no-go)
 
 .PHONY: setup system test-system demo test test-docker bench snapshots clean livekit-tools no-go
 
@@ -45,7 +47,7 @@ test: setup test-system $(AZURITE) $(LIVEKIT_TOOLS)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
-livekit-tools: $(LIVEKIT_SERVER) $(LKPUB)
+livekit-tools: $(LIVEKIT_SERVER) $(LKPUB) $(LKEGRESS)
 
 no-go:
 	@echo "Go is not installed: the LiveKit room tests will be skipped. Get Go 1.22+ (https://go.dev/dl/" \
@@ -59,6 +61,10 @@ $(LIVEKIT_SERVER):
 $(LKPUB): tools/lkpub/main.go tools/lkpub/go.mod tools/lkpub/go.sum
 	@mkdir -p .tools/bin
 	cd tools/lkpub && GOBIN=$(CURDIR)/.tools/bin go install -buildvcs=false .
+
+$(LKEGRESS): tools/lkegress/main.go tools/lkegress/go.mod tools/lkegress/go.sum
+	@mkdir -p .tools/bin
+	cd tools/lkegress && GOBIN=$(CURDIR)/.tools/bin go install -buildvcs=false .
 
 # npm only if missing: a machine with Node from elsewhere keeps its own.
 NPM := command -v npm >/dev/null || scripts/setup-system.sh nodejs npm

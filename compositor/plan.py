@@ -116,6 +116,8 @@ class EgressConfig:
     source: str  # synthetic | livekit | web
     participants: tuple[ParticipantSpec, ...]
     web_url: str | None
+    #: a web page's recording starts at its START_RECORDING signal, not at its load
+    await_start_signal: bool
     layout: LayoutRef
     overlays: Overlays
     width: int  # page and capture size (also for audio-only files)
@@ -249,6 +251,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         source=source,
         participants=participants,
         web_url=req.web_url,
+        await_start_signal=bool(req.web_url) and req.await_start_signal,
         layout=resolve_layout("default" if req.template_url else req.layout, req.layout_params),
         overlays=_overlays(req.overlays, policy),
         width=width,

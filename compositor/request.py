@@ -241,6 +241,7 @@ class RecordRequest(Model):
     room_name: str = "synthetic"
     room: RoomSpec | None = None
     web_url: str | None = None
+    await_start_signal: bool = Field(False, description="with web_url: record from the page's START_RECORDING on")
     template_url: str | None = Field(None, pattern=r"^https?://", max_length=2048,
                                      description="a LiveKit room rendered by your own page (LiveKit's "
                                                  "custom_base_url): opened with ?url=&token=&layout=, it signals "

@@ -98,6 +98,25 @@ def test_web_egress_records_any_page(record):
     assert_released(run.resources)
 
 
+# Orange while it gets ready, then green and LiveKit's start signal.
+SIGNALLING_PAGE = """<!doctype html><html><body style="margin:0;background:#ff8c00">
+<script>
+setTimeout(() => { document.body.style.background = "#2e8b57"; console.log("START_RECORDING"); }, 2000);
+</script></body></html>"""
+
+
+def test_web_egress_can_wait_for_the_pages_start_signal(record):
+    page = HttpReceiver(page=SIGNALLING_PAGE)
+    try:
+        run = record(*SMALL, "--web-url", page.url, "--await-start-signal", "--duration", "2")
+    finally:
+        page.close()
+    assert run.code == 0, run.stderr[-2000:]
+    # The page was orange for its first 2 s: none of that is recorded, the first frame is already green.
+    assert_color(analysis.frame_at(run.output, 0.05), (0, 0, 1, 1), "#2e8b57")
+    assert_released(run.resources)
+
+
 def test_looping_video_file_as_camera(record, tmp_path):
     color = "#e6194b"
     clip = tmp_path / "clip.webm"

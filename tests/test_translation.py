@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from compositor.api.livekit_shape import from_livekit
+from compositor.api.livekit_shape import from_livekit, from_livekit_track
 from compositor.errors import InvalidRequest
 from compositor.request import UploadSpec
 from compositor.service.requests import ServerFacts, StartEgressRequest
@@ -58,7 +58,10 @@ def test_outputs_go_where_the_service_placed_them():
 
 
 def test_livekit_track_egress_is_audio_from_the_room():
-    body = from_livekit({"room_name": "room-1", "track_id": "TR_1", "file": {"filepath": "a.ogg"}})
-    req = translate({**{k: v for k, v in body.items() if k != "roomName"}, "track": {"trackId": "TR_1"},
-                     "file": {"fileType": "OGG"}})
+    body = from_livekit_track({"room_name": "room-1", "track_id": "TR_1", "file": {"filepath": "a.ogg"}})
+    assert (body["track"], body["file"]["fileType"]) == ({"track_id": "TR_1"}, "OGG")
+    req = translate({k: v for k, v in body.items() if k != "roomName"})
     assert req.audio_only and req.room.track_ids == ["TR_1"]
+    # The room composite shape has no track: a track's field there is refused, not read as a room composite.
+    with pytest.raises(InvalidRequest, match="track_id"):
+        from_livekit({"room_name": "room-1", "track_id": "TR_1"})

@@ -1,8 +1,10 @@
-"""LiveKit's egress request JSON (RoomComposite, Web, Participant, TrackComposite, Track), mapped onto our
-start request.
+"""LiveKit's egress request JSON (RoomComposite, Web, Participant, TrackComposite, Track, and the unified
+StartEgressRequest), mapped onto our start request.
 
 So a body written for LiveKit Egress (`room_name`, `file_outputs`,
-`stream_outputs`, `preset`, `advanced`, …) starts the same egress.
+`stream_outputs`, `preset`, `advanced`, …) starts the same egress. A field
+of LiveKit's that we do not honour is refused, naming it, rather than
+dropped: a caller who set it expects what it does.
 """
 
 from __future__ import annotations
@@ -15,16 +17,80 @@ _ONLY_LIVEKIT = {"file_outputs", "stream_outputs", "segment_outputs", "image_out
                  "custom_base_url", "await_start_signal"}
 _FILE_TYPES = {"DEFAULT_FILETYPE": "MP4", "MP4": "MP4", "OGG": "OGG", "WEBM": "WEBM"}
 
+# What of LiveKit's requests is honoured, field by field (proto names): a set field not named here is refused.
+# A nested dict names the fields of a message (of each item of a list); None takes the value as it is (storage
+# configurations are checked field by field by our storage models, which name what they do not know).
+_STORAGE = {"s3": None, "gcp": None, "azure": None, "aliOSS": None}
+_FILE = {"file_type": None, "filepath": None, **_STORAGE}
+_STREAM = {"protocol": None, "urls": None}
+_SEGMENT = {"filename_prefix", "playlist_name", "live_playlist_name", "segment_duration", "filename_suffix"}
+_IMAGE = {"capture_interval", "width", "height", "filename_prefix", "filename_suffix"}
+_SEGMENTS = dict.fromkeys(_SEGMENT | {"protocol"}) | _STORAGE
+_IMAGES = dict.fromkeys(_IMAGE | {"image_codec"}) | _STORAGE
+_ENCODING = dict.fromkeys(ADVANCED_FIELDS | {"video_codec", "audio_codec", "depth"})
+_WEBHOOK = {"url": None, "signing_key": None, "filter_params": {"include_events": None, "exclude_events": None}}
+_OUTPUTS = {"file": _FILE, "stream": _STREAM, "segments": _SEGMENTS, "file_outputs": _FILE,
+            "stream_outputs": _STREAM, "segment_outputs": _SEGMENTS, "image_outputs": _IMAGES}
+_COMMON = {"room_name": None, "preset": None, "advanced": _ENCODING, "webhooks": _WEBHOOK, **_OUTPUTS,
+           # ours, beside LiveKit's: roomName as our REST shape spells it, and a synthetic room
+           "roomName": None, "room": None}
+_ROOM_COMPOSITE = {**_COMMON, "layout": None, "audio_only": None, "video_only": None, "audio_mixing": None,
+                   "custom_base_url": None,
+                   # a web egress's, which our REST shape sends through the same mapping
+                   "url": None, "await_start_signal": None}
+_PARTICIPANT = {**_COMMON, "identity": None, "screen_share": None}
+_TRACK_COMPOSITE = {**_COMMON, "audio_track_id": None, "video_track_id": None}
+_TRACK = {"room_name": None, "track_id": None, "websocket_url": None, "webhooks": _WEBHOOK,
+          "file": {"filepath": None, **_STORAGE}}
+_START = {"room_name": None, "preset": None, "advanced": _ENCODING, "webhooks": _WEBHOOK, "storage": _STORAGE,
+          "template": {"layout": None, "audio_only": None, "video_only": None, "custom_base_url": None},
+          "web": {"url": None, "audio_only": None, "video_only": None, "await_start_signal": None},
+          "media": {"video_track_id": None, "participant_video": {"identity": None, "prefer_screen_share": None},
+                    "audio": {"capture_all": None, "routes": {"track_id": None, "participant_identity": None,
+                                                              "participant_kind": None, "channel": None}}},
+          "outputs": {"file": {"file_type": None, "filepath": None}, "stream": _STREAM,
+                      "segments": dict.fromkeys(_SEGMENT | {"protocol"}),
+                      "images": dict.fromkeys(_IMAGE | {"image_codec"}), "storage": _STORAGE}}
+# Values of LiveKit's enums that ask for something we do not make.
+_REFUSED_VALUES = {"protocol": {"WEBSOCKET", "HLS_FMP4_PROTOCOL"}}
+_CODECS = {"DEFAULT_AC": None, "AAC": {"MP4"}, "OPUS": {"OGG", "WEBM"}, "AC_MP3": {"MP3"}}
+
 
 def is_livekit(body: dict) -> bool:
     return bool(_ONLY_LIVEKIT & body.keys())
 
 
+def _check_fields(body: dict, known: dict, where: str = "") -> None:
+    """Refuse a field of `body` that is set (not at its default) and not honoured, naming it."""
+    for key, value in body.items():
+        path = f"{where}{key}"
+        if key not in known:
+            if value in (None, False, 0, "", [], {}):
+                continue
+            raise InvalidRequest(f"{path} is not supported by this server", details={"field": path})
+        if isinstance(value, str) and value in _REFUSED_VALUES.get(key, ()):
+            raise InvalidRequest(f"{path} {value} is not supported by this server", details={"field": path})
+        sub = known[key]
+        if sub is None:
+            continue
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    _check_fields(item, sub, f"{path}.{i}.")
+        elif isinstance(value, dict):
+            _check_fields(value, sub, f"{path}.")
+
+
 def from_livekit(body: dict) -> dict:
     """A LiveKit RoomComposite/Web egress request as our StartEgressRequest body."""
+    _check_fields(body, _ROOM_COMPOSITE)
+    return _mapped(body)
+
+
+def _mapped(body: dict) -> dict:
     # Only a web egress may leave the room out; the others name a room, and an empty one is refused.
     out: dict = {"roomName": body.get("room_name") or body.get("roomName") or ("web" if body.get("url") else "")}
-    for key in ("layout", "audio_only", "video_only", "room"):  # room: a synthetic room (ours, not LiveKit's)
+    for key in ("layout", "audio_only", "video_only", "room", "await_start_signal"):  # room: a synthetic room
         if key in body:
             out[key] = body[key]
     if body.get("url"):
@@ -33,16 +99,12 @@ def from_livekit(body: dict) -> dict:
         out["templateUrl"] = body["custom_base_url"]
     if body.get("preset"):
         out["quality"] = body["preset"]
-    adv = body.get("advanced")
-    if adv:
-        mapped = {k: v for k, v in adv.items() if k in ADVANCED_FIELDS and v}
-        codec = str(adv.get("video_codec", "")).upper()
-        if codec:
-            mapped["video_codec"] = "H264" if codec.startswith("H264") else codec
-        out["advanced"] = mapped
     files = _items(body, "file_outputs", "file")
     if len(files) > 1:
         raise InvalidRequest("one file output per egress", details={"field": "file_outputs"})
+    adv = body.get("advanced")
+    if adv:
+        out["advanced"] = _advanced(adv, files)
     storages = [_storage_of(item, where) for where, item in _outputs(body, files)]
     storages = [st for st in storages if st is not None]
     if storages:
@@ -72,33 +134,131 @@ def from_livekit(body: dict) -> dict:
     return out
 
 
+def _advanced(adv: dict, files: list[dict]) -> dict:
+    """LiveKit's EncodingOptions as ours; an audio codec is taken only where it is the file type's own."""
+    mapped = {k: v for k, v in adv.items() if k in ADVANCED_FIELDS and v}
+    if adv.get("depth") not in (None, 0, 24):
+        raise InvalidRequest("advanced.depth: the video is 24-bit colour here", details={"field": "advanced.depth"})
+    codec = str(adv.get("video_codec", "")).upper()
+    if codec:
+        mapped["video_codec"] = "H264" if codec.startswith("H264") else codec
+    audio = str(adv.get("audio_codec") or "DEFAULT_AC").upper()
+    file_type = _FILE_TYPES.get(str(files[0].get("file_type", "MP4")).upper()) if files else "MP4"
+    if audio not in _CODECS or (_CODECS[audio] is not None and file_type not in _CODECS[audio]):
+        raise InvalidRequest(f"advanced.audio_codec {audio} is not written in a {file_type} output: the audio "
+                             "codec follows the file type (AAC in MP4, Opus in OGG and WebM, MP3 in MP3)",
+                             details={"field": "advanced.audio_codec"})
+    return mapped
+
+
 def from_livekit_participant(body: dict) -> dict:
     """A LiveKit ParticipantEgressRequest (room_name, identity, screen_share, outputs) as our start body."""
-    return {**from_livekit(body), "participant": {"identity": body.get("identity", ""),
-                                                  "screen_share": bool(body.get("screen_share"))}}
+    _check_fields(body, _PARTICIPANT)
+    return {**_mapped(body), "participant": {"identity": body.get("identity", ""),
+                                             "screen_share": bool(body.get("screen_share"))}}
 
 
 def from_livekit_track_composite(body: dict) -> dict:
     """A LiveKit TrackCompositeEgressRequest (room_name, audio_track_id, video_track_id, outputs) as our body."""
+    _check_fields(body, _TRACK_COMPOSITE)
     tracks = {k: body[k] for k in ("audio_track_id", "video_track_id") if body.get(k)}
-    return {**from_livekit(body), "track_composite": tracks}
+    return {**_mapped(body), "track_composite": tracks}
 
 
 def from_livekit_track(body: dict) -> dict:
     """A LiveKit TrackEgressRequest (room_name, track_id, then a DirectFileOutput `file` or a `websocket_url`)
     as our start body."""
-    rest = {k: v for k, v in body.items() if k != "file"}
+    _check_fields(body, _TRACK)
+    rest = {k: v for k, v in body.items() if k not in ("file", "track_id", "websocket_url")}
     if "file" in body:
         # A DirectFileOutput has no file_type: the track's sound is written as it comes, in OGG.
         rest["file_outputs"] = [{**body["file"], "file_type": "OGG"}]
     track = {"track_id": body.get("track_id", "")}
     if body.get("websocket_url"):
         track["websocket_url"] = body["websocket_url"]
-    return {**from_livekit(rest), "track": track}
+    return {**_mapped(rest), "track": track}
 
 
-_SEGMENT = {"filename_prefix", "playlist_name", "live_playlist_name", "segment_duration", "filename_suffix"}
-_IMAGE = {"capture_interval", "width", "height", "filename_prefix", "filename_suffix"}
+def from_livekit_start(body: dict) -> dict:
+    """LiveKit's unified StartEgressRequest (one source: template, web or media; encoding; outputs, each with
+    its own storage or the request's) as our start body: rewritten as the older request of the same source,
+    then mapped as that one is, so both shapes take one path."""
+    _check_fields(body, _START)
+    sources = [k for k in ("template", "web", "media") if k in body]
+    if len(sources) != 1:
+        raise InvalidRequest("give one source: template, web or media" + (
+            f", not {' and '.join(sources)}" if sources else ""), details={"field": "source"})
+    older = {k: body[k] for k in ("room_name", "preset", "advanced", "webhooks") if k in body}
+    _place_outputs(body, older)
+    source = body[sources[0]]
+    if sources[0] == "template":
+        return from_livekit({**older, **source})
+    if sources[0] == "web":
+        return from_livekit({**{k: v for k, v in older.items() if k != "room_name"}, **source})
+    return _from_media(source, older)
+
+
+def _place_outputs(body: dict, older: dict) -> None:
+    """Each Output of `body` as the older request's output list of its kind, its storage (or the request's)
+    inline as those carry it."""
+    lists = {"file": "file_outputs", "stream": "stream_outputs", "segments": "segment_outputs",
+             "images": "image_outputs"}
+    for i, output in enumerate(body.get("outputs") or []):
+        kinds = [k for k in lists if k in output]
+        if len(kinds) != 1:
+            raise InvalidRequest(f"outputs.{i}: give one of file, stream, segments and images",
+                                 details={"field": f"outputs.{i}"})
+        item = dict(output[kinds[0]])
+        storage = output.get("storage") or body.get("storage")
+        if storage and kinds[0] != "stream":
+            item.update(storage)
+        elif output.get("storage"):
+            raise InvalidRequest(f"outputs.{i}: a stream output has no storage", details={"field": f"outputs.{i}"})
+        older.setdefault(lists[kinds[0]], []).append(item)
+
+
+_CHANNELS = {"AUDIO_CHANNEL_BOTH": "both", "AUDIO_CHANNEL_LEFT": "left", "AUDIO_CHANNEL_RIGHT": "right"}
+
+
+def _from_media(media: dict, older: dict) -> dict:
+    """A media source (a participant's or a track's video, and the audio its routes pick) as the participant
+    or track composite egress that records the same tracks, its audio routed to the channels asked."""
+    video_track, person = media.get("video_track_id"), media.get("participant_video")
+    audio = media.get("audio") or {}
+    routes = audio.get("routes") or []
+    if video_track and person:
+        raise InvalidRequest("media: give video_track_id or participant_video, not both",
+                             details={"field": "media"})
+    if audio.get("capture_all"):
+        raise Unsupported("media.audio.capture_all is not supported: name the tracks or the participant to hear "
+                          "in routes (or record the whole room with a template source)",
+                          details={"field": "media.audio.capture_all"})
+    by_track = [r for r in routes if r.get("track_id")]
+    by_person = [r for r in routes if r.get("participant_identity")]
+    if len(by_track) + len(by_person) != len(routes) or len(by_track) > 1 or (by_track and by_person):
+        raise Unsupported("media.audio.routes: one track (by track_id) or one participant (by "
+                          "participant_identity) can be heard in a media egress here",
+                          details={"field": "media.audio.routes"})
+    channel = {r.get("track_id") or r.get("participant_identity"): _CHANNELS.get(r.get("channel"), "both")
+               for r in routes}
+    if by_track or not person:
+        tracks = {"video_track_id": video_track, "audio_track_id": by_track[0]["track_id"] if by_track else None}
+        out = from_livekit_track_composite({**older, **{k: v for k, v in tracks.items() if v}})
+    else:
+        identity = person.get("identity", "")
+        if by_person and by_person[0]["participant_identity"] != identity:
+            raise Unsupported("media.audio.routes: a participant's video goes with that participant's own audio "
+                              "here", details={"field": "media.audio.routes.0.participant_identity"})
+        out = from_livekit_participant({**older, "identity": identity,
+                                        "screen_share": bool(person.get("prefer_screen_share"))})
+        out["video_only"] = not by_person
+    key = "trackId" if by_track else "participantIdentity"
+    routed = [{key: name, "channel": c} for name, c in channel.items() if c != "both"]
+    if routed:
+        out["audio"] = {"routes": routed}
+    return out
+
+
 _CLOUD = {"s3", "gcp", "azure", "aliOSS", "alioss"}
 
 

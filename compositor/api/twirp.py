@@ -15,12 +15,14 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Any
 
 import jwt
 from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
+from google.protobuf.unknown_fields import UnknownFieldSet
 from livekit.api import TokenVerifier
 from livekit.protocol import egress as proto
 
@@ -30,9 +32,16 @@ from ..service import livekit_info
 from ..service.requests import StartEgressRequest, UpdateStreamsRequest
 from ..service.service import Service
 from .bodies import read_body, validated
-from .livekit_shape import from_livekit, from_livekit_participant, from_livekit_track, from_livekit_track_composite
+from .livekit_shape import (
+    from_livekit,
+    from_livekit_participant,
+    from_livekit_start,
+    from_livekit_track,
+    from_livekit_track_composite,
+)
 
 log = logging.getLogger(__name__)
+_PROTOCOL_VERSION = version("livekit-protocol")
 
 PREFIX = "/twirp/"
 ROUTE = PREFIX + "{route:.*}"
@@ -173,27 +182,55 @@ def _authorize(header: str, api_key: str, api_secret: str, grant: tuple[str, str
 
 
 def _parse(body: bytes, message: Message, kind: str) -> Message:
-    """`body` as `message`; malformed names where it went wrong, never a value (it may be a secret)."""
+    """`body` as `message`; malformed names where it went wrong, never a value (it may be a secret). A field
+    this server does not know is refused, naming it: a newer client that set it expects what it does."""
     name = message.DESCRIPTOR.full_name
     try:
         if kind == JSON:
-            # Unknown fields are skipped, as Twirp does: newer SDKs may send fields this version lacks.
-            json_format.Parse(body or b"{}", message, ignore_unknown_fields=True)
+            json_format.Parse(body or b"{}", message)
         else:
             message.ParseFromString(body)
     except (json_format.ParseError, DecodeError, UnicodeDecodeError) as exc:
+        if unknown := _UNKNOWN_JSON.search(str(exc)):
+            field, at = unknown.group(1)[:64], unknown.group(2).partition(".")[2]
+            _refuse_unknown(f"{at}.{field}" if at else field, name)
         where = ".".join(re.findall(r"Failed to parse (\w+) field", str(exc)))
         raise TwirpError("malformed", f"the body is not a {name} in {kind}" + (f" (at {where})" if where else "")
                          ) from None
+    if kind == PROTOBUF:
+        _check_unknown(message, "")
     return message
 
 
-def _start(mapping: Callable[[dict], dict]) -> Call:
-    """A Start*Egress method: LiveKit's request mapped (by `mapping`) onto ours, then started."""
+_UNKNOWN_JSON = re.compile(r'has no field named "([^"]*)" at "([\w.\[\]]*)"')
+
+
+def _refuse_unknown(path: str, name: str) -> None:
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    raise TwirpError("invalid_argument", f"{path}: {name} has no such field here (this server speaks "
+                                         "livekit-protocol " + _PROTOCOL_VERSION + ")", {"field": path})
+
+
+def _check_unknown(message: Message, where: str) -> None:
+    """Refuse a protobuf field of a number this server's messages do not have, anywhere in `message`."""
+    for field in UnknownFieldSet(message):
+        _refuse_unknown(f"{where}{field.field_number}", message.DESCRIPTOR.full_name)
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None or descriptor.message_type.GetOptions().map_entry:
+            continue
+        items = value if descriptor.is_repeated else [value]
+        for i, item in enumerate(items):
+            index = f".{i}" if descriptor.is_repeated else ""
+            _check_unknown(item, f"{where}{descriptor.name}{index}.")
+
+
+def _start(mapping: Callable[[dict], dict], shape: str = "") -> Call:
+    """A Start*Egress method: LiveKit's request mapped (by `mapping`) onto ours, then started; its answers come
+    in `shape` (EgressRecord.request_shape)."""
 
     async def start(service: Service, msg: Message, _: web.Request) -> proto.EgressInfo:
         body = json_format.MessageToDict(msg, preserving_proto_field_name=True)
-        return livekit_info.egress_info(await service.start(validated(StartEgressRequest, mapping(body))))
+        return livekit_info.egress_info(await service.start(validated(StartEgressRequest, mapping(body)), shape))
 
     return start
 
@@ -240,6 +277,7 @@ EGRESS_METHODS: dict[str, Method] = {
     "StartParticipantEgress": Method(proto.ParticipantEgressRequest, _start(from_livekit_participant)),
     "StartTrackCompositeEgress": Method(proto.TrackCompositeEgressRequest, _start(from_livekit_track_composite)),
     "StartTrackEgress": Method(proto.TrackEgressRequest, _start(from_livekit_track)),
+    "StartEgress": Method(proto.StartEgressRequest, _start(from_livekit_start, "start_egress")),
     "UpdateLayout": Method(proto.UpdateLayoutRequest, _update_layout),
     "UpdateStream": Method(proto.UpdateStreamRequest, _update_stream),
     "ListEgress": Method(proto.ListEgressRequest, _list),

@@ -39,6 +39,8 @@ def _record_parser(sub) -> None:
                    help="synthetic participant: name=,color=#rrggbb,tone=Hz,speaks=S-E;S-E,"
                         "screenshare=S-E[:#rrggbb],joins=S,leaves=S,video=FILE|URL|off (repeatable)")
     p.add_argument("--web-url", help="record this page instead of a room")
+    p.add_argument("--await-start-signal", action="store_true", default=None,
+                   help="with --web-url: record from the page's console.log('START_RECORDING') on")
     p.add_argument("--layout", help=f"one of {', '.join(builtin_layouts())} (+ -light/-dark), or a custom layout "
                                     "folder / .html.j2 file; default: default")
     add_page_flags(p)
@@ -144,7 +146,7 @@ def build_request(args: argparse.Namespace) -> RecordRequest:
     data: dict = read_request_file(args.config, "--config") if args.config else {}
     flags = {"room_name": args.room_name, "web_url": args.web_url, "layout": args.layout, "preset": args.preset,
              "duration": args.duration, "sync_markers": args.sync_markers, "audio_only": args.audio_only,
-             "video_only": args.video_only}
+             "video_only": args.video_only, "await_start_signal": args.await_start_signal}
     data.update({k: v for k, v in flags.items() if v is not None})
     fold_page_flags(args, data)
     if args.room == "livekit":

@@ -47,7 +47,10 @@ def egress_info(rec: EgressRecord) -> lk.EgressInfo:
     """An egress as LiveKit's EgressInfo: status, times, results, the request it was started with, and the
     single-result fields older clients read."""
     info = _results(rec)
-    _set_request(info, rec)
+    if rec.request_shape == "start_egress":
+        _set_start_request(info.egress, rec)
+    else:
+        _set_request(info, rec)
     if rec.error_code:
         info.details = rec.error_code
     outputs, file = rec.outputs or {}, rec.file or {}
@@ -91,9 +94,41 @@ def _set_request(info: lk.EgressInfo, rec: EgressRecord) -> None:
         target.room_name = rec.room_name
     if rec.kind in ("web", "room_composite"):
         target.audio_only, target.video_only = req.get("audio_only", False), req.get("video_only", False)
-    if rec.kind == "track":
-        return
-    advanced = {k: v for k, v in (req.get("advanced") or {}).items() if k in ADVANCED_FIELDS}
+    if rec.kind != "track":
+        _set_encoding(target, rec)
+
+
+def _set_start_request(target: lk.StartEgressRequest, rec: EgressRecord) -> None:
+    """LiveKit's unified request, rebuilt as `_set_request` does the older ones: its source and encoding."""
+    req = rec.request
+    room = req.get("room") or {}
+    ids = room.get("track_ids") or []
+    if rec.kind == "web":
+        target.web.url, target.web.await_start_signal = req.get("web_url", ""), req.get("await_start_signal", False)
+        target.web.audio_only, target.web.video_only = req.get("audio_only", False), req.get("video_only", False)
+    else:
+        target.room_name = rec.room_name
+    if rec.kind == "room_composite":
+        target.template.layout = rec.layout
+        target.template.audio_only = req.get("audio_only", False)
+        target.template.video_only = req.get("video_only", False)
+    elif rec.kind == "participant":
+        identity = room.get("identity", "")
+        target.media.participant_video.identity = identity
+        target.media.participant_video.prefer_screen_share = room.get("screen_share", False)
+        if not req.get("video_only"):
+            target.media.audio.routes.add(participant_identity=identity)
+    elif rec.kind == "track_composite":
+        audio, video = ids if len(ids) == 2 else (ids[0], "") if req.get("audio_only") else ("", ids[0])
+        target.media.video_track_id = video
+        if audio:
+            target.media.audio.routes.add(track_id=audio)
+    _set_encoding(target, rec)
+
+
+def _set_encoding(target: Message, rec: EgressRecord) -> None:
+    """The request's encoding: its advanced options as LiveKit names them, or the preset it named."""
+    advanced = {k: v for k, v in (rec.request.get("advanced") or {}).items() if k in ADVANCED_FIELDS}
     if advanced:
         target.advanced.CopyFrom(lk.EncodingOptions(**advanced))
     elif rec.quality.upper() in ALIASES:

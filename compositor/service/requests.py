@@ -120,6 +120,8 @@ class StartEgressRequest(RoomRequest):
     segments: SegmentOutput | None = Field(None, description="HLS; filenamePrefix is a name template in the storage")
     images: ImageOutput | None = Field(None, description="thumbnails; filenamePrefix is a name template in the storage")
     web_url: str | None = None
+    await_start_signal: bool = Field(False, description="with web_url: record from the page's START_RECORDING "
+                                     "console message on (LiveKit's web egress signal), not from its load")
     template_url: str | None = Field(None, pattern=r"^https?://", max_length=2048,
                                      description="record the LiveKit room through your own page (LiveKit's "
                                                  "custom_base_url, e.g. one built on @livekit/egress-sdk)")
@@ -204,6 +206,7 @@ class StartEgressRequest(RoomRequest):
         try:
             return RecordRequest(
                 room_name=self.room_name, room=room, web_url=self.web_url, template_url=self.template_url, **page,
+                await_start_signal=self.await_start_signal,
                 preset=self.quality, advanced=self.advanced,
                 file=FileOutput(filepath=output, file_type=self.file_type) if output else None,
                 stream=StreamOutput(urls=self.stream.urls, retry_window=self.stream.retry_window) if self.stream

@@ -43,6 +43,9 @@ class EgressRecord:
     outputs: dict | None = None
     #: LiveKit's egress type: room_composite, web, participant, track_composite or track
     kind: str = "room_composite"
+    #: "start_egress" when it came as LiveKit's unified StartEgressRequest (its answers carry that shape back);
+    #: "" for the older per-source requests and ours
+    request_shape: str = ""
     #: the node whose worker runs it (in a cluster; None on a single node, or until placed)
     node: str | None = None
 

@@ -194,8 +194,9 @@ class Service:
             settled.append(done)
         return resumed, settled
 
-    async def start(self, req: StartEgressRequest) -> EgressRecord:
-        """Admit an egress: started at once, or queued for capacity (`req.queue`), or refused."""
+    async def start(self, req: StartEgressRequest, request_shape: str = "") -> EgressRecord:
+        """Admit an egress: started at once, or queued for capacity (`req.queue`), or refused. `request_shape`
+        says which of LiveKit's request shapes it came in, for answers in the same (see EgressRecord)."""
         if self.draining:
             raise Draining("the service is shutting down")
         if not self.ready:
@@ -207,7 +208,7 @@ class Service:
         # The record keeps the layout the caller named, never the server's path of a custom one.
         await self.store.create(EgressRecord(
             id=egress_id, room_name=req.room_name, mode=req.mode, kind=req.kind, layout=req.layout,
-            quality=req.quality, request=_stored(record_req),
+            quality=req.quality, request=_stored(record_req), request_shape=request_shape,
             streams=pending_streams(config.stream.targets) if config.stream else None))
         try:
             placed = await self.dispatcher.admit(job, req.queue)

@@ -178,6 +178,8 @@ class Recorder:
         watched = [p for p in (display.process, sink.process) if p is not None]
         if cfg.source == "web":
             await self._until_ready(browser, watched, browser.open(cfg.web_url, cfg.start_timeout))
+            if cfg.await_start_signal:
+                await self._until_ready(browser, watched, self._start_signal(browser), cfg.start_timeout)
         elif cfg.template_url:
             # The caller's own page (LiveKit's custom_base_url): its errors are its own, its signals count.
             server = server_from_env()
