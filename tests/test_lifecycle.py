@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +123,16 @@ def test_two_workers_at_once_do_not_collide(tmp_path):
     for i, color in enumerate(["#e6194b", "#4363d8"]):
         frame = analysis.frame_at(tmp_path / f"w{i}.mp4", 1.5)
         assert analysis.color_distance(analysis.region_color(frame, 0, 0, 1, 1), color) <= 40
+
+
+def test_a_job_leaves_nothing_in_the_temp_folder(record):
+    """Not even Chromium's own temp folders (a long-lived service runs thousands of jobs)."""
+    # Short: Unix sockets (PulseAudio's, Chromium's) are made under it.
+    tmp = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))
+    try:
+        run = record(*SMALL, "--duration", "1", env={**os.environ, "TMPDIR": str(tmp)})
+        assert run.code == 0, json.dumps(run.events[-1])
+        assert_released(run.resources)
+        assert not list(tmp.iterdir()), list(tmp.iterdir())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

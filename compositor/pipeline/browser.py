@@ -11,8 +11,10 @@ through the worker's outbound gate (the policy in outbound.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +72,17 @@ def chromium_path() -> str:
         "Chromium is not installed: run `sudo apt-get install chromium` (or `make setup`), "
         "or set COMPOSITOR_CHROMIUM to its binary",
         details={"program": "chromium", "package": "chromium"})
+
+
+def remove_chromium_temp(profile_dir: Path) -> None:
+    """Remove the folder Chromium made in the system's temp folder for its singleton socket (linked from the
+    profile as SingletonSocket): Chromium removes it only on an orderly exit, and ours are stopped, so each job
+    would leave one behind. (Pointing Chromium's TMPDIR into the profile instead can make the socket's path
+    longer than a Unix socket's limit.)"""
+    with contextlib.suppress(OSError):
+        folder = Path(os.readlink(profile_dir / "SingletonSocket")).parent
+        if folder.name.startswith("org.chromium.Chromium."):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 # Kinds of page problem: an uncaught exception, a request that failed or was
@@ -273,5 +286,6 @@ class Browser:
                 pass
         if self._proc is not None:
             await self._proc.stop()
+            remove_chromium_temp(self.profile_dir)
         if self._devtools is not None:
             await self._devtools.stop()

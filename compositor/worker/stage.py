@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..paths import WORKDIR_PREFIX
 from ..pipeline.audio import AudioSink
-from ..pipeline.browser import Browser
+from ..pipeline.browser import Browser, remove_chromium_temp
 from ..pipeline.display import Display
 from ..pipeline.page_server import PageServer
 from .gate import OutboundGate
@@ -30,6 +30,7 @@ def sweep_stale_workdirs() -> None:
     for path in [*tmp.glob(f"{WORKDIR_PREFIX}*-EG_*"), *tmp.glob(f"{WORKDIR_PREFIX}*-{WARM}-*")]:
         pid = path.name.removeprefix(WORKDIR_PREFIX).split("-", 1)[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            remove_chromium_temp(path / "profile")
             shutil.rmtree(path, ignore_errors=True)
 
 
