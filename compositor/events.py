@@ -6,6 +6,8 @@ text mode writes status and a refreshing progress line on stderr.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from typing import IO
 
@@ -27,14 +29,24 @@ class EventSink:
         self.mode = mode
         self.stream = stream or (sys.stdout if mode == "json" else sys.stderr)
         self._live_line = False
+        self._gone = False
 
     def emit(self, event: Event) -> None:
-        """Write one event: its JSON line, or its human form."""
-        if self.mode == "json":
-            self.stream.write(event.wire() + "\n")
-            self.stream.flush()
-        else:
-            self._text(event)
+        """Write one event: its JSON line, or its human form. Once no one reads them (the service that started
+        the worker died), events are dropped: the work they report goes on, and a file still gets finished."""
+        if self._gone:
+            return
+        try:
+            if self.mode == "json":
+                self.stream.write(event.wire() + "\n")
+                self.stream.flush()
+            else:
+                self._text(event)
+        except (BrokenPipeError, ConnectionResetError):
+            self._gone = True
+            # What the stream still buffers would fail again when Python flushes it at exit.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
 
     def _text(self, event: Event) -> None:
         if isinstance(event, ProgressEvent):

@@ -158,6 +158,7 @@ def test_a_killed_node_is_settled_once_and_its_webhooks_survive_the_node_that_qu
     events = [json.loads(body) for _, body in webhooks.posts if info["id"] in body.decode()]
     assert [e["event"] for e in events] == ["recording.started", "recording.failed"]
     assert len({e["id"] for e in events}) == 2 and events[1]["data"]["errorCode"] == "NODE_LOST"
+    assert events[1]["data"]["fileUrl"] == failed["file"]["location"]  # what was recorded is kept: it says where
     # The killed node's worker went with it (its file stays, playable up to the kill).
     wait_for(lambda: not [p for p in _pids() if info["id"] in _cmdline(p)], 15, "the worker's end")
 

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -206,8 +207,21 @@ def test_kill_9_of_the_service_is_settled_on_restart(tmp_path):
     try:
         done = again.call("GET", f"/v1/egress/{info['id']}")[1]
         assert done["status"] == "FAILED" and done["errorCode"] == "SERVICE_RESTARTED", done
-        assert done["file"] and done["file"]["size"] > 0
-        assert analysis.frame_at(done["file"]["location"], 1.0).shape == (360, 640, 3)
+        # The orphaned worker finished its file (not only the crash-safe partial one), and the record says
+        # what it holds and when it ended.
+        f = done["file"]
+        assert not f["location"].endswith(".partial.mp4") and f["size"] == os.path.getsize(f["location"]), f
+        facts = analysis.facts(f["location"])
+        assert (f["videoCodec"], f["audioCodec"], f["width"]) == ("h264", "aac", 640), f
+        assert 2.5 < f["duration"] < 8 and abs(f["duration"] - facts.duration) < 0.1, (f, facts)
+        recorded = (datetime.fromisoformat(done["endedAt"]) - datetime.fromisoformat(done["startedAt"]))
+        assert abs(recorded.total_seconds() - f["duration"]) < 1.0, done
+        assert analysis.frame_at(f["location"], 1.0).shape == (360, 640, 3)
+        # It is the recording as far as it went: downloadable.
+        status, link, _ = again.call("GET", f"/v1/recordings/rec_{info['id'][3:]}/download-url")
+        assert status == 200, link
+        with urllib.request.urlopen(link["downloadUrl"], timeout=10) as resp:
+            assert len(resp.read()) == f["size"]
         assert not [p for p in _pids() if info["id"] in _cmdline(p)]
     finally:
         again.stop_server()

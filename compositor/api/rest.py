@@ -22,7 +22,7 @@ from ..errors import (
     Unauthenticated,
     Unavailable,
 )
-from ..protocol import ACTIVE_STATUSES, Status
+from ..protocol import ACTIVE_STATUSES
 from ..service.auto_egress import AUTO_EGRESS
 from ..service.requests import (
     AutoEgressConfig,
@@ -227,7 +227,8 @@ async def _recording_info(rec: EgressRecord) -> dict:
 async def recording_download_url(request: web.Request) -> web.Response:
     """A URL that downloads the recording without an API key until it expires (`?expiresIn=` seconds)."""
     rec = await _recording_or_404(request)
-    if rec.status not in (Status.COMPLETE, Status.LIMIT_REACHED) or not rec.file:
+    # A failed egress's kept file is the recording as far as it went: downloadable too.
+    if not rec.ended or not rec.file:
         raise Conflict("NOT_READY", f"recording {recording_id(rec.id)} has no finished file ({rec.status})")
     service = request.app[SERVICE_KEY]
     ttl, longest = service.settings.download_url_ttl_s, service.settings.download_url_max_ttl_s

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from ..destinations import StreamTarget
 from ..plan import partial_path
+from ..probe import ProbeError, probe
 from ..protocol import ErrorEvent, Event, ResultEvent, Status, StatusEvent, StreamStatus
 from ..request import Model
 
@@ -80,11 +81,18 @@ def _file_result(f: dict) -> dict:
                       ).model_dump(by_alias=True, exclude_none=True)
 
 
-def kept_file(request: dict) -> dict | None:
-    """The file an egress left (final, or the crash-safe partial one), if any."""
+async def kept_file(request: dict) -> dict | None:
+    """The file an egress left (final, or the crash-safe partial one), if any, with its facts as far as
+    ffprobe can read them."""
     output = Path(request.get("file", {}).get("filepath", ""))
     left = left_behind(output) if output.name else None
-    return _kept(left) if left else None
+    if left is None:
+        return None
+    try:
+        facts = (await probe(left)).to_dict()
+    except ProbeError:
+        return _kept(left)
+    return _file_result({**facts, "location": str(left), "key": left.name})
 
 
 def left_behind(output: Path) -> Path | None:

@@ -187,8 +187,12 @@ class Service:
                 await self.runner.resume_delivery(rec.id)
                 resumed.append(rec)
                 continue
-            done = await self._change(rec.id, status=Status.FAILED, ended_at=time.time(),
-                                      error_code="SERVICE_RESTARTED", file=kept_file(rec.request),
+            file = await kept_file(rec.request)
+            # The worker finished its file when the service went: the media's end is when it did.
+            ended = rec.started_at + file["duration"] if file and file.get("duration") and rec.started_at \
+                else time.time()
+            done = await self._change(rec.id, status=Status.FAILED, ended_at=ended,
+                                      error_code="SERVICE_RESTARTED", file=file,
                                       error="the service stopped while this egress ran; its file is kept as it was")
             self.runner.forget_job(rec.id)
             settled.append(done)

@@ -83,8 +83,13 @@ def events_for(rec: EgressRecord, previous: str | None) -> list[tuple[str, dict]
                 done["destinations"] = [{"url": s["url"], "status": s["status"]} for s in rec.streams or []]
             out.append((f"{kind}.completed", {**base, **done}))
         elif rec.status in (Status.FAILED, Status.ABORTED):
-            out.append((f"{kind}.failed", {**base, "status": rec.status, "errorMessage": rec.error,
-                                           "errorCode": rec.error_code}))
+            failed = {"status": rec.status, "errorMessage": rec.error, "errorCode": rec.error_code}
+            if kind == "recording" and rec.file:
+                # What was recorded is kept: say where, as a completed one does.
+                f = rec.file
+                failed.update(fileUrl=f.get("location"), fileSize=f.get("size"),
+                              durationSec=f.get("duration") or _duration(rec))
+            out.append((f"{kind}.failed", {**base, **failed}))
     return out
 
 
