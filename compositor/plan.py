@@ -48,6 +48,8 @@ class VideoSettings:
     codec: str  # h264 | vp8 | vp9
     keyframe_interval: float
     x264_preset: str
+    #: H.264 profile (baseline, main, high); None: x264 picks (High for these settings)
+    profile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,8 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
     h264 = container in (None, "mp4")
     video = None
     if not audio_only:
-        codec = ((adv and adv.video_codec) or ("H264" if h264 else "VP8")).lower()
+        # LiveKit's H264_BASELINE / H264_MAIN / H264_HIGH name a profile of the one H.264 codec.
+        codec, _, profile = ((adv and adv.video_codec) or ("H264" if h264 else "VP8")).lower().partition("_")
         if h264 and codec != "h264":
             what = "MP4 files" if container else "Streams and segments"
             raise InvalidRequest(f"{what} carry H.264, not {codec.upper()}", details={"field": "advanced.videoCodec"})
@@ -200,6 +203,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
             codec=codec,
             keyframe_interval=(adv and adv.key_frame_interval) or _keyframe_interval(req.segments),
             x264_preset=(adv and adv.x264_preset) or DEFAULT_X264_PRESET,
+            profile=profile or None,
         )
     audio = None
     if not req.video_only:

@@ -127,7 +127,9 @@ class EncodingOptions(Model):
     video_bitrate: int | None = Field(None, ge=100, le=50000, description="kbps")
     audio_bitrate: int | None = Field(None, ge=16, le=512, description="kbps")
     audio_frequency: Literal[44100, 48000] | None = None
-    video_codec: Literal["H264", "VP8", "VP9"] | None = None
+    video_codec: Literal["H264", "H264_BASELINE", "H264_MAIN", "H264_HIGH", "VP8", "VP9"] | None = Field(
+        None, description="H264 (x264's profile for the settings: High) or H264_BASELINE/_MAIN/_HIGH for that "
+                          "H.264 profile (LiveKit's names), VP8, VP9")
     key_frame_interval: float | None = Field(None, gt=0, le=20, description="seconds")
     x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] | None = None
 

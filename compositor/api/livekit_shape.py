@@ -37,8 +37,8 @@ def from_livekit(body: dict) -> dict:
     if adv:
         mapped = {k: v for k, v in adv.items() if k in ADVANCED_FIELDS and v}
         codec = str(adv.get("video_codec", "")).upper()
-        if codec:
-            mapped["video_codec"] = "H264" if codec.startswith("H264") else codec
+        if codec and codec != "DEFAULT_VC":  # LiveKit's H264_BASELINE/_MAIN/_HIGH are ours too
+            mapped["video_codec"] = codec
         out["advanced"] = mapped
     files = _items(body, "file_outputs", "file")
     if len(files) > 1:
