@@ -57,6 +57,7 @@ class AudioSettings:
     bitrate_kbps: int
     sample_rate: int
     codec: str  # aac | opus | pcm (raw, for a WebSocket)
+    channels: int = 2
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class ImageSettings:
     width: int | None
     height: int | None
     timestamp: bool
+    #: one file, `pattern` itself, overwritten at each capture (LiveKit's IMAGE_SUFFIX_NONE_OVERWRITE)
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
             bitrate_kbps=(adv and adv.audio_bitrate) or 128,
             sample_rate=(adv and adv.audio_frequency) or DEFAULT_SAMPLE_RATE,
             codec="pcm" if req.websocket else "aac" if h264 else "opus",
+            channels=req.audio_channels,
         )
     stream = None
     if req.stream and req.stream.ca_file:
@@ -330,10 +334,11 @@ def _segments(seg: SegmentOutput) -> SegmentSettings:
 
 def _images(img: ImageOutput) -> ImageSettings:
     directory, base = _series(img.filename_prefix, "thumbnail", "images.filenamePrefix")
-    timestamp = img.filename_suffix == "TIMESTAMP"
-    return ImageSettings(directory=directory,
-                         pattern=f"{base}_%Y%m%dT%H%M%S.jpg" if timestamp else f"{base}_%05d.jpg",
-                         interval=img.capture_interval, width=img.width, height=img.height, timestamp=timestamp)
+    timestamp, overwrite = img.filename_suffix == "TIMESTAMP", img.filename_suffix == "NONE_OVERWRITE"
+    # LiveKit names its overwritten thumbnail PREFIX.jpeg.
+    pattern = f"{base}.jpeg" if overwrite else f"{base}_%Y%m%dT%H%M%S.jpg" if timestamp else f"{base}_%05d.jpg"
+    return ImageSettings(directory=directory, pattern=pattern, interval=img.capture_interval, width=img.width,
+                         height=img.height, timestamp=timestamp, overwrite=overwrite)
 
 
 # ffmpeg's tee muxer splits its outputs on | and reads [options:...] before each.

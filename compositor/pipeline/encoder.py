@@ -98,7 +98,8 @@ def audio_args(a: AudioSettings, then: str = "") -> list[str]:
     # The sink's monitor under-delivers while the page's audio stream starts
     # up; counting samples would then run ahead of the clock. Following the
     # timestamps (silence into gaps) keeps sound on time with the picture.
-    return ["-af", f"aresample=async=1:min_hard_comp=0.03{then}", *codec, "-ar", str(a.sample_rate), "-ac", "2"]
+    return ["-af", f"aresample=async=1:min_hard_comp=0.03{then}", *codec, "-ar", str(a.sample_rate),
+            "-ac", str(a.channels)]
 
 
 @dataclass(frozen=True)

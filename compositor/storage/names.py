@@ -17,6 +17,8 @@ from ..errors import InvalidRequest
 DEFAULT_TEMPLATE = "{room_name}-{time}"
 PLACEHOLDERS = ("room_name", "room_id", "egress_id", "time", "utc",
                 "publisher_identity", "track_id", "track_type", "track_source")
+#: What only the room's server knows (the room's sid; who publishes a track, and what it is).
+SERVER_PLACEHOLDERS = ("room_id", "publisher_identity", "track_id", "track_type", "track_source")
 #: Extensions a template may carry that name another container: replaced, not kept before ours.
 MEDIA_EXTENSIONS = {"mp4", "webm", "ogg", "oga", "opus", "m3u8", "ts", "jpg", "jpeg", "png", "ivf", "mkv",
                     "mov", "m4a", "mp3", "aac", "wav", "flv"}
