@@ -280,6 +280,9 @@ def test_each_start_request_maps_onto_ours():
         room_name="r", track_id="TR_a", file=proto.DirectFileOutput(filepath="a/{room_name}.ogg", s3=s3)))
     assert (track.kind, track.track.track_id, track.file_type, track.file.filepath, track.storage.kind) == (
         "track", "TR_a", "OGG", "a/{room_name}.ogg", "s3")
+    page = ours(from_livekit, proto.WebEgressRequest(url="https://example.com/", file_outputs=[
+        proto.EncodedFileOutput(filepath="pages/")]))
+    assert (page.kind, page.room_name, page.web_url) == ("web", "", "https://example.com/")  # no room invented
     socket = ours(from_livekit_track, proto.TrackEgressRequest(room_name="r", track_id="TR_a",
                                                                websocket_url="wss://example.com/pcm"))
     assert (socket.track.websocket_url, socket.wants_file) == ("wss://example.com/pcm", False)

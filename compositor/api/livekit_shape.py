@@ -22,8 +22,9 @@ def is_livekit(body: dict) -> bool:
 
 def from_livekit(body: dict) -> dict:
     """A LiveKit RoomComposite/Web egress request as our StartEgressRequest body."""
-    # Only a web egress may leave the room out; the others name a room, and an empty one is refused.
-    out: dict = {"roomName": body.get("room_name") or body.get("roomName") or ("web" if body.get("url") else "")}
+    # Only a web egress may leave the room out (it records a page: no room is invented for it); the others
+    # name a room, and an empty one is refused.
+    out: dict = {"roomName": body.get("room_name") or body.get("roomName") or ""}
     for key in ("layout", "audio_only", "video_only", "room"):  # room: a synthetic room (ours, not LiveKit's)
         if key in body:
             out[key] = body[key]

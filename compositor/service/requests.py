@@ -115,6 +115,8 @@ class TrackTarget(Model):
 class StartEgressRequest(RoomRequest):
     """POST /v1/egress/start."""
 
+    room_name: str = Field("", max_length=256, description="the room; a web egress (webUrl), which records a page, "
+                                                           "has none unless you name one")
     mode: Literal["record", "stream", "both"] = "record"
     file: FileSpec | None = None
     stream: StreamSpec | None = None
@@ -137,6 +139,10 @@ class StartEgressRequest(RoomRequest):
 
     @model_validator(mode="after")
     def _outputs(self) -> StartEgressRequest:
+        if not self.room_name and not self.web_url:
+            # Typed here, not a ValueError: the message names the field as a missing one would.
+            raise InvalidRequest("roomName is required (only a web egress, which records a page, may leave it out)",
+                                 details={"field": "roomName"})
         picks = [k for k in ("participant", "track_composite", "track") if getattr(self, k)]
         if len(picks) > 1:
             raise ValueError(f"give one of participant, track_composite and track, not {' and '.join(picks)}")

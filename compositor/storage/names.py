@@ -1,6 +1,6 @@
 """Object names from LiveKit's filename templates, and the checks every storage key passes.
 
-`{room_name}-{time}` is the default; a trailing `/` puts that default name in
+`{room_name}-{time}` is the default (`{time}` without a room); a trailing `/` puts that default name in
 the folder; the extension is corrected for the container. A key is always
 relative, without `..`, empty segments or control characters, so it cannot
 escape the local storage folder or surprise a bucket's listing.
@@ -59,7 +59,8 @@ def render_name(template: str | None, values: NameValues, extension: str | None,
     template = (template or "").strip()
     _check_template(template, field)
     if not template or template.endswith("/"):
-        template += DEFAULT_TEMPLATE
+        # Without a room (a web egress) the default is the time alone, as LiveKit's.
+        template += DEFAULT_TEMPLATE if values.room_name else "{time}"
     now = now or datetime.now(timezone.utc)
     subs = {name: _safe_value(getattr(values, name)) for name in NameValues.__dataclass_fields__}
     subs["time"] = now.astimezone().strftime("%Y-%m-%dT%H%M%S")
