@@ -83,6 +83,9 @@ class Outputs:
         out: dict = {}
         if self.delivered:
             out.update(result_of(self.delivered))
+            if self.images and "images" in out:
+                # The manifest lists what is stored: one overwritten thumbnail stands for all its captures.
+                out["images"]["count"] = self.images["count"]
         else:
             for name in ("file", "segments", "images"):
                 value = getattr(self, name)
