@@ -280,7 +280,7 @@ class Destination:
                 task.cancel()
             await pusher.stop()
             # Its last progress (written as it exits) is read to the end: a thumbnailer counts its captures there.
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(watcher, FINISH_S)
             exited.cancel()
         return failure or classify(self.target, list(pusher.stderr_tail), reached.is_set()), reached.is_set()
