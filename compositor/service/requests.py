@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import InvalidRequest
 from ..layouts import CUSTOM_PREFIX, TEMPLATE, THEMES, builtin_layouts, resolve_layout
@@ -115,6 +115,8 @@ class TrackTarget(Model):
 class StartEgressRequest(RoomRequest):
     """POST /v1/egress/start."""
 
+    # Documented as `_outputs` checks it: a room, or a web page (which has none).
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["roomName"]}, {"required": ["webUrl"]}]})
     room_name: str = Field("", max_length=256, description="the room; a web egress (webUrl), which records a page, "
                                                            "has none unless you name one")
     mode: Literal["record", "stream", "both"] = "record"
