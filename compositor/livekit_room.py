@@ -7,19 +7,41 @@ its settings that way, so no key ever sits in a request or a job file.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import aiohttp
 from livekit import api
 
 from .errors import Conflict, InvalidRequest
 
+log = logging.getLogger(__name__)
+
+# Asking the server about a room delays the egress's start: past this, it starts without the answer.
+LOOKUP_TIMEOUT_S = 5.0
+
 # Long enough to join: once connected, the LiveKit server hands its participants fresh tokens (for reconnects)
 # itself, so a recording outlives it, while a token copied out of a page (a template's) is soon worthless.
 TOKEN_TTL = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    """What the LiveKit server says of an egress's source, as LiveKit's filename placeholders name it (empty
+    when unknown), and the sound's channel count of an audio track."""
+
+    room_id: str = ""
+    publisher_identity: str = ""
+    track_id: str = ""
+    track_type: str = ""  # audio | video
+    track_source: str = ""  # camera | microphone | screen_share | screen_share_audio
+    #: of the audio track named (1: mono; None: not an audio track, or unknown)
+    channels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -43,11 +65,40 @@ class LiveKitServer:
                 .with_kind("egress").with_grants(grants).with_ttl(TOKEN_TTL).to_jwt())
 
 
+    async def source_facts(self, room: str, identity: str | None = None,
+                           track_ids: tuple[str, ...] = ()) -> SourceFacts:
+        """The room's sid and, for a participant or tracks, who publishes them and what they are. Of several
+        tracks the video one names the egress, as LiveKit's track composite does. What the server does not
+        answer (a room not yet created, a track not found, the server away) is left empty."""
+        facts = SourceFacts(publisher_identity=identity or "")
+        try:
+            async with api.LiveKitAPI(http_url(self.url), self.api_key, self.api_secret) as lkapi:
+                rooms = await asyncio.wait_for(lkapi.room.list_rooms(api.ListRoomsRequest(names=[room])),
+                                               LOOKUP_TIMEOUT_S)
+                facts = SourceFacts(room_id=next((r.sid for r in rooms.rooms if r.name == room), ""),
+                                    publisher_identity=facts.publisher_identity)
+                if not (rooms.rooms and track_ids):
+                    return facts
+                people = await asyncio.wait_for(lkapi.room.list_participants(api.ListParticipantsRequest(
+                    room=room)), LOOKUP_TIMEOUT_S)
+        except (api.TwirpError, OSError, TimeoutError, aiohttp.ClientError) as exc:
+            log.warning("the LiveKit server did not say what room %s holds (%s); names that use it stay empty",
+                        room, exc)
+            return facts
+        found = [(p.identity, t) for p in people.participants for t in p.tracks if t.sid in track_ids]
+        if not found:
+            return facts
+        owner, track = max(found, key=lambda f: f[1].type == api.TrackType.VIDEO)
+        stereo = track.stereo or api.AudioTrackFeature.TF_STEREO in track.audio_features
+        return SourceFacts(room_id=facts.room_id, publisher_identity=owner, track_id=track.sid,
+                           track_type=api.TrackType.Name(track.type).lower(),
+                           track_source=api.TrackSource.Name(track.source).lower(),
+                           channels=(2 if stereo else 1) if track.type == api.TrackType.AUDIO else None)
+
     async def set_recorder_layout(self, room: str, identity: str, layout: str) -> None:
         """Tell a template the layout changed, the way @livekit/egress-sdk listens: the recorder's metadata."""
-        http = "http" + self.url.removeprefix("ws")
         try:
-            async with api.LiveKitAPI(http, self.api_key, self.api_secret) as lkapi:
+            async with api.LiveKitAPI(http_url(self.url), self.api_key, self.api_secret) as lkapi:
                 await lkapi.room.update_participant(api.UpdateParticipantRequest(
                     room=room, identity=identity, metadata=json.dumps({"layout": layout})))
         except api.TwirpError as exc:
@@ -75,6 +126,11 @@ def server_from_env(env: dict | None = None) -> LiveKitServer:
     if not url.startswith(("ws://", "wss://")):
         raise InvalidRequest(f"LIVEKIT_URL {url!r} must be ws(s):// or http(s)://", details={"field": "room"})
     return LiveKitServer(url, values["LIVEKIT_API_KEY"], values["LIVEKIT_API_SECRET"])
+
+
+def http_url(url: str) -> str:
+    """A LiveKit server's URL as its HTTP API (RoomService) is reached: ws(s):// becomes http(s)://."""
+    return "http" + url.removeprefix("ws") if url.startswith("ws") else url
 
 
 def ws_url(url: str) -> str:

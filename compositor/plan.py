@@ -48,6 +48,8 @@ class VideoSettings:
     codec: str  # h264 | vp8 | vp9
     keyframe_interval: float
     x264_preset: str
+    #: H.264 profile (baseline, main, high); None: x264 picks (High for these settings)
+    profile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class AudioSettings:
     bitrate_kbps: int
     sample_rate: int
     codec: str  # aac | opus | pcm (raw, for a WebSocket)
+    channels: int = 2
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class ImageSettings:
     width: int | None
     height: int | None
     timestamp: bool
+    #: one file, `pattern` itself, overwritten at each capture (LiveKit's IMAGE_SUFFIX_NONE_OVERWRITE)
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -190,7 +195,8 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
     h264 = container in (None, "mp4")
     video = None
     if not audio_only:
-        codec = ((adv and adv.video_codec) or ("H264" if h264 else "VP8")).lower()
+        # LiveKit's H264_BASELINE / H264_MAIN / H264_HIGH name a profile of the one H.264 codec.
+        codec, _, profile = ((adv and adv.video_codec) or ("H264" if h264 else "VP8")).lower().partition("_")
         if h264 and codec != "h264":
             what = "MP4 files" if container else "Streams and segments"
             raise InvalidRequest(f"{what} carry H.264, not {codec.upper()}", details={"field": "advanced.videoCodec"})
@@ -202,6 +208,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
             codec=codec,
             keyframe_interval=(adv and adv.key_frame_interval) or _keyframe_interval(req.segments),
             x264_preset=(adv and adv.x264_preset) or DEFAULT_X264_PRESET,
+            profile=profile or None,
         )
     audio = None
     if not req.video_only:
@@ -209,6 +216,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
             bitrate_kbps=(adv and adv.audio_bitrate) or 128,
             sample_rate=(adv and adv.audio_frequency) or DEFAULT_SAMPLE_RATE,
             codec="pcm" if req.websocket else "aac" if h264 else "opus",
+            channels=req.audio_channels,
         )
     stream = None
     if req.stream and req.stream.ca_file:
@@ -329,10 +337,11 @@ def _segments(seg: SegmentOutput) -> SegmentSettings:
 
 def _images(img: ImageOutput) -> ImageSettings:
     directory, base = _series(img.filename_prefix, "thumbnail", "images.filenamePrefix")
-    timestamp = img.filename_suffix == "TIMESTAMP"
-    return ImageSettings(directory=directory,
-                         pattern=f"{base}_%Y%m%dT%H%M%S.jpg" if timestamp else f"{base}_%05d.jpg",
-                         interval=img.capture_interval, width=img.width, height=img.height, timestamp=timestamp)
+    timestamp, overwrite = img.filename_suffix == "TIMESTAMP", img.filename_suffix == "NONE_OVERWRITE"
+    # LiveKit names its overwritten thumbnail PREFIX.jpeg.
+    pattern = f"{base}.jpeg" if overwrite else f"{base}_%Y%m%dT%H%M%S.jpg" if timestamp else f"{base}_%05d.jpg"
+    return ImageSettings(directory=directory, pattern=pattern, interval=img.capture_interval, width=img.width,
+                         height=img.height, timestamp=timestamp, overwrite=overwrite)
 
 
 # ffmpeg's tee muxer splits its outputs on | and reads [options:...] before each.

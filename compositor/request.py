@@ -127,7 +127,9 @@ class EncodingOptions(Model):
     video_bitrate: int | None = Field(None, ge=100, le=50000, description="kbps")
     audio_bitrate: int | None = Field(None, ge=16, le=512, description="kbps")
     audio_frequency: Literal[44100, 48000] | None = None
-    video_codec: Literal["H264", "VP8", "VP9"] | None = None
+    video_codec: Literal["H264", "H264_BASELINE", "H264_MAIN", "H264_HIGH", "VP8", "VP9"] | None = Field(
+        None, description="H264 (x264's profile for the settings: High) or H264_BASELINE/_MAIN/_HIGH for that "
+                          "H.264 profile (LiveKit's names), VP8, VP9")
     key_frame_interval: float | None = Field(None, gt=0, le=20, description="seconds")
     x264_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium"] | None = None
 
@@ -184,6 +186,9 @@ class SegmentOutput(NumberedFiles):
 class ImageOutput(NumberedFiles):
     """JPEG thumbnails every capture_interval seconds."""
 
+    filename_suffix: Literal["INDEX", "TIMESTAMP", "NONE_OVERWRITE"] = Field(
+        "INDEX", description="PREFIX_00000.jpg…, PREFIX_<time>.jpg…, or NONE_OVERWRITE: one PREFIX.jpeg, "
+                             "overwritten at each capture (an always-current thumbnail)")
     capture_interval: float = Field(10, ge=1, le=3600, description="seconds")
     width: int | None = Field(None, ge=16, le=3840, description="default: the video's")
     height: int | None = Field(None, ge=16, le=3840, description="default: the video's")
@@ -262,6 +267,7 @@ class RecordRequest(Model):
     sync_markers: bool = False
     audio_only: bool = False
     video_only: bool = False
+    audio_channels: Literal[1, 2] = Field(2, description="the sound's channels (a track egress keeps its track's)")
     start_timeout: float = Field(20, gt=0, le=600)
     upload: UploadSpec | None = Field(None, description="store the outputs (default: leave them where written)")
 
@@ -278,6 +284,8 @@ class RecordRequest(Model):
                              "with them)")
         if self.websocket and not self.audio_only:
             raise ValueError("a websocket output carries sound only: set audio_only")
+        if self.websocket and self.audio_channels != 2:
+            raise ValueError("a websocket output carries stereo PCM: audio_channels must be 2")
         return self
 
 

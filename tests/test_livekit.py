@@ -250,12 +250,18 @@ def test_participant_and_track_composite_egress(livekit, clips, livekit_service)
     publish(livekit, room, "bob", clips["bob"])
     livekit.wait_published(room, {"alice": 2, "bob": 2})
     tracks = livekit.tracks(room)
-    bob_only = start(livekit_service, roomName=room, participant={"identity": "bob"})
-    # Alice's voice over bob's picture.
+    bob_only = start(livekit_service, roomName=room, participant={"identity": "bob"},
+                     file={"filepath": "{room_name}/{room_id}-{publisher_identity}"})
+    # Alice's voice over bob's picture; the video track names the file, as LiveKit's does.
     mixed = start(livekit_service, roomName=room, trackComposite={"audioTrackId": tracks["alice"]["microphone"],
-                                                                 "videoTrackId": tracks["bob"]["camera"]})
+                                                                 "videoTrackId": tracks["bob"]["camera"]},
+                  file={"filepath": "tc/{publisher_identity}-{track_type}-{track_source}-{track_id}"})
     done = record_together(livekit_service, bob_only, mixed)
     assert done[bob_only]["kind"] == "participant" and done[mixed]["kind"] == "track_composite"
+    room_id = livekit.room_sid(room)
+    assert room_id.startswith("RM_")
+    assert done[bob_only]["file"]["location"].endswith(f"/{room}/{room_id}-bob.mp4")
+    assert done[mixed]["file"]["location"].endswith(f"/tc/bob-video-camera-{tracks['bob']['camera']}.mp4")
     for egress, (picture, voice, other) in ((bob_only, (BOB[0], BOB[1], ALICE[1])),
                                            (mixed, (BOB[0], ALICE[1], BOB[1]))):
         path = done[egress]["file"]["location"]
@@ -275,7 +281,8 @@ def test_track_egress_to_a_websocket_and_to_an_ogg_file(livekit, clips, livekit_
     try:
         socket = start(livekit_service, roomName=room, track={"trackId": tracks["bob"]["microphone"],
                                                              "websocketUrl": receiver.url})
-        ogg = start(livekit_service, roomName=room, track={"trackId": tracks["alice"]["microphone"]})
+        ogg = start(livekit_service, roomName=room, track={"trackId": tracks["alice"]["microphone"]},
+                    file={"filepath": "{track_type}/{publisher_identity}-{track_source}-{track_id}"})
         done = record_together(livekit_service, socket, ogg)
         sound = receiver.samples()
         assert len(sound) > 2 * 48000  # seconds of 48 kHz PCM
@@ -283,9 +290,10 @@ def test_track_egress_to_a_websocket_and_to_an_ogg_file(livekit, clips, livekit_
         assert analysis.tone_level(sound, ALICE[1], 0.5, 2) < 0.003
         assert "secret-key" not in str(done[socket])  # the URL's query is redacted
         path = done[ogg]["file"]["location"]
-        assert path.endswith(".ogg")
+        assert path.endswith(f"/audio/alice-microphone-{tracks['alice']['microphone']}.ogg")
         facts = analysis.facts(path)
-        assert facts.audio_codec == "opus" and facts.video_codec is None
+        # The track is mono (lkpub publishes it so): so is its file, as LiveKit's untranscoded track egress.
+        assert facts.audio_codec == "opus" and facts.video_codec is None and facts.channels == 1
         ogg_sound = analysis.audio_samples(path)
         assert analysis.tone_level(ogg_sound, ALICE[1], 0.5, 2) > 0.02
         assert analysis.tone_level(ogg_sound, BOB[1], 0.5, 2) < 0.003

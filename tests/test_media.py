@@ -54,6 +54,17 @@ def test_webm_carries_vp8_or_vp9_and_opus(record, codec):
     assert analysis.tone_level(analysis.audio_samples(run.output), 350, 0.5, 2.5) > 0.05
 
 
+@pytest.mark.parametrize("codec, profile", [("H264_BASELINE", "Constrained Baseline"), ("H264_MAIN", "Main"),
+                                            ("H264_HIGH", "High")])
+def test_h264_profiles_as_livekit_names_them(record, codec, profile):
+    run = record("--width", "160", "--height", "120", "--duration", "2", "--participant", "name=A",
+                 "--video-codec", codec)
+    assert run.code == 0, run.stderr[-2000:]
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=profile",
+                            "-of", "csv=p=0", str(run.output)], capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == profile
+
+
 def test_ogg_is_audio_only_opus(record):
     run = record("--layout", "audio-only", "--duration", "3", "--participant", f"name=A,tone={TONE_A}",
                  output="out.ogg")

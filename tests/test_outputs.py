@@ -136,6 +136,23 @@ def test_thumbnails(fanout_run):
     assert_color(analysis.frame_at(images[-1], 0), (0.15, 0.4, 0.15, 0.2), PALETTE[0], tol=50)
 
 
+def test_an_overwritten_thumbnail_is_always_the_latest_picture(record, tmp_path):
+    # LiveKit's IMAGE_SUFFIX_NONE_OVERWRITE: one file, replaced at each capture. The picture changes halfway.
+    request = {"images": {"filename_prefix": str(tmp_path / "thumbs/now"), "capture_interval": 1,
+                          "filename_suffix": "IMAGE_SUFFIX_NONE_OVERWRITE"},
+               "room": {"participants": [{"name": "A", "color": PALETTE[0], "tone": 350, "leaves": 2},
+                                         {"name": "B", "color": PALETTE[1], "tone": 450, "joins": 1}]}}
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    run = record("--width", "320", "--height", "180", "--layout", "grid", "--duration", "4",
+                 "--config", str(tmp_path / "request.json"))
+    assert run.code == 0, run.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "thumbs").iterdir()) == ["now.jpeg"]
+    assert_color(analysis.frame_at(tmp_path / "thumbs/now.jpeg", 0), (0.4, 0.4, 0.2, 0.2), PALETTE[1], tol=50)
+    # Every capture counts, though one file holds only the last.
+    duration = len(analysis.frame_times(run.output)) / 30
+    assert run.result["images"]["count"] in (math.ceil(duration), math.ceil(duration) + 1), run.result["images"]
+
+
 def test_secrets_never_leave_the_worker(fanout_run):
     raw = fanout_run["raw"]
     assert "rtmp://" in raw and "***" in raw  # destinations were reported (and debug logs written)...

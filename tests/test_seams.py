@@ -141,6 +141,10 @@ async def test_lists_filter_page_and_count(store):
     assert total == 7 and [r.id for r in page] == ["EG_6", "EG_5", "EG_4"]  # newest first
     page, total = await store.list(page=3, limit=3)
     assert total == 7 and [r.id for r in page] == ["EG_0"]
+    page, total = await store.list(page=2, limit=3, oldest_first=True)  # as LiveKit's ListEgress lists them
+    assert total == 7 and [r.id for r in page] == ["EG_3", "EG_4", "EG_5"]
+    page, total = await store.list(room_name="room-1", oldest_first=True)
+    assert total == 3 and [r.id for r in page] == ["EG_1", "EG_3", "EG_5"]
     page, total = await store.list(room_name="room-0", status="COMPLETE")
     assert total == 2 and {r.id for r in page} == {"EG_0", "EG_2"}
     page, total = await store.list(mode="stream")

@@ -121,6 +121,39 @@ def test_s3_file_hls_and_thumbnails_stored_while_recording_with_a_manifest(s3_se
         server.stop_server()
 
 
+def test_an_overwritten_thumbnail_is_stored_again_at_each_capture(s3_server, tmp_path):
+    server = serve(tmp_path, storage=storage_of(s3_config(s3_server)))
+    s3 = _s3_client(s3_server)
+    key = "room-1/now.jpeg"
+    # Blue, then green: the one stored thumbnail must follow the picture.
+    people = {"room": {"participants": [{"name": "A", "color": "#4363d8", "tone": 450, "leaves": 3},
+                                        {"name": "B", "color": "#3cb44b", "tone": 650, "joins": 2}]}}
+    try:
+        info = server.start(**TINY, **people, file={"filepath": "{room_name}/{egress_id}"},
+                            images={"filenamePrefix": "{room_name}/now", "captureInterval": 1,
+                                    "filenameSuffix": "NONE_OVERWRITE"})
+        server.wait_status(info["id"], "ACTIVE")
+        stored: list[bytes] = []  # each version of the object seen while it records
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(stored) < 2:
+            if key in _keys(s3):
+                data = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+                if not stored or data != stored[-1]:
+                    stored.append(data)
+            time.sleep(0.3)
+        assert len(stored) >= 2 and all(d[:2] == b"\xff\xd8" for d in stored)  # whole JPEGs, replaced live
+        server.call("POST", f"/v1/egress/{info['id']}/stop")
+        done = server.wait_status(info["id"], "COMPLETE")
+    finally:
+        server.stop_server()
+    assert sorted(k for k in _keys(s3) if k.startswith("room-1/now")) == [key]
+    last = tmp_path / "last.jpeg"
+    last.write_bytes(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    frame = analysis.frame_at(last, 0)
+    assert analysis.color_distance(analysis.region_color(frame, 0.4, 0.4, 0.2, 0.2), "#3cb44b") <= 50
+    assert done["images"]["count"] >= 3  # captures, though one object holds them
+
+
 def _keys(s3) -> set[str]:
     return {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
 

@@ -482,6 +482,8 @@ def test_substituted_values_stay_in_their_segment(utc_tz):
     name = render_name("{room_name}/{publisher_identity}-{room_id}", values, "mp4", now=NOW)
     assert name == ".._etc_pass_wd/__-a_b_c.mp4"
     assert render_name("{room_name}/{time}", NameValues(), "mp4", now=NOW) == "2022-10-04T011306.mp4"
+    # No room (a web egress): the default name is the time alone, as LiveKit's, not "-{time}".
+    assert render_name("pages/", NameValues(), "mp4", now=NOW) == "pages/2022-10-04T011306.mp4"
 
 
 @pytest.mark.parametrize("template, reason", [

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from google.protobuf import json_format
 from livekit import api
 from livekit.protocol import egress as proto
+from livekit.protocol import models as lkm
 
 from compositor import analysis
 from compositor.api import twirp
@@ -75,10 +76,10 @@ async def seed(service: Service) -> None:
                  "file": {"filepath": "/data/recordings/a.mp4", "file_type": "MP4"}},
         file={"location": "/data/recordings/a.mp4", "filename": "a.mp4", "size": 1234, "duration": 9.75}))
     await service.store.create(EgressRecord(
-        id="EG_live", room_name="room-b", mode="both", kind="room_composite", layout="grid", quality="720p",
+        id="EG_live", room_name="room-b", mode="stream", kind="room_composite", layout="grid", quality="720p",
         status="ACTIVE", created_at=T0 + 1, started_at=T0 + 2,
         request={"room": {"kind": "livekit"}, "advanced": {"width": 320, "height": 180, "x264_preset": "superfast"},
-                 "stream": {"urls": [STREAM_URL]}, "file": {"filepath": "/data/recordings/b.mp4"}},
+                 "stream": {"urls": [STREAM_URL]}},
         streams=[{"url": redact_url(STREAM_URL), "status": "ACTIVE", "started_at": T0 + 2}]))
     await service.store.create(EgressRecord(
         id="EG_failed", room_name="room-a", mode="record", kind="track_composite", layout="default",
@@ -136,8 +137,9 @@ async def test_list_in_protobuf_and_json_shows_egress_info(open_app, monkeypatch
     await seed(service)
     async with sdk(client) as lk:
         listed = await lk.egress.list_egress(proto.ListEgressRequest())
-        assert [i.egress_id for i in listed.items] == ["EG_failed", "EG_live", "EG_done"]
-        failed, live, done = listed.items
+        # Oldest first, as LiveKit lists them.
+        assert [i.egress_id for i in listed.items] == ["EG_done", "EG_live", "EG_failed"]
+        done, live, failed = listed.items
         assert (done.status, done.room_name) == (proto.EGRESS_COMPLETE, "room-a")
         # Unix nanoseconds (to within the microsecond a float of seconds holds).
         assert (done.started_at, done.ended_at) == pytest.approx((1_700_000_000_500_000_000,
@@ -165,7 +167,7 @@ async def test_list_in_protobuf_and_json_shows_egress_info(open_app, monkeypatch
         async def ids(**filters) -> list[str]:
             return [i.egress_id for i in (await lk.egress.list_egress(proto.ListEgressRequest(**filters))).items]
 
-        assert await ids(room_name="room-a") == ["EG_failed", "EG_done"]
+        assert await ids(room_name="room-a") == ["EG_done", "EG_failed"]
         assert await ids(active=True) == ["EG_live"]
         assert await ids(egress_id="EG_done") == ["EG_done"]
         assert await ids(egress_id="EG_done", active=True) == []
@@ -184,15 +186,29 @@ async def test_list_in_protobuf_and_json_shows_egress_info(open_app, monkeypatch
     status, raw, headers = await call(client, "ListEgress", proto.ListEgressRequest(room_name="room-a")
                                       .SerializeToString(), kind=PROTOBUF)
     assert status == 200 and headers["Content-Type"] == PROTOBUF
-    assert [i.egress_id for i in proto.ListEgressResponse.FromString(raw).items] == ["EG_failed", "EG_done"]
+    assert [i.egress_id for i in proto.ListEgressResponse.FromString(raw).items] == ["EG_done", "EG_failed"]
 
     monkeypatch.setattr(twirp, "LIST_PAGE", 2)
     first = json_format.ParseDict((await call(client, "ListEgress", {}))[1], proto.ListEgressResponse())
-    assert len(first.items) == 2 and first.next_page_token.token == "2"
+    assert [i.egress_id for i in first.items] == ["EG_done", "EG_live"] and first.next_page_token.token == "2"
     rest = (await call(client, "ListEgress", {"pageToken": {"token": "2"}}))[1]
-    assert [i["egress_id"] for i in rest["items"]] == ["EG_done"] and "next_page_token" not in rest
+    assert [i["egress_id"] for i in rest["items"]] == ["EG_failed"] and "next_page_token" not in rest
     status, body, _ = await call(client, "ListEgress", {"pageToken": {"token": "x"}})
     assert (status, body["code"], body["meta"]["field"]) == (400, "invalid_argument", "page_token")
+
+
+async def test_egress_info_names_the_file_from_the_start_and_no_room_for_a_web_page(open_app):
+    client, service = await open_app()
+    await service.store.create(EgressRecord(
+        id="EG_web", room_name="web", mode="record", kind="web", layout="default", quality="720p",
+        status="STARTING", created_at=T0,
+        request={"web_url": "https://example.com/", "upload": {"staging": "/data/recordings"},
+                 "file": {"filepath": "/data/recordings/pages/x.mp4", "file_type": "MP4"}}))
+    async with sdk(client) as lk:
+        [info] = (await lk.egress.list_egress(proto.ListEgressRequest(egress_id="EG_web"))).items
+    assert (info.room_name, info.web.url) == ("", "https://example.com/")
+    assert info.file_results[0].filename == info.file.filename == "pages/x.mp4"
+    assert (info.file.location, info.file.size) == ("", 0)  # not written yet
 
 
 async def test_malformed_bodies(open_app):
@@ -266,14 +282,19 @@ def test_each_start_request_maps_onto_ours():
     assert (person.segments.filename_prefix, person.segments.segment_duration, person.storage.bucket) == (
         "hls/bob", 4, "b")
     tracks = ours(from_livekit_track_composite, proto.TrackCompositeEgressRequest(
-        room_name="r", video_track_id="TR_v", advanced=proto.EncodingOptions(width=640, height=360, framerate=15)))
+        room_name="r", video_track_id="TR_v", advanced=proto.EncodingOptions(
+            width=640, height=360, framerate=15, video_codec=lkm.H264_BASELINE)))
     assert (tracks.kind, tracks.track_composite.video_track_id, tracks.track_composite.audio_track_id) == (
         "track_composite", "TR_v", None)
-    assert (tracks.advanced.width, tracks.advanced.height, tracks.advanced.framerate) == (640, 360, 15)
+    assert (tracks.advanced.width, tracks.advanced.height, tracks.advanced.framerate,
+            tracks.advanced.video_codec) == (640, 360, 15, "H264_BASELINE")  # the profile is kept
     track = ours(from_livekit_track, proto.TrackEgressRequest(
         room_name="r", track_id="TR_a", file=proto.DirectFileOutput(filepath="a/{room_name}.ogg", s3=s3)))
     assert (track.kind, track.track.track_id, track.file_type, track.file.filepath, track.storage.kind) == (
         "track", "TR_a", "OGG", "a/{room_name}.ogg", "s3")
+    page = ours(from_livekit, proto.WebEgressRequest(url="https://example.com/", file_outputs=[
+        proto.EncodedFileOutput(filepath="pages/")]))
+    assert (page.kind, page.room_name, page.web_url) == ("web", "", "https://example.com/")  # no room invented
     socket = ours(from_livekit_track, proto.TrackEgressRequest(room_name="r", track_id="TR_a",
                                                                websocket_url="wss://example.com/pcm"))
     assert (socket.track.websocket_url, socket.wants_file) == ("wss://example.com/pcm", False)
@@ -416,7 +437,10 @@ def test_livekit_python_sdk_records_a_room(livekit, alice_clip, livekit_service)
                 file_outputs=[proto.EncodedFileOutput(file_type=proto.MP4, filepath="py/{room_name}.mp4")]))
             assert started.egress_id.startswith("EG_") and started.status == proto.EGRESS_STARTING
             assert (started.room_composite.room_name, started.room_composite.layout) == (room, "grid")
-            await until(eg, started.egress_id, proto.EGRESS_ACTIVE)
+            # LiveKit names the file, folder included, from the start (and in the deprecated `file` too).
+            assert started.file_results[0].filename == started.file.filename == f"py/{room}.mp4"
+            live = await until(eg, started.egress_id, proto.EGRESS_ACTIVE)
+            assert (live.file.filename, live.file.location) == (f"py/{room}.mp4", "")
             active = await eg.list_egress(proto.ListEgressRequest(room_name=room, active=True))
             assert [i.egress_id for i in active.items] == [started.egress_id]
             changed = await eg.update_layout(proto.UpdateLayoutRequest(egress_id=started.egress_id, layout="speaker"))
@@ -438,7 +462,7 @@ def test_livekit_python_sdk_records_a_room(livekit, alice_clip, livekit_service)
         publisher.stop()
     assert done.room_composite.layout == "speaker" and done.ended_at > done.started_at > 0
     f = done.file_results[0]
-    assert f.filename == f"{room}.mp4" and 2.5 * NS < f.duration < 10 * NS and done.file == f
+    assert f.filename == f"py/{room}.mp4" and 2.5 * NS < f.duration < 10 * NS and done.file == f
     check_recording(f.location, f.size, room, "py")
 
 

@@ -88,8 +88,9 @@ def from_livekit(body: dict) -> dict:
 
 
 def _mapped(body: dict) -> dict:
-    # Only a web egress may leave the room out; the others name a room, and an empty one is refused.
-    out: dict = {"roomName": body.get("room_name") or body.get("roomName") or ("web" if body.get("url") else "")}
+    # Only a web egress may leave the room out (it records a page: no room is invented for it); the others
+    # name a room, and an empty one is refused.
+    out: dict = {"roomName": body.get("room_name") or body.get("roomName") or ""}
     for key in ("layout", "audio_only", "video_only", "room", "await_start_signal"):  # room: a synthetic room
         if key in body:
             out[key] = body[key]
@@ -140,8 +141,8 @@ def _advanced(adv: dict, files: list[dict]) -> dict:
     if adv.get("depth") not in (None, 0, 24):
         raise InvalidRequest("advanced.depth: the video is 24-bit colour here", details={"field": "advanced.depth"})
     codec = str(adv.get("video_codec", "")).upper()
-    if codec:
-        mapped["video_codec"] = "H264" if codec.startswith("H264") else codec
+    if codec and codec != "DEFAULT_VC":  # LiveKit's H264_BASELINE/_MAIN/_HIGH are ours too
+        mapped["video_codec"] = codec
     audio = str(adv.get("audio_codec") or "DEFAULT_AC").upper()
     file_type = _FILE_TYPES.get(str(files[0].get("file_type", "MP4")).upper()) if files else "MP4"
     if audio not in _CODECS or (_CODECS[audio] is not None and file_type not in _CODECS[audio]):

@@ -258,13 +258,15 @@ async def _list(service: Service, msg: proto.ListEgressRequest, _: web.Request) 
     elif msg.active:
         # Active egresses are few (capacity and queue bound them): one answer, no pages.
         recs = sorted((r for r in await service.store.unfinished() if room in (None, r.room_name)),
-                      key=lambda r: r.created_at, reverse=True)
+                      key=lambda r: (r.created_at, r.id))
     else:
         token = msg.page_token.token or "1"
         if not token.isdigit() or int(token) < 1:
             raise InvalidRequest("page_token is not one this server gave", details={"field": "page_token"})
         page = int(token)
-        recs, total = await service.store.list(room_name=room, status=None, mode=None, page=page, limit=LIST_PAGE)
+        # Oldest first, as LiveKit lists them (`lk egress list --limit 3` shows the first three started).
+        recs, total = await service.store.list(room_name=room, status=None, mode=None, page=page, limit=LIST_PAGE,
+                                               oldest_first=True)
         if page * LIST_PAGE < total:
             out.next_page_token.token = str(page + 1)
     out.items.extend(livekit_info.egress_info(r) for r in recs if not msg.active or r.status in ACTIVE_STATUSES)

@@ -73,7 +73,7 @@ def _record_parser(sub) -> None:
     adv.add_argument("--height", type=int)
     adv.add_argument("--fps", type=int, dest="framerate")
     adv.add_argument("--video-bitrate", type=int, help="kbps")
-    adv.add_argument("--video-codec", choices=["H264", "VP8", "VP9"])
+    adv.add_argument("--video-codec", choices=["H264", "H264_BASELINE", "H264_MAIN", "H264_HIGH", "VP8", "VP9"])
     adv.add_argument("--x264-preset")
     p.add_argument("--events", choices=["text", "json"], default="text",
                    help="json: one JSON event per line on stdout")

@@ -106,8 +106,9 @@ class Delivery:
     # -- while recording ---------------------------------------------------------------------------------
 
     def follow(self, playlists: list[Path], images: Callable[[], list[Path]] | None) -> None:
-        """Store complete segments (then their playlists) and thumbnails (`images()`, oldest first) as
-        they appear. A failure here is logged and left to the final delivery, which tries again and reports.
+        """Store complete segments (then their playlists) and finished thumbnails (`images()`, oldest first)
+        as they appear, again when one changes. A failure here is logged and left to the final delivery, which
+        tries again and reports.
         """
         if self.in_place or (not playlists and images is None):
             return
@@ -127,8 +128,7 @@ class Delivery:
                 for playlist in playlists:
                     await self._ship_playlist(playlist)
                 if images:
-                    # The newest thumbnail may still be being written.
-                    await self.ship([(p, self._key(p)) for p in images()[:-1]])
+                    await self.ship([(p, self._key(p)) for p in images()])
             except UploadFailed as exc:
                 log.warning("storing while recording failed (%s); the final delivery tries again", exc.message)
 

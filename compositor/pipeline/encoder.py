@@ -80,8 +80,9 @@ def video_args(v: VideoSettings) -> list[str]:
     if v.codec == "h264":
         # zerolatency: no lookahead or B-frames. Frames leave the encoder at
         # once (live outputs want that) and it saves ~15% of x264's CPU.
-        return ["-c:v", "libx264", "-preset", v.x264_preset, "-tune", "zerolatency", "-pix_fmt", "yuv420p", *rate,
-                "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"]
+        profile = ["-profile:v", v.profile] if v.profile else []
+        return ["-c:v", "libx264", "-preset", v.x264_preset, "-tune", "zerolatency", "-pix_fmt", "yuv420p", *profile,
+                *rate, "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"]
     lib = "libvpx" if v.codec == "vp8" else "libvpx-vp9"
     extra = ["-row-mt", "1"] if v.codec == "vp9" else []
     return ["-c:v", lib, "-deadline", "realtime", "-cpu-used", "8", "-pix_fmt", "yuv420p", *rate,
@@ -97,7 +98,8 @@ def audio_args(a: AudioSettings, then: str = "") -> list[str]:
     # The sink's monitor under-delivers while the page's audio stream starts
     # up; counting samples would then run ahead of the clock. Following the
     # timestamps (silence into gaps) keeps sound on time with the picture.
-    return ["-af", f"aresample=async=1:min_hard_comp=0.03{then}", *codec, "-ar", str(a.sample_rate), "-ac", "2"]
+    return ["-af", f"aresample=async=1:min_hard_comp=0.03{then}", *codec, "-ar", str(a.sample_rate),
+            "-ac", str(a.channels)]
 
 
 @dataclass(frozen=True)

@@ -54,13 +54,16 @@ async def finalize(config: EgressConfig, partial: Path) -> MediaFacts:
 
 
 def thumbnails(directory: Path, pattern: str, since: float) -> list[Path]:
-    """The thumbnails of this run, oldest first: files of the series written since it started."""
+    """The thumbnails of this run, oldest first: files of the series written since it started (a pattern
+    without a number or time is the one file overwritten at each capture)."""
+    if "%" not in pattern:
+        return [p for p in [directory / pattern] if p.exists() and p.stat().st_mtime >= since - 1]
     base = pattern.split("_%", 1)[0]
     return sorted(p for p in directory.glob(f"{base}_*.jpg") if p.stat().st_mtime >= since - 1)
 
 
-def images_written(directory: Path, pattern: str, since: float) -> dict:
-    """What the thumbnails of this run came to."""
+def images_written(directory: Path, pattern: str, since: float, captures: int | None = None) -> dict:
+    """What the thumbnails of this run came to; `captures` counts them when one file was overwritten."""
     files = thumbnails(directory, pattern, since)
-    return {"directory": str(directory), "count": len(files),
+    return {"directory": str(directory), "count": len(files) if captures is None else captures,
             "first": str(files[0]) if files else None, "last": str(files[-1]) if files else None}

@@ -26,7 +26,7 @@ from ..outbound import AddressRefused, HostNotFound, OutboundPolicy
 from ..plan import ImageSettings, StreamSettings, VideoSettings
 from ..process import ManagedProcess
 from ..protocol import StreamStatus
-from .encoder import progress_updates
+from .encoder import Progress, progress_updates
 from .pipes import EncoderPipe
 
 log = logging.getLogger(__name__)
@@ -255,6 +255,7 @@ class Destination:
         async def accepted() -> None:
             assert pusher.proc and pusher.proc.stdout
             async for p in progress_updates(pusher.proc.stdout):
+                self._progressed(p)
                 if not reached.is_set() and (p.total_size > 0 or p.out_time > 0):
                     reached.set()
                     self.started_at = self.started_at or time.time()
@@ -278,9 +279,14 @@ class Destination:
             for task in (writer, stalled):
                 task.cancel()
             await pusher.stop()
-            watcher.cancel()
+            # Its last progress (written as it exits) is read to the end: a thumbnailer counts its captures there.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watcher, FINISH_S)
             exited.cancel()
         return failure or classify(self.target, list(pusher.stderr_tail), reached.is_set()), reached.is_set()
+
+    def _progressed(self, progress: Progress) -> None:
+        """The pusher's latest progress block (a thumbnailer counts its images here)."""
 
     async def _write(self, pusher: ManagedProcess) -> None:
         assert pusher.proc and pusher.proc.stdin
@@ -327,12 +333,25 @@ class Thumbnailer(Destination):
                          backlog, on_change)
         self.images = images
         self.video = video
+        #: JPEGs written, over every run of its process
+        self.captures = 0
+        self._counted = 0
+
+    async def _session(self) -> tuple[tuple[str, str], bool]:
+        self._counted = self.captures  # a restarted process counts its frames from 0 again
+        return await super()._session()
+
+    def _progressed(self, progress: Progress) -> None:
+        self.captures = self._counted + progress.frame
 
     async def _argv(self) -> list[str]:
         img = self.images
         w, h = img.width or (-2 if img.height else self.video.width), img.height or -2
         keys_only = (img.interval / self.video.keyframe_interval).is_integer()
         naming = ["-strftime", "1"] if img.timestamp else ["-start_number", "0"]
+        if img.overwrite:
+            # One file, replaced whole (written aside, then renamed): a reader or an upload never sees half of it.
+            naming = ["-update", "1", "-atomic_writing", "1"]
         # select, not fps: it decides on each frame as it comes (fps waits for the next one, and at the end
         # for none), so the last image is not lost. Half a frame of slack absorbs timestamp rounding.
         every = img.interval - 0.5 / self.video.fps
@@ -426,6 +445,11 @@ class StreamFanout:
         return StreamFailed(
             "every stream destination failed: " + "; ".join(f"{d.target.redacted}: {d.error}" for d in failed),
             code=failed[0].error_code if failed else None, details={"streams": [d.info() for d in failed]})
+
+    @property
+    def captures(self) -> int:
+        """Thumbnails taken so far (0 without thumbnails)."""
+        return self._thumbnailer.captures if self._thumbnailer else 0
 
     async def close(self) -> None:
         """After the encoder ended: let the pipe drain, then finish every destination. Idempotent."""

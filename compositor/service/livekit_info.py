@@ -137,12 +137,15 @@ def _set_encoding(target: Message, rec: EgressRecord) -> None:
 
 def _results(rec: EgressRecord) -> lk.EgressInfo:
     """Status, times and the results of every output."""
-    info = lk.EgressInfo(egress_id=rec.id, room_name=rec.room_name, status=_STATUS[rec.status],
+    # A web egress records a page, not a room: LiveKit leaves its room_name empty.
+    info = lk.EgressInfo(egress_id=rec.id, room_name="" if rec.kind == "web" else rec.room_name,
+                         status=_STATUS[rec.status],
                          started_at=_ns(rec.started_at), ended_at=_ns(rec.ended_at), updated_at=_ns(rec.updated_at),
                          error=rec.error or "")
-    if rec.file:
-        f = rec.file
-        info.file_results.add(filename=f.get("filename", Path(f["location"]).name), location=f["location"],
+    if rec.file or rec.request.get("file"):
+        # LiveKit names the file from the start; where it went and its size come once it is written.
+        f = rec.file or {}
+        info.file_results.add(filename=file_key(rec), location=f.get("location", ""),
                               size=f.get("size") or 0, duration=_ns(f.get("duration")),
                               started_at=_ns(rec.started_at), ended_at=_ns(rec.ended_at))
     for s in rec.streams or []:
@@ -160,6 +163,19 @@ def _results(rec: EgressRecord) -> lk.EgressInfo:
     if img := outputs.get("images"):
         info.image_results.add(filename_prefix=img["directory"], image_count=img["count"])
     return info
+
+
+def file_key(rec: EgressRecord) -> str:
+    """The egress's file as its storage names it, folders included (`recordings/x.mp4`): LiveKit's
+    `filename`. Known from the start: the service fixed it when it planned the egress."""
+    f = rec.file or {}
+    if f.get("key"):
+        return f["key"]
+    path = (rec.request.get("file") or {}).get("filepath")
+    staging = (rec.request.get("upload") or {}).get("staging")
+    if path and staging and Path(path).is_relative_to(staging):
+        return Path(path).relative_to(staging).as_posix()
+    return f.get("filename") or (Path(path).name if path else "")
 
 
 def webhook_event(rec: EgressRecord, name: str, event_id: str) -> str:

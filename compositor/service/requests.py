@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import InvalidRequest
 from ..layouts import CUSTOM_PREFIX, TEMPLATE, THEMES, builtin_layouts, resolve_layout
+from ..livekit_room import SourceFacts
 from ..presets import find_preset, preset_names
 from ..request import (
     MAX_DURATION_S,
@@ -114,6 +115,10 @@ class TrackTarget(Model):
 class StartEgressRequest(RoomRequest):
     """POST /v1/egress/start."""
 
+    # Documented as `_outputs` checks it: a room, or a web page (which has none).
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["roomName"]}, {"required": ["webUrl"]}]})
+    room_name: str = Field("", max_length=256, description="the room; a web egress (webUrl), which records a page, "
+                                                           "has none unless you name one")
     mode: Literal["record", "stream", "both"] = "record"
     file: FileSpec | None = None
     stream: StreamSpec | None = None
@@ -138,6 +143,10 @@ class StartEgressRequest(RoomRequest):
 
     @model_validator(mode="after")
     def _outputs(self) -> StartEgressRequest:
+        if not self.room_name and not self.web_url:
+            # Typed here, not a ValueError: the message names the field as a missing one would.
+            raise InvalidRequest("roomName is required (only a web egress, which records a page, may leave it out)",
+                                 details={"field": "roomName"})
         picks = [k for k in ("participant", "track_composite", "track") if getattr(self, k)]
         if len(picks) > 1:
             raise ValueError(f"give one of participant, track_composite and track, not {' and '.join(picks)}")
@@ -174,10 +183,12 @@ class StartEgressRequest(RoomRequest):
             return self.file is not None or self.segments is None
         return self.mode == "both"
 
-    def to_record_request(self, paths: dict[str, str], upload: UploadSpec, server: ServerFacts) -> RecordRequest:
+    def to_record_request(self, paths: dict[str, str], upload: UploadSpec, server: ServerFacts,
+                          source: SourceFacts = SourceFacts()) -> RecordRequest:
         """The worker's request, with each output at its path (`paths`: file, segments and images prefixes), on
-        this server (its room server, custom layouts and session limits). InvalidRequest for combinations the
-        worker's model refuses (audio_only with video_only, a room and a web URL at once)."""
+        this server (its room server, custom layouts and session limits), of this source (what the LiveKit
+        server said of it). InvalidRequest for combinations the worker's model refuses (audio_only with
+        video_only, a room and a web URL at once)."""
         output = paths.get("file")
         moved = {k: getattr(self, k).model_copy(update={"filename_prefix": paths[k]})
                  for k in ("segments", "images") if getattr(self, k)}
@@ -203,6 +214,9 @@ class StartEgressRequest(RoomRequest):
             audio_only, video_only = audio_only or not tc.video_track_id, video_only or not tc.audio_track_id
         elif self.track:
             room, audio_only = RoomSpec(kind="livekit", track_ids=[self.track.track_id]), True
+        # A track's file keeps the track's channels, as LiveKit's (untranscoded) track egress does; the WebSocket
+        # sends stereo PCM whatever the track.
+        channels = source.channels if self.track and not self.track.websocket_url and source.channels else 2
         try:
             return RecordRequest(
                 room_name=self.room_name, room=room, web_url=self.web_url, template_url=self.template_url, **page,
@@ -212,7 +226,7 @@ class StartEgressRequest(RoomRequest):
                 stream=StreamOutput(urls=self.stream.urls, retry_window=self.stream.retry_window) if self.stream
                 else None, **moved, websocket=self.track.websocket_url if self.track else None,
                 duration=min(limits) if limits else None, audio_only=audio_only, video_only=video_only,
-                upload=upload)
+                audio_channels=channels, upload=upload)
         except ValidationError as exc:
             raise InvalidRequest(first_error(exc)) from None
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..destinations import parse_stream_urls, redact_url, redact_ws
 from ..errors import CapacityExceeded, Conflict, Draining, InvalidRequest, NotFound, Unavailable
 from ..layouts import resolve_layout
+from ..livekit_room import SourceFacts, server_from_env
 from ..outbound import check_urls
 from ..plan import EgressConfig, new_egress_id, outbound_urls, resolve
 from ..protocol import Event, Status, StatusEvent, StreamEvent, UpdateLayout, UpdateStreams
@@ -19,6 +20,7 @@ from ..request import RecordRequest, UploadSpec
 from ..storage import LocalStorage, NameValues, Uploader, render_name, sign_local_url
 from ..storage.config import REVEAL
 from ..storage.manifest import find_manifest
+from ..storage.names import SERVER_PLACEHOLDERS
 from .auto_egress import AutoEgress, LocalSessions
 from .cluster import Cluster
 from .cluster.node import BLOCK_S
@@ -229,8 +231,9 @@ class Service:
         upload = self._upload_spec(req, egress_id)
         # Names collide only within a room (they hold its name), and only with its newest egresses.
         recent, _ = await self.store.list(room_name=req.room_name, limit=RECENT_OF_ROOM)
-        paths = self._output_paths(req, egress_id, Path(upload.staging), [r for r in recent if not r.ended])
-        record_req = req.to_record_request(paths, upload, self.settings.server_facts)
+        source = await self._source_facts(req)
+        paths = self._output_paths(req, egress_id, Path(upload.staging), [r for r in recent if not r.ended], source)
+        record_req = req.to_record_request(paths, upload, self.settings.server_facts, source)
         config = resolve(record_req, egress_id, {**os.environ, **self.settings.livekit_env}, self.policy)
         return Job(egress_id, record_req, egress_cost(config), config.frame), config
 
@@ -243,11 +246,30 @@ class Service:
                           staging=str(s.recordings_dir if in_place else s.staging_dir(egress_id)),
                           local_root=str(s.recordings_dir), retry_window_s=s.upload_retry_window_s)
 
+    async def _source_facts(self, req: StartEgressRequest) -> SourceFacts:
+        """What the LiveKit server says of the egress's room, participant or track, asked only when a name
+        template needs it ({room_id}, {track_id}…) or a track's file is to keep the track's channels. The
+        names are fixed here, before the worker starts: the API shows them from the start."""
+        identity = req.participant.identity if req.participant else None
+        if not (self.settings.server_facts.room_server and req.room is None and not req.web_url):
+            return SourceFacts(publisher_identity=identity or "")
+        templates = [req.file and req.file.filepath, req.segments and req.segments.filename_prefix,
+                     req.images and req.images.filename_prefix]
+        asks = any(f"{{{name}}}" in (t or "") for t in templates for name in SERVER_PLACEHOLDERS)
+        if not (asks or (req.track and req.wants_file)):
+            return SourceFacts(publisher_identity=identity or "")
+        tc = req.track_composite
+        tracks = (req.track.track_id,) if req.track else tuple(t for t in (tc.audio_track_id, tc.video_track_id)
+                                                                if t) if tc else ()
+        return await server_from_env(self.settings.livekit_env).source_facts(req.room_name, identity, tracks)
+
     @staticmethod
     def _output_paths(req: StartEgressRequest, egress_id: str, staging: Path,
-                      unfinished: list[EgressRecord]) -> dict[str, str]:
+                      unfinished: list[EgressRecord], source: SourceFacts) -> dict[str, str]:
         """Each output's storage key from its filename template, as a path under `staging`."""
-        values = NameValues(room_name=req.room_name, egress_id=egress_id)
+        values = NameValues(room_name=req.room_name, egress_id=egress_id, room_id=source.room_id,
+                            publisher_identity=source.publisher_identity, track_id=source.track_id,
+                            track_type=source.track_type, track_source=source.track_source)
         now = datetime.now(timezone.utc)
         paths = {}
         if req.wants_file:

@@ -195,7 +195,7 @@ class SqliteStore:
                                 ).fetchone()[0]
 
     async def list(self, *, room_name: str | None = None, status: str | None = None, mode: str | None = None,
-             page: int = 1, limit: int = 20) -> tuple[list[EgressRecord], int]:
+             page: int = 1, limit: int = 20, oldest_first: bool = False) -> tuple[list[EgressRecord], int]:
         where, args = [], []
         if mode:
             where.append("mode = ?")
@@ -208,7 +208,8 @@ class SqliteStore:
             args.append(status)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         total = self._db.execute(f"SELECT COUNT(*) FROM egress{clause}", args).fetchone()[0]
-        rows = self._db.execute(f"SELECT {','.join(_COLUMNS)} FROM egress{clause} ORDER BY created_at DESC, id "
+        order = "created_at, id" if oldest_first else "created_at DESC, id"
+        rows = self._db.execute(f"SELECT {','.join(_COLUMNS)} FROM egress{clause} ORDER BY {order} "
                                 "LIMIT ? OFFSET ?", (*args, limit, (page - 1) * limit)).fetchall()
         return [self._row(r) for r in rows], total
 

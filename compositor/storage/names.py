@@ -1,6 +1,6 @@
 """Object names from LiveKit's filename templates, and the checks every storage key passes.
 
-`{room_name}-{time}` is the default; a trailing `/` puts that default name in
+`{room_name}-{time}` is the default (`{time}` without a room); a trailing `/` puts that default name in
 the folder; the extension is corrected for the container. A key is always
 relative, without `..`, empty segments or control characters, so it cannot
 escape the local storage folder or surprise a bucket's listing.
@@ -17,6 +17,8 @@ from ..errors import InvalidRequest
 DEFAULT_TEMPLATE = "{room_name}-{time}"
 PLACEHOLDERS = ("room_name", "room_id", "egress_id", "time", "utc",
                 "publisher_identity", "track_id", "track_type", "track_source")
+#: What only the room's server knows (the room's sid; who publishes a track, and what it is).
+SERVER_PLACEHOLDERS = ("room_id", "publisher_identity", "track_id", "track_type", "track_source")
 #: Extensions a template may carry that name another container: replaced, not kept before ours.
 MEDIA_EXTENSIONS = {"mp4", "webm", "ogg", "oga", "opus", "m3u8", "ts", "jpg", "jpeg", "png", "ivf", "mkv",
                     "mov", "m4a", "mp3", "aac", "wav", "flv"}
@@ -57,7 +59,8 @@ def render_name(template: str | None, values: NameValues, extension: str | None,
     template = (template or "").strip()
     _check_template(template, field)
     if not template or template.endswith("/"):
-        template += DEFAULT_TEMPLATE
+        # Without a room (a web egress) the default is the time alone, as LiveKit's.
+        template += DEFAULT_TEMPLATE if values.room_name else "{time}"
     now = now or datetime.now(timezone.utc)
     subs = {name: _safe_value(getattr(values, name)) for name in NameValues.__dataclass_fields__}
     subs["time"] = now.astimezone().strftime("%Y-%m-%dT%H%M%S")

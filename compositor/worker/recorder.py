@@ -83,6 +83,9 @@ class Outputs:
         out: dict = {}
         if self.delivered:
             out.update(result_of(self.delivered))
+            if self.images and "images" in out:
+                # The manifest lists what is stored: one overwritten thumbnail stands for all its captures.
+                out["images"]["count"] = self.images["count"]
         else:
             for name in ("file", "segments", "images"):
                 value = getattr(self, name)
@@ -237,7 +240,7 @@ class Recorder:
             stack.push_async_callback(self.delivery.stop_following)
             self.delivery.follow([p for p in (cfg.segments.playlist, cfg.segments.live_playlist) if p]
                                  if cfg.segments else [],
-                                 self._thumbnails if cfg.images else None)
+                                 self._finished_thumbnails if cfg.images else None)
 
         failure = await self._until_first_frame(encoder, browser, watched)
         if failure is None:
@@ -265,7 +268,8 @@ class Recorder:
         if cfg.segments:
             outputs.segments = finish_segments(cfg.segments)
         if cfg.images:
-            outputs.images = images_written(cfg.images.directory, cfg.images.pattern, start_epoch)
+            outputs.images = images_written(cfg.images.directory, cfg.images.pattern, start_epoch,
+                                            self._fanout.captures if cfg.images.overwrite else None)
         if cfg.output:
             outputs.file = await self._finish_file(failure)
         elif failure is not None:
@@ -291,6 +295,12 @@ class Recorder:
     def _thumbnails(self) -> list[Path]:
         images = self.config.images
         return thumbnails(images.directory, images.pattern, self.timings["start_recording"])
+
+    def _finished_thumbnails(self) -> list[Path]:
+        """The thumbnails no longer being written: all but the newest of a series; the overwritten one is
+        always whole (it is renamed into place)."""
+        images = self._thumbnails()
+        return images if self.config.images.overwrite else images[:-1]
 
     @property
     def stream_only(self) -> bool:

@@ -128,6 +128,16 @@ class LiveKitServer:
 
         return self.api(call)
 
+    def room_sid(self, room: str) -> str:
+        """The room's sid (`RM_…`), as the server names this session of it."""
+        from livekit import api
+
+        async def call(lkapi):
+            res = await lkapi.room.list_rooms(api.ListRoomsRequest(names=[room]))
+            return next(r.sid for r in res.rooms if r.name == room)
+
+        return self.api(call)
+
     def wait_published(self, room: str, tracks: dict[str, int], timeout: float = 20) -> None:
         """Until each identity has published at least that many tracks."""
         deadline = time.monotonic() + timeout

@@ -113,18 +113,18 @@ return 1
 """
 
 _LIST = """
-local p, n = ARGV[1], tonumber(ARGV[4])
-local src = ARGV[5]
+local p, order, n = ARGV[1], ARGV[4], tonumber(ARGV[5])
+local src = ARGV[6]
 if n > 1 then
   local args = {'ZINTERSTORE', KEYS[1], n}
-  for i = 1, n do table.insert(args, ARGV[4 + i]) end
+  for i = 1, n do table.insert(args, ARGV[5 + i]) end
   table.insert(args, 'AGGREGATE')
   table.insert(args, 'MAX')
   redis.call(unpack(args))
   src = KEYS[1]
 end
 local total = redis.call('ZCARD', src)
-local ids = redis.call('ZREVRANGE', src, tonumber(ARGV[2]), tonumber(ARGV[3]))
+local ids = redis.call(order, src, tonumber(ARGV[2]), tonumber(ARGV[3]))
 if n > 1 then redis.call('DEL', KEYS[1]) end
 local recs = {}
 for _, id in ipairs(ids) do table.insert(recs, redis.call('GET', p..'eg:'..id)) end
@@ -226,14 +226,16 @@ class RedisStore:
                 return
 
     async def list(self, *, room_name: str | None = None, status: str | None = None, mode: str | None = None,
-                   page: int = 1, limit: int = 20) -> tuple[list[EgressRecord], int]:
+                   page: int = 1, limit: int = 20, oldest_first: bool = False) -> tuple[list[EgressRecord], int]:
         keys = [f"{self._p}eg:all"]
         keys += [f"{self._p}eg:room:{room_name}"] if room_name else []
         keys += [f"{self._p}eg:status:{status}"] if status else []
         keys += [f"{self._p}eg:mode:{mode}"] if mode else []
         start = (page - 1) * limit
         scratch = f"{self._p}tmp:list:{time.monotonic_ns()}"
-        total, raws = await self._list(keys=[scratch], args=[self._p, start, start + limit - 1, len(keys), *keys])
+        total, raws = await self._list(keys=[scratch], args=[self._p, start, start + limit - 1,
+                                                                     "ZRANGE" if oldest_first else "ZREVRANGE",
+                                                                     len(keys), *keys])
         return [_decode(r) for r in raws if r], int(total)
 
     async def unfinished(self) -> list[EgressRecord]:
