@@ -12,8 +12,10 @@ from ..service.livekit_info import ADVANCED_FIELDS
 
 # Keys only LiveKit's shape has; any of them marks a LiveKit body.
 _ONLY_LIVEKIT = {"file_outputs", "stream_outputs", "segment_outputs", "image_outputs", "preset", "url",
-                 "custom_base_url", "await_start_signal"}
+                 "custom_base_url", "await_start_signal", "audio_mixing"}
 _FILE_TYPES = {"DEFAULT_FILETYPE": "MP4", "MP4": "MP4", "OGG": "OGG", "WEBM": "WEBM"}
+# LiveKit's AudioMixing by number (protobuf JSON may carry either); names are read by AudioSpec itself.
+_MIXING = {0: "default", 1: "dual_channel_agent", 2: "dual_channel_alternate"}
 
 
 def is_livekit(body: dict) -> bool:
@@ -33,6 +35,9 @@ def from_livekit(body: dict) -> dict:
         out["templateUrl"] = body["custom_base_url"]
     if body.get("preset"):
         out["quality"] = body["preset"]
+    if body.get("audio_mixing"):
+        # DEFAULT_MIXING, DUAL_CHANNEL_AGENT, DUAL_CHANNEL_ALTERNATE (or their numbers): our audio.mixing.
+        out["audio"] = {"mixing": _MIXING.get(body["audio_mixing"], body["audio_mixing"])}
     adv = body.get("advanced")
     if adv:
         mapped = {k: v for k, v in adv.items() if k in ADVANCED_FIELDS and v}
