@@ -8,6 +8,8 @@ import os
 import time
 
 import pytest
+from google.protobuf import json_format
+from livekit.protocol import egress as egress_proto
 
 from compositor import analysis
 from compositor.api.livekit_shape import from_livekit
@@ -80,18 +82,25 @@ def test_livekit_audio_mixing_is_our_mixing():
                          ("DEFAULT_MIXING", "default")):
         assert StartEgressRequest.model_validate(from_livekit({**body, "audio_mixing": mixing})).audio.mixing == ours
     assert StartEgressRequest.model_validate(from_livekit(body)).audio is None
+    # As Twirp reads it: the protobuf message as JSON.
+    message = egress_proto.RoomCompositeEgressRequest(room_name="r", audio_mixing=egress_proto.DUAL_CHANNEL_AGENT,
+                                                      file_outputs=[egress_proto.EncodedFileOutput(filepath="x.mp4")])
+    twirp = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    assert StartEgressRequest.model_validate(from_livekit(twirp)).audio.mixing == "dual_channel_agent"
 
 
-@pytest.mark.parametrize(("request_body", "field"), [
-    ({"web_url": "https://example.com/"}, "audio"),
-    ({"video_only": True}, "audio"),
+@pytest.mark.parametrize("request_body", [
+    {"web_url": "https://example.com/"},
+    {"room": {"kind": "livekit"}, "template_url": "https://example.com/template"},
+    {"video_only": True},
 ])
-def test_routing_where_no_page_of_ours_plays_the_sound_is_refused(request_body, field):
+def test_routing_where_no_page_of_ours_plays_the_sound_is_refused(request_body):
     req = RecordRequest.model_validate({"file": {"filepath": "x.mp4"}, "audio": {"mixing": "dual_channel_agent"},
                                         **request_body})
+    env = {"LIVEKIT_URL": "ws://127.0.0.1:7880", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s" * 32}
     with pytest.raises(InvalidRequest) as caught:
-        resolve(req)
-    assert caught.value.details["field"] == field
+        resolve(req, env=env)
+    assert caught.value.details["field"] == "audio"
 
 
 def test_no_routing_leaves_the_page_as_it_was():
