@@ -16,7 +16,9 @@ from compositor.api.livekit_shape import from_livekit
 from compositor.errors import InvalidRequest
 from compositor.plan import resolve
 from compositor.request import RecordRequest, first_error
+from compositor.service.livekit_info import egress_info
 from compositor.service.requests import ServerFacts, StartEgressRequest
+from compositor.service.seams import EgressRecord
 from tools.peers.livekit import make_clip
 
 HEARD, SILENT = 0.02, 0.003  # a tone's RMS where it plays, and at most where it must not
@@ -87,6 +89,16 @@ def test_livekit_audio_mixing_is_our_mixing():
                                                       file_outputs=[egress_proto.EncodedFileOutput(filepath="x.mp4")])
     twirp = json_format.MessageToDict(message, preserving_proto_field_name=True)
     assert StartEgressRequest.model_validate(from_livekit(twirp)).audio.mixing == "dual_channel_agent"
+
+
+def test_livekits_egress_info_says_the_mixing_it_was_asked_for():
+    req = StartEgressRequest.model_validate(from_livekit({"room_name": "r", "audio_mixing": "DUAL_CHANNEL_ALTERNATE",
+                                                          "file_outputs": [{"filepath": "x.mp4"}]}))
+    record = EgressRecord(id="EG_mixed", room_name="r", mode="record", kind="room_composite", layout="grid",
+                          quality="720p", status="ACTIVE", created_at=0,
+                          request=req.to_record_request({"file": "x.mp4"}, None, ServerFacts()).model_dump(
+                              mode="json", exclude_none=True))
+    assert egress_info(record).room_composite.audio_mixing == egress_proto.DUAL_CHANNEL_ALTERNATE
 
 
 @pytest.mark.parametrize("request_body", [
