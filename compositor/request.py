@@ -135,7 +135,8 @@ class AudioSpec(Model):
     unless capture_all puts them in both channels. A voice several routes name takes the most specific one
     (track, then identity, then kind), then the first listed. Mixing places everyone by a rule instead:
     dual_channel_agent puts agents left and everyone else right; dual_channel_alternate puts participants
-    left, right, left… in the order they joined, each keeping their side.
+    left, right, left… as they are first heard (those present in the order they joined), each keeping their
+    side.
     """
 
     routes: list[AudioRoute] = Field(default_factory=list, max_length=64)

@@ -139,9 +139,9 @@ def test_dual_channel_agent_puts_the_agent_left_and_everyone_else_right(record, 
 
 
 def test_dual_channel_alternate_follows_join_order(record, tmp_path):
-    # Ann joins last: Bob (first) is left, Cy right, Ann left again.
-    out = record_routed(record, {"mixing": "dual_channel_alternate"},
-                        "name=Ann,tone=450,joins=0.3", "name=Bob,tone=650", "name=Cy,tone=850", tmp_path=tmp_path)
+    # Ann joins last: Bob (first) is left, Cy right, Ann left again; silent Eve takes no side.
+    out = record_routed(record, {"mixing": "dual_channel_alternate"}, "name=Ann,tone=450,joins=0.3",
+                        "name=Eve,tone=0", "name=Bob,tone=650", "name=Cy,tone=850", tmp_path=tmp_path)
     assert_placed(channels(out, 450, 650, 850, t0=0.8), [450, 650, 850], ["left", "left", "right"])
 
 
@@ -167,8 +167,9 @@ def voices(livekit, tmp_path_factory):
     """An agent and a standard participant in one room, publishing their tones; the room's name."""
     folder = tmp_path_factory.mktemp("voices")
     room = "routed-room"
-    livekit.publish(room, "robot", make_clip(folder, "#e6194b", AGENT_TONE, seconds=60).audio, kind="agent")
-    livekit.publish(room, "human", make_clip(folder, "#3cb44b", PERSON_TONE, seconds=60).audio)
+    livekit.publish(room, "robot", make_clip(folder, "#e6194b", AGENT_TONE, seconds=90).audio, kind="agent")
+    livekit.wait_published(room, {"robot": 1})  # the robot first: join order places dual_channel_alternate
+    livekit.publish(room, "human", make_clip(folder, "#3cb44b", PERSON_TONE, seconds=90).audio)
     livekit.wait_published(room, {"robot": 1, "human": 1})
     return room
 
@@ -187,10 +188,14 @@ def test_livekit_dual_channel_agent_through_livekits_request_shape(livekit, voic
     assert_placed(channels(path, AGENT_TONE, PERSON_TONE), [AGENT_TONE, PERSON_TONE], ["left", "right"])
 
 
-def test_livekit_routes_by_identity(livekit, voices, record, tmp_path):
+@pytest.mark.parametrize("audio", [
+    {"routes": [{"participantIdentity": "robot", "channel": "left"},
+                {"participantIdentity": "human", "channel": "right"}]},
+    {"mixing": "dual_channel_alternate"},  # the robot joined first
+], ids=["routes", "alternate"])
+def test_livekit_routes_by_identity_and_alternates_by_join_order(livekit, voices, record, tmp_path, audio):
     config = tmp_path / "request.json"
-    config.write_text(json.dumps({"audio": {"routes": [{"participantIdentity": "robot", "channel": "left"},
-                                                       {"participantIdentity": "human", "channel": "right"}]}}))
+    config.write_text(json.dumps({"audio": audio}))
     run = record("--config", str(config), "--room", "livekit", "--room-name", voices, "--width", "320",
                  "--height", "180", "--duration", "3", env={**os.environ, **livekit.env})
     assert run.code == 0, run.stderr[-2000:]

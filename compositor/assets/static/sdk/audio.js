@@ -25,8 +25,9 @@ export class AudioRouter {
     this.merger.connect(ctx.destination);
   }
 
-  // A participant joined: with dual_channel_alternate they take the next side, in join order.
-  joined(identity) {
+  // With dual_channel_alternate a participant takes the next side when first heard (the rooms play the
+  // voices of the people present in join order), and keeps it.
+  takeSide(identity) {
     if (!this.sides.has(identity)) this.sides.set(identity, this.sides.size % 2 ? 'right' : 'left');
   }
 
@@ -34,7 +35,7 @@ export class AudioRouter {
   channel({ trackSid, identity, kind }) {
     if (this.mixing === 'dual_channel_agent') return kind === 'agent' ? 'left' : 'right';
     if (this.mixing === 'dual_channel_alternate') {
-      this.joined(identity);
+      this.takeSide(identity);
       return this.sides.get(identity);
     }
     if (!this.routes.length) return 'both';

@@ -69,10 +69,7 @@ export class LiveKitRoom extends Room {
       this.router = new AudioRouter(this.audioContext, this.routing);
       await this.audioContext.resume();
     }
-    lk.on(RoomEvent.ParticipantConnected, (p) => {
-      this.router?.joined(p.identity);
-      if (!this.partial) this._join(p);
-    })
+    lk.on(RoomEvent.ParticipantConnected, (p) => { if (!this.partial) this._join(p); })
       .on(RoomEvent.ParticipantDisconnected, (p) => this.removeParticipant(p.identity))
       .on(RoomEvent.TrackPublished, (pub, p) => { if (this.partial && this.wants(pub, p)) pub.setSubscribed(true); })
       .on(RoomEvent.TrackSubscribed, (track, pub, p) => this._subscribed(track, pub, p))
@@ -97,7 +94,10 @@ export class LiveKitRoom extends Room {
     const joined = (p) => Number(p.participantInfo?.joinedAtMs ?? 0) || (p.joinedAt?.getTime() ?? 0);
     const present = [...lk.remoteParticipants.values()].sort((a, b) => joined(a) - joined(b));
     for (const p of present) {
-      this.router?.joined(p.identity);
+      // Those present who publish sound take their sides (dual_channel_alternate) in join order, whichever of
+      // their tracks is subscribed first; whoever comes later, when first heard.
+      const sound = [...p.trackPublications.values()].some((pub) => pub.kind === 'audio' && this.wants(pub, p));
+      if (sound) this.router?.takeSide(p.identity);
       if (!this.partial) this._join(p);
       for (const pub of p.trackPublications.values()) {
         if (this.partial && this.wants(pub, p) && !pub.isSubscribed) pub.setSubscribed(true);

@@ -108,9 +108,9 @@ export class SyntheticRoom extends Room {
     this.audio = new AudioContext({ sampleRate: 48000 });
     if (this.routing) {
       this.router = new AudioRouter(this.audio, this.routing);
-      // The script says who joins when: their sides (dual_channel_alternate) follow that order.
-      const order = [...this.specs].sort((a, b) => a.joins - b.joins);
-      for (const spec of order) this.router.joined(spec.identity);
+      // The script says who joins when: the voices' sides (dual_channel_alternate) follow that order.
+      const voices = this.specs.filter((s) => s.tone > 0).sort((a, b) => a.joins - b.joins);
+      for (const spec of voices) this.router.takeSide(spec.identity);
     }
     await Promise.all([videosReady, this._audioSettled()]);
   }
