@@ -53,14 +53,16 @@ def color_distance(rgb: np.ndarray, color: str) -> float:
     return float(np.abs(rgb - hex_rgb(color)).max())
 
 
-def audio_samples(path: Path | str) -> np.ndarray:
-    """The audio as mono float samples at 48 kHz, sample 0 at file time 0.
+def audio_samples(path: Path | str, channel: str | None = None) -> np.ndarray:
+    """The audio as mono float samples at 48 kHz, sample 0 at file time 0: both channels mixed, or one of them
+    alone (`channel` "left" or "right").
 
     The audio stream may start after time 0 (an MP4 edit list); it is
     padded with silence so indexes are file times.
     """
+    pick = {None: "", "left": "pan=mono|c0=FL,", "right": "pan=mono|c0=FR,"}[channel]
     raw = _ffmpeg_out(["-i", str(path), "-vn", "-ac", "1", "-ar", str(AUDIO_RATE),
-                       "-af", "aresample=async=1:first_pts=0", "-f", "f32le", "-"])
+                       "-af", f"{pick}aresample=async=1:first_pts=0", "-f", "f32le", "-"])
     return np.frombuffer(raw, np.float32)
 
 

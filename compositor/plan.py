@@ -16,6 +16,7 @@ from .livekit_room import server_from_env, with_query
 from .outbound import OutboundPolicy
 from .presets import find_preset, preset_names
 from .request import (
+    AudioSpec,
     ImageOutput,
     Overlays,
     ParticipantSpec,
@@ -143,6 +144,8 @@ class EgressConfig:
     template_url: str | None = None
     #: where a track egress sends its sound as raw PCM
     websocket: str | None = None
+    #: which voice the page plays in which channel (None: every voice in both, as the room sounds)
+    routing: AudioSpec | None = None
 
     @property
     def frame(self) -> tuple[int, int, int]:
@@ -253,6 +256,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         if len(set(names)) != len(names):
             raise InvalidRequest("participant names must be unique", details={"field": "room.participants"})
 
+    routing = _routing(req, audio)
     return EgressConfig(
         egress_id=egress_id or new_egress_id(),
         room_name=req.room_name,
@@ -279,7 +283,22 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         # A template's layout is its own to name: it gets it as is, in its query.
         template_url=with_query(req.template_url, layout=req.layout) if req.template_url else None,
         websocket=req.websocket,
+        routing=routing,
     )
+
+
+def _routing(req: RecordRequest, audio: AudioSettings | None) -> AudioSpec | None:
+    """The request's audio routing, if it routes anything; InvalidRequest where no page of ours plays the sound."""
+    if req.audio is None or not req.audio.routed:
+        return None
+    # Our layout pages route the voices; a page of someone else's plays its sound its own way.
+    other_page = "web_url" if req.web_url else "template_url" if req.template_url else None
+    if other_page:
+        raise InvalidRequest(f"audio routing is done by our layout pages; the {other_page} page plays its own "
+                             "sound", details={"field": "audio"})
+    if audio is None:
+        raise InvalidRequest("audio routing needs sound: this egress is video only", details={"field": "audio"})
+    return req.audio
 
 
 def _check_staged(staging: Path, output: Path | None, segments: SegmentSettings | None,

@@ -61,6 +61,11 @@ class ScreenShare(Window):
         return check_color(v)
 
 
+# LiveKit's ParticipantInfo.Kind names, lowercased (the JWT's `kind` claim spells them so).
+ParticipantKind = Literal["standard", "ingress", "egress", "sip", "agent", "connector", "bridge"]
+AudioChannel = Literal["both", "left", "right"]
+
+
 class ParticipantSpec(Model):
     """One scripted participant of a synthetic room."""
 
@@ -72,6 +77,8 @@ class ParticipantSpec(Model):
     joins: float = Field(0, ge=0)
     leaves: float | None = None
     video: str | None = Field(None, description="media file or URL looped as camera; 'off': no camera")
+    kind: ParticipantKind = Field("standard", description="what LiveKit would call them (agent, sip, …): audio "
+                                                          "routes and dual-channel mixing go by it")
 
     @field_validator("color")
     @classmethod
@@ -94,6 +101,65 @@ class ParticipantSpec(Model):
     @property
     def has_camera(self) -> bool:
         return self.video != "off"
+
+
+class AudioRoute(Model):
+    """Which voice goes to which channel: one track, one participant, or every participant of a kind."""
+
+    track_id: str | None = Field(None, min_length=1, max_length=128)
+    participant_identity: str | None = Field(None, min_length=1, max_length=256)
+    participant_kind: ParticipantKind | None = None
+    channel: AudioChannel = "both"
+
+    @field_validator("participant_kind", "channel", mode="before")
+    @classmethod
+    def _lower(cls, v):
+        # LiveKit spells them AGENT and AUDIO_CHANNEL_LEFT.
+        return v.lower().removeprefix("audio_channel_") if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> AudioRoute:
+        named = [to_camel(k) for k in ("track_id", "participant_identity", "participant_kind")
+                 if getattr(self, k) is not None]
+        if len(named) != 1:
+            raise ValueError("a route names exactly one of trackId, participantIdentity and participantKind"
+                             + (f", not {' and '.join(named)}" if named else ""))
+        return self
+
+
+class AudioSpec(Model):
+    """How the room's voices share the two channels (LiveKit's AudioConfig and audio_mixing).
+
+    Without routes or mixing every voice plays in both channels, as it does with no `audio` at all. With routes
+    (LiveKit's semantics), a route both picks a voice and places it: the voices no route names are left out,
+    unless capture_all puts them in both channels. A voice several routes name takes the most specific one
+    (track, then identity, then kind), then the first listed. Mixing places everyone by a rule instead:
+    dual_channel_agent puts agents left and everyone else right; dual_channel_alternate puts participants
+    left, right, left… as they are first heard (those present in the order they joined), each keeping their
+    side.
+    """
+
+    routes: list[AudioRoute] = Field(default_factory=list, max_length=64)
+    capture_all: bool = Field(False, description="with routes: the voices no route names play in both channels "
+                                                 "(otherwise they are left out)")
+    mixing: Literal["default", "dual_channel_agent", "dual_channel_alternate"] = "default"
+
+    @field_validator("mixing", mode="before")
+    @classmethod
+    def _mixing(cls, v):
+        # LiveKit's AudioMixing names: DEFAULT_MIXING, DUAL_CHANNEL_AGENT, DUAL_CHANNEL_ALTERNATE.
+        return ("default" if v.upper() == "DEFAULT_MIXING" else v.lower()) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> AudioSpec:
+        if self.routes and self.mixing != "default":
+            raise ValueError(f"give routes or mixing {self.mixing!r}, not both: mixing places every voice itself")
+        return self
+
+    @property
+    def routed(self) -> bool:
+        """Some voice may play elsewhere than in both channels (or not at all)."""
+        return bool(self.routes) or self.mixing != "default"
 
 
 class RoomSpec(Model):
@@ -268,6 +334,7 @@ class RecordRequest(Model):
     audio_only: bool = False
     video_only: bool = False
     audio_channels: Literal[1, 2] = Field(2, description="the sound's channels (a track egress keeps its track's)")
+    audio: AudioSpec | None = Field(None, description="which voice plays in which channel (routes or mixing)")
     start_timeout: float = Field(20, gt=0, le=600)
     upload: UploadSpec | None = Field(None, description="store the outputs (default: leave them where written)")
 
@@ -321,7 +388,7 @@ def parse_participant(spec: str, index: int = 0) -> ParticipantSpec:
         if key in fields:
             raise InvalidRequest(f"participant spec {spec!r}: {key} given twice")
         fields[key] = value.strip()
-    known = {"name", "color", "tone", "speaks", "screenshare", "joins", "leaves", "video"}
+    known = {"name", "color", "tone", "speaks", "screenshare", "joins", "leaves", "video", "kind"}
     unknown = set(fields) - known
     if unknown:
         raise InvalidRequest(f"participant spec {spec!r}: unknown key(s) {', '.join(sorted(unknown))}; "

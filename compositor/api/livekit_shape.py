@@ -14,8 +14,10 @@ from ..service.livekit_info import ADVANCED_FIELDS
 
 # Keys only LiveKit's shape has; any of them marks a LiveKit body.
 _ONLY_LIVEKIT = {"file_outputs", "stream_outputs", "segment_outputs", "image_outputs", "preset", "url",
-                 "custom_base_url", "await_start_signal"}
+                 "custom_base_url", "await_start_signal", "audio_mixing"}
 _FILE_TYPES = {"DEFAULT_FILETYPE": "MP4", "MP4": "MP4", "OGG": "OGG", "WEBM": "WEBM"}
+# LiveKit's AudioMixing by number (protobuf JSON may carry either); names are read by AudioSpec itself.
+_MIXING = {0: "default", 1: "dual_channel_agent", 2: "dual_channel_alternate"}
 
 # What of LiveKit's requests is honoured, field by field (proto names): a set field not named here is refused.
 # A nested dict names the fields of a message (of each item of a list); None takes the value as it is (storage
@@ -100,6 +102,9 @@ def _mapped(body: dict) -> dict:
         out["templateUrl"] = body["custom_base_url"]
     if body.get("preset"):
         out["quality"] = body["preset"]
+    if body.get("audio_mixing"):
+        # DEFAULT_MIXING, DUAL_CHANNEL_AGENT, DUAL_CHANNEL_ALTERNATE (or their numbers): our audio.mixing.
+        out["audio"] = {"mixing": _MIXING.get(body["audio_mixing"], body["audio_mixing"])}
     files = _items(body, "file_outputs", "file")
     if len(files) > 1:
         raise InvalidRequest("one file output per egress", details={"field": "file_outputs"})

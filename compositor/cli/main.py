@@ -37,7 +37,8 @@ def _record_parser(sub) -> None:
     p.add_argument("--room-name", help="room name (default: synthetic)")
     p.add_argument("--participant", action="append", metavar="SPEC", default=None,
                    help="synthetic participant: name=,color=#rrggbb,tone=Hz,speaks=S-E;S-E,"
-                        "screenshare=S-E[:#rrggbb],joins=S,leaves=S,video=FILE|URL|off (repeatable)")
+                        "screenshare=S-E[:#rrggbb],joins=S,leaves=S,video=FILE|URL|off,kind=standard|agent|sip|… "
+                        "(repeatable)")
     p.add_argument("--web-url", help="record this page instead of a room")
     p.add_argument("--await-start-signal", action="store_true", default=None,
                    help="with --web-url: record from the page's console.log('START_RECORDING') on")

@@ -20,7 +20,7 @@ from aiohttp import web
 from ..errors import TemplateFailed
 from ..layouts import LayoutRef
 from ..paths import LAYOUTS_DIR, LIVEKIT_CLIENT, STATIC_DIR, TEMPLATES_DIR
-from ..request import Overlays, ParticipantSpec
+from ..request import AudioSpec, Overlays, ParticipantSpec
 
 PAGE = "/page"
 LIVEKIT_CLIENT_URL = "/vendor/livekit-client.mjs"  # livekit-client's ESM bundle, from npm
@@ -40,6 +40,8 @@ class PageSpec:
     token: str = field(default="", repr=False)
     #: the page's query for a participant or track egress (identity, share, tracks)
     focus: dict[str, str] = field(default_factory=dict)
+    #: which voice plays in which channel (None: every voice in both)
+    routing: AudioSpec | None = None
 
 
 def render_page(layout: LayoutRef, overlays: dict) -> str:
@@ -175,6 +177,8 @@ class PageServer:
         if spec.sync_markers:
             query["sync"] = "1"
         query.update(spec.focus)
+        if spec.routing:
+            query["audio"] = spec.routing.model_dump_json(by_alias=True, exclude_none=True)
         return f"{self.base_url}{PAGE}?{urlencode(query)}"
 
     def _participant_json(self, p: ParticipantSpec) -> dict:

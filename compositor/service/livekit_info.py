@@ -94,6 +94,9 @@ def _set_request(info: lk.EgressInfo, rec: EgressRecord) -> None:
         target.room_name = rec.room_name
     if rec.kind in ("web", "room_composite"):
         target.audio_only, target.video_only = req.get("audio_only", False), req.get("video_only", False)
+    mixing = (req.get("audio") or {}).get("mixing", "default")
+    if rec.kind == "room_composite" and mixing != "default":
+        target.audio_mixing = lk.AudioMixing.Value(mixing.upper())
     if rec.kind != "track":
         _set_encoding(target, rec)
 

@@ -17,6 +17,7 @@ from ..livekit_room import SourceFacts
 from ..presets import find_preset, preset_names
 from ..request import (
     MAX_DURATION_S,
+    AudioSpec,
     EncodingOptions,
     FileOutput,
     ImageOutput,
@@ -134,6 +135,8 @@ class StartEgressRequest(RoomRequest):
                                        description="seconds; the egress ends LIMIT_REACHED")
     audio_only: bool = False
     video_only: bool = False
+    audio: AudioSpec | None = Field(None, description="which voice plays in which channel: routes by track, "
+                                                      "identity or participant kind, or a dual-channel mixing")
     queue: bool = Field(False, description="over capacity: wait in the bounded queue instead of a 503")
     storage: StorageConfig | None = Field(None, description="where the outputs go (default: the server's storage)")
     backup_storage: StorageConfig | None = Field(None, description="used if the storage refuses for good")
@@ -226,7 +229,7 @@ class StartEgressRequest(RoomRequest):
                 stream=StreamOutput(urls=self.stream.urls, retry_window=self.stream.retry_window) if self.stream
                 else None, **moved, websocket=self.track.websocket_url if self.track else None,
                 duration=min(limits) if limits else None, audio_only=audio_only, video_only=video_only,
-                audio_channels=channels, upload=upload)
+                audio_channels=channels, audio=self.audio, upload=upload)
         except ValidationError as exc:
             raise InvalidRequest(first_error(exc)) from None
 

@@ -191,7 +191,8 @@ class Recorder:
             await self._until_ready(browser, watched, browser.open(url, cfg.start_timeout))
             await self._until_ready(browser, watched, self._start_signal(browser), cfg.start_timeout)
         else:
-            spec = PageSpec(cfg.layout, cfg.overlays, cfg.participants, cfg.room_name, cfg.sync_markers)
+            spec = PageSpec(cfg.layout, cfg.overlays, cfg.participants, cfg.room_name, cfg.sync_markers,
+                            routing=cfg.routing)
             if cfg.source == "livekit":
                 server = server_from_env()
                 spec = dataclasses.replace(spec, room_url=server.url,

@@ -1,7 +1,8 @@
 // Command lkpub joins a LiveKit room and publishes pre-encoded files
 // (.ivf VP8/VP9/AV1, .ogg Opus, .h264) with an explicit track source.
 // With -simulcast, its .ivf files are the layers (low to high) of one
-// simulcast video track.
+// simulcast video track. With -kind, it joins as that kind of participant
+// (its token's kind claim: agent, sip, ...), as audio routing tells them apart.
 //
 //	lkpub -url ws://127.0.0.1:7880 -key devkey -secret ... -room roomA \
 //	      -identity screen1 -source screen_share -fps 15 red.ivf
@@ -14,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,10 +32,16 @@ func main() {
 	source := flag.String("source", "", "camera|microphone|screen_share|screen_share_audio (default: by kind; screen_share puts .ogg files on screen_share_audio)")
 	fps := flag.Float64("fps", 0, "video frame rate (set it for ffmpeg-made .ivf files)")
 	simulcast := flag.Bool("simulcast", false, "the .ivf files are the low, medium and high layers of one video track")
+	kindName := flag.String("kind", "standard", "participant kind: standard|ingress|egress|sip|agent|connector|bridge")
 	flag.Parse()
 
+	kind, ok := livekit.ParticipantInfo_Kind_value[strings.ToUpper(*kindName)]
+	if !ok {
+		log.Fatalf("unknown -kind %q", *kindName)
+	}
 	r, err := lksdk.ConnectToRoom(*url, lksdk.ConnectInfo{
 		APIKey: *key, APISecret: *secret, RoomName: *room, ParticipantIdentity: *identity,
+		ParticipantKind: lksdk.ParticipantKind(kind),
 	}, lksdk.NewRoomCallback())
 	if err != nil {
 		log.Fatal(err)

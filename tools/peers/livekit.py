@@ -88,9 +88,11 @@ class LiveKitServer:
         """What a worker (or the service) needs to record from this server."""
         return {"LIVEKIT_URL": self.url, "LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": API_SECRET}
 
-    def publish(self, room: str, identity: str, *files: Path, source: str = "", simulcast: bool = False) -> Publisher:
-        """`identity` joins `room` and publishes `files` (with `simulcast`, its videos are one track's layers)."""
-        pub = Publisher(self, room, identity, files, source, simulcast)
+    def publish(self, room: str, identity: str, *files: Path, source: str = "", simulcast: bool = False,
+                kind: str = "") -> Publisher:
+        """`identity` joins `room` and publishes `files` (with `simulcast`, its videos are one track's layers), as
+        a participant of `kind` (agent, sip, …; default standard)."""
+        pub = Publisher(self, room, identity, files, source, simulcast, kind)
         self.publishers.append(pub)
         return pub
 
@@ -160,11 +162,11 @@ class Publisher:
     """One participant publishing files with lkpub until stopped (it leaves the room then)."""
 
     def __init__(self, server: LiveKitServer, room: str, identity: str, files: tuple[Path, ...], source: str,
-                 simulcast: bool = False):
+                 simulcast: bool = False, kind: str = ""):
         self.identity = identity
         argv = [str(BIN / "lkpub"), "-url", server.url, "-key", API_KEY, "-secret", API_SECRET, "-room", room,
                 "-identity", identity, "-fps", "15", *(["-source", source] if source else []),
-                *(["-simulcast"] if simulcast else []), *map(str, files)]
+                *(["-simulcast"] if simulcast else []), *(["-kind", kind] if kind else []), *map(str, files)]
         self.log = server.workdir / f"lkpub-{identity}.log"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -2,6 +2,7 @@
 // it with the layout, and signals START_RECORDING once the first frame worth
 // recording is on screen.
 
+import { routingFrom } from './audio.js';
 import { egress } from './egress.js';
 import { startClock } from './overlays.js';
 import { Stage } from './stage.js';
@@ -31,6 +32,7 @@ async function openRoom(url) {
   if (url.startsWith('synthetic:')) {
     return new SyntheticRoom(decodeRoom(egress.params.get('room') || ''), {
       syncMarkers: egress.params.get('sync') === '1',
+      routing: routingFrom(egress.params),
     });
   }
   if (/^wss?:\/\//.test(url)) {
@@ -40,7 +42,7 @@ async function openRoom(url) {
       identity: egress.params.get('identity') || null,
       screenShare: egress.params.get('share') === '1',
       trackIds: tracks ? tracks.split(',') : [],
-    });
+    }, routingFrom(egress.params));
   }
   throw new Error(`unsupported room URL ${url}`);
 }

@@ -6,8 +6,12 @@
 // A participant or track egress records part of the room: `focus` names one
 // identity (its camera and microphone, or with screenShare its screen share
 // and that sound) or a set of track ids; nothing else is even subscribed.
+//
+// With audio routing (audio.js), each voice plays through the router into
+// its channel instead of through its own <audio> element.
 
-import { Room as LkRoom, RoomEvent, Track as LkTrack } from '/vendor/livekit-client.mjs';
+import { Room as LkRoom, ParticipantKind, RoomEvent, Track as LkTrack } from '/vendor/livekit-client.mjs';
+import { AudioRouter } from './audio.js';
 import { CAMERA, MICROPHONE, Participant, Room, SCREEN_SHARE, Track } from './room.js';
 
 const SOURCES = {
@@ -24,8 +28,14 @@ const SPEAKING_RMS = 0.01; // about -40 dBFS
 const SPEAKING_HOLD_MS = 600; // a pause between words is not silence
 const LEVEL_EVERY_MS = 100;
 
+// A participant's kind as the routes name it (LiveKit's ParticipantInfo.Kind, lowercased); an agent is also
+// whoever holds the agent grant, as livekit-client's isAgent says.
+function kindOf(p) {
+  return p.isAgent ? 'agent' : String(ParticipantKind[p.kind] ?? 'standard').toLowerCase();
+}
+
 export class LiveKitRoom extends Room {
-  constructor(url, token, focus = {}) {
+  constructor(url, token, focus = {}, routing = null) {
     super('');
     this.url = url;
     this.token = token;
@@ -39,6 +49,9 @@ export class LiveKitRoom extends Room {
     this.levels = new Map(); // identity -> {analyser, buffer, heardAt}
     this.hearing = false; // some sound is subscribed
     this.audioContext = null;
+    this.routing = routing;
+    this.router = null;
+    this.routed = new Map(); // track sid -> {element, stop}: voices playing through the router
   }
 
   // Whether this egress records `pub` of participant `p`.
@@ -51,6 +64,11 @@ export class LiveKitRoom extends Room {
 
   async prepare() {
     const lk = this.lk;
+    if (this.routing) {
+      this.audioContext = new AudioContext();
+      this.router = new AudioRouter(this.audioContext, this.routing);
+      await this.audioContext.resume();
+    }
     lk.on(RoomEvent.ParticipantConnected, (p) => { if (!this.partial) this._join(p); })
       .on(RoomEvent.ParticipantDisconnected, (p) => this.removeParticipant(p.identity))
       .on(RoomEvent.TrackPublished, (pub, p) => { if (this.partial && this.wants(pub, p)) pub.setSubscribed(true); })
@@ -76,6 +94,10 @@ export class LiveKitRoom extends Room {
     const joined = (p) => Number(p.participantInfo?.joinedAtMs ?? 0) || (p.joinedAt?.getTime() ?? 0);
     const present = [...lk.remoteParticipants.values()].sort((a, b) => joined(a) - joined(b));
     for (const p of present) {
+      // Those present who publish sound take their sides (dual_channel_alternate) in join order, whichever of
+      // their tracks is subscribed first; whoever comes later, when first heard.
+      const sound = [...p.trackPublications.values()].some((pub) => pub.kind === 'audio' && this.wants(pub, p));
+      if (sound) this.router?.takeSide(p.identity);
       if (!this.partial) this._join(p);
       for (const pub of p.trackPublications.values()) {
         if (this.partial && this.wants(pub, p) && !pub.isSubscribed) pub.setSubscribed(true);
@@ -116,7 +138,8 @@ export class LiveKitRoom extends Room {
     if (this.connecting || (this.partial && !this.wants(pub, p))) return;
     // Every sound plays (a screen share's audio too); the room model holds what layouts arrange.
     if (track.kind === 'audio') {
-      this.sound.appendChild(track.attach());
+      if (this.router) this._route(track, pub, p);
+      else this.sound.appendChild(track.attach());
       this.hearing = true;
       if (track.source === LkTrack.Source.Microphone) this._listen(p.identity, track);
     }
@@ -133,8 +156,33 @@ export class LiveKitRoom extends Room {
   _unsubscribed(track, p) {
     const source = SOURCES[track.source];
     if (track.kind === 'audio') track.detach().forEach((el) => el.remove());
+    this._unroute(track.sid);
     if (track.source === LkTrack.Source.Microphone) this._unlisten(p.identity);
     if (source) this.unpublish(p.identity, source);
+  }
+
+  // The voice into its channel. Chrome feeds WebAudio a remote WebRTC track only while a media element plays
+  // it too: a muted one does.
+  _route(track, pub, p) {
+    this._unroute(track.sid);
+    const stream = new MediaStream([track.mediaStreamTrack]);
+    const element = new Audio();
+    element.muted = true;
+    element.srcObject = stream;
+    element.play().catch((err) => console.warn(`livekit: muted element for ${track.sid}: ${err}`));
+    this.sound.appendChild(element);
+    const stop = this.router.play(this.audioContext.createMediaStreamSource(stream),
+      { trackSid: pub.trackSid, identity: p.identity, kind: kindOf(p) });
+    this.routed.set(track.sid, { element, stop });
+  }
+
+  _unroute(sid) {
+    const voice = this.routed.get(sid);
+    if (!voice) return;
+    voice.stop();
+    voice.element.srcObject = null;
+    voice.element.remove();
+    this.routed.delete(sid);
   }
 
   _listen(identity, track) {

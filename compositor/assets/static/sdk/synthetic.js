@@ -2,6 +2,7 @@
 // speaking windows, screen share, join/leave times, looping video), for the
 // demo, layout authoring and tests. Room time 0 is START_RECORDING.
 
+import { AudioRouter } from './audio.js';
 import { CAMERA, MICROPHONE, Participant, Room, SCREEN_SHARE, Track } from './room.js';
 
 const VOICE_LEVEL = 0.2;
@@ -38,7 +39,7 @@ function within(windows, t) {
 }
 
 export class SyntheticRoom extends Room {
-  constructor(desc, { syncMarkers = false } = {}) {
+  constructor(desc, { syncMarkers = false, routing = null } = {}) {
     super(desc.name || 'synthetic');
     this.specs = (desc.participants || []).map((s, i) => ({
       ...s,
@@ -49,6 +50,8 @@ export class SyntheticRoom extends Room {
       windows: (s.speaks ?? [{ start: 0, end: Infinity }]).map((w) => [w.start, w.end]),
     }));
     this.syncMarkers = syncMarkers;
+    this.routing = routing;
+    this.router = null;
     this.t0 = null;
     this.audio = null;
     this._soundQueue = [];
@@ -103,6 +106,12 @@ export class SyntheticRoom extends Room {
     }))));
     // Audio and video load side by side: start the sound before waiting.
     this.audio = new AudioContext({ sampleRate: 48000 });
+    if (this.routing) {
+      this.router = new AudioRouter(this.audio, this.routing);
+      // The script says who joins when: the voices' sides (dual_channel_alternate) follow that order.
+      const voices = this.specs.filter((s) => s.tone > 0).sort((a, b) => a.joins - b.joins);
+      for (const spec of voices) this.router.takeSide(spec.identity);
+    }
     await Promise.all([videosReady, this._audioSettled()]);
   }
 
@@ -192,7 +201,12 @@ export class SyntheticRoom extends Room {
     const ctx = this.audio;
     const osc = new OscillatorNode(ctx, { type: 'sine', frequency: spec.tone });
     const gain = new GainNode(ctx, { gain: 0 });
-    osc.connect(gain).connect(ctx.destination);
+    osc.connect(gain);
+    if (this.router) {
+      this.router.play(gain, { trackSid: `TR_${spec.identity}_mic`, identity: spec.identity, kind: spec.kind || 'standard' });
+    } else {
+      gain.connect(ctx.destination);
+    }
     osc.start();
     for (const [s, e] of spec.windows) {
       const from = Math.max(s, spec.joins);
