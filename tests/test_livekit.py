@@ -5,6 +5,7 @@ the sound of what it recorded."""
 from __future__ import annotations
 
 import signal
+import statistics
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import jwt
 import pytest
 
 from compositor import analysis
-from tools.peers.livekit import API_SECRET, make_clip
+from tools.peers.livekit import API_SECRET, make_clip, make_marker_clip
 from tools.peers.receivers import BackgroundApp, PcmReceiver, TcpProxy
 
 TINY = ["--width", "320", "--height", "180"]
@@ -171,6 +172,23 @@ def test_audio_only_room_composite(livekit, clips, start_record):
     assert facts.video_codec is None and facts.audio_codec == "opus" and facts.duration > 2.5
     sound = analysis.audio_samples(done.output)
     assert analysis.tone_level(sound, ALICE[1], 0.5, 2.5) > 0.02 and analysis.tone_level(sound, BOB[1], 0.5, 2.5) > 0.02
+
+
+def test_each_picture_waits_for_its_sound(livekit, tmp_path, start_record):
+    """LiveKit's server gives each track a stream of its own, so Chrome plays a sound ~80 ms after its
+    picture; the page holds each video back by its sound's delay (static/sdk/lipsync.js). Once it has
+    measured, the sync markers (a flash and a click each second) in the recording agree."""
+    clip = make_marker_clip(tmp_path)
+    room = "sync-room"
+    livekit.publish(room, "alice", clip.video, clip.audio)
+    livekit.wait_published(room, {"alice": 2})
+    run = start_record("--room", "livekit", "--room-name", room, "--layout", "grid", *TINY, "--duration", "12",
+                       env=livekit.env)
+    done = run.finish(timeout=90)
+    assert done.code == 0, done.stderr[-2000:]
+    settled = analysis.av_offsets(done.output)[5:]  # one marker a second: from the sixth second on
+    assert len(settled) >= 5, settled
+    assert abs(statistics.median(settled)) <= 0.045, settled
 
 
 def test_an_empty_room_is_recorded_after_the_wait_and_says_so(livekit, start_record):

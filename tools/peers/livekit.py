@@ -49,6 +49,23 @@ def make_clip(folder: Path, color: str, tone: int, seconds: int = 40, size: str 
     return Clip(color, tone, video, audio)
 
 
+def make_marker_clip(folder: Path, seconds: int = 40) -> Clip:
+    """A clip with sync markers: once a second a white flash (2 frames at 15 fps) and a 3 kHz click
+    (analysis.CLICK_HZ) at the same instant, on a dark blue camera."""
+    folder.mkdir(parents=True, exist_ok=True)
+    video, audio = folder / "markers.ivf", folder / "markers.ogg"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "color=c=0x203060:s=320x240:r=15,drawbox=c=white:t=fill:enable='lt(mod(t\\,1)\\,0.13)'",
+                    "-t", str(seconds), "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k",
+                    "-g", "15", "-keyint_min", "15", "-auto-alt-ref", "0", "-pix_fmt", "yuv420p", "-y", str(video)],
+                   check=True)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "aevalsrc='if(lt(mod(t\\,1)\\,0.03)\\,0.8*sin(2*PI*3000*t)\\,0)':s=48000:c=mono",
+                    "-t", str(seconds), "-c:a", "libopus", "-b:a", "64k", "-frame_duration", "20", "-y", str(audio)],
+                   check=True)
+    return Clip("#203060", 0, video, audio)
+
+
 class LiveKitServer:
     """livekit-server with its own ports on 127.0.0.1, dev keys, and optional webhook receivers."""
 

@@ -15,6 +15,7 @@ const EVERY_MS = 500;
 // Changes smaller than this are noise of the measure: the target stays.
 const STEP_MS = 5;
 const MAX_MS = 1000;
+const UNCOUNTED_MS = 25;
 // A new measure moves the target this part of the way: one late second does not jolt the picture.
 const EASE = 0.5;
 
@@ -75,12 +76,11 @@ export class LipSync {
     // What a picture spends besides its jitter buffer (which is what the target sets).
     const shown = per(video, beforeVideo, 'totalDecodeTime', 'framesDecoded');
     if (!Number.isFinite(heard) || !Number.isFinite(shown)) return;
-    const want = Math.min(MAX_MS, Math.max(0, (heard - shown) * 1000));
+    const want = Math.min(MAX_MS, Math.max(0, (heard - shown) * 1000 + UNCOUNTED_MS));
     const next = group.target + EASE * (want - group.target);
     if (Math.abs(next - group.target) < STEP_MS && want !== 0) return;
     group.target = Math.round(next);
     group.video.receiver.jitterBufferTarget = group.target;
-    console.log(`LSDBG ajb ${per(audio, before, "jitterBufferDelay", "jitterBufferEmittedCount")} ajbt ${per(audio, before, "jitterBufferTargetDelay", "jitterBufferEmittedCount")} play ${per(audio, before, "totalPlayoutDelay", "totalSamplesCount")} heard ${heard} shown ${shown} target ${group.target} vjb ${per(video, beforeVideo, "jitterBufferDelay", "jitterBufferEmittedCount")} vproc ${per(video, beforeVideo, "totalProcessingDelay", "framesDecoded")}`);
   }
 }
 

@@ -12,6 +12,7 @@
 
 import { Room as LkRoom, ParticipantKind, RoomEvent, Track as LkTrack } from '/vendor/livekit-client.mjs';
 import { AudioRouter } from './audio.js';
+import { LipSync } from './lipsync.js';
 import { CAMERA, MICROPHONE, Participant, Room, SCREEN_SHARE, Track } from './room.js';
 
 const SOURCES = {
@@ -52,6 +53,7 @@ export class LiveKitRoom extends Room {
     this.routing = routing;
     this.router = null;
     this.routed = new Map(); // track sid -> {element, stop}: voices playing through the router
+    this.lipSync = new LipSync(); // each picture waits for its sound
   }
 
   // Whether this egress records `pub` of participant `p`.
@@ -145,6 +147,7 @@ export class LiveKitRoom extends Room {
     }
     // A participant egress shows its person whatever they publish; a track egress shows only video tracks.
     if (this.focus.identity || (this.partial && track.kind === 'video')) this._join(p);
+    this.lipSync.add(p.identity, track);
     const source = SOURCES[track.source];
     if (!source) return;
     this.publish(p.identity, new Track({
@@ -154,6 +157,7 @@ export class LiveKitRoom extends Room {
   }
 
   _unsubscribed(track, p) {
+    this.lipSync.remove(p.identity, track);
     const source = SOURCES[track.source];
     if (track.kind === 'audio') track.detach().forEach((el) => el.remove());
     this._unroute(track.sid);
