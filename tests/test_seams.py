@@ -147,8 +147,12 @@ async def test_lists_filter_page_and_count(store):
     assert total == 3 and [r.id for r in page] == ["EG_1", "EG_3", "EG_5"]
     page, total = await store.list(room_name="room-0", status="COMPLETE")
     assert total == 2 and {r.id for r in page} == {"EG_0", "EG_2"}
-    page, total = await store.list(mode="stream")
+    page, total = await store.list(modes=("stream",))
     assert total == 3 and {r.id for r in page} == {"EG_0", "EG_3", "EG_6"}
+    page, total = await store.list(modes=("stream", "both"), room_name="room-0", limit=1)
+    assert total == 2 and [r.id for r in page] == ["EG_6"]
+    page, total = await store.list(modes=("record", "stream"), status="ACTIVE")
+    assert total == 3
     assert {r.id for r in await store.unfinished()} == {"EG_4", "EG_5", "EG_6"}
     assert sorted(await store.counts()) == [("ACTIVE", "record", 2), ("ACTIVE", "stream", 1),
                                             ("COMPLETE", "record", 2), ("COMPLETE", "stream", 2)]

@@ -285,6 +285,27 @@ def test_recordings_api_and_signed_download(server):
     assert denied.value.code == 403
 
 
+def test_a_both_mode_egress_is_a_recording(server, nginx):
+    """It writes a file beside its live stream: listed, gettable, stoppable and downloadable as a recording,
+    under the id its recording.* webhooks carry; a stream-only egress is not one."""
+    both = server.start(roomName="both-room", mode="both", stream={"urls": [nginx.url("live", "both-rec")]})
+    live = server.start(roomName="both-room", mode="stream", stream={"urls": [nginx.url("live", "only-live")]})
+    rec_id = "rec_" + both["id"][3:]
+    server.wait_status(both["id"], "ACTIVE")
+    _, listed, _ = server.call("GET", "/v1/recordings?roomName=both-room")
+    assert [r["id"] for r in listed["items"]] == [rec_id] and listed["total"] == 1, listed
+    assert server.call("GET", f"/v1/recordings/rec_{live['id'][3:]}")[0] == 404
+    time.sleep(2)
+    assert server.call("POST", f"/v1/recordings/{both['id']}/stop")[0] == 200
+    server.call("POST", f"/v1/egress/{live['id']}/stop")
+    server.wait_status(both["id"], "COMPLETE")
+    status, got, _ = server.call("GET", f"/v1/recordings/{rec_id}")
+    assert status == 200 and got["egressId"] == both["id"] and got["file"]["videoCodec"] == "h264", got
+    _, link, _ = server.call("GET", f"/v1/recordings/{rec_id}/download-url")
+    with urllib.request.urlopen(link["downloadUrl"], timeout=30) as resp:
+        assert resp.read() == Path(got["file"]["location"]).read_bytes()
+
+
 def test_auto_egress_config_is_validated_and_kept(server):
     _, default, _ = server.call("GET", "/v1/egress/auto-egress")
     assert default == {"enabled": False, "mode": "record", "layout": "default", "quality": "720p",

@@ -188,7 +188,7 @@ def egress_info(rec: EgressRecord, queue_position: int | None = None) -> dict:
 
 
 def recording_info(rec: EgressRecord) -> dict:
-    """A record-mode egress as the recordings API shows it."""
+    """An egress that writes a file (record or both mode) as the recordings API shows it."""
     shared = {k: getattr(_egress(rec), k) for k in Lifecycle.model_fields}
     return RecordingInfo(id=recording_id(rec.id), egress_id=rec.id,
                          file_type=rec.request.get("file", {}).get("file_type") or "MP4", **shared

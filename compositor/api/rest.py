@@ -171,11 +171,11 @@ async def get_egress(request: web.Request) -> web.Response:
     return web.json_response(await _info(request, await _egress_or_404(request)))
 
 
-async def _listing(request: web.Request, show, mode: str | None = None) -> web.Response:
+async def _listing(request: web.Request, show, modes: tuple[str, ...] = ()) -> web.Response:
     """One page of stored egresses (filtered by roomName and status) as {items, page, limit, total}."""
     page, limit = _paging(request)
     items, total = await request.app[SERVICE_KEY].store.list(room_name=request.query.get("roomName"),
-                                                             status=request.query.get("status"), mode=mode,
+                                                             status=request.query.get("status"), modes=modes,
                                                              page=page, limit=limit)
     return web.json_response({"items": [await show(r) for r in items], "page": page, "limit": limit,
                               "total": total})
@@ -199,10 +199,14 @@ async def start_recording(request: web.Request) -> web.Response:
     return web.json_response(recording_info(rec), status=201)
 
 
+#: Every egress that writes a file is a recording (a both-mode one too: its webhooks say recording.*).
+RECORDING_MODES = ("record", "both")
+
+
 async def _recording_or_404(request: web.Request, key: str = "id") -> EgressRecord:
     ident = request.match_info[key]
     rec = await request.app[SERVICE_KEY].store.get(egress_id_of(ident) if ident.startswith("rec_") else ident)
-    if rec is None or rec.mode != "record":
+    if rec is None or rec.mode not in RECORDING_MODES:
         raise NotFound(f"no recording {ident!r}")
     return rec
 
@@ -217,7 +221,7 @@ async def get_recording(request: web.Request) -> web.Response:
 
 
 async def list_recordings(request: web.Request) -> web.Response:
-    return await _listing(request, _recording_info, mode="record")
+    return await _listing(request, _recording_info, modes=RECORDING_MODES)
 
 
 async def _recording_info(rec: EgressRecord) -> dict:

@@ -265,7 +265,7 @@ async def _list(service: Service, msg: proto.ListEgressRequest, _: web.Request) 
             raise InvalidRequest("page_token is not one this server gave", details={"field": "page_token"})
         page = int(token)
         # Oldest first, as LiveKit lists them (`lk egress list --limit 3` shows the first three started).
-        recs, total = await service.store.list(room_name=room, status=None, mode=None, page=page, limit=LIST_PAGE,
+        recs, total = await service.store.list(room_name=room, page=page, limit=LIST_PAGE,
                                                oldest_first=True)
         if page * LIST_PAGE < total:
             out.next_page_token.token = str(page + 1)

@@ -194,12 +194,12 @@ class SqliteStore:
         return self._db.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND failed_at IS NULL"
                                 ).fetchone()[0]
 
-    async def list(self, *, room_name: str | None = None, status: str | None = None, mode: str | None = None,
+    async def list(self, *, room_name: str | None = None, status: str | None = None, modes: tuple[str, ...] = (),
              page: int = 1, limit: int = 20, oldest_first: bool = False) -> tuple[list[EgressRecord], int]:
         where, args = [], []
-        if mode:
-            where.append("mode = ?")
-            args.append(mode)
+        if modes:
+            where.append(f"mode IN ({','.join('?' * len(modes))})")
+            args.extend(modes)
         if room_name:
             where.append("room_name = ?")
             args.append(room_name)

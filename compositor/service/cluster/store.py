@@ -113,11 +113,20 @@ return 1
 """
 
 _LIST = """
-local p, order, n = ARGV[1], ARGV[4], tonumber(ARGV[5])
-local src = ARGV[6]
-if n > 1 then
-  local args = {'ZINTERSTORE', KEYS[1], n}
-  for i = 1, n do table.insert(args, ARGV[5 + i]) end
+local p, order, n, m = ARGV[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local inter = {}
+for i = 1, n do table.insert(inter, ARGV[6 + i]) end
+if m > 0 then
+  -- any of the modes: their union, then intersected with the other filters
+  local union = {'ZUNIONSTORE', KEYS[2], m}
+  for i = 1, m do table.insert(union, ARGV[6 + n + i]) end
+  redis.call(unpack(union))
+  table.insert(inter, KEYS[2])
+end
+local src = inter[1]
+if #inter > 1 then
+  local args = {'ZINTERSTORE', KEYS[1], #inter}
+  for _, k in ipairs(inter) do table.insert(args, k) end
   table.insert(args, 'AGGREGATE')
   table.insert(args, 'MAX')
   redis.call(unpack(args))
@@ -125,7 +134,7 @@ if n > 1 then
 end
 local total = redis.call('ZCARD', src)
 local ids = redis.call(order, src, tonumber(ARGV[2]), tonumber(ARGV[3]))
-if n > 1 then redis.call('DEL', KEYS[1]) end
+redis.call('DEL', KEYS[1], KEYS[2])
 local recs = {}
 for _, id in ipairs(ids) do table.insert(recs, redis.call('GET', p..'eg:'..id)) end
 return {total, recs}
@@ -225,17 +234,16 @@ class RedisStore:
             if await self._put(egress_id, raw, ""):
                 return
 
-    async def list(self, *, room_name: str | None = None, status: str | None = None, mode: str | None = None,
+    async def list(self, *, room_name: str | None = None, status: str | None = None, modes: tuple[str, ...] = (),
                    page: int = 1, limit: int = 20, oldest_first: bool = False) -> tuple[list[EgressRecord], int]:
         keys = [f"{self._p}eg:all"]
         keys += [f"{self._p}eg:room:{room_name}"] if room_name else []
         keys += [f"{self._p}eg:status:{status}"] if status else []
-        keys += [f"{self._p}eg:mode:{mode}"] if mode else []
         start = (page - 1) * limit
         scratch = f"{self._p}tmp:list:{time.monotonic_ns()}"
-        total, raws = await self._list(keys=[scratch], args=[self._p, start, start + limit - 1,
-                                                                     "ZRANGE" if oldest_first else "ZREVRANGE",
-                                                                     len(keys), *keys])
+        total, raws = await self._list(keys=[scratch, scratch + ":modes"], args=[
+            self._p, start, start + limit - 1, "ZRANGE" if oldest_first else "ZREVRANGE", len(keys), len(modes),
+            *keys, *(f"{self._p}eg:mode:{m}" for m in modes)])
         return [_decode(r) for r in raws if r], int(total)
 
     async def unfinished(self) -> list[EgressRecord]:
