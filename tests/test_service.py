@@ -285,6 +285,26 @@ def test_recordings_api_and_signed_download(server):
     assert denied.value.code == 403
 
 
+def test_an_mp3_recording_holds_the_rooms_sound(server):
+    status, err, _ = server.call("POST", "/v1/recordings/start", {"roomName": "r", "fileType": "MP3", **ROOM})
+    assert status == 400 and err["error"]["details"]["field"] == "file.fileType", err
+    status, rec, _ = server.call("POST", "/v1/recordings/start", {"roomName": "mp3-room", "fileType": "MP3",
+                                                                   "audioOnly": True, "layout": "audio-only", **ROOM})
+    assert status == 201, rec
+    server.wait_status(rec["egressId"], "ACTIVE")
+    time.sleep(2)
+    server.call("POST", f"/v1/recordings/{rec['egressId']}/stop")
+    server.wait_status(rec["egressId"], "COMPLETE")
+    _, got, _ = server.call("GET", f"/v1/recordings/{rec['id']}")
+    f = got["file"]
+    assert got["fileType"] == "MP3" and f["audioCodec"] == "mp3" and f.get("videoCodec") is None, got
+    assert f["location"].endswith(".mp3") and 1.5 <= f["duration"] <= 5, f
+    assert analysis.tone_level(analysis.audio_samples(f["location"]), 450, 0.3, 1.3) > 0.05
+    _, link, _ = server.call("GET", f"/v1/recordings/{rec['id']}/download-url")
+    with urllib.request.urlopen(link["downloadUrl"], timeout=30) as resp:
+        assert resp.headers["Content-Type"] == "audio/mpeg"
+
+
 def test_auto_egress_config_is_validated_and_kept(server):
     _, default, _ = server.call("GET", "/v1/egress/auto-egress")
     assert default == {"enabled": False, "mode": "record", "layout": "default", "quality": "720p",

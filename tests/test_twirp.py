@@ -226,6 +226,7 @@ async def test_malformed_bodies(open_app):
 async def test_invalid_starts_name_the_field_and_valid_ones_reach_admission(open_app):
     client, _ = await open_app()
     file = proto.EncodedFileOutput(file_type=proto.MP4, filepath="x.mp4")
+    mp3 = proto.EncodedFileOutput(file_type=proto.MP3, filepath="x")
     async with sdk(client) as lk:
         eg = lk.egress
         refusals = [
@@ -237,6 +238,11 @@ async def test_invalid_starts_name_the_field_and_valid_ones_reach_admission(open
             (eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(room_name="r", file_outputs=[
                 proto.EncodedFileOutput(s3=proto.S3Upload(access_key="AK", secret="TOPSECRET", region="x"))])),
              "storage.s3.bucket"),
+            # An MP3 holds no picture: a room composite to one must say audio_only.
+            (eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(room_name="r", file_outputs=[mp3])),
+             "file.fileType"),
+            (eg.start_track_composite_egress(proto.TrackCompositeEgressRequest(
+                room_name="r", audio_track_id="TR_a", video_track_id="TR_v", file_outputs=[mp3])), "file.fileType"),
         ]
         for start, field in refusals:
             with pytest.raises(api.TwirpError) as refused:
@@ -248,6 +254,10 @@ async def test_invalid_starts_name_the_field_and_valid_ones_reach_admission(open
         for start in (
                 eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(
                     room_name="r", layout="speaker", preset=proto.H264_1080P_30, file_outputs=[file])),
+                eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(
+                    room_name="r", audio_only=True, file_outputs=[mp3])),
+                eg.start_track_composite_egress(proto.TrackCompositeEgressRequest(
+                    room_name="r", audio_track_id="TR_a", file_outputs=[mp3])),
                 eg.start_web_egress(proto.WebEgressRequest(url="https://example.com/", file=file)),
                 eg.start_participant_egress(proto.ParticipantEgressRequest(room_name="r", identity="alice")),
                 eg.start_track_composite_egress(proto.TrackCompositeEgressRequest(

@@ -15,7 +15,7 @@ from ..service.livekit_info import ADVANCED_FIELDS
 # Keys only LiveKit's shape has; any of them marks a LiveKit body.
 _ONLY_LIVEKIT = {"file_outputs", "stream_outputs", "segment_outputs", "image_outputs", "preset", "url",
                  "custom_base_url", "await_start_signal", "audio_mixing"}
-_FILE_TYPES = {"DEFAULT_FILETYPE": "MP4", "MP4": "MP4", "OGG": "OGG", "WEBM": "WEBM"}
+_FILE_TYPES = {"DEFAULT_FILETYPE": "MP4", "MP4": "MP4", "OGG": "OGG", "WEBM": "WEBM", "MP3": "MP3"}
 # LiveKit's AudioMixing by number (protobuf JSON may carry either); names are read by AudioSpec itself.
 _MIXING = {0: "default", 1: "dual_channel_agent", 2: "dual_channel_alternate"}
 

@@ -34,7 +34,8 @@ from ..storage import StorageConfig
 
 
 class FileSpec(Model):
-    file_type: Literal["MP4", "WEBM", "OGG"] | None = Field(None, description="default MP4 (OGG for a track egress)")
+    file_type: Literal["MP4", "WEBM", "OGG", "MP3"] | None = Field(
+        None, description="default MP4 (OGG for a track egress); OGG and MP3 hold sound only (audio_only)")
     filepath: str | None = Field(None, description="the file's name in the storage: a template of {room_name}, "
                                  "{room_id}, {egress_id}, {time}, {utc}…; default {room_name}-{time}; a trailing / "
                                  "puts that default name in the folder")
@@ -273,8 +274,9 @@ class UpdateLayoutRequest(Model):
 class StartRecordingRequest(RoomRequest):
     """POST /v1/recordings/start: a record-only egress."""
 
-    file_type: Literal["MP4", "WEBM", "OGG"] = "MP4"
+    file_type: Literal["MP4", "WEBM", "OGG", "MP3"] = "MP4"
     filepath: str | None = Field(None, description="the file's name in the storage (see file.filepath)")
+    audio_only: bool = Field(False, description="the room's sound alone (an MP3 needs it)")
     storage: StorageConfig | None = None
     backup_storage: StorageConfig | None = None
 
@@ -282,7 +284,8 @@ class StartRecordingRequest(RoomRequest):
         return StartEgressRequest(room_name=self.room_name, mode="record", **self.page, quality=self.quality,
                                   advanced=self.advanced, file=FileSpec(file_type=self.file_type,
                                                                         filepath=self.filepath),
-                                  room=self.room, storage=self.storage, backup_storage=self.backup_storage)
+                                  room=self.room, storage=self.storage, backup_storage=self.backup_storage,
+                                  audio_only=self.audio_only)
 
 
 class AutoEgressConfig(Model):
