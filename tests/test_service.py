@@ -484,6 +484,57 @@ def test_webhooks_in_livekit_format_verify_with_livekits_receiver(tmp_path):
         receiver.close()
 
 
+def test_a_requests_own_webhooks_get_its_events_filtered_signed_and_retried(tmp_path):
+    from livekit.api import TokenVerifier, WebhookReceiver
+
+    key, secret, hook_secret = "APIdevkey", "a-livekit-secret-of-some-length-0123456789", "whsec-test"
+    ours, mine = HttpReceiver(), HttpReceiver()
+    mine.post_status = 500  # down at first: what it misses is retried
+    server = Server(tmp_path / "data", "--webhook-url", ours.url + "server",
+                    env={"COMPOSITOR_WEBHOOK_SECRET": hook_secret, "COMPOSITOR_WEBHOOK_RETRY_BASE_S": "0.3",
+                         "COMPOSITOR_LIVEKIT_API_KEY": key, "COMPOSITOR_LIVEKIT_API_SECRET": secret})
+    try:
+        info = server.start(maxDuration=2, webhooks=[
+            {"url": mine.url + "lk?token=QUERY-SECRET", "format": "livekit", "signingKey": key,
+             "excludeEvents": ["egress_updated"]},
+            {"url": mine.url + "bax", "includeEvents": ["recording.completed", "recording.failed"]}])
+        other = server.start()  # another egress: none of its events reach the first one's receivers
+        server.call("POST", f"/v1/egress/{other['id']}/stop")
+        server.wait_status(info["id"], "LIMIT_REACHED")
+        server.wait_status(other["id"], "ABORTED", "COMPLETE")
+        deadline = time.monotonic() + 30
+        while not mine.refused and time.monotonic() < deadline:
+            time.sleep(0.1)
+        mine.post_status = 200  # back up
+        while len(mine.posts) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)  # nothing more comes
+        lk = [(h, b) for h, b in mine.posts if h["Content-Type"] == "application/webhook+json"]
+        events = [WebhookReceiver(TokenVerifier(key, secret)).receive(b.decode(), h["Authorization"]) for h, b in lk]
+        assert [e.event for e in events] == ["egress_started", "egress_ended"], events
+        assert {e.egress_info.egress_id for e in events} == {info["id"]}
+        bax = [(h, b) for h, b in mine.posts if h["Content-Type"] == "application/json"]
+        assert [(json.loads(b)["event"], json.loads(b)["data"]["egressId"]) for _, b in bax] == [
+            ("recording.completed", info["id"])]
+        assert all(verify(hook_secret, h[SIGNATURE_HEADER], b) for h, b in bax)
+        assert mine.refused >= 1 and len(mine.posts) == 3
+        # The server's own receiver still gets everything, of both egresses, with the same event ids.
+        while len(ours.posts) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        theirs = [json.loads(b) for _, b in ours.posts]
+        assert [e["event"] for e in theirs if e["data"]["egressId"] == info["id"]] == [
+            "recording.started", "recording.completed"], theirs
+        assert other["id"] in {e["data"]["egressId"] for e in theirs}
+        assert json.loads(bax[0][1])["id"] in {e["id"] for e in theirs}
+        # The receiver's URL is the caller's: never shown, never logged whole.
+        assert "QUERY-SECRET" not in json.dumps(server.call("GET", f"/v1/egress/{info['id']}")[1])
+        assert "QUERY-SECRET" not in server.log.read_text()
+    finally:
+        server.stop_server()
+        ours.close()
+        mine.close()
+
+
 def test_livekit_webhooks_need_the_api_key(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "compositor", "serve", "--port", "0", "--data-dir",
                            str(tmp_path / "d")], env={**os.environ, "COMPOSITOR_WEBHOOK_FORMAT": "livekit"},

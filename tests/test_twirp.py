@@ -243,6 +243,15 @@ async def test_invalid_starts_name_the_field_and_valid_ones_reach_admission(open
              "file.fileType"),
             (eg.start_track_composite_egress(proto.TrackCompositeEgressRequest(
                 room_name="r", audio_track_id="TR_a", video_track_id="TR_v", file_outputs=[mp3])), "file.fileType"),
+            # A request's own webhook: event names of LiveKit's format, signed with an API key this server holds
+            # (the key a caller names is not repeated, in case it was a secret).
+            (eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(room_name="r", webhooks=[
+                lkm.WebhookConfig(url="https://example.com/h", filter_params=lkm.FilterParams(
+                    include_events=["egress_started", "room_started"]))])), "webhooks.0.includeEvents"),
+            (eg.start_participant_egress(proto.ParticipantEgressRequest(room_name="r", identity="a", webhooks=[
+                lkm.WebhookConfig(url="https://example.com/h", signing_key="TOPSECRET")])), "webhooks.0.signingKey"),
+            (eg.start_track_egress(proto.TrackEgressRequest(room_name="r", track_id="TR_a", webhooks=[
+                lkm.WebhookConfig(url="file:///etc/passwd")])), "webhooks.0.url"),
         ]
         for start, field in refusals:
             with pytest.raises(api.TwirpError) as refused:
@@ -257,7 +266,9 @@ async def test_invalid_starts_name_the_field_and_valid_ones_reach_admission(open
                 eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(
                     room_name="r", audio_only=True, file_outputs=[mp3])),
                 eg.start_track_composite_egress(proto.TrackCompositeEgressRequest(
-                    room_name="r", audio_track_id="TR_a", file_outputs=[mp3])),
+                    room_name="r", audio_track_id="TR_a", file_outputs=[mp3], webhooks=[lkm.WebhookConfig(
+                        url="https://example.com/h", signing_key=API_KEY, filter_params=lkm.FilterParams(
+                            exclude_events=["egress_updated"]))])),
                 eg.start_web_egress(proto.WebEgressRequest(url="https://example.com/", file=file)),
                 eg.start_participant_egress(proto.ParticipantEgressRequest(room_name="r", identity="alice")),
                 eg.start_track_composite_egress(proto.TrackCompositeEgressRequest(
@@ -305,8 +316,16 @@ def test_each_start_request_maps_onto_ours():
     page = ours(from_livekit, proto.WebEgressRequest(url="https://example.com/", file_outputs=[
         proto.EncodedFileOutput(filepath="pages/")]))
     assert (page.kind, page.room_name, page.web_url) == ("web", "", "https://example.com/")  # no room invented
-    socket = ours(from_livekit_track, proto.TrackEgressRequest(room_name="r", track_id="TR_a",
-                                                               websocket_url="wss://example.com/pcm"))
+    socket = ours(from_livekit_track, proto.TrackEgressRequest(
+        room_name="r", track_id="TR_a", websocket_url="wss://example.com/pcm", webhooks=[
+            lkm.WebhookConfig(url="https://example.com/h", signing_key="APIkey", filter_params=lkm.FilterParams(
+                include_events=["egress_ended"], exclude_events=["egress_updated"])),
+            lkm.WebhookConfig(url="https://example.com/all")]))
+    assert [h.model_dump() for h in socket.webhooks] == [
+        {"url": "https://example.com/h", "format": "livekit", "signing_key": "APIkey",
+         "include_events": ["egress_ended"], "exclude_events": ["egress_updated"]},
+        {"url": "https://example.com/all", "format": "livekit", "signing_key": None, "include_events": [],
+         "exclude_events": []}]
     assert (socket.track.websocket_url, socket.wants_file) == ("wss://example.com/pcm", False)
 
 
