@@ -181,15 +181,18 @@ async def test_public_addresses_pass_and_streams_connect_to_the_checked_address(
         "rtmp://8.8.8.8:1935/live/key", ["-rtmp_tcurl", "rtmp://8.8.8.8/live"])
 
 
-class Redirector(BackgroundApp):
-    """A request's webhook receiver on an allowed host that answers every POST with a redirect to `target`."""
+class HookSite(BackgroundApp):
+    """A request's webhook receiver on an allowed host: keeps each POST's body, and answers it with a redirect to
+    `redirect` if given."""
 
-    def __init__(self, target: str):
-        self.posts = 0
+    def __init__(self, redirect: str | None = None):
+        self.posts: list[bytes] = []
 
         async def handle(request):
-            self.posts += 1
-            raise web.HTTPTemporaryRedirect(target)
+            self.posts.append(await request.read())
+            if redirect:
+                raise web.HTTPTemporaryRedirect(redirect)
+            return web.json_response({})
 
         app = web.Application()
         app.router.add_post("/{tail:.*}", handle)
@@ -198,23 +201,25 @@ class Redirector(BackgroundApp):
 
 
 async def test_a_requests_webhook_is_held_to_the_policy_at_delivery_and_never_redirected(tmp_path, listener):
-    site = Redirector(listener.url(path="/after-redirect"))
+    site, allowed = HookSite(redirect=listener.url(path="/after-redirect")), HookSite()
     store = SqliteStore(tmp_path / "db")
-    policy = OutboundPolicy(AllowedHosts.parse([f"127.0.0.1:{site.port}"]), trusted=False)
+    policy = OutboundPolicy(AllowedHosts.parse([f"127.0.0.1:{site.port}", f"localhost:{allowed.port}"]),
+                            trusted=False)
     hooks = Webhooks(store, [], "secret", retry_base_s=0.05, policy=policy)
     # Receivers an egress kept from when the policy was looser (another node's, or before the operator narrowed it):
-    # each delivery asks the policy again.
+    # each delivery asks the policy again. An allowed name is reached at the address its check resolved.
     direct, by_name = listener.url(path="/direct"), listener.url(path="/by-name", host="localhost")
+    reached = f"http://localhost:{allowed.port}/hook"
     kept = [{"url": url, "format": "baxcloud", "include_events": [], "exclude_events": []}
-            for url in (site.url, direct, by_name)]
+            for url in (site.url, direct, by_name, reached)]
     await store.create(EgressRecord(id="EG_1", room_name="r", mode="record", layout="grid", quality="720p",
                                     request={}, webhooks=kept))
     await store.update("EG_1", events=hooks.for_change, status=Status.ACTIVE, started_at=1.0)
     hooks.start()
 
     async def retried():
-        rows = store._db.execute("SELECT url, attempts, last_error FROM outbox").fetchall()
-        return rows if all(attempts >= 2 for _, attempts, _ in rows) else None
+        rows = store._db.execute("SELECT url, attempts, last_error FROM outbox WHERE delivered_at IS NULL").fetchall()
+        return rows if allowed.posts and all(attempts >= 2 for _, attempts, _ in rows) else None
 
     try:
         errors = {url: error for url, _, error in await until(retried)}
@@ -222,7 +227,9 @@ async def test_a_requests_webhook_is_held_to_the_policy_at_delivery_and_never_re
         await hooks.stop()
         await store.close()
         site.close()
-    assert errors[site.url] == "HTTP 307" and site.posts >= 2  # retried, never followed
+        allowed.close()
+    assert reached not in errors and [json.loads(b)["event"] for b in allowed.posts] == ["recording.started"]
+    assert errors[site.url] == "HTTP 307" and len(site.posts) >= 2  # retried, never followed
     assert "not a public address" in errors[direct] and "not a public address" in errors[by_name], errors
     assert listener.connections == []
 

@@ -176,10 +176,10 @@ def test_over_capacity_gets_503_with_retry_after(tmp_path):
         server.stop_server()
 
 
-def recording_server(tmp_path, seconds: float) -> tuple[Server, dict]:
-    """A server with one egress that has been recording for `seconds`."""
+def recording_server(tmp_path, seconds: float, **body) -> tuple[Server, dict]:
+    """A server with one egress (of these `body` fields) that has been recording for `seconds`."""
     server = Server(tmp_path / "data")
-    info = server.start()
+    info = server.start(**body)
     server.wait_status(info["id"], "ACTIVE")
     time.sleep(seconds)
     return server, info
@@ -199,7 +199,10 @@ def test_sigterm_drains_running_egresses_to_complete_files(tmp_path):
 
 
 def test_kill_9_of_the_service_is_settled_on_restart(tmp_path):
-    server, info = recording_server(tmp_path, 3)
+    # The request's own webhook receiver is kept with the egress: the restarted service tells it how it ended.
+    receiver = HttpReceiver()
+    server, info = recording_server(tmp_path, 3, webhooks=[{"url": receiver.url,
+                                                            "excludeEvents": ["recording.started"]}])
     server.proc.kill()
     server.proc.wait()
     time.sleep(2)  # the orphaned worker is told to stop (PDEATHSIG) and closes its file
@@ -223,8 +226,15 @@ def test_kill_9_of_the_service_is_settled_on_restart(tmp_path):
         with urllib.request.urlopen(link["downloadUrl"], timeout=10) as resp:
             assert len(resp.read()) == f["size"]
         assert not [p for p in _pids() if info["id"] in _cmdline(p)]
+        deadline = time.monotonic() + 20
+        while not receiver.posts and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (event,) = [json.loads(b) for _, b in receiver.posts]
+        assert (event["event"], event["data"]["egressId"], event["data"]["errorCode"]) == (
+            "recording.failed", info["id"], "SERVICE_RESTARTED"), event
     finally:
         again.stop_server()
+        receiver.close()
 
 
 def test_webhooks_are_signed_ordered_and_survive_a_receiver_outage(tmp_path):
