@@ -365,9 +365,14 @@ def test_the_unified_start_request_maps_onto_ours():
     assert (tracks.kind, tracks.track_composite.video_track_id, tracks.track_composite.audio_track_id) == (
         "track_composite", "TR_v", "TR_a")
     voice = ours(from_livekit_start, proto.StartEgressRequest(
-        room_name="r", media=proto.MediaSource(audio=proto.AudioConfig(routes=[proto.AudioRoute(track_id="TR_a")]))))
+        room_name="r", media=proto.MediaSource(audio=proto.AudioConfig(routes=[proto.AudioRoute(track_id="TR_a")])),
+        outputs=[proto.Output(file=proto.FileOutput(file_type=proto.MP3, filepath="v"))],
+        webhooks=[lkm.WebhookConfig(url="https://example.com/h", filter_params=lkm.FilterParams(
+            include_events=["egress_ended"]))]))
     assert (voice.kind, voice.track_composite.audio_track_id, voice.track_composite.video_track_id) == (
         "track_composite", "TR_a", None)
+    assert (voice.file_type, [(h.url, h.format, h.include_events) for h in voice.webhooks]) == (
+        "MP3", [("https://example.com/h", "livekit", ["egress_ended"])])
 
 
 async def test_fields_this_server_does_not_honour_are_refused_by_name(open_app):
