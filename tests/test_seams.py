@@ -329,6 +329,16 @@ async def test_the_service_runs_what_fits_queues_the_rest_and_runs_it_when_room_
         await service.stop(first.id)
 
 
+async def test_a_requests_webhook_this_server_cannot_sign_for_is_refused_naming_the_field(simulated):
+    service, runner, _ = simulated
+    for hook, field in (({"format": "livekit"}, "webhooks.0.format"),  # no LiveKit key on this server
+                        ({"signingKey": "sk_live_0123456789"}, "webhooks.0.signingKey")):
+        with pytest.raises(InvalidRequest) as refused:
+            await service.start(small(webhooks=[{"url": "https://example.com/hook", **hook}]))
+        assert refused.value.details == {"field": field} and "sk_live" not in refused.value.message
+    assert runner.started == [] and (await service.store.list())[1] == 0
+
+
 async def test_a_queued_egress_stopped_ends_aborted_and_never_runs(simulated):
     service, runner, receiver = simulated
     await service.start(small())
