@@ -339,7 +339,8 @@ class Webhooks:
         except AddressRefused as exc:
             error = exc.message
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            error = str(exc) or type(exc).__name__
+            # Some of aiohttp's errors quote the URL: the caller's is kept and logged without its query.
+            error = (str(exc) or type(exc).__name__).replace(event.url, shown)
         if time.time() - event.created_at > GIVE_UP_AFTER_S:
             log.error("webhook %s to %s given up after %d attempts: %s", event.event_id, shown, attempts, error)
             await self.store.event_given_up(event.seq, attempts, error)
