@@ -210,6 +210,12 @@ def test_kill_9_of_the_service_is_settled_on_restart(tmp_path):
     try:
         done = again.call("GET", f"/v1/egress/{info['id']}")[1]
         assert done["status"] == "FAILED" and done["errorCode"] == "SERVICE_RESTARTED", done
+        deadline = time.monotonic() + 20
+        while not receiver.posts and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (event,) = [json.loads(b) for _, b in receiver.posts]
+        assert (event["event"], event["data"]["egressId"], event["data"]["errorCode"]) == (
+            "recording.failed", info["id"], "SERVICE_RESTARTED"), event
         # The orphaned worker finished its file (not only the crash-safe partial one), and the record says
         # what it holds and when it ended.
         f = done["file"]
@@ -226,12 +232,6 @@ def test_kill_9_of_the_service_is_settled_on_restart(tmp_path):
         with urllib.request.urlopen(link["downloadUrl"], timeout=10) as resp:
             assert len(resp.read()) == f["size"]
         assert not [p for p in _pids() if info["id"] in _cmdline(p)]
-        deadline = time.monotonic() + 20
-        while not receiver.posts and time.monotonic() < deadline:
-            time.sleep(0.2)
-        (event,) = [json.loads(b) for _, b in receiver.posts]
-        assert (event["event"], event["data"]["egressId"], event["data"]["errorCode"]) == (
-            "recording.failed", info["id"], "SERVICE_RESTARTED"), event
     finally:
         again.stop_server()
         receiver.close()
