@@ -199,10 +199,7 @@ def test_sigterm_drains_running_egresses_to_complete_files(tmp_path):
 
 
 def test_kill_9_of_the_service_is_settled_on_restart(tmp_path):
-    # The request's own webhook receiver is kept with the egress: the restarted service tells it how it ended.
-    receiver = HttpReceiver()
-    server, info = recording_server(tmp_path, 3, webhooks=[{"url": receiver.url,
-                                                            "excludeEvents": ["recording.started"]}])
+    server, info = recording_server(tmp_path, 3)
     server.proc.kill()
     server.proc.wait()
     time.sleep(2)  # the orphaned worker is told to stop (PDEATHSIG) and closes its file
@@ -210,12 +207,6 @@ def test_kill_9_of_the_service_is_settled_on_restart(tmp_path):
     try:
         done = again.call("GET", f"/v1/egress/{info['id']}")[1]
         assert done["status"] == "FAILED" and done["errorCode"] == "SERVICE_RESTARTED", done
-        deadline = time.monotonic() + 20
-        while not receiver.posts and time.monotonic() < deadline:
-            time.sleep(0.2)
-        (event,) = [json.loads(b) for _, b in receiver.posts]
-        assert (event["event"], event["data"]["egressId"], event["data"]["errorCode"]) == (
-            "recording.failed", info["id"], "SERVICE_RESTARTED"), event
         # The orphaned worker finished its file (not only the crash-safe partial one), and the record says
         # what it holds and when it ended.
         f = done["file"]
@@ -231,6 +222,30 @@ def test_kill_9_of_the_service_is_settled_on_restart(tmp_path):
         assert status == 200, link
         with urllib.request.urlopen(link["downloadUrl"], timeout=10) as resp:
             assert len(resp.read()) == f["size"]
+        assert not [p for p in _pids() if info["id"] in _cmdline(p)]
+    finally:
+        again.stop_server()
+
+
+def test_a_requests_own_receiver_hears_how_its_egress_ended_after_a_kill_9(tmp_path):
+    # The receivers a request names are kept with the egress: the restarted service tells them how it ended.
+    receiver = HttpReceiver()
+    server, info = recording_server(tmp_path, 2, webhooks=[{"url": receiver.url,
+                                                            "excludeEvents": ["recording.started"]}])
+    server.proc.kill()
+    server.proc.wait()
+    again = Server(tmp_path / "data")
+    try:
+        done = again.call("GET", f"/v1/egress/{info['id']}")[1]
+        assert done["status"] == "FAILED" and done["errorCode"] == "SERVICE_RESTARTED", done
+        deadline = time.monotonic() + 20
+        while not receiver.posts and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (event,) = [json.loads(b) for _, b in receiver.posts]
+        assert (event["event"], event["data"]["egressId"], event["data"]["errorCode"]) == (
+            "recording.failed", info["id"], "SERVICE_RESTARTED"), event
+        while [p for p in _pids() if info["id"] in _cmdline(p)] and time.monotonic() < deadline:
+            time.sleep(0.2)  # the orphaned worker ends with its service (PDEATHSIG)
         assert not [p for p in _pids() if info["id"] in _cmdline(p)]
     finally:
         again.stop_server()
