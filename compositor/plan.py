@@ -29,7 +29,7 @@ from .storage.config import storage_urls
 
 _BASE62 = string.digits + string.ascii_letters
 
-CONTAINERS = {".mp4": "mp4", ".webm": "webm", ".ogg": "ogg"}
+CONTAINERS = {".mp4": "mp4", ".webm": "webm", ".ogg": "ogg", ".mp3": "mp3"}
 
 DEFAULT_SAMPLE_RATE = 48000
 # What a warm worker renders before it knows its job: the default preset's frame, the default rate.
@@ -57,7 +57,7 @@ class VideoSettings:
 class AudioSettings:
     bitrate_kbps: int
     sample_rate: int
-    codec: str  # aac | opus | pcm (raw, for a WebSocket)
+    codec: str  # aac | opus | mp3 | pcm (raw, for a WebSocket)
     channels: int = 2
 
 
@@ -186,12 +186,18 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
     output = Path(req.file.filepath).expanduser() if req.file else None
     container = _container(output, req.file.file_type) if req.file and output else None
     live = req.stream is not None or req.segments is not None
-    if live and container in ("webm", "ogg"):
+    if live and container in ("webm", "ogg", "mp3"):
         raise InvalidRequest(f"streams and HLS segments carry H.264/AAC; a {container.upper()} file alongside "
                              f"would need a second encode: record an MP4 with them", details={"field": "file"})
+    if container == "mp3" and not req.audio_only:
+        # Unlike OGG (LiveKit's audio file of old, which drops the video by itself), MP3 is asked for by name:
+        # a request that would record a picture into it is a mistake to say, not a picture to drop unasked.
+        raise InvalidRequest("file.fileType: an MP3 file holds sound only; set audio_only (or record one audio "
+                             "track), or ask for MP4, WebM or OGG", details={"field": "file.fileType"})
     audio_only = req.audio_only or container == "ogg"
-    if container == "ogg" and req.video_only:
-        raise InvalidRequest("an OGG file carries audio only; video_only cannot apply", details={"field": "file"})
+    if container in ("ogg", "mp3") and req.video_only:
+        raise InvalidRequest(f"an {container.upper()} file carries audio only; video_only cannot apply",
+                             details={"field": "file"})
     if req.images and audio_only:
         raise InvalidRequest("thumbnails need video; this egress is audio only", details={"field": "images"})
 
@@ -218,7 +224,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         audio = AudioSettings(
             bitrate_kbps=(adv and adv.audio_bitrate) or 128,
             sample_rate=(adv and adv.audio_frequency) or DEFAULT_SAMPLE_RATE,
-            codec="pcm" if req.websocket else "aac" if h264 else "opus",
+            codec="pcm" if req.websocket else "aac" if h264 else "mp3" if container == "mp3" else "opus",
             channels=req.audio_channels,
         )
     stream = None
@@ -388,7 +394,7 @@ def _container(path: Path, file_type: str | None) -> str:
         return wanted
     if not by_ext:
         raise InvalidRequest(f"output {str(path)!r}: unknown extension {path.suffix or '(none)'}; "
-                             f"use .mp4, .webm or .ogg", details={"field": "file.filepath"})
+                             f"use .mp4, .webm, .ogg or .mp3", details={"field": "file.filepath"})
     return by_ext
 
 

@@ -209,7 +209,7 @@ class EncodingOptions(Model):
 
 class FileOutput(Model):
     filepath: str = Field(min_length=1)
-    file_type: Literal["MP4", "WEBM", "OGG"] | None = None
+    file_type: Literal["MP4", "WEBM", "OGG", "MP3"] | None = None
 
     @field_validator("file_type", mode="before")
     @classmethod

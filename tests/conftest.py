@@ -202,8 +202,10 @@ class HttpReceiver:
 
         self.posts: list[tuple[dict, bytes]] = []
         self.gets: list[str] = []
-        #: what POSTs are answered (a test sets 500 to play a receiver that fails; those POSTs are not kept)
+        #: what POSTs are answered (a test sets 500 to play a receiver that fails; those POSTs are counted in
+        #: `refused`, not kept)
         self.post_status = 200
+        self.refused = 0
         self._loop = asyncio.new_event_loop()
 
         async def get(request):
@@ -213,6 +215,7 @@ class HttpReceiver:
         async def post(request):
             body = await request.read()
             if self.post_status != 200:
+                self.refused += 1
                 return web.json_response({"ok": False}, status=self.post_status)
             self.posts.append((dict(request.headers), body))
             return web.json_response({"ok": True})

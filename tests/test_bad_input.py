@@ -30,7 +30,7 @@ def test_bad_request_is_refused_with_its_reason(record, args, code, words):
 
 def test_unknown_extension_is_refused(record):
     run = record("--duration", "1", output="out.avi", timeout=30)
-    assert run.error["code"] == "INVALID_ARGUMENT" and ".mp4, .webm or .ogg" in run.error["message"]
+    assert run.error["code"] == "INVALID_ARGUMENT" and ".mp4, .webm, .ogg or .mp3" in run.error["message"]
 
 
 def test_unwritable_output_is_refused(record, tmp_path):

@@ -69,6 +69,14 @@ def webhooks():
 
 
 @pytest.fixture
+def own_receiver():
+    """A receiver a request names for its own egress's events."""
+    receiver = HttpReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
 def cluster(redis_server, tmp_path, webhooks):
     redis_server.cli("FLUSHALL")
     made = Cluster(redis_server, tmp_path, webhooks.url)
@@ -138,10 +146,12 @@ def test_placement_and_any_node_serves_any_call(cluster):
                 assert resp.read() == f.read()
 
 
-def test_a_killed_node_is_settled_once_and_its_webhooks_survive_the_node_that_queued_them(cluster, webhooks):
+def test_a_killed_node_is_settled_once_and_its_webhooks_survive_the_node_that_queued_them(cluster, webhooks,
+                                                                                         own_receiver):
     a, b = cluster.start("a"), cluster.start("b")
-    webhooks.post_status = 500  # the receiver is down: every event waits in the shared outbox
-    info = start(a, COLORS["a"])
+    mine = own_receiver  # kept with the egress in Redis
+    webhooks.post_status = mine.post_status = 500  # the receivers are down: every event waits in the shared outbox
+    info = start(a, COLORS["a"], webhooks=[{"url": mine.url, "includeEvents": ["recording.failed"]}])
     victim_name = a.wait_status(info["id"], "ACTIVE")["node"]
     victim, survivor = (a, b) if victim_name == "a" else (b, a)
     time.sleep(1.5)
@@ -152,13 +162,15 @@ def test_a_killed_node_is_settled_once_and_its_webhooks_survive_the_node_that_qu
     assert time.monotonic() - t0 <= 20
     assert failed["errorCode"] == "NODE_LOST" and f"node {victim_name}" in failed["error"]
     assert failed["file"]["location"].endswith(".mp4") and failed["file"]["node"] == victim_name
-    webhooks.post_status = 200  # back: the survivor delivers what the dead node queued, and the end
-    wait_for(lambda: final_events(webhooks, info["id"]), 40, "the final webhook")
+    webhooks.post_status = mine.post_status = 200  # back: the survivor delivers what the dead node queued, and the end
+    wait_for(lambda: final_events(webhooks, info["id"]) and mine.posts, 40, "the final webhook")
     time.sleep(3)
     events = [json.loads(body) for _, body in webhooks.posts if info["id"] in body.decode()]
     assert [e["event"] for e in events] == ["recording.started", "recording.failed"]
     assert len({e["id"] for e in events}) == 2 and events[1]["data"]["errorCode"] == "NODE_LOST"
     assert events[1]["data"]["fileUrl"] == failed["file"]["location"]  # what was recorded is kept: it says where
+    # The survivor told the request's receiver too: the one event it asked for, the same event.
+    assert [json.loads(body) for _, body in mine.posts] == [events[1]]
     # The killed node's worker went with it (its file stays, playable up to the kill).
     wait_for(lambda: not [p for p in _pids() if info["id"] in _cmdline(p)], 15, "the worker's end")
 

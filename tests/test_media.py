@@ -75,6 +75,27 @@ def test_ogg_is_audio_only_opus(record):
     assert analysis.tone_level(analysis.audio_samples(run.output), TONE_A, 0.5, 2.5) > 0.05
 
 
+def test_mp3_holds_the_rooms_sound_and_no_picture(record):
+    run = record("--layout", "audio-only", "--audio-only", "--duration", "2.5",
+                 "--participant", f"name=A,tone={TONE_A}", output="out.mp3")
+    assert run.code == 0, run.stderr[-2000:]
+    f = run.result["file"]
+    assert f["audio_codec"] == "mp3" and "video_codec" not in f, f
+    assert abs(f["duration"] - 2.5) <= 0.3, f
+    streams = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(run.output)],
+                                        capture_output=True, text=True, check=True).stdout)["streams"]
+    assert [s["codec_name"] for s in streams] == ["mp3"], streams
+    pcm = analysis.audio_samples(run.output)
+    assert analysis.tone_level(pcm, TONE_A, 0.5, 2.0) > 0.05
+    assert analysis.tone_level(pcm, TONE_B, 0.5, 2.0) < 0.005
+
+
+def test_mp3_of_a_picture_is_refused_naming_the_field(record):
+    run = record("--layout", "grid", "--duration", "2", "--participant", "name=A", output="out.mp3", timeout=30)
+    assert run.code == 2 and run.error["code"] == "INVALID_ARGUMENT", run.events
+    assert run.error["details"]["field"] == "file.fileType" and "audio_only" in run.error["message"], run.error
+
+
 def test_audio_only_layout_lights_the_speaker(record):
     run = record(*SMALL, "--layout", "audio-only", "--duration", "2.5",
                  "--participant", "name=A", "--participant", "name=B,speaks=")

@@ -67,6 +67,36 @@ async def test_a_status_change_and_its_webhooks_commit_together(store):
     assert await store.event_backlog() == 4
 
 
+async def test_a_requests_own_receivers_persist_and_get_its_events_only_filtered(store):
+    hooks = Webhooks(store, ["http://a.test/hook"], "secret", livekit_key="K", livekit_secret="S" * 32)
+    mine = [{"url": "http://mine.test/lk", "format": "livekit", "include_events": ["egress_ended"],
+             "exclude_events": []},
+            {"url": "http://mine.test/bx", "format": "baxcloud", "include_events": [],
+             "exclude_events": ["recording.started"]}]
+    await record(store, webhooks=mine)
+    await record(store, "EG_2")
+    assert (await store.get("EG_1")).webhooks == mine  # kept with the job: a restart or another node sends them
+    for egress_id in ("EG_1", "EG_2"):
+        await store.update(egress_id, events=hooks.for_change, status=Status.ACTIVE, started_at=1.0)
+        await store.update(egress_id, events=hooks.for_change, status=Status.ENDING)
+        await store.update(egress_id, events=hooks.for_change, status=Status.COMPLETE, ended_at=2.0)
+    sent: dict[tuple[str, str], list] = {}
+    while due := await store.claim_events(float("inf"), 60):
+        for e in due:
+            body = json.loads(e.body)
+            sent.setdefault((e.egress_id, e.url), []).append((body["event"], e.event_id, e.untrusted))
+            await store.event_delivered(e.seq, 1)
+    names = {k: [name for name, _, _ in v] for k, v in sent.items()}
+    assert names == {("EG_1", "http://a.test/hook"): ["recording.started", "recording.completed"],
+                     ("EG_1", "http://mine.test/bx"): ["recording.completed"],
+                     ("EG_1", "http://mine.test/lk"): ["egress_ended"],
+                     ("EG_2", "http://a.test/hook"): ["recording.started", "recording.completed"]}
+    # One event, one id, whoever receives it; the request's receivers are marked to be held to the policy.
+    assert sent["EG_1", "http://mine.test/bx"][0][1] == sent["EG_1", "http://a.test/hook"][1][1]
+    assert {u for v in sent.values() for _, _, u in v} == {True, False}
+    assert all(u == k[1].startswith("http://mine.test") for k, v in sent.items() for _, _, u in v)
+
+
 async def test_a_change_whose_events_fail_is_not_kept(store):
     await record(store)
 
@@ -301,6 +331,16 @@ async def test_the_service_runs_what_fits_queues_the_rest_and_runs_it_when_room_
     assert await service.queue_position(queued.id) is None
     with pytest.raises(Conflict, match="already ended"):
         await service.stop(first.id)
+
+
+async def test_a_requests_webhook_this_server_cannot_sign_for_is_refused_naming_the_field(simulated):
+    service, runner, _ = simulated
+    for hook, field in (({"format": "livekit"}, "webhooks.0.format"),  # no LiveKit key on this server
+                        ({"signingKey": "sk_live_0123456789"}, "webhooks.0.signingKey")):
+        with pytest.raises(InvalidRequest) as refused:
+            await service.start(small(webhooks=[{"url": "https://example.com/hook", **hook}]))
+        assert refused.value.details == {"field": field} and "sk_live" not in refused.value.message
+    assert runner.started == [] and (await service.store.list())[1] == 0
 
 
 async def test_a_queued_egress_stopped_ends_aborted_and_never_runs(simulated):

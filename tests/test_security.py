@@ -25,14 +25,20 @@ import yaml
 from aiohttp import web
 from livekit import api
 from livekit.protocol import egress as proto
+from livekit.protocol import models as lkm
 
 from compositor import analysis
-from compositor.outbound import AddressRefused, OutboundPolicy, is_public
+from compositor.outbound import AddressRefused, AllowedHosts, OutboundPolicy, is_public
+from compositor.protocol import Status
 from compositor.service import PUBLISHED_SECRETS
+from compositor.service.seams import EgressRecord
+from compositor.service.store import SqliteStore
+from compositor.service.webhooks import Webhooks
 from tools.peers.livekit import API_KEY, API_SECRET
 from tools.peers.receivers import BackgroundApp, ConnectionLog, free_port
 
 from .conftest import KEY, REPO, record_argv
+from .support.simulated import until
 from .support.storage_servers import AZURITE_KEY, service_account
 from .test_service import Server
 
@@ -93,6 +99,10 @@ def attacks(port: int) -> list[tuple[str, dict, str]]:
         ("Azure endpoint", {**SYNTHETIC, "storage": {"kind": "azure", "accountName": "devstoreaccount1",
                                                      "accountKey": AZURITE_KEY, "containerName": "c",
                                                      "endpoint": f"{http}devstoreaccount1"}}, "storage.endpoint"),
+        ("request's webhook", {**SYNTHETIC, "webhooks": [{"url": f"{http}hook"}]}, "webhooks.0.url"),
+        ("request's webhook by name", {**SYNTHETIC, "webhooks": [
+            {"url": "https://example.com/hook"}, {"url": f"http://localhost:{port}/hook", "format": "livekit"}]},
+         "webhooks.1.url"),
     ]
 
 
@@ -144,6 +154,11 @@ async def test_twirp_refuses_files_and_private_addresses_alike(guarded, listener
             await lkapi.egress.start_room_composite_egress(proto.RoomCompositeEgressRequest(
                 room_name="r", stream_outputs=[proto.StreamOutput(urls=[listener.url("rtmp", "/live/k")])]))
         assert refused.value.metadata["error_code"] == "ADDRESS_NOT_ALLOWED"
+        with pytest.raises(api.TwirpError) as refused:
+            await lkapi.egress.start_room_composite_egress(proto.RoomCompositeEgressRequest(
+                room_name="r", webhooks=[lkm.WebhookConfig(url=listener.url(path="/hook"))]))
+        assert (refused.value.metadata["error_code"], refused.value.metadata["field"]) == (
+            "ADDRESS_NOT_ALLOWED", "webhooks.0.url")
     assert listener.connections == []
 
 
@@ -164,6 +179,59 @@ async def test_public_addresses_pass_and_streams_connect_to_the_checked_address(
     # An RTMP pusher is given the checked address, the name kept for the destination in the tcUrl.
     assert await policy.pinned_stream_url("rtmp://8.8.8.8/live/key") == (
         "rtmp://8.8.8.8:1935/live/key", ["-rtmp_tcurl", "rtmp://8.8.8.8/live"])
+
+
+class HookSite(BackgroundApp):
+    """A request's webhook receiver on an allowed host: keeps each POST's body, and answers it with a redirect to
+    `redirect` if given."""
+
+    def __init__(self, redirect: str | None = None):
+        self.posts: list[bytes] = []
+
+        async def handle(request):
+            self.posts.append(await request.read())
+            if redirect:
+                raise web.HTTPTemporaryRedirect(redirect)
+            return web.json_response({})
+
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", handle)
+        super().__init__(app)
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+
+
+async def test_a_requests_webhook_is_held_to_the_policy_at_delivery_and_never_redirected(tmp_path, listener):
+    site, allowed = HookSite(redirect=listener.url(path="/after-redirect")), HookSite()
+    store = SqliteStore(tmp_path / "db")
+    policy = OutboundPolicy(AllowedHosts.parse([f"127.0.0.1:{site.port}", f"localhost:{allowed.port}"]),
+                            trusted=False)
+    hooks = Webhooks(store, [], "secret", retry_base_s=0.05, policy=policy)
+    # Receivers an egress kept from when the policy was looser (another node's, or before the operator narrowed it):
+    # each delivery asks the policy again. An allowed name is reached at the address its check resolved.
+    direct, by_name = listener.url(path="/direct"), listener.url(path="/by-name", host="localhost")
+    reached = f"http://localhost:{allowed.port}/hook"
+    kept = [{"url": url, "format": "baxcloud", "include_events": [], "exclude_events": []}
+            for url in (site.url, direct, by_name, reached)]
+    await store.create(EgressRecord(id="EG_1", room_name="r", mode="record", layout="grid", quality="720p",
+                                    request={}, webhooks=kept))
+    await store.update("EG_1", events=hooks.for_change, status=Status.ACTIVE, started_at=1.0)
+    hooks.start()
+
+    async def retried():
+        rows = store._db.execute("SELECT url, attempts, last_error FROM outbox WHERE delivered_at IS NULL").fetchall()
+        return rows if allowed.posts and all(attempts >= 2 for _, attempts, _ in rows) else None
+
+    try:
+        errors = {url: error for url, _, error in await until(retried)}
+    finally:
+        await hooks.stop()
+        await store.close()
+        site.close()
+        allowed.close()
+    assert reached not in errors and [json.loads(b)["event"] for b in allowed.posts] == ["recording.started"]
+    assert errors[site.url] == "HTTP 307" and len(site.posts) >= 2  # retried, never followed
+    assert "not a public address" in errors[direct] and "not a public address" in errors[by_name], errors
+    assert listener.connections == []
 
 
 class Site(BackgroundApp):

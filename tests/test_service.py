@@ -176,10 +176,10 @@ def test_over_capacity_gets_503_with_retry_after(tmp_path):
         server.stop_server()
 
 
-def recording_server(tmp_path, seconds: float) -> tuple[Server, dict]:
-    """A server with one egress that has been recording for `seconds`."""
+def recording_server(tmp_path, seconds: float, **body) -> tuple[Server, dict]:
+    """A server with one egress (of these `body` fields) that has been recording for `seconds`."""
     server = Server(tmp_path / "data")
-    info = server.start()
+    info = server.start(**body)
     server.wait_status(info["id"], "ACTIVE")
     time.sleep(seconds)
     return server, info
@@ -225,6 +225,31 @@ def test_kill_9_of_the_service_is_settled_on_restart(tmp_path):
         assert not [p for p in _pids() if info["id"] in _cmdline(p)]
     finally:
         again.stop_server()
+
+
+def test_a_requests_own_receiver_hears_how_its_egress_ended_after_a_kill_9(tmp_path):
+    # The receivers a request names are kept with the egress: the restarted service tells them how it ended.
+    receiver = HttpReceiver()
+    server, info = recording_server(tmp_path, 2, webhooks=[{"url": receiver.url,
+                                                            "excludeEvents": ["recording.started"]}])
+    server.proc.kill()
+    server.proc.wait()
+    again = Server(tmp_path / "data")
+    try:
+        done = again.call("GET", f"/v1/egress/{info['id']}")[1]
+        assert done["status"] == "FAILED" and done["errorCode"] == "SERVICE_RESTARTED", done
+        deadline = time.monotonic() + 20
+        while not receiver.posts and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (event,) = [json.loads(b) for _, b in receiver.posts]
+        assert (event["event"], event["data"]["egressId"], event["data"]["errorCode"]) == (
+            "recording.failed", info["id"], "SERVICE_RESTARTED"), event
+        while [p for p in _pids() if info["id"] in _cmdline(p)] and time.monotonic() < deadline:
+            time.sleep(0.2)  # the orphaned worker ends with its service (PDEATHSIG)
+        assert not [p for p in _pids() if info["id"] in _cmdline(p)]
+    finally:
+        again.stop_server()
+        receiver.close()
 
 
 def test_webhooks_are_signed_ordered_and_survive_a_receiver_outage(tmp_path):
@@ -304,6 +329,26 @@ def test_a_both_mode_egress_is_a_recording(server, nginx):
     _, link, _ = server.call("GET", f"/v1/recordings/{rec_id}/download-url")
     with urllib.request.urlopen(link["downloadUrl"], timeout=30) as resp:
         assert resp.read() == Path(got["file"]["location"]).read_bytes()
+
+
+def test_an_mp3_recording_holds_the_rooms_sound(server):
+    status, err, _ = server.call("POST", "/v1/recordings/start", {"roomName": "r", "fileType": "MP3", **ROOM})
+    assert status == 400 and err["error"]["details"]["field"] == "file.fileType", err
+    status, rec, _ = server.call("POST", "/v1/recordings/start", {"roomName": "mp3-room", "fileType": "MP3",
+                                                                   "audioOnly": True, "layout": "audio-only", **ROOM})
+    assert status == 201, rec
+    server.wait_status(rec["egressId"], "ACTIVE")
+    time.sleep(2)
+    server.call("POST", f"/v1/recordings/{rec['egressId']}/stop")
+    server.wait_status(rec["egressId"], "COMPLETE")
+    _, got, _ = server.call("GET", f"/v1/recordings/{rec['id']}")
+    f = got["file"]
+    assert got["fileType"] == "MP3" and f["audioCodec"] == "mp3" and f.get("videoCodec") is None, got
+    assert f["location"].endswith(".mp3") and 1.5 <= f["duration"] <= 5, f
+    assert analysis.tone_level(analysis.audio_samples(f["location"]), 450, 0.3, 1.3) > 0.05
+    _, link, _ = server.call("GET", f"/v1/recordings/{rec['id']}/download-url")
+    with urllib.request.urlopen(link["downloadUrl"], timeout=30) as resp:
+        assert resp.headers["Content-Type"] == "audio/mpeg"
 
 
 def test_auto_egress_config_is_validated_and_kept(server):
@@ -483,6 +528,57 @@ def test_webhooks_in_livekit_format_verify_with_livekits_receiver(tmp_path):
     finally:
         server.stop_server()
         receiver.close()
+
+
+def test_a_requests_own_webhooks_get_its_events_filtered_signed_and_retried(tmp_path):
+    from livekit.api import TokenVerifier, WebhookReceiver
+
+    key, secret, hook_secret = "APIdevkey", "a-livekit-secret-of-some-length-0123456789", "whsec-test"
+    ours, mine = HttpReceiver(), HttpReceiver()
+    mine.post_status = 500  # down at first: what it misses is retried
+    server = Server(tmp_path / "data", "--webhook-url", ours.url + "server",
+                    env={"COMPOSITOR_WEBHOOK_SECRET": hook_secret, "COMPOSITOR_WEBHOOK_RETRY_BASE_S": "0.3",
+                         "COMPOSITOR_LIVEKIT_API_KEY": key, "COMPOSITOR_LIVEKIT_API_SECRET": secret})
+    try:
+        info = server.start(maxDuration=2, webhooks=[
+            {"url": mine.url + "lk?token=QUERY-SECRET", "format": "livekit", "signingKey": key,
+             "excludeEvents": ["egress_updated"]},
+            {"url": mine.url + "bax", "includeEvents": ["recording.completed", "recording.failed"]}])
+        other = server.start()  # another egress: none of its events reach the first one's receivers
+        server.call("POST", f"/v1/egress/{other['id']}/stop")
+        server.wait_status(info["id"], "LIMIT_REACHED")
+        server.wait_status(other["id"], "ABORTED", "COMPLETE")
+        deadline = time.monotonic() + 30
+        while not mine.refused and time.monotonic() < deadline:
+            time.sleep(0.1)
+        mine.post_status = 200  # back up
+        while len(mine.posts) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)  # nothing more comes
+        lk = [(h, b) for h, b in mine.posts if h["Content-Type"] == "application/webhook+json"]
+        events = [WebhookReceiver(TokenVerifier(key, secret)).receive(b.decode(), h["Authorization"]) for h, b in lk]
+        assert [e.event for e in events] == ["egress_started", "egress_ended"], events
+        assert {e.egress_info.egress_id for e in events} == {info["id"]}
+        bax = [(h, b) for h, b in mine.posts if h["Content-Type"] == "application/json"]
+        assert [(json.loads(b)["event"], json.loads(b)["data"]["egressId"]) for _, b in bax] == [
+            ("recording.completed", info["id"])]
+        assert all(verify(hook_secret, h[SIGNATURE_HEADER], b) for h, b in bax)
+        assert mine.refused >= 1 and len(mine.posts) == 3
+        # The server's own receiver still gets everything, of both egresses, with the same event ids.
+        while len(ours.posts) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        theirs = [json.loads(b) for _, b in ours.posts]
+        assert [e["event"] for e in theirs if e["data"]["egressId"] == info["id"]] == [
+            "recording.started", "recording.completed"], theirs
+        assert other["id"] in {e["data"]["egressId"] for e in theirs}
+        assert json.loads(bax[0][1])["id"] in {e["id"] for e in theirs}
+        # The receiver's URL is the caller's: never shown, never logged whole.
+        assert "QUERY-SECRET" not in json.dumps(server.call("GET", f"/v1/egress/{info['id']}")[1])
+        assert "QUERY-SECRET" not in server.log.read_text()
+    finally:
+        server.stop_server()
+        ours.close()
+        mine.close()
 
 
 def test_livekit_webhooks_need_the_api_key(tmp_path):

@@ -226,6 +226,7 @@ async def test_malformed_bodies(open_app):
 async def test_invalid_starts_name_the_field_and_valid_ones_reach_admission(open_app):
     client, _ = await open_app()
     file = proto.EncodedFileOutput(file_type=proto.MP4, filepath="x.mp4")
+    mp3 = proto.EncodedFileOutput(file_type=proto.MP3, filepath="x")
     async with sdk(client) as lk:
         eg = lk.egress
         refusals = [
@@ -237,6 +238,20 @@ async def test_invalid_starts_name_the_field_and_valid_ones_reach_admission(open
             (eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(room_name="r", file_outputs=[
                 proto.EncodedFileOutput(s3=proto.S3Upload(access_key="AK", secret="TOPSECRET", region="x"))])),
              "storage.s3.bucket"),
+            # An MP3 holds no picture: a room composite to one must say audio_only.
+            (eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(room_name="r", file_outputs=[mp3])),
+             "file.fileType"),
+            (eg.start_track_composite_egress(proto.TrackCompositeEgressRequest(
+                room_name="r", audio_track_id="TR_a", video_track_id="TR_v", file_outputs=[mp3])), "file.fileType"),
+            # A request's own webhook: event names of LiveKit's format, signed with an API key this server holds
+            # (the key a caller names is not repeated, in case it was a secret).
+            (eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(room_name="r", webhooks=[
+                lkm.WebhookConfig(url="https://example.com/h", filter_params=lkm.FilterParams(
+                    include_events=["egress_started", "room_started"]))])), "webhooks.0.includeEvents"),
+            (eg.start_participant_egress(proto.ParticipantEgressRequest(room_name="r", identity="a", webhooks=[
+                lkm.WebhookConfig(url="https://example.com/h", signing_key="TOPSECRET")])), "webhooks.0.signingKey"),
+            (eg.start_track_egress(proto.TrackEgressRequest(room_name="r", track_id="TR_a", webhooks=[
+                lkm.WebhookConfig(url="file:///etc/passwd")])), "webhooks.0.url"),
         ]
         for start, field in refusals:
             with pytest.raises(api.TwirpError) as refused:
@@ -248,6 +263,12 @@ async def test_invalid_starts_name_the_field_and_valid_ones_reach_admission(open
         for start in (
                 eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(
                     room_name="r", layout="speaker", preset=proto.H264_1080P_30, file_outputs=[file])),
+                eg.start_room_composite_egress(proto.RoomCompositeEgressRequest(
+                    room_name="r", audio_only=True, file_outputs=[mp3])),
+                eg.start_track_composite_egress(proto.TrackCompositeEgressRequest(
+                    room_name="r", audio_track_id="TR_a", file_outputs=[mp3], webhooks=[lkm.WebhookConfig(
+                        url="https://example.com/h", signing_key=API_KEY, filter_params=lkm.FilterParams(
+                            exclude_events=["egress_updated"]))])),
                 eg.start_web_egress(proto.WebEgressRequest(url="https://example.com/", file=file)),
                 eg.start_participant_egress(proto.ParticipantEgressRequest(room_name="r", identity="alice")),
                 eg.start_track_composite_egress(proto.TrackCompositeEgressRequest(
@@ -295,8 +316,16 @@ def test_each_start_request_maps_onto_ours():
     page = ours(from_livekit, proto.WebEgressRequest(url="https://example.com/", file_outputs=[
         proto.EncodedFileOutput(filepath="pages/")]))
     assert (page.kind, page.room_name, page.web_url) == ("web", "", "https://example.com/")  # no room invented
-    socket = ours(from_livekit_track, proto.TrackEgressRequest(room_name="r", track_id="TR_a",
-                                                               websocket_url="wss://example.com/pcm"))
+    socket = ours(from_livekit_track, proto.TrackEgressRequest(
+        room_name="r", track_id="TR_a", websocket_url="wss://example.com/pcm", webhooks=[
+            lkm.WebhookConfig(url="https://example.com/h", signing_key="APIkey", filter_params=lkm.FilterParams(
+                include_events=["egress_ended"], exclude_events=["egress_updated"])),
+            lkm.WebhookConfig(url="https://example.com/all")]))
+    assert [h.model_dump() for h in socket.webhooks] == [
+        {"url": "https://example.com/h", "format": "livekit", "signing_key": "APIkey",
+         "include_events": ["egress_ended"], "exclude_events": ["egress_updated"]},
+        {"url": "https://example.com/all", "format": "livekit", "signing_key": None, "include_events": [],
+         "exclude_events": []}]
     assert (socket.track.websocket_url, socket.wants_file) == ("wss://example.com/pcm", False)
 
 
@@ -336,9 +365,14 @@ def test_the_unified_start_request_maps_onto_ours():
     assert (tracks.kind, tracks.track_composite.video_track_id, tracks.track_composite.audio_track_id) == (
         "track_composite", "TR_v", "TR_a")
     voice = ours(from_livekit_start, proto.StartEgressRequest(
-        room_name="r", media=proto.MediaSource(audio=proto.AudioConfig(routes=[proto.AudioRoute(track_id="TR_a")]))))
+        room_name="r", media=proto.MediaSource(audio=proto.AudioConfig(routes=[proto.AudioRoute(track_id="TR_a")])),
+        outputs=[proto.Output(file=proto.FileOutput(file_type=proto.MP3, filepath="v"))],
+        webhooks=[lkm.WebhookConfig(url="https://example.com/h", filter_params=lkm.FilterParams(
+            include_events=["egress_ended"]))]))
     assert (voice.kind, voice.track_composite.audio_track_id, voice.track_composite.video_track_id) == (
         "track_composite", "TR_a", None)
+    assert (voice.file_type, [(h.url, h.format, h.include_events) for h in voice.webhooks]) == (
+        "MP3", [("https://example.com/h", "livekit", ["egress_ended"])])
 
 
 async def test_fields_this_server_does_not_honour_are_refused_by_name(open_app):

@@ -15,7 +15,7 @@ from ..service.livekit_info import ADVANCED_FIELDS
 # Keys only LiveKit's shape has; any of them marks a LiveKit body.
 _ONLY_LIVEKIT = {"file_outputs", "stream_outputs", "segment_outputs", "image_outputs", "preset", "url",
                  "custom_base_url", "await_start_signal", "audio_mixing"}
-_FILE_TYPES = {"DEFAULT_FILETYPE": "MP4", "MP4": "MP4", "OGG": "OGG", "WEBM": "WEBM"}
+_FILE_TYPES = {"DEFAULT_FILETYPE": "MP4", "MP4": "MP4", "OGG": "OGG", "WEBM": "WEBM", "MP3": "MP3"}
 # LiveKit's AudioMixing by number (protobuf JSON may carry either); names are read by AudioSpec itself.
 _MIXING = {0: "default", 1: "dual_channel_agent", 2: "dual_channel_alternate"}
 
@@ -137,6 +137,24 @@ def _mapped(body: dict) -> dict:
         out["images"] = images
     recorded = files or segments is not None
     out["mode"] = "both" if recorded and streams else "stream" if streams else "record"
+    if "webhooks" in body:
+        hooks = body["webhooks"]
+        out["webhooks"] = [_webhook(h, i) for i, h in enumerate(hooks)] if isinstance(hooks, list) else hooks
+    return out
+
+
+def _webhook(config, index: int):
+    """LiveKit's WebhookConfig (url, signing_key, filter_params) as our webhooks item: LiveKit's format."""
+    if not isinstance(config, dict):
+        return config  # refused by the model, naming the field
+    filters = config.get("filter_params") or {}
+    if not isinstance(filters, dict):
+        raise InvalidRequest(f"webhooks.{index}.filter_params must be an object",
+                             details={"field": f"webhooks.{index}.filter_params"})
+    out = {"url": config.get("url", ""), "format": "livekit", "includeEvents": filters.get("include_events", []),
+           "excludeEvents": filters.get("exclude_events", [])}
+    if config.get("signing_key"):
+        out["signingKey"] = config["signing_key"]
     return out
 
 

@@ -47,8 +47,9 @@ def _record_parser(sub) -> None:
     add_page_flags(p)
     p.add_argument("--preset", help=f"quality preset: {', '.join(preset_names())} (default {DEFAULT_PRESET})")
     p.add_argument("--duration", type=float, help="seconds of media to record (default: until stopped)")
-    p.add_argument("-o", "--output", help="output file: .mp4, .webm or .ogg (default: recordings/recording-TIME.mp4 "
-                                             "unless --stream or --segments is given)")
+    p.add_argument("-o", "--output", help="output file: .mp4, .webm, .ogg or .mp3 (MP3 with --audio-only; "
+                                             "default: recordings/recording-TIME.mp4 unless --stream or --segments "
+                                             "is given)")
     live = p.add_argument_group("live outputs (one encode feeds them all)")
     live.add_argument("--stream", action="append", metavar="URL",
                       help="push to rtmp://host/app/KEY, rtmps://…, srt://host:port?passphrase=… (repeatable)")

@@ -94,7 +94,8 @@ def audio_args(a: AudioSettings, then: str = "") -> list[str]:
     if a.codec == "pcm":
         codec = ["-c:a", "pcm_s16le"]
     else:
-        codec = ["-c:a", "aac" if a.codec == "aac" else "libopus", "-b:a", f"{a.bitrate_kbps}k"]
+        lib = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}[a.codec]
+        codec = ["-c:a", lib, "-b:a", f"{a.bitrate_kbps}k"]
     # The sink's monitor under-delivers while the page's audio stream starts
     # up; counting samples would then run ahead of the clock. Following the
     # timestamps (silence into gaps) keeps sound on time with the picture.
@@ -119,6 +120,9 @@ def file_target(container: str, path: Path) -> MuxTarget:
                                             ("frag_duration", "1000000"), ("flush_packets", "1")))
     if container == "webm":
         return MuxTarget("webm", str(path), (("cluster_time_limit", "1000"),))
+    if container == "mp3":
+        # MP3 frames stand alone: a killed recording plays up to its last frame without muxer options.
+        return MuxTarget("mp3", str(path))
     return MuxTarget("ogg", str(path), (("page_duration", "1000000"),))
 
 

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 async def finalize(config: EgressConfig, partial: Path) -> MediaFacts:
     """Make the final file at config.output from `partial` and return its facts.
 
-    MP4 is remuxed (no re-encode) into a faststart file; WebM and OGG are
+    MP4 is remuxed (no re-encode) into a faststart file; WebM, OGG and MP3 are
     already complete and are renamed. The partial file stays if anything fails.
     """
     if not partial.exists() or partial.stat().st_size == 0:

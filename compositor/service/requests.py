@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..errors import InvalidRequest
 from ..layouts import CUSTOM_PREFIX, TEMPLATE, THEMES, builtin_layouts, resolve_layout
@@ -31,10 +31,12 @@ from ..request import (
     first_error,
 )
 from ..storage import StorageConfig
+from .webhooks import EGRESS_EVENTS
 
 
 class FileSpec(Model):
-    file_type: Literal["MP4", "WEBM", "OGG"] | None = Field(None, description="default MP4 (OGG for a track egress)")
+    file_type: Literal["MP4", "WEBM", "OGG", "MP3"] | None = Field(
+        None, description="default MP4 (OGG for a track egress); OGG and MP3 hold sound only (audio_only)")
     filepath: str | None = Field(None, description="the file's name in the storage: a template of {room_name}, "
                                  "{room_id}, {egress_id}, {time}, {utc}…; default {room_name}-{time}; a trailing / "
                                  "puts that default name in the folder")
@@ -44,6 +46,33 @@ class StreamSpec(Model):
     urls: list[str] = Field(default_factory=list, max_length=16,
                             description="rtmp://, rtmps://, srt:// (or mux://KEY); may be empty and added later")
     retry_window: float = Field(60, ge=0, le=86400, description="seconds a dropped destination is retried")
+
+
+class WebhookSpec(Model):
+    """A receiver of this egress's own webhook events, beside the server's (LiveKit's WebhookConfig)."""
+
+    url: str = Field(pattern=r"^https?://", max_length=2048,
+                     description="http(s)://, reached under the server's outbound policy (public addresses or "
+                                 "allowed_hosts) at every delivery; redirects are not followed")
+    format: Literal["baxcloud", "livekit"] = Field(
+        "baxcloud", description="baxcloud: our events, signed with the server's webhook_secret; livekit: LiveKit's "
+                                "egress_started|updated|ended, signed as LiveKit signs them")
+    signing_key: str | None = Field(None, max_length=256,
+                                    description="LiveKit's signing_key: the API key whose secret signs the LiveKit "
+                                                "format; only the server's livekit_api_key (the default)")
+    include_events: list[str] = Field(default_factory=list, max_length=16,
+                                      description="only these event names of the format (they win over excludes)")
+    exclude_events: list[str] = Field(default_factory=list, max_length=16,
+                                      description="every event name of the format but these")
+
+    @field_validator("include_events", "exclude_events")
+    @classmethod
+    def _known_events(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        fmt = info.data.get("format", "baxcloud")
+        unknown = [n for n in names if n not in EGRESS_EVENTS[fmt]]
+        if unknown:
+            raise ValueError(f"unknown {fmt} event {unknown[0]!r}; known: {', '.join(EGRESS_EVENTS[fmt])}")
+        return names
 
 
 def _layout_names() -> list[str]:
@@ -143,6 +172,8 @@ class StartEgressRequest(RoomRequest):
     participant: ParticipantTarget | None = Field(None, description="record one participant of the LiveKit room")
     track_composite: TrackCompositeTarget | None = Field(None, description="record one audio and one video track")
     track: TrackTarget | None = Field(None, description="record one audio track (OGG file or WebSocket)")
+    webhooks: list[WebhookSpec] = Field(default_factory=list, max_length=8,
+                                        description="receivers of this egress's own events, beside the server's")
 
     @model_validator(mode="after")
     def _outputs(self) -> StartEgressRequest:
@@ -273,8 +304,9 @@ class UpdateLayoutRequest(Model):
 class StartRecordingRequest(RoomRequest):
     """POST /v1/recordings/start: a record-only egress."""
 
-    file_type: Literal["MP4", "WEBM", "OGG"] = "MP4"
+    file_type: Literal["MP4", "WEBM", "OGG", "MP3"] = "MP4"
     filepath: str | None = Field(None, description="the file's name in the storage (see file.filepath)")
+    audio_only: bool = Field(False, description="the room's sound alone (an MP3 needs it)")
     storage: StorageConfig | None = None
     backup_storage: StorageConfig | None = None
 
@@ -282,7 +314,8 @@ class StartRecordingRequest(RoomRequest):
         return StartEgressRequest(room_name=self.room_name, mode="record", **self.page, quality=self.quality,
                                   advanced=self.advanced, file=FileSpec(file_type=self.file_type,
                                                                         filepath=self.filepath),
-                                  room=self.room, storage=self.storage, backup_storage=self.backup_storage)
+                                  room=self.room, storage=self.storage, backup_storage=self.backup_storage,
+                                  audio_only=self.audio_only)
 
 
 class AutoEgressConfig(Model):

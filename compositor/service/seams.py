@@ -48,6 +48,9 @@ class EgressRecord:
     request_shape: str = ""
     #: the node whose worker runs it (in a cluster; None on a single node, or until placed)
     node: str | None = None
+    #: the receivers its request named, which get its own events beside the server's
+    #: ({"url", "format", "include_events", "exclude_events"}: webhooks.RequestedReceiver as JSON)
+    webhooks: list | None = None
 
     @property
     def ended(self) -> bool:
@@ -115,6 +118,8 @@ class OutboxEvent:
     created_at: float = 0.0
     #: the outbox's own order; 0 until stored
     seq: int = 0
+    #: a receiver a request named (not the operator): reached only under the outbound policy, no redirects
+    untrusted: bool = False
 
 
 #: What a change causes: the events for (the egress before, the egress after).

@@ -209,12 +209,15 @@ class Service:
             raise Unavailable("this node is out of its cluster for now (no lease): try another node")
         job, config = await self._plan(req, new_egress_id())
         egress_id, record_req = job.egress_id, job.request
+        hooks = self.webhooks.requested(req.webhooks)
         await self.dispatcher.check(job.cost, req.queue)  # before resolving its hosts, which may take a while
-        await check_urls(self.policy, outbound_urls(config))
+        await check_urls(self.policy, [*outbound_urls(config), *((f"webhooks.{i}.url", h["url"])
+                                                                  for i, h in enumerate(hooks))])
         # The record keeps the layout the caller named, never the server's path of a custom one.
         await self.store.create(EgressRecord(
             id=egress_id, room_name=req.room_name, mode=req.mode, kind=req.kind, layout=req.layout,
             quality=req.quality, request=_stored(record_req), request_shape=request_shape,
+            webhooks=hooks or None,
             streams=pending_streams(config.stream.targets) if config.stream else None))
         try:
             placed = await self.dispatcher.admit(job, req.queue)
@@ -496,7 +499,8 @@ def _worker_runner(settings: Settings) -> WorkerRunner:
 def _webhooks(settings: Settings, store: Store, **kw) -> Webhooks:
     """The settings' webhook receivers, fed from `store`'s outbox."""
     return Webhooks(store, settings.webhook_urls, settings.webhook_secret, settings.webhook_retry_base_s,
-                    settings.webhook_formats, settings.livekit_api_key, settings.livekit_api_secret, **kw)
+                    settings.webhook_formats, settings.livekit_api_key, settings.livekit_api_secret,
+                    policy=settings.outbound_policy, **kw)
 
 
 def _rebased(value, old: str, new: str):

@@ -21,11 +21,11 @@ from .seams import EgressRecord, EventsOf, IngressEventsOf, IngressRecord, Outbo
 
 _COLUMNS = ["id", "room_name", "mode", "layout", "quality", "request", "status", "created_at", "updated_at",
             "started_at", "ended_at", "error", "error_code", "file", "worker_pid", "streams", "outputs", "kind",
-            "node", "request_shape"]
-_JSON = {"request", "file", "streams", "outputs"}
+            "node", "request_shape", "webhooks"]
+_JSON = {"request", "file", "streams", "outputs", "webhooks"}
 # Columns added after the first release: older data dirs gain them on open.
 _ADDED = {"streams": "TEXT", "outputs": "TEXT", "kind": "TEXT NOT NULL DEFAULT 'room_composite'", "node": "TEXT",
-          "request_shape": "TEXT NOT NULL DEFAULT ''"}
+          "request_shape": "TEXT NOT NULL DEFAULT ''", "webhooks": "TEXT"}
 
 
 class SqliteStore:
@@ -52,8 +52,10 @@ class SqliteStore:
             "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, egress_id TEXT,"
             " url TEXT, body TEXT, attempts INTEGER DEFAULT 0, next_at REAL, created_at REAL,"
             " delivered_at REAL, failed_at REAL, last_error TEXT, format TEXT DEFAULT 'baxcloud')")
-        if "format" not in {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}:
-            self._db.execute("ALTER TABLE outbox ADD COLUMN format TEXT DEFAULT 'baxcloud'")
+        outbox_columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        for column, kind in (("format", "TEXT DEFAULT 'baxcloud'"), ("untrusted", "INTEGER DEFAULT 0")):
+            if column not in outbox_columns:
+                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
         # The delivery loop reads only pending events: kept small however many were delivered.
         self._db.execute("CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(egress_id, url, seq)"
                          " WHERE delivered_at IS NULL AND failed_at IS NULL")
@@ -114,9 +116,9 @@ class SqliteStore:
 
     def _queue_events(self, events: list[OutboxEvent]) -> None:
         for e in events:
-            self._db.execute("INSERT INTO outbox (id, egress_id, url, body, next_at, created_at, format) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (e.event_id, e.egress_id, e.url, e.body, e.created_at, e.created_at, e.format))
+            self._db.execute("INSERT INTO outbox (id, egress_id, url, body, next_at, created_at, format, untrusted) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (e.event_id, e.egress_id, e.url, e.body, e.created_at,
+                                                                 e.created_at, e.format, int(e.untrusted)))
 
     @staticmethod
     def _ingress(row: tuple | None) -> IngressRecord | None:
@@ -169,10 +171,10 @@ class SqliteStore:
     async def claim_events(self, now: float, lease_s: float) -> list[OutboxEvent]:
         """The events to send now, each held for `lease_s` (due again then, unless delivered or retried)."""
         with self._transaction():
-            rows = self._db.execute(f"SELECT id, egress_id, url, format, body, attempts, created_at, seq "
+            rows = self._db.execute(f"SELECT id, egress_id, url, format, body, attempts, created_at, seq, untrusted "
                                     f"{self._HEADS} AND next_at <= ?", (now,)).fetchall()
             self._db.executemany("UPDATE outbox SET next_at = ? WHERE seq = ?", [(now + lease_s, r[7]) for r in rows])
-        return [OutboxEvent(*row) for row in rows]
+        return [OutboxEvent(*row[:8], untrusted=bool(row[8])) for row in rows]
 
     async def next_event_at(self) -> float | None:
         """When the next event may go (one waiting behind a retrying one waits for it); None when none is pending."""

@@ -8,6 +8,11 @@ Each POST carries `X-Compositor-Event-Id` (for de-duplication) and
 `X-Compositor-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 In LiveKit's format (`egress_started|updated|ended`) they carry LiveKit's
 own signature instead (see livekit_info).
+
+Besides the server's receivers, an egress request may name its own (LiveKit's
+`webhooks`): they get that egress's events only, filtered by name, through the
+same outbox. A request is untrusted, so they are reached under the outbound
+policy at every delivery, redirects not followed.
 """
 
 from __future__ import annotations
@@ -18,15 +23,23 @@ import hmac
 import json
 import logging
 import secrets
+import socket
 import time
+from typing import TYPE_CHECKING
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
-from ..errors import Unavailable
+from ..destinations import redact_ws
+from ..errors import InvalidRequest, Unavailable
+from ..outbound import AddressRefused, OutboundPolicy
 from ..protocol import IngressState, Status, StreamStatus
 from . import livekit_info
 from .results import iso, recording_id
 from .seams import EgressRecord, EventsOf, IngressRecord, OutboxEvent, Store
+
+if TYPE_CHECKING:
+    from .requests import WebhookSpec
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +140,37 @@ def _duration(rec: EgressRecord | IngressRecord) -> float | None:
 
 
 FORMATS = ("baxcloud", "livekit")
+#: An egress's event names in each format: what a request's receiver may filter on.
+EGRESS_EVENTS = {
+    "baxcloud": ("recording.started", "recording.completed", "recording.failed", "stream.started", "stream.updated",
+                 "stream.completed", "stream.failed"),
+    "livekit": ("egress_started", "egress_updated", "egress_ended"),
+}
+
+
+def receives(receiver: dict, name: str) -> bool:
+    """Whether a request's receiver takes the event `name`, by LiveKit's filter rule: a name it includes goes
+    (includes win over excludes); with includes given, nothing else does; without, all but the excluded."""
+    if name in receiver["include_events"]:
+        return True
+    return not receiver["include_events"] and name not in receiver["exclude_events"]
+
+
+class PolicyResolver(AbstractResolver):
+    """Names resolved under the outbound policy, so a request's receiver is connected to at the very address that
+    was checked (a name cannot resolve to a public address for a check and a private one for the connection)."""
+
+    def __init__(self, policy: OutboundPolicy):
+        self.policy = policy
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        addresses = await self.policy.resolve(host, port, "webhooks.url")
+        return [ResolveResult(hostname=host, host=a, port=port, family=socket.AF_INET6 if ":" in a else socket.AF_INET,
+                              proto=0, flags=socket.AI_NUMERICHOST) for a in addresses]
+
+    async def close(self) -> None:
+        pass
 
 
 class Webhooks:
@@ -134,8 +178,10 @@ class Webhooks:
 
     def __init__(self, store: Store, urls: list[str], secret: str, retry_base_s: float = 2.0,
                  formats: tuple[str, ...] = ("baxcloud",), livekit_key: str = "", livekit_secret: str = "",
-                 idle_s: float = 3600.0):
+                 idle_s: float = 3600.0, policy: OutboundPolicy | None = None):
         self.store = store
+        #: what a request's own receivers may be (the operator's are reached as configured)
+        self.policy = policy or OutboundPolicy(trusted=False)
         #: how long the loop sleeps with nothing due: events queued by other nodes of a cluster wake no one here
         self.idle_s = idle_s
         self.urls = urls
@@ -147,25 +193,38 @@ class Webhooks:
         self._task: asyncio.Task | None = None
         self._closed = False
 
-    def for_change(self, before: EgressRecord, after: EgressRecord) -> list[OutboxEvent]:
-        """The events of an egress's status change."""
+    def requested(self, specs: list[WebhookSpec]) -> list[dict]:
+        """A request's own receivers, as its egress's record keeps them; InvalidRequest naming the field for one
+        this server cannot sign for. (Their URLs are checked against the outbound policy by the caller, with the
+        request's other URLs.)"""
         out = []
-        if "baxcloud" in self.formats:
-            out += self._baxcloud(after.id, events_for(after, before.status))
-        if "livekit" in self.formats:
-            out += self._livekit_events(after, livekit_info.events_for(after, before.status))
+        for i, spec in enumerate(specs):
+            if spec.format == "livekit" and not all(self._livekit):
+                raise InvalidRequest(f"webhooks.{i}.format: LiveKit's format is signed with an API key, and this "
+                                     "server has none (livekit_api_key)", details={"field": f"webhooks.{i}.format"})
+            if spec.signing_key and (spec.format != "livekit" or spec.signing_key != self._livekit[0]):
+                # As in LiveKit, signing_key names an API key whose secret the server holds; it is not repeated
+                # here, in case a caller put a secret there.
+                raise InvalidRequest(f"webhooks.{i}.signingKey: not an API key of this server (LiveKit's format "
+                                     "is signed with its livekit_api_key, ours with its webhook_secret)",
+                                     details={"field": f"webhooks.{i}.signingKey"})
+            out.append({"url": spec.url, "format": spec.format, "include_events": spec.include_events,
+                        "exclude_events": spec.exclude_events})
         return out
+
+    def for_change(self, before: EgressRecord, after: EgressRecord) -> list[OutboxEvent]:
+        """The events of an egress's status change, for the server's receivers and its request's own."""
+        return (self._baxcloud(after.id, events_for(after, before.status), after.webhooks)
+                + self._livekit_events(after, livekit_info.events_for(after, before.status)))
 
     def for_ingress(self, before: IngressRecord, after: IngressRecord) -> list[OutboxEvent]:
         """The events of an ingress's state change."""
-        out = []
-        if "baxcloud" in self.formats:
-            out += self._baxcloud(after.id, ingress_events_for(after, before.state))
-        if "livekit" in self.formats:
-            for name in livekit_info.ingress_events_for(after, before.state):
+        out = self._baxcloud(after.id, ingress_events_for(after, before.state))
+        for name in livekit_info.ingress_events_for(after, before.state):
+            if receivers := self._receivers("livekit", name, None):
                 event_id = "EV_" + secrets.token_hex(8)
                 out += self._to_each(event_id, after.id, "livekit", livekit_info.ingress_webhook_event(
-                    after, name, event_id), time.time())
+                    after, name, event_id), time.time(), receivers)
         return out
 
     def for_stream(self, index: int) -> EventsOf:
@@ -173,33 +232,43 @@ class Webhooks:
         def of_change(before: EgressRecord, after: EgressRecord) -> list[OutboxEvent]:
             was = before.streams or []
             named = stream_events_for(after, after.streams[index], was[index]["status"] if index < len(was) else None)
-            out = self._baxcloud(after.id, named) if "baxcloud" in self.formats else []
-            if "livekit" in self.formats and named and not after.ended:
-                out += self._livekit_events(after, ["egress_updated"])
-            return out
+            return (self._baxcloud(after.id, named, after.webhooks)
+                    + self._livekit_events(after, ["egress_updated"] if named and not after.ended else []))
         return of_change
 
-    def _baxcloud(self, egress_id: str, events: list[tuple[str, dict]]) -> list[OutboxEvent]:
+    def _receivers(self, fmt: str, name: str, requested: list[dict] | None) -> list[tuple[str, bool]]:
+        """(URL, untrusted) of each receiver of the event `name` in format `fmt`: the server's, then the request's
+        own that take it."""
+        ours = [(url, False) for url in self.urls] if fmt in self.formats else []
+        return ours + [(r["url"], True) for r in requested or () if r["format"] == fmt and receives(r, name)]
+
+    def _baxcloud(self, owner_id: str, events: list[tuple[str, dict]], requested: list[dict] | None = None
+                  ) -> list[OutboxEvent]:
         now = time.time()
         out = []
         for name, data in events:
-            event_id = "evt_" + secrets.token_hex(8)
-            out += self._to_each(event_id, egress_id, "baxcloud", json.dumps(
-                {"event": name, "id": event_id, "timestamp": iso(now), "data": data}, separators=(",", ":")), now)
+            if receivers := self._receivers("baxcloud", name, requested):
+                event_id = "evt_" + secrets.token_hex(8)
+                out += self._to_each(event_id, owner_id, "baxcloud", json.dumps(
+                    {"event": name, "id": event_id, "timestamp": iso(now), "data": data}, separators=(",", ":")),
+                    now, receivers)
         return out
 
     def _livekit_events(self, rec: EgressRecord, names: list[str]) -> list[OutboxEvent]:
         out = []
         for name in names:
-            event_id = "EV_" + secrets.token_hex(8)
-            out += self._to_each(event_id, rec.id, "livekit", livekit_info.webhook_event(rec, name, event_id),
-                                 time.time())
+            if receivers := self._receivers("livekit", name, rec.webhooks):
+                event_id = "EV_" + secrets.token_hex(8)
+                out += self._to_each(event_id, rec.id, "livekit", livekit_info.webhook_event(rec, name, event_id),
+                                     time.time(), receivers)
         return out
 
-    def _to_each(self, event_id: str, egress_id: str, fmt: str, body: str, now: float) -> list[OutboxEvent]:
+    def _to_each(self, event_id: str, owner_id: str, fmt: str, body: str, now: float,
+                 receivers: list[tuple[str, bool]]) -> list[OutboxEvent]:
         # The delivery loop runs once the change that queued these has committed (this runs inside it).
         self._wake.set()
-        return [OutboxEvent(event_id, egress_id, url, fmt, body, created_at=now) for url in self.urls]
+        return [OutboxEvent(event_id, owner_id, url, fmt, body, created_at=now, untrusted=untrusted)
+                for url, untrusted in receivers]
 
     async def backlog(self) -> int:
         """Events not delivered yet, nor given up."""
@@ -220,12 +289,16 @@ class Webhooks:
                 pass
 
     async def _run(self) -> None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DELIVERY_TIMEOUT_S)) as session:
+        timeout = aiohttp.ClientTimeout(total=DELIVERY_TIMEOUT_S)
+        connector = aiohttp.TCPConnector(resolver=PolicyResolver(self.policy))
+        async with (aiohttp.ClientSession(timeout=timeout) as session,
+                    aiohttp.ClientSession(timeout=timeout, connector=connector) as held):
+            sessions = {False: session, True: held}
             while not self._closed:
                 try:
                     due = await self.store.claim_events(time.time(), CLAIM_S)
                     if due:
-                        await asyncio.gather(*(self._deliver(session, event) for event in due))
+                        await asyncio.gather(*(self._deliver(sessions[event.untrusted], event) for event in due))
                         continue
                     self._wake.clear()
                     next_at = await self.store.next_event_at()
@@ -240,7 +313,11 @@ class Webhooks:
                     pass
 
     async def _deliver(self, session: aiohttp.ClientSession, event: OutboxEvent) -> None:
+        """POST one event; a failure is retried with backoff, or given up after GIVE_UP_AFTER_S. A request's own
+        receiver is reached through `session`'s policy resolver, is not followed to where it redirects, and is
+        logged without its query (where its credentials would be)."""
         data = event.body.encode()
+        shown = redact_ws(event.url) if event.untrusted else event.url
         if event.format == "livekit":
             headers = {"Content-Type": "application/webhook+json",
                        "Authorization": livekit_info.authorization(*self._livekit, data)}
@@ -250,17 +327,24 @@ class Webhooks:
         error = None
         attempts = event.attempts + 1
         try:
-            async with session.post(event.url, data=data, headers=headers) as resp:
+            if event.untrusted:
+                # An address literal meets no resolver: the policy is asked here as well.
+                await self.policy.check_url(event.url, "webhooks.url")
+            async with session.post(event.url, data=data, headers=headers,
+                                    allow_redirects=not event.untrusted) as resp:
                 if 200 <= resp.status < 300:
                     await self.store.event_delivered(event.seq, attempts)
                     return
                 error = f"HTTP {resp.status}"
+        except AddressRefused as exc:
+            error = exc.message
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            error = str(exc) or type(exc).__name__
+            # Some of aiohttp's errors quote the URL: the caller's is kept and logged without its query.
+            error = (str(exc) or type(exc).__name__).replace(event.url, shown)
         if time.time() - event.created_at > GIVE_UP_AFTER_S:
-            log.error("webhook %s to %s given up after %d attempts: %s", event.event_id, event.url, attempts, error)
+            log.error("webhook %s to %s given up after %d attempts: %s", event.event_id, shown, attempts, error)
             await self.store.event_given_up(event.seq, attempts, error)
             return
         delay = min(self.retry_base_s * 2 ** (attempts - 1), MAX_BACKOFF_S)
-        log.warning("webhook %s to %s failed (%s); retry in %.0f s", event.event_id, event.url, error, delay)
+        log.warning("webhook %s to %s failed (%s); retry in %.0f s", event.event_id, shown, error, delay)
         await self.store.event_retry(event.seq, attempts, time.time() + delay, error)

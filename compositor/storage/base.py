@@ -15,8 +15,9 @@ from typing import ClassVar
 from .errors import FAILED, UNREACHABLE, UploadFailed, redact
 
 _TYPES = {
-    ".mp4": "video/mp4", ".webm": "video/webm", ".ogg": "audio/ogg", ".m3u8": "application/vnd.apple.mpegurl",
-    ".ts": "video/mp2t", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".json": "application/json",
+    ".mp4": "video/mp4", ".webm": "video/webm", ".ogg": "audio/ogg", ".mp3": "audio/mpeg",
+    ".m3u8": "application/vnd.apple.mpegurl", ".ts": "video/mp2t", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+    ".json": "application/json",
 }
 
 

@@ -62,11 +62,12 @@ else
   redis.call('SET', key, ARGV[4])
   index(ARGV[4], true)
 end
-for i = 8, 7 + 5 * tonumber(ARGV[7]), 5 do
+for i = 8, 7 + 6 * tonumber(ARGV[7]), 6 do
   local seq = redis.call('INCR', p..'ob:seq')
   local q = p..'ob:q:'..id..'|'..ARGV[i+1]
   redis.call('HSET', p..'ob:e:'..seq, 'id', ARGV[i], 'egress_id', id, 'url', ARGV[i+1], 'format', ARGV[i+2],
-             'body', ARGV[i+3], 'created_at', ARGV[i+4], 'next_at', ARGV[i+4], 'attempts', 0, 'q', q)
+             'body', ARGV[i+3], 'created_at', ARGV[i+4], 'next_at', ARGV[i+4], 'attempts', 0, 'q', q,
+             'untrusted', ARGV[i+5])
   redis.call('RPUSH', q, seq)
   if redis.call('LLEN', q) == 1 then redis.call('ZADD', p..'ob:due', ARGV[i+4], q) end
   redis.call('INCR', p..'ob:backlog')
@@ -82,7 +83,7 @@ for _, q in ipairs(redis.call('ZRANGEBYSCORE', p..'ob:due', '-inf', now, 'LIMIT'
   redis.call('ZADD', p..'ob:due', now + lease, q)
   redis.call('HSET', p..'ob:e:'..seq, 'next_at', now + lease)
   local e = redis.call('HMGET', p..'ob:e:'..seq, 'id', 'egress_id', 'url', 'format', 'body', 'attempts',
-                       'created_at')
+                       'created_at', 'untrusted')
   table.insert(e, seq)
   table.insert(out, e)
 end
@@ -200,7 +201,7 @@ class RedisStore:
         fence = self.fence() if self.fence else Fence("", "")
         args = [self._p, egress_id, expected, new, fence.key, fence.value, len(events)]
         for e in events:
-            args += [e.event_id, e.url, e.format, e.body, repr(e.created_at)]
+            args += [e.event_id, e.url, e.format, e.body, repr(e.created_at), int(e.untrusted)]
         try:
             return bool(await self._put_script(args=args))
         except ResponseError as exc:
@@ -270,8 +271,9 @@ class RedisStore:
 
     async def claim_events(self, now: float, lease_s: float) -> list[OutboxEvent]:
         rows = await self._claim(args=[self._p, repr(now), repr(lease_s), CLAIM_BATCH])
-        return [OutboxEvent(event_id, egress_id, url, fmt, body, int(attempts), float(created), int(seq))
-                for event_id, egress_id, url, fmt, body, attempts, created, seq in rows]
+        return [OutboxEvent(event_id, egress_id, url, fmt, body, int(attempts), float(created), int(seq),
+                            untrusted=untrusted == "1")
+                for event_id, egress_id, url, fmt, body, attempts, created, untrusted, seq in rows]
 
     async def next_event_at(self) -> float | None:
         head = await self._r.zrange(f"{self._p}ob:due", 0, 0, withscores=True)
