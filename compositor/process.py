@@ -5,7 +5,9 @@ worker, which then stops them in order (the encoder must finish its file
 before the browser and display go away). Each child also gets
 PR_SET_PDEATHSIG(SIGTERM), so even a SIGKILLed worker leaves nothing
 running: SIGTERM rather than SIGKILL lets ffmpeg close its file and Xvfb
-remove its lock and socket.
+remove its lock and socket. (The service gives its workers SIGHUP instead: a
+dying process sends one per thread, and a worker reads a second SIGTERM as
+"stop now".)
 """
 
 from __future__ import annotations
@@ -24,15 +26,11 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _die_with_parent() -> None:
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _child_setup(fds: tuple[tuple[int, int], ...]):
+def _child_setup(fds: tuple[tuple[int, int], ...], death_signal: int):
     """What runs in the child before exec: die with the parent, and put inherited pipes at their numbers."""
 
     def setup() -> None:
-        _die_with_parent()
+        _libc.prctl(_PR_SET_PDEATHSIG, death_signal)
         for number, fd in fds:
             os.dup2(fd, number)
 
@@ -45,7 +43,10 @@ class ManagedProcess:
     def __init__(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                  stop_signal: int = signal.SIGTERM, stop_timeout: float = 3.0,
                  stdout_pipe: bool = False, stdin_pipe: bool = False, pass_fds: Sequence[int] = (),
-                 fds: Mapping[int, int] | None = None, umask: int = -1, redact: Callable[[str], str] = str):
+                 fds: Mapping[int, int] | None = None, umask: int = -1, redact: Callable[[str], str] = str,
+                 death_signal: int = signal.SIGTERM):
+        """`death_signal` reaches the child when this process dies: once for each of its threads, as each
+        goes (the child passes to the next), so a child that counts signals must take this one apart."""
         self.name = name
         self.argv = list(argv)
         self.env = dict(env) if env is not None else None
@@ -60,6 +61,7 @@ class ManagedProcess:
         #: the parent's descriptors must be 10 or higher, so placing one never closes another)
         self._fds = tuple((fds or {}).items())
         self._umask = umask  # -1: this process's own
+        self._death_signal = death_signal
         self.proc: asyncio.subprocess.Process | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._stderr_task: asyncio.Task | None = None
@@ -81,7 +83,7 @@ class ManagedProcess:
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
             start_new_session=True,
-            preexec_fn=_child_setup(self._fds) if self._fds else _die_with_parent,
+            preexec_fn=_child_setup(self._fds, self._death_signal),
             pass_fds=self._pass_fds + tuple(number for number, _ in self._fds),
             umask=self._umask,
         )

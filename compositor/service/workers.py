@@ -167,7 +167,7 @@ class WorkerRunner:
         return ManagedProcess(name, [sys.executable, "-m", "compositor", command, "--events", "json", *args],
                               env={**os.environ, **self.worker_env} if self.worker_env else None,
                               stop_signal=signal.SIGINT, stop_timeout=WORKER_STOP_S, stdout_pipe=True, stdin_pipe=True,
-                              umask=0o077)
+                              umask=0o077, death_signal=signal.SIGHUP)
 
     def _take_warm(self, frame: tuple[int, int, int]) -> ManagedProcess | None:
         return self._pool.take() if frame == (*self.warm_size, DEFAULT_SAMPLE_RATE) else None

@@ -80,6 +80,9 @@ async def record(options: WorkerOptions, request: Callable[[], RecordRequest] | 
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    # The service that started this worker died (its parent-death signal, one per thread of it): finish the
+    # file, however many come; never the "asked twice, stop now" of a person's second signal.
+    loop.add_signal_handler(signal.SIGHUP, stop.set)
     control = Control(events) if options.control or options.warm else None
     commands = asyncio.create_task(control.run()) if control else None
     try:
@@ -148,7 +151,7 @@ async def deliver(options: WorkerOptions, job_file: Path) -> int:
     result (or error) events as `record`."""
     events, egress_id = options.events, options.egress_id
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         # The recording is over: a stop changes nothing; a kill leaves the rest staged for the next try.
         loop.add_signal_handler(sig, lambda: None)
     try:
