@@ -181,17 +181,18 @@ class OutboundPolicy:
         return pinned, []
 
 
-#: Media a URL pull from an untrusted request may name: files and streams one URL holds, not playlists.
-PLAYLIST_SUFFIXES = (".m3u8", ".m3u", ".mpd")
+#: A DASH manifest names further URLs that ffmpeg would open itself: an untrusted pull may not name one.
+#: (An HLS playlist is read by the ingress worker itself, each URL under the policy: compositor.ingress.hls.)
+PLAYLIST_SUFFIXES = (".mpd",)
 
 
 def refuse_playlist(url: str, field: str) -> None:
-    """An untrusted pull may not name an HLS or DASH playlist: ffmpeg opens the URLs a playlist names itself,
-    with any http* protocol (httpproxy://HOST/ connects to HOST directly), where the policy cannot follow."""
+    """An untrusted pull may not name a DASH manifest: ffmpeg opens the URLs it names itself, with any http*
+    protocol (httpproxy://HOST/ connects to HOST directly), where the policy cannot follow."""
     if urlsplit(url).path.lower().endswith(PLAYLIST_SUFFIXES):
-        raise Unsupported(f"{field}: an HLS or DASH playlist names further URLs this server cannot hold to its "
-                          "outbound policy; pull a file (MP4, WebM, MP3, OGG, WAV, FLAC, AAC, FLV, MPEG-TS) or an "
-                          "SRT stream", details={"field": field})
+        raise Unsupported(f"{field}: a DASH manifest names further URLs this server cannot hold to its "
+                          "outbound policy; pull an HLS playlist, a file (MP4, WebM, MP3, OGG, WAV, FLAC, AAC, FLV, "
+                          "MPEG-TS) or an SRT stream", details={"field": field})
 
 
 def worker_policy(entries: Iterable[str] | None, trusted: bool, env: Mapping[str, str] = os.environ

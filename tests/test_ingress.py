@@ -251,11 +251,11 @@ def test_a_url_the_policy_refuses_is_never_fetched(service):
     status, body, _ = service.call("POST", "/v1/ingress", {"inputType": "url", "roomName": "r",
                                                            "participantIdentity": "p", "url": "http://10.1.2.3/x.mp4"})
     assert status == 400 and body["error"]["code"] == "ADDRESS_NOT_ALLOWED"
-    # A playlist would have ffmpeg open the URLs it names, out of the policy's reach: refused, saying so.
+    # A DASH manifest would have ffmpeg open the URLs it names, out of the policy's reach: refused, saying so.
     status, body, _ = service.call("POST", "/v1/ingress", {"inputType": "url", "roomName": "r",
                                                            "participantIdentity": "p",
-                                                           "url": "http://127.0.0.1:9/live.m3u8?token=x"})
-    assert status == 400 and body["error"]["code"] == "UNSUPPORTED" and "playlist" in body["error"]["message"]
+                                                           "url": "http://127.0.0.1:9/live.mpd?token=x"})
+    assert status == 400 and body["error"]["code"] == "UNSUPPORTED" and "DASH" in body["error"]["message"]
 
 
 def test_whip_from_an_aiortc_publisher(service, livekit):

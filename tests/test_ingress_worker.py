@@ -44,6 +44,11 @@ def media(tmp_path_factory) -> Path:
                     f"sine=frequency={TONE}:sample_rate=48000", "-t", str(CLIP_S), "-c:v", "libx264", "-preset",
                     "ultrafast", "-g", "15", "-pix_fmt", "yuv420p", "-c:a", "aac", "-movflags", "+faststart",
                     "-y", str(folder / "clip.mp4")], check=True)
+    # The same clip as an HLS VOD playlist of 1 s MPEG-TS segments.
+    (folder / "hls").mkdir()
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(folder / "clip.mp4"), "-c", "copy",
+                    "-f", "hls", "-hls_time", "1", "-hls_playlist_type", "vod",
+                    str(folder / "hls" / "clip.m3u8")], check=True)
     return folder
 
 
@@ -291,6 +296,25 @@ async def test_url_is_published_in_real_time_then_complete(livekit, http_server,
     await wait_left(viewer, f"ingress-{room}")
 
 
+async def test_an_untrusted_hls_pull_is_fetched_here_under_the_policy(livekit, http_server, viewer_factory,
+                                                                     tmp_path):
+    """An HLS playlist of a request is read by the worker itself (each playlist and segment a GET under the
+    outbound policy, through the gate), in real time, to COMPLETE."""
+    room = "ingress-hls"
+    port = int(http_server.rsplit(":", 1)[1])
+    viewer = await viewer_factory(livekit, room)
+    worker = await Worker.start(tmp_path, job(livekit, room, InputKind.URL, f"{http_server}/hls/clip.m3u8"),
+                                "--untrusted", "--allow-host", f"127.0.0.1:{port}")
+    code, stderr = await worker.finish(timeout=30)
+    assert code == 0, stderr[-3000:]
+    assert worker.states() == [IngressState.BUFFERING, IngressState.PUBLISHING, IngressState.COMPLETE]
+    played = worker.at(IngressState.COMPLETE) - worker.at(IngressState.PUBLISHING)
+    assert CLIP_S - 0.5 <= played <= CLIP_S + 3, played
+    assert_color(viewer.color(), COLOR)
+    assert abs(viewer.pitch() - TONE) < 10
+    await wait_left(viewer, f"ingress-{room}")
+
+
 async def test_rtmp_push_is_published_and_ends_inactive_when_the_publisher_leaves(livekit, nginx_rtmp,
                                                                                    viewer_factory, tmp_path):
     room = "ingress-rtmp"
@@ -498,9 +522,16 @@ def redirecting_server(media):
     other_server.close()
 
 
-async def test_an_untrusted_url_cannot_be_a_playlist_naming_urls_past_the_gate(livekit, tmp_path):
-    """A playlist served under a file's name still cannot lead ffmpeg elsewhere: only demuxers that open no
-    further URL read an untrusted pull (a playlist's httpproxy:// segment would connect past the gate)."""
+@pytest.mark.parametrize("name, segment", [
+    # Served under a file's name, a playlist cannot lead ffmpeg elsewhere: only demuxers that open no further
+    # URL read an untrusted pull.
+    ("show.mp4", "httpproxy://127.0.0.1:{port}/seg0.ts"),
+    # As a playlist, each URL it names is the worker's own GET under the policy: no httpproxy:// (which would
+    # connect past the gate), no host the policy does not allow.
+    ("show.m3u8", "httpproxy://127.0.0.1:{port}/seg0.ts"),
+    ("show.m3u8", "http://127.0.0.1:{port}/seg0.ts"),
+])
+async def test_an_untrusted_url_cannot_be_a_playlist_naming_urls_past_the_gate(livekit, tmp_path, name, segment):
     import socket
     import threading
 
@@ -520,17 +551,17 @@ async def test_an_untrusted_url_cannot_be_a_playlist_naming_urls_past_the_gate(l
     threading.Thread(target=accept, daemon=True).start()
     port = elsewhere.getsockname()[1]
     playlist = (f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n"
-                f"httpproxy://127.0.0.1:{port}/seg0.ts\n#EXT-X-ENDLIST\n")
+                f"{segment.format(port=port)}\n#EXT-X-ENDLIST\n")
 
     async def show(_):
         return web.Response(text=playlist, content_type="application/vnd.apple.mpegurl")
 
     app = web.Application()
-    app.router.add_get("/show.mp4", show)
+    app.router.add_get(f"/{name}", show)
     server = BackgroundApp(app)
     try:
         worker = await Worker.start(tmp_path, job(livekit, "ingress-playlist", InputKind.URL,
-                                                  f"http://127.0.0.1:{server.port}/show.mp4"),
+                                                  f"http://127.0.0.1:{server.port}/{name}"),
                                     "--untrusted", "--allow-host", f"127.0.0.1:{server.port}")
         code, stderr = await worker.finish(timeout=20)
         assert code == 1, stderr[-3000:]

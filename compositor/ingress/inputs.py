@@ -68,7 +68,8 @@ CLOSE_WAIT_S = 1.0
 UNTRUSTED_PROTOCOLS = "http,https,tls,tcp,httpproxy,crypto"
 # ... and it is read only by demuxers that open no other URL: not HLS (or DASH, concat), whose playlists name
 # further URLs that ffmpeg opens itself, with any http* protocol (httpproxy://HOST/ connects to HOST directly,
-# past the gate). An operator's own request (trusted) may pull HLS.
+# past the gate). An untrusted HLS pull is fetched by the worker itself (hls.py); an operator's own request
+# (trusted) has ffmpeg's.
 UNTRUSTED_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,mp3,ogg,wav,flac,aac,flv,mpegts"
 
 
@@ -103,6 +104,11 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, path, "***" if parts.query else "", ""))
 
 
+def is_hls(url: str) -> bool:
+    """Whether `url` names an HLS playlist (by its path, as players decide)."""
+    return urlsplit(url).path.lower().endswith((".m3u8", ".m3u"))
+
+
 async def input_for(job: IngressJob, policy: OutboundPolicy, proxy: str | None) -> MediaInput:
     """The input `job` reads (not yet open). RTMP is the node's own server; a URL (the request's own) is held
     to `policy`, and with an untrusted one every connection goes through the outbound gate at `proxy`."""
@@ -126,6 +132,11 @@ async def input_for(job: IngressJob, policy: OutboundPolicy, proxy: str | None) 
     if scheme not in ("http", "https"):
         raise AddressRefused("url: only http(s) and srt URLs can be pulled", details={"field": "url"})
     refuse_playlist(url, "url")
+    if is_hls(url):
+        from .hls import HlsInput  # (imports this module)
+
+        return HlsInput(url, policy=policy, proxy=proxy, what=what, read_timeout=read_timeout,
+                        height=job.video.layers[0].height if job.video else None, **want)
     await policy.check_url(url, "url")
     # ffmpeg connects straight to a host named in `no_proxy`: nothing may get around the gate.
     os.environ.pop("no_proxy", None)
