@@ -315,6 +315,31 @@ async def test_an_untrusted_hls_pull_is_fetched_here_under_the_policy(livekit, h
     await wait_left(viewer, f"ingress-{room}")
 
 
+async def test_a_live_hls_playlist_is_followed_until_it_ends(livekit, media, http_server, viewer_factory, tmp_path):
+    """A live playlist (no ENDLIST yet) is joined near its edge and reloaded as segments come; when its
+    encoder finishes it (ENDLIST), the session is COMPLETE."""
+    room = "ingress-hls-live"
+    port = int(http_server.rsplit(":", 1)[1])
+    folder = media / "live"
+    folder.mkdir(exist_ok=True)
+    encoder = subprocess.Popen(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-stream_loop", "1", "-i", str(media / "clip.mp4"),
+         "-c", "copy", "-f", "hls", "-hls_time", "1", "-hls_list_size", "4", str(folder / "live.m3u8")])
+    try:
+        wait_until(lambda: (folder / "live.m3u8").exists(), 10, "the live playlist")
+        viewer = await viewer_factory(livekit, room)
+        worker = await Worker.start(tmp_path, job(livekit, room, InputKind.URL, f"{http_server}/live/live.m3u8"),
+                                    "--untrusted", "--allow-host", f"127.0.0.1:{port}")
+        code, stderr = await worker.finish(timeout=40)
+    finally:
+        encoder.kill()
+        encoder.wait()
+    assert code == 0, stderr[-3000:]
+    assert worker.states() == [IngressState.BUFFERING, IngressState.PUBLISHING, IngressState.COMPLETE]
+    assert_color(viewer.color(), COLOR)
+    assert abs(viewer.pitch() - TONE) < 10
+
+
 async def test_rtmp_push_is_published_and_ends_inactive_when_the_publisher_leaves(livekit, nginx_rtmp,
                                                                                    viewer_factory, tmp_path):
     room = "ingress-rtmp"
