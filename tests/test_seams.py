@@ -67,6 +67,26 @@ async def test_a_status_change_and_its_webhooks_commit_together(store):
     assert await store.event_backlog() == 4
 
 
+async def test_a_storage_retried_is_news_for_livekit_receivers(store):
+    hooks = Webhooks(store, ["http://a.test/hook"], "secret", formats=("livekit",), livekit_key="K",
+                     livekit_secret="S" * 32)
+    await record(store, status=Status.ENDING)
+    retrying = {"status": "RETRYING", "attempt": 1, "key": "r.mp4", "error": "connection refused",
+                "error_code": "STORAGE_UNREACHABLE", "retry_in_s": 2.0}
+    for upload in (retrying, retrying, {**retrying, "attempt": 2}):
+        await store.update("EG_1", events=hooks.for_change, upload=upload)
+    assert (await store.get("EG_1")).upload == {**retrying, "attempt": 2}
+    bodies = []
+    while due := await store.claim_events(float("inf"), 60):
+        for event in due:
+            bodies.append(json.loads(event.body))
+            await store.event_delivered(event.seq, 1)
+    # One egress_updated per attempt (the same attempt again is no news), saying what is being retried.
+    assert [b["event"] for b in bodies] == ["egress_updated", "egress_updated"]
+    assert bodies[1]["egressInfo"]["retryCount"] == 2
+    assert "attempt 2 failed (connection refused)" in bodies[1]["egressInfo"]["details"]
+
+
 async def test_a_requests_own_receivers_persist_and_get_its_events_only_filtered(store):
     hooks = Webhooks(store, ["http://a.test/hook"], "secret", livekit_key="K", livekit_secret="S" * 32)
     mine = [{"url": "http://mine.test/lk", "format": "livekit", "include_events": ["egress_ended"],

@@ -213,11 +213,17 @@ def test_storage_down_during_the_upload_then_back_loses_nothing(s3_server, tmp_p
             time.sleep(4)
             during = server.call("GET", f"/v1/egress/{info['id']}")[1]
             assert during["status"] == "ENDING", during  # still trying, not failed
+            # ... and saying so: which attempt, and why the last one failed (the log says it too).
+            retrying = during["upload"]
+            assert retrying["status"] == "RETRYING" and retrying["attempt"] >= 1, during
+            assert retrying["errorCode"] and retrying["error"] and retrying["key"], retrying
+            assert "storing" in server.log.read_text() and "attempt" in server.log.read_text()
             staged = server.data_dir / "uploads" / info["id"] / "outage" / "rec.mp4"
             assert staged.is_file()
         finally:
             s3_server.start()
         done = server.wait_status(info["id"], "COMPLETE", timeout=90)
+        assert done["upload"] is None, done  # the storage is back: nothing waits on it
         data = s3.get_object(Bucket=BUCKET, Key="outage/rec.mp4")["Body"].read()
         assert len(data) == done["file"]["size"]
         check_media(data, tmp_path)

@@ -40,6 +40,18 @@ class ImagesResult(Model):
     last: str | None = None
 
 
+class UploadState(Model):
+    """Outputs waiting on a storage: being retried (the attempt, and why the last one failed), or gone to
+    the backup storage."""
+
+    status: str = Field(description="RETRYING or BACKUP")
+    attempt: int | None = None
+    key: str | None = Field(None, description="the output being stored")
+    error: str | None = None
+    error_code: str | None = None
+    retry_in_s: float | None = Field(None, description="seconds until the next attempt")
+
+
 class Lifecycle(Model):
     """What egresses and recordings both show: where they are and what came of them."""
 
@@ -71,6 +83,7 @@ class EgressInfo(Lifecycle):
     segments: SegmentsResult | None = None
     images: ImagesResult | None = None
     manifest: str | None = Field(None, description="where the manifest ({egress_id}.json) of the outputs is")
+    upload: UploadState | None = Field(None, description="while a storage fails: its retries, or the backup")
 
 
 class RecordingInfo(Lifecycle):
@@ -170,7 +183,8 @@ def _egress(rec: EgressRecord) -> EgressInfo:
                       streams=[stream_info(s) for s in rec.streams or []],
                       segments=SegmentsResult.model_validate(outputs["segments"]) if outputs.get("segments") else None,
                       images=ImagesResult.model_validate(outputs["images"]) if outputs.get("images") else None,
-                      manifest=outputs.get("manifest"), node=rec.node)
+                      manifest=outputs.get("manifest"), node=rec.node,
+                      upload=UploadState.model_validate(rec.upload) if rec.upload else None)
 
 
 def stream_info(worker: dict) -> StreamInfo:

@@ -53,6 +53,9 @@ def egress_info(rec: EgressRecord) -> lk.EgressInfo:
         _set_request(info, rec)
     if rec.error_code:
         info.details = rec.error_code
+    elif (upload := rec.upload or {}).get("status") == "RETRYING":
+        info.details = f"storing {upload.get('key')}: attempt {upload.get('attempt')} failed ({upload.get('error')})"
+        info.retry_count = upload.get("attempt") or 0
     outputs, file = rec.outputs or {}, rec.file or {}
     info.manifest_location = outputs.get("manifest") or ""
     info.backup_storage_used = bool(file.get("backup_used"))
@@ -187,10 +190,14 @@ def webhook_event(rec: EgressRecord, name: str, event_id: str) -> str:
     return MessageToJson(event, indent=None)
 
 
-def events_for(rec: EgressRecord, previous: str | None) -> list[str]:
-    """LiveKit's event names for a status change: started when live, updated on the way, ended at the end."""
+def events_for(rec: EgressRecord, previous: str | None, previous_upload: dict | None = None) -> list[str]:
+    """LiveKit's event names for a change: started when live, updated on the way (a storage retried or given
+    up for the backup among it), ended at the end."""
     if rec.status == previous:
-        return []
+        upload = rec.upload or {}
+        news = upload and (upload.get("status"), upload.get("attempt")) != (
+            (previous_upload or {}).get("status"), (previous_upload or {}).get("attempt"))
+        return ["egress_updated"] if news and not rec.ended else []
     if rec.ended:
         return ["egress_ended"]
     return ["egress_started"] if rec.status == Status.ACTIVE else ["egress_updated"]

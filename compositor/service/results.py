@@ -11,7 +11,7 @@ from pydantic import Field
 from ..destinations import StreamTarget
 from ..plan import partial_path
 from ..probe import ProbeError, probe
-from ..protocol import ErrorEvent, Event, ResultEvent, Status, StatusEvent, StreamStatus
+from ..protocol import ErrorEvent, Event, ResultEvent, Status, StatusEvent, StreamStatus, UploadEvent, UploadStatus
 from ..request import Model
 
 
@@ -63,6 +63,11 @@ def fold(event: Event) -> dict | None:
         return {"status": Status.LIMIT_REACHED if event.stopped_by == "limit" else Status.COMPLETE,
                 "ended_at": event.time, "file": _file_result(event.file) if event.file else None,
                 "outputs": outputs or None, **({"streams": event.streams} if event.streams else {})}
+    if isinstance(event, UploadEvent) and event.status != UploadStatus.STORED:
+        # A storage that fails: retried (with its attempt and why), or given up for the backup. (A stored
+        # output clears a retrying state: the service, which knows the state, does that.)
+        return {"upload": {"status": event.status, "attempt": event.attempt, "key": event.key,
+                           "error": event.message, "error_code": event.code, "retry_in_s": event.delay_s}}
     if isinstance(event, ErrorEvent):
         kept = (event.file or {}).get("path")
         return {"status": event.status, "ended_at": event.time, "error": event.message, "error_code": event.code,

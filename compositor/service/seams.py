@@ -43,6 +43,9 @@ class EgressRecord:
     outputs: dict | None = None
     #: LiveKit's egress type: room_composite, web, participant, track_composite or track
     kind: str = "room_composite"
+    #: while its outputs wait on a storage: {"status": RETRYING or BACKUP, "attempt", "key", "error",
+    #: "error_code", "retry_in_s"} (UploadStatus); None once they go through
+    upload: dict | None = None
     #: "start_egress" when it came as LiveKit's unified StartEgressRequest (its answers carry that shape back);
     #: "" for the older per-source requests and ours
     request_shape: str = ""

@@ -15,7 +15,7 @@ from ..layouts import resolve_layout
 from ..livekit_room import SourceFacts, server_from_env
 from ..outbound import check_urls
 from ..plan import EgressConfig, new_egress_id, outbound_urls, resolve
-from ..protocol import Event, Status, StatusEvent, StreamEvent, UpdateLayout, UpdateStreams
+from ..protocol import Event, Status, StatusEvent, StreamEvent, UpdateLayout, UpdateStreams, UploadEvent, UploadStatus
 from ..request import RecordRequest, UploadSpec
 from ..storage import LocalStorage, NameValues, Uploader, render_name, sign_local_url
 from ..storage.config import REVEAL
@@ -429,9 +429,18 @@ class Service:
     async def _fold(self, egress_id: str, event: Event) -> None:
         if isinstance(event, StreamEvent):
             await self._change_stream(egress_id, event.index, event.state())
+        elif isinstance(event, UploadEvent) and event.status == UploadStatus.STORED:
+            # Stored again after retries: the storage is back.
+            if ((await self.get(egress_id)).upload or {}).get("status") == UploadStatus.RETRYING:
+                log.info("egress %s: the storage took %s: uploads go on", egress_id, event.key)
+                await self._change(egress_id, upload=None)
         elif (fields := fold(event)) is not None:
             if isinstance(event, StatusEvent) and event.status == Status.ACTIVE and event.message:
                 log.warning("egress %s: %s", egress_id, event.message)
+            if isinstance(event, UploadEvent):
+                log.warning("egress %s: storing %s failed (%s: %s); %s", egress_id, event.key, event.code,
+                            event.message, f"attempt {event.attempt}, next in {event.delay_s:g} s"
+                            if event.status == UploadStatus.RETRYING else "the backup storage takes over")
             await self._change(egress_id, **fields)
 
     async def _change(self, egress_id: str, **fields) -> EgressRecord:

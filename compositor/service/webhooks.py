@@ -215,7 +215,7 @@ class Webhooks:
     def for_change(self, before: EgressRecord, after: EgressRecord) -> list[OutboxEvent]:
         """The events of an egress's status change, for the server's receivers and its request's own."""
         return (self._baxcloud(after.id, events_for(after, before.status), after.webhooks)
-                + self._livekit_events(after, livekit_info.events_for(after, before.status)))
+                + self._livekit_events(after, livekit_info.events_for(after, before.status, before.upload)))
 
     def for_ingress(self, before: IngressRecord, after: IngressRecord) -> list[OutboxEvent]:
         """The events of an ingress's state change."""
