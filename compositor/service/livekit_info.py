@@ -53,6 +53,9 @@ def egress_info(rec: EgressRecord) -> lk.EgressInfo:
         _set_request(info, rec)
     if rec.error_code:
         info.details = rec.error_code
+    elif rec.end_reason:
+        # LiveKit's egress says in `details` why a completed egress ended.
+        info.details = rec.end_reason
     outputs, file = rec.outputs or {}, rec.file or {}
     info.manifest_location = outputs.get("manifest") or ""
     info.backup_storage_used = bool(file.get("backup_used"))

@@ -48,6 +48,10 @@ class EgressRecord:
     request_shape: str = ""
     #: the node whose worker runs it (in a cluster; None on a single node, or until placed)
     node: str | None = None
+    #: why a completed egress ended (the worker's stopped_by: limit, stopped, room_ended, idle, …)
+    stopped_by: str | None = None
+    #: with stopped_by idle: why, in words ("no one published for 30 s")
+    end_reason: str | None = None
 
     @property
     def ended(self) -> bool:
