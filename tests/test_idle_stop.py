@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
+from livekit.protocol import egress as lk
 
 from compositor import analysis
 from compositor.errors import InvalidRequest
+from compositor.protocol import Status
 from compositor.request import IdleStop, RecordRequest
+from compositor.service.livekit_info import egress_info
 from compositor.service.requests import ServerFacts, StartEgressRequest
+from compositor.service.seams import EgressRecord
 
-from .conftest import assert_color
+from .conftest import HttpReceiver, assert_color, free_port
+from .test_service import Server
 
 TINY = ["--width", "320", "--height", "180"]
 A = "#e6194b"
@@ -84,3 +90,37 @@ def test_api_request_fields_override_the_server_defaults_one_by_one():
     with pytest.raises(InvalidRequest) as exc:
         _api({"webUrl": "https://example.com/", "idleStop": {"emptySeconds": 5}})
     assert exc.value.details == {"field": "idleStop"}
+
+
+def test_service_shows_why_an_idle_egress_ended(tmp_path):
+    # The server's default (COMPOSITOR_IDLE_EMPTY_S) applies to a request that sets none of its own.
+    port = free_port()
+    receiver = HttpReceiver(port)
+    server = Server(tmp_path / "data", "--webhook-url", f"http://127.0.0.1:{port}/hooks",
+                    env={"COMPOSITOR_IDLE_EMPTY_S": "1"})
+    try:
+        info = server.start(advanced={"width": 320, "height": 180}, room={"participants": [
+            {"name": "A", "color": A, "tone": 450, "leaves": 2}, {"name": "B", "color": "#4363d8", "tone": 0,
+                                                                  "joins": 30}]})
+        done = server.wait_status(info["id"], "COMPLETE", "LIMIT_REACHED", "FAILED", timeout=60)
+        assert done["status"] == "COMPLETE", done
+        assert done["stoppedBy"] == "idle" and done["endReason"] == "no one in the room for 1 s", done
+        assert 2.3 <= done["file"]["duration"] <= 4.0, done["file"]
+        deadline = time.monotonic() + 20
+        while len(receiver.posts) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        completed = json.loads(receiver.posts[-1][1])
+        assert completed["event"] == "recording.completed", completed
+        assert completed["data"]["stoppedBy"] == "idle"
+        assert completed["data"]["endReason"] == "no one in the room for 1 s"
+    finally:
+        server.stop_server()
+        receiver.close()
+
+
+def test_livekit_egress_info_says_why_it_ended_in_details():
+    rec = EgressRecord(id="EG_123456789012", room_name="r", mode="record", layout="grid", quality="720p",
+                       request={"room_name": "r"}, status=Status.COMPLETE, stopped_by="idle",
+                       end_reason="no one published for 30 s")
+    info = egress_info(rec)
+    assert info.status == lk.EGRESS_COMPLETE and info.details == "no one published for 30 s"
