@@ -13,7 +13,7 @@ from compositor.errors import InvalidRequest
 from compositor.protocol import Status
 from compositor.request import IdleStop, RecordRequest
 from compositor.service.livekit_info import egress_info
-from compositor.service.requests import ServerFacts, StartEgressRequest
+from compositor.service.requests import ServerFacts, StartEgressRequest, StartRecordingRequest
 from compositor.service.seams import EgressRecord
 
 from .conftest import HttpReceiver, assert_color, free_port
@@ -124,3 +124,8 @@ def test_livekit_egress_info_says_why_it_ended_in_details():
                        end_reason="no one published for 30 s")
     info = egress_info(rec)
     assert info.status == lk.EGRESS_COMPLETE and info.details == "no one published for 30 s"
+
+
+def test_recordings_start_takes_idle_stop_too():
+    body = StartRecordingRequest.model_validate({"roomName": "r", "idleStop": {"noPublisherSeconds": 45}})
+    assert body.to_egress_request().idle_stop == IdleStop(no_publisher_seconds=45)

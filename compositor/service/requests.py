@@ -290,12 +290,14 @@ class StartRecordingRequest(RoomRequest):
     filepath: str | None = Field(None, description="the file's name in the storage (see file.filepath)")
     storage: StorageConfig | None = None
     backup_storage: StorageConfig | None = None
+    idle_stop: IdleStop | None = Field(None, description="as on /v1/egress/start")
 
     def to_egress_request(self) -> StartEgressRequest:
         return StartEgressRequest(room_name=self.room_name, mode="record", **self.page, quality=self.quality,
                                   advanced=self.advanced, file=FileSpec(file_type=self.file_type,
                                                                         filepath=self.filepath),
-                                  room=self.room, storage=self.storage, backup_storage=self.backup_storage)
+                                  room=self.room, storage=self.storage, backup_storage=self.backup_storage,
+                                  idle_stop=self.idle_stop)
 
 
 class AutoEgressConfig(Model):
