@@ -118,12 +118,16 @@ def test_service_shows_why_an_idle_egress_ended(tmp_path):
         receiver.close()
 
 
-def test_livekit_egress_info_says_why_it_ended_in_details():
+@pytest.mark.parametrize("stopped_by, reason, details", [
+    ("idle", "no one published for 30 s", "End reason: no one published for 30 s"),
+    ("room_ended", None, "End reason: Source closed"),  # LiveKit's words when the room closes
+    ("stopped", None, "End reason: StopEgress API"),
+])
+def test_livekit_egress_info_says_why_it_ended_in_details(stopped_by, reason, details):
     rec = EgressRecord(id="EG_123456789012", room_name="r", mode="record", layout="grid", quality="720p",
-                       request={"room_name": "r"}, status=Status.COMPLETE, stopped_by="idle",
-                       end_reason="no one published for 30 s")
+                       request={"room_name": "r"}, status=Status.COMPLETE, stopped_by=stopped_by, end_reason=reason)
     info = egress_info(rec)
-    assert info.status == lk.EGRESS_COMPLETE and info.details == "no one published for 30 s"
+    assert info.status == lk.EGRESS_COMPLETE and info.details == details
 
 
 def test_recordings_start_takes_idle_stop_too():
