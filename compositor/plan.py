@@ -17,6 +17,7 @@ from .outbound import OutboundPolicy
 from .presets import find_preset, preset_names
 from .request import (
     AudioSpec,
+    IdleStop,
     ImageOutput,
     Overlays,
     ParticipantSpec,
@@ -146,6 +147,8 @@ class EgressConfig:
     websocket: str | None = None
     #: which voice the page plays in which channel (None: every voice in both, as the room sounds)
     routing: AudioSpec | None = None
+    #: when the page ends the recording by itself for an idle room (None: never)
+    idle_stop: IdleStop | None = None
 
     @property
     def frame(self) -> tuple[int, int, int]:
@@ -290,6 +293,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         template_url=with_query(req.template_url, layout=req.layout) if req.template_url else None,
         websocket=req.websocket,
         routing=routing,
+        idle_stop=req.idle_stop if req.idle_stop and req.idle_stop.enabled else None,
     )
 
 

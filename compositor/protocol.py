@@ -143,7 +143,8 @@ class UploadEvent(_Event):
 
 
 class ResultEvent(_Event):
-    """The egress completed: what its outputs became (`stopped_by`: limit, stopped, room_ended or resumed)."""
+    """The egress completed: what its outputs became (`stopped_by`: limit, stopped, room_ended, idle,
+    streams_removed or resumed; `reason`: why in words, for idle)."""
 
     type: Literal["result"] = "result"
     status: Status = Status.COMPLETE
@@ -160,6 +161,7 @@ class ResultEvent(_Event):
     backup_used: bool | None = None
     timings: dict[str, Any] | None = None
     stopped_by: str | None = None
+    reason: str | None = None
 
 
 class ErrorEvent(_Event):

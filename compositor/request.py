@@ -162,6 +162,27 @@ class AudioSpec(Model):
         return bool(self.routes) or self.mixing != "default"
 
 
+# The longest an idle room is waited for (a day): past it, idle stop is not what the caller means.
+MAX_IDLE_S = 24 * 3600
+
+
+class IdleStop(Model):
+    """End the egress by itself (COMPLETE, stopped_by idle) when its room has been idle this long, as Jibri does.
+    Each condition is off unless given; they are watched from START_RECORDING on."""
+
+    no_publisher_seconds: float | None = Field(None, gt=0, le=MAX_IDLE_S,
+                                               description="no one has published a track for this long")
+    all_muted_seconds: float | None = Field(None, gt=0, le=MAX_IDLE_S,
+                                            description="every published track has been muted for this long")
+    empty_seconds: float | None = Field(None, gt=0, le=MAX_IDLE_S,
+                                        description="no one but the recorder has been in the room for this long")
+
+    @property
+    def enabled(self) -> bool:
+        """Some condition is watched."""
+        return any(v is not None for v in (self.no_publisher_seconds, self.all_muted_seconds, self.empty_seconds))
+
+
 class RoomSpec(Model):
     kind: Literal["synthetic", "livekit"] = "synthetic"
     participants: list[ParticipantSpec] = Field(default_factory=list, max_length=100,
@@ -337,6 +358,8 @@ class RecordRequest(Model):
     audio: AudioSpec | None = Field(None, description="which voice plays in which channel (routes or mixing)")
     start_timeout: float = Field(20, gt=0, le=600)
     upload: UploadSpec | None = Field(None, description="store the outputs (default: leave them where written)")
+    idle_stop: IdleStop | None = Field(None, description="end by itself when the room is idle (empty, no one "
+                                                         "publishing, or everyone muted) for so long")
 
     @model_validator(mode="after")
     def _source(self) -> RecordRequest:
@@ -353,6 +376,9 @@ class RecordRequest(Model):
             raise ValueError("a websocket output carries sound only: set audio_only")
         if self.websocket and self.audio_channels != 2:
             raise ValueError("a websocket output carries stereo PCM: audio_channels must be 2")
+        if self.idle_stop and self.idle_stop.enabled and (self.web_url or self.template_url):
+            # Our own layout page watches the room; a web page or the caller's template has no room we can see.
+            raise ValueError("idleStop watches a room through our layout page: not with web_url or template_url")
         return self
 
 

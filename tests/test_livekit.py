@@ -84,6 +84,25 @@ def test_room_deleted_ends_the_recording_complete(livekit, clips, start_record):
     assert near(region(done.output, 1.0, 0.45, 0.4), ALICE[0])
 
 
+def test_room_left_empty_ends_the_recording_idle(livekit, clips, start_record):
+    # Idle stop is watched by the page's room model, the same for LiveKit rooms as for synthetic ones.
+    room = "idle-room"
+    alice = publish(livekit, room, "alice", clips["alice"])
+    livekit.wait_published(room, {"alice": 2})
+    run = start_record("--room", "livekit", "--room-name", room, "--layout", "grid", "--duration", "30",
+                       "--idle-empty", "2", *TINY, env=livekit.env)
+    run.wait_for_status("ACTIVE", timeout=40)
+    time.sleep(2.5)
+    alice.stop()  # she leaves; the room stays (LiveKit keeps an empty room a while)
+    done = run.finish(timeout=40)
+    assert done.code == 0, done.stderr[-2000:]
+    assert done.result["stopped_by"] == "idle" and done.result["status"] == "COMPLETE", done.result
+    assert done.result["reason"] == "no one in the room for 2 s"
+    # About 2.5 s with her, then 2 s empty: far short of the 30 s limit.
+    assert 3 < analysis.facts(done.output).duration < 10
+    assert near(region(done.output, 1.0, 0.45, 0.4), ALICE[0])
+
+
 def test_speaker_layout_features_who_is_talking(livekit, clips, start_record):
     room = "speaker-room"
     livekit.publish(room, "bob", clips["bob"].video)  # on camera, silent, and first in the room

@@ -67,6 +67,10 @@ class Lifecycle(Model):
     error: str | None
     error_code: str | None
     file: FileResult | None
+    stopped_by: str | None = Field(None, description="why it ended: limit, stopped, room_ended, idle, "
+                                                     "streams_removed")
+    end_reason: str | None = Field(None, description="with stoppedBy idle, why in words: \"no one in the room "
+                                                     "for 30 s\"")
 
 
 class EgressInfo(Lifecycle):
@@ -179,6 +183,7 @@ def _egress(rec: EgressRecord) -> EgressInfo:
                       layout=rec.layout, quality=rec.quality, created_at=iso(rec.created_at),
                       updated_at=iso(rec.updated_at), started_at=iso(rec.started_at), ended_at=iso(rec.ended_at),
                       duration_sec=duration, error=rec.error, error_code=rec.error_code,
+                      stopped_by=rec.stopped_by, end_reason=rec.end_reason,
                       file=FileResult.model_validate(rec.file) if rec.file else None,
                       streams=[stream_info(s) for s in rec.streams or []],
                       segments=SegmentsResult.model_validate(outputs["segments"]) if outputs.get("segments") else None,

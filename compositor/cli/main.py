@@ -47,6 +47,11 @@ def _record_parser(sub) -> None:
     add_page_flags(p)
     p.add_argument("--preset", help=f"quality preset: {', '.join(preset_names())} (default {DEFAULT_PRESET})")
     p.add_argument("--duration", type=float, help="seconds of media to record (default: until stopped)")
+    idle = p.add_argument_group("idle stop (end COMPLETE by itself, stopped_by idle; each off unless given)")
+    idle.add_argument("--idle-empty", type=float, metavar="S", help="when no one but the recorder is in the room "
+                                                                     "for S s")
+    idle.add_argument("--idle-no-publisher", type=float, metavar="S", help="when no one publishes for S s")
+    idle.add_argument("--idle-all-muted", type=float, metavar="S", help="when every published track is muted for S s")
     p.add_argument("-o", "--output", help="output file: .mp4, .webm, .ogg or .mp3 (MP3 with --audio-only; "
                                              "default: recordings/recording-TIME.mp4 unless --stream or --segments "
                                              "is given)")
@@ -162,6 +167,11 @@ def build_request(args: argparse.Namespace) -> RecordRequest:
     if args.output:
         data["file"] = {"filepath": args.output}
     _live_flags(args, data)
+    idle = {"empty_seconds": args.idle_empty, "no_publisher_seconds": args.idle_no_publisher,
+            "all_muted_seconds": args.idle_all_muted}
+    if any(v is not None for v in idle.values()):
+        given = data.pop("idleStop", None) or data.get("idle_stop") or {}  # --config may spell it either way
+        data["idle_stop"] = {**given, **{k: v for k, v in idle.items() if v is not None}}
     if not any(data.get(k) for k in ("file", "stream", "segments", "websocket")):
         data["file"] = {"filepath": f"recordings/recording-{time.strftime('%Y-%m-%dT%H%M%S')}.mp4"}
     try:

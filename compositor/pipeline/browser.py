@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -32,6 +33,8 @@ CHROMIUM_PATHS = ("/usr/lib/chromium/chromium", "/usr/bin/chromium", "/usr/bin/c
 MIN_WINDOW_WIDTH = 500  # Chromium's narrowest window (measured with --kiosk on Xvfb)
 START_RECORDING = "START_RECORDING"
 END_RECORDING = "END_RECORDING"
+#: our layout page's "the room is idle" signal: IDLE_STOP {"condition": ..., "reason": ...}
+IDLE_STOP = "IDLE_STOP"
 
 CHROMIUM_FLAGS = [
     "--kiosk",
@@ -96,6 +99,14 @@ class PageProblem:
     message: str
 
 
+@dataclass(frozen=True)
+class IdleSignal:
+    """Our layout page found the room idle: which condition (empty, no_publisher, all_muted), and why in words."""
+
+    condition: str
+    reason: str
+
+
 class Browser:
     """Owns one Chromium (and the Playwright connection to it)."""
 
@@ -111,6 +122,8 @@ class Browser:
         self.direct = direct
         self.signals: asyncio.Queue[str] = asyncio.Queue()
         self.failure: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        #: set once the layout page says the room is idle
+        self.idle: asyncio.Future[IdleSignal] = asyncio.get_running_loop().create_future()
         self.problems: list[PageProblem] = []
         self._waiters: list[tuple[tuple[str, ...], asyncio.Future]] = []
         self._origin = ""
@@ -188,6 +201,8 @@ class Browser:
         text = msg.text
         if text in (START_RECORDING, END_RECORDING):
             self.signals.put_nowait(text)
+        elif text.startswith(IDLE_STOP + " ") and not self.idle.done():
+            self.idle.set_result(_idle_signal(text.removeprefix(IDLE_STOP + " ")))
         elif msg.type == "error" and not text.startswith("Failed to load resource"):  # reported as REQUEST
             self._problem(CONSOLE, text)
         log.debug("page console [%s]: %s", msg.type, text)
@@ -289,3 +304,12 @@ class Browser:
             remove_chromium_temp(self.profile_dir)
         if self._devtools is not None:
             await self._devtools.stop()
+
+
+def _idle_signal(text: str) -> IdleSignal:
+    """The IDLE_STOP signal's JSON; a malformed one still ends the recording, saying so."""
+    try:
+        data = json.loads(text)
+        return IdleSignal(condition=str(data["condition"]), reason=str(data["reason"]))
+    except (ValueError, KeyError, TypeError):
+        return IdleSignal(condition="unknown", reason=f"the page said the room is idle ({text[:200]})")

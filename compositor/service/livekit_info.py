@@ -32,6 +32,9 @@ _STATUS = {Status.STARTING: lk.EGRESS_STARTING, Status.ACTIVE: lk.EGRESS_ACTIVE,
 # LiveKit knows a destination as active, finished or failed; reconnecting is still active there.
 _STREAM_STATUS = {StreamStatus.FINISHED: lk.StreamInfo.FINISHED, StreamStatus.FAILED: lk.StreamInfo.FAILED}
 NS = 1_000_000_000
+#: our stopped_by as LiveKit's egress words its end reasons
+END_REASONS = {"stopped": "StopEgress API", "room_ended": "Source closed", "limit": "Session limit reached",
+               "streams_removed": "All streams stopped"}
 
 
 #: LiveKit EncodingOptions fields that mean the same in ours (same names, same units).
@@ -53,6 +56,10 @@ def egress_info(rec: EgressRecord) -> lk.EgressInfo:
         _set_request(info, rec)
     if rec.error_code:
         info.details = rec.error_code
+    elif rec.stopped_by in END_REASONS or rec.end_reason:
+        # LiveKit's egress says why an egress ended in `details`, as "End reason: Source closed" (its
+        # EgressInfo.SetEndReason); it has no idle stop, so that reason is ours, in words.
+        info.details = f"End reason: {rec.end_reason or END_REASONS[rec.stopped_by]}"
     elif (upload := rec.upload or {}).get("status") == "RETRYING":
         info.details = f"storing {upload.get('key')}: attempt {upload.get('attempt')} failed ({upload.get('error')})"
         info.retry_count = upload.get("attempt") or 0

@@ -20,6 +20,7 @@ from ..request import (
     AudioSpec,
     EncodingOptions,
     FileOutput,
+    IdleStop,
     ImageOutput,
     Model,
     Overlays,
@@ -174,6 +175,9 @@ class StartEgressRequest(RoomRequest):
     track: TrackTarget | None = Field(None, description="record one audio track (OGG file or WebSocket)")
     webhooks: list[WebhookSpec] = Field(default_factory=list, max_length=8,
                                         description="receivers of this egress's own events, beside the server's")
+    idle_stop: IdleStop | None = Field(None, description="end COMPLETE (stopped_by idle) when the room is empty, "
+                                                         "has no publisher, or is all muted this long; each field "
+                                                         "overrides the server's default (off unless it sets one)")
 
     @model_validator(mode="after")
     def _outputs(self) -> StartEgressRequest:
@@ -194,6 +198,9 @@ class StartEgressRequest(RoomRequest):
             raise ValueError("mode 'record' takes no stream; use mode 'both'")
         if self.mode == "stream" and self.file:
             raise ValueError("mode 'stream' writes no file; use mode 'both'")
+        if self.idle_stop and (self.web_url or self.template_url):
+            raise InvalidRequest("idleStop watches the room through our layout page: not with webUrl or "
+                                 "templateUrl", details={"field": "idleStop"})
         return self
 
     @property
@@ -251,6 +258,10 @@ class StartEgressRequest(RoomRequest):
         # A track's file keeps the track's channels, as LiveKit's (untranscoded) track egress does; the WebSocket
         # sends stereo PCM whatever the track.
         channels = source.channels if self.track and not self.track.websocket_url and source.channels else 2
+        # The server's idle stop holds for every egress our layout page records, field by field under the caller's.
+        idle = self.idle_stop
+        if server.idle_stop and not (self.web_url or self.template_url):
+            idle = server.idle_stop.model_copy(update=idle.model_dump(exclude_none=True) if idle else {})
         try:
             return RecordRequest(
                 room_name=self.room_name, room=room, web_url=self.web_url, template_url=self.template_url, **page,
@@ -260,7 +271,7 @@ class StartEgressRequest(RoomRequest):
                 stream=StreamOutput(urls=self.stream.urls, retry_window=self.stream.retry_window) if self.stream
                 else None, **moved, websocket=self.track.websocket_url if self.track else None,
                 duration=min(limits) if limits else None, audio_only=audio_only, video_only=video_only,
-                audio_channels=channels, audio=self.audio, upload=upload)
+                audio_channels=channels, audio=self.audio, upload=upload, idle_stop=idle)
         except ValidationError as exc:
             raise InvalidRequest(first_error(exc)) from None
 
@@ -277,6 +288,8 @@ class ServerFacts:
     max_file_duration_s: float | None = None
     max_stream_duration_s: float | None = None
     max_segment_duration_s: float | None = None
+    #: idle stop of every room egress, under each request's own fields (None: off)
+    idle_stop: IdleStop | None = None
 
 
 class UpdateStreamsRequest(Model):
@@ -309,13 +322,14 @@ class StartRecordingRequest(RoomRequest):
     audio_only: bool = Field(False, description="the room's sound alone (an MP3 needs it)")
     storage: StorageConfig | None = None
     backup_storage: StorageConfig | None = None
+    idle_stop: IdleStop | None = Field(None, description="as on /v1/egress/start")
 
     def to_egress_request(self) -> StartEgressRequest:
         return StartEgressRequest(room_name=self.room_name, mode="record", **self.page, quality=self.quality,
                                   advanced=self.advanced, file=FileSpec(file_type=self.file_type,
                                                                         filepath=self.filepath),
                                   room=self.room, storage=self.storage, backup_storage=self.backup_storage,
-                                  audio_only=self.audio_only)
+                                  audio_only=self.audio_only, idle_stop=self.idle_stop)
 
 
 class AutoEgressConfig(Model):

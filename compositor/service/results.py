@@ -62,7 +62,10 @@ def fold(event: Event) -> dict | None:
         outputs = {k: v for k in ("segments", "images", "manifest") if (v := getattr(event, k))}
         return {"status": Status.LIMIT_REACHED if event.stopped_by == "limit" else Status.COMPLETE,
                 "ended_at": event.time, "file": _file_result(event.file) if event.file else None,
-                "outputs": outputs or None, **({"streams": event.streams} if event.streams else {})}
+                "outputs": outputs or None, **({"streams": event.streams} if event.streams else {}),
+                # A delivery resumed after a restart keeps why the recording itself ended.
+                **({"stopped_by": event.stopped_by, "end_reason": event.reason}
+                   if event.stopped_by and event.stopped_by != "resumed" else {})}
     if isinstance(event, UploadEvent) and event.status != UploadStatus.STORED:
         # A storage that fails: retried (with its attempt and why), or given up for the backup. (A stored
         # output clears a retrying state: the service, which knows the state, does that.)

@@ -54,6 +54,10 @@ class EgressRecord:
     #: the receivers its request named, which get its own events beside the server's
     #: ({"url", "format", "include_events", "exclude_events"}: webhooks.RequestedReceiver as JSON)
     webhooks: list | None = None
+    #: why a completed egress ended (the worker's stopped_by: limit, stopped, room_ended, idle, …)
+    stopped_by: str | None = None
+    #: with stopped_by idle: why, in words ("no one published for 30 s")
+    end_reason: str | None = None
 
     @property
     def ended(self) -> bool:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..errors import InvalidRequest
 from ..outbound import AllowedHosts, OutboundPolicy, host_port
 from ..plan import WARM_SIZE
-from ..request import first_error
+from ..request import MAX_IDLE_S, IdleStop, first_error
 from ..storage import LocalStorage, parse_storage
 from ..storage.config import storage_urls
 from ..storage.uploader import MAX_URL_EXPIRY_S, AnyStorage
@@ -59,6 +59,8 @@ class Settings:
     max_file_duration_s: float | None = None
     max_stream_duration_s: float | None = None
     max_segment_duration_s: float | None = None
+    #: idle stop of every room egress unless its request says (seconds per condition; None: off)
+    idle_stop: IdleStop | None = None
     url_signing_key: str = ""
     download_url_ttl_s: int = 3600
     #: no download URL lives longer, whatever a caller asks (signed ones are refused past it too)
@@ -98,7 +100,7 @@ class Settings:
         return ServerFacts(room_server=bool(self.livekit_url), layouts_dir=self.layouts_dir,
                            max_file_duration_s=self.max_file_duration_s,
                            max_stream_duration_s=self.max_stream_duration_s,
-                           max_segment_duration_s=self.max_segment_duration_s)
+                           max_segment_duration_s=self.max_segment_duration_s, idle_stop=self.idle_stop)
 
     @property
     def livekit_env(self) -> dict[str, str]:
@@ -207,6 +209,12 @@ class ServeConfig(BaseModel):
     max_file_duration_s: float | None = Field(None, gt=0, description="session limit of a file egress")
     max_stream_duration_s: float | None = Field(None, gt=0, description="session limit of a streaming egress")
     max_segment_duration_s: float | None = Field(None, gt=0, description="session limit of an HLS egress")
+    idle_empty_s: float | None = Field(None, gt=0, le=MAX_IDLE_S, description="a room egress ends (COMPLETE, "
+                                       "stopped_by idle) when no one but the recorder is in the room this long")
+    idle_no_publisher_s: float | None = Field(None, gt=0, le=MAX_IDLE_S, description="the same when no one "
+                                              "publishes this long")
+    idle_all_muted_s: float | None = Field(None, gt=0, le=MAX_IDLE_S, description="the same when every "
+                                           "published track is muted this long")
     layouts_dir: str | None = Field(None, description="custom layouts requests name as custom/NAME")
     allowed_hosts: list[str] = Field([], description="hosts requests may reach even at private addresses (and "
                                      "layout pages may reach besides their own server)")
@@ -325,6 +333,7 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         warm_size=tuple(int(x) for x in cfg.warm_size.split("x")),
         max_file_duration_s=cfg.max_file_duration_s, max_stream_duration_s=cfg.max_stream_duration_s,
         max_segment_duration_s=cfg.max_segment_duration_s,
+        idle_stop=_idle_stop(cfg),
         layouts_dir=_layouts_dir(cfg.layouts_dir),
         allowed_hosts=AllowedHosts.parse(cfg.allowed_hosts).entries,
         storage=parse_storage(cfg.storage) if cfg.storage else LocalStorage(),
@@ -336,6 +345,13 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         ingress_public_host=cfg.ingress_public_host,
         ingress_warm_workers=cfg.ingress_warm_workers if cfg.ingress_warm_workers is not None
         else int(bool(cfg.livekit_url)))
+
+
+def _idle_stop(cfg: ServeConfig) -> IdleStop | None:
+    """The server's idle stop defaults (None: all off)."""
+    idle = IdleStop(empty_seconds=cfg.idle_empty_s, no_publisher_seconds=cfg.idle_no_publisher_s,
+                    all_muted_seconds=cfg.idle_all_muted_s)
+    return idle if idle.enabled else None
 
 
 def _layouts_dir(value: str | None) -> Path | None:

@@ -90,6 +90,8 @@ def events_for(rec: EgressRecord, previous: str | None) -> list[tuple[str, dict]
         elif rec.status in (Status.COMPLETE, Status.LIMIT_REACHED):
             f = rec.file or {}
             done = {"status": "COMPLETED", "durationSec": f.get("duration") or _duration(rec)}
+            if rec.stopped_by:
+                done.update(stoppedBy=rec.stopped_by, **({"endReason": rec.end_reason} if rec.end_reason else {}))
             if kind == "recording":
                 done.update(fileUrl=f.get("location"), fileSize=f.get("size"))
             else:

@@ -108,7 +108,7 @@ async def record(options: WorkerOptions, request: Callable[[], RecordRequest] | 
         result["file"].update(started_at=job.recorder.timings.get("first_frame"),
                               ended_at=job.recorder.timings.get("stop_requested"))
     events.emit(ResultEvent(egress_id=job.config.egress_id, **result, timings=job.recorder.timings,
-                            stopped_by=job.recorder.stopped_by))
+                            stopped_by=job.recorder.stopped_by, reason=job.recorder.stop_reason))
     return 0
 
 

@@ -112,8 +112,10 @@ class Recorder:
         self.events = events
         self.stop_requested = stop
         self.timings: dict[str, float] = {"launched": time.time()}
-        #: why recording ended: limit (duration reached), stopped, room_ended, or failed
+        #: why recording ended: limit (duration reached), stopped, room_ended, idle, streams_removed, or failed
         self.stopped_by = "failed"
+        #: with stopped_by idle: why, in words ("no one published for 30 s")
+        self.stop_reason: str | None = None
         self._last_progress_emit = 0.0
         self._fanout: StreamFanout | None = None
         self._socket: PcmSocket | None = None
@@ -192,7 +194,7 @@ class Recorder:
             await self._until_ready(browser, watched, self._start_signal(browser), cfg.start_timeout)
         else:
             spec = PageSpec(cfg.layout, cfg.overlays, cfg.participants, cfg.room_name, cfg.sync_markers,
-                            routing=cfg.routing)
+                            routing=cfg.routing, idle_stop=cfg.idle_stop)
             if cfg.source == "livekit":
                 server = server_from_env()
                 spec = dataclasses.replace(spec, room_url=server.url,
@@ -432,16 +434,18 @@ class Recorder:
 
     async def _until_done(self, encoder: Encoder, browser: Browser,
                           watched: list[ManagedProcess]) -> CompositorError | None:
-        """Wait for the end: duration reached, stop asked, page ended, or a failure."""
+        """Wait for the end: duration reached, stop asked, page ended, room idle, or a failure."""
 
         exited = asyncio.create_task(encoder.wait())
         ended = asyncio.create_task(browser.until_signal(END_RECORDING))
+        idle = asyncio.ensure_future(asyncio.shield(browser.idle))
         streams = asyncio.ensure_future(asyncio.shield(self._fanout.outcome) if self.stream_only
                                         else asyncio.get_running_loop().create_future())
         guards = self._guards(browser, watched)
         if self._socket:
             guards.append(asyncio.ensure_future(asyncio.shield(self._socket.failure)))
-        done, pending = await asyncio.wait([exited, ended, streams, *guards], return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait([exited, ended, idle, streams, *guards],
+                                           return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         if streams in done:
@@ -456,6 +460,10 @@ class Recorder:
         if ended in done:
             log.info("the page signalled %s", END_RECORDING)
             self.stopped_by = "room_ended"
+            return None
+        if idle in done:
+            log.info("the room is idle: %s", idle.result().reason)
+            self.stopped_by, self.stop_reason = "idle", idle.result().reason
             return None
         err = done.pop().result()
         if isinstance(err, Aborted):

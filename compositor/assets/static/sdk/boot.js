@@ -4,6 +4,7 @@
 
 import { routingFrom } from './audio.js';
 import { egress } from './egress.js';
+import { watchIdle } from './idle.js';
 import { startClock } from './overlays.js';
 import { Stage } from './stage.js';
 import { SyntheticRoom } from './synthetic.js';
@@ -73,5 +74,7 @@ export async function boot({ layout, root = document.getElementById('stage') }) 
   await nextFrame();
   room.start(performance.now());
   egress.startRecording();
+  const idle = egress.params.get('idle');
+  if (idle) watchIdle(room, JSON.parse(idle));
   window.compositor = { room, stage, startedBy };
 }

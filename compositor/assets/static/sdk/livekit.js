@@ -153,6 +153,7 @@ export class LiveKitRoom extends Room {
     this.publish(p.identity, new Track({
       sid: track.sid, kind: track.kind, source, participant: this.participants.get(p.identity),
       makeElement: () => track.attach(),
+      isMuted: () => pub.isMuted,
     }));
   }
 

@@ -11,14 +11,18 @@ export const MICROPHONE = 'microphone';
 
 export class Track {
   // makeElement() returns a fresh element showing the track; each attach()
-  // gets its own, as livekit-client's Track.attach() does.
-  constructor({ sid, kind, source, participant, makeElement }) {
+  // gets its own, as livekit-client's Track.attach() does. isMuted() reads
+  // the room's own mute state (a synthetic track is never muted).
+  constructor({ sid, kind, source, participant, makeElement, isMuted = () => false }) {
     this.sid = sid;
     this.kind = kind;
     this.source = source;
     this.participant = participant;
     this._makeElement = makeElement;
+    this._isMuted = isMuted;
   }
+
+  get muted() { return this._isMuted(); }
 
   attach() {
     const el = this._makeElement();
