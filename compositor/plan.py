@@ -437,6 +437,8 @@ def outbound_urls(config: EgressConfig) -> list[tuple[str, str]]:
     if config.websocket:
         urls.append(("websocket", config.websocket))
     if config.upload:
-        for field, storage in (("storage", config.upload.storage), ("backupStorage", config.upload.backup)):
+        storages = [("storage", config.upload.storage), ("backupStorage", config.upload.backup),
+                    *((f"{kind}.storage", storage) for kind, storage in config.upload.outputs.items())]
+        for field, storage in storages:
             urls += [(f"{field}.{name}", url) for name, url in storage_urls(storage)]
     return urls

@@ -310,20 +310,30 @@ class Overlays(Model):
         return bool(self.logo) and self.logo.startswith(("http://", "https://"))
 
 
+#: The kinds of stored output: a file, HLS segments (with their playlists), thumbnails.
+OutputKind = Literal["file", "segments", "images"]
+
+
 class UploadSpec(Model):
     """Where a worker's outputs go: written under `staging` (a path's place there is its storage key),
     then stored in `storage` (or `backup`, if it refuses for good)."""
 
     storage: StorageConfig
     backup: StorageConfig | None = None
+    #: an output kind's own storage (file, segments, images), where it is not `storage`
+    outputs: dict[OutputKind, StorageConfig] = Field(default_factory=dict)
     staging: str = Field(min_length=1, description="local folder the outputs are written in")
     local_root: str | None = Field(None, description="the local storage's folder (for a local storage or backup)")
     retry_window_s: float = Field(300, gt=0, le=86400, description="seconds transient failures are retried")
 
+    def storage_of(self, kind: OutputKind) -> StorageConfig:
+        """Where outputs of `kind` go."""
+        return self.outputs.get(kind, self.storage)
+
     @property
     def in_place(self) -> bool:
         """The outputs are written where they are stored (local storage staged in its own folder)."""
-        return (self.storage.kind == "local" and self.local_root is not None
+        return (all(s.kind == "local" for s in (self.storage, *self.outputs.values())) and self.local_root is not None
                 and Path(self.local_root).resolve() == Path(self.staging).resolve())
 
 

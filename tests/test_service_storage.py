@@ -121,6 +121,30 @@ def test_s3_file_hls_and_thumbnails_stored_while_recording_with_a_manifest(s3_se
         server.stop_server()
 
 
+def test_each_output_to_its_own_storage(s3_server, tmp_path):
+    """LiveKit's requests may name a storage per output: the file to S3, the thumbnails to the server's own
+    (local) storage, each where it was asked, the manifest with the file."""
+    server = serve(tmp_path)
+    s3 = _s3_client(s3_server)
+    try:
+        # LiveKit's shape: the file output names S3, the image output nothing (the server's local storage).
+        info = record(server, file_outputs=[{"file_type": "MP4", "filepath": "own/rec.mp4",
+                                             "s3": storage_of(s3_config(s3_server))}],
+                      image_outputs=[{"capture_interval": 1, "filename_prefix": "own/img/t"}])
+        done = server.wait_status(info["id"], "COMPLETE", timeout=60)
+        assert (done["file"]["storage"], done["file"]["key"]) == ("s3", "own/rec.mp4"), done["file"]
+        check_media(s3.get_object(Bucket=BUCKET, Key="own/rec.mp4")["Body"].read(), tmp_path)
+        assert s3.head_object(Bucket=BUCKET, Key=f"own/{info['id']}.json")  # the manifest went with the file
+        local = server.data_dir / "recordings" / "own" / "img"
+        assert done["images"]["count"] >= 2 and len(list(local.glob("t_*.jpg"))) == done["images"]["count"]
+        assert not s3.list_objects_v2(Bucket=BUCKET, Prefix="own/img/").get("Contents")
+        # The download link is S3's own (the file's storage signs it).
+        link = server.call("GET", f"/v1/recordings/rec_{info['id'][3:]}/download-url")[1]["downloadUrl"]
+        assert link.startswith(s3_config(s3_server).endpoint) and len(fetch(link)) == done["file"]["size"]
+    finally:
+        server.stop_server()
+
+
 def test_an_overwritten_thumbnail_is_stored_again_at_each_capture(s3_server, tmp_path):
     server = serve(tmp_path, storage=storage_of(s3_config(s3_server)))
     s3 = _s3_client(s3_server)

@@ -343,6 +343,13 @@ def test_the_unified_start_request_maps_onto_ours():
     assert (template.mode, template.file_type, template.file.filepath, template.segments.filename_prefix,
             template.images.capture_interval, template.stream.urls, template.storage.bucket) == (
         "both", "OGG", "a/{room_name}", "hls/x", 5, [STREAM_URL], "b")
+    gcs = proto.StorageConfig(gcp=proto.GCPUpload(bucket="g"))
+    split = ours(from_livekit_start, proto.StartEgressRequest(
+        room_name="r", template=proto.TemplateSource(), storage=s3,
+        outputs=[proto.Output(file=proto.FileOutput(filepath="f.mp4")),
+                 proto.Output(images=proto.ImageOutput(filename_prefix="i/x"), storage=gcs)]))
+    # Outputs of different storages each keep theirs; the request's goes to those naming none.
+    assert (split.storage, split.file.storage.bucket, split.images.storage.bucket) == (None, "b", "g")
     page = ours(from_livekit_start, proto.StartEgressRequest(
         web=proto.WebSource(url="https://example.com/", video_only=True, await_start_signal=True),
         advanced=proto.EncodingOptions(width=640, height=360),

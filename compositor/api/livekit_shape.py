@@ -111,13 +111,12 @@ def _mapped(body: dict) -> dict:
     adv = body.get("advanced")
     if adv:
         out["advanced"] = _advanced(adv, files)
-    storages = [_storage_of(item, where) for where, item in _outputs(body, files)]
-    storages = [st for st in storages if st is not None]
-    if storages:
-        if any(st != storages[0] for st in storages):
-            raise InvalidRequest("every output of an egress goes to one storage; these name different ones",
-                                 details={"field": "storage"})
-        out["storage"] = storages[0]
+    # Each output's storage: one that every output names is the egress's; else each goes with its output
+    # (an output naming none goes to the server's).
+    named = {kind: _storage_of(item, where) for kind, where, item in _outputs(body, files)}
+    own = {kind: st for kind, st in named.items() if st is not None}
+    if own and len(own) == len(named) and all(st == next(iter(own.values())) for st in own.values()):
+        out["storage"], own = next(iter(own.values())), {}
     if files:
         f = files[0]
         file_type = _FILE_TYPES.get(str(f.get("file_type", "MP4")).upper())
@@ -135,6 +134,8 @@ def _mapped(body: dict) -> dict:
         out["segments"] = segments
     if images is not None:
         out["images"] = images
+    for kind, storage in own.items():
+        out[kind]["storage"] = storage
     recorded = files or segments is not None
     out["mode"] = "both" if recorded and streams else "stream" if streams else "record"
     if "webhooks" in body:
@@ -292,12 +293,12 @@ def _items(body: dict, key: str, single: str | None) -> list[dict]:
 
 
 def _outputs(body: dict, files: list[dict]):
-    """(field, output) for each file, segment and image output of the body."""
+    """(our output kind, field, output) for each file, segment and image output of the body."""
     for i, f in enumerate(files):
-        yield f"file_outputs.{i}", f
-    for key, single in (("segment_outputs", "segments"), ("image_outputs", None)):
+        yield "file", f"file_outputs.{i}", f
+    for kind, key, single in (("segments", "segment_outputs", "segments"), ("images", "image_outputs", None)):
         for i, item in enumerate(_items(body, key, single)):
-            yield f"{key}.{i}", item
+            yield kind, f"{key}.{i}", item
 
 
 def _storage_of(output: dict, where: str) -> dict | None:

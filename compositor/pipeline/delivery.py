@@ -1,11 +1,12 @@
 """A worker's outputs into storage: HLS segments and thumbnails while recording, then the file, and
 the manifest last.
 
-Outputs are written under the job's staging folder, and a file's place there is its storage key.
-Nothing staged is removed before every output, the manifest included, is confirmed stored: what a
-crash leaves in staging, with its manifest, is exactly what a resumed delivery still has to store.
-Once the storage refuses for good and the backup takes over, everything goes to the backup (what the
-storage already held is stored again), so a recording is never split between two places.
+Outputs are written under the job's staging folder, and a file's place there is its storage key in the
+storage of its kind (the file, the HLS segments and the thumbnails may each have their own). Nothing
+staged is removed before every output, the manifest included, is confirmed stored: what a crash leaves
+in staging, with its manifest, is exactly what a resumed delivery still has to store. Once a storage
+refuses for good and the backup takes over, everything goes to the backup (what the storages already
+held is stored again), so a failed recording is never split between places.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from pathlib import Path
 from ..events import EventSink
 from ..paths import WORKDIR_PREFIX
 from ..protocol import UploadEvent, UploadStatus
-from ..request import UploadSpec
+from ..request import OutputKind, UploadSpec
 from ..storage.errors import UploadFailed
 from ..storage.local import LocalSite
-from ..storage.manifest import MANIFEST_VERSION, iso_time, manifest_key, manifest_keys
+from ..storage.manifest import MANIFEST_VERSION, iso_time, keys_by_kind, manifest_key, manifest_keys
 from ..storage.uploader import RetryNotice, RetryPolicy, StoredFile, Uploader
 from .hls import Playlist, write_atomic
 
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: How often new segments and thumbnails are looked for while recording.
 LIVE_UPLOAD_S = 2.0
+#: The kinds of output, each to its storage (the manifest goes with the first that has outputs).
+KINDS: tuple[OutputKind, ...] = ("file", "segments", "images")
 
 
 def build_manifest(*, egress_id: str, room_name: str, staging: Path, file: dict | None,
@@ -78,7 +81,19 @@ class Delivery:
         local = LocalSite(Path(spec.local_root)) if spec.local_root else None
         retry = RetryPolicy(window_s=spec.retry_window_s)
         self.in_place = spec.in_place
-        self._primary = Uploader(spec.storage, local=local, retry=retry, on_retry=self._retrying, proxy=proxy)
+        made: list[tuple[object, Uploader]] = []
+
+        def uploader(config) -> Uploader:
+            # One uploader (and its connections) per distinct storage, whichever outputs share it.
+            for other, existing in made:
+                if other == config:
+                    return existing
+            made.append((config, Uploader(config, local=local, retry=retry, on_retry=self._retrying, proxy=proxy)))
+            return made[-1][1]
+
+        #: where each kind of output goes (its own storage, or the egress's)
+        self._primary = {kind: uploader(spec.storage_of(kind)) for kind in KINDS}
+        self._uploaders = [u for _, u in made]
         self._backup = (Uploader(spec.backup, local=local, retry=retry, on_retry=self._retrying, proxy=proxy)
                         if spec.backup else None)
         self.on_backup = False
@@ -98,7 +113,8 @@ class Delivery:
     async def close(self) -> None:
         """Stop live uploads and release connections (staged files stay)."""
         await self.stop_following()
-        await self._primary.close()
+        for uploader in self._uploaders:
+            await uploader.close()
         if self._backup:
             await self._backup.close()
         shutil.rmtree(self._snapshots, ignore_errors=True)
@@ -128,7 +144,7 @@ class Delivery:
                 for playlist in playlists:
                     await self._ship_playlist(playlist)
                 if images:
-                    await self.ship([(p, self._key(p)) for p in images()])
+                    await self.ship([(p, self._key(p)) for p in images()], "images")
             except UploadFailed as exc:
                 log.warning("storing while recording failed (%s); the final delivery tries again", exc.message)
 
@@ -142,8 +158,8 @@ class Delivery:
         segments = [playlist.parent / entry[-1] for entry in listed.segments]
         if not segments:
             return
-        await self.ship([(p, self._key(p)) for p in segments])
-        await self.ship([(snapshot, self._key(playlist))])
+        await self.ship([(p, self._key(p)) for p in segments], "segments")
+        await self.ship([(snapshot, self._key(playlist))], "segments")
 
     # -- at the end --------------------------------------------------------------------------------------
 
@@ -162,13 +178,17 @@ class Delivery:
             return {**located, "location": str(manifest_path)}
         # Written before anything is stored: a restarted service resumes from it.
         _write_json(manifest_path, manifest)
+        by_kind = keys_by_kind(manifest)
+        # The manifest goes with the first output it lists (the file's storage, if there is a file).
+        first = next((kind for kind in KINDS if by_kind[kind]), "file")
         try:
-            await self.ship([(self.staging / k, k) for k in keys])
-            backend, on_backup = self._where()
+            for kind in KINDS:
+                await self.ship([(self.staging / k, k) for k in by_kind[kind]], kind)
+            backend, on_backup = self._where(first)
             located = self._locate(manifest, lambda key: self.stored[key].location, backend, on_backup)
             final = self._snapshots / "manifest.json"
             _write_json(final, located)
-            await self.ship([(final, manifest["key"])])
+            await self.ship([(final, manifest["key"])], first)
         except UploadFailed as exc:
             exc.details["kept"] = str(self.staging)
             raise
@@ -176,15 +196,16 @@ class Delivery:
         self._remove_staged([*keys, manifest["key"]])
         return {**located, "location": self.stored[manifest["key"]].location}
 
-    async def ship(self, files: list[tuple[Path, str]]) -> None:
-        """Store `(path, key)` pairs not yet stored as they are now (playlists change, so do thumbnails)."""
+    async def ship(self, files: list[tuple[Path, str]], kind: OutputKind) -> None:
+        """Store `(path, key)` pairs (outputs of `kind`) not yet stored as they are now (playlists change, so
+        do thumbnails)."""
         async with self._lock:
             todo = [(p, k) for p, k in files if self._stamps.get(k) != _stamp(p)]
             if not todo:
                 return
             if not self.on_backup:
                 try:
-                    await self._store(self._primary, todo, False)
+                    await self._store(self._primary[kind], todo, False)
                     return
                 except UploadFailed as exc:
                     if self._backup is None:
@@ -208,8 +229,8 @@ class Delivery:
             self.events.emit(UploadEvent(egress_id=self.egress_id, status=UploadStatus.STORED, key=key,
                                          size=stored.size, storage=stored.backend, backup_used=on_backup))
 
-    def _where(self) -> tuple[str, bool]:
-        uploader = self._backup if self.on_backup and self._backup else self._primary
+    def _where(self, kind: OutputKind) -> tuple[str, bool]:
+        uploader = self._backup if self.on_backup and self._backup else self._primary[kind]
         return uploader.primary.name, self.on_backup
 
     def _retrying(self, notice: RetryNotice) -> None:

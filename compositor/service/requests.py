@@ -41,6 +41,16 @@ class FileSpec(Model):
     filepath: str | None = Field(None, description="the file's name in the storage: a template of {room_name}, "
                                  "{room_id}, {egress_id}, {time}, {utc}…; default {room_name}-{time}; a trailing / "
                                  "puts that default name in the folder")
+    storage: StorageConfig | None = Field(None, description="where the file goes (default: the egress's storage)")
+
+
+class SegmentSpec(SegmentOutput):
+    storage: StorageConfig | None = Field(None, description="where the segments go (default: the egress's storage)")
+
+
+class ImageSpec(ImageOutput):
+    storage: StorageConfig | None = Field(None, description="where the thumbnails go (default: the egress's "
+                                                            "storage)")
 
 
 class StreamSpec(Model):
@@ -153,8 +163,8 @@ class StartEgressRequest(RoomRequest):
     mode: Literal["record", "stream", "both"] = "record"
     file: FileSpec | None = None
     stream: StreamSpec | None = None
-    segments: SegmentOutput | None = Field(None, description="HLS; filenamePrefix is a name template in the storage")
-    images: ImageOutput | None = Field(None, description="thumbnails; filenamePrefix is a name template in the storage")
+    segments: SegmentSpec | None = Field(None, description="HLS; filenamePrefix is a name template in the storage")
+    images: ImageSpec | None = Field(None, description="thumbnails; filenamePrefix is a name template in the storage")
     web_url: str | None = None
     await_start_signal: bool = Field(False, description="with web_url: record from the page's START_RECORDING "
                                      "console message on (LiveKit's web egress signal), not from its load")
@@ -231,8 +241,10 @@ class StartEgressRequest(RoomRequest):
         server said of it). InvalidRequest for combinations the worker's model refuses (audio_only with
         video_only, a room and a web URL at once)."""
         output = paths.get("file")
-        moved = {k: getattr(self, k).model_copy(update={"filename_prefix": paths[k]})
-                 for k in ("segments", "images") if getattr(self, k)}
+        # The worker's own models, at their paths; their storages are in `upload` (UploadSpec.outputs).
+        moved = {k: model.model_validate(getattr(self, k).model_dump(exclude={"storage"})
+                                         | {"filename_prefix": paths[k]})
+                 for k, model in (("segments", SegmentOutput), ("images", ImageOutput)) if getattr(self, k)}
         room, audio_only, video_only = self.room, self.audio_only, self.video_only
         if server.room_server and room is None and not self.web_url:
             # With a LiveKit server configured, a room name names one of its rooms.

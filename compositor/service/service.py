@@ -244,8 +244,10 @@ class Service:
         """Where this egress's outputs go: the request's storage or the server's, staged locally first."""
         s = self.settings
         storage = req.storage or s.storage
-        in_place = isinstance(storage, LocalStorage)
-        return UploadSpec(storage=storage, backup=req.backup_storage or s.backup_storage,
+        outputs = {kind: spec.storage for kind, spec in (("file", req.file), ("segments", req.segments),
+                                                         ("images", req.images)) if spec and spec.storage}
+        in_place = all(isinstance(st, LocalStorage) for st in (storage, *outputs.values()))
+        return UploadSpec(storage=storage, backup=req.backup_storage or s.backup_storage, outputs=outputs,
                           staging=str(s.recordings_dir if in_place else s.staging_dir(egress_id)),
                           local_root=str(s.recordings_dir), retry_window_s=s.upload_retry_window_s)
 
@@ -371,7 +373,7 @@ class Service:
         upload = self.runner.kept_storage(rec.id)
         if upload is None:
             raise Conflict("NOT_AVAILABLE", f"the storage credentials of {rec.id} are gone; sign a URL with your own")
-        async with Uploader(upload.storage, backup=upload.backup) as uploader:
+        async with Uploader(upload.storage_of("file"), backup=upload.backup) as uploader:
             return await uploader.presign(f["key"], ttl, backup_used=bool(f.get("backup_used")))
 
     async def delete(self, egress_id: str) -> None:

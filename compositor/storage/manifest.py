@@ -23,12 +23,19 @@ def iso_time(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds") if ts else None
 
 
+def keys_by_kind(manifest: dict) -> dict[str, list[str]]:
+    """The output keys of a manifest (not the manifest's own) by output kind: file, segments (with their
+    playlists), images."""
+    segments = []
+    for pl in manifest["playlists"]:
+        segments += [s["key"] for s in pl["segments"]] + [pl["key"]] + ([pl["live_key"]] if pl.get("live_key") else [])
+    return {"file": [f["key"] for f in manifest["files"]], "segments": segments,
+            "images": [i["key"] for i in manifest["images"]]}
+
+
 def manifest_keys(manifest: dict) -> list[str]:
     """Every output key of a manifest (not the manifest's own)."""
-    keys = [f["key"] for f in manifest["files"]]
-    for pl in manifest["playlists"]:
-        keys += [s["key"] for s in pl["segments"]] + [pl["key"]] + ([pl["live_key"]] if pl.get("live_key") else [])
-    return keys + [i["key"] for i in manifest["images"]]
+    return [key for keys in keys_by_kind(manifest).values() for key in keys]
 
 
 def find_manifest(staging: Path, egress_id: str) -> Path | None:
