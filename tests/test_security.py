@@ -92,6 +92,10 @@ def attacks(port: int) -> list[tuple[str, dict, str]]:
          "websocket"),
         ("S3 endpoint", {**SYNTHETIC, "storage": {**s3, "endpoint": http}}, "storage.endpoint"),
         ("S3 backup endpoint", {**SYNTHETIC, "backupStorage": {**s3, "endpoint": http}}, "backupStorage.endpoint"),
+        ("the file's own S3 endpoint", {**SYNTHETIC, "file": {"storage": {**s3, "endpoint": http}}},
+         "file.storage.endpoint"),
+        ("the thumbnails' own S3 endpoint", {**SYNTHETIC, "images": {"filenamePrefix": "i/x", "storage": {
+            **s3, "endpoint": http}}}, "images.storage.endpoint"),
         ("GCS endpoint", {**SYNTHETIC, "storage": {"kind": "gcs", "bucket": "b", "endpoint": http}},
          "storage.endpoint"),
         ("GCS key's token_uri", {**SYNTHETIC, "storage": {"kind": "gcs", "bucket": "b", "credentials": account}},
