@@ -19,6 +19,7 @@ from .request import (
     AudioSpec,
     ImageOutput,
     Overlays,
+    ParticipantFilter,
     ParticipantSpec,
     RecordRequest,
     SegmentOutput,
@@ -146,6 +147,8 @@ class EgressConfig:
     websocket: str | None = None
     #: which voice the page plays in which channel (None: every voice in both, as the room sounds)
     routing: AudioSpec | None = None
+    #: who is seen and heard (None: everyone in the room)
+    participant_filter: ParticipantFilter | None = None
 
     @property
     def frame(self) -> tuple[int, int, int]:
@@ -284,7 +287,24 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         template_url=with_query(req.template_url, layout=req.layout) if req.template_url else None,
         websocket=req.websocket,
         routing=routing,
+        participant_filter=_participant_filter(req),
     )
+
+
+def _participant_filter(req: RecordRequest) -> ParticipantFilter | None:
+    """The request's participant filter; InvalidRequest where no page of ours renders the room's people."""
+    if req.participants is None:
+        return None
+    room = req.room
+    why = ("a web page has no participants to filter" if req.web_url
+           else "the template_url page renders the room its own way; participants are filtered by our layout pages"
+           if req.template_url
+           else "a participant or track egress already picks whom it records" if room and (room.identity
+                                                                                          or room.track_ids)
+           else None)
+    if why:
+        raise InvalidRequest(f"participants: {why}", details={"field": "participants"})
+    return req.participants
 
 
 def _routing(req: RecordRequest, audio: AudioSettings | None) -> AudioSpec | None:

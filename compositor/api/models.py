@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from pydantic import Field
 
@@ -71,6 +72,9 @@ class EgressInfo(Lifecycle):
     segments: SegmentsResult | None = None
     images: ImagesResult | None = None
     manifest: str | None = Field(None, description="where the manifest ({egress_id}.json) of the outputs is")
+    # A plain mapping, not ParticipantFilter: it shows the one list the filter has, not the other as null.
+    participants: dict[Literal["include", "exclude"], list[str]] | None = Field(
+        None, description="who it records now: {include: [identities]} or {exclude: [identities]} (null: everyone)")
 
 
 class RecordingInfo(Lifecycle):
@@ -170,7 +174,8 @@ def _egress(rec: EgressRecord) -> EgressInfo:
                       streams=[stream_info(s) for s in rec.streams or []],
                       segments=SegmentsResult.model_validate(outputs["segments"]) if outputs.get("segments") else None,
                       images=ImagesResult.model_validate(outputs["images"]) if outputs.get("images") else None,
-                      manifest=outputs.get("manifest"), node=rec.node)
+                      manifest=outputs.get("manifest"), node=rec.node,
+                      participants=rec.request.get("participants"))
 
 
 def stream_info(worker: dict) -> StreamInfo:
