@@ -16,6 +16,7 @@ from compositor.plan import resolve
 from compositor.protocol import COMMAND, UpdateParticipants
 from compositor.request import RecordRequest, first_error
 from compositor.service.requests import ServerFacts, StartEgressRequest, UpdateParticipantsRequest
+from tools.peers.livekit import make_clip
 
 from .test_service import Server
 
@@ -187,3 +188,31 @@ def test_the_endpoint_changes_a_running_egress_and_refuses_an_ended_one(tmp_path
         assert_only(out, duration - 0.5, BOB, ADA, (duration - 1.0, duration - 0.2))
     finally:
         server.stop_server()
+
+
+# --- a LiveKit room ------------------------------------------------------------------------------------------
+
+def test_a_livekit_room_drops_whom_the_filter_leaves_out_at_once(livekit, start_record, tmp_path):
+    alice, bob = ("alice", "#e6194b", 350), ("bob", "#3cb44b", 650)
+    room = "consent-room"
+    for identity, color, tone in (alice, bob):
+        clip = make_clip(tmp_path / "clips", color, tone)
+        livekit.publish(room, identity, clip.video, clip.audio)
+    livekit.wait_published(room, {"alice": 2, "bob": 2})
+    run = start_record("--room", "livekit", "--room-name", room, "--layout", "grid", *TINY, "--exclude", "bob",
+                       control=True, env=livekit.env)
+    run.wait_for_status("ACTIVE", timeout=40)
+    time.sleep(3)
+    run.send({"op": "update_participants", "id": 1, "participants": {"include": ["bob"]}})
+    reply = run.wait_for(lambda e: e["type"] == "command" and e.get("id") == 1)
+    assert reply["ok"], reply
+    time.sleep(4)
+    run.proc.send_signal(signal.SIGINT)
+    done = run.finish()
+    assert done.code == 0, done.stderr[-2000:]
+    at = reply["at"] - done.result["timings"]["start_recording"]
+    assert_only(done.output, at - 0.5, alice, bob, (at - 2.0, at - 0.1))
+    # Alice is silent from the answer on; bob comes back once his tracks are subscribed again.
+    pcm = analysis.audio_samples(done.output)
+    assert analysis.tone_level(pcm, alice[2], at + 0.05, at + 3.5) < SILENT
+    assert_only(done.output, at + 3.0, bob, alice, (at + 2.0, at + 3.5))
