@@ -216,3 +216,13 @@ def test_a_livekit_room_drops_whom_the_filter_leaves_out_at_once(livekit, start_
     pcm = analysis.audio_samples(done.output)
     assert analysis.tone_level(pcm, alice[2], at + 0.05, at + 3.5) < SILENT
     assert_only(done.output, at + 3.0, bob, alice, (at + 2.0, at + 3.5))
+
+
+def test_a_page_that_does_not_apply_the_filter_records_nothing(record, tmp_path):
+    # A custom template that skips our boot(): it signals START_RECORDING but would show everyone.
+    page = tmp_path / "own.html.j2"
+    page.write_text("<!doctype html><body><script>console.log('START_RECORDING')</script></body>")
+    run = record(*TINY, "--layout", str(page), "--duration", "2", *PEOPLE, "--exclude", "Bob")
+    assert run.code != 0 and run.error["code"] == "TEMPLATE_ERROR", run.stderr[-2000:]
+    assert "participant filter" in run.error["message"]
+    assert not run.output.exists()

@@ -206,6 +206,11 @@ class Recorder:
             await self._until_ready(browser, watched, browser.open(url, cfg.start_timeout))
             await self._until_ready(browser, watched, self._start_signal(browser), cfg.start_timeout)
             self._fatal = (ERROR,)
+            if cfg.participant_filter and not await browser.evaluate(
+                    "() => typeof window.compositorSetParticipants === 'function'"):
+                # A page that does not apply the filter would record whom it leaves out: refuse it.
+                raise TemplateFailed("the layout page does not apply the participant filter: it must start with "
+                                     "our boot(), as _base.html.j2 does")
         self.timings["start_recording"] = start_epoch = time.time()
 
         targets: list[MuxTarget] = []
