@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from compositor import analysis
-from compositor.cli.main import build_request, main
+from compositor.cli.main import main
 from compositor.errors import InvalidRequest
 from compositor.plan import resolve
 from compositor.protocol import COMMAND, UpdateParticipants
@@ -91,19 +91,11 @@ def test_the_filter_reaches_the_worker_and_its_plan_as_given():
     assert resolve(RecordRequest.model_validate({"file": {"filepath": "o.mp4"}})).participant_filter is None
 
 
-def test_record_flags_include_or_exclude_and_not_both(capsys):
-    import argparse
-
-    from compositor.cli.main import _record_parser
-    parser = argparse.ArgumentParser()
-    _record_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["record", "--exclude", "bob", "--exclude", "carol", "-o", "o.mp4"])
-    assert build_request(args).participants.exclude == ["bob", "carol"]
-    args = parser.parse_args(["record", "--include", "ada", "-o", "o.mp4"])
-    assert build_request(args).participants.include == ["ada"]
+def test_record_takes_include_or_exclude_not_both(capsys):
+    # (Each flag alone is recorded through the pipeline below.)
     with pytest.raises(SystemExit):
-        main(["record", "--include", "ada", "--exclude", "bob"])
-    assert "not allowed with argument" in capsys.readouterr().err
+        main(["record", "--include", "Ada", "--exclude", "Bob"])
+    assert "argument --exclude: not allowed with argument --include" in capsys.readouterr().err
 
 
 def test_the_command_is_typed():
