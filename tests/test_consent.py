@@ -18,6 +18,7 @@ from compositor.request import RecordRequest, first_error
 from compositor.service.requests import ServerFacts, StartEgressRequest, UpdateParticipantsRequest
 from tools.peers.livekit import make_clip
 
+from .conftest import HttpReceiver
 from .test_service import Server
 
 TINY = ["--width", "320", "--height", "180"]
@@ -178,6 +179,17 @@ def test_the_endpoint_changes_a_running_egress_and_refuses_an_ended_one(tmp_path
         assert_only(out, 1.0, ADA, BOB, (0.6, 1.4))
         duration = analysis.facts(out).duration
         assert_only(out, duration - 0.5, BOB, ADA, (duration - 1.0, duration - 0.2))
+        # A web egress records a page: it has no participants to filter, running or not.
+        page = HttpReceiver(page="<!doctype html><body style='background:#888'></body>")
+        try:
+            status, web, _ = server.call("POST", "/v1/egress/start", {"webUrl": page.url})
+            assert status == 201, web
+            status, body, _ = server.call("POST", f"/v1/egress/{web['id']}/participants", {"exclude": ["Bob"]})
+            assert status == 409 and body["error"]["code"] == "NOT_FILTERABLE", body
+            server.call("POST", f"/v1/egress/{web['id']}/stop")
+            server.wait_status(web["id"], "COMPLETE", "ABORTED", "FAILED")
+        finally:
+            page.close()
     finally:
         server.stop_server()
 
