@@ -20,6 +20,7 @@ from .request import (
     IdleStop,
     ImageOutput,
     Overlays,
+    ParticipantFilter,
     ParticipantSpec,
     RecordRequest,
     SegmentOutput,
@@ -149,6 +150,8 @@ class EgressConfig:
     routing: AudioSpec | None = None
     #: when the page ends the recording by itself for an idle room (None: never)
     idle_stop: IdleStop | None = None
+    #: who is seen and heard (None: everyone in the room)
+    participant_filter: ParticipantFilter | None = None
 
     @property
     def frame(self) -> tuple[int, int, int]:
@@ -294,7 +297,24 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         websocket=req.websocket,
         routing=routing,
         idle_stop=req.idle_stop if req.idle_stop and req.idle_stop.enabled else None,
+        participant_filter=_participant_filter(req),
     )
+
+
+def _participant_filter(req: RecordRequest) -> ParticipantFilter | None:
+    """The request's participant filter; InvalidRequest where no page of ours renders the room's people."""
+    if req.participants is None:
+        return None
+    room = req.room
+    why = ("a web page has no participants to filter" if req.web_url
+           else "the template_url page renders the room its own way; participants are filtered by our layout pages"
+           if req.template_url
+           else "a participant or track egress already picks whom it records" if room and (room.identity
+                                                                                          or room.track_ids)
+           else None)
+    if why:
+        raise InvalidRequest(f"participants: {why}", details={"field": "participants"})
+    return req.participants
 
 
 def _routing(req: RecordRequest, audio: AudioSettings | None) -> AudioSpec | None:

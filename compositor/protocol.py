@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from .request import ParticipantFilter
+
 
 class Status(StrEnum):
     """Where an egress is. A worker reports STARTING to ENDING and then the end it came to."""
@@ -189,6 +191,8 @@ class CommandReply(_Event):
     #: update_layout: the layout now on screen and when it got there
     layout: str | None = None
     at: float | None = None
+    #: update_participants: the filter now applied (at `at`)
+    participants: dict[str, Any] | None = None
 
 
 Event = Annotated[WarmEvent | StatusEvent | ProgressEvent | StreamEvent | UploadEvent | ResultEvent | ErrorEvent
@@ -233,7 +237,14 @@ class UpdateLayout(_Command):
     layout: str
 
 
-Command = Annotated[JobCommand | UpdateStreams | UpdateLayout, Field(discriminator="op")]
+class UpdateParticipants(_Command):
+    """Change who a running recording shows and plays: the new filter replaces the old one."""
+
+    op: Literal["update_participants"] = "update_participants"
+    participants: ParticipantFilter
+
+
+Command = Annotated[JobCommand | UpdateStreams | UpdateLayout | UpdateParticipants, Field(discriminator="op")]
 COMMAND = TypeAdapter(Command)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -181,6 +181,27 @@ class IdleStop(Model):
     def enabled(self) -> bool:
         """Some condition is watched."""
         return any(v is not None for v in (self.no_publisher_seconds, self.all_muted_seconds, self.empty_seconds))
+
+
+# How many identities a participant filter may name: enough for any meeting, bounded for the page's URL.
+MAX_FILTERED = 100
+
+
+class ParticipantFilter(Model):
+    """Who is recorded (consent): only the identities `include` names, or everyone but those `exclude` names;
+    one of the two. Whom it leaves out is neither seen nor heard; the egress's room changes as when they leave."""
+
+    include: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        None, max_length=MAX_FILTERED, description="record these identities only (an empty list: nobody)")
+    exclude: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        None, max_length=MAX_FILTERED, description="record everyone but these identities")
+
+    @model_validator(mode="after")
+    def _one_list(self) -> ParticipantFilter:
+        if (self.include is None) == (self.exclude is None):
+            raise ValueError("give include or exclude (a list of identities), not both" if self.include is not None
+                             else "give include or exclude (a list of identities)")
+        return self
 
 
 class RoomSpec(Model):
@@ -366,6 +387,8 @@ class RecordRequest(Model):
     video_only: bool = False
     audio_channels: Literal[1, 2] = Field(2, description="the sound's channels (a track egress keeps its track's)")
     audio: AudioSpec | None = Field(None, description="which voice plays in which channel (routes or mixing)")
+    participants: ParticipantFilter | None = Field(None, description="who is recorded: include or exclude "
+                                                                     "identities (changeable while recording)")
     start_timeout: float = Field(20, gt=0, le=600)
     upload: UploadSpec | None = Field(None, description="store the outputs (default: leave them where written)")
     idle_stop: IdleStop | None = Field(None, description="end by itself when the room is idle (empty, no one "

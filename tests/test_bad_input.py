@@ -17,6 +17,9 @@ import pytest
     (["--participant", "name=A,hat=yes"], "INVALID_ARGUMENT", "unknown key(s) hat"),
     (["--duration", "-1"], "INVALID_ARGUMENT", "duration"),
     (["--width", "641"], "INVALID_ARGUMENT", "even"),
+    (["--exclude", ""], "INVALID_ARGUMENT", "participants.exclude.0: String should have at least 1 character"),
+    (["--web-url", "http://127.0.0.1:9/", "--include", "A"], "INVALID_ARGUMENT",
+     "participants: a web page has no participants to filter"),
     (["--web-url", "http://127.0.0.1:9/"], "WEB_URL_UNREACHABLE", "unreachable"),
     (["--web-url", "file:///nonexistent/page.html"], "WEB_URL_UNREACHABLE", "does not exist"),
 ])

@@ -10,7 +10,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from compositor.api.rest import make_app
 from compositor.errors import CapacityExceeded, Conflict
-from compositor.protocol import ResultEvent, Status, UpdateLayout, UpdateStreams
+from compositor.protocol import ResultEvent, Status, UpdateLayout, UpdateParticipants, UpdateStreams
+from compositor.request import ParticipantFilter
 from compositor.service import Service, Settings
 from compositor.service.settings import ClusterSettings
 from compositor.service.simulation import SimulatedRunner, lose
@@ -93,8 +94,11 @@ async def test_any_node_serves_any_call(cluster):
     assert (await b.get(egress.id)).node == "a"
     await b.update_layout(egress.id, "speaker")
     await c.update_streams(egress.id, ["rtmp://127.0.0.1:1935/app/key"], [])
+    await b.update_participants(egress.id, ParticipantFilter(exclude=["bob"]))
     assert ra.commands == [(egress.id, UpdateLayout(id=None, layout="speaker")),
-                           (egress.id, UpdateStreams(id=None, add=["rtmp://127.0.0.1:1935/app/key"]))]
+                           (egress.id, UpdateStreams(id=None, add=["rtmp://127.0.0.1:1935/app/key"])),
+                           (egress.id, UpdateParticipants(participants=ParticipantFilter(exclude=["bob"])))]
+    assert (await c.get(egress.id)).request["participants"] == {"exclude": ["bob"]}
     assert rb.commands == rc.commands == []
     await c.stop(egress.id)
     await until(lambda: status_is(b, egress.id, Status.COMPLETE))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from pydantic import Field
 
@@ -88,6 +89,9 @@ class EgressInfo(Lifecycle):
     images: ImagesResult | None = None
     manifest: str | None = Field(None, description="where the manifest ({egress_id}.json) of the outputs is")
     upload: UploadState | None = Field(None, description="while a storage fails: its retries, or the backup")
+    # A plain mapping, not ParticipantFilter: it shows the one list the filter has, not the other as null.
+    participants: dict[Literal["include", "exclude"], list[str]] | None = Field(
+        None, description="who it records now: {include: [identities]} or {exclude: [identities]} (null: everyone)")
 
 
 class RecordingInfo(Lifecycle):
@@ -189,7 +193,8 @@ def _egress(rec: EgressRecord) -> EgressInfo:
                       segments=SegmentsResult.model_validate(outputs["segments"]) if outputs.get("segments") else None,
                       images=ImagesResult.model_validate(outputs["images"]) if outputs.get("images") else None,
                       manifest=outputs.get("manifest"), node=rec.node,
-                      upload=UploadState.model_validate(rec.upload) if rec.upload else None)
+                      upload=UploadState.model_validate(rec.upload) if rec.upload else None,
+                      participants=rec.request.get("participants"))
 
 
 def stream_info(worker: dict) -> StreamInfo:

@@ -13,6 +13,7 @@ from ..service.requests import (
     StartEgressRequest,
     StartRecordingRequest,
     UpdateLayoutRequest,
+    UpdateParticipantsRequest,
     UpdateStreamsRequest,
 )
 from .models import (
@@ -27,7 +28,7 @@ from .models import (
 )
 
 REQUESTS = [StartEgressRequest, StartRecordingRequest, AutoEgressConfig, UpdateStreamsRequest, UpdateLayoutRequest,
-            IngressRequest, IngressUpdate]
+            UpdateParticipantsRequest, IngressRequest, IngressUpdate]
 RESPONSES = [EgressInfo, EgressList, RecordingInfo, RecordingList, DownloadUrl, ErrorBody, IngressInfo, IngressList]
 
 # method, path, summary, request model, response model, success status
@@ -37,6 +38,8 @@ OPERATIONS = [
     ("post", "/v1/egress/{id}/streams", "Add and remove live destinations", UpdateStreamsRequest, EgressInfo, 200),
     ("post", "/v1/egress/{id}/layout", "Switch a recording egress to another built-in layout", UpdateLayoutRequest,
      EgressInfo, 200),
+    ("post", "/v1/egress/{id}/participants", "Change who a recording egress shows and plays (include or exclude "
+     "identities)", UpdateParticipantsRequest, EgressInfo, 200),
     ("get", "/v1/egress/{id}", "Get an egress", None, EgressInfo, 200),
     ("get", "/v1/egress", "List egresses (roomName, status, page, limit)", None, EgressList, 200),
     ("delete", "/v1/egress/{id}", "Delete an ended egress", None, None, 200),

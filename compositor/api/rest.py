@@ -29,6 +29,7 @@ from ..service.requests import (
     StartEgressRequest,
     StartRecordingRequest,
     UpdateLayoutRequest,
+    UpdateParticipantsRequest,
     UpdateStreamsRequest,
 )
 from ..service.results import egress_id_of, iso, recording_id
@@ -164,6 +165,14 @@ async def update_layout(request: web.Request) -> web.Response:
     rec = await _egress_or_404(request)
     change = validated(UpdateLayoutRequest, await _json_body(request))
     rec = await request.app[SERVICE_KEY].update_layout(rec.id, change.layout)
+    return web.json_response(await _info(request, rec))
+
+
+async def update_participants(request: web.Request) -> web.Response:
+    """Change who a recording egress shows and plays: {include: [...]} or {exclude: [...]}, replacing the old."""
+    rec = await _egress_or_404(request)
+    change = validated(UpdateParticipantsRequest, await _json_body(request))
+    rec = await request.app[SERVICE_KEY].update_participants(rec.id, change)
     return web.json_response(await _info(request, rec))
 
 
@@ -373,6 +382,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_post("/v1/egress/{id}/stop", stop_egress)
     app.router.add_post("/v1/egress/{id}/streams", update_streams)
     app.router.add_post("/v1/egress/{id}/layout", update_layout)
+    app.router.add_post("/v1/egress/{id}/participants", update_participants)
     app.router.add_get("/v1/egress/{id}", get_egress)
     app.router.add_get("/v1/egress", list_egress)
     app.router.add_delete("/v1/egress/{id}", delete_egress)

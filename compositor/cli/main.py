@@ -39,6 +39,11 @@ def _record_parser(sub) -> None:
                    help="synthetic participant: name=,color=#rrggbb,tone=Hz,speaks=S-E;S-E,"
                         "screenshare=S-E[:#rrggbb],joins=S,leaves=S,video=FILE|URL|off,kind=standard|agent|sip|… "
                         "(repeatable)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--include", action="append", metavar="IDENTITY",
+                     help="record only this participant (repeatable); the others are neither seen nor heard")
+    who.add_argument("--exclude", action="append", metavar="IDENTITY",
+                     help="leave this participant out: neither seen nor heard (repeatable)")
     p.add_argument("--web-url", help="record this page instead of a room")
     p.add_argument("--await-start-signal", action="store_true", default=None,
                    help="with --web-url: record from the page's console.log('START_RECORDING') on")
@@ -160,6 +165,10 @@ def build_request(args: argparse.Namespace) -> RecordRequest:
         data["room"] = {"kind": "livekit"}
     if args.participant is not None:
         data["room"] = {"participants": [parse_participant(s, i).model_dump() for i, s in enumerate(args.participant)]}
+    if args.include is not None:
+        data["participants"] = {"include": args.include}
+    elif args.exclude is not None:
+        data["participants"] = {"exclude": args.exclude}
     advanced = {k: getattr(args, k) for k in ("width", "height", "framerate", "video_bitrate", "video_codec",
                                               "x264_preset") if getattr(args, k) is not None}
     if advanced:

@@ -20,7 +20,7 @@ from aiohttp import web
 from ..errors import TemplateFailed
 from ..layouts import LayoutRef
 from ..paths import LAYOUTS_DIR, LIVEKIT_CLIENT, STATIC_DIR, TEMPLATES_DIR
-from ..request import AudioSpec, IdleStop, Overlays, ParticipantSpec
+from ..request import AudioSpec, IdleStop, Overlays, ParticipantFilter, ParticipantSpec
 
 PAGE = "/page"
 LIVEKIT_CLIENT_URL = "/vendor/livekit-client.mjs"  # livekit-client's ESM bundle, from npm
@@ -44,6 +44,8 @@ class PageSpec:
     routing: AudioSpec | None = None
     #: when the page ends the recording for an idle room (None: never)
     idle_stop: IdleStop | None = None
+    #: who is seen and heard (None: everyone)
+    participant_filter: ParticipantFilter | None = None
 
 
 def render_page(layout: LayoutRef, overlays: dict) -> str:
@@ -183,6 +185,9 @@ class PageServer:
             query["audio"] = spec.routing.model_dump_json(by_alias=True, exclude_none=True)
         if spec.idle_stop:
             query["idle"] = spec.idle_stop.model_dump_json(by_alias=True, exclude_none=True)
+        if spec.participant_filter:
+            # JSON in the query, read by the page's script only: identities never become markup.
+            query["participants"] = spec.participant_filter.model_dump_json(exclude_none=True)
         return f"{self.base_url}{PAGE}?{urlencode(query)}"
 
     def _participant_json(self, p: ParticipantSpec) -> dict:

@@ -24,6 +24,7 @@ from ..request import (
     ImageOutput,
     Model,
     Overlays,
+    ParticipantFilter,
     RecordRequest,
     RoomSpec,
     SegmentOutput,
@@ -188,6 +189,9 @@ class StartEgressRequest(RoomRequest):
     idle_stop: IdleStop | None = Field(None, description="end COMPLETE (stopped_by idle) when the room is empty, "
                                                          "has no publisher, or is all muted this long; each field "
                                                          "overrides the server's default (off unless it sets one)")
+    participants: ParticipantFilter | None = Field(
+        None, description="who is recorded: {include: [identities]} or {exclude: [identities]}; the others are "
+                          "neither seen nor heard. Change it while recording with POST /v1/egress/{id}/participants")
 
     @model_validator(mode="after")
     def _outputs(self) -> StartEgressRequest:
@@ -200,6 +204,10 @@ class StartEgressRequest(RoomRequest):
             raise ValueError(f"give one of participant, track_composite and track, not {' and '.join(picks)}")
         if picks and (self.room is not None or self.web_url):
             raise ValueError(f"{picks[0]} picks from the LiveKit room; give no room or web_url")
+        if self.participants and (picks or self.web_url):
+            raise InvalidRequest(f"participants: {picks[0] if picks else 'web_url'} "
+                                 f"{'already picks whom it records' if picks else 'records a page, not a room'}",
+                                 details={"field": "participants"})
         if self.track and (self.stream or self.segments or self.images or self.file_type != "OGG"):
             raise ValueError("a track egress writes an OGG file or sends to a WebSocket; nothing else")
         if self.mode in ("stream", "both") and not self.stream:
@@ -283,7 +291,8 @@ class StartEgressRequest(RoomRequest):
                 stream=StreamOutput(urls=self.stream.urls, retry_window=self.stream.retry_window) if self.stream
                 else None, **moved, websocket=self.track.websocket_url if self.track else None,
                 duration=min(limits) if limits else None, audio_only=audio_only, video_only=video_only,
-                audio_channels=channels, audio=self.audio, upload=upload, idle_stop=idle)
+                audio_channels=channels, audio=self.audio, participants=self.participants, upload=upload,
+                idle_stop=idle)
         except ValidationError as exc:
             raise InvalidRequest(first_error(exc)) from None
 
@@ -324,6 +333,11 @@ class UpdateLayoutRequest(Model):
     egress recorded through template_url)."""
 
     layout: LayoutName = Field(min_length=1, max_length=128)
+
+
+class UpdateParticipantsRequest(ParticipantFilter):
+    """POST /v1/egress/{id}/participants: who a running egress records from now on (replaces the filter it had):
+    {include: [identities]} or {exclude: [identities]}."""
 
 
 class StartRecordingRequest(RoomRequest):

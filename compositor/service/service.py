@@ -15,8 +15,18 @@ from ..layouts import resolve_layout
 from ..livekit_room import SourceFacts, server_from_env
 from ..outbound import check_urls
 from ..plan import EgressConfig, new_egress_id, outbound_urls, resolve
-from ..protocol import Event, Status, StatusEvent, StreamEvent, UpdateLayout, UpdateStreams, UploadEvent, UploadStatus
-from ..request import RecordRequest, UploadSpec
+from ..protocol import (
+    Event,
+    Status,
+    StatusEvent,
+    StreamEvent,
+    UpdateLayout,
+    UpdateParticipants,
+    UpdateStreams,
+    UploadEvent,
+    UploadStatus,
+)
+from ..request import ParticipantFilter, RecordRequest, UploadSpec
 from ..storage import LocalStorage, NameValues, Uploader, render_name, sign_local_url
 from ..storage.config import REVEAL
 from ..storage.manifest import find_manifest
@@ -406,6 +416,19 @@ class Service:
         _must_be_active(rec, "its layout changes")
         await self.control.command(egress_id, UpdateLayout(layout=layout))
         return await self.store.update(egress_id, layout=layout)
+
+    async def update_participants(self, egress_id: str, participants: ParticipantFilter) -> EgressRecord:
+        """Change who a running egress records (its participant filter, replaced whole); the record keeps the
+        filter now applied."""
+        rec = await self.get(egress_id)
+        if rec.kind != "room_composite" or "template_url" in rec.request:
+            raise Conflict("NOT_FILTERABLE", f"egress {egress_id} is a {rec.kind.replace('_', ' ')} egress"
+                           + (" through template_url" if rec.kind == "room_composite" else "")
+                           + "; only a room composite rendered by our layouts filters its participants")
+        _must_be_active(rec, "its participants change")
+        await self.control.command(egress_id, UpdateParticipants(participants=participants))
+        wanted = participants.model_dump(mode="json", exclude_none=True)
+        return await self.store.update(egress_id, request=rec.request | {"participants": wanted})
 
     async def _follow_reports(self) -> None:
         """Fold each worker's events into the store, in the order they came."""

@@ -2,7 +2,7 @@
 CommandReply event.
 
 A warm worker takes its job this way; a recording takes changes to its live
-destinations and its layout.
+destinations, its layout and who it shows (its participant filter).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from ..errors import CompositorError, Conflict
 from ..events import EventSink
-from ..protocol import COMMAND, CommandReply, JobCommand, UpdateLayout, UpdateStreams
+from ..protocol import COMMAND, CommandReply, JobCommand, UpdateLayout, UpdateParticipants, UpdateStreams
 from .recorder import Recorder
 
 
@@ -49,7 +49,7 @@ class Control:
                 reply = CommandReply(id=ident, ok=False, **exc.to_dict())
             self.events.emit(reply)
 
-    async def _take(self, cmd: JobCommand | UpdateStreams | UpdateLayout) -> dict:
+    async def _take(self, cmd: JobCommand | UpdateStreams | UpdateLayout | UpdateParticipants) -> dict:
         if isinstance(cmd, JobCommand):
             if self.job.done():
                 raise Conflict("HAS_JOB", "this worker already has its job")
@@ -59,11 +59,13 @@ class Control:
             raise Conflict("EGRESS_NOT_ACTIVE", "no recording is running yet")
         if isinstance(cmd, UpdateLayout):
             return await self.recorder.update_layout(cmd.layout)
+        if isinstance(cmd, UpdateParticipants):
+            return await self.recorder.update_participants(cmd.participants)
         return {"streams": await self.recorder.update_streams(cmd.add, cmd.remove)}
 
 
 def _why(exc: ValidationError) -> str:
     first = exc.errors()[0]
     if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
-        return "unknown command; known: job, update_streams, update_layout"
-    return f"{'.'.join(map(str, first['loc'][1:]))}: {first['msg']}"
+        return "unknown command; known: job, update_streams, update_layout, update_participants"
+    return f"{'.'.join(map(str, first['loc'][1:]))}: {first['msg'].removeprefix('Value error, ')}"

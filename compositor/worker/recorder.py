@@ -56,6 +56,7 @@ from ..plan import EgressConfig, partial_path
 from ..probe import MediaFacts
 from ..process import ManagedProcess
 from ..protocol import ProgressEvent, Status, StatusEvent, StreamEvent
+from ..request import ParticipantFilter
 from ..storage.errors import UploadFailed
 from ..storage.manifest import result_of
 from .gate import OutboundGate
@@ -194,7 +195,8 @@ class Recorder:
             await self._until_ready(browser, watched, self._start_signal(browser), cfg.start_timeout)
         else:
             spec = PageSpec(cfg.layout, cfg.overlays, cfg.participants, cfg.room_name, cfg.sync_markers,
-                            routing=cfg.routing, idle_stop=cfg.idle_stop)
+                            routing=cfg.routing, idle_stop=cfg.idle_stop,
+                            participant_filter=cfg.participant_filter)
             if cfg.source == "livekit":
                 server = server_from_env()
                 spec = dataclasses.replace(spec, room_url=server.url,
@@ -207,6 +209,11 @@ class Recorder:
             await self._until_ready(browser, watched, browser.open(url, cfg.start_timeout))
             await self._until_ready(browser, watched, self._start_signal(browser), cfg.start_timeout)
             self._fatal = (ERROR,)
+            if cfg.participant_filter and not await browser.evaluate(
+                    "() => typeof window.compositorSetParticipants === 'function'"):
+                # A page that does not apply the filter would record whom it leaves out: refuse it.
+                raise TemplateFailed("the layout page does not apply the participant filter: it must start with "
+                                     "our boot(), as _base.html.j2 does")
         self.timings["start_recording"] = start_epoch = time.time()
 
         targets: list[MuxTarget] = []
@@ -344,6 +351,22 @@ class Recorder:
         await self._browser.evaluate("name => window.compositorSetLayout(name)", f"{ref.name}-{ref.theme}")
         self.timings["layout_changed"] = time.time()
         return {"layout": f"{ref.name}-{ref.theme}", "at": self.timings["layout_changed"]}
+
+    async def update_participants(self, participants: ParticipantFilter) -> dict:
+        """Change who the page shows and plays while recording; returns once the new filter is on screen (and
+        whoever it leaves out already silent)."""
+        if self.config.source == "web" or self.config.template_url:
+            raise Conflict("NOT_FILTERABLE", "participants are filtered by our layout pages; this egress records "
+                                             "a page of its own")
+        if self.config.focus:
+            raise Conflict("NOT_FILTERABLE", "a participant or track egress already picks whom it records")
+        if self._browser is None or "first_frame" not in self.timings or self.timings.get("stop_requested"):
+            raise Conflict("EGRESS_NOT_ACTIVE", "participants can be changed only while the egress records")
+        wanted = participants.model_dump(exclude_none=True)
+        # Passed as an argument (serialized by the browser driver), never spliced into script or markup.
+        await self._browser.evaluate("filter => window.compositorSetParticipants(filter)", wanted)
+        self.timings["participants_changed"] = time.time()
+        return {"participants": wanted, "at": self.timings["participants_changed"]}
 
     async def _start_notice(self, browser: Browser) -> str:
         """What the caller should know about how recording started: a LiveKit room with nothing published."""

@@ -56,6 +56,15 @@ function setTheme(stage, theme) {
 
 export async function boot({ layout, root = document.getElementById('stage') }) {
   const room = await openRoom(egress.getRoomURL());
+  // Who is recorded: applied before anyone is placed or heard. The recorder calls
+  // window.compositorSetParticipants(filter) to change it; resolves once the change is on screen.
+  const filter = egress.params.get('participants');
+  if (filter) room.setFilter(JSON.parse(filter));
+  window.compositorSetParticipants = async (next) => {
+    room.setFilter(next);
+    await nextFrame();
+    await nextFrame();
+  };
   const stage = new Stage(root, room, { layout: await loadLayout(layout), theme: egress.params.get('theme') || 'dark' });
   egress.onLayoutChanged(async (name) => {
     const [, base, theme] = name.match(/^(.*?)(?:-(light|dark))?$/);

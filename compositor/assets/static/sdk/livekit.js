@@ -9,6 +9,10 @@
 //
 // With audio routing (audio.js), each voice plays through the router into
 // its channel instead of through its own <audio> element.
+//
+// Whoever the participant filter (room.js) leaves out is not subscribed: their
+// sound and pictures are dropped here the moment the filter changes, and the
+// server stops sending them.
 
 import { Room as LkRoom, ParticipantKind, RoomEvent, Track as LkTrack } from '/vendor/livekit-client.mjs';
 import { AudioRouter } from './audio.js';
@@ -138,6 +142,10 @@ export class LiveKitRoom extends Room {
 
   _subscribed(track, pub, p) {
     if (this.connecting || (this.partial && !this.wants(pub, p))) return;
+    if (!this.admits(p.identity)) {
+      pub.setSubscribed(false);
+      return;
+    }
     // Every sound plays (a screen share's audio too); the room model holds what layouts arrange.
     if (track.kind === 'audio') {
       if (this.router) this._route(track, pub, p);
@@ -164,6 +172,21 @@ export class LiveKitRoom extends Room {
     this._unroute(track.sid);
     if (track.source === LkTrack.Source.Microphone) this._unlisten(p.identity);
     if (source) this.unpublish(p.identity, source);
+  }
+
+  // The filter let `identity` in (subscribe again: _subscribed plays and shows them) or out: stop their sound
+  // and pictures now, before the server hears of the unsubscription.
+  setAudible(identity, audible) {
+    const p = this.lk.remoteParticipants.get(identity);
+    if (!p) return;
+    for (const pub of p.trackPublications.values()) {
+      if (audible) {
+        pub.setSubscribed(true);
+      } else {
+        if (pub.track) this._unsubscribed(pub.track, p);
+        pub.setSubscribed(false);
+      }
+    }
   }
 
   // The voice into its channel. Chrome feeds WebAudio a remote WebRTC track only while a media element plays

@@ -4,6 +4,12 @@
 // Events (all on the Room, as CustomEvent with {detail}):
 //   participantJoined, participantLeft, trackPublished, trackUnpublished,
 //   speakingChanged, ended; and `change` after any of them.
+//
+// Who is recorded (consent): setFilter({ include } | { exclude }) keeps out
+// of the room model whoever the filter leaves out. They are held aside in
+// `hidden` (their tracks and speaking state still followed), so layouts never
+// see them; a change moves people in and out as if they joined or left, and
+// the room kinds silence their sound (setAudible).
 
 export const CAMERA = 'camera';
 export const SCREEN_SHARE = 'screen_share';
@@ -53,6 +59,46 @@ export class Room extends EventTarget {
     super();
     this.name = name;
     this.participants = new Map();
+    this.hidden = new Map(); // identity -> Participant the filter leaves out
+    this.filter = null; // { include: [...] } | { exclude: [...] } | null: everyone
+  }
+
+  // Whether the filter lets `identity` be seen and heard.
+  admits(identity) {
+    const f = this.filter;
+    if (!f) return true;
+    return f.include ? f.include.includes(identity) : !(f.exclude || []).includes(identity);
+  }
+
+  // The participant, shown or held aside.
+  _find(identity) {
+    return this.participants.get(identity) || this.hidden.get(identity);
+  }
+
+  // A room kind silences (false) or plays again (true) everything of `identity`; the base room has no sound.
+  setAudible(_identity, _audible) {}
+
+  // Applies a new filter (replacing the old): the newly left out are silenced
+  // first, then leave the layouts; the newly let in join them in join order.
+  setFilter(filter) {
+    this.filter = filter || null;
+    const out = this.list.filter((p) => !this.admits(p.identity));
+    const back = [...this.hidden.values()].filter((p) => this.admits(p.identity));
+    for (const p of out) {
+      this.setAudible(p.identity, false);
+      this.participants.delete(p.identity);
+      this.hidden.set(p.identity, p);
+      this._emit('participantLeft', { participant: p });
+    }
+    if (back.length) {
+      for (const p of back) this.hidden.delete(p.identity);
+      const all = [...this.participants.values(), ...back].sort((a, b) => a.joinedAt - b.joinedAt);
+      this.participants = new Map(all.map((p) => [p.identity, p]));
+    }
+    for (const p of back) {
+      this.setAudible(p.identity, true);
+      this._emit('participantJoined', { participant: p });
+    }
   }
 
   // Participants in join order.
@@ -64,13 +110,18 @@ export class Room extends EventTarget {
   }
 
   addParticipant(p) {
-    if (this.participants.has(p.identity)) return;
+    if (this._find(p.identity)) return;
     p.joinedAt = performance.now();
+    if (!this.admits(p.identity)) {
+      this.hidden.set(p.identity, p);
+      return;
+    }
     this.participants.set(p.identity, p);
     this._emit('participantJoined', { participant: p });
   }
 
   removeParticipant(identity) {
+    if (this.hidden.delete(identity)) return;
     const p = this.participants.get(identity);
     if (!p) return;
     this.participants.delete(identity);
@@ -78,29 +129,29 @@ export class Room extends EventTarget {
   }
 
   publish(identity, track) {
-    const p = this.participants.get(identity);
+    const p = this._find(identity);
     if (!p) return;
     track.publishedAt = performance.now();
     p.tracks.set(track.source, track);
-    this._emit('trackPublished', { participant: p, track });
+    if (this.participants.has(identity)) this._emit('trackPublished', { participant: p, track });
   }
 
   unpublish(identity, source) {
-    const p = this.participants.get(identity);
+    const p = this._find(identity);
     const track = p && p.tracks.get(source);
     if (!track) return;
     p.tracks.delete(source);
-    this._emit('trackUnpublished', { participant: p, track });
+    if (this.participants.has(identity)) this._emit('trackUnpublished', { participant: p, track });
   }
 
   setSpeaking(identity, speaking) {
-    const p = this.participants.get(identity);
+    const p = this._find(identity);
     if (!p || p.speaking === speaking) return;
     const now = performance.now();
     p.speaking = speaking;
     if (speaking) p.speakingSince = now;
     p.lastSpokeAt = now;
-    this._emit('speakingChanged', { participant: p });
+    if (this.participants.has(identity)) this._emit('speakingChanged', { participant: p });
   }
 
   end() { this._emit('ended'); }

@@ -57,6 +57,7 @@ export class SyntheticRoom extends Room {
     this._soundQueue = [];
     this._clockOffsets = [];
     this._videos = [];
+    this._consent = new Map(); // identity -> GainNode: 1 while the filter admits them, else 0
   }
 
   time() { return this.t0 === null ? 0 : (performance.now() - this.t0) / 1000; }
@@ -192,7 +193,8 @@ export class SyntheticRoom extends Room {
   _leave(spec) {
     this.removeParticipant(spec.identity);
     const pending = this.specs.some((s) => s.joins > this.time());
-    if (this.participants.size === 0 && !pending) this.end();
+    // Someone the filter leaves out is still in the room: it goes on (silent, empty) while they are.
+    if (this.participants.size === 0 && this.hidden.size === 0 && !pending) this.end();
   }
 
   // The participant's tone, gated to their speaking windows while present.
@@ -201,11 +203,14 @@ export class SyntheticRoom extends Room {
     const ctx = this.audio;
     const osc = new OscillatorNode(ctx, { type: 'sine', frequency: spec.tone });
     const gain = new GainNode(ctx, { gain: 0 });
-    osc.connect(gain);
+    // After the speaking gate, a gate of its own for the filter: the two never schedule over each other.
+    const consent = new GainNode(ctx, { gain: this.admits(spec.identity) ? 1 : 0 });
+    this._consent.set(spec.identity, consent);
+    osc.connect(gain).connect(consent);
     if (this.router) {
-      this.router.play(gain, { trackSid: `TR_${spec.identity}_mic`, identity: spec.identity, kind: spec.kind || 'standard' });
+      this.router.play(consent, { trackSid: `TR_${spec.identity}_mic`, identity: spec.identity, kind: spec.kind || 'standard' });
     } else {
-      gain.connect(ctx.destination);
+      consent.connect(ctx.destination);
     }
     osc.start();
     for (const [s, e] of spec.windows) {
@@ -215,6 +220,14 @@ export class SyntheticRoom extends Room {
       this._sound(from, (at) => gain.gain.setTargetAtTime(VOICE_LEVEL, at, 0.002));
       if (Number.isFinite(to)) this._sound(to, (at) => gain.gain.setTargetAtTime(0, at, 0.002));
     }
+  }
+
+  // The filter let `identity` in or out: their voice plays or stops from the next render quantum.
+  setAudible(identity, audible) {
+    const consent = this._consent.get(identity);
+    if (!consent) return;
+    consent.gain.cancelScheduledValues(0);
+    consent.gain.setValueAtTime(audible ? 1 : 0, this.audio.currentTime);
   }
 
   // Every whole second: a white flash on every tile and a click, on one clock.
