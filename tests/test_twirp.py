@@ -34,7 +34,9 @@ from compositor.service.requests import StartEgressRequest
 from compositor.service.seams import EgressRecord
 from tools.peers.livekit import API_KEY, API_SECRET, REPO, make_clip
 
+from .conftest import HttpReceiver
 from .test_livekit import ALICE, near, region
+from .test_media import SIGNALLING_PAGE
 from .test_service import KEY
 
 PROTOBUF, JSON = "application/protobuf", "application/json"
@@ -582,40 +584,110 @@ def test_livekit_python_sdk_records_a_room_with_the_unified_start(livekit, alice
     assert img.image_count >= 2
 
 
-def test_livekit_go_sdk_starts_a_media_egress(livekit, alice_clip, livekit_service, nginx):
-    """LiveKit's Go server SDK (the first to send StartEgress) records one participant's video and voice into a
-    file and a live stream at once."""
+def lkegress(service, request: proto.StartEgressRequest, seconds: float = 4) -> dict[str, dict]:
+    """`tools/lkegress` (LiveKit's Go server SDK) starting `request`, following it, stopping it after `seconds`:
+    its steps (started, active, stopped, ended) by name."""
     tool = REPO / ".tools" / "bin" / "lkegress"
     if not tool.exists():
         pytest.skip("tools/lkegress is not built: run `make livekit-tools`")
+    run = subprocess.run([str(tool), "-url", service.base, "-key", API_KEY, "-secret", API_SECRET, "-seconds",
+                          str(seconds)], input=json_format.MessageToJson(request), capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    steps = {line["step"]: line for line in map(json.loads, run.stdout.splitlines())}
+    assert "error" not in steps["started"], steps["started"]
+    assert steps["active"]["info"]["status"] == "EGRESS_ACTIVE"
+    assert steps["ended"]["info"]["status"] == "EGRESS_COMPLETE", steps["ended"]
+    return steps
+
+
+def test_livekit_go_sdk_starts_a_media_egress(livekit, alice_clip, livekit_service, nginx):
+    """LiveKit's Go server SDK (the first to send StartEgress) records one participant's video and voice into a
+    file and a live stream at once."""
     room = "twirp-v2-go"
     publisher = livekit.publish(room, "alice", alice_clip.video, alice_clip.audio)
-    request = json_format.MessageToJson(proto.StartEgressRequest(
+    request = proto.StartEgressRequest(
         room_name=room, media=proto.MediaSource(
             participant_video=proto.ParticipantVideo(identity="alice"),
             audio=proto.AudioConfig(routes=[proto.AudioRoute(participant_identity="alice")])),
         advanced=proto.EncodingOptions(width=320, height=180),
         outputs=[proto.Output(file=proto.FileOutput(filepath="go/{room_name}.mp4")),
-                 proto.Output(stream=proto.StreamOutput(urls=[nginx.url("live", "v2go")]))]))
+                 proto.Output(stream=proto.StreamOutput(urls=[nginx.url("live", "v2go")]))])
     try:
         livekit.wait_published(room, {"alice": 2})
-        run = subprocess.run([str(tool), "-url", livekit_service.base, "-key", API_KEY, "-secret", API_SECRET,
-                              "-seconds", "4"], input=request, capture_output=True, text=True, timeout=120)
+        steps = lkegress(livekit_service, request)
     finally:
         publisher.stop()
-    assert run.returncode == 0, run.stderr[-3000:]
-    steps = {line["step"]: line for line in map(json.loads, run.stdout.splitlines())}
-    assert "error" not in steps["started"], steps["started"]
     for step in ("started", "ended"):
         media = steps[step]["info"]["egress"]["media"]
         assert media["participantVideo"]["identity"] == "alice", steps[step]
         assert media["audio"]["routes"] == [{"participantIdentity": "alice"}], steps[step]
-    assert steps["active"]["info"]["status"] == "EGRESS_ACTIVE"
     done = steps["ended"]["info"]
-    assert done["status"] == "EGRESS_COMPLETE", done
     f = done["fileResults"][0]
     check_recording(f["location"], int(f["size"]), room, "go")
     [stream] = done["streamResults"]
     assert "v2go" not in stream["url"]  # the stream key is a secret: redacted
     [flv] = nginx.recordings("v2go")
     assert near(region(str(flv), 1.0, 0.45, 0.4), ALICE[0])
+
+
+def test_livekit_go_sdk_starts_a_media_egress_of_two_tracks_with_the_sound_routed(livekit, alice_clip,
+                                                                                   livekit_service):
+    """A media source by track ids: one video track, and one audio track routed to the left channel."""
+    room = "twirp-v2-tracks"
+    publisher = livekit.publish(room, "alice", alice_clip.video, alice_clip.audio)
+    try:
+        livekit.wait_published(room, {"alice": 2})
+        tracks = livekit.tracks(room)["alice"]
+        steps = lkegress(livekit_service, proto.StartEgressRequest(
+            room_name=room, media=proto.MediaSource(
+                video_track_id=tracks["camera"], audio=proto.AudioConfig(routes=[proto.AudioRoute(
+                    track_id=tracks["microphone"], channel=proto.AUDIO_CHANNEL_LEFT)])),
+            advanced=proto.EncodingOptions(width=320, height=180),
+            outputs=[proto.Output(file=proto.FileOutput(filepath="go/{room_name}.mp4"))]))
+    finally:
+        publisher.stop()
+    media = steps["ended"]["info"]["egress"]["media"]
+    assert media["videoTrackId"] == tracks["camera"], media
+    assert media["audio"]["routes"] == [{"trackId": tracks["microphone"], "channel": "AUDIO_CHANNEL_LEFT"}], media
+    f = steps["ended"]["info"]["fileResults"][0]
+    assert near(region(f["location"], 1.0, 0.45, 0.4), ALICE[0])
+    left, right = (analysis.audio_samples(f["location"], channel=side) for side in ("left", "right"))
+    assert analysis.tone_level(left, ALICE[1], 0.5, 2.0) > 0.02 > analysis.tone_level(right, ALICE[1], 0.5, 2.0)
+
+
+def test_livekit_python_sdk_starts_a_web_egress(livekit_service):
+    """A web source: any page, recorded from its own start signal (await_start_signal)."""
+    page = HttpReceiver(page=SIGNALLING_PAGE)
+
+    async def record() -> proto.EgressInfo:
+        async with api.LiveKitAPI(url=livekit_service.base, api_key=API_KEY, api_secret=API_SECRET) as lk:
+            started = await lk.egress.start_egress(proto.StartEgressRequest(
+                web=proto.WebSource(url=page.url, await_start_signal=True),
+                advanced=proto.EncodingOptions(width=320, height=180),
+                outputs=[proto.Output(file=proto.FileOutput(filepath="web/page.mp4"))]))
+            assert (started.egress.web.url, started.egress.web.await_start_signal, started.room_name) == (
+                page.url, True, "")
+            for _ in range(300):
+                [info] = (await lk.egress.list_egress(proto.ListEgressRequest(egress_id=started.egress_id))).items
+                if info.status == proto.EGRESS_ACTIVE:
+                    break
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(2)
+            await lk.egress.stop_egress(proto.StopEgressRequest(egress_id=started.egress_id))
+            for _ in range(300):
+                [info] = (await lk.egress.list_egress(proto.ListEgressRequest(egress_id=started.egress_id))).items
+                if info.status >= proto.EGRESS_COMPLETE:
+                    return info
+                await asyncio.sleep(0.2)
+            raise AssertionError(f"never ended: {info}")
+
+    try:
+        done = asyncio.run(record())
+    finally:
+        page.close()
+    assert done.status == proto.EGRESS_COMPLETE, done
+    # Recorded from the page's signal on: its first frame already shows the page's second colour.
+    location = done.file_results[0].location
+    assert analysis.color_distance(analysis.region_color(analysis.frame_at(location, 0.05), 0, 0, 1, 1),
+                                   "#2e8b57") <= 40

@@ -130,13 +130,21 @@ def _set_start_request(target: lk.StartEgressRequest, rec: EgressRecord) -> None
         target.media.participant_video.identity = identity
         target.media.participant_video.prefer_screen_share = room.get("screen_share", False)
         if not req.get("video_only"):
-            target.media.audio.routes.add(participant_identity=identity)
+            target.media.audio.routes.add(participant_identity=identity, channel=_channel(req, identity))
     elif rec.kind == "track_composite":
         audio, video = ids if len(ids) == 2 else (ids[0], "") if req.get("audio_only") else ("", ids[0])
         target.media.video_track_id = video
         if audio:
-            target.media.audio.routes.add(track_id=audio)
+            target.media.audio.routes.add(track_id=audio, channel=_channel(req, audio))
     _set_encoding(target, rec)
+
+
+def _channel(req: dict, name: str) -> int:
+    """The channel the request's audio routes give the track or identity `name` (LiveKit's AudioChannel)."""
+    routes = (req.get("audio") or {}).get("routes") or []
+    side = next((r.get("channel", "both") for r in routes
+                 if name in (r.get("track_id"), r.get("participant_identity"))), "both")
+    return lk.AudioChannel.Value(f"AUDIO_CHANNEL_{side.upper()}")
 
 
 def _set_encoding(target: Message, rec: EgressRecord) -> None:
