@@ -91,9 +91,7 @@ def _set_request(info: lk.EgressInfo, rec: EgressRecord) -> None:
         target.identity, target.screen_share = room.get("identity", ""), room.get("screen_share", False)
     elif rec.kind == "track_composite":
         target = info.track_composite
-        # The worker got [audio, video], leaving out the one not asked for (which made it video- or audio-only).
-        audio, video = ids if len(ids) == 2 else (ids[0], "") if req.get("audio_only") else ("", ids[0])
-        target.audio_track_id, target.video_track_id = audio, video
+        target.audio_track_id, target.video_track_id = _composite_tracks(req)
     elif rec.kind == "track":
         target = info.track
         target.track_id = ids[0]
@@ -115,7 +113,6 @@ def _set_start_request(target: lk.StartEgressRequest, rec: EgressRecord) -> None
     """LiveKit's unified request, rebuilt as `_set_request` does the older ones: its source and encoding."""
     req = rec.request
     room = req.get("room") or {}
-    ids = room.get("track_ids") or []
     if rec.kind == "web":
         target.web.url, target.web.await_start_signal = req.get("web_url", ""), req.get("await_start_signal", False)
         target.web.audio_only, target.web.video_only = req.get("audio_only", False), req.get("video_only", False)
@@ -132,11 +129,18 @@ def _set_start_request(target: lk.StartEgressRequest, rec: EgressRecord) -> None
         if not req.get("video_only"):
             target.media.audio.routes.add(participant_identity=identity, channel=_channel(req, identity))
     elif rec.kind == "track_composite":
-        audio, video = ids if len(ids) == 2 else (ids[0], "") if req.get("audio_only") else ("", ids[0])
+        audio, video = _composite_tracks(req)
         target.media.video_track_id = video
         if audio:
             target.media.audio.routes.add(track_id=audio, channel=_channel(req, audio))
     _set_encoding(target, rec)
+
+
+def _composite_tracks(req: dict) -> tuple[str, str]:
+    """A track composite's (audio, video) track ids: the worker got [audio, video], leaving out the one not
+    asked for (which made it video- or audio-only)."""
+    ids = (req.get("room") or {}).get("track_ids") or []
+    return tuple(ids) if len(ids) == 2 else (ids[0], "") if req.get("audio_only") else ("", ids[0])
 
 
 def _channel(req: dict, name: str) -> int:
