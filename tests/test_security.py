@@ -105,7 +105,7 @@ def attacks(port: int) -> list[tuple[str, dict, str]]:
                                                      "endpoint": f"{http}devstoreaccount1"}}, "storage.endpoint"),
         ("request's webhook", {**SYNTHETIC, "webhooks": [{"url": f"{http}hook"}]}, "webhooks.0.url"),
         ("request's webhook by name", {**SYNTHETIC, "webhooks": [
-            {"url": "https://example.com/hook"}, {"url": f"http://localhost:{port}/hook", "format": "livekit"}]},
+            {"url": "https://1.1.1.1/hook"}, {"url": f"http://localhost:{port}/hook", "format": "livekit"}]},
          "webhooks.1.url"),
     ]
 
