@@ -26,16 +26,17 @@ LEASE_S = 2.0
 
 @pytest.fixture
 async def cluster(redis_server, tmp_path):
-    """cluster(name, capacity) -> (service, runner): a node joined to the test's cluster."""
+    """cluster(name, capacity, memory_mb) -> (service, runner): a node joined to the test's cluster."""
     redis_server.cli("FLUSHALL")
     receiver = Receiver()
     await receiver.server.start_server()
     nodes: list[Service] = []
 
-    async def _node(name: str, capacity: float = 1.0) -> tuple[Service, SimulatedRunner]:
+    async def _node(name: str, capacity: float = 1.0, memory_mb: float = 8000) -> tuple[Service, SimulatedRunner]:
         runner = SimulatedRunner(start_s=0.02, stop_s=0.02)
         settings = Settings(
-            data_dir=tmp_path / name, capacity=capacity, max_queue=4, api_keys=[KEY], url_signing_key="sign",
+            data_dir=tmp_path / name, capacity=capacity, memory_mb=memory_mb, max_queue=4, api_keys=[KEY],
+            url_signing_key="sign",
             allowed_hosts=("127.0.0.1:1935",), webhook_secret=HOOK_SECRET, webhook_urls=[receiver.url],
             livekit_api_key=API_KEY, livekit_api_secret=API_SECRET, livekit_url="ws://127.0.0.1:9",
             cluster=ClusterSettings(redis_server.url, name, f"http://{name}.test:8080", lease_s=LEASE_S))
@@ -73,7 +74,7 @@ async def test_placement_packs_the_busiest_node_that_fits_and_never_oversubscrib
     await a.start(small())  # b's second: every node is now full
     await until(lambda: _all_started(rb, 2))
     for service in (a, b, c):
-        assert 0 <= await service.dispatcher.free() < 0.4
+        assert 0 <= (await service.dispatcher.free()).cores < 0.4
     with pytest.raises(CapacityExceeded):
         await a.start(small())
     queued = await b.start(small(queue=True))
@@ -129,7 +130,16 @@ async def test_a_lost_nodes_egresses_fail_once_and_its_unstarted_ones_run_elsewh
     await until(lambda: _final_events(cluster.receiver, running, 1), timeout=CLAIM_S + 5)
     await asyncio.sleep(2 * LEASE_S)  # no second final event, whatever node looks again
     assert all(len(cluster.receiver.final(r.id)) == 1 for r in running)
-    assert await a.dispatcher.free() == pytest.approx(0.6)
+    assert (await a.dispatcher.free()).cores == pytest.approx(0.6)
+
+
+async def test_a_node_without_the_memory_is_passed_over(cluster):
+    (a, ra), (_, rb) = await cluster("a", 2.0, memory_mb=1000), await cluster("b", 1.0)
+    first = await a.start(small())  # a 480p egress holds 850 MB: a has it, once
+    second = await a.start(small())
+    await until(lambda: status_is(a, second.id, Status.ACTIVE))
+    assert started_on(ra, rb) == [[first.id], [second.id]]
+    assert (await a.dispatcher.free()).memory_mb == pytest.approx(150)
 
 
 async def test_a_frozen_node_is_fenced_and_changes_no_settled_status(cluster):

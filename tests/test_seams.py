@@ -17,8 +17,8 @@ from compositor.service import Service, Settings, livekit_info
 from compositor.service.cluster.dispatch import RedisDispatcher
 from compositor.service.cluster.node import ClusterNode
 from compositor.service.cluster.store import RedisStore
-from compositor.service.dispatch import LocalDispatcher
-from compositor.service.seams import EgressRecord, Job, OutboxEvent, Placed
+from compositor.service.dispatch import LocalDispatcher, memory_limit_mb
+from compositor.service.seams import EgressRecord, Job, Need, OutboxEvent, Placed
 from compositor.service.settings import ClusterSettings
 from compositor.service.simulation import SimulatedRunner
 from compositor.service.store import SqliteStore
@@ -236,10 +236,11 @@ async def test_settings_and_first_sightings(store):
 
 @pytest.fixture(params=BACKENDS)
 async def dispatchers(request, tmp_path):
-    """dispatchers(capacity, max_queue) -> a Dispatcher of that backend."""
+    """dispatchers(capacity, max_queue, memory_mb) -> a Dispatcher of that backend."""
     opened = []
 
-    async def _open(capacity: float, max_queue: int):
+    async def _open(capacity: float, max_queue: int, memory_mb: float = 8000):
+        capacity = Need(capacity, memory_mb)
         if request.param == "sqlite":
             return LocalDispatcher(capacity, max_queue)
         server = request.getfixturevalue("redis_server")
@@ -255,8 +256,14 @@ async def dispatchers(request, tmp_path):
         await client.aclose()
 
 
-def job(egress_id: str, cost: float) -> Job:
-    return Job(egress_id, RecordRequest(file={"filepath": "/r/a.mp4"}), cost, (640, 360, 48000))
+def job(egress_id: str, cores: float, memory_mb: float = 100) -> Job:
+    return Job(egress_id, RecordRequest(file={"filepath": "/r/a.mp4"}), Need(cores, memory_mb), (640, 360, 48000))
+
+
+async def free(dispatcher) -> tuple[float, float]:
+    """What a dispatcher has free: (cores, MB)."""
+    left = await dispatcher.free()
+    return left.cores, left.memory_mb
 
 
 async def test_admission_never_oversubscribes_and_keeps_the_queue_in_order(dispatchers):
@@ -264,29 +271,48 @@ async def test_admission_never_oversubscribes_and_keeps_the_queue_in_order(dispa
     assert await d.admit(job("a", 0.7), queue=False) is Placed.HERE
     with pytest.raises(CapacityExceeded) as refused:
         await d.admit(job("b", 0.4), queue=False)
-    assert refused.value.details == {"needed": 0.4, "free": 0.3, "queued": 0}
+    assert refused.value.details == {"needed": 0.4, "free": 0.3, "neededMemoryMb": 100, "freeMemoryMb": 7900,
+                                     "queued": 0}
     assert await d.admit(job("big", 0.7), queue=True) is Placed.QUEUED
     # A small one that would fit waits behind the queue's head: first come, first served.
     assert await d.admit(job("small", 0.2), queue=True) is Placed.QUEUED
     with pytest.raises(CapacityExceeded, match="queue is full"):
         await d.admit(job("c", 0.1), queue=True)
     assert [await d.position(x) for x in ("a", "big", "small")] == [None, 1, 2]
-    assert await d.free() == pytest.approx(0.3)
+    assert (await d.free()).cores == pytest.approx(0.3)
     admitted = await d.release("a")
     assert [j.egress_id for j in admitted] == ["big", "small"] and admitted[0].request == job("big", 0.7).request
-    assert await d.free() == pytest.approx(0.1) and await d.position("small") is None
+    assert (await d.free()).cores == pytest.approx(0.1) and await d.position("small") is None
     assert await d.release("a") == []  # twice is once
 
 
 async def test_admission_refuses_what_could_never_fit_and_withdraws(dispatchers):
     d = await dispatchers(capacity=1.0, max_queue=4)
     with pytest.raises(InvalidRequest) as never:
-        await d.check(1.3, queue=True)
-    assert never.value.details == {"field": "quality", "needed": 1.3}
+        await d.check(Need(1.3, 100), queue=True)
+    assert never.value.details == {"field": "quality", "needed": 1.3, "neededMemoryMb": 100}
     assert await d.admit(job("a", 1.0), queue=True) is Placed.HERE
     assert await d.admit(job("b", 0.4), queue=True) is Placed.QUEUED
     assert await d.withdraw("b") and not await d.withdraw("b")
-    assert await d.release("a") == [] and await d.free() == 1.0
+    assert await d.release("a") == [] and await free(d) == pytest.approx((1.0, 8000))
+
+
+async def test_admission_counts_memory_as_it_counts_cores(dispatchers):
+    d = await dispatchers(capacity=4.0, max_queue=2, memory_mb=2000)
+    with pytest.raises(InvalidRequest, match="3000 MB of memory and .* 2000 MB") as never:
+        await d.check(Need(0.5, 3000), queue=True)
+    assert never.value.details["neededMemoryMb"] == 3000
+    assert await d.admit(job("a", 0.5, 1200), queue=False) is Placed.HERE
+    # Cores to spare, but not the memory: refused saying so, or waiting for it.
+    with pytest.raises(CapacityExceeded, match="needs 950 MB of memory, 800 MB free") as refused:
+        await d.admit(job("b", 0.5, 950), queue=False)
+    assert "cores" not in refused.value.message
+    assert (refused.value.details["neededMemoryMb"], refused.value.details["freeMemoryMb"]) == (950, 800)
+    assert await d.admit(job("c", 0.5, 700), queue=False) is Placed.HERE
+    assert await d.admit(job("b", 0.5, 950), queue=True) is Placed.QUEUED
+    assert await free(d) == pytest.approx((3.0, 100))
+    assert [j.egress_id for j in await d.release("a")] == ["b"]
+    assert await free(d) == pytest.approx((3.0, 350))
 
 
 # What the API shows of a record, without the API.
@@ -340,7 +366,7 @@ async def test_the_service_runs_what_fits_queues_the_rest_and_runs_it_when_room_
     with pytest.raises(CapacityExceeded):
         await service.start(small())  # not willing to wait
     assert [j.egress_id for j in runner.started] == [first.id, second.id]
-    assert all(j.cost == 0.4 and j.frame[:2] == (854, 480) for j in runner.started)
+    assert all(j.cost == Need(0.4, 850) and j.frame[:2] == (854, 480) for j in runner.started)
     await until(lambda: _is(service, first.id, Status.ACTIVE))
     await service.update_layout(first.id, "speaker")
     assert runner.commands == [(first.id, UpdateLayout(id=None, layout="speaker"))]
@@ -440,3 +466,26 @@ async def test_an_ingress_reads_back_by_id_and_key_and_its_changes_bring_their_w
     await store.delete_ingress("IN_1")
     assert await store.get_ingress("IN_1") is None
     await store.close()
+
+
+def test_memory_limit_is_the_lowest_that_binds(tmp_path):
+    def machine(meminfo_mb: int, cgroup: str, limits: dict[str, str]):
+        root = tmp_path / f"root{len(list(tmp_path.iterdir()))}"
+        (root / "proc/self").mkdir(parents=True)
+        (root / "proc/meminfo").write_text(f"MemTotal:       {meminfo_mb * 1024} kB\nMemFree: 1 kB\n")
+        (root / "proc/self/cgroup").write_text(cgroup)
+        for path, value in limits.items():
+            (root / "sys/fs/cgroup" / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / "sys/fs/cgroup" / path).write_text(value + "\n")
+        return root
+
+    # No container: the machine's RAM.
+    assert memory_limit_mb(machine(24000, "0::/\n", {"memory.max": "max"})) == 24000
+    # cgroup v2: a limit on a parent group binds the job's group too.
+    v2 = machine(24000, "0::/kubepods/pod1/ctr\n", {"kubepods/pod1/memory.max": str(3 << 30),
+                                                    "kubepods/pod1/ctr/memory.max": "max"})
+    assert memory_limit_mb(v2) == 3072
+    # cgroup v1: its "no limit" is a huge number; a real one binds.
+    assert memory_limit_mb(machine(16000, "4:memory:/x\n", {"memory/memory.limit_in_bytes": str(2 ** 63 - 4096)})) \
+        == 16000
+    assert memory_limit_mb(machine(16000, "4:memory:/x\n", {"memory/memory.limit_in_bytes": str(2 << 30)})) == 2048

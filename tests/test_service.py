@@ -176,6 +176,25 @@ def test_over_capacity_gets_503_with_retry_after(tmp_path):
         server.stop_server()
 
 
+def test_memory_is_admitted_as_cores_are(tmp_path):
+    # Cores for ten, memory for one: a 360p egress holds 850 MB of the 1000 this node gives.
+    server = Server(tmp_path / "data", "--capacity", "4", "--memory-mb", "1000")
+    try:
+        assert server.call("GET", "/readyz", key=None)[1]["freeMemoryMb"] == 1000
+        first = server.start()
+        status, err, _ = server.call("POST", "/v1/egress/start", {"roomName": "r2", **SMALL, **ROOM})
+        assert (status, err["error"]["code"]) == (503, "CAPACITY_EXCEEDED"), err
+        assert "850 MB of memory, 150 MB free" in err["error"]["message"]
+        status, err, _ = server.call("POST", "/v1/egress/start", {"roomName": "r3", "quality": "1080p", **ROOM})
+        assert (status, err["error"]["details"]) == (400, {"field": "quality", "needed": 1.3,
+                                                           "neededMemoryMb": 1050}), err
+        server.call("POST", f"/v1/egress/{first['id']}/stop")
+        server.wait_status(first["id"], "COMPLETE", "ABORTED")  # ABORTED when stopped before it recorded
+        assert server.call("GET", "/readyz", key=None)[1]["freeMemoryMb"] == 1000
+    finally:
+        server.stop_server()
+
+
 def recording_server(tmp_path, seconds: float, **body) -> tuple[Server, dict]:
     """A server with one egress (of these `body` fields) that has been recording for `seconds`."""
     server = Server(tmp_path / "data")
@@ -363,6 +382,7 @@ def test_metrics_count_egresses_and_capacity(server):
     assert 'compositor_egresses{status="LIMIT_REACHED",type="record"} 1' in text
     assert "compositor_egresses_active 0" in text
     assert "compositor_capacity_free_cores" in text and "compositor_webhook_backlog 0" in text
+    assert "compositor_capacity_memory_mb" in text and "compositor_capacity_free_memory_mb" in text
 
 
 def test_openapi_is_generated_from_the_models(server):

@@ -33,7 +33,7 @@ from ..service.requests import (
     UpdateStreamsRequest,
 )
 from ..service.results import egress_id_of, iso, recording_id
-from ..service.seams import EgressRecord
+from ..service.seams import EgressRecord, Need
 from ..service.service import Service
 from ..storage.local_urls import DOWNLOAD_PATH, verify_local_signature
 from . import ingress, twirp
@@ -323,15 +323,17 @@ async def metrics(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     lines = ["# HELP compositor_egresses Stored egresses by status and type.", "# TYPE compositor_egresses gauge"]
     counts = await service.store.counts()
+    capacity, free = service.dispatcher.capacity, await service.dispatcher.free()
     lines += [f'compositor_egresses{{status="{s}",type="{m}"}} {n}' for s, m, n in counts]
     gauges = {
         "compositor_egresses_active": ("Egresses starting, recording or ending.",
                                        sum(n for s, _, n in counts if s in ACTIVE_STATUSES)),
         "compositor_workers": ("Worker processes running.", len(service.runner.running)),
         "compositor_warm_workers": ("Idle warm workers ready for a job.", service.runner.warm),
-        "compositor_capacity_cores": ("CPU cores egresses may use.", service.dispatcher.capacity),
-        "compositor_capacity_free_cores": ("CPU cores not held by egresses.",
-                                           round(await service.dispatcher.free(), 3)),
+        "compositor_capacity_cores": ("CPU cores egresses may use.", capacity.cores),
+        "compositor_capacity_free_cores": ("CPU cores not held by egresses.", round(free.cores, 3)),
+        "compositor_capacity_memory_mb": ("Memory (MB) jobs may hold.", round(capacity.memory_mb)),
+        "compositor_capacity_free_memory_mb": ("Memory (MB) not held by jobs.", round(free.memory_mb)),
         "compositor_cpu_load1": ("1-minute load average of the machine.", os.getloadavg()[0]),
         "compositor_webhook_backlog": ("Webhook deliveries not yet done.", await service.webhooks.backlog()),
     }
@@ -354,8 +356,9 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         free = await service.dispatcher.free()
     except Unavailable:
-        free, status = 0.0, 503
-    body = {"ready": status == 200, "freeCapacity": round(free, 3), "active": len(service.runner.running),
+        free, status = Need(0.0, 0.0), 503
+    body = {"ready": status == 200, "freeCapacity": round(free.cores, 3),
+            "freeMemoryMb": round(max(free.memory_mb, 0)), "active": len(service.runner.running),
             "warm": service.runner.warm}
     if service.ingress:
         body["ingress"] = {"active": len(service.ingress.runner.running), "warm": service.ingress.runner.warm}

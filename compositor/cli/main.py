@@ -138,6 +138,8 @@ def _serve_parser(sub) -> None:
     p.add_argument("--api-key", action="append", help="accepted API key (repeatable; env COMPOSITOR_API_KEYS, "
                                                        "comma-separated; default: one generated into the data dir)")
     p.add_argument("--capacity", type=float, help="CPU cores egresses may use (env COMPOSITOR_CAPACITY; default all)")
+    p.add_argument("--memory-mb", type=float, help="memory (MB) jobs may hold (env COMPOSITOR_MEMORY_MB; default "
+                   "the machine's or container's limit less 300)")
     p.add_argument("--webhook-url", action="append", help="receiver of signed webhooks (repeatable; env "
                                                           "COMPOSITOR_WEBHOOK_URLS; secret: COMPOSITOR_WEBHOOK_SECRET "
                                                           "or DATA_DIR/webhook-secret)")
@@ -247,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             settings = load_settings(args.config, data_dir=args.data_dir, api_keys=args.api_key,
-                                     capacity=args.capacity, webhook_urls=args.webhook_url,
+                                     capacity=args.capacity, memory_mb=args.memory_mb,
+                                     webhook_urls=args.webhook_url,
                                      allowed_hosts=args.allow_host,
                                      cluster={k: v for k, v in (("redis_url", args.redis_url),
                                                                 ("node_id", args.node_id),

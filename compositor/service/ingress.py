@@ -32,9 +32,10 @@ from ..protocol import (
     InputKind,
     VideoLayer,
 )
+from .dispatch import refuse_too_big
 from .ingress_workers import FINAL_STATES, IngressRunner
 from .rtmp import RtmpServer
-from .seams import Dispatcher, IngressRecord, Job, Placed, Store
+from .seams import Dispatcher, IngressRecord, Job, Need, Placed, Store
 from .settings import Settings
 from .webhooks import Webhooks
 
@@ -64,8 +65,8 @@ DEFAULT_VIDEO_PRESET = "H264_720P_30FPS_3_LAYERS"
 #: LiveKit's audio presets: (channels, bits per second).
 AUDIO_PRESETS = {"OPUS_STEREO_96KBPS": (2, 96_000), "OPUS_MONO_64KBS": (1, 64_000)}
 DEFAULT_AUDIO_PRESET = "OPUS_STEREO_96KBPS"
-#: Cores a session holds, by its top layer's short side (decode, scale, encode every layer).
-COST_BY_HEIGHT = ((360, 0.25), (720, 0.5), (1080, 1.0))
+#: Cores and memory (MB) a session holds, by its top layer's short side (decode, scale, encode every layer).
+COST_BY_HEIGHT = ((360, Need(0.25, 300)), (720, Need(0.5, 400)), (1080, Need(1.0, 500)))
 #: A session's room token lasts this long (a session reconnecting within it reuses it).
 TOKEN_TTL = timedelta(hours=24)
 #: URL pull: what the worker can read (PyAV; srt through ffmpeg).
@@ -212,8 +213,8 @@ def audio_plan(audio: dict) -> IngressAudio:
     return IngressAudio(source=req.source, name=req.name or None, bitrate=bitrate, channels=channels)
 
 
-def ingress_cost(video: IngressVideo) -> float:
-    """Cores a session holds while it runs."""
+def ingress_cost(video: IngressVideo) -> Need:
+    """Cores and memory a session holds while it runs."""
     top = video.layers[0]
     side = min(top.width, top.height)
     return next((cost for h, cost in COST_BY_HEIGHT if side <= h), COST_BY_HEIGHT[-1][1])
@@ -401,16 +402,15 @@ class IngressService:
         if self.closing:
             raise Draining("the service is shutting down")
         cost = ingress_cost(job.video) if job.video else COST_BY_HEIGHT[0][1]
-        if cost > self.dispatcher.capacity:
-            raise InvalidRequest(f"this ingress needs {cost} cores a session and this server has "
-                                 f"{self.dispatcher.capacity:g} in all: choose a smaller video preset or layers",
-                                 details={"field": "video", "needed": cost})
+        refuse_too_big(cost, self.dispatcher.capacity, "this server has in all", "this ingress session",
+                       "video", "choose a smaller video preset or layers")
         try:
             # Never queued: a publisher is live now, or refused (nginx drops it; WHIP and the API get 503).
             placed = await self.dispatcher.admit(Job(ingress_id, None, cost, (0, 0, 0)), False)
         except CapacityExceeded as exc:
-            raise CapacityExceeded(f"no capacity for this ingress session (needs {cost} cores, "
-                                   f"{exc.details.get('free', 0)} free)", details=exc.details) from None
+            free = Need(exc.details.get("free", 0), exc.details.get("freeMemoryMb", 0))
+            raise CapacityExceeded(f"no capacity for this ingress session (needs {cost.lacking(free)})",
+                                   details=exc.details) from None
         if placed is not Placed.HERE:  # a cluster's dispatcher could place it elsewhere: not served there yet
             await self.dispatcher.release(ingress_id)
             raise Unavailable("no capacity for this ingress session on this node")

@@ -171,6 +171,42 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
+# Needs are sums of decimals: compared with this much slack.
+EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a job holds while it runs, or what a node has to give: CPU cores and memory."""
+
+    cores: float
+    memory_mb: float
+
+    def fits(self, free: Need) -> bool:
+        """Whether this much fits in `free`, on both counts."""
+        return self.cores <= free.cores + EPSILON and self.memory_mb <= free.memory_mb + EPSILON
+
+    def __add__(self, other: Need) -> Need:
+        return Need(self.cores + other.cores, self.memory_mb + other.memory_mb)
+
+    def __sub__(self, other: Need) -> Need:
+        return Need(self.cores - other.cores, self.memory_mb - other.memory_mb)
+
+    def lacking(self, free: Need) -> str:
+        """What of this `free` lacks, said for a refusal: '0.7 cores, 0.30 free' and/or memory."""
+        said = []
+        if self.cores > free.cores + EPSILON:
+            said.append(f"{self.cores} cores, {max(free.cores, 0):.2f} free")
+        if self.memory_mb > free.memory_mb + EPSILON:
+            said.append(f"{self.memory_mb:.0f} MB of memory, {max(free.memory_mb, 0):.0f} MB free")
+        return "; ".join(said) or f"{self.cores} cores and {self.memory_mb:.0f} MB"
+
+    def details(self, free: Need) -> dict:
+        """The refusal's machine-readable facts."""
+        return {"needed": self.cores, "free": round(max(free.cores, 0), 3), "neededMemoryMb": round(self.memory_mb),
+                "freeMemoryMb": round(max(free.memory_mb, 0))}
+
+
 @dataclass
 class Job:
     """An egress ready to run: what its worker gets, and what it costs. (An ingress session holds its cost as a
@@ -178,8 +214,8 @@ class Job:
 
     egress_id: str
     request: RecordRequest | None
-    #: CPU cores it holds while it runs
-    cost: float
+    #: the cores and memory it holds while it runs
+    cost: Need
     #: (width, height, sample rate): a warm worker takes only a job of its own frame
     frame: tuple[int, int, int]
 
@@ -200,9 +236,10 @@ class Dispatcher(Protocol):
     bounded queue, first come first served, or is refused."""
 
     @property
-    def capacity(self) -> float: ...
-    async def free(self) -> float: ...
-    async def check(self, cost: float, queue: bool) -> None:
+    def capacity(self) -> Need: ...
+    async def free(self) -> Need:
+        """What this node has not given to jobs."""
+    async def check(self, cost: Need, queue: bool) -> None:
         """Raise InvalidRequest for a cost no capacity holds, CapacityExceeded when a job of `cost` could
         neither run now nor wait (with `queue`): the cheap refusal before any slow check."""
     async def admit(self, job: Job, queue: bool) -> Placed:

@@ -86,7 +86,7 @@ class Service:
         private_dir(settings.data_dir)
         store = SqliteStore(settings.data_dir / "compositor.db")
         runner = runner or _worker_runner(settings)
-        return cls(settings, store=store, dispatcher=LocalDispatcher(settings.capacity, settings.max_queue),
+        return cls(settings, store=store, dispatcher=LocalDispatcher(settings.resources, settings.max_queue),
                    runner=runner, control=runner, webhooks=_webhooks(settings, store),
                    ingress_runner=IngressRunner(settings.data_dir / "jobs", worker_args=settings.worker_args,
                                                 warm_target=settings.ingress_warm_workers))
@@ -97,7 +97,7 @@ class Service:
         the node that runs each egress, and this node's workers (or `runner`)."""
         private_dir(settings.data_dir)
         local = runner or _worker_runner(settings)
-        cluster = Cluster.connect(settings.cluster, settings.capacity, settings.max_queue, local)
+        cluster = Cluster.connect(settings.cluster, settings.resources, settings.max_queue, local)
         # Other nodes' events wake no one here: look for them now and then.
         webhooks = _webhooks(settings, cluster.store, idle_s=BLOCK_S)
         return cls(settings, store=cluster.store, dispatcher=cluster.dispatcher, runner=local,

@@ -23,7 +23,9 @@ from ..request import MAX_IDLE_S, IdleStop, first_error
 from ..storage import LocalStorage, parse_storage
 from ..storage.config import storage_urls
 from ..storage.uploader import MAX_URL_EXPIRY_S, AnyStorage
+from .dispatch import default_memory_mb
 from .requests import ServerFacts
+from .seams import Need
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class Settings:
     data_dir: Path
     api_keys: list[str] = field(default_factory=list)
     capacity: float = float(os.cpu_count() or 1)  # cores egresses may use in all
+    #: memory (MB) jobs may hold in all: the machine's or its container's limit less the service's share
+    memory_mb: float = field(default_factory=default_memory_mb)
     webhook_urls: list[str] = field(default_factory=list)
     webhook_secret: str = ""
     webhook_retry_base_s: float = 2.0
@@ -88,6 +92,11 @@ class Settings:
     ingress_public_host: str | None = None
     #: ingress workers kept loaded and waiting, so a publisher's session starts at once
     ingress_warm_workers: int = 0
+
+    @property
+    def resources(self) -> Need:
+        """What this node gives its jobs in all: cores and memory."""
+        return Need(self.capacity, self.memory_mb)
 
     @property
     def node_id(self) -> str | None:
@@ -189,6 +198,7 @@ class ServeConfig(BaseModel):
     data_dir: str = "compositor-data"
     api_keys: list[str] = []
     capacity: float | None = Field(None, gt=0)
+    memory_mb: float | None = Field(None, gt=0, description="memory (MB) jobs may hold in all")
     webhook_urls: list[str] = []
     webhook_secret: str | None = None
     webhook_retry_base_s: float = Field(2.0, gt=0)
@@ -322,6 +332,7 @@ def load_settings(config_file: Path | None = None, **flags) -> Settings:
         log.warning("no API key configured; using the one in %s", directory / "api-key")
     return Settings(
         data_dir=directory, api_keys=keys, capacity=cfg.capacity or float(os.cpu_count() or 1),
+        memory_mb=cfg.memory_mb or default_memory_mb(),
         webhook_urls=cfg.webhook_urls,
         webhook_secret=cfg.webhook_secret or _secret_file(directory / "webhook-secret"),
         webhook_retry_base_s=cfg.webhook_retry_base_s, webhook_formats=formats,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from ..seams import Control
+from ..seams import Control, Need
 from ..settings import ClusterSettings
 from .control import RedisControl
 from .dispatch import RedisDispatcher
@@ -33,7 +33,7 @@ class Cluster:
     sessions: RedisSessions
 
     @classmethod
-    def connect(cls, settings: ClusterSettings, capacity: float, max_queue: int, local: Control,
+    def connect(cls, settings: ClusterSettings, capacity: Need, max_queue: int, local: Control,
                 prefix: str = PREFIX) -> Cluster:
         """The cluster at settings.redis_url (connections open on first use); calls for this node's egresses go
         to `local`."""

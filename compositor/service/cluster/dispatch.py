@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 
-from ...errors import CapacityExceeded, InvalidRequest
+from ...errors import CapacityExceeded
 from ...request import RecordRequest
 from ...storage.config import REVEAL
-from ..dispatch import EPSILON
-from ..seams import Job, Placed
+from ..dispatch import refuse_too_big
+from ..seams import EPSILON, Job, Need, Placed
 from .node import _NOW, BLOCK_S, ClusterNode
 from .store import REDIS_DOWN, outage_is_unavailable
 
@@ -27,13 +27,17 @@ log = logging.getLogger(__name__)
 
 _PICK = _NOW + """
 local p, self_id = ARGV[1], ARGV[2]
--- The live node that fits `cost` and is the most loaded (this node on a tie); nil when none fits.
-local function pick(cost)
+-- A node's capacity, held and draining flag; a node without a memory figure has no memory bound.
+local function facts(n)
+  local h = redis.call('HMGET', p..'node:'..n, 'capacity', 'held', 'draining', 'memory', 'mem_held')
+  return tonumber(h[1]), tonumber(h[2] or 0), h[3] == '1', tonumber(h[4]) or math.huge, tonumber(h[5] or 0)
+end
+-- The live node that fits `cost` cores and `mem` MB and is the most loaded (this node on a tie); nil when none.
+local function pick(cost, mem)
   local best, best_load = nil, -1
   for _, n in ipairs(redis.call('ZRANGEBYSCORE', p..'nodes', now(), '+inf')) do
-    local h = redis.call('HMGET', p..'node:'..n, 'capacity', 'held', 'draining')
-    local cap, held = tonumber(h[1]), tonumber(h[2] or 0)
-    if cap and h[3] ~= '1' and cap - held + %(eps)s >= cost then
+    local cap, held, draining, memory, mem_held = facts(n)
+    if cap and not draining and cap - held + %(eps)s >= cost and memory - mem_held + %(eps)s >= mem then
       local load = held / cap
       if load > best_load + %(eps)s or (math.abs(load - best_load) <= %(eps)s and n == self_id) then
         best, best_load = n, load
@@ -42,9 +46,11 @@ local function pick(cost)
   end
   return best
 end
-local function hold(n, id, cost)
+local function hold(n, id, cost, mem)
   redis.call('HINCRBYFLOAT', p..'node:'..n, 'held', cost)
+  redis.call('HINCRBYFLOAT', p..'node:'..n, 'mem_held', mem)
   redis.call('HSET', p..'node:'..n..':held', id, cost)
+  redis.call('HSET', p..'node:'..n..':held_mb', id, mem)
   redis.call('HSET', p..'owner', id, n)
   if n ~= self_id then redis.call('RPUSH', p..'node:'..n..':inbox', id) end
 end
@@ -55,49 +61,55 @@ local function pump()
     local head = redis.call('LINDEX', p..'queue', 0)
     if not head then break end
     local cost = tonumber(redis.call('HGET', p..'cost', head))
-    local n = cost and pick(cost)
+    local mem = tonumber(redis.call('HGET', p..'memory', head) or 0)
+    local n = cost and pick(cost, mem)
     if not n then break end
     redis.call('LPOP', p..'queue')
-    hold(n, head, cost)
+    hold(n, head, cost, mem)
     if n == self_id then table.insert(here, head) end
   end
   return here
 end
 """ % {"eps": repr(EPSILON)}
 
-# ARGV: prefix, self, egress id, cost, job JSON, queue (1/0), max queue.
-# Returns {placed node or '', free on the freest node, queued count} or an error reply.
+# ARGV: prefix, self, egress id, cores, memory MB, job JSON, queue (1/0), max queue.
+# Returns {placed node or ''}, or {false, queued count} when it neither fits nor may wait.
 _ADMIT = _PICK + """
-local id, cost = ARGV[3], tonumber(ARGV[4])
-redis.call('SET', p..'job:'..id, ARGV[5])
+local id, cost, mem = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+redis.call('SET', p..'job:'..id, ARGV[6])
 redis.call('HSET', p..'cost', id, cost)
+redis.call('HSET', p..'memory', id, mem)
 local qlen = redis.call('LLEN', p..'queue')
 if qlen == 0 then
-  local n = pick(cost)
-  if n then hold(n, id, cost) return {n} end
+  local n = pick(cost, mem)
+  if n then hold(n, id, cost, mem) return {n} end
 end
-if ARGV[6] == '1' and qlen < tonumber(ARGV[7]) then
+if ARGV[7] == '1' and qlen < tonumber(ARGV[8]) then
   redis.call('RPUSH', p..'queue', id)
   return {''}
 end
 redis.call('DEL', p..'job:'..id)
 redis.call('HDEL', p..'cost', id)
+redis.call('HDEL', p..'memory', id)
 return {false, qlen}
 """
 
-# ARGV: prefix, self. Fits = could a job of `cost` run now, or, with queue, wait? Returns
-# {largest capacity, free on the freest live node, queued}.
+# ARGV: prefix, self, cores, memory MB. Returns {largest cores, largest memory (of any live node), free cores,
+# free memory (on the live node that fits the most of it, by cores first), could it run now (1/0), queued}.
 _FACTS = _PICK + """
-local largest, freest = 0, 0
+local cost, mem = tonumber(ARGV[3]), tonumber(ARGV[4])
+local big_cores, big_mem, free_cores, free_mem = 0, 0, -1, 0
 for _, n in ipairs(redis.call('ZRANGEBYSCORE', p..'nodes', now(), '+inf')) do
-  local h = redis.call('HMGET', p..'node:'..n, 'capacity', 'held', 'draining')
-  local cap, held = tonumber(h[1]) or 0, tonumber(h[2]) or 0
-  if h[3] ~= '1' then
-    if cap > largest then largest = cap end
-    if cap - held > freest then freest = cap - held end
+  local cap, held, draining, memory, mem_held = facts(n)
+  if cap and not draining then
+    big_cores = math.max(big_cores, cap)
+    big_mem = math.max(big_mem, memory)
+    if cap - held > free_cores then free_cores, free_mem = cap - held, memory - mem_held end
   end
 end
-return {tostring(largest), tostring(freest), redis.call('LLEN', p..'queue')}
+local fits = pick(cost, mem) and 1 or 0
+return {tostring(big_cores), tostring(big_mem), tostring(math.max(free_cores, 0)), tostring(free_mem), fits,
+        redis.call('LLEN', p..'queue')}
 """
 
 # ARGV: prefix, self, egress id. Frees its cost, then places what the queue can; returns the ids placed here.
@@ -106,15 +118,19 @@ local id = ARGV[3]
 local n = redis.call('HGET', p..'owner', id)
 if n then
   local cost = redis.call('HGET', p..'node:'..n..':held', id)
+  local mem = redis.call('HGET', p..'node:'..n..':held_mb', id)
   if cost and redis.call('EXISTS', p..'node:'..n) == 1 then
     redis.call('HINCRBYFLOAT', p..'node:'..n, 'held', -tonumber(cost))
+    redis.call('HINCRBYFLOAT', p..'node:'..n, 'mem_held', -tonumber(mem or 0))
   end
   redis.call('HDEL', p..'node:'..n..':held', id)
+  redis.call('HDEL', p..'node:'..n..':held_mb', id)
   redis.call('HDEL', p..'owner', id)
 end
 redis.call('LREM', p..'queue', 0, id)
 redis.call('DEL', p..'job:'..id)
 redis.call('HDEL', p..'cost', id)
+redis.call('HDEL', p..'memory', id)
 return pump()
 """
 
@@ -135,13 +151,14 @@ local p, id = ARGV[1], ARGV[2]
 if redis.call('LREM', p..'queue', 0, id) == 0 then return 0 end
 redis.call('DEL', p..'job:'..id)
 redis.call('HDEL', p..'cost', id)
+redis.call('HDEL', p..'memory', id)
 return 1
 """
 
 
 def _job_json(job: Job) -> str:
     return json.dumps({"request": job.request.model_dump(mode="json", exclude_none=True, context=REVEAL),
-                       "cost": job.cost, "frame": list(job.frame)})
+                       "cost": job.cost.cores, "memoryMb": job.cost.memory_mb, "frame": list(job.frame)})
 
 
 @outage_is_unavailable
@@ -161,35 +178,39 @@ class RedisDispatcher:
         self._withdraw = client.register_script(_WITHDRAW)
 
     @property
-    def capacity(self) -> float:
+    def capacity(self) -> Need:
         return self.node.capacity
 
-    async def free(self) -> float:
-        held = await self._r.hget(f"{self._p}node:{self.node.id}", "held")
-        return self.node.capacity - float(held or 0)
+    async def free(self) -> Need:
+        held, mem_held = await self._r.hmget(f"{self._p}node:{self.node.id}", ["held", "mem_held"])
+        return self.node.capacity - Need(float(held or 0), float(mem_held or 0))
 
-    async def check(self, cost: float, queue: bool) -> None:
-        largest, freest, queued = await self._facts(args=[self._p, self.node.id])
-        largest, freest = float(largest), float(freest)
-        if cost > largest + EPSILON:
-            raise InvalidRequest(f"this egress needs {cost} cores and no node of this cluster has more than "
-                                 f"{largest:g}: ask for a smaller frame", details={"field": "quality", "needed": cost})
-        if (not queued and cost <= freest + EPSILON) or (queue and queued < self.max_queue):
+    async def _cluster_facts(self, cost: Need) -> tuple[Need, Need, bool, int]:
+        """(the most any live node has, what the freest has free, whether `cost` fits a node now, queued)."""
+        big_cores, big_mem, free_cores, free_mem, fits, queued = await self._facts(
+            args=[self._p, self.node.id, cost.cores, cost.memory_mb])
+        return (Need(float(big_cores), float(big_mem)), Need(float(free_cores), float(free_mem)), bool(fits),
+                int(queued))
+
+    async def check(self, cost: Need, queue: bool) -> None:
+        largest, freest, fits, queued = await self._cluster_facts(cost)
+        refuse_too_big(cost, largest, "no node of this cluster has more than")
+        if (not queued and fits) or (queue and queued < self.max_queue):
             return
         self._full(cost, freest, queued, queue)
 
     @staticmethod
-    def _full(cost: float, freest: float, queued: int, queue: bool):
+    def _full(cost: Need, freest: Need, queued: int, queue: bool):
         full = " and the wait queue is full" if queue else ""
         raise CapacityExceeded(
-            f"no capacity for this egress in the cluster (needs {cost} cores, {max(freest, 0):.2f} free on the "
-            f"freest node){full}", details={"needed": cost, "free": round(max(freest, 0), 3), "queued": queued})
+            f"no capacity for this egress in the cluster (needs {cost.lacking(freest)} on the freest node){full}",
+            details={**cost.details(freest), "queued": queued})
 
     async def admit(self, job: Job, queue: bool) -> Placed:
-        placed = await self._admit(args=[self._p, self.node.id, job.egress_id, job.cost, _job_json(job),
-                                         int(queue), self.max_queue])
+        placed = await self._admit(args=[self._p, self.node.id, job.egress_id, job.cost.cores, job.cost.memory_mb,
+                                         _job_json(job), int(queue), self.max_queue])
         if placed[0] is None:
-            self._full(job.cost, float((await self._facts(args=[self._p, self.node.id]))[1]), placed[1], queue)
+            self._full(job.cost, (await self._cluster_facts(job.cost))[1], placed[1], queue)
         if placed[0] == "":
             return Placed.QUEUED
         return Placed.HERE if placed[0] == self.node.id else Placed.ELSEWHERE
@@ -241,4 +262,5 @@ class RedisDispatcher:
 
 def _job(egress_id: str, raw: str) -> Job:
     data = json.loads(raw)
-    return Job(egress_id, RecordRequest.model_validate(data["request"]), data["cost"], tuple(data["frame"]))
+    return Job(egress_id, RecordRequest.model_validate(data["request"]), Need(data["cost"], data["memoryMb"]),
+               tuple(data["frame"]))

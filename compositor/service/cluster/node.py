@@ -6,9 +6,10 @@ epoch (which fences its writes, see store.Fence) and moving the egresses placed 
 which any node then settles (service.Service._settle_lost). A node that finds its own epoch raised was
 declared lost: it stops its workers and joins again as new.
 
-Keys, under the prefix: `nodes` (node ids by lease expiry), `node:<id>` (capacity, held, url, draining),
-`node:<id>:held` (egress id → cost), `node:<id>:inbox`, `epoch:<id>`, `owner` (egress id → node id),
-`urls` (node id → advertised URL, kept after the node leaves), `lost` (egress ids to settle).
+Keys, under the prefix: `nodes` (node ids by lease expiry), `node:<id>` (capacity, held, memory, mem_held, url,
+draining), `node:<id>:held` / `node:<id>:held_mb` (egress id → cores / MB), `node:<id>:inbox`, `epoch:<id>`,
+`owner` (egress id → node id), `urls` (node id → advertised URL, kept after the node leaves), `lost` (egress ids
+to settle).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 
 import redis.asyncio as aioredis
 
+from ..seams import Need
 from ..settings import ClusterSettings
 from .store import REDIS_DOWN, Fence
 
@@ -34,15 +36,16 @@ local function now()
 end
 """
 
-# ARGV: prefix, node id, capacity, url, lease. Returns the new epoch.
+# ARGV: prefix, node id, cores, url, lease, memory MB. Returns the new epoch.
 _JOIN = _NOW + """
 local p, n = ARGV[1], ARGV[2]
 local epoch = redis.call('INCR', p..'epoch:'..n)
 -- What a previous life of this node held is lost with it.
 for _, id in ipairs(redis.call('HKEYS', p..'node:'..n..':held')) do redis.call('SADD', p..'lost', id) end
 for _, id in ipairs(redis.call('LRANGE', p..'node:'..n..':inbox', 0, -1)) do redis.call('SADD', p..'lost', id) end
-redis.call('DEL', p..'node:'..n..':held', p..'node:'..n..':inbox')
-redis.call('HSET', p..'node:'..n, 'capacity', ARGV[3], 'held', 0, 'url', ARGV[4], 'draining', 0, 'epoch', epoch)
+redis.call('DEL', p..'node:'..n..':held', p..'node:'..n..':held_mb', p..'node:'..n..':inbox')
+redis.call('HSET', p..'node:'..n, 'capacity', ARGV[3], 'held', 0, 'memory', ARGV[6], 'mem_held', 0, 'url', ARGV[4],
+           'draining', 0, 'epoch', epoch)
 redis.call('HSET', p..'urls', n, ARGV[4])
 redis.call('ZADD', p..'nodes', now() + tonumber(ARGV[5]), n)
 return epoch
@@ -65,7 +68,7 @@ for _, n in ipairs(lost) do
   redis.call('INCR', p..'epoch:'..n)
   for _, id in ipairs(redis.call('HKEYS', p..'node:'..n..':held')) do redis.call('SADD', p..'lost', id) end
   for _, id in ipairs(redis.call('LRANGE', p..'node:'..n..':inbox', 0, -1)) do redis.call('SADD', p..'lost', id) end
-  redis.call('DEL', p..'node:'..n, p..'node:'..n..':held', p..'node:'..n..':inbox')
+  redis.call('DEL', p..'node:'..n, p..'node:'..n..':held', p..'node:'..n..':held_mb', p..'node:'..n..':inbox')
 end
 return lost
 """
@@ -94,7 +97,7 @@ return 1
 class ClusterNode:
     """This node's lease and epoch; `ready` while it holds its lease."""
 
-    def __init__(self, client: aioredis.Redis, settings: ClusterSettings, capacity: float,
+    def __init__(self, client: aioredis.Redis, settings: ClusterSettings, capacity: Need,
                  prefix: str = "compositor:"):
         self.id = settings.node_id
         self.url = settings.advertise_url.rstrip("/")
@@ -126,11 +129,13 @@ class ClusterNode:
 
     async def join(self) -> None:
         """Join (again) under a new epoch; what a previous life of this node held goes to the lost set."""
-        epoch = await self._join(args=[self.prefix, self.id, self.capacity, self.url, self.lease_s])
+        epoch = await self._join(args=[self.prefix, self.id, self.capacity.cores, self.url, self.lease_s,
+                                       self.capacity.memory_mb])
         self.fence = Fence(self.fence.key, str(epoch))
         self._renewed_at = time.monotonic()
         self.joined = True
-        log.info("node %s joined the cluster (epoch %s, %g cores)", self.id, epoch, self.capacity)
+        log.info("node %s joined the cluster (epoch %s, %g cores, %.0f MB)", self.id, epoch, self.capacity.cores,
+                 self.capacity.memory_mb)
 
     async def renew(self) -> bool:
         """Renew the lease; False when the cluster declared this node lost (its epoch moved on). Raises
