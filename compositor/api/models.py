@@ -204,11 +204,16 @@ def stream_info(worker: dict) -> StreamInfo:
                       started_at=iso(worker.get("started_at")), ended_at=iso(worker.get("ended_at")))
 
 
-def egress_info(rec: EgressRecord, queue_position: int | None = None) -> dict:
-    """An egress as JSON for the API."""
+def egress_model(rec: EgressRecord, queue_position: int | None = None) -> EgressInfo:
+    """An egress as the API shows it (the one translation the REST answers and the dashboard's events share)."""
     info = _egress(rec)
     info.queue_position = queue_position
-    return info.model_dump(by_alias=True)
+    return info
+
+
+def egress_info(rec: EgressRecord, queue_position: int | None = None) -> dict:
+    """An egress as JSON for the API."""
+    return egress_model(rec, queue_position).model_dump(by_alias=True)
 
 
 def recording_info(rec: EgressRecord) -> dict:
