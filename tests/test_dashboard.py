@@ -76,12 +76,18 @@ async def test_start_watch_preview_stop_and_download_from_the_dashboard(server, 
             await form.locator("[name=roomName]").fill("dash-room")
             await form.locator("[name=size]").fill("320x180")
             await form.locator("[name=synthetic]").fill("2")
+            await form.locator("[name=hls]").check()
             await form.locator("button[type=submit]").click()
 
             # Pushed, not reloaded: the detail of the new egress turns ACTIVE by itself.
             status = page.locator("#detail .facts .status")
             await expect(status).to_have_text("ACTIVE", timeout=60_000)
             assert not errors
+
+            # Its layout changes while live, and the change comes back through the stream.
+            await page.select_option("#detail select[name=layout]", "grid-light")
+            await page.click("#detail button:text('Change layout')")
+            await expect(page.locator("#detail .facts tr", has_text="Layout")).to_have_text("Layoutgrid-light")
             row = page.locator("#egress-rows tr").first
             assert "ACTIVE" in await row.inner_text() and "dash-room" in await row.inner_text()
 
@@ -107,6 +113,9 @@ async def test_start_watch_preview_stop_and_download_from_the_dashboard(server, 
         finally:
             await browser.close()
 
+    _, listed, _ = server.call("GET", "/v1/egress?roomName=dash-room")
+    done = listed["items"][0]
+    assert done["layout"] == "grid-light" and done["segments"]["segmentCount"] >= 1 and done["images"]["count"] >= 2
     facts = (await probe(saved)).to_dict()
     assert facts["width"] == 320 and facts["height"] == 180 and facts["video_codec"] == "h264"
     assert facts["duration"] >= 1.0

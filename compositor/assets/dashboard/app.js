@@ -420,7 +420,7 @@ function startRequest(form) {
     })) };
   }
   if (body.mode !== 'stream' && f.get('file')) body.file = { fileType: f.get('fileType') };
-  if (f.get('hls')) body.segments = {};
+  if (f.get('hls')) body.segments = { filenamePrefix: 'hls/{egress_id}/segment' };
   if (f.get('preview')) body.images = { filenamePrefix: 'previews/{egress_id}/thumb', captureInterval: 1, width: 320 };
   const urls = f.get('destinations').split('\n').map((u) => u.trim()).filter(Boolean);
   if (body.mode !== 'record') body.stream = { urls };
