@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterator
 
 from .seams import Store
+
+log = logging.getLogger(__name__)
 
 #: what a watcher gets instead of an id when it may have missed changes: read everything again
 RESYNC = None
 # A watcher this far behind (a stalled browser) is told to read everything again instead of queuing more.
 WATCHER_BACKLOG = 1000
+# After the store's changes could not be followed, they are followed again this much later.
+FOLLOW_AGAIN_S = 1.0
 
 
 class ChangeFeed:
@@ -28,8 +33,15 @@ class ChangeFeed:
 
     async def follow(self, store: Store) -> None:
         """Pass on the store's changes until cancelled (the service's own task)."""
-        async for egress_id in store.changes():
-            self.publish(egress_id)
+        while True:
+            try:
+                async for egress_id in store.changes():
+                    self.publish(egress_id)
+            except Exception:  # the push must outlive a bad moment of the store's
+                log.exception("following the store's changes failed; following them again")
+            # Whatever changed meanwhile was missed.
+            self.publish(RESYNC)
+            await asyncio.sleep(FOLLOW_AGAIN_S)
 
     def publish(self, egress_id: str | None) -> None:
         """Tell every watcher that `egress_id` changed (RESYNC: that anything may have)."""
