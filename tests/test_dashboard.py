@@ -8,12 +8,15 @@ import asyncio
 import hashlib
 import json
 import re
+import shutil
+import struct
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
+from compositor.api.dashboard import SNAPSHOT_SIZE
 from compositor.pipeline.browser import chromium_path
 from compositor.probe import probe
 from compositor.protocol import Status
@@ -21,6 +24,7 @@ from compositor.service.changes import RESYNC, ChangeFeed, next_batch
 from compositor.service.seams import EgressRecord
 from compositor.service.store import SqliteStore
 
+from .conftest import REPO
 from .test_service import KEY, Server
 
 HOSTILE = '<img src=x onerror="window.pwned=1">'
@@ -37,7 +41,7 @@ async def _browser(pw):
     return await pw.chromium.launch(executable_path=chromium_path(), headless=True)
 
 
-async def _sign_in(page, base: str, requested: list[str]) -> list:
+async def _sign_in(page, base: str, requested: list[str], *, wrong_first: bool = False) -> list:
     """Sign in on the dashboard at `base`, recording each URL the page requests; the page's errors, as they come."""
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -46,6 +50,12 @@ async def _sign_in(page, base: str, requested: list[str]) -> list:
         "Failed to load resource") else None)
     page.on("request", lambda r: requested.append(r.url))
     await page.goto(base + "/")
+    if wrong_first:
+        await page.fill("#api-key", "not-the-key")
+        await page.click("#sign-in button[type=submit]")
+        await page.locator("#sign-in-error").wait_for()
+        assert "refused" in await page.inner_text("#sign-in-error")
+        assert await page.evaluate("sessionStorage.length") == 0
     await page.fill("#api-key", KEY)
     await page.click("#sign-in button[type=submit]")
     await page.locator("#nav").wait_for()
@@ -142,7 +152,7 @@ async def test_hostile_names_are_shown_as_text(tmp_path):
             browser = await _browser(pw)
             try:
                 page = await browser.new_page()
-                await _sign_in(page, server.base, [])
+                await _sign_in(page, server.base, [], wrong_first=True)
                 row = page.locator("#egress-rows tr").first
                 await row.wait_for()
                 assert HOSTILE in await row.inner_text()
@@ -157,10 +167,10 @@ async def test_hostile_names_are_shown_as_text(tmp_path):
         server.stop_server()
 
 
-def _get(url: str, key: str | None = None) -> tuple[int, dict, bytes]:
+def _get(url: str, key: str | None = None, timeout: float = 10) -> tuple[int, dict, bytes]:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             # The event stream never ends: its first event is enough.
             return resp.status, dict(resp.headers), resp.readline() if "event-stream" in resp.headers.get(
                 "Content-Type", "") else resp.read()
@@ -200,3 +210,21 @@ async def test_a_watcher_that_falls_behind_is_told_to_read_everything_again():
             feed.publish(f"EG_{n}")
         assert await next_batch(queue) is RESYNC and queue.empty()
     feed.publish("EG_3")  # no one watches: nothing is kept
+
+
+def test_custom_layouts_are_listed_with_their_snapshots(tmp_path):
+    shutil.copytree(REPO / "examples" / "layouts" / "branded", tmp_path / "layouts" / "branded")
+    (tmp_path / "layouts" / HOSTILE.replace("/", "")).mkdir()  # not a name a request could give: not listed
+    server = Server(tmp_path / "data", env={"COMPOSITOR_LAYOUTS_DIR": str(tmp_path / "layouts")})
+    try:
+        status, listed, _ = server.call("GET", "/v1/layouts")
+        custom = [item for item in listed["items"] if not item["builtin"]]
+        assert status == 200 and [item["name"] for item in custom] == ["custom/branded"]
+        assert custom[0]["description"]
+        # Rendered through the whole pipeline: a while on a busy machine.
+        status, headers, png = _get(server.base + "/v1/layouts/custom/branded/snapshot", KEY, timeout=120)
+        assert status == 200 and headers["Content-Type"] == "image/png"
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == SNAPSHOT_SIZE
+        assert _get(server.base + "/v1/layouts/custom/nope/snapshot", KEY)[0] == 400
+    finally:
+        server.stop_server()

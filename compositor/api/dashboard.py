@@ -174,7 +174,7 @@ async def layouts(request: web.Request, service: Service) -> web.Response:
     folder = service.settings.layouts_dir
     if folder and folder.is_dir():
         for path in sorted(folder.iterdir()):
-            if path.is_dir() and (path / TEMPLATE).is_file() or path.name.endswith(".html.j2"):
+            if (path.is_dir() and (path / TEMPLATE).is_file()) or path.name.endswith(".html.j2"):
                 name = CUSTOM_PREFIX + path.name.removesuffix(".html.j2")
                 try:
                     ref = resolve_layout(name, layouts_dir=folder)

@@ -387,7 +387,7 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get(dashboard.EVENTS_PATH, _with_service(dashboard.events))
     app.router.add_get("/v1/egress/{id}/preview", _with_service(dashboard.preview))
     app.router.add_get("/v1/layouts", _with_service(dashboard.layouts))
-    app.router.add_get("/v1/layouts/{name:(custom/)?[^/]+}/snapshot", _with_service(dashboard.snapshot))
+    app.router.add_get("/v1/layouts/{name:(?:custom/)?[^/]+}/snapshot", _with_service(dashboard.snapshot))
     app.router.add_get("/v1/egress/auto-egress", get_auto_egress)
     app.router.add_put("/v1/egress/auto-egress", put_auto_egress)
     app.router.add_post("/v1/egress/start", start_egress)
