@@ -15,6 +15,7 @@ egress, in order), `ob:due` (each such queue by when its head is due), `ob:backl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -253,7 +254,8 @@ class RedisStore:
             except REDIS_DOWN:
                 await asyncio.sleep(1.0)  # Redis is away: subscribe again once it answers
             finally:
-                await pubsub.aclose()
+                with contextlib.suppress(*REDIS_DOWN):
+                    await pubsub.aclose()
 
     async def list(self, *, room_name: str | None = None, status: str | None = None, modes: tuple[str, ...] = (),
                    page: int = 1, limit: int = 20, oldest_first: bool = False) -> tuple[list[EgressRecord], int]:
