@@ -25,7 +25,7 @@ from ..paths import DASHBOARD_DIR
 from ..request import Model
 from ..service.changes import RESYNC, next_batch
 from ..service.service import Service
-from .models import EgressInfo, egress_model
+from .models import EgressInfo, LayoutInfo, LayoutList, egress_model
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,6 @@ class Resync(Model):
     """Changes may have been missed (the stream just opened, or fell behind): read the lists again."""
 
     type: Literal["resync"] = "resync"
-
-
-class LayoutInfo(Model):
-    """A layout the dashboard offers: its name as requests give it, and what it says of itself."""
-
-    name: str
-    builtin: bool
-    description: str
 
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -181,7 +173,7 @@ async def layouts(request: web.Request, service: Service) -> web.Response:
                 except InvalidRequest:
                     continue  # a name requests could not give either
                 found.append(LayoutInfo(name=name, builtin=False, description=describe(ref)))
-    return web.json_response({"items": [info.model_dump(by_alias=True) for info in found]})
+    return web.json_response(LayoutList(items=found).model_dump(by_alias=True))
 
 
 class Snapshots:

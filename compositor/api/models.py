@@ -114,6 +114,19 @@ class RecordingList(Model):
     total: int
 
 
+class LayoutInfo(Model):
+    """A layout requests may name: a built-in one (each also as -light and -dark), or custom/NAME of the
+    server's layouts_dir."""
+
+    name: str
+    builtin: bool
+    description: str = Field(description="what its layout.json says of it (empty when it says nothing)")
+
+
+class LayoutList(Model):
+    items: list[LayoutInfo]
+
+
 class DownloadUrl(Model):
     download_url: str
     expires_at: str
