@@ -96,7 +96,8 @@ bench: setup test-system $(LIVEKIT_TOOLS)
 	$(PY) bench/cluster.py
 	$(PY) bench/ingress.py
 
-# The README's pictures of the built-in layouts, made by `compositor layouts snapshot`.
+# The README's pictures of the built-in layouts, made by `compositor layouts snapshot`, and of the dashboard's
+# pages (a real `compositor serve`, in Chromium).
 SNAP := $(PY) -m compositor layouts snapshot --names
 snapshots: setup
 	$(SNAP) grid --participants 2 -o docs/layouts/grid-2.png
@@ -105,6 +106,7 @@ snapshots: setup
 	$(SNAP) speaker --participants 4 -o docs/layouts/speaker.png
 	$(SNAP) pip --participant name=Ada,screenshare=0-60 --participant name=Grace,speaks= -o docs/layouts/pip-share.png
 	$(SNAP) audio-only --participants 4 -o docs/layouts/audio-only.png
+	$(PY) scripts/dashboard-screenshots.py docs/dashboard
 
 clean:
 	rm -rf $(VENV) recordings .pytest_cache .tools node_modules

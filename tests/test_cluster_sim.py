@@ -4,6 +4,7 @@ calls that reach an egress's node, the shared queue, node loss and fencing, with
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -206,3 +207,36 @@ async def test_auto_egress_is_decided_once_for_the_cluster(cluster):
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_a_nodes_event_stream_shows_the_changes_other_nodes_make(cluster):
+    """The dashboard's push on one node follows an egress that another node runs, from start to end."""
+    (a, _), (b, _) = await cluster("a"), await cluster("b", 0.1)  # b cannot hold one: a runs it
+    client = TestClient(TestServer(make_app(b)))
+    await client.start_server()
+    try:
+        resp = await client.get("/v1/events", headers={"Authorization": f"Bearer {KEY}"})
+        assert await _next_event(resp) == {"type": "resync"}
+        egress = await a.start(small())
+        await _until_pushed(resp, egress.id, "ACTIVE")
+        assert (await b.get(egress.id)).node == "a"
+        await a.stop(egress.id)
+        await _until_pushed(resp, egress.id, "COMPLETE")
+        resp.close()
+    finally:
+        await client.close()
+
+
+async def _next_event(resp) -> dict:
+    """The next server-sent event's data (keepalive comments skipped)."""
+    while True:
+        line = await asyncio.wait_for(resp.content.readline(), 10)
+        if line.startswith(b"data: "):
+            return json.loads(line[6:])
+
+
+async def _until_pushed(resp, egress_id: str, status: str) -> None:
+    while True:
+        event = await _next_event(resp)
+        if event["type"] == "egress" and event["egress"]["id"] == egress_id and event["egress"]["status"] == status:
+            return

@@ -47,10 +47,12 @@ def run_installed(venv: Path, cwd: Path, *args: str, **kw) -> subprocess.Complet
 def test_it_imports_from_the_venv_not_the_checkout(installed, tmp_path):
     where = subprocess.run([str(installed / "bin" / "python"), "-c",
                             "import compositor, compositor.paths as p; print(compositor.__file__); "
-                            "print(p.LIVEKIT_CLIENT.is_file())"],
+                            "print(p.LIVEKIT_CLIENT.is_file()); "
+                            "print(all((p.DASHBOARD_DIR / f).is_file() for f in ('index.html', 'app.js', 'app.css')))"],
                            cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
     assert str(installed) in where[0] and str(REPO) not in where[0], where
     assert where[1] == "True"  # livekit-client came along as package data
+    assert where[2] == "True"  # and the dashboard
 
 
 @pytest.mark.parametrize("layout", builtin_layouts())

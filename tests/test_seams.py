@@ -218,6 +218,27 @@ async def test_records_read_back_as_written(store):
     assert await store.get("EG_nothing") is None
 
 
+async def test_every_committed_change_is_announced_to_followers(store):
+    """What the dashboard's push follows: created, changed and deleted egresses by id, once committed (on Redis,
+    through the channel the committing script publishes on, so any node's changes reach every node)."""
+    changes = store.changes()
+    if isinstance(store, RedisStore):
+        # Once subscribed, Redis's follower says changes may have been missed (before it subscribed).
+        assert await asyncio.wait_for(anext(changes), 5) is None
+    assert await _after(changes, record(store, "EG_1")) == "EG_1"
+    assert await _after(changes, store.update("EG_1", status=Status.ACTIVE)) == "EG_1"
+    assert await _after(changes, store.delete("EG_1")) == "EG_1"
+    await changes.aclose()
+
+
+async def _after(changes, change) -> str | None:
+    """The next announced id, once `change` is made."""
+    heard = asyncio.ensure_future(anext(changes))
+    await asyncio.sleep(0)  # the follower is listening before the change is made
+    await change
+    return await asyncio.wait_for(heard, 5)
+
+
 async def test_settings_and_first_sightings(store):
     assert await store.get_setting("auto_egress") is None
     await store.put_setting("auto_egress", {"enabled": True})

@@ -114,6 +114,19 @@ class RecordingList(Model):
     total: int
 
 
+class LayoutInfo(Model):
+    """A layout requests may name: a built-in one (each also as -light and -dark), or custom/NAME of the
+    server's layouts_dir."""
+
+    name: str
+    builtin: bool
+    description: str = Field(description="what its layout.json says of it (empty when it says nothing)")
+
+
+class LayoutList(Model):
+    items: list[LayoutInfo]
+
+
 class DownloadUrl(Model):
     download_url: str
     expires_at: str
@@ -204,11 +217,16 @@ def stream_info(worker: dict) -> StreamInfo:
                       started_at=iso(worker.get("started_at")), ended_at=iso(worker.get("ended_at")))
 
 
-def egress_info(rec: EgressRecord, queue_position: int | None = None) -> dict:
-    """An egress as JSON for the API."""
+def egress_model(rec: EgressRecord, queue_position: int | None = None) -> EgressInfo:
+    """An egress as the API shows it (the one translation the REST answers and the dashboard's events share)."""
     info = _egress(rec)
     info.queue_position = queue_position
-    return info.model_dump(by_alias=True)
+    return info
+
+
+def egress_info(rec: EgressRecord, queue_position: int | None = None) -> dict:
+    """An egress as JSON for the API."""
+    return egress_model(rec, queue_position).model_dump(by_alias=True)
 
 
 def recording_info(rec: EgressRecord) -> dict:

@@ -23,13 +23,15 @@ from .models import (
     ErrorBody,
     IngressInfo,
     IngressList,
+    LayoutList,
     RecordingInfo,
     RecordingList,
 )
 
 REQUESTS = [StartEgressRequest, StartRecordingRequest, AutoEgressConfig, UpdateStreamsRequest, UpdateLayoutRequest,
             UpdateParticipantsRequest, IngressRequest, IngressUpdate]
-RESPONSES = [EgressInfo, EgressList, RecordingInfo, RecordingList, DownloadUrl, ErrorBody, IngressInfo, IngressList]
+RESPONSES = [EgressInfo, EgressList, RecordingInfo, RecordingList, DownloadUrl, ErrorBody, IngressInfo, IngressList,
+             LayoutList]
 
 # method, path, summary, request model, response model, success status
 OPERATIONS = [
@@ -50,6 +52,7 @@ OPERATIONS = [
     ("get", "/v1/recordings", "List recordings (roomName, status, page, limit)", None, RecordingList, 200),
     ("get", "/v1/recordings/{id}", "Get a recording", None, RecordingInfo, 200),
     ("get", "/v1/recordings/{id}/download-url", "Signed, expiring download URL", None, DownloadUrl, 200),
+    ("get", "/v1/layouts", "The layouts requests may name: built-in and custom/NAME", None, LayoutList, 200),
     ("post", "/v1/ingress", "Create an ingress (RTMP, WHIP or URL); a URL ingress starts pulling", IngressRequest,
      IngressInfo, 201),
     ("get", "/v1/ingress", "List ingresses (roomName, ingressId)", None, IngressList, 200),

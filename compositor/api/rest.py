@@ -36,7 +36,7 @@ from ..service.results import egress_id_of, iso, recording_id
 from ..service.seams import EgressRecord, Need
 from ..service.service import Service
 from ..storage.local_urls import DOWNLOAD_PATH, verify_local_signature
-from . import ingress, twirp
+from . import dashboard, ingress, twirp
 from .bodies import read_body, validated
 from .livekit_shape import from_livekit, is_livekit
 from .models import egress_info, recording_info
@@ -86,8 +86,10 @@ async def auth_middleware(request: web.Request, handler):
     # The LiveKit webhook is signed with the LiveKit API key instead (checked by its handler); the Twirp
     # Egress API takes LiveKit access tokens (checked by twirp.py).
     # A WHIP publisher presents its ingress's stream key instead (checked by the ingress service).
-    if (request.path in ("/healthz", "/readyz", "/openapi.json", LIVEKIT_WEBHOOK_PATH, ingress.WHIP_PATH)
-            or request.path.startswith((DOWNLOAD_PATH, twirp.PREFIX, ingress.WHIP_PATH + "/"))):
+    # The dashboard's page and files hold no data: they need no key (the page asks for one, to call the API).
+    if (request.path in ("/healthz", "/readyz", "/openapi.json", LIVEKIT_WEBHOOK_PATH, ingress.WHIP_PATH,
+                         dashboard.PAGE_PATH)
+            or request.path.startswith((DOWNLOAD_PATH, twirp.PREFIX, ingress.WHIP_PATH + "/", dashboard.ASSET_PREFIX))):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
@@ -365,9 +367,9 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=status)
 
 
-def _ingress_route(call, with_body: bool = False):
-    """An ingress handler (ingress.py) as an aiohttp handler: it gets the service, and the JSON body if it
-    takes one."""
+def _with_service(call, with_body: bool = False):
+    """A handler of ingress.py or dashboard.py as an aiohttp handler: it gets the service, and the JSON body if
+    it takes one."""
     async def handle(request: web.Request) -> web.StreamResponse:
         service = request.app[SERVICE_KEY]
         if with_body:
@@ -379,6 +381,16 @@ def _ingress_route(call, with_body: bool = False):
 def make_app(service: Service) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, auth_middleware])
     app[SERVICE_KEY] = service
+    app[dashboard.SNAPSHOTS_KEY] = dashboard.Snapshots(service)
+    app[dashboard.STREAMS_KEY] = set()
+    app.on_shutdown.append(dashboard.close_streams)
+    app.on_response_prepare.append(dashboard.add_security_headers)
+    app.router.add_get(dashboard.PAGE_PATH, dashboard.page)
+    app.router.add_get(dashboard.ASSET_PREFIX + "{name}", dashboard.asset)
+    app.router.add_get(dashboard.EVENTS_PATH, _with_service(dashboard.events))
+    app.router.add_get("/v1/egress/{id}/preview", _with_service(dashboard.preview))
+    app.router.add_get("/v1/layouts", _with_service(dashboard.layouts))
+    app.router.add_get("/v1/layouts/{name:(?:custom/)?[^/]+}/snapshot", _with_service(dashboard.snapshot))
     app.router.add_get("/v1/egress/auto-egress", get_auto_egress)
     app.router.add_put("/v1/egress/auto-egress", put_auto_egress)
     app.router.add_post("/v1/egress/start", start_egress)
@@ -400,14 +412,14 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_post(LIVEKIT_WEBHOOK_PATH, livekit_webhook)
-    app.router.add_post("/v1/ingress", _ingress_route(ingress.create_ingress, with_body=True))
-    app.router.add_get("/v1/ingress", _ingress_route(ingress.list_ingress))
-    app.router.add_get("/v1/ingress/{id}", _ingress_route(ingress.get_ingress))
-    app.router.add_patch("/v1/ingress/{id}", _ingress_route(ingress.update_ingress, with_body=True))
-    app.router.add_delete("/v1/ingress/{id}", _ingress_route(ingress.delete_ingress))
-    app.router.add_post(ingress.WHIP_PATH, _ingress_route(ingress.whip_offer))
-    app.router.add_post(ingress.WHIP_PATH + "/{key}", _ingress_route(ingress.whip_offer))
-    app.router.add_delete(ingress.WHIP_PATH + "/session/{resource}", _ingress_route(ingress.whip_delete))
+    app.router.add_post("/v1/ingress", _with_service(ingress.create_ingress, with_body=True))
+    app.router.add_get("/v1/ingress", _with_service(ingress.list_ingress))
+    app.router.add_get("/v1/ingress/{id}", _with_service(ingress.get_ingress))
+    app.router.add_patch("/v1/ingress/{id}", _with_service(ingress.update_ingress, with_body=True))
+    app.router.add_delete("/v1/ingress/{id}", _with_service(ingress.delete_ingress))
+    app.router.add_post(ingress.WHIP_PATH, _with_service(ingress.whip_offer))
+    app.router.add_post(ingress.WHIP_PATH + "/{key}", _with_service(ingress.whip_offer))
+    app.router.add_delete(ingress.WHIP_PATH + "/session/{resource}", _with_service(ingress.whip_delete))
     app.router.add_route("*", twirp.ROUTE, twirp.handler(service, {twirp.EGRESS: twirp.EGRESS_SERVICE,
                                                                    twirp.INGRESS: ingress.INGRESS_SERVICE}))
     return app

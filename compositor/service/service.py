@@ -32,6 +32,7 @@ from ..storage.config import REVEAL
 from ..storage.manifest import find_manifest
 from ..storage.names import SERVER_PLACEHOLDERS
 from .auto_egress import AutoEgress, LocalSessions
+from .changes import ChangeFeed
 from .cluster import Cluster
 from .cluster.node import BLOCK_S
 from .cluster.store import Fenced
@@ -70,6 +71,8 @@ class Service:
         #: what requests may reach; the same flags hold every worker to it
         self.policy = settings.outbound_policy
         self.draining = False
+        #: egresses as they change, on any node (the dashboard's event stream watches it)
+        self.changes = ChangeFeed()
         self._background: set[asyncio.Task] = set()
         self._tasks: list[asyncio.Task] = []
         self._reports: asyncio.Task | None = None
@@ -131,6 +134,7 @@ class Service:
         self.webhooks.start()
         self._reports = asyncio.create_task(self._follow_reports())
         self._tasks.append(asyncio.create_task(self._run_placed()))
+        self._tasks.append(asyncio.create_task(self.changes.follow(self.store)))
         if self.cluster:
             node = self.cluster.node
             self._tasks += [asyncio.create_task(node.every(self._keep_lease, "the lease")),

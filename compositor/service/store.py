@@ -7,12 +7,13 @@ lose neither. The service talks to `seams.Store` only, so another engine can sta
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -68,6 +69,8 @@ class SqliteStore:
         self._db.execute("CREATE TABLE IF NOT EXISTS ingress (id TEXT PRIMARY KEY, stream_key TEXT, room_name TEXT,"
                          " created_at REAL, data TEXT)")
         self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS ingress_key ON ingress(stream_key) WHERE stream_key != ''")
+        # Whoever follows changes() (the dashboard's push): one queue each, fed after each commit.
+        self._watchers: set[asyncio.Queue[str | None]] = set()
 
     @staticmethod
     def _row(row: tuple) -> EgressRecord:
@@ -81,6 +84,7 @@ class SqliteStore:
                   for c in _COLUMNS]
         self._db.execute(f"INSERT INTO egress ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})",
                          values)
+        self._changed(rec.id)
 
     async def get(self, egress_id: str) -> EgressRecord | None:
         return self._get(egress_id)
@@ -113,7 +117,22 @@ class SqliteStore:
             self._db.execute(f"UPDATE egress SET {sets} WHERE id = ?", (*values, egress_id))
             after = self._get(egress_id)
             self._queue_events(events(before, after) if events else [])
+        self._changed(egress_id)
         return after
+
+    def _changed(self, egress_id: str) -> None:
+        for queue in self._watchers:
+            queue.put_nowait(egress_id)
+
+    async def changes(self) -> AsyncIterator[str | None]:
+        """The id of each egress as it is created, changed or deleted (after the change is committed)."""
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._watchers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._watchers.discard(queue)
 
     def _queue_events(self, events: list[OutboxEvent]) -> None:
         for e in events:
@@ -218,6 +237,7 @@ class SqliteStore:
 
     async def delete(self, egress_id: str) -> None:
         self._db.execute("DELETE FROM egress WHERE id = ?", (egress_id,))
+        self._changed(egress_id)
 
     async def get_setting(self, key: str) -> dict | None:
         row = self._db.execute("SELECT value FROM setting WHERE key = ?", (key,)).fetchone()

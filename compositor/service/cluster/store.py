@@ -6,19 +6,22 @@ the change causes. A node's writes carry its fence (its epoch): once the cluster
 they are refused.
 
 Keys, under the prefix: `eg:<id>` (the record, JSON), `eg:all` / `eg:status:<s>` / `eg:room:<r>` /
-`eg:mode:<m>` (sorted sets by creation time), `eg:unfinished` (a set), `setting:<key>`, `seen:<id>`, and the
+`eg:mode:<m>` (sorted sets by creation time), `eg:unfinished` (a set), `setting:<key>`, `seen:<id>`, the
+channel `eg:changed` (each changed egress's id, published by the change's own script), and the
 outbox: `ob:seq`, `ob:e:<seq>` (one event, a hash), `ob:q:<egress>|<url>` (a receiver's pending events of one
 egress, in order), `ob:due` (each such queue by when its head is due), `ob:backlog`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import functools
 import inspect
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -72,6 +75,7 @@ for i = 8, 7 + 6 * tonumber(ARGV[7]), 6 do
   if redis.call('LLEN', q) == 1 then redis.call('ZADD', p..'ob:due', ARGV[i+4], q) end
   redis.call('INCR', p..'ob:backlog')
 end
+redis.call('PUBLISH', p..'eg:changed', id)
 return 1
 """
 
@@ -234,6 +238,24 @@ class RedisStore:
         while raw := await self._r.get(f"{self._p}eg:{egress_id}"):
             if await self._put(egress_id, raw, ""):
                 return
+
+    async def changes(self) -> AsyncIterator[str | None]:
+        """The id of each egress any node changes, from the channel the change's script publishes on; None after
+        each (re)subscription, since what changed while unsubscribed was missed."""
+        while True:
+            pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(f"{self._p}eg:changed")
+                yield None
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message:
+                        yield message["data"]
+            except REDIS_DOWN:
+                await asyncio.sleep(1.0)  # Redis is away: subscribe again once it answers
+            finally:
+                with contextlib.suppress(*REDIS_DOWN):
+                    await pubsub.aclose()
 
     async def list(self, *, room_name: str | None = None, status: str | None = None, modes: tuple[str, ...] = (),
                    page: int = 1, limit: int = 20, oldest_first: bool = False) -> tuple[list[EgressRecord], int]:
