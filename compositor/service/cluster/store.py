@@ -39,6 +39,8 @@ MODES = ("record", "stream", "both")
 _FIELDS = {f.name for f in dataclasses.fields(EgressRecord)}
 # At most this many receivers' events are claimed at once.
 CLAIM_BATCH = 100
+# How long closing a change subscription may take.
+SOCKET_CLOSE_S = 2.0
 
 _PUT = """
 local p, id = ARGV[1], ARGV[2]
@@ -254,8 +256,10 @@ class RedisStore:
             except REDIS_DOWN:
                 await asyncio.sleep(1.0)  # Redis is away: subscribe again once it answers
             finally:
-                with contextlib.suppress(*REDIS_DOWN):
-                    await pubsub.aclose()
+                # Bounded: closing a subscription whose read was just cancelled can wait on that read's
+                # connection for good (seen as a service shutdown that never ended).
+                with contextlib.suppress(*REDIS_DOWN, TimeoutError):
+                    await asyncio.wait_for(pubsub.aclose(), SOCKET_CLOSE_S)
 
     async def list(self, *, room_name: str | None = None, status: str | None = None, modes: tuple[str, ...] = (),
                    page: int = 1, limit: int = 20, oldest_first: bool = False) -> tuple[list[EgressRecord], int]:
