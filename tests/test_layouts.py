@@ -213,33 +213,36 @@ def test_names_off_leave_the_mute_icon(record):
     assert run.code == 0, run.stderr[-2000:]
     frame = analysis.frame_at(run.output, 1.2)
     (ax0, _, _, ay1), (bx0, _, _, by1) = PAIR
-    # No label on Ada's tile (her colour right to the corner); Bob's carries only the icon.
-    assert analysis.color_distance(mean_of(frame, ax0 + 10, ay1 - 20, ax0 + 60, ay1 - 8), blue) <= 40
+    # No label on Ada's tile (no dark box: only her blue and the white moving square); Bob's carries only the
+    # icon, in a box too short to hold his name.
+    assert (frame[ay1 - 25: ay1 - 3, ax0 + 5: ax0 + 60].max(axis=2) < 110).sum() == 0
     assert count_near(frame, (bx0, by1 - 40, bx0 + 90, by1), MUTED_RED) >= 20
-    assert (frame[by1 - 25: by1 - 3, bx0 + 30: bx0 + 80].min(axis=2) > 200).sum() == 0  # no name letters
+    assert (frame[by1 - 25: by1 - 3, bx0 + 30: bx0 + 60].max(axis=2) < 110).sum() == 0
 
 
 def test_a_frozen_camera_is_marked_reconnecting(record):
     blue, red = PALETTE[2], PALETTE[0]
-    run = record(*SMALL, "--layout", "grid", "--duration", "6",
+    # His network drops from 1 s to 6 s of room time (file time trails it by the encoder's start, up to a
+    # second on a busy machine: the samples keep clear of both ends).
+    run = record(*SMALL, "--layout", "grid", "--duration", "8",
                  "--participant", f"name=Ada,color={blue},speaks=",
-                 "--participant", f"name=Bob,color={red},speaks=,freezes=1-4.5")  # his network drops 3.5 s
+                 "--participant", f"name=Bob,color={red},speaks=,freezes=1-6")
     assert run.code == 0, run.stderr[-2000:]
     a, b = PAIR
-    frames = {t: analysis.frame_at(run.output, t) for t in (0.7, 3.2, 4.0, 5.6)}
+    frames = {t: analysis.frame_at(run.output, t) for t in (0.5, 3.8, 4.6, 7.6)}
     # While his pictures flow, nothing is marked.
-    assert count_near(frames[0.7], b, RECONNECTING, tol=40) == 0
+    assert count_near(frames[0.5], b, RECONNECTING, tol=40) == 0
     # Two seconds into the freeze his tile is dimmed and says so; Ada's, still moving, is untouched.
-    assert count_near(frames[4.0], b, RECONNECTING, tol=40) > 200
-    assert count_near(frames[4.0], a, RECONNECTING, tol=40) == 0
-    assert analysis.color_distance(mean_of(frames[4.0], b[0] + 20, b[1] + 20, b[0] + 80, b[1] + 60), red) > 60
+    assert count_near(frames[4.6], b, RECONNECTING, tol=40) > 200
+    assert count_near(frames[4.6], a, RECONNECTING, tol=40) == 0
+    assert analysis.color_distance(mean_of(frames[4.6], b[0] + 20, b[1] + 20, b[0] + 80, b[1] + 60), red) > 60
     # His picture really stood still (the moving square did not move) while Ada's went on.
-    moved = [np.abs(frames[3.2][y0:y1, x0:x1].astype(int) - frames[4.0][y0:y1, x0:x1].astype(int)).max()
+    moved = [np.abs(frames[3.8][y0:y1, x0:x1].astype(int) - frames[4.6][y0:y1, x0:x1].astype(int)).max()
              for x0, y0, x1, y1 in (a, b)]
-    assert moved[0] > 100, moved
+    assert moved[0] > 100 and moved[1] < 40, moved
     # Pictures back: the marker goes.
-    assert count_near(frames[5.6], b, RECONNECTING, tol=40) == 0
-    assert_color(frames[5.6], (0.5, 0.25, 0.5, 0.5), red)
+    assert count_near(frames[7.6], b, RECONNECTING, tol=40) == 0
+    assert_color(frames[7.6], (0.5, 0.25, 0.5, 0.5), red)
 
 
 def test_a_screen_share_is_labelled_with_whose_it_is(record):
