@@ -96,9 +96,9 @@ bench: setup test-system $(LIVEKIT_TOOLS)
 	$(PY) bench/cluster.py
 	$(PY) bench/ingress.py
 
-# The README's pictures of the built-in layouts, made by `compositor layouts snapshot`, and of the dashboard's
-# pages (a real `compositor serve`, in Chromium).
-SNAP := $(PY) -m compositor layouts snapshot --names
+# The README's pictures of the built-in layouts, made by `compositor layouts snapshot` (names are on by default),
+# and of the dashboard's pages (a real `compositor serve`, in Chromium).
+SNAP := $(PY) -m compositor layouts snapshot
 snapshots: setup
 	$(SNAP) grid --participants 2 -o docs/layouts/grid-2.png
 	$(SNAP) grid --participants 5 -o docs/layouts/grid-5.png
@@ -106,6 +106,10 @@ snapshots: setup
 	$(SNAP) speaker --participants 4 -o docs/layouts/speaker.png
 	$(SNAP) pip --participant name=Ada,screenshare=0-60 --participant name=Grace,speaks= -o docs/layouts/pip-share.png
 	$(SNAP) audio-only --participants 4 -o docs/layouts/audio-only.png
+	$(SNAP) grid --at 3 --participant 'name=Ada Lovelace' --participant name=Grace,tone=0,speaks= \
+	  --participant name=Linus,video=off,speaks= --participant name=Margaret,speaks=,freezes=0-60 \
+	  -o docs/layouts/grid-states.png
+	$(SNAP) grid-light --participants 4 -o docs/layouts/grid-light.png
 	$(PY) scripts/dashboard-screenshots.py docs/dashboard
 
 clean:

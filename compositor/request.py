@@ -77,6 +77,8 @@ class ParticipantSpec(Model):
     joins: float = Field(0, ge=0)
     leaves: float | None = None
     video: str | None = Field(None, description="media file or URL looped as camera; 'off': no camera")
+    freezes: list[Window] = Field([], description="spans when the camera's picture stops, as when the publisher's "
+                                                  "network drops")
     kind: ParticipantKind = Field("standard", description="what LiveKit would call them (agent, sip, …): audio "
                                                           "routes and dual-channel mixing go by it")
 
@@ -308,7 +310,7 @@ LOGO_POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right")
 class Overlays(Model):
     """What the base page draws over any layout, each on or off per request."""
 
-    names: bool = Field(False, description="a name label on every video tile")
+    names: bool = Field(True, description="a name label on every video tile (a screen share's says whose it is)")
     title: str | None = Field(None, min_length=1, max_length=120, description="a title bar across the top")
     logo: str | None = Field(None, max_length=2048,
                              description="watermark image: an http(s) URL (the page must be allowed to reach its "
@@ -447,7 +449,7 @@ def parse_participant(spec: str, index: int = 0) -> ParticipantSpec:
         if key in fields:
             raise InvalidRequest(f"participant spec {spec!r}: {key} given twice")
         fields[key] = value.strip()
-    known = {"name", "color", "tone", "speaks", "screenshare", "joins", "leaves", "video", "kind"}
+    known = {"name", "color", "tone", "speaks", "screenshare", "joins", "leaves", "video", "freezes", "kind"}
     unknown = set(fields) - known
     if unknown:
         raise InvalidRequest(f"participant spec {spec!r}: unknown key(s) {', '.join(sorted(unknown))}; "
@@ -459,6 +461,8 @@ def parse_participant(spec: str, index: int = 0) -> ParticipantSpec:
     }
     if "speaks" in fields:
         data["speaks"] = [_window(w, spec) for w in fields.pop("speaks").split(";") if w.strip()]
+    if "freezes" in fields:
+        data["freezes"] = [_window(w, spec) for w in fields.pop("freezes").split(";") if w.strip()]
     if "screenshare" in fields:
         span, _, color = fields.pop("screenshare").partition(":")
         share = _window(span, spec)

@@ -101,10 +101,11 @@ def test_audio_only_layout_lights_the_speaker(record):
                  "--participant", "name=A", "--participant", "name=B,speaks=")
     assert run.code == 0, run.stderr[-2000:]
     frame = analysis.frame_at(run.output, 1.5)
-    # Two name tiles side by side; A's carries the speaking ring at its edge.
-    ring = analysis.region_color(frame, 0.0, 0.3, 0.008, 0.4)
-    assert analysis.color_distance(ring, "#3ba55d") <= 40, ring
-    quiet = analysis.region_color(frame, 0.5, 0.3, 0.008, 0.4)
+    # Two name tiles side by side, a 6 px gap around and between them (A's from x = 6, B's from 323);
+    # A's carries the speaking ring at its edge.
+    ring = analysis.region_color(frame, 6 / 640, 0.3, 0.01, 0.4)
+    assert analysis.color_distance(ring, "#ffe14d") <= 40, ring
+    quiet = analysis.region_color(frame, 323 / 640, 0.3, 0.01, 0.4)
     assert analysis.color_distance(quiet, "#2b2b2b") <= 20, quiet
 
 

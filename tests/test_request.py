@@ -16,9 +16,10 @@ def test_spec_fills_gaps_from_the_palette():
 
 def test_spec_reads_every_key():
     p = parse_participant("name=Ann,color=#AABBCC,tone=0,speaks=0-2;4.5-6,screenshare=1-3:#010203,"
-                          "joins=0.5,leaves=9,video=off")
+                          "joins=0.5,leaves=9,video=off,freezes=2-4;5-7")
     assert p.color == "#aabbcc" and p.tone == 0
     assert [(w.start, w.end) for w in p.speaks] == [(0, 2), (4.5, 6)]
+    assert [(w.start, w.end) for w in p.freezes] == [(2, 4), (5, 7)]
     assert (p.screenshare.start, p.screenshare.end, p.screenshare.color) == (1, 3, "#010203")
     assert (p.joins, p.leaves, p.has_camera) == (0.5, 9, False)
 
@@ -31,6 +32,27 @@ def test_empty_speaks_means_never():
 def test_bad_specs_are_refused(spec):
     with pytest.raises(InvalidRequest):
         parse_participant(spec)
+
+
+def test_names_are_on_unless_a_request_turns_them_off():
+    def names(**body) -> bool:
+        return RecordRequest.model_validate({"roomName": "r", "file": {"filepath": "a.mp4"}, **body}).overlays.names
+
+    assert names() is True and names(overlays={"clock": True}) is True
+    assert names(overlays={"names": False}) is False
+
+
+@pytest.mark.parametrize(("flags", "names"), [([], None), (["--names"], True), (["--no-names"], False)])
+def test_names_flags_fold_into_the_overlays(flags, names):
+    import argparse
+
+    from compositor.cli.args import add_page_flags, fold_page_flags
+
+    parser = argparse.ArgumentParser()
+    add_page_flags(parser)
+    data: dict = {}
+    fold_page_flags(parser.parse_args(flags), data)
+    assert data.get("overlays", {}).get("names") == names
 
 
 def test_camel_and_snake_case_requests_are_the_same():

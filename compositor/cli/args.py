@@ -18,7 +18,8 @@ def add_page_flags(p: argparse.ArgumentParser) -> None:
                    help="a value for the layout's declared parameters (repeatable; JSON values such as true or 3 "
                         "are read as such)")
     group = p.add_argument_group("overlays (drawn over any layout)")
-    group.add_argument("--names", action="store_true", default=None, help="a name label on every video tile")
+    group.add_argument("--names", action=argparse.BooleanOptionalAction, default=None,
+                       help="a name label on every video tile (default on; --no-names hides them)")
     group.add_argument("--title", help="a title bar across the top")
     group.add_argument("--logo", metavar="FILE|URL", help="a logo / watermark image")
     group.add_argument("--logo-position", choices=LOGO_POSITIONS)

@@ -37,7 +37,8 @@ def _record_parser(sub) -> None:
     p.add_argument("--room-name", help="room name (default: synthetic)")
     p.add_argument("--participant", action="append", metavar="SPEC", default=None,
                    help="synthetic participant: name=,color=#rrggbb,tone=Hz,speaks=S-E;S-E,"
-                        "screenshare=S-E[:#rrggbb],joins=S,leaves=S,video=FILE|URL|off,kind=standard|agent|sip|… "
+                        "screenshare=S-E[:#rrggbb],joins=S,leaves=S,video=FILE|URL|off,freezes=S-E;S-E,"
+                        "kind=standard|agent|sip|… "
                         "(repeatable)")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--include", action="append", metavar="IDENTITY",

@@ -80,6 +80,9 @@ export class LiveKitRoom extends Room {
       .on(RoomEvent.TrackPublished, (pub, p) => { if (this.partial && this.wants(pub, p)) pub.setSubscribed(true); })
       .on(RoomEvent.TrackSubscribed, (track, pub, p) => this._subscribed(track, pub, p))
       .on(RoomEvent.TrackUnsubscribed, (track, _pub, p) => this._unsubscribed(track, p))
+      // Layouts show a muted microphone and put a muted camera's avatar in its place.
+      .on(RoomEvent.TrackMuted, (pub, p) => this._muteChanged(pub, p))
+      .on(RoomEvent.TrackUnmuted, (pub, p) => this._muteChanged(pub, p))
       .on(RoomEvent.SignalReconnecting, () => console.warn('livekit: signal connection lost; resuming'))
       .on(RoomEvent.Reconnecting, () => console.warn('livekit: reconnecting'))
       .on(RoomEvent.Reconnected, () => console.log('livekit: reconnected'))
@@ -172,6 +175,11 @@ export class LiveKitRoom extends Room {
     this._unroute(track.sid);
     if (track.source === LkTrack.Source.Microphone) this._unlisten(p.identity);
     if (source) this.unpublish(p.identity, source);
+  }
+
+  _muteChanged(pub, p) {
+    const track = this._find(p.identity)?.tracks.get(SOURCES[pub.source]);
+    if (track) this.muteChanged(p.identity, track);
   }
 
   // The filter let `identity` in (subscribe again: _subscribed plays and shows them) or out: stop their sound

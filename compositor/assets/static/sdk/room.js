@@ -3,7 +3,7 @@
 //
 // Events (all on the Room, as CustomEvent with {detail}):
 //   participantJoined, participantLeft, trackPublished, trackUnpublished,
-//   speakingChanged, ended; and `change` after any of them.
+//   trackMuted, speakingChanged, ended; and `change` after any of them.
 //
 // Who is recorded (consent): setFilter({ include } | { exclude }) keeps out
 // of the room model whoever the filter leaves out. They are held aside in
@@ -19,13 +19,16 @@ export class Track {
   // makeElement() returns a fresh element showing the track; each attach()
   // gets its own, as livekit-client's Track.attach() does. isMuted() reads
   // the room's own mute state (a synthetic track is never muted).
-  constructor({ sid, kind, source, participant, makeElement, isMuted = () => false }) {
+  // frames(element, onFrame) -> stop, if given, reports each new picture an
+  // attached element shows; without it a <video> element reports its own.
+  constructor({ sid, kind, source, participant, makeElement, isMuted = () => false, frames = null }) {
     this.sid = sid;
     this.kind = kind;
     this.source = source;
     this.participant = participant;
     this._makeElement = makeElement;
     this._isMuted = isMuted;
+    this._frames = frames;
   }
 
   get muted() { return this._isMuted(); }
@@ -34,6 +37,21 @@ export class Track {
     const el = this._makeElement();
     el.dataset.trackSid = this.sid;
     return el;
+  }
+
+  // Calls onFrame() for each new picture `el` (from attach()) shows; returns
+  // a function that stops, or null when the element cannot tell.
+  watchFrames(el, onFrame) {
+    if (this._frames) return this._frames(el, onFrame);
+    const video = el.tagName === 'VIDEO' ? el : el.querySelector('video');
+    if (!video || !video.requestVideoFrameCallback) return null;
+    let handle = null;
+    const next = () => {
+      onFrame();
+      handle = video.requestVideoFrameCallback(next);
+    };
+    handle = video.requestVideoFrameCallback(next);
+    return () => video.cancelVideoFrameCallback(handle);
   }
 }
 
@@ -142,6 +160,12 @@ export class Room extends EventTarget {
     if (!track) return;
     p.tracks.delete(source);
     if (this.participants.has(identity)) this._emit('trackUnpublished', { participant: p, track });
+  }
+
+  // A track of `identity` was muted or unmuted (its `muted` already says which).
+  muteChanged(identity, track) {
+    const p = this._find(identity);
+    if (p && this.participants.has(identity)) this._emit('trackMuted', { participant: p, track });
   }
 
   setSpeaking(identity, speaking) {

@@ -2,10 +2,16 @@
 // into positioned DOM elements without recreating video elements on re-flow.
 //
 // A layout is a function view -> [tile], where view is
-//   { width, height, participants, speaker, screenShare, theme }
+//   { width, height, gap, participants, speaker, screenShare, theme }
 // and a tile is { key, participant, track (or null for a name tile), x, y, w, h, z?, className? }.
+// `gap` is the space the built-in layouts leave between tiles and around them.
+//
+// Each tile carries what a viewer of a call expects: a ring while its person
+// speaks, a label (name; whose screen a share is), a muted-microphone icon,
+// an initials avatar in place of a missing or muted camera, and a
+// "Reconnecting" marker over a camera whose pictures stopped coming.
 
-import { ActiveSpeaker, SCREEN_SHARE, latestScreenShare } from './room.js';
+import { ActiveSpeaker, CAMERA, SCREEN_SHARE, latestScreenShare } from './room.js';
 
 export const ASPECT = 16 / 9;
 
@@ -32,19 +38,30 @@ export function snap(r) {
   return { x, y, w: Math.round(r.x + r.w) - x, h: Math.round(r.y + r.h) - y };
 }
 
-// Equal 16:9 cells for `items` inside `box`, the last row centred.
-export function gridCells(count, box, portrait = false) {
+// The space between tiles (and between tiles and the frame's edge) for a
+// frame: a share of its size, so every resolution looks alike.
+export function gapFor(width, height) {
+  return Math.max(4, Math.round(Math.min(width, height) * 0.016));
+}
+
+// `box` shrunk by `by` on every side.
+export function inset(box, by) {
+  return { x: box.x + by, y: box.y + by, w: Math.max(0, box.w - 2 * by), h: Math.max(0, box.h - 2 * by) };
+}
+
+// Equal 16:9 cells for `count` items inside `box`, `gap` apart, the last row centred.
+export function gridCells(count, box, portrait = false, gap = 0) {
   const [cols, rows] = gridDims(count, portrait);
-  const w = Math.min(box.w / cols, (box.h / rows) * ASPECT);
+  const w = Math.min((box.w - (cols - 1) * gap) / cols, ((box.h - (rows - 1) * gap) / rows) * ASPECT);
   const h = w / ASPECT;
   const usedRows = Math.ceil(count / cols);
-  const top = box.y + (box.h - usedRows * h) / 2;
+  const top = box.y + (box.h - usedRows * h - (usedRows - 1) * gap) / 2;
   const cells = [];
   for (let i = 0; i < count; i++) {
     const row = Math.floor(i / cols);
     const inRow = row === usedRows - 1 ? count - row * cols : cols;
-    const left = box.x + (box.w - inRow * w) / 2;
-    cells.push(snap({ x: left + (i % cols) * w, y: top + row * h, w, h }));
+    const left = box.x + (box.w - inRow * w - (inRow - 1) * gap) / 2;
+    cells.push(snap({ x: left + (i % cols) * (w + gap), y: top + row * (h + gap), w, h }));
   }
   return cells;
 }
@@ -66,6 +83,11 @@ export function byActivity(participants) {
     .map(({ p }) => p);
 }
 
+// A camera that has shown pictures and then none for this long is marked
+// reconnecting (its publisher's network most likely dropped).
+const STALL_MS = 2000;
+const STALL_CHECK_MS = 250;
+
 export class Stage {
   constructor(root, room, { layout, theme = 'dark', holdMs = 1000 } = {}) {
     this.root = root;
@@ -75,9 +97,11 @@ export class Stage {
     this.speaker = new ActiveSpeaker(room, holdMs);
     this.tiles = new Map();
     this._queued = false;
+    this._checkedAt = performance.now();
     room.addEventListener('change', () => this.schedule());
     this.speaker.addEventListener('change', () => this.schedule());
     window.addEventListener('resize', () => this.schedule());
+    setInterval(() => this._checkStalls(), STALL_CHECK_MS);
   }
 
   setLayout(layout) {
@@ -86,9 +110,12 @@ export class Stage {
   }
 
   view() {
+    const width = this.root.clientWidth;
+    const height = this.root.clientHeight;
     return {
-      width: this.root.clientWidth,
-      height: this.root.clientHeight,
+      width,
+      height,
+      gap: gapFor(width, height),
       participants: this.room.list,
       speaker: this.speaker.current,
       screenShare: latestScreenShare(this.room),
@@ -110,17 +137,21 @@ export class Stage {
       seen.add(item.key);
       let tile = this.tiles.get(item.key);
       if (!tile) {
-        tile = { el: document.createElement('div'), track: undefined };
+        tile = { el: document.createElement('div'), picture: undefined, participant: null, stopFrames: null };
         tile.el.dataset.key = item.key;
         this.root.appendChild(tile.el);
         this.tiles.set(item.key, tile);
       }
-      if (tile.track !== item.track) {
-        tile.el.replaceChildren(item.track ? item.track.attach() : nameTile(item.participant), nameLabel(item));
-        tile.track = item.track;
-      }
-      tile.el.className = `tile ${item.track ? 'has-video' : 'no-video'} ${item.className || ''}`;
-      tile.el.classList.toggle('speaking', !!item.participant.speaking);
+      // A muted camera shows the avatar, as a missing one does.
+      const picture = item.track && !item.track.muted ? item.track : null;
+      if (tile.picture !== picture || tile.participant !== item.participant) this._fill(tile, item, picture);
+      const share = !!item.track && item.track.source === SCREEN_SHARE;
+      const mic = item.participant.microphone;
+      tile.el.className = `tile ${picture ? 'has-video' : 'no-video'} ${share ? 'share' : ''} ${item.className || ''}`;
+      // The ring and the mute icon are about the person: a screen share has neither.
+      tile.el.classList.toggle('speaking', !share && !!item.participant.speaking);
+      tile.el.classList.toggle('muted', !share && (!mic || mic.muted));
+      tile.el.classList.toggle('reconnecting', tile.stalled);
       Object.assign(tile.el.style, {
         left: `${item.x}px`, top: `${item.y}px`, width: `${item.w}px`, height: `${item.h}px`,
         zIndex: String(item.z || 0),
@@ -128,31 +159,110 @@ export class Stage {
     }
     for (const [key, tile] of this.tiles) {
       if (!seen.has(key)) {
+        if (tile.stopFrames) tile.stopFrames();
         tile.el.remove();
         this.tiles.delete(key);
       }
     }
   }
+
+  // The tile's content for `picture` (a track, or null: the avatar), its label and its reconnecting marker;
+  // a camera's pictures are watched from here on.
+  _fill(tile, item, picture) {
+    if (tile.stopFrames) tile.stopFrames();
+    const content = picture ? picture.attach() : nameTile(item.participant);
+    tile.el.replaceChildren(content, nameLabel(item), reconnectingMarker());
+    tile.picture = picture;
+    tile.participant = item.participant;
+    tile.stalled = false;
+    tile.lastFrameAt = null;
+    // Only cameras: a screen share of a still page sends no new frames and is not stalled for it.
+    const camera = picture && picture.kind === 'video' && picture.source === CAMERA;
+    tile.stopFrames = camera ? picture.watchFrames(content, () => {
+      tile.lastFrameAt = performance.now();
+      if (tile.stalled) this._setStalled(tile, false);
+    }) : null;
+  }
+
+  _setStalled(tile, stalled) {
+    tile.stalled = stalled;
+    tile.el.classList.toggle('reconnecting', stalled);
+  }
+
+  _checkStalls() {
+    const now = performance.now();
+    // A page too busy to run this check on time also missed its own frame callbacks: judge nothing this round.
+    const late = now - this._checkedAt > STALL_CHECK_MS * 4;
+    this._checkedAt = now;
+    if (late) return;
+    for (const tile of this.tiles.values()) {
+      if (tile.lastFrameAt === null || tile.stalled) continue;
+      if (now - tile.lastFrameAt > STALL_MS && !tile.picture.muted) this._setStalled(tile, true);
+    }
+  }
 }
 
-// The name label every video tile carries; shown when the request turns name labels on.
+// What a viewer reads on a tile: a muted-microphone icon (shown on muted
+// tiles) and the name (shown when the request turns names on); a screen
+// share's label says whose it is.
 export function nameLabel(item) {
   const el = document.createElement('div');
   el.className = 'tile-label';
+  const mic = document.createElement('span');
+  mic.className = 'tile-mic';
+  mic.innerHTML = MIC_OFF_SVG;
+  const name = document.createElement('span');
+  name.className = 'tile-name';
   const screen = item.track && item.track.source === SCREEN_SHARE;
-  el.textContent = screen ? `${item.participant.name} (screen)` : item.participant.name;
+  name.textContent = screen ? `${item.participant.name}'s screen` : item.participant.name;
+  el.append(mic, name);
   return el;
 }
 
+// A microphone struck through, drawn inline: the page fetches nothing for it.
+const MIC_OFF_SVG = '<svg viewBox="0 0 24 24" aria-hidden="true"><circle cx="12" cy="12" r="12" fill="currentColor"/>'
+  + '<g fill="none" stroke="#fff" stroke-width="2" stroke-linecap="round"><rect x="9.5" y="5" width="5" height="9" '
+  + 'rx="2.5" fill="#fff" stroke="none"/><path d="M7 11.5a5 5 0 0 0 10 0M12 16.5V19M5.5 5.5l13 13"/></g></svg>';
+
+function reconnectingMarker() {
+  const el = document.createElement('div');
+  el.className = 'tile-reconnecting';
+  const badge = document.createElement('span');
+  badge.textContent = 'Reconnecting…';
+  el.append(badge);
+  return el;
+}
+
+// Up to two letters: the first of the first and of the last word of a name.
+export function initials(name) {
+  const words = (name || '?').trim().split(/\s+/).filter(Boolean);
+  if (!words.length) return '?';
+  const first = Array.from(words[0])[0];
+  const last = words.length > 1 ? Array.from(words[words.length - 1])[0] : '';
+  return (first + last).toUpperCase();
+}
+
+// Avatar colours for people the room gives none (a LiveKit participant): one per identity, always the same.
+const AVATAR_COLOURS = ['#5865f2', '#3ba55d', '#eb459e', '#faa61a', '#ed4245', '#9b59b6', '#1abc9c', '#e67e22'];
+
+function avatarColour(participant) {
+  if (participant.color) return participant.color;
+  let h = 0;
+  for (const c of participant.identity) h = (h * 31 + c.codePointAt(0)) >>> 0;
+  return AVATAR_COLOURS[h % AVATAR_COLOURS.length];
+}
+
+// The tile of someone without a picture: an initials avatar and the name.
 export function nameTile(participant) {
   const el = document.createElement('div');
   el.className = 'name-tile';
-  const initial = document.createElement('div');
-  initial.className = 'initial';
-  initial.textContent = (participant.name || '?').trim().charAt(0).toUpperCase();
+  const avatar = document.createElement('div');
+  avatar.className = 'avatar';
+  avatar.style.background = avatarColour(participant);
+  avatar.textContent = initials(participant.name);
   const name = document.createElement('div');
   name.className = 'name';
   name.textContent = participant.name;
-  el.append(initial, name);
+  el.append(avatar, name);
   return el;
 }

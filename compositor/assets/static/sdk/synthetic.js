@@ -1,6 +1,7 @@
 // A synthetic room: participants scripted by spec (colour, voice tone,
-// speaking windows, screen share, join/leave times, looping video), for the
-// demo, layout authoring and tests. Room time 0 is START_RECORDING.
+// speaking windows, screen share, join/leave times, looping video, camera
+// freezes), for the demo, layout authoring and tests. Room time 0 is
+// START_RECORDING.
 
 import { AudioRouter } from './audio.js';
 import { CAMERA, MICROPHONE, Participant, Room, SCREEN_SHARE, Track } from './room.js';
@@ -34,6 +35,27 @@ function videoPicture(src) {
   return el;
 }
 
+// Stops (or restarts) a synthetic picture: the moving square halts, a looping clip pauses.
+function still(el, frozen) {
+  el.classList.toggle('frozen', frozen);
+  const video = el.querySelector('video');
+  if (video && frozen) video.pause();
+  else if (video && video.paused) video.play().catch(() => {});
+  return el;
+}
+
+// A synthetic camera's frames as a network would deliver them: one per
+// display frame, none while the script freezes it (see Track.watchFrames).
+function cameraFrames(spec, onFrame) {
+  let handle = null;
+  const next = () => {
+    if (!spec.frozen) onFrame();
+    handle = requestAnimationFrame(next);
+  };
+  handle = requestAnimationFrame(next);
+  return () => cancelAnimationFrame(handle);
+}
+
 function within(windows, t) {
   return windows.some(([s, e]) => t >= s && t < e);
 }
@@ -48,6 +70,8 @@ export class SyntheticRoom extends Room {
       leaves: s.leaves ?? Infinity,
       // null speaks = all the time while present
       windows: (s.speaks ?? [{ start: 0, end: Infinity }]).map((w) => [w.start, w.end]),
+      freezes: (s.freezes || []).map((w) => [w.start, w.end]),
+      frozen: false,
     }));
     this.syncMarkers = syncMarkers;
     this.routing = routing;
@@ -70,7 +94,9 @@ export class SyntheticRoom extends Room {
     if (spec.video !== 'off') {
       this.publish(spec.identity, new Track({
         sid: `TR_${spec.identity}_cam`, kind: 'video', source: CAMERA, participant: p,
-        makeElement: () => (spec.video ? this._trackVideo(videoPicture(spec.video)) : colourPicture(spec.color)),
+        makeElement: () => still(spec.video ? this._trackVideo(videoPicture(spec.video)) : colourPicture(spec.color),
+          spec.frozen),
+        frames: (_el, onFrame) => cameraFrames(spec, onFrame),
       }));
     }
     if (spec.tone > 0) {
@@ -178,6 +204,10 @@ export class SyntheticRoom extends Room {
         if (s > 0) this._at(s, () => this.setSpeaking(spec.identity, this._speaksAt(spec, s)));
         if (Number.isFinite(e)) this._at(e, () => this.setSpeaking(spec.identity, this._speaksAt(spec, e)));
       }
+      for (const [s, e] of spec.freezes) {
+        this._at(s, () => this._freeze(spec, true));
+        this._at(e, () => this._freeze(spec, false));
+      }
       if (spec.screenshare) {
         const { start, end } = spec.screenshare;
         if (start > 0) this._at(start, () => this._share(spec));
@@ -188,6 +218,14 @@ export class SyntheticRoom extends Room {
     if (this.syncMarkers) this._startMarkers();
     this._pumpSound();
     setInterval(() => this._pumpSound(), 100);
+  }
+
+  // The script's network drop: every picture of the camera stops where it is, and no new frames come.
+  _freeze(spec, frozen) {
+    spec.frozen = frozen;
+    for (const el of document.querySelectorAll(`[data-track-sid="${CSS.escape(`TR_${spec.identity}_cam`)}"]`)) {
+      still(el, frozen);
+    }
   }
 
   _leave(spec) {
