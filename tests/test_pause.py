@@ -3,6 +3,7 @@ in sync across the cut, a discontinuity at each resume) while live destinations 
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import time
@@ -10,10 +11,20 @@ from datetime import datetime
 
 import numpy as np
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from compositor import analysis
 from compositor.errors import InvalidRequest
-from compositor.pipeline.pause import concat_script, cut_playlist, kept_pieces, sniff_image
+from compositor.outbound import AddressRefused, AllowedHosts, OutboundPolicy
+from compositor.pipeline.pause import (
+    SLATE_MAX_BYTES,
+    concat_script,
+    cut_playlist,
+    fetch_slate,
+    kept_pieces,
+    sniff_image,
+)
 from compositor.protocol import COMMAND, Pause, Resume
 
 from .conftest import HttpReceiver
@@ -64,6 +75,38 @@ def test_a_slate_must_be_an_image():
     assert sniff_image(b"RIFF\0\0\0\0WEBPVP8 ") == "image/webp"
     with pytest.raises(InvalidRequest, match="not a PNG, JPEG, GIF or WebP"):
         sniff_image(b"<svg onload=alert(1)>")
+
+
+async def test_the_worker_fetches_a_slate_as_an_attacker_would_want_it_not_to():
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+    answers = {"/slate.png": web.Response(body=png),
+               "/page": web.Response(text="<script>alert(1)</script>", content_type="text/html"),
+               "/huge": web.Response(body=png + b"\0" * SLATE_MAX_BYTES)}
+
+    async def answer(request):
+        if request.path == "/elsewhere":
+            raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
+        return answers[request.path]
+
+    app = web.Application()
+    app.router.add_get("/{name:.*}", answer)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        allowed = OutboundPolicy(AllowedHosts.parse([f"127.0.0.1:{server.port}"]), trusted=False)
+        assert await fetch_slate(f"{base}/slate.png", allowed, None) == \
+            "data:image/png;base64," + base64.b64encode(png).decode()
+        for path, why in (("/elsewhere", "HTTP 302"), ("/page", "not a PNG, JPEG, GIF or WebP"),
+                          ("/huge", "larger than 5 MB")):
+            with pytest.raises(InvalidRequest, match=why) as caught:
+                await fetch_slate(base + path, allowed, None)
+            assert caught.value.details["field"] == "pause.slateUrl"
+        # Without the operator's leave, a local address is refused before anything connects.
+        with pytest.raises(AddressRefused):
+            await fetch_slate(f"{base}/slate.png", OutboundPolicy(trusted=False), None)
+    finally:
+        await server.close()
 
 
 # --- through the real pipeline -------------------------------------------------------------------------------

@@ -100,14 +100,16 @@ async def fetch_slate(url: str, policy: OutboundPolicy, proxy: str | None) -> st
                 http.get(url, proxy=proxy, allow_redirects=False) as resp:
             if resp.status != 200:
                 raise InvalidRequest(f"{field}: the server answered HTTP {resp.status}", details={"field": field})
-            data = await resp.content.read(SLATE_MAX_BYTES + 1)
+            data = bytearray()
+            async for chunk in resp.content.iter_chunked(1 << 16):
+                data += chunk
+                if len(data) > SLATE_MAX_BYTES:  # read no further than that
+                    raise InvalidRequest(f"{field}: the image is larger than {SLATE_MAX_BYTES >> 20} MB",
+                                         details={"field": field})
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise InvalidRequest(f"{field}: could not fetch the image: {exc or type(exc).__name__}",
                              details={"field": field}) from None
-    if len(data) > SLATE_MAX_BYTES:
-        raise InvalidRequest(f"{field}: the image is larger than {SLATE_MAX_BYTES >> 20} MB",
-                             details={"field": field})
-    return f"data:{sniff_image(data)};base64,{base64.b64encode(data).decode()}"
+    return f"data:{sniff_image(bytes(data))};base64,{base64.b64encode(data).decode()}"
 
 
 async def _run(name: str, argv: list[str], timeout: float) -> tuple[int, bytes]:
