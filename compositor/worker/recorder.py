@@ -207,6 +207,8 @@ class Recorder:
         if cfg.slate_url:
             # Fetched while the page starts, so that a pause shows it at once.
             self._slate = asyncio.create_task(fetch_slate(cfg.slate_url, self.policy, self.gate.url))
+            # Its failure is told when a pause wants it (the card is shown instead), not as an unread error.
+            self._slate.add_done_callback(lambda task: task.cancelled() or task.exception())
             stack.callback(self._slate.cancel)
         watched = [p for p in (display.process, sink.process) if p is not None]
         if cfg.source == "web":
