@@ -191,18 +191,17 @@ def concat_script(path: Path, pieces: list[tuple[float | None, float | None]]) -
     return "\n".join(lines) + "\n"
 
 
-def cut_playlist(playlist_path: Path, first_start: float, spans: list[tuple[float, float]]) -> list[Path]:
+def cut_playlist(playlist_path: Path, spans: list[tuple[float, float]]) -> list[Path]:
     """Leave the paused spans out of a finished HLS playlist; returns the segment files dropped (deleted).
 
     Segments start on keyframes and the recording resumes on one (just after the span's end), so a segment
     that lies within a span holds only the slate: it goes. The one the pause falls in keeps its slate tail
     (less than a segment), as does one that runs past the resume when segments are longer than the keyframe
-    interval. #EXT-X-DISCONTINUITY marks each resume. `first_start` is the first segment's
-    start in media seconds."""
+    interval. #EXT-X-DISCONTINUITY marks each resume. `spans` are in seconds from the first segment's start."""
     playlist = Playlist.read(playlist_path)
     kept: list[list[str]] = []
     dropped: list[Path] = []
-    t = first_start
+    t = 0.0
     marked = 0  # spans whose resume is marked
     for seg in playlist.segments:
         start = t

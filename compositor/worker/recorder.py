@@ -458,7 +458,8 @@ class Recorder:
     async def _until_keyframe_lead(self) -> None:
         """Wait until the next video keyframe is KEYFRAME_LEAD_S away: the files go on from a keyframe (their
         pieces are joined without encoding again), so the page stays on the slate until just before one.
-        The encoder makes one every `gop` frames from its first, at a constant frame rate."""
+        The encoder makes one every `gop` frames from its first, at a constant frame rate. Should the frame
+        clock be known late by more than the lead, the files go on from the keyframe after (2 s on)."""
         cfg = self.config
         if not cfg.video or not (self._partial or cfg.segments) or self.media_start is None:
             return
@@ -488,7 +489,7 @@ class Recorder:
     async def _cut_segments(self) -> None:
         """Leave the paused spans out of the HLS playlist (segments wholly inside one go; each resume is a
         discontinuity). Its first segment starts at the encode's first frame."""
-        cut_playlist(self.config.segments.playlist, 0.0, self._media_spans())
+        cut_playlist(self.config.segments.playlist, self._media_spans())
 
     async def _start_notice(self, browser: Browser) -> str:
         """What the caller should know about how recording started: a LiveKit room with nothing published."""
@@ -619,7 +620,8 @@ class Recorder:
     def _clock_start(self, p: Progress) -> None:
         """Narrow down when the encode's first sample was captured. A report comes after what it counts was
         captured, so each gives a time no earlier than the truth: its own time less what it counts (frames at
-        the constant rate, or the sound's length); the least of them is within a frame or two."""
+        the constant rate, or the sound's length since the first report). The least of them is within a frame
+        or two when reports are read as they come; on a loaded machine, later (see _until_keyframe_lead)."""
         if self.config.video:
             if p.frame <= 0:
                 return
