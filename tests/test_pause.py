@@ -4,8 +4,12 @@ in sync across the cut, a discontinuity at each resume) while live destinations 
 from __future__ import annotations
 
 import base64
+import functools
+import http.server
 import json
 import signal
+import subprocess
+import threading
 import time
 from datetime import datetime
 
@@ -267,3 +271,35 @@ def test_pause_and_resume_through_the_api_with_their_webhooks(tmp_path):
     finally:
         server.stop_server()
         receiver.close()
+
+
+def test_live_destinations_show_the_requests_slate_image(start_record, nginx, tmp_path):
+    # The slate is an image of the request's (here magenta), fetched by the worker and shown full frame.
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=0xff00ff:s=64x36", "-frames:v", "1",
+                    str(tmp_path / "slate.png")], check=True)
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(tmp_path)))
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    try:
+        run = start_record(*TINY, "--layout", "grid", "--participant", f"name={ADA[0]},color={ADA[1]}",
+                           "--stream", nginx.url("live", "pause-image"),
+                           "--slate-url", f"http://127.0.0.1:{site.server_port}/slate.png", output=None,
+                           control=True)
+        run.wait_for_status("ACTIVE", timeout=60)
+        time.sleep(1.5)
+        run.send({"op": "pause", "id": 1})
+        assert run.wait_for(lambda e: e["type"] == "command" and e.get("id") == 1)["ok"]
+        time.sleep(2.5)
+        run.send({"op": "resume", "id": 2})
+        assert run.wait_for(lambda e: e["type"] == "command" and e.get("id") == 2)["ok"]
+        time.sleep(1.5)
+        run.proc.send_signal(signal.SIGINT)
+        assert run.finish().code == 0
+    finally:
+        site.shutdown()
+        site.server_close()
+    (received,) = nginx.recordings("pause-image")
+    shown = [float(t) for t in np.arange(0.2, analysis.facts(received).duration - 0.1, 0.25)
+             if colour_share(analysis.frame_at(received, float(t)), "#ff00ff") > 0.9]
+    assert len(shown) >= 6, shown  # the pause's 2.5 s, in frames sampled every 0.25 s
+    assert colour_share(analysis.frame_at(received, shown[-1] + 1.0), ADA[1]) > 0.3  # the room is back
