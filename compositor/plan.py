@@ -152,6 +152,8 @@ class EgressConfig:
     idle_stop: IdleStop | None = None
     #: who is seen and heard (None: everyone in the room)
     participant_filter: ParticipantFilter | None = None
+    #: the image live destinations show while paused (None: the default card)
+    slate_url: str | None = None
 
     @property
     def frame(self) -> tuple[int, int, int]:
@@ -298,6 +300,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         routing=routing,
         idle_stop=req.idle_stop if req.idle_stop and req.idle_stop.enabled else None,
         participant_filter=_participant_filter(req),
+        slate_url=req.pause.slate_url if req.pause else None,
     )
 
 
@@ -456,6 +459,8 @@ def outbound_urls(config: EgressConfig) -> list[tuple[str, str]]:
         urls += [(f"stream.urls.{i}", t.url) for i, t in enumerate(config.stream.targets)]
     if config.websocket:
         urls.append(("websocket", config.websocket))
+    if config.slate_url:
+        urls.append(("pause.slateUrl", config.slate_url))
     if config.upload:
         storages = [("storage", config.upload.storage), ("backupStorage", config.upload.backup),
                     *((f"{kind}.storage", storage) for kind, storage in config.upload.outputs.items())]

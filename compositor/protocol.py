@@ -193,6 +193,10 @@ class CommandReply(_Event):
     at: float | None = None
     #: update_participants: the filter now applied (at `at`)
     participants: dict[str, Any] | None = None
+    #: pause/resume: whether the recording is paused now, and every paused span so far ({start, end}: epoch
+    #: seconds; the open one has no end)
+    paused: bool | None = None
+    pauses: list[dict[str, float | None]] | None = None
 
 
 Event = Annotated[WarmEvent | StatusEvent | ProgressEvent | StreamEvent | UploadEvent | ResultEvent | ErrorEvent
@@ -244,7 +248,20 @@ class UpdateParticipants(_Command):
     participants: ParticipantFilter
 
 
-Command = Annotated[JobCommand | UpdateStreams | UpdateLayout | UpdateParticipants, Field(discriminator="op")]
+class Pause(_Command):
+    """Stop recording into the files and HLS while the egress goes on: live destinations show the slate."""
+
+    op: Literal["pause"] = "pause"
+
+
+class Resume(_Command):
+    """Record again after a pause: the files and HLS go on from here, as if the paused span never was."""
+
+    op: Literal["resume"] = "resume"
+
+
+Command = Annotated[JobCommand | UpdateStreams | UpdateLayout | UpdateParticipants | Pause | Resume,
+                    Field(discriminator="op")]
 COMMAND = TypeAdapter(Command)
 
 

@@ -185,6 +185,14 @@ class IdleStop(Model):
         return any(v is not None for v in (self.no_publisher_seconds, self.all_muted_seconds, self.empty_seconds))
 
 
+class PauseSpec(Model):
+    """What live destinations show while the egress is paused (files and HLS leave the paused span out)."""
+
+    slate_url: str | None = Field(None, pattern=r"^https?://", max_length=2048,
+                                  description="a still image (PNG, JPEG, WebP or GIF, at most 5 MB) shown full "
+                                              "frame; default: a plain \"We'll be right back\" card")
+
+
 # How many identities a participant filter may name: enough for any meeting, bounded for the page's URL.
 MAX_FILTERED = 100
 
@@ -395,6 +403,7 @@ class RecordRequest(Model):
     upload: UploadSpec | None = Field(None, description="store the outputs (default: leave them where written)")
     idle_stop: IdleStop | None = Field(None, description="end by itself when the room is idle (empty, no one "
                                                          "publishing, or everyone muted) for so long")
+    pause: PauseSpec | None = Field(None, description="what live destinations show while paused")
 
     @model_validator(mode="after")
     def _source(self) -> RecordRequest:

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from compositor.api.rest import make_app
 from compositor.errors import CapacityExceeded, Conflict
-from compositor.protocol import ResultEvent, Status, UpdateLayout, UpdateParticipants, UpdateStreams
+from compositor.protocol import Pause, ResultEvent, Resume, Status, UpdateLayout, UpdateParticipants, UpdateStreams
 from compositor.request import ParticipantFilter
 from compositor.service import Service, Settings
 from compositor.service.settings import ClusterSettings
@@ -97,10 +97,18 @@ async def test_any_node_serves_any_call(cluster):
     await b.update_layout(egress.id, "speaker")
     await c.update_streams(egress.id, ["rtmp://127.0.0.1:1935/app/key"], [])
     await b.update_participants(egress.id, ParticipantFilter(exclude=["bob"]))
+    await c.pause(egress.id)
+    assert (await a.get(egress.id)).paused
+    with pytest.raises(Conflict, match="already paused"):
+        await b.pause(egress.id)
+    await b.resume(egress.id)
     assert ra.commands == [(egress.id, UpdateLayout(id=None, layout="speaker")),
                            (egress.id, UpdateStreams(id=None, add=["rtmp://127.0.0.1:1935/app/key"])),
-                           (egress.id, UpdateParticipants(participants=ParticipantFilter(exclude=["bob"])))]
+                           (egress.id, UpdateParticipants(participants=ParticipantFilter(exclude=["bob"]))),
+                           (egress.id, Pause()), (egress.id, Resume())]
     assert (await c.get(egress.id)).request["participants"] == {"exclude": ["bob"]}
+    (span,) = (await c.get(egress.id)).pauses
+    assert not (await a.get(egress.id)).paused and span["end"] >= span["start"]
     assert rb.commands == rc.commands == []
     await c.stop(egress.id)
     await until(lambda: status_is(b, egress.id, Status.COMPLETE))

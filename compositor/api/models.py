@@ -53,6 +53,13 @@ class UploadState(Model):
     retry_in_s: float | None = Field(None, description="seconds until the next attempt")
 
 
+class PausedSpan(Model):
+    """A span the egress was paused for: left out of its files and HLS, a slate on its live destinations."""
+
+    start: str
+    end: str | None = Field(None, description="null while it lasts")
+
+
 class Lifecycle(Model):
     """What egresses and recordings both show: where they are and what came of them."""
 
@@ -72,6 +79,8 @@ class Lifecycle(Model):
                                                      "streams_removed")
     end_reason: str | None = Field(None, description="with stoppedBy idle, why in words: \"no one in the room "
                                                      "for 30 s\"")
+    paused: bool = Field(False, description="paused now (status stays ACTIVE): POST /v1/egress/{id}/pause, /resume")
+    paused_spans: list[PausedSpan] = Field(default_factory=list, description="every span it was paused for")
 
 
 class EgressInfo(Lifecycle):
@@ -200,7 +209,8 @@ def _egress(rec: EgressRecord) -> EgressInfo:
                       layout=rec.layout, quality=rec.quality, created_at=iso(rec.created_at),
                       updated_at=iso(rec.updated_at), started_at=iso(rec.started_at), ended_at=iso(rec.ended_at),
                       duration_sec=duration, error=rec.error, error_code=rec.error_code,
-                      stopped_by=rec.stopped_by, end_reason=rec.end_reason,
+                      stopped_by=rec.stopped_by, end_reason=rec.end_reason, paused=rec.paused,
+                      paused_spans=paused_spans(rec),
                       file=FileResult.model_validate(rec.file) if rec.file else None,
                       streams=[stream_info(s) for s in rec.streams or []],
                       segments=SegmentsResult.model_validate(outputs["segments"]) if outputs.get("segments") else None,
@@ -208,6 +218,11 @@ def _egress(rec: EgressRecord) -> EgressInfo:
                       manifest=outputs.get("manifest"), node=rec.node,
                       upload=UploadState.model_validate(rec.upload) if rec.upload else None,
                       participants=rec.request.get("participants"))
+
+
+def paused_spans(rec: EgressRecord) -> list[PausedSpan]:
+    """The egress's paused spans (epoch seconds as the worker said) as the API shows them."""
+    return [PausedSpan(start=iso(s["start"]), end=iso(s.get("end"))) for s in rec.pauses or []]
 
 
 def stream_info(worker: dict) -> StreamInfo:

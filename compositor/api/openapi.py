@@ -42,6 +42,10 @@ OPERATIONS = [
      EgressInfo, 200),
     ("post", "/v1/egress/{id}/participants", "Change who a recording egress shows and plays (include or exclude "
      "identities)", UpdateParticipantsRequest, EgressInfo, 200),
+    ("post", "/v1/egress/{id}/pause", "Pause: files and HLS leave out what follows, live destinations show the "
+     "slate (409 ALREADY_PAUSED, EGRESS_NOT_ACTIVE)", None, EgressInfo, 200),
+    ("post", "/v1/egress/{id}/resume", "Resume a paused egress: files and HLS go on as one from the next keyframe "
+     "(409 NOT_PAUSED, EGRESS_NOT_ACTIVE)", None, EgressInfo, 200),
     ("get", "/v1/egress/{id}", "Get an egress", None, EgressInfo, 200),
     ("get", "/v1/egress", "List egresses (roomName, status, page, limit)", None, EgressList, 200),
     ("delete", "/v1/egress/{id}", "Delete an ended egress", None, None, 200),

@@ -178,6 +178,18 @@ async def update_participants(request: web.Request) -> web.Response:
     return web.json_response(await _info(request, rec))
 
 
+async def pause_egress(request: web.Request) -> web.Response:
+    """Pause a running egress: files and HLS leave out what follows, live destinations show the slate."""
+    rec = await _egress_or_404(request)
+    return web.json_response(await _info(request, await request.app[SERVICE_KEY].pause(rec.id)))
+
+
+async def resume_egress(request: web.Request) -> web.Response:
+    """Resume a paused egress: its files and HLS go on as one, from the next keyframe."""
+    rec = await _egress_or_404(request)
+    return web.json_response(await _info(request, await request.app[SERVICE_KEY].resume(rec.id)))
+
+
 async def get_egress(request: web.Request) -> web.Response:
     return web.json_response(await _info(request, await _egress_or_404(request)))
 
@@ -398,6 +410,8 @@ def make_app(service: Service) -> web.Application:
     app.router.add_post("/v1/egress/{id}/streams", update_streams)
     app.router.add_post("/v1/egress/{id}/layout", update_layout)
     app.router.add_post("/v1/egress/{id}/participants", update_participants)
+    app.router.add_post("/v1/egress/{id}/pause", pause_egress)
+    app.router.add_post("/v1/egress/{id}/resume", resume_egress)
     app.router.add_get("/v1/egress/{id}", get_egress)
     app.router.add_get("/v1/egress", list_egress)
     app.router.add_delete("/v1/egress/{id}", delete_egress)

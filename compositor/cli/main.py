@@ -45,6 +45,9 @@ def _record_parser(sub) -> None:
                      help="record only this participant (repeatable); the others are neither seen nor heard")
     who.add_argument("--exclude", action="append", metavar="IDENTITY",
                      help="leave this participant out: neither seen nor heard (repeatable)")
+    p.add_argument("--slate-url", metavar="URL",
+                   help="the image live destinations show while paused (the pause command on --control stdin); "
+                        "default: a plain \"We'll be right back\" card")
     p.add_argument("--web-url", help="record this page instead of a room")
     p.add_argument("--await-start-signal", action="store_true", default=None,
                    help="with --web-url: record from the page's console.log('START_RECORDING') on")
@@ -168,6 +171,8 @@ def build_request(args: argparse.Namespace) -> RecordRequest:
         data["room"] = {"kind": "livekit"}
     if args.participant is not None:
         data["room"] = {"participants": [parse_participant(s, i).model_dump() for i, s in enumerate(args.participant)]}
+    if args.slate_url is not None:
+        data["pause"] = {"slate_url": args.slate_url}
     if args.include is not None:
         data["participants"] = {"include": args.include}
     elif args.exclude is not None:

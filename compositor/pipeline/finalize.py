@@ -11,34 +11,46 @@ from ..errors import OutputInvalid
 from ..plan import EgressConfig
 from ..probe import MediaFacts, ProbeError, probe
 from ..process import ManagedProcess
+from .pause import concat_script
 
 log = logging.getLogger(__name__)
 
 
-async def finalize(config: EgressConfig, partial: Path) -> MediaFacts:
+async def finalize(config: EgressConfig, partial: Path,
+                   pieces: list[tuple[float | None, float | None]] | None = None) -> MediaFacts:
     """Make the final file at config.output from `partial` and return its facts.
 
     MP4 is remuxed (no re-encode) into a faststart file; WebM, OGG and MP3 are
-    already complete and are renamed. The partial file stays if anything fails.
+    already complete and are renamed. A paused recording keeps only its
+    `pieces` ((inpoint, outpoint) in the file's time, None for its own start
+    or end), joined into one continuous file by ffmpeg's concat demuxer
+    without encoding again. The partial file stays if anything fails.
     """
     if not partial.exists() or partial.stat().st_size == 0:
         raise OutputInvalid("the encoder wrote nothing")
     output = config.output
     assert output is not None
-    if config.container == "mp4":
+    if config.container == "mp4" or pieces:
         staging = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+        script = output.with_name(f".{output.name}.{os.getpid()}.ffconcat")
+        source = ["-i", str(partial)]
+        if pieces:
+            script.write_text(concat_script(partial.resolve(), pieces))
+            source = ["-f", "concat", "-safe", "0", "-i", str(script)]
+        faststart = ["-movflags", "+faststart"] if config.container == "mp4" else []
         remux = ManagedProcess("ffmpeg-remux", ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error",
-                                                "-i", str(partial), "-map", "0", "-c", "copy",
-                                                "-movflags", "+faststart", "-f", "mp4", "-y", str(staging)],
+                                                *source, "-map", "0", "-c", "copy", *faststart,
+                                                "-f", config.container, "-y", str(staging)],
                                stop_timeout=30)
         await remux.start()
         try:
             code = await asyncio.wait_for(remux.wait(), 600)
         finally:
             await remux.stop()
+            script.unlink(missing_ok=True)
         if code != 0:
             staging.unlink(missing_ok=True)
-            raise OutputInvalid(f"could not finish the MP4: {remux.describe_exit()}",
+            raise OutputInvalid(f"could not finish the {config.container.upper()}: {remux.describe_exit()}",
                                 details={"partial": str(partial)})
         staging.replace(output)
         partial.unlink()

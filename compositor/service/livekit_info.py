@@ -24,6 +24,7 @@ from livekit.protocol.webhook import WebhookEvent
 
 from ..presets import ALIASES
 from ..protocol import IngressState, InputKind, Status, StreamStatus
+from .results import iso
 from .seams import EgressRecord, IngressRecord
 
 _STATUS = {Status.STARTING: lk.EGRESS_STARTING, Status.ACTIVE: lk.EGRESS_ACTIVE, Status.ENDING: lk.EGRESS_ENDING,
@@ -60,6 +61,10 @@ def egress_info(rec: EgressRecord) -> lk.EgressInfo:
         # LiveKit's egress says why an egress ended in `details`, as "End reason: Source closed" (its
         # EgressInfo.SetEndReason); it has no idle stop, so that reason is ours, in words.
         info.details = f"End reason: {rec.end_reason or END_REASONS[rec.stopped_by]}"
+    elif rec.paused:
+        # LiveKit has no pause: `details` says it (the status stays EGRESS_ACTIVE).
+        info.details = (f"Paused since {iso(rec.pauses[-1]['start'])}: files and HLS leave this out, live "
+                        "destinations show the slate")
     elif (upload := rec.upload or {}).get("status") == "RETRYING":
         info.details = f"storing {upload.get('key')}: attempt {upload.get('attempt')} failed ({upload.get('error')})"
         info.retry_count = upload.get("attempt") or 0
@@ -209,10 +214,13 @@ def webhook_event(rec: EgressRecord, name: str, event_id: str) -> str:
     return MessageToJson(event, indent=None)
 
 
-def events_for(rec: EgressRecord, previous: str | None, previous_upload: dict | None = None) -> list[str]:
-    """LiveKit's event names for a change: started when live, updated on the way (a storage retried or given
-    up for the backup among it), ended at the end."""
+def events_for(rec: EgressRecord, previous: str | None, previous_upload: dict | None = None,
+               previous_pauses: list | None = None) -> list[str]:
+    """LiveKit's event names for a change: started when live, updated on the way (a pause or resume, a storage
+    retried or given up for the backup among it), ended at the end."""
     if rec.status == previous:
+        if (rec.pauses or []) != (previous_pauses or []) and not rec.ended:
+            return ["egress_updated"]
         upload = rec.upload or {}
         news = upload and (upload.get("status"), upload.get("attempt")) != (
             (previous_upload or {}).get("status"), (previous_upload or {}).get("attempt"))

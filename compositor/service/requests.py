@@ -25,6 +25,7 @@ from ..request import (
     Model,
     Overlays,
     ParticipantFilter,
+    PauseSpec,
     RecordRequest,
     RoomSpec,
     SegmentOutput,
@@ -192,6 +193,9 @@ class StartEgressRequest(RoomRequest):
     participants: ParticipantFilter | None = Field(
         None, description="who is recorded: {include: [identities]} or {exclude: [identities]}; the others are "
                           "neither seen nor heard. Change it while recording with POST /v1/egress/{id}/participants")
+    pause: PauseSpec | None = Field(None, description="what live destinations show while the egress is paused "
+                                                      "(POST /v1/egress/{id}/pause): {slateUrl} (default: a plain "
+                                                      "\"We'll be right back\" card)")
 
     @model_validator(mode="after")
     def _outputs(self) -> StartEgressRequest:
@@ -292,7 +296,7 @@ class StartEgressRequest(RoomRequest):
                 else None, **moved, websocket=self.track.websocket_url if self.track else None,
                 duration=min(limits) if limits else None, audio_only=audio_only, video_only=video_only,
                 audio_channels=channels, audio=self.audio, participants=self.participants, upload=upload,
-                idle_stop=idle)
+                idle_stop=idle, pause=self.pause)
         except ValidationError as exc:
             raise InvalidRequest(first_error(exc)) from None
 

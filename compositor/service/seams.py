@@ -58,6 +58,13 @@ class EgressRecord:
     stopped_by: str | None = None
     #: with stopped_by idle: why, in words ("no one published for 30 s")
     end_reason: str | None = None
+    #: every paused span ({"start", "end"}: epoch seconds; the open one has no end), as the worker said
+    pauses: list | None = None
+
+    @property
+    def paused(self) -> bool:
+        """It is paused now."""
+        return bool(self.pauses) and self.pauses[-1].get("end") is None
 
     @property
     def ended(self) -> bool:

@@ -17,6 +17,8 @@ from ..outbound import check_urls
 from ..plan import EgressConfig, new_egress_id, outbound_urls, resolve
 from ..protocol import (
     Event,
+    Pause,
+    Resume,
     Status,
     StatusEvent,
     StreamEvent,
@@ -433,6 +435,25 @@ class Service:
         await self.control.command(egress_id, UpdateParticipants(participants=participants))
         wanted = participants.model_dump(mode="json", exclude_none=True)
         return await self.store.update(egress_id, request=rec.request | {"participants": wanted})
+
+    async def pause(self, egress_id: str) -> EgressRecord:
+        """Pause a running egress: its files and HLS leave out what follows, its live destinations show the
+        slate; it stays ACTIVE, paused (webhooks say so)."""
+        rec = await self.get(egress_id)
+        _must_be_active(rec, "it pauses")
+        if rec.paused:
+            raise Conflict("ALREADY_PAUSED", f"egress {egress_id} is already paused; resume it first")
+        reply = await self.control.command(egress_id, Pause())
+        return await self._change(egress_id, pauses=reply.pauses)
+
+    async def resume(self, egress_id: str) -> EgressRecord:
+        """Resume a paused egress: its files and HLS go on from the next keyframe (within 2 s)."""
+        rec = await self.get(egress_id)
+        _must_be_active(rec, "it resumes")
+        if not rec.paused:
+            raise Conflict("NOT_PAUSED", f"egress {egress_id} is not paused")
+        reply = await self.control.command(egress_id, Resume())
+        return await self._change(egress_id, pauses=reply.pauses)
 
     async def _follow_reports(self) -> None:
         """Fold each worker's events into the store, in the order they came."""

@@ -8,11 +8,12 @@ Nothing it reports is media: its results carry no file.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from ..errors import Conflict
-from ..protocol import Command, CommandReply, Event, ResultEvent, Status, StatusEvent
+from ..protocol import Command, CommandReply, Event, Pause, ResultEvent, Resume, Status, StatusEvent
 from ..request import RecordRequest, UploadSpec
 from .seams import Job
 
@@ -31,6 +32,8 @@ class SimulatedRunner:
         #: from a stop to its result
         self.stop_s = stop_s
         self._jobs: dict[str, asyncio.Task] = {}
+        #: each egress's paused spans, kept as a worker keeps them
+        self._pauses: dict[str, list[dict]] = {}
         self._stopping: dict[str, asyncio.Event] = {}
         self._events: asyncio.Queue[tuple[str, Event] | None] = asyncio.Queue()
         #: every job it was given, in order
@@ -79,6 +82,14 @@ class SimulatedRunner:
         if egress_id not in self._jobs:
             raise Conflict("EGRESS_NOT_ACTIVE", f"egress {egress_id} is not running")
         self.commands.append((egress_id, command))
+        if isinstance(command, Pause | Resume):
+            spans = self._pauses.setdefault(egress_id, [])
+            if isinstance(command, Pause):
+                spans.append({"start": time.time(), "end": None})
+            else:
+                spans[-1]["end"] = time.time()
+            return CommandReply(egress_id=egress_id, id=command.id, ok=True, paused=isinstance(command, Pause),
+                                pauses=[dict(s) for s in spans])
         return CommandReply(egress_id=egress_id, id=command.id, ok=True)
 
     async def events(self) -> AsyncIterator[tuple[str, Event]]:

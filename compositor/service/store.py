@@ -22,12 +22,12 @@ from .seams import EgressRecord, EventsOf, IngressEventsOf, IngressRecord, Outbo
 
 _COLUMNS = ["id", "room_name", "mode", "layout", "quality", "request", "status", "created_at", "updated_at",
             "started_at", "ended_at", "error", "error_code", "file", "worker_pid", "streams", "outputs", "kind",
-            "node", "request_shape", "upload", "webhooks", "stopped_by", "end_reason"]
-_JSON = {"request", "file", "streams", "outputs", "upload", "webhooks"}
+            "node", "request_shape", "upload", "webhooks", "stopped_by", "end_reason", "pauses"]
+_JSON = {"request", "file", "streams", "outputs", "upload", "webhooks", "pauses"}
 # Columns added after the first release: older data dirs gain them on open.
 _ADDED = {"streams": "TEXT", "outputs": "TEXT", "kind": "TEXT NOT NULL DEFAULT 'room_composite'", "node": "TEXT",
           "request_shape": "TEXT NOT NULL DEFAULT ''", "upload": "TEXT", "webhooks": "TEXT", "stopped_by": "TEXT",
-          "end_reason": "TEXT"}
+          "end_reason": "TEXT", "pauses": "TEXT"}
 
 
 class SqliteStore:

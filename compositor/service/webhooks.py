@@ -71,12 +71,21 @@ def verify(secret: str, header: str, body: bytes, tolerance_s: int = 300) -> boo
     return hmac.compare_digest(sign(secret, timestamp, body), header)
 
 
-def events_for(rec: EgressRecord, previous: str | None) -> list[tuple[str, dict]]:
-    """The seed's webhook events a status change produces: (event name, data).
+def _pause_state(rec: EgressRecord) -> dict:
+    """What every event of an egress that paused says of it: paused now, and its paused spans."""
+    return {"paused": rec.paused,
+            "pausedSpans": [{"start": iso(s["start"]), "end": iso(s.get("end"))} for s in rec.pauses or []]}
+
+
+def events_for(rec: EgressRecord, previous: str | None, previous_pauses: list | None = None
+               ) -> list[tuple[str, dict]]:
+    """The seed's webhook events a status change (or a pause or resume) produces: (event name, data).
 
     A record egress reports as `recording.*`, a stream egress as `stream.*`, and one that does both, as both.
+    A pause or resume is `recording.paused` / `recording.resumed` and `stream.updated`.
     """
-    if rec.status == previous:
+    paused_changed = (rec.pauses or []) != (previous_pauses or [])
+    if rec.status == previous and not (paused_changed and rec.status == Status.ACTIVE):
         return []
     kinds = {"record": ["recording"], "stream": ["stream"], "both": ["recording", "stream"]}[rec.mode]
     out = []
@@ -84,7 +93,14 @@ def events_for(rec: EgressRecord, previous: str | None) -> list[tuple[str, dict]
         base = {"egressId": rec.id, "roomName": rec.room_name, "type": rec.mode}
         if kind == "recording":
             base = {"recordingId": recording_id(rec.id), **base}
-        if rec.status == Status.ACTIVE:
+        if rec.pauses:
+            base.update(_pause_state(rec))
+        if rec.status == previous:
+            name = ("recording.paused" if rec.paused else "recording.resumed") if kind == "recording" \
+                else "stream.updated"
+            extra = {"destinations": [s["url"] for s in rec.streams or []]} if kind == "stream" else {}
+            out.append((name, {**base, "status": rec.status, **extra}))
+        elif rec.status == Status.ACTIVE:
             extra = {"destinations": [s["url"] for s in rec.streams or []]} if kind == "stream" else {}
             out.append((f"{kind}.started", {**base, "quality": rec.quality, "layout": rec.layout, **extra}))
         elif rec.status in (Status.COMPLETE, Status.LIMIT_REACHED):
@@ -144,8 +160,8 @@ def _duration(rec: EgressRecord | IngressRecord) -> float | None:
 FORMATS = ("baxcloud", "livekit")
 #: An egress's event names in each format: what a request's receiver may filter on.
 EGRESS_EVENTS = {
-    "baxcloud": ("recording.started", "recording.completed", "recording.failed", "stream.started", "stream.updated",
-                 "stream.completed", "stream.failed"),
+    "baxcloud": ("recording.started", "recording.paused", "recording.resumed", "recording.completed",
+                 "recording.failed", "stream.started", "stream.updated", "stream.completed", "stream.failed"),
     "livekit": ("egress_started", "egress_updated", "egress_ended"),
 }
 
@@ -216,8 +232,9 @@ class Webhooks:
 
     def for_change(self, before: EgressRecord, after: EgressRecord) -> list[OutboxEvent]:
         """The events of an egress's status change, for the server's receivers and its request's own."""
-        return (self._baxcloud(after.id, events_for(after, before.status), after.webhooks)
-                + self._livekit_events(after, livekit_info.events_for(after, before.status, before.upload)))
+        return (self._baxcloud(after.id, events_for(after, before.status, before.pauses), after.webhooks)
+                + self._livekit_events(after, livekit_info.events_for(after, before.status, before.upload,
+                                                                      before.pauses)))
 
     def for_ingress(self, before: IngressRecord, after: IngressRecord) -> list[OutboxEvent]:
         """The events of an ingress's state change."""

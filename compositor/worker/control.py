@@ -2,7 +2,8 @@
 CommandReply event.
 
 A warm worker takes its job this way; a recording takes changes to its live
-destinations, its layout and who it shows (its participant filter).
+destinations, its layout and who it shows (its participant filter), and
+pauses and resumes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from pydantic import ValidationError
 
 from ..errors import CompositorError, Conflict
 from ..events import EventSink
-from ..protocol import COMMAND, CommandReply, JobCommand, UpdateLayout, UpdateParticipants, UpdateStreams
+from ..protocol import (
+    COMMAND,
+    CommandReply,
+    JobCommand,
+    Pause,
+    Resume,
+    UpdateLayout,
+    UpdateParticipants,
+    UpdateStreams,
+)
 from .recorder import Recorder
 
 
@@ -49,7 +59,8 @@ class Control:
                 reply = CommandReply(id=ident, ok=False, **exc.to_dict())
             self.events.emit(reply)
 
-    async def _take(self, cmd: JobCommand | UpdateStreams | UpdateLayout | UpdateParticipants) -> dict:
+    async def _take(self, cmd: JobCommand | UpdateStreams | UpdateLayout | UpdateParticipants | Pause | Resume
+                    ) -> dict:
         if isinstance(cmd, JobCommand):
             if self.job.done():
                 raise Conflict("HAS_JOB", "this worker already has its job")
@@ -61,11 +72,15 @@ class Control:
             return await self.recorder.update_layout(cmd.layout)
         if isinstance(cmd, UpdateParticipants):
             return await self.recorder.update_participants(cmd.participants)
+        if isinstance(cmd, Pause):
+            return await self.recorder.pause()
+        if isinstance(cmd, Resume):
+            return await self.recorder.resume()
         return {"streams": await self.recorder.update_streams(cmd.add, cmd.remove)}
 
 
 def _why(exc: ValidationError) -> str:
     first = exc.errors()[0]
     if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
-        return "unknown command; known: job, update_streams, update_layout, update_participants"
+        return "unknown command; known: job, update_streams, update_layout, update_participants, pause, resume"
     return f"{'.'.join(map(str, first['loc'][1:]))}: {first['msg'].removeprefix('Value error, ')}"

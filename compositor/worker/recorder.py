@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ from ..events import EventSink
 from ..layouts import resolve_layout
 from ..livekit_room import server_from_env, with_query
 from ..paths import WORKDIR_PREFIX
+from ..pipeline.audio import AudioSink
 from ..pipeline.browser import BLOCKED, END_RECORDING, ERROR, REQUEST, START_RECORDING, Browser
 from ..pipeline.delivery import Delivery, build_manifest
 from ..pipeline.encoder import (
@@ -50,6 +52,19 @@ from ..pipeline.encoder import (
 from ..pipeline.finalize import finalize, images_written, thumbnails
 from ..pipeline.hls import LivePlaylist, finish_segments
 from ..pipeline.page_server import PageSpec
+from ..pipeline.pause import (
+    HIDE_SLATE,
+    KEYFRAME_LEAD_S,
+    SHOW_SLATE,
+    SLATE_TEXT,
+    Span,
+    audio_start,
+    cut_playlist,
+    fetch_slate,
+    kept_pieces,
+    mute,
+    video_keyframes,
+)
 from ..pipeline.pcm_socket import PcmSocket
 from ..pipeline.streams import Destination, StreamFanout
 from ..plan import EgressConfig, partial_path
@@ -125,6 +140,13 @@ class Recorder:
         self._browser: Browser | None = None
         #: the outputs are being stored (recording is over)
         self.storing = False
+        #: every paused span so far (files and HLS leave them out)
+        self.pauses: list[Span] = []
+        self._sink: AudioSink | None = None
+        self._slate: asyncio.Task | None = None
+        #: when (seconds from start_recording) the encode's first sample was captured: its first video frame, or
+        #: its first sound without video; the files' own clocks start there
+        self.media_start: float | None = None
 
     def _status(self, status: Status, message: str = "", **extra) -> None:
         self.events.emit(StatusEvent(status=status, egress_id=self.config.egress_id, message=message or None,
@@ -180,7 +202,14 @@ class Recorder:
         cfg = self.config
         display, sink, pages, browser, workdir = stage.display, stage.sink, stage.pages, stage.browser, stage.workdir
         self._browser = browser
+        self._sink = sink
         self.timings["browser_ready"] = time.time()
+        if cfg.slate_url:
+            # Fetched while the page starts, so that a pause shows it at once.
+            self._slate = asyncio.create_task(fetch_slate(cfg.slate_url, self.policy, self.gate.url))
+            # Its failure is told when a pause wants it (the card is shown instead), not as an unread error.
+            self._slate.add_done_callback(lambda task: task.cancelled() or task.exception())
+            stack.callback(self._slate.cancel)
         watched = [p for p in (display.process, sink.process) if p is not None]
         if cfg.source == "web":
             await self._until_ready(browser, watched, browser.open(cfg.web_url, cfg.start_timeout))
@@ -263,6 +292,10 @@ class Recorder:
                                     "pids": {k: p.pid for k, p in owners.items() if p}})
             failure = await self._until_done(encoder, browser, watched)
         self.timings["stop_requested"] = time.time()
+        if self.media_start is not None:
+            self.timings["first_sample"] = start_epoch + self.media_start
+        if self.paused:
+            self.pauses[-1].end = self.timings["stop_requested"]  # paused to the end
         self._status(Status.ENDING)
         code = await encoder.stop()
         log.debug("encoder exit %s", code)
@@ -276,6 +309,8 @@ class Recorder:
             await self._socket.close()
             outputs.websocket = self._socket.info()
         if cfg.segments:
+            if self.pauses:
+                await self._cut_segments()
             outputs.segments = finish_segments(cfg.segments)
         if cfg.images:
             outputs.images = images_written(cfg.images.directory, cfg.images.pattern, start_epoch,
@@ -290,7 +325,7 @@ class Recorder:
     async def _finish_file(self, failure: CompositorError | None) -> MediaFacts:
         partial = self._partial
         try:
-            facts = await finalize(self.config, partial)
+            facts = await finalize(self.config, partial, await self._kept_pieces(partial) if self.pauses else None)
         except CompositorError as exc:
             kept = partial if partial.exists() else None
             err = failure or exc
@@ -367,6 +402,94 @@ class Recorder:
         await self._browser.evaluate("filter => window.compositorSetParticipants(filter)", wanted)
         self.timings["participants_changed"] = time.time()
         return {"participants": wanted, "at": self.timings["participants_changed"]}
+
+    @property
+    def paused(self) -> bool:
+        """The egress is paused now."""
+        return bool(self.pauses) and self.pauses[-1].end is None
+
+    def pause_state(self) -> dict:
+        """Whether it is paused, and every paused span so far (epoch seconds)."""
+        return {"paused": self.paused, "pauses": [span.to_dict() for span in self.pauses]}
+
+    def _must_be_recording(self, what: str) -> None:
+        if self._browser is None or "first_frame" not in self.timings or self.timings.get("stop_requested"):
+            raise Conflict("EGRESS_NOT_ACTIVE", f"the egress can be {what} only while it records")
+
+    async def pause(self) -> dict:
+        """Stop recording into the files and HLS from now on; live destinations get the slate and silence.
+        Returns once the slate is on screen."""
+        self._must_be_recording("paused")
+        if self.paused:
+            raise Conflict("ALREADY_PAUSED", "the egress is already paused; resume it first")
+        # The span starts when asked: whatever the page shows from here on is left out of the files.
+        self.pauses.append(Span(time.time()))
+        if self.config.audio:
+            await mute(self._sink, True)
+        await self._browser.evaluate(SHOW_SLATE, {"image": await self._slate_image(), "text": SLATE_TEXT},
+                                     timeout=10)
+        log.info("paused")
+        return self.pause_state()
+
+    async def resume(self) -> dict:
+        """Record again; returns once the page is back on screen (just before the keyframe the files go on
+        from, at most one keyframe interval later)."""
+        self._must_be_recording("resumed")
+        if not self.paused:
+            raise Conflict("NOT_PAUSED", "the egress is not paused")
+        await self._until_keyframe_lead()
+        await self._browser.evaluate(HIDE_SLATE)
+        if self.config.audio:
+            await mute(self._sink, False)
+        self.pauses[-1].end = time.time()
+        log.info("resumed")
+        return self.pause_state()
+
+    async def _slate_image(self) -> str | None:
+        """The request's slate as a data: URL, or None for the default card (also when it could not be had)."""
+        if self._slate is None:
+            return None
+        try:
+            return await asyncio.shield(self._slate)
+        except CompositorError as exc:
+            log.warning("the slate image is not shown (the card is): %s", exc)
+            return None
+
+    async def _until_keyframe_lead(self) -> None:
+        """Wait until the next video keyframe is KEYFRAME_LEAD_S away: the files go on from a keyframe (their
+        pieces are joined without encoding again), so the page stays on the slate until just before one.
+        The encoder makes one every `gop` frames from its first, at a constant frame rate. Should the frame
+        clock be known late by more than the lead, the files go on from the keyframe after (2 s on)."""
+        cfg = self.config
+        if not cfg.video or not (self._partial or cfg.segments) or self.media_start is None:
+            return
+        step = max(1, round(cfg.video.fps * cfg.video.keyframe_interval)) / cfg.video.fps
+        now = time.time() - self.timings["start_recording"]
+        next_key = self.media_start + math.ceil((now + KEYFRAME_LEAD_S - self.media_start) / step) * step
+        await asyncio.sleep(max(0.0, next_key - KEYFRAME_LEAD_S - now))
+
+    def _media_spans(self, origin: float = 0.0) -> list[tuple[float, float]]:
+        """The paused spans in seconds from start_recording, or on a clock that reads `origin` at the encode's
+        first sample."""
+        shift = self.timings["start_recording"] + (self.media_start or 0.0) - origin
+        return [(span.start - shift, span.end - shift) for span in self.pauses]
+
+    async def _kept_pieces(self, partial: Path) -> list[tuple[float | None, float | None]]:
+        """The file's pieces around the paused spans, each after a span starting on a keyframe."""
+        if self.config.video is not None:
+            keyframes = await video_keyframes(partial)
+            # The file's clock reads its first keyframe (its first frame) where the encode took its first frame.
+            spans = self._media_spans(keyframes[0] if keyframes else 0.0)
+        else:
+            keyframes, spans = None, self._media_spans(await audio_start(partial))
+        pieces = kept_pieces(spans, keyframes)
+        log.info("paused %s: the file keeps %s", spans, pieces)
+        return pieces
+
+    async def _cut_segments(self) -> None:
+        """Leave the paused spans out of the HLS playlist (segments wholly inside one go; each resume is a
+        discontinuity). Its first segment starts at the encode's first frame."""
+        cut_playlist(self.config.segments.playlist, self._media_spans())
 
     async def _start_notice(self, browser: Browser) -> str:
         """What the caller should know about how recording started: a LiveKit room with nothing published."""
@@ -494,7 +617,24 @@ class Recorder:
             return None
         return err
 
+    def _clock_start(self, p: Progress) -> None:
+        """Narrow down when the encode's first sample was captured. A report comes after what it counts was
+        captured, so each gives a time no earlier than the truth: its own time less what it counts (frames at
+        the constant rate, or the sound's length since the first report). The least of them is within a frame
+        or two when reports are read as they come; on a loaded machine, later (see _until_keyframe_lead)."""
+        if self.config.video:
+            if p.frame <= 0:
+                return
+            counted = (p.frame - 1) / self.config.video.fps
+        elif p.out_time > 0:
+            counted = p.out_time
+        else:
+            return
+        start = time.time() - self.timings["start_recording"] - counted
+        self.media_start = start if self.media_start is None else min(self.media_start, start)
+
     def _on_progress(self, p: Progress) -> None:
+        self._clock_start(p)
         now = time.monotonic()
         if now - self._last_progress_emit < 0.95 and not p.ended:
             return
