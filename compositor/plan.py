@@ -152,6 +152,8 @@ class EgressConfig:
     idle_stop: IdleStop | None = None
     #: who is seen and heard (None: everyone in the room)
     participant_filter: ParticipantFilter | None = None
+    #: the participants and speakers sidecars are written next to the file
+    sidecars: bool = False
 
     @property
     def frame(self) -> tuple[int, int, int]:
@@ -298,6 +300,9 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         routing=routing,
         idle_stop=req.idle_stop if req.idle_stop and req.idle_stop.enabled else None,
         participant_filter=_participant_filter(req),
+        # On by default wherever our layout page renders a room (it reports the room model) into a file.
+        sidecars=req.sidecars if req.sidecars is not None else bool(output and source != "web"
+                                                                    and not req.template_url),
     )
 
 

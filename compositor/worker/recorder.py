@@ -38,11 +38,13 @@ from ..paths import WORKDIR_PREFIX
 from ..pipeline.browser import BLOCKED, END_RECORDING, ERROR, REQUEST, START_RECORDING, Browser
 from ..pipeline.delivery import Delivery, build_manifest
 from ..pipeline.encoder import (
+    FILTER_SAFE_PATH,
     Encoder,
     MuxTarget,
     Progress,
     build_argv,
     file_target,
+    first_capture,
     hls_target,
     live_pipe_target,
     pcm_pipe_target,
@@ -51,6 +53,7 @@ from ..pipeline.finalize import finalize, images_written, thumbnails
 from ..pipeline.hls import LivePlaylist, finish_segments
 from ..pipeline.page_server import PageSpec
 from ..pipeline.pcm_socket import PcmSocket
+from ..pipeline.sidecars import ClockSample, MediaClock, RoomLog, stream_start, write_sidecars
 from ..pipeline.streams import Destination, StreamFanout
 from ..plan import EgressConfig, partial_path
 from ..probe import MediaFacts
@@ -77,6 +80,8 @@ class Outputs:
     images: dict | None = None
     streams: list[dict] = field(default_factory=list)
     websocket: dict | None = None
+    #: the file's participants and speakers sidecars, by kind
+    sidecars: dict[str, Path] = field(default_factory=dict)
     #: when the outputs were stored: the stored manifest (locations of everything)
     delivered: dict | None = None
 
@@ -92,6 +97,8 @@ class Outputs:
                 value = getattr(self, name)
                 if value:
                     out[name] = value.to_dict() if name == "file" else value
+            if self.file and self.sidecars:
+                out["file"]["sidecars"] = {kind: str(path) for kind, path in self.sidecars.items()}
         if self.streams:
             out["streams"] = self.streams
         if self.websocket:
@@ -125,6 +132,9 @@ class Recorder:
         self._browser: Browser | None = None
         #: the outputs are being stored (recording is over)
         self.storing = False
+        #: with sidecars: what the page reported of the room, and its clock read against the wall clock
+        self._room_log: RoomLog | None = RoomLog() if config.sidecars else None
+        self._page_clock: list[ClockSample] = []
 
     def _status(self, status: Status, message: str = "", **extra) -> None:
         self.events.emit(StatusEvent(status=status, egress_id=self.config.egress_id, message=message or None,
@@ -165,7 +175,7 @@ class Recorder:
         manifest = build_manifest(egress_id=cfg.egress_id, room_name=cfg.room_name, staging=self.delivery.staging,
                                   file=file, playlist=cfg.segments.playlist if cfg.segments else None,
                                   live_playlist=cfg.segments.live_playlist if cfg.segments else None,
-                                  images=images)
+                                  images=images, sidecars=list(outputs.sidecars.values()))
         self._status(Status.ENDING, "storing the outputs", storing=True)
         self.storing = True
         try:
@@ -196,7 +206,9 @@ class Recorder:
         else:
             spec = PageSpec(cfg.layout, cfg.overlays, cfg.participants, cfg.room_name, cfg.sync_markers,
                             routing=cfg.routing, idle_stop=cfg.idle_stop,
-                            participant_filter=cfg.participant_filter)
+                            participant_filter=cfg.participant_filter, sidecars=cfg.sidecars)
+            # Before the page opens: those present at the start are reported before START_RECORDING.
+            browser.room_log = self._room_log
             if cfg.source == "livekit":
                 server = server_from_env()
                 spec = dataclasses.replace(spec, room_url=server.url,
@@ -233,8 +245,11 @@ class Recorder:
             await self._socket.connect()
             targets.append(pcm_pipe_target(self._socket.write_fd))
         pipes = tuple(owner.write_fd for owner in (self._fanout, self._socket) if owner)
+        first_stamp = workdir / f"{cfg.egress_id}.first-frame"
+        if not (self._room_log and FILTER_SAFE_PATH.fullmatch(str(first_stamp))):
+            first_stamp = None
         encoder = Encoder(build_argv(cfg, display=display.name, pulse_server=sink.server, pulse_source=sink.monitor,
-                                     start_epoch=start_epoch, targets=targets),
+                                     start_epoch=start_epoch, targets=targets, first_stamp=first_stamp),
                           on_progress=self._on_progress, video=cfg.video is not None, pass_fds=pipes)
         stack.push_async_callback(encoder.stop)
         await encoder.start()
@@ -255,6 +270,8 @@ class Recorder:
         failure = await self._until_first_frame(encoder, browser, watched)
         if failure is None:
             self.timings["first_frame"] = time.time()
+            if self._room_log:
+                await self._read_page_clock(browser)
             # What this job holds, so a supervisor (or a test) can check it all goes away.
             owners = {"xvfb": display.process, "pulseaudio": sink.process, "chromium": browser.process,
                       "ffmpeg": encoder.process}
@@ -266,6 +283,8 @@ class Recorder:
         self._status(Status.ENDING)
         code = await encoder.stop()
         log.debug("encoder exit %s", code)
+        if self._room_log and self._page_clock:
+            await self._read_page_clock(browser)
         outputs = Outputs()
         if playlist:
             await playlist.stop()
@@ -282,6 +301,8 @@ class Recorder:
                                             self._fanout.captures if cfg.images.overwrite else None)
         if cfg.output:
             outputs.file = await self._finish_file(failure)
+            if first_stamp and self._page_clock:
+                outputs.sidecars = await self._write_sidecars(outputs.file, first_stamp, start_epoch)
         elif failure is not None:
             raise failure
         self.timings["finalized"] = time.time()
@@ -301,6 +322,35 @@ class Recorder:
             failure.details["file"] = facts.path
             raise failure
         return facts
+
+    async def _read_page_clock(self, browser: Browser) -> None:
+        """Read the page's clock (performance.now()) against the wall clock: the best of a few round trips,
+        each placed at its middle (off by at most half of it, a few ms)."""
+        best: tuple[float, ClockSample] | None = None
+        for _ in range(3):
+            before = time.time()
+            try:
+                page_ms = float(await browser.evaluate("() => performance.now()", timeout=1.0))
+            except (BrowserFailed, TypeError, ValueError):
+                return  # a page that does not answer gets no new reading: the one it had stands
+            after = time.time()
+            if best is None or after - before < best[0]:
+                best = (after - before, ClockSample(page_ms, (before + after) / 2))
+        self._page_clock.append(best[1])
+
+    async def _write_sidecars(self, facts: MediaFacts, first_stamp: Path, start_epoch: float) -> dict[str, Path]:
+        """The participants and speakers sidecars next to the finished file (none if the first frame's time is
+        unknown: they would be off by an unknown amount)."""
+        cfg = self.config
+        first = first_capture(first_stamp, start_epoch)
+        if first is None:
+            log.warning("the first frame's time is unknown; no sidecars")
+            return {}
+        # The first captured frame sits at `start` in the file (0, unless the sound starts before it).
+        start = await stream_start(Path(facts.path), video=cfg.video is not None)
+        clock = MediaClock(tuple(self._page_clock), zero_epoch=first - start, duration=facts.duration)
+        return write_sidecars(Path(facts.path), self._room_log, clock, egress_id=cfg.egress_id,
+                              room_name=cfg.room_name)
 
     def _thumbnails(self) -> list[Path]:
         images = self.config.images
