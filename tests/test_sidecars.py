@@ -24,8 +24,12 @@ from compositor.pipeline.sidecars import (
     build_sidecars,
 )
 from compositor.plan import resolve
+from compositor.protocol import Status
 from compositor.request import PALETTE, RecordRequest
+from compositor.service.livekit_info import egress_info as livekit_egress_info
 from compositor.service.requests import StartEgressRequest
+from compositor.service.seams import EgressRecord
+from compositor.service.webhooks import events_for
 from compositor.storage.manifest import keys_by_kind, result_of
 
 from .conftest import SMALL, assert_color
@@ -185,3 +189,16 @@ def test_the_manifest_lists_them_with_the_file_and_the_result_says_where(tmp_pat
                "sidecars": [{**s, "location": f"s3://b/{s['key']}"} for s in manifest["sidecars"]]}
     assert result_of(located)["file"]["sidecars"] == {"participants": "s3://b/rec/x.mp4.participants.json",
                                                       "speakers": "s3://b/rec/x.mp4.speakers.json"}
+
+
+def test_recording_webhooks_say_where_they_are_and_livekit_file_results_leave_them_out():
+    sidecars = {"participants": "https://s/x.mp4.participants.json", "speakers": "https://s/x.mp4.speakers.json"}
+    rec = EgressRecord(id="EG_123456789012", room_name="r", mode="record", layout="grid", quality="720p",
+                       request={"file": {"filepath": "x.mp4"}}, status=Status.COMPLETE, started_at=1.0, ended_at=3.0,
+                       file={"location": "https://s/x.mp4", "key": "x.mp4", "size": 5, "duration": 2.0,
+                             "sidecars": sidecars})
+    [(name, data)] = events_for(rec, Status.ACTIVE)
+    assert (name, data["fileUrl"], data["sidecars"]) == ("recording.completed", "https://s/x.mp4", sidecars)
+    # LiveKit's clients take file_results (and `file`) as the recording itself: only the file is there.
+    info = livekit_egress_info(rec)
+    assert [r.location for r in info.file_results] == ["https://s/x.mp4"]
