@@ -9,7 +9,6 @@ media timeline (`MediaClock`) and written next to it as `<file name>.participant
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -103,9 +102,10 @@ class ClockSample:
 class MediaClock:
     """Puts the page's times on the file's timeline.
 
-    Two relations make it. The page's clock to the wall clock: read at the first frame and again when the
-    recording ends (`samples`), and interpolated between them, so a drift of the monotonic clock Chromium's
-    performance.now() follows against the wall clock (NTP slewing it) is followed too. The wall clock to the
+    Two relations make it. The page's clock to the wall clock: read at the first frame and again every minute
+    while recording (`samples`: the first reading and the latest), and interpolated between them, so a drift
+    of the monotonic clock Chromium's performance.now() follows against the wall clock (NTP slewing it) is
+    followed too. The wall clock to the
     file: ffmpeg stamps every captured frame with the wall clock (see encoder.py), so the first captured
     frame's stamp, and where that frame sits in the finished file, give the wall time of the file's time 0
     (`zero_epoch`). Capture begins after START_RECORDING (ffmpeg takes a few tenths of a second to start), so
@@ -208,15 +208,3 @@ def write_sidecars(file: Path, room_log: RoomLog, clock: MediaClock, *, egress_i
         paths[kind] = path
     return paths
 
-
-async def stream_start(path: Path, video: bool) -> float:
-    """Where the file's first video frame (`video`) or sound sits on its timeline, in seconds (0 unless the
-    other stream starts earlier)."""
-    proc = await asyncio.create_subprocess_exec(
-        "ffprobe", "-v", "error", "-select_streams", "v:0" if video else "a:0", "-show_entries", "stream=start_time",
-        "-of", "csv=p=0", str(path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    out, _ = await proc.communicate()
-    try:
-        return max(float(out.decode().split()[0]), 0.0)
-    except (ValueError, IndexError):
-        return 0.0

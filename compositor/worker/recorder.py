@@ -53,7 +53,7 @@ from ..pipeline.finalize import finalize, images_written, thumbnails
 from ..pipeline.hls import LivePlaylist, finish_segments
 from ..pipeline.page_server import PageSpec
 from ..pipeline.pcm_socket import PcmSocket
-from ..pipeline.sidecars import ClockSample, MediaClock, RoomLog, stream_start, write_sidecars
+from ..pipeline.sidecars import ClockSample, MediaClock, RoomLog, write_sidecars
 from ..pipeline.streams import Destination, StreamFanout
 from ..plan import EgressConfig, partial_path
 from ..probe import MediaFacts
@@ -69,6 +69,8 @@ from .stage import Stage, open_stage, sweep_stale_workdirs
 log = logging.getLogger(__name__)
 
 FIRST_FRAME_TIMEOUT_S = 10.0
+#: how often the page's clock is read against the wall clock while recording with sidecars
+PAGE_CLOCK_EVERY_S = 60.0
 
 
 @dataclass
@@ -272,6 +274,8 @@ class Recorder:
             self.timings["first_frame"] = time.time()
             if self._room_log:
                 await self._read_page_clock(browser)
+                clock = asyncio.create_task(self._follow_page_clock(browser))
+                stack.callback(clock.cancel)
             # What this job holds, so a supervisor (or a test) can check it all goes away.
             owners = {"xvfb": display.process, "pulseaudio": sink.process, "chromium": browser.process,
                       "ffmpeg": encoder.process}
@@ -283,8 +287,6 @@ class Recorder:
         self._status(Status.ENDING)
         code = await encoder.stop()
         log.debug("encoder exit %s", code)
-        if self._room_log and self._page_clock:
-            await self._read_page_clock(browser)
         outputs = Outputs()
         if playlist:
             await playlist.stop()
@@ -323,6 +325,13 @@ class Recorder:
             raise failure
         return facts
 
+    async def _follow_page_clock(self, browser: Browser) -> None:
+        """Read the page's clock again now and then while recording, so the sidecars follow its drift against
+        the wall clock. (Not at the end: a busy page's answer would hold up the file's delivery.)"""
+        while True:
+            await asyncio.sleep(PAGE_CLOCK_EVERY_S)
+            await self._read_page_clock(browser)
+
     async def _read_page_clock(self, browser: Browser) -> None:
         """Read the page's clock (performance.now()) against the wall clock: the best of a few round trips,
         each placed at its middle (off by at most half of it, a few ms)."""
@@ -336,7 +345,7 @@ class Recorder:
             after = time.time()
             if best is None or after - before < best[0]:
                 best = (after - before, ClockSample(page_ms, (before + after) / 2))
-        self._page_clock.append(best[1])
+        self._page_clock[1:] = [best[1]]  # the first reading and the latest are what MediaClock uses
 
     async def _write_sidecars(self, facts: MediaFacts, first_stamp: Path, start_epoch: float) -> dict[str, Path]:
         """The participants and speakers sidecars next to the finished file (none if the first frame's time is
@@ -346,9 +355,8 @@ class Recorder:
         if first is None:
             log.warning("the first frame's time is unknown; no sidecars")
             return {}
-        # The first captured frame sits at `start` in the file (0, unless the sound starts before it).
-        start = await stream_start(Path(facts.path), video=cfg.video is not None)
-        clock = MediaClock(tuple(self._page_clock), zero_epoch=first - start, duration=facts.duration)
+        # The first captured frame sits at `first_at` in the file (0, unless the sound starts before it).
+        clock = MediaClock(tuple(self._page_clock), zero_epoch=first - facts.first_at, duration=facts.duration)
         return write_sidecars(Path(facts.path), self._room_log, clock, egress_id=cfg.egress_id,
                               room_name=cfg.room_name)
 
