@@ -154,6 +154,8 @@ class EgressConfig:
     participant_filter: ParticipantFilter | None = None
     #: the image live destinations show while paused (None: the default card)
     slate_url: str | None = None
+    #: the participants and speakers sidecars are written next to the file
+    sidecars: bool = False
 
     @property
     def frame(self) -> tuple[int, int, int]:
@@ -301,6 +303,9 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         idle_stop=req.idle_stop if req.idle_stop and req.idle_stop.enabled else None,
         participant_filter=_participant_filter(req),
         slate_url=req.pause.slate_url if req.pause else None,
+        # On by default wherever our layout page renders a room (it reports the room model) into a file.
+        sidecars=req.sidecars if req.sidecars is not None else bool(output and source != "web"
+                                                                    and not req.template_url),
     )
 
 

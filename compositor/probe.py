@@ -22,9 +22,13 @@ class MediaFacts:
     audio_codec: str | None = None
     sample_rate: int | None = None
     channels: int | None = None
+    #: where the first frame (or, without video, the first sound) sits on the file's timeline, in seconds: 0
+    #: unless the other stream starts earlier. For placing things on that timeline (sidecars); not a fact
+    #: results show.
+    first_at: float = 0.0
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k, v in asdict(self).items() if v is not None and k != "first_at"}
 
 
 class ProbeError(Exception):
@@ -55,5 +59,11 @@ def facts_from_json(path: Path, data: dict) -> MediaFacts:
     if audio:
         fields.update(audio_codec=audio.get("codec_name"), sample_rate=int(audio.get("sample_rate", 0)),
                       channels=audio.get("channels"))
+    first = video or audio
+    if first:
+        try:
+            fields["first_at"] = max(float(first.get("start_time", 0.0)), 0.0)
+        except ValueError:  # "N/A"
+            pass
     return MediaFacts(path=str(path), size=int(fmt.get("size", 0)), duration=float(fmt.get("duration", 0.0)),
                       format=fmt.get("format_name", ""), **fields)

@@ -404,6 +404,8 @@ class RecordRequest(Model):
     idle_stop: IdleStop | None = Field(None, description="end by itself when the room is idle (empty, no one "
                                                          "publishing, or everyone muted) for so long")
     pause: PauseSpec | None = Field(None, description="what live destinations show while paused")
+    sidecars: bool | None = Field(None, description="write the participants and speakers sidecars next to the file "
+                                                    "(default: yes for a room recorded by our layout page)")
 
     @model_validator(mode="after")
     def _source(self) -> RecordRequest:
@@ -423,6 +425,11 @@ class RecordRequest(Model):
         if self.idle_stop and self.idle_stop.enabled and (self.web_url or self.template_url):
             # Our own layout page watches the room; a web page or the caller's template has no room we can see.
             raise ValueError("idleStop watches a room through our layout page: not with web_url or template_url")
+        if self.sidecars and (self.web_url or self.template_url):
+            raise ValueError("sidecars come from the room our layout page renders: not with web_url or "
+                             "template_url")
+        if self.sidecars and not self.file:
+            raise ValueError("sidecars go next to a file: give file")
         return self
 
 

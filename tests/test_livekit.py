@@ -4,6 +4,7 @@ the sound of what it recorded."""
 
 from __future__ import annotations
 
+import json
 import signal
 import statistics
 import time
@@ -67,6 +68,16 @@ def test_grid_shows_each_publisher_and_reflows_when_one_leaves(livekit, clips, s
     assert analysis.tone_level(sound, ALICE[1], 0.5, 3) > 0.02 and analysis.tone_level(sound, BOB[1], 0.5, 3) > 0.02
     assert analysis.tone_level(sound, ALICE[1], duration - 2, duration - 0.5) > 0.02
     assert analysis.tone_level(sound, BOB[1], duration - 2, duration - 0.5) < 0.005
+    # The sidecars: both there from the start, alice to the end; bob's leave is where his tile goes; each
+    # spoke (their clips' tones), bob no longer than he stayed.
+    people = json.loads(out.with_name(f"{out.name}.participants.json").read_text())["participants"]
+    assert [(p["identity"], p["from_start"], p["until_end"]) for p in people] == [("alice", True, True),
+                                                                                 ("bob", True, False)]
+    left = people[1]["end"]["offset"]
+    assert near(region(out, left - 0.4, 0.7, 0.4), BOB[0]) and not near(region(out, left + 0.4, 0.75, 0.4), BOB[0])
+    speakers = json.loads(out.with_name(f"{out.name}.speakers.json").read_text())["speakers"]
+    assert {s["identity"] for s in speakers} == {"alice", "bob"}
+    assert max(s["end"]["offset"] for s in speakers if s["identity"] == "bob") <= left
 
 
 def test_room_deleted_ends_the_recording_complete(livekit, clips, start_record):

@@ -109,6 +109,12 @@ def test_s3_file_hls_and_thumbnails_stored_while_recording_with_a_manifest(s3_se
         for seg in playlist["segments"]:  # byte for byte: sizes as staged
             assert s3.head_object(Bucket=BUCKET, Key=seg["key"])["ContentLength"] == seg["size"] > 0
         assert len(manifest["images"]) == done["images"]["count"] >= 2
+        # The file's sidecars went with it, to its storage, named after it, and the result says where.
+        kinds = ("participants", "speakers")
+        assert [(c["kind"], c["key"]) for c in manifest["sidecars"]] == [(k, f"{key}.{k}.json") for k in kinds]
+        assert f["sidecars"] == {k: f"{s3_server.endpoint}/{BUCKET}/{key}.{k}.json" for k in kinds}
+        people = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{key}.participants.json")["Body"].read())
+        assert [(p["identity"], p["from_start"], p["until_end"]) for p in people["participants"]] == [("A", True, True)]
         for image in manifest["images"]:
             assert s3.get_object(Bucket=BUCKET, Key=image["key"])["Body"].read()[:2] == b"\xff\xd8"  # JPEG
         # Everything stored: nothing left staged, nothing in the recordings folder.

@@ -53,6 +53,8 @@ _START = {"room_name": None, "preset": None, "advanced": _ENCODING, "webhooks": 
           "outputs": {"file": {"file_type": None, "filepath": None}, "stream": _STREAM,
                       "segments": dict.fromkeys(_SEGMENT | {"protocol"}),
                       "images": dict.fromkeys(_IMAGE | {"image_codec"}), "storage": _STORAGE}}
+# Fields of our request shape with no LiveKit counterpart, refused in LiveKit's.
+_OURS_ONLY = {"sidecars"}
 # Values of LiveKit's enums that ask for something we do not make.
 _REFUSED_VALUES = {"protocol": {"WEBSOCKET", "HLS_FMP4_PROTOCOL"}}
 _CODECS = {"DEFAULT_AC": None, "AAC": {"MP4"}, "OPUS": {"OGG", "WEBM"}, "AC_MP3": {"MP3"}}
@@ -63,7 +65,11 @@ def is_livekit(body: dict) -> bool:
 
 
 def _check_fields(body: dict, known: dict, where: str = "") -> None:
-    """Refuse a field of `body` that is set (not at its default) and not honoured, naming it."""
+    """Refuse a field of `body` that is set (not at its default) and not honoured, naming it; and any of ours
+    only (`sidecars`), set or not: a LiveKit request never carries it, and one that does mixes the two shapes."""
+    if not where and (ours := sorted(_OURS_ONLY & body.keys())):
+        raise InvalidRequest(f"{ours[0]} is not a LiveKit field: give it on /v1/egress/start in our shape",
+                             details={"field": ours[0]})
     for key, value in body.items():
         path = f"{where}{key}"
         if key not in known:

@@ -61,6 +61,9 @@ def _record_parser(sub) -> None:
                                                                      "for S s")
     idle.add_argument("--idle-no-publisher", type=float, metavar="S", help="when no one publishes for S s")
     idle.add_argument("--idle-all-muted", type=float, metavar="S", help="when every published track is muted for S s")
+    p.add_argument("--no-sidecars", dest="sidecars", action="store_false", default=None,
+                   help="write no participants and speakers sidecars (FILE.participants.json, FILE.speakers.json) "
+                        "next to the file")
     p.add_argument("-o", "--output", help="output file: .mp4, .webm, .ogg or .mp3 (MP3 with --audio-only; "
                                              "default: recordings/recording-TIME.mp4 unless --stream or --segments "
                                              "is given)")
@@ -164,7 +167,8 @@ def build_request(args: argparse.Namespace) -> RecordRequest:
     data: dict = read_request_file(args.config, "--config") if args.config else {}
     flags = {"room_name": args.room_name, "web_url": args.web_url, "layout": args.layout, "preset": args.preset,
              "duration": args.duration, "sync_markers": args.sync_markers, "audio_only": args.audio_only,
-             "video_only": args.video_only, "await_start_signal": args.await_start_signal}
+             "video_only": args.video_only, "await_start_signal": args.await_start_signal,
+             "sidecars": args.sidecars}
     data.update({k: v for k, v in flags.items() if v is not None})
     fold_page_flags(args, data)
     if args.room == "livekit":

@@ -26,6 +26,7 @@ from ..errors import BrowserFailed, MissingDependency
 from ..outbound import OPTION, AllowedHosts
 from ..process import ManagedProcess
 from .devtools import DevToolsPipe
+from .sidecars import ROOM_EVENT, RoomLog
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ class Browser:
         #: set once the layout page says the room is idle
         self.idle: asyncio.Future[IdleSignal] = asyncio.get_running_loop().create_future()
         self.problems: list[PageProblem] = []
+        #: where our layout page's room events (ROOM_EVENT) go, when the recording has sidecars (else ignored)
+        self.room_log: RoomLog | None = None
         self._waiters: list[tuple[tuple[str, ...], asyncio.Future]] = []
         self._origin = ""
         self._proc: ManagedProcess | None = None
@@ -203,6 +206,10 @@ class Browser:
             self.signals.put_nowait(text)
         elif text.startswith(IDLE_STOP + " ") and not self.idle.done():
             self.idle.set_result(_idle_signal(text.removeprefix(IDLE_STOP + " ")))
+        elif text.startswith(ROOM_EVENT + " "):
+            if self.room_log is not None:
+                self.room_log.add(text.removeprefix(ROOM_EVENT + " "))
+            return  # one per join, leave and word: not worth a debug line each
         elif msg.type == "error" and not text.startswith("Failed to load resource"):  # reported as REQUEST
             self._problem(CONSOLE, text)
         log.debug("page console [%s]: %s", msg.type, text)

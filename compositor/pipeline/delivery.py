@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from ..protocol import UploadEvent, UploadStatus
 from ..request import OutputKind, UploadSpec
 from ..storage.errors import UploadFailed
 from ..storage.local import LocalSite
-from ..storage.manifest import MANIFEST_VERSION, iso_time, keys_by_kind, manifest_key, manifest_keys
+from ..storage.manifest import MANIFEST_VERSION, iso_time, keys_by_kind, manifest_key, manifest_keys, sidecar_kind
 from ..storage.uploader import RetryNotice, RetryPolicy, StoredFile, Uploader
 from .hls import Playlist, write_atomic
 
@@ -41,14 +41,15 @@ KINDS: tuple[OutputKind, ...] = ("file", "segments", "images")
 
 
 def build_manifest(*, egress_id: str, room_name: str, staging: Path, file: dict | None,
-                   playlist: Path | None, live_playlist: Path | None, images: list[Path]) -> dict:
+                   playlist: Path | None, live_playlist: Path | None, images: list[Path],
+                   sidecars: Sequence[Path] = ()) -> dict:
     """What an egress wrote, by storage key: the file with its facts, playlists with their segments,
-    thumbnails. Locations are filled in once stored."""
+    thumbnails, the file's sidecars (`name.ext.<kind>.json`). Locations are filled in once stored."""
     def key(path: Path | str) -> str:
         return Path(path).relative_to(staging).as_posix()
 
     manifest: dict = {"version": MANIFEST_VERSION, "egress_id": egress_id, "room_name": room_name,
-                      "files": [], "playlists": [], "images": []}
+                      "files": [], "playlists": [], "images": [], "sidecars": []}
     if file:
         facts = {k: v for k, v in file.items() if k not in ("path", "started_at", "ended_at")}
         manifest["files"].append({"key": key(file["path"]), **facts, "started_at": iso_time(file.get("started_at")),
@@ -64,6 +65,7 @@ def build_manifest(*, egress_id: str, room_name: str, staging: Path, file: dict 
         manifest["playlists"].append({"key": key(playlist), "live_key": key(live_playlist) if live_playlist else None,
                                       "duration": round(listed.duration, 3), "segments": segments})
     manifest["images"] = [{"key": key(p), "size": p.stat().st_size} for p in images]
+    manifest["sidecars"] = [{"key": key(p), "kind": sidecar_kind(p), "size": p.stat().st_size} for p in sidecars]
     manifest["key"] = manifest_key(egress_id, [e["key"] for group in ("files", "playlists", "images")
                                                for e in manifest[group]])
     return manifest
@@ -246,7 +248,7 @@ class Delivery:
         """The manifest with every entry's location, and where it all went."""
         out = json.loads(json.dumps(manifest))
         out.update(storage=backend, backup_used=on_backup)
-        for entry in [*out["files"], *out["images"]]:
+        for entry in [*out["files"], *out["images"], *out.get("sidecars", [])]:
             entry["location"] = location(entry["key"])
         for pl in out["playlists"]:
             pl["location"] = location(pl["key"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -159,8 +160,12 @@ def mux_args(targets: list[MuxTarget]) -> list[str]:
 
 
 def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_source: str,
-               start_epoch: float, targets: list[MuxTarget]) -> list[str]:
-    """The whole ffmpeg command for one egress: one encode, every output."""
+               start_epoch: float, targets: list[MuxTarget], first_stamp: Path | None = None) -> list[str]:
+    """The whole ffmpeg command for one egress: one encode, every output.
+
+    `first_stamp`: a file (its path free of filter syntax: our workdir's) that receives the timestamp of the
+    first captured frame (or, without video, sound); see `first_capture`.
+    """
     argv = ["ffmpeg", "-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-progress", "pipe:1",
             "-stats_period", "0.25", "-copyts"]
     inputs = 0
@@ -181,7 +186,10 @@ def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_s
     if config.video:
         # Constant rate made in the filter, from the first captured frame on:
         # the encoder's own cfr would repeat that frame back to time 0.
-        argv += ["-filter_complex", f"[0:v]fps={config.video.fps}{trim}[video]", "-map", "[video]"]
+        graph = f"fps={config.video.fps}{trim}[video]"
+        if first_stamp:
+            graph = f"split[main][first];[first]{_stamp_branch(first_stamp, audio=False)};[main]{graph}"
+        argv += ["-filter_complex", f"[0:v]{graph}", "-map", "[video]"]
     if config.audio:
         argv += ["-map", f"{inputs}:a"]
     if config.video:
@@ -190,10 +198,40 @@ def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_s
         # With a picture, the sound ends with it (the muxer's `shortest` cuts it at the picture's last frame,
         # where -shortest alone lets through what was already encoded); alone, it is trimmed the same way.
         alone = limited and not config.video
-        argv += audio_args(config.audio, f",atrim=duration={config.duration:.3f}" if alone else "")
+        then = f",atrim=duration={config.duration:.3f}" if alone else ""
+        if first_stamp and not config.video:
+            then += f",asplit[main][first];[first]{_stamp_branch(first_stamp, audio=True)};[main]anull"
+        argv += audio_args(config.audio, then)
     limit = ["-shortest", "-fflags", "+shortest"] if limited and config.video and config.audio else []
     argv += [*limit, "-avoid_negative_ts", "make_zero", "-flush_packets", "1", *mux_args(targets)]
     return argv
+
+
+#: what a path in a filter graph may hold without escaping (a stamp file elsewhere is not asked for)
+FILTER_SAFE_PATH = re.compile(r"[\w./-]+")
+
+
+def _stamp_branch(path: Path, audio: bool) -> str:
+    """A filter branch that passes the first frame (or sound) only and prints its timestamp into `path`: the
+    file starts at 0 (make_zero), and this says where that was on the wall clock. The metadata it adds is what
+    makes the printer print (it prints frames that carry some). The branch ends after that frame: a branch that
+    went on without output would hold the graph open past the others' end (ffmpeg waits on its oldest sink)."""
+    a = "a" if audio else ""
+    first = "atrim=end_sample=1" if audio else "trim=end_frame=1"
+    return (f"{first},{a}metadata=mode=add:key=compositor:value=first,"
+            f"{a}metadata=mode=print:file={path},{a}nullsink")
+
+
+def first_capture(stamp: Path, start_epoch: float) -> float | None:
+    """The wall time of the first captured frame (or, without video, sound), from the `first_stamp` file of an
+    encode that started at `start_epoch` (its timestamps are the wall clock minus that: -itsoffset); None if
+    it has none."""
+    try:
+        text = stamp.read_text()
+    except OSError:
+        return None
+    match = re.search(r"pts_time:(-?[0-9.e+-]+)", text)
+    return start_epoch + float(match[1]) if match else None
 
 
 class Encoder:

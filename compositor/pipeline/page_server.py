@@ -46,6 +46,8 @@ class PageSpec:
     idle_stop: IdleStop | None = None
     #: who is seen and heard (None: everyone)
     participant_filter: ParticipantFilter | None = None
+    #: the page reports joins, leaves and speaking (ROOM_EVENT) for the participants and speakers sidecars
+    sidecars: bool = False
 
 
 def render_page(layout: LayoutRef, overlays: dict) -> str:
@@ -188,6 +190,8 @@ class PageServer:
         if spec.participant_filter:
             # JSON in the query, read by the page's script only: identities never become markup.
             query["participants"] = spec.participant_filter.model_dump_json(exclude_none=True)
+        if spec.sidecars:
+            query["sidecars"] = "1"
         return f"{self.base_url}{PAGE}?{urlencode(query)}"
 
     def _participant_json(self, p: ParticipantSpec) -> dict:

@@ -196,6 +196,10 @@ class StartEgressRequest(RoomRequest):
     pause: PauseSpec | None = Field(None, description="what live destinations show while the egress is paused "
                                                       "(POST /v1/egress/{id}/pause): {slateUrl} (default: a plain "
                                                       "\"We'll be right back\" card)")
+    sidecars: bool | None = Field(None, description="write `<file name>.participants.json` (who was in the room "
+                                                    "when) and `<file name>.speakers.json` (who spoke when) next "
+                                                    "to the file, in its storage (default: yes for a room; a web "
+                                                    "page or templateUrl has none)")
 
     @model_validator(mode="after")
     def _outputs(self) -> StartEgressRequest:
@@ -223,6 +227,11 @@ class StartEgressRequest(RoomRequest):
         if self.idle_stop and (self.web_url or self.template_url):
             raise InvalidRequest("idleStop watches the room through our layout page: not with webUrl or "
                                  "templateUrl", details={"field": "idleStop"})
+        if self.sidecars and (self.web_url or self.template_url):
+            raise InvalidRequest("sidecars come from the room our layout page renders: not with webUrl or "
+                                 "templateUrl", details={"field": "sidecars"})
+        if self.sidecars and not self.wants_file:
+            raise InvalidRequest("sidecars go next to the file: this egress writes none", details={"field": "sidecars"})
         return self
 
     @property
@@ -296,7 +305,7 @@ class StartEgressRequest(RoomRequest):
                 else None, **moved, websocket=self.track.websocket_url if self.track else None,
                 duration=min(limits) if limits else None, audio_only=audio_only, video_only=video_only,
                 audio_channels=channels, audio=self.audio, participants=self.participants, upload=upload,
-                idle_stop=idle, pause=self.pause)
+                idle_stop=idle, pause=self.pause, sidecars=self.sidecars)
         except ValidationError as exc:
             raise InvalidRequest(first_error(exc)) from None
 
@@ -353,13 +362,14 @@ class StartRecordingRequest(RoomRequest):
     storage: StorageConfig | None = None
     backup_storage: StorageConfig | None = None
     idle_stop: IdleStop | None = Field(None, description="as on /v1/egress/start")
+    sidecars: bool | None = Field(None, description="as on /v1/egress/start")
 
     def to_egress_request(self) -> StartEgressRequest:
         return StartEgressRequest(room_name=self.room_name, mode="record", **self.page, quality=self.quality,
                                   advanced=self.advanced, file=FileSpec(file_type=self.file_type,
                                                                         filepath=self.filepath),
                                   room=self.room, storage=self.storage, backup_storage=self.backup_storage,
-                                  audio_only=self.audio_only, idle_stop=self.idle_stop)
+                                  audio_only=self.audio_only, idle_stop=self.idle_stop, sidecars=self.sidecars)
 
 
 class AutoEgressConfig(Model):

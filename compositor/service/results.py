@@ -24,6 +24,14 @@ def egress_id_of(rec_id: str) -> str:
     return "EG_" + rec_id.removeprefix("rec_")
 
 
+class Sidecars(Model):
+    """Where a recording's sidecars are: JSON files beside it, in the same storage, with times on the file's
+    timeline (seconds from its first frame) and the wall clock."""
+
+    participants: str | None = Field(None, description="who was in the room when (`<file name>.participants.json`)")
+    speakers: str | None = Field(None, description="who spoke when (`<file name>.speakers.json`)")
+
+
 class FileResult(Model):
     location: str = Field(description="the object's URL, or the file's path on this server")
     filename: str
@@ -40,6 +48,7 @@ class FileResult(Model):
     audio_codec: str | None = None
     started_at: str | None = None
     ended_at: str | None = None
+    sidecars: Sidecars | None = None
 
 
 def iso(ts: float | None) -> str | None:
@@ -84,7 +93,7 @@ def _file_result(f: dict) -> dict:
     return FileResult(location=location, filename=(f.get("key") or location).rpartition("/")[2], size=f["size"],
                       duration=f["duration"],
                       **{k: f[k] for k in ("width", "height", "fps", "video_codec", "audio_codec", "key", "storage",
-                                           "backup_used") if k in f},
+                                           "backup_used", "sidecars") if k in f},
                       started_at=iso(f.get("started_at")), ended_at=iso(f.get("ended_at"))
                       ).model_dump(by_alias=True, exclude_none=True)
 

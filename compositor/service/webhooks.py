@@ -110,6 +110,9 @@ def events_for(rec: EgressRecord, previous: str | None, previous_pauses: list | 
                 done.update(stoppedBy=rec.stopped_by, **({"endReason": rec.end_reason} if rec.end_reason else {}))
             if kind == "recording":
                 done.update(fileUrl=f.get("location"), fileSize=f.get("size"))
+                if f.get("sidecars"):
+                    # Where its participants and speakers files are: {participants: url, speakers: url}.
+                    done["sidecars"] = f["sidecars"]
             else:
                 done["destinations"] = [{"url": s["url"], "status": s["status"]} for s in rec.streams or []]
             out.append((f"{kind}.completed", {**base, **done}))

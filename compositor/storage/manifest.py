@@ -1,6 +1,6 @@
-"""The manifest of an egress's stored outputs, `{egress_id}.json`: every file, playlist (with its segments) and
-thumbnail, by storage key and, once stored, location. A delivery writes it into staging before anything is
-stored, so a delivery cut short can be resumed from it."""
+"""The manifest of an egress's stored outputs, `{egress_id}.json`: every file, playlist (with its segments),
+thumbnail and sidecar of the file, by storage key and, once stored, location. A delivery writes it into staging
+before anything is stored, so a delivery cut short can be resumed from it."""
 
 from __future__ import annotations
 
@@ -29,8 +29,15 @@ def keys_by_kind(manifest: dict) -> dict[str, list[str]]:
     segments = []
     for pl in manifest["playlists"]:
         segments += [s["key"] for s in pl["segments"]] + [pl["key"]] + ([pl["live_key"]] if pl.get("live_key") else [])
-    return {"file": [f["key"] for f in manifest["files"]], "segments": segments,
+    # A file's sidecars go with it, to its storage (a manifest of before sidecars has none).
+    files = [f["key"] for f in manifest["files"]] + [s["key"] for s in manifest.get("sidecars", [])]
+    return {"file": files, "segments": segments,
             "images": [i["key"] for i in manifest["images"]]}
+
+
+def sidecar_kind(path: Path | str) -> str:
+    """A sidecar's kind (participants, speakers) from its name, `name.ext.<kind>.json`."""
+    return Path(path).name.removesuffix(".json").rpartition(".")[2]
 
 
 def manifest_keys(manifest: dict) -> list[str]:
@@ -52,6 +59,8 @@ def result_of(manifest: dict) -> dict:
         out["file"] = {**{k: v for k, v in f.items() if k not in ("started_at", "ended_at")},
                        "path": f["location"], "storage": out["storage"], "backup_used": out["backup_used"],
                        "started_at": _epoch(f.get("started_at")), "ended_at": _epoch(f.get("ended_at"))}
+        if manifest.get("sidecars"):
+            out["file"]["sidecars"] = {s["kind"]: s["location"] for s in manifest["sidecars"]}
     if manifest["playlists"]:
         pl = manifest["playlists"][0]
         out["segments"] = {"playlist": pl["location"], "live_playlist": pl.get("live_location"),

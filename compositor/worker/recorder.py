@@ -40,11 +40,13 @@ from ..pipeline.audio import AudioSink
 from ..pipeline.browser import BLOCKED, END_RECORDING, ERROR, REQUEST, START_RECORDING, Browser
 from ..pipeline.delivery import Delivery, build_manifest
 from ..pipeline.encoder import (
+    FILTER_SAFE_PATH,
     Encoder,
     MuxTarget,
     Progress,
     build_argv,
     file_target,
+    first_capture,
     hls_target,
     live_pipe_target,
     pcm_pipe_target,
@@ -66,6 +68,7 @@ from ..pipeline.pause import (
     video_keyframes,
 )
 from ..pipeline.pcm_socket import PcmSocket
+from ..pipeline.sidecars import ClockSample, MediaClock, RoomLog, write_sidecars
 from ..pipeline.streams import Destination, StreamFanout
 from ..plan import EgressConfig, partial_path
 from ..probe import MediaFacts
@@ -81,6 +84,8 @@ from .stage import Stage, open_stage, sweep_stale_workdirs
 log = logging.getLogger(__name__)
 
 FIRST_FRAME_TIMEOUT_S = 10.0
+#: how often the page's clock is read against the wall clock while recording with sidecars
+PAGE_CLOCK_EVERY_S = 60.0
 
 
 @dataclass
@@ -92,6 +97,8 @@ class Outputs:
     images: dict | None = None
     streams: list[dict] = field(default_factory=list)
     websocket: dict | None = None
+    #: the file's participants and speakers sidecars, by kind
+    sidecars: dict[str, Path] = field(default_factory=dict)
     #: when the outputs were stored: the stored manifest (locations of everything)
     delivered: dict | None = None
 
@@ -107,6 +114,8 @@ class Outputs:
                 value = getattr(self, name)
                 if value:
                     out[name] = value.to_dict() if name == "file" else value
+            if self.file and self.sidecars:
+                out["file"]["sidecars"] = {kind: str(path) for kind, path in self.sidecars.items()}
         if self.streams:
             out["streams"] = self.streams
         if self.websocket:
@@ -147,6 +156,9 @@ class Recorder:
         #: when (seconds from start_recording) the encode's first sample was captured: its first video frame, or
         #: its first sound without video; the files' own clocks start there
         self.media_start: float | None = None
+        #: with sidecars: what the page reported of the room, and its clock read against the wall clock
+        self._room_log: RoomLog | None = RoomLog() if config.sidecars else None
+        self._page_clock: list[ClockSample] = []
 
     def _status(self, status: Status, message: str = "", **extra) -> None:
         self.events.emit(StatusEvent(status=status, egress_id=self.config.egress_id, message=message or None,
@@ -187,7 +199,7 @@ class Recorder:
         manifest = build_manifest(egress_id=cfg.egress_id, room_name=cfg.room_name, staging=self.delivery.staging,
                                   file=file, playlist=cfg.segments.playlist if cfg.segments else None,
                                   live_playlist=cfg.segments.live_playlist if cfg.segments else None,
-                                  images=images)
+                                  images=images, sidecars=list(outputs.sidecars.values()))
         self._status(Status.ENDING, "storing the outputs", storing=True)
         self.storing = True
         try:
@@ -225,7 +237,9 @@ class Recorder:
         else:
             spec = PageSpec(cfg.layout, cfg.overlays, cfg.participants, cfg.room_name, cfg.sync_markers,
                             routing=cfg.routing, idle_stop=cfg.idle_stop,
-                            participant_filter=cfg.participant_filter)
+                            participant_filter=cfg.participant_filter, sidecars=cfg.sidecars)
+            # Before the page opens: those present at the start are reported before START_RECORDING.
+            browser.room_log = self._room_log
             if cfg.source == "livekit":
                 server = server_from_env()
                 spec = dataclasses.replace(spec, room_url=server.url,
@@ -262,8 +276,11 @@ class Recorder:
             await self._socket.connect()
             targets.append(pcm_pipe_target(self._socket.write_fd))
         pipes = tuple(owner.write_fd for owner in (self._fanout, self._socket) if owner)
+        first_stamp = workdir / f"{cfg.egress_id}.first-frame"
+        if not (self._room_log and FILTER_SAFE_PATH.fullmatch(str(first_stamp))):
+            first_stamp = None
         encoder = Encoder(build_argv(cfg, display=display.name, pulse_server=sink.server, pulse_source=sink.monitor,
-                                     start_epoch=start_epoch, targets=targets),
+                                     start_epoch=start_epoch, targets=targets, first_stamp=first_stamp),
                           on_progress=self._on_progress, video=cfg.video is not None, pass_fds=pipes)
         stack.push_async_callback(encoder.stop)
         await encoder.start()
@@ -284,6 +301,10 @@ class Recorder:
         failure = await self._until_first_frame(encoder, browser, watched)
         if failure is None:
             self.timings["first_frame"] = time.time()
+            if self._room_log:
+                await self._read_page_clock(browser)
+                clock = asyncio.create_task(self._follow_page_clock(browser))
+                stack.callback(clock.cancel)
             # What this job holds, so a supervisor (or a test) can check it all goes away.
             owners = {"xvfb": display.process, "pulseaudio": sink.process, "chromium": browser.process,
                       "ffmpeg": encoder.process}
@@ -317,6 +338,8 @@ class Recorder:
                                             self._fanout.captures if cfg.images.overwrite else None)
         if cfg.output:
             outputs.file = await self._finish_file(failure)
+            if first_stamp and self._page_clock:
+                outputs.sidecars = await self._write_sidecars(outputs.file, first_stamp, start_epoch)
         elif failure is not None:
             raise failure
         self.timings["finalized"] = time.time()
@@ -336,6 +359,41 @@ class Recorder:
             failure.details["file"] = facts.path
             raise failure
         return facts
+
+    async def _follow_page_clock(self, browser: Browser) -> None:
+        """Read the page's clock again now and then while recording, so the sidecars follow its drift against
+        the wall clock. (Not at the end: a busy page's answer would hold up the file's delivery.)"""
+        while True:
+            await asyncio.sleep(PAGE_CLOCK_EVERY_S)
+            await self._read_page_clock(browser)
+
+    async def _read_page_clock(self, browser: Browser) -> None:
+        """Read the page's clock (performance.now()) against the wall clock: the best of a few round trips,
+        each placed at its middle (off by at most half of it, a few ms)."""
+        best: tuple[float, ClockSample] | None = None
+        for _ in range(3):
+            before = time.time()
+            try:
+                page_ms = float(await browser.evaluate("() => performance.now()", timeout=1.0))
+            except (BrowserFailed, TypeError, ValueError):
+                return  # a page that does not answer gets no new reading: the one it had stands
+            after = time.time()
+            if best is None or after - before < best[0]:
+                best = (after - before, ClockSample(page_ms, (before + after) / 2))
+        self._page_clock[1:] = [best[1]]  # the first reading and the latest are what MediaClock uses
+
+    async def _write_sidecars(self, facts: MediaFacts, first_stamp: Path, start_epoch: float) -> dict[str, Path]:
+        """The participants and speakers sidecars next to the finished file (none if the first frame's time is
+        unknown: they would be off by an unknown amount)."""
+        cfg = self.config
+        first = first_capture(first_stamp, start_epoch)
+        if first is None:
+            log.warning("the first frame's time is unknown; no sidecars")
+            return {}
+        # The first captured frame sits at `first_at` in the file (0, unless the sound starts before it).
+        clock = MediaClock(tuple(self._page_clock), zero_epoch=first - facts.first_at, duration=facts.duration)
+        return write_sidecars(Path(facts.path), self._room_log, clock, egress_id=cfg.egress_id,
+                              room_name=cfg.room_name)
 
     def _thumbnails(self) -> list[Path]:
         images = self.config.images

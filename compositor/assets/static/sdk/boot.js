@@ -6,6 +6,7 @@ import { routingFrom } from './audio.js';
 import { egress } from './egress.js';
 import { watchIdle } from './idle.js';
 import { startClock } from './overlays.js';
+import { reportRoom } from './sidecars.js';
 import { Stage } from './stage.js';
 import { SyntheticRoom } from './synthetic.js';
 
@@ -81,6 +82,8 @@ export async function boot({ layout, root = document.getElementById('stage') }) 
   // Two frames: the first paints the tiles, the second is surely on screen.
   await nextFrame();
   await nextFrame();
+  // Who is present now is told before START_RECORDING: the recorder lists them as there from the start.
+  if (egress.params.get('sidecars') === '1') reportRoom(room);
   room.start(performance.now());
   egress.startRecording();
   const idle = egress.params.get('idle');
