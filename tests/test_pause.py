@@ -158,7 +158,13 @@ def test_a_paused_span_is_left_out_of_the_file_and_hls_and_live_shows_the_slate(
     result, out = done.result, done.output
     # Nothing left behind: processes (pactl and ffprobe among them), the join's script, the partial file.
     assert_released(done.resources)
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("hls")) == ["live.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("hls")) == [
+        "live.mp4", "live.mp4.participants.json", "live.mp4.speakers.json"]
+    # The sidecars tell the file's room: Cy, there only while paused, never was; Ada was there all along.
+    sidecar = json.loads((tmp_path / "live.mp4.participants.json").read_text())
+    assert [(p["name"], p["start"]["offset"], p["from_start"], p["until_end"]) for p in sidecar["participants"]] \
+        == [(ADA[0], 0.0, True, True)], sidecar
+    assert abs(sidecar["participants"][0]["end"]["offset"] - analysis.facts(out).duration) < 0.1, sidecar
     timings = result["timings"]
     paused_for = span["end"] - span["start"]
     assert 3.0 <= paused_for <= 5.2, span  # asked for 3 s; the resume waits for a keyframe (at most 2 s)

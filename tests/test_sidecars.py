@@ -143,6 +143,23 @@ def test_the_page_clock_is_interpolated_between_its_readings():
     assert c.offset(100_000) == pytest.approx(100.1)
 
 
+def test_a_paused_span_is_left_out_of_the_timeline_as_out_of_the_file():
+    # Captured 0–3 s kept, 3–6 s paused (left out), kept again from the keyframe at 6.5 s: a 7.5 s file.
+    c = MediaClock((ClockSample(1000, 101.0),), zero_epoch=101.0, duration=7.5, pieces=((None, 3.0), (6.5, None)))
+    ev = [RoomEvent(RoomEventKind(k), who, who, at) for k, who, at in (
+        ("joined", "A", 1000), ("speaking", "A", 2000), ("silent", "A", 4000),  # silent while paused: at 3.0
+        ("joined", "B", 4000), ("left", "B", 5000),                             # only while paused: never there
+        ("joined", "C", 5000), ("left", "C", 8500),                             # came while paused: 3.0–4.0
+    )]
+    people, speakers = build_sidecars(ev, c)
+    assert [(p["identity"], p["start"]["offset"], p["end"]["offset"]) for p in people] == \
+        [("A", 0.0, 7.5), ("C", 3.0, 4.0)]
+    assert [(s["identity"], s["start"]["offset"], s["end"]["offset"]) for s in speakers] == [("A", 1.0, 3.0)]
+    # Wall times stay the room's: C came at 105.0 and the file ended at wall time 112.0 (3.5 s of pause in it).
+    assert people[1]["start"]["at"] == "1970-01-01T00:01:45.000Z"
+    assert people[0]["end"]["at"] == "1970-01-01T00:01:52.000Z"
+
+
 # -- who asks for them ---------------------------------------------------------------------------------------
 
 def test_on_by_default_for_a_room_into_a_file_off_for_a_web_page_and_when_asked():

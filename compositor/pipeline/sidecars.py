@@ -115,6 +115,9 @@ class MediaClock:
     samples: tuple[ClockSample, ...]
     zero_epoch: float
     duration: float
+    #: with paused spans left out of the file: the kept pieces, (start, end) in seconds from the first frame of
+    #: the recording as captured (None: its start or end); empty when nothing was left out
+    pieces: tuple[tuple[float | None, float | None], ...] = ()
 
     def epoch(self, page_ms: float) -> float:
         """The wall time of a page time."""
@@ -125,16 +128,46 @@ class MediaClock:
         return first.epoch + (page_ms - first.page_ms) / 1000 * rate
 
     def offset(self, page_ms: float) -> float:
-        """Seconds from the file's first frame, within the file."""
-        return min(max(self.epoch(page_ms) - self.zero_epoch, 0.0), self.duration)
+        """Seconds from the file's first frame, within the file (a moment of a paused span, which the file
+        leaves out, is where the file goes on after it)."""
+        return min(max(self._kept(self.epoch(page_ms) - self.zero_epoch), 0.0), self.duration)
+
+    @property
+    def end_epoch(self) -> float:
+        """The wall time of the file's end (its pauses included)."""
+        return self.zero_epoch + self._captured(self.duration)
+
+    def _kept(self, captured: float) -> float:
+        """Where a time of the recording as captured is in the file."""
+        if not self.pieces:
+            return captured
+        kept = 0.0
+        for start, end in self.pieces:
+            start = start or 0.0
+            if captured < start:
+                return kept
+            if end is None or captured <= end:
+                return kept + captured - start
+            kept += end - start
+        return kept
+
+    def _captured(self, offset: float) -> float:
+        """Where a time of the file was in the recording as captured."""
+        kept = 0.0
+        for start, end in self.pieces:
+            start = start or 0.0
+            if end is None or offset <= kept + end - start:
+                return start + offset - kept
+            kept += end - start
+        return offset
 
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _moment(clock: MediaClock, offset: float) -> dict:
-    return {"offset": round(offset, 3), "at": _iso(clock.zero_epoch + offset)}
+def _moment(offset: float, epoch: float) -> dict:
+    return {"offset": round(offset, 3), "at": _iso(epoch)}
 
 
 def build_sidecars(events: list[RoomEvent], clock: MediaClock) -> tuple[list[dict], list[dict]]:
@@ -146,29 +179,32 @@ def build_sidecars(events: list[RoomEvent], clock: MediaClock) -> tuple[list[dic
     presences: list[dict] = []
     speeches: list[dict] = []
 
-    def close(spans: list[dict], span: dict, offset: float) -> None:
+    def close(spans: list[dict], span: dict, offset: float, epoch: float) -> None:
+        # (A span the file leaves wholly out, as one within a pause, has no length left: it is not listed.)
         if offset > span["start"]:
-            spans.append({**span, "end": offset})
+            spans.append({**span, "end": offset, "end_at": min(epoch, clock.end_epoch)})
 
     for e in events:
-        offset = clock.offset(e.at)
+        offset, epoch = clock.offset(e.at), clock.epoch(e.at)
         if e.kind == RoomEventKind.JOINED and e.identity not in present:
-            present[e.identity] = {"identity": e.identity, "name": e.name, "start": offset}
+            present[e.identity] = {"identity": e.identity, "name": e.name, "start": offset,
+                                   "start_at": max(epoch, clock.zero_epoch)}
         elif e.kind == RoomEventKind.LEFT and e.identity in present:
             if e.identity in speaking:
-                close(speeches, speaking.pop(e.identity), offset)
-            close(presences, present.pop(e.identity), offset)
+                close(speeches, speaking.pop(e.identity), offset, epoch)
+            close(presences, present.pop(e.identity), offset, epoch)
         elif e.kind == RoomEventKind.SPEAKING and e.identity in present and e.identity not in speaking:
-            speaking[e.identity] = {"identity": e.identity, "name": present[e.identity]["name"], "start": offset}
+            speaking[e.identity] = {"identity": e.identity, "name": present[e.identity]["name"], "start": offset,
+                                    "start_at": max(epoch, clock.zero_epoch)}
         elif e.kind == RoomEventKind.SILENT and e.identity in speaking:
-            close(speeches, speaking.pop(e.identity), offset)
+            close(speeches, speaking.pop(e.identity), offset, epoch)
     for spans, still in ((speeches, speaking), (presences, present)):
         for span in still.values():
-            close(spans, span, clock.duration)
+            close(spans, span, clock.duration, clock.end_epoch)
 
     def shaped(span: dict) -> dict:
         return {"identity": span["identity"], "name": span["name"],
-                "start": _moment(clock, span["start"]), "end": _moment(clock, span["end"]),
+                "start": _moment(span["start"], span["start_at"]), "end": _moment(span["end"], span["end_at"]),
                 "from_start": span["start"] == 0.0, "until_end": span["end"] >= clock.duration}
 
     def by_start(span: dict) -> tuple[float, str]:
@@ -189,7 +225,7 @@ def write_sidecars(file: Path, room_log: RoomLog, clock: MediaClock, *, egress_i
     presences, speeches = build_sidecars(room_log.events, clock)
     common = {"version": SIDECARS_VERSION, "egress_id": egress_id, "room_name": room_name, "file": file.name,
               "duration": round(clock.duration, 3), "started_at": _iso(clock.zero_epoch),
-              "ended_at": _iso(clock.zero_epoch + clock.duration),
+              "ended_at": _iso(clock.end_epoch),
               # Past a cap (events, line or identity length) the page's reports were not all kept.
               "truncated": room_log.truncated}
     if room_log.truncated:

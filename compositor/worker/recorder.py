@@ -159,6 +159,8 @@ class Recorder:
         #: with sidecars: what the page reported of the room, and its clock read against the wall clock
         self._room_log: RoomLog | None = RoomLog() if config.sidecars else None
         self._page_clock: list[ClockSample] = []
+        #: the pieces of the recording as captured that its file keeps, when pauses left some out
+        self._kept: tuple[tuple[float | None, float | None], ...] = ()
 
     def _status(self, status: Status, message: str = "", **extra) -> None:
         self.events.emit(StatusEvent(status=status, egress_id=self.config.egress_id, message=message or None,
@@ -391,7 +393,8 @@ class Recorder:
             log.warning("the first frame's time is unknown; no sidecars")
             return {}
         # The first captured frame sits at `first_at` in the file (0, unless the sound starts before it).
-        clock = MediaClock(tuple(self._page_clock), zero_epoch=first - facts.first_at, duration=facts.duration)
+        clock = MediaClock(tuple(self._page_clock), zero_epoch=first - facts.first_at, duration=facts.duration,
+                           pieces=self._kept)
         return write_sidecars(Path(facts.path), self._room_log, clock, egress_id=cfg.egress_id,
                               room_name=cfg.room_name)
 
@@ -537,11 +540,14 @@ class Recorder:
         if self.config.video is not None:
             keyframes = await video_keyframes(partial)
             # The file's clock reads its first keyframe (its first frame) where the encode took its first frame.
-            spans = self._media_spans(keyframes[0] if keyframes else 0.0)
+            origin = keyframes[0] if keyframes else 0.0
         else:
-            keyframes, spans = None, self._media_spans(await audio_start(partial))
+            keyframes, origin = None, await audio_start(partial)
+        spans = self._media_spans(origin)
         pieces = kept_pieces(spans, keyframes)
         log.info("paused %s: the file keeps %s", spans, pieces)
+        # The sidecars place the room's moments on the file through the same pieces, from its first frame.
+        self._kept = tuple((None if a is None else a - origin, None if b is None else b - origin) for a, b in pieces)
         return pieces
 
     async def _cut_segments(self) -> None:
