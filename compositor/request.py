@@ -79,6 +79,7 @@ class ParticipantSpec(Model):
     video: str | None = Field(None, description="media file or URL looped as camera; 'off': no camera")
     freezes: list[Window] = Field([], description="spans when the camera's picture stops, as when the publisher's "
                                                   "network drops")
+    mutes: list[Window] = Field([], description="spans when the microphone is muted: silent, the mute icon shows")
     kind: ParticipantKind = Field("standard", description="what LiveKit would call them (agent, sip, …): audio "
                                                           "routes and dual-channel mixing go by it")
 
@@ -465,7 +466,7 @@ def parse_participant(spec: str, index: int = 0) -> ParticipantSpec:
         if key in fields:
             raise InvalidRequest(f"participant spec {spec!r}: {key} given twice")
         fields[key] = value.strip()
-    known = {"name", "color", "tone", "speaks", "screenshare", "joins", "leaves", "video", "freezes", "kind"}
+    known = {"name", "color", "tone", "speaks", "screenshare", "joins", "leaves", "video", "freezes", "mutes", "kind"}
     unknown = set(fields) - known
     if unknown:
         raise InvalidRequest(f"participant spec {spec!r}: unknown key(s) {', '.join(sorted(unknown))}; "
@@ -477,8 +478,9 @@ def parse_participant(spec: str, index: int = 0) -> ParticipantSpec:
     }
     if "speaks" in fields:
         data["speaks"] = [_window(w, spec) for w in fields.pop("speaks").split(";") if w.strip()]
-    if "freezes" in fields:
-        data["freezes"] = [_window(w, spec) for w in fields.pop("freezes").split(";") if w.strip()]
+    for key in ("freezes", "mutes"):
+        if key in fields:
+            data[key] = [_window(w, spec) for w in fields.pop(key).split(";") if w.strip()]
     if "screenshare" in fields:
         span, _, color = fields.pop("screenshare").partition(":")
         share = _window(span, spec)

@@ -46,6 +46,22 @@ def test_room_without_a_publisher_ends_the_recording(record):
     assert 2.3 <= run.result["file"]["duration"] <= 4.0, run.result["file"]
 
 
+def test_everyone_muted_ends_the_recording(record):
+    # Cameras off; both talk until 2 s, when both mute their microphones: everyone muted, a second later it ends.
+    run = record(*TINY, "--duration", "10", "--idle-all-muted", "1", "--idle-empty", "5",
+                 "--participant", "name=A,video=off,tone=440,mutes=2-30",
+                 "--participant", "name=B,video=off,tone=660,mutes=2-30")
+    assert run.code == 0, run.stderr[-2000:]
+    assert run.result["stopped_by"] == "idle" and run.result["reason"] == "everyone muted for 1 s", run.result
+    duration = run.result["file"]["duration"]
+    assert 2.3 <= duration <= 4.0, run.result["file"]
+    # A mute silences: both are heard before it, neither after.
+    pcm = analysis.audio_samples(run.output)
+    for tone in (440, 660):
+        assert analysis.tone_level(pcm, tone, 0.3, 1.4) > 0.02, tone
+        assert analysis.tone_level(pcm, tone, 2.3, duration - 0.05) < 0.005, tone
+
+
 def test_room_in_use_is_not_stopped(record):
     run = record(*TINY, "--duration", "4", "--idle-empty", "1", "--idle-no-publisher", "1", "--idle-all-muted", "1",
                  "--participant", f"name=A,color={A}")

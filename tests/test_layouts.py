@@ -205,6 +205,18 @@ def test_tiles_have_gaps_rounded_corners_a_speaking_ring_names_and_a_mute_icon(r
         assert (label.max(axis=2) < 110).sum() > 100 and (label.min(axis=2) > 200).sum() > 10
 
 
+def test_the_mute_icon_shows_while_the_microphone_is_muted(record):
+    blue = PALETTE[2]
+    run = record(*SMALL, "--layout", "grid", "--duration", "3",
+                 "--participant", f"name=Ada,color={blue}",
+                 "--participant", f"name=Bob,color={blue},mutes=1.5-10")
+    assert run.code == 0, run.stderr[-2000:]
+    (_, _, _, _), (bx0, _, _, by1) = PAIR
+    corner = (bx0, by1 - 40, bx0 + 90, by1)
+    assert count_near(analysis.frame_at(run.output, 0.8), corner, MUTED_RED) == 0
+    assert count_near(analysis.frame_at(run.output, 2.6), corner, MUTED_RED) >= 20
+
+
 def test_names_off_leave_the_mute_icon(record):
     blue = PALETTE[2]
     run = record(*SMALL, "--layout", "grid", "--duration", "2", "--no-names",

@@ -38,7 +38,7 @@ def _record_parser(sub) -> None:
     p.add_argument("--participant", action="append", metavar="SPEC", default=None,
                    help="synthetic participant: name=,color=#rrggbb,tone=Hz,speaks=S-E;S-E,"
                         "screenshare=S-E[:#rrggbb],joins=S,leaves=S,video=FILE|URL|off,freezes=S-E;S-E,"
-                        "kind=standard|agent|sip|… "
+                        "mutes=S-E;S-E,kind=standard|agent|sip|… "
                         "(repeatable)")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--include", action="append", metavar="IDENTITY",

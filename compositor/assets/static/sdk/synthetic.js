@@ -72,6 +72,8 @@ export class SyntheticRoom extends Room {
       windows: (s.speaks ?? [{ start: 0, end: Infinity }]).map((w) => [w.start, w.end]),
       freezes: (s.freezes || []).map((w) => [w.start, w.end]),
       frozen: false,
+      mutes: (s.mutes || []).map((w) => [w.start, w.end]),
+      muted: false,
     }));
     this.syncMarkers = syncMarkers;
     this.routing = routing;
@@ -86,7 +88,8 @@ export class SyntheticRoom extends Room {
 
   time() { return this.t0 === null ? 0 : (performance.now() - this.t0) / 1000; }
 
-  _speaksAt(spec, t) { return spec.tone > 0 && within(spec.windows, t); }
+  // (A muted microphone is not heard: its owner is not speaking.)
+  _speaksAt(spec, t) { return spec.tone > 0 && within(spec.windows, t) && !within(spec.mutes, t); }
 
   _join(spec, t) {
     const p = new Participant({ identity: spec.identity, name: spec.name, color: spec.color });
@@ -102,6 +105,7 @@ export class SyntheticRoom extends Room {
     if (spec.tone > 0) {
       this.publish(spec.identity, new Track({
         sid: `TR_${spec.identity}_mic`, kind: 'audio', source: MICROPHONE, participant: p, makeElement: () => div('syn-audio'),
+        isMuted: () => spec.muted,
       }));
     }
     if (spec.screenshare && t >= spec.screenshare.start && t < spec.screenshare.end) this._share(spec);
@@ -208,6 +212,10 @@ export class SyntheticRoom extends Room {
         this._at(s, () => this._freeze(spec, true));
         this._at(e, () => this._freeze(spec, false));
       }
+      for (const [s, e] of spec.mutes) {
+        this._at(s, () => this._mute(spec, true, s));
+        if (Number.isFinite(e)) this._at(e, () => this._mute(spec, false, e));
+      }
       if (spec.screenshare) {
         const { start, end } = spec.screenshare;
         if (start > 0) this._at(start, () => this._share(spec));
@@ -228,6 +236,16 @@ export class SyntheticRoom extends Room {
     }
   }
 
+  // The script mutes or unmutes the microphone at room time t: the model says so (mute icon, idle stop) and
+  // the speaking state follows; the sound itself is gated on the audio clock (see _voice).
+  _mute(spec, muted, t) {
+    spec.muted = muted;
+    const p = this._find(spec.identity);
+    const mic = p && p.tracks.get(MICROPHONE);
+    if (mic) this.muteChanged(spec.identity, mic);
+    this.setSpeaking(spec.identity, this._speaksAt(spec, t));
+  }
+
   _leave(spec) {
     this.removeParticipant(spec.identity);
     const pending = this.specs.some((s) => s.joins > this.time());
@@ -244,7 +262,13 @@ export class SyntheticRoom extends Room {
     // After the speaking gate, a gate of its own for the filter: the two never schedule over each other.
     const consent = new GainNode(ctx, { gain: this.admits(spec.identity) ? 1 : 0 });
     this._consent.set(spec.identity, consent);
-    osc.connect(gain).connect(consent);
+    // And one for the script's mutes, on the audio clock like the speaking windows.
+    const mic = new GainNode(ctx, { gain: within(spec.mutes, 0) ? 0 : 1 });
+    for (const [s, e] of spec.mutes) {
+      if (s > 0) this._sound(s, (at) => mic.gain.setTargetAtTime(0, at, 0.002));
+      if (Number.isFinite(e)) this._sound(e, (at) => mic.gain.setTargetAtTime(1, at, 0.002));
+    }
+    osc.connect(gain).connect(mic).connect(consent);
     if (this.router) {
       this.router.play(consent, { trackSid: `TR_${spec.identity}_mic`, identity: spec.identity, kind: spec.kind || 'standard' });
     } else {
