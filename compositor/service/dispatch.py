@@ -21,10 +21,16 @@ SERVICE_RESERVE_MB = 300
 _UNLIMITED = 1 << 60
 
 
+def cost_by_height(table, width: int, height: int) -> Need:
+    """A job's Need from `table` ((height, need) rows, ascending) by its frame's short side (so portrait costs
+    as landscape); past the last row, the last."""
+    side = min(width, height)
+    return next((cost for h, cost in table if side <= h), table[-1][1])
+
+
 def egress_cost(config: EgressConfig) -> Need:
-    """Cores and memory an egress holds, by its frame's short side (so portrait costs as landscape)."""
-    side = min(config.width, config.height)
-    return next((cost for h, cost in COST_BY_HEIGHT if side <= h), COST_BY_HEIGHT[-1][1])
+    """Cores and memory an egress holds."""
+    return cost_by_height(COST_BY_HEIGHT, config.width, config.height)
 
 
 def memory_limit_mb(root: Path = Path("/")) -> float:

@@ -32,7 +32,7 @@ from ..protocol import (
     InputKind,
     VideoLayer,
 )
-from .dispatch import refuse_too_big
+from .dispatch import cost_by_height, refuse_too_big
 from .ingress_workers import FINAL_STATES, IngressRunner
 from .rtmp import RtmpServer
 from .seams import Dispatcher, IngressRecord, Job, Need, Placed, Store
@@ -216,8 +216,7 @@ def audio_plan(audio: dict) -> IngressAudio:
 def ingress_cost(video: IngressVideo) -> Need:
     """Cores and memory a session holds while it runs."""
     top = video.layers[0]
-    side = min(top.width, top.height)
-    return next((cost for h, cost in COST_BY_HEIGHT if side <= h), COST_BY_HEIGHT[-1][1])
+    return cost_by_height(COST_BY_HEIGHT, top.width, top.height)
 
 
 def redact_source(url: str) -> str:
