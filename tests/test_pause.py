@@ -31,8 +31,8 @@ from compositor.pipeline.pause import (
 )
 from compositor.protocol import COMMAND, Pause, Resume
 
-from .conftest import HttpReceiver, assert_released
-from .test_service import Server
+from .conftest import assert_released
+from .test_service import LK_KEY, LK_SECRET, both_formats_server
 
 SLATE = "#14161a"  # the default card's background
 ADA, CY = ("Ada", "#3cb44b", 450), ("Cy", "#e6194b", 900)
@@ -212,11 +212,8 @@ def test_a_paused_span_is_left_out_of_the_file_and_hls_and_live_shows_the_slate(
 def test_pause_and_resume_through_the_api_with_their_webhooks(tmp_path):
     from livekit.api import TokenVerifier, WebhookReceiver
 
-    key, secret = "APIdevkey", "a-livekit-secret-of-some-length-0123456789"
-    receiver = HttpReceiver()
-    server = Server(tmp_path / "data", "--webhook-url", receiver.url + "hook",
-                    env={"COMPOSITOR_WEBHOOK_FORMAT": "both", "COMPOSITOR_LIVEKIT_API_KEY": key,
-                         "COMPOSITOR_LIVEKIT_API_SECRET": secret})
+    key, secret = LK_KEY, LK_SECRET
+    server, receiver = both_formats_server(tmp_path, "hook")
     room = {"roomName": "r", "advanced": {"width": 320, "height": 180},
             "room": {"participants": [{"name": ADA[0], "color": ADA[1], "tone": ADA[2]}]}}
     try:

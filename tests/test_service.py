@@ -501,15 +501,25 @@ def test_contradicting_options_are_a_400_not_a_crash(server):
     assert status == 400 and "exclude each other" in err["error"]["message"], err
 
 
+LK_KEY, LK_SECRET = "APIdevkey", "a-livekit-secret-of-some-length-0123456789"
+
+
+def both_formats_server(tmp_path, path: str) -> tuple[Server, HttpReceiver]:
+    """A server sending its webhooks in both formats (LiveKit's signed with LK_KEY and LK_SECRET) to a receiver,
+    at `path` of it."""
+    receiver = HttpReceiver()
+    server = Server(tmp_path / "data", "--webhook-url", receiver.url + path,
+                    env={"COMPOSITOR_WEBHOOK_FORMAT": "both", "COMPOSITOR_LIVEKIT_API_KEY": LK_KEY,
+                         "COMPOSITOR_LIVEKIT_API_SECRET": LK_SECRET})
+    return server, receiver
+
+
 def test_webhooks_in_livekit_format_verify_with_livekits_receiver(tmp_path):
     from livekit.api import TokenVerifier, WebhookReceiver
     from livekit.protocol.egress import EGRESS_ACTIVE, EGRESS_LIMIT_REACHED
 
-    key, secret = "APIdevkey", "a-livekit-secret-of-some-length-0123456789"
-    receiver = HttpReceiver()
-    server = Server(tmp_path / "data", "--webhook-url", receiver.url + "lk",
-                    env={"COMPOSITOR_WEBHOOK_FORMAT": "both", "COMPOSITOR_LIVEKIT_API_KEY": key,
-                         "COMPOSITOR_LIVEKIT_API_SECRET": secret})
+    key, secret = LK_KEY, LK_SECRET
+    server, receiver = both_formats_server(tmp_path, "lk")
     try:
         info = server.start(maxDuration=2)
         server.wait_status(info["id"], "LIMIT_REACHED")
