@@ -17,6 +17,7 @@ from tools.peers.livekit import API_KEY, API_SECRET
 
 from .conftest import HttpReceiver, _cmdline, _pids, free_port
 from .test_auto_egress import event, signed
+from .test_ingress import events_of, push, until, wait_state
 from .test_service import ROOM, SMALL, Server
 
 # Short leases keep the tests short: a node silent this long is lost (the default is 10 s).
@@ -266,3 +267,61 @@ def send_webhook(node: Server, ev: dict) -> None:
     req = urllib.request.Request(node.base + "/v1/livekit/webhook", data=body, headers=headers, method="POST")
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 200
+
+
+def ingress_env(livekit) -> dict:
+    """A node that publishes ingress sessions into `livekit`, with RTMP ingest on a port of its own."""
+    return {"COMPOSITOR_LIVEKIT_URL": livekit.http_url, "COMPOSITOR_LIVEKIT_API_KEY": API_KEY,
+            "COMPOSITOR_LIVEKIT_API_SECRET": API_SECRET, "COMPOSITOR_INGRESS_RTMP_PORT": str(free_port()),
+            "COMPOSITOR_INGRESS_RTMP_HOST": "127.0.0.1"}
+
+
+def test_an_ingress_runs_where_its_publisher_is_any_node_serves_it_and_a_lost_node_ends_it(cluster, livekit,
+                                                                                       webhooks):
+    """The ingresses are the cluster's: made on a, pushed to b's RTMP ingest (its session runs there), seen and
+    deleted from a; a session on a node that is killed ends in error (NODE_LOST), told once."""
+    envs = {n: ingress_env(livekit) for n in "ab"}
+    a, b = (cluster.start(n, env=envs[n]) for n in "ab")
+    small = {"options": {"frameRate": 15, "layers": [{"width": 320, "height": 180, "bitrate": 300_000}]}}
+    status, info, _ = a.call("POST", "/v1/ingress", {"inputType": "rtmp", "roomName": "in-room",
+                                                     "participantIdentity": "encoder", "video": small})
+    assert status == 201, info
+    pushed = f"rtmp://127.0.0.1:{envs['b']['COMPOSITOR_INGRESS_RTMP_PORT']}/live/{info['streamKey']}"
+    pusher = push(pushed)
+    try:
+        live = wait_state(a, info["ingressId"], "ENDPOINT_PUBLISHING")
+        assert live["state"]["resourceId"], live
+        livekit.wait_published("in-room", {"encoder": 2})
+        # One publisher per key, cluster-wide: the same key pushed to a is refused.
+        again = push(f"rtmp://127.0.0.1:{envs['a']['COMPOSITOR_INGRESS_RTMP_PORT']}/live/{info['streamKey']}", 10)
+        assert again.wait(10) != 0
+        status, gone, _ = a.call("DELETE", f"/v1/ingress/{info['ingressId']}")
+        assert status == 200 and gone["state"]["status"] == "ENDPOINT_INACTIVE", gone
+        assert b.call("GET", f"/v1/ingress/{info['ingressId']}")[0] == 404
+        until(lambda: "encoder" not in livekit.participants("in-room"), 10, "the ingress stayed in the room")
+        assert pusher.wait(10) != 0  # b dropped its publisher
+    finally:
+        pusher.kill()
+        pusher.wait()
+    until(lambda: events_of(webhooks, info["ingressId"]) == ["live.started", "live.ended"], 20,
+          f"live.started then live.ended: {events_of(webhooks, info['ingressId'])}")
+    # b's cores are back: one 0.25-core session fits its 0.5 again, twice over.
+    assert wait_for(lambda: b.call("GET", "/readyz")[1].get("freeCapacity") == 0.5, 10, "b's cores back")
+
+    status, info, _ = a.call("POST", "/v1/ingress", {"inputType": "rtmp", "roomName": "in-room",
+                                                     "participantIdentity": "encoder-2", "video": small})
+    pusher = push(f"rtmp://127.0.0.1:{envs['b']['COMPOSITOR_INGRESS_RTMP_PORT']}/live/{info['streamKey']}")
+    try:
+        wait_state(a, info["ingressId"], "ENDPOINT_PUBLISHING")
+        b.proc.send_signal(signal.SIGKILL)
+        b.proc.wait(10)
+        failed = wait_state(a, info["ingressId"], "ENDPOINT_ERROR", timeout=20)
+        assert failed["state"]["errorCode"] == "NODE_LOST" and "node b" in failed["state"]["error"], failed
+    finally:
+        pusher.kill()
+        pusher.wait()
+    until(lambda: events_of(webhooks, info["ingressId"]) == ["live.started", "live.failed"], 20,
+          f"live.started then live.failed: {events_of(webhooks, info['ingressId'])}")
+    # b's ingress worker went with it.
+    wait_for(lambda: not [p for p in _pids() if "compositor ingress" in _cmdline(p)
+                          and str(cluster.tmp_path / "b") in _cmdline(p)], 15, "b's ingress worker's end")

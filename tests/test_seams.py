@@ -336,6 +336,55 @@ async def test_admission_counts_memory_as_it_counts_cores(dispatchers):
     assert await free(d) == pytest.approx((3.0, 350))
 
 
+def session(ingress_id: str, cores: float, memory_mb: float = 400) -> Job:
+    """An ingress session's hold: a job of no request."""
+    return Job(ingress_id, None, Need(cores, memory_mb), (0, 0, 0))
+
+
+async def test_work_that_can_neither_wait_nor_move_is_held_here_or_refused(dispatchers):
+    d = await dispatchers(capacity=1.0, max_queue=2)
+    await d.admit_here(session("IN_1", 0.5))
+    assert await free(d) == pytest.approx((0.5, 7600))
+    with pytest.raises(Conflict):  # one session of an ingress at a time
+        await d.admit_here(session("IN_1", 0.25))
+    with pytest.raises(CapacityExceeded) as refused:
+        await d.admit_here(session("IN_2", 0.6))
+    assert (refused.value.details["needed"], refused.value.details["free"]) == (0.6, 0.5)
+    # An egress waits: a session that would fit is refused rather than served before it.
+    assert await d.admit(job("big", 0.7), queue=True) is Placed.QUEUED
+    with pytest.raises(CapacityExceeded) as refused:
+        await d.admit_here(session("IN_3", 0.25))
+    assert refused.value.details["queued"] == 1
+    assert [j.egress_id for j in await d.release("IN_1")] == ["big"]
+    assert await free(d) == pytest.approx((0.3, 7900))
+
+
+async def test_in_a_cluster_a_session_is_held_on_its_own_node_only(redis_server):
+    """Placement would pick the busiest node that fits; a session stays where its publisher is, and a draining
+    node takes none."""
+    client = aioredis.from_url(redis_server.url, decode_responses=True)
+    try:
+        nodes = {}
+        for name in ("a", "b"):
+            node = ClusterNode(client, ClusterSettings(redis_server.url, name, f"http://{name}.test"),
+                               Need(1.0, 4000), prefix="pin:")
+            await node.join()
+            nodes[name] = RedisDispatcher(client, node, 2)
+        assert await nodes["a"].admit(job("EG_1", 0.5), queue=False) is Placed.HERE
+        await nodes["b"].admit_here(session("IN_1", 0.25))
+        with pytest.raises(Conflict):  # the same key pushed to another node at once
+            await nodes["a"].admit_here(session("IN_1", 0.25))
+        assert await free(nodes["a"]) == pytest.approx((0.5, 3900))
+        assert await free(nodes["b"]) == pytest.approx((0.75, 3600))
+        await nodes["b"].node.drain()
+        with pytest.raises(CapacityExceeded):
+            await nodes["b"].admit_here(session("IN_2", 0.25))
+        await nodes["b"].release("IN_1")
+        assert await free(nodes["b"]) == pytest.approx((1.0, 4000))
+    finally:
+        await client.aclose()
+
+
 # What the API shows of a record, without the API.
 
 def test_views_of_an_ended_recording():

@@ -32,10 +32,9 @@ _INPUT = {"RTMP_INPUT": "rtmp", "WHIP_INPUT": "whip", "URL_INPUT": "url"}
 
 
 def ingresses(service: Service) -> IngressService:
-    """The node's ingress service, or Unsupported where it runs none (a cluster node, for now)."""
+    """The node's ingress service, or Unsupported where it runs none (a service built without ingress workers)."""
     if service.ingress is None:
-        raise Unsupported("this node runs no ingress (ingress is served by single nodes; a cluster does not "
-                          "run it yet)")
+        raise Unsupported("this service runs no ingress")
     return service.ingress
 
 

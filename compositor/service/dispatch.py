@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ..errors import CapacityExceeded, InvalidRequest
+from ..errors import CapacityExceeded, Conflict, InvalidRequest
 from ..plan import EgressConfig
 from .seams import EPSILON, Job, Need, Placed
 
@@ -120,6 +120,12 @@ class LocalDispatcher:
         await self.check(job.cost, queue)
         self._queue.append(job)
         return Placed.QUEUED
+
+    async def admit_here(self, job: Job) -> None:
+        if job.egress_id in self._held:
+            raise Conflict("INGRESS_ACTIVE", f"{job.egress_id} has a session already (one at a time)")
+        # One node: without a queue, a job is placed here or refused.
+        await self.admit(job, False)
 
     async def release(self, egress_id: str) -> list[Job]:
         self._held.pop(egress_id, None)

@@ -12,14 +12,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
 from livekit.api import AccessToken, VideoGrants
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from ..errors import CapacityExceeded, Conflict, Draining, InvalidRequest, NotFound, Unavailable, Unsupported
+from ..errors import CapacityExceeded, Conflict, Draining, InvalidRequest, NotFound, Unsupported
 from ..livekit_room import ws_url
 from ..outbound import refuse_playlist
 from ..plan import random_base62
@@ -35,7 +35,7 @@ from ..protocol import (
 from .dispatch import cost_by_height, refuse_too_big
 from .ingress_workers import FINAL_STATES, IngressRunner
 from .rtmp import RtmpServer
-from .seams import Dispatcher, IngressRecord, Job, Need, Placed, Store
+from .seams import Dispatcher, IngressRecord, Job, Need, Store
 from .settings import Settings
 from .webhooks import Webhooks
 
@@ -227,12 +227,23 @@ def redact_source(url: str) -> str:
     return parts._replace(netloc=netloc, query="", fragment="").geturl()
 
 
+class RemoteSessions(Protocol):
+    """Reaches the sessions other nodes of a cluster run."""
+
+    async def stop_ingress(self, node_id: str, ingress_id: str) -> bool:
+        """Ask node `node_id` to stop its session of `ingress_id`; False when it runs none."""
+
+
 class IngressService:
     """One node's ingresses: made and changed through the API, sessions admitted against the node's capacity
-    (shared with egresses), run in workers, their states and webhooks kept in the store."""
+    (shared with egresses), run in workers, their states and webhooks kept in the store.
+
+    In a cluster the ingresses are the cluster's (its store), but a session runs on the node its publisher
+    reached (or, for a URL, the node asked to pull it): `remote` stops those other nodes run.
+    """
 
     def __init__(self, settings: Settings, *, store: Store, dispatcher: Dispatcher, runner: IngressRunner,
-                 webhooks: Webhooks, release: Callable[[str], Awaitable[None]]):
+                 webhooks: Webhooks, release: Callable[[str], Awaitable[None]], remote: RemoteSessions | None = None):
         self.settings = settings
         self.store = store
         self.dispatcher = dispatcher
@@ -240,6 +251,9 @@ class IngressService:
         self.webhooks = webhooks
         #: gives a session's capacity back (the egress service then runs what waited for it)
         self._release = release
+        self.remote = remote
+        #: this node's name in its cluster ("" on a single node)
+        self.node_id = settings.node_id or ""
         self.policy = settings.outbound_policy
         self.closing = False
         self.rtmp: RtmpServer | None = None
@@ -250,8 +264,9 @@ class IngressService:
                                    tls_cert=settings.ingress_tls_cert, tls_key=settings.ingress_tls_key)
 
     async def open(self) -> None:
-        """Start the RTMP ingest (when configured); settle sessions a previous run left live."""
-        for rec in await self.store.list_ingress():
+        """Start the RTMP ingest (when configured); settle sessions a previous run left live (in a cluster, those
+        of a node's previous life are the cluster's to settle: `settle_lost`)."""
+        for rec in [] if self.settings.cluster else await self.store.list_ingress():
             if rec.live:
                 await self._change(rec.id, state=IngressState.ERROR, ended_at=time.time(), worker_pid=None,
                                    error_code="SERVICE_RESTARTED", error="the service stopped during this session")
@@ -320,8 +335,7 @@ class IngressService:
         """Forget an ingress; a live session is stopped first (its key no longer admits anyone)."""
         rec = await self.get(ingress_id)
         if rec.live:
-            await self.runner.stop(ingress_id)
-            await self._drop_publisher(rec)
+            await self._stop_session(rec)
             rec = await self._change(ingress_id, state=IngressState.INACTIVE if rec.reusable
                                      else IngressState.COMPLETE, ended_at=time.time(), worker_pid=None,
                                      error="", error_code="")
@@ -371,7 +385,25 @@ class IngressService:
         if rec is None or rec.input_type != InputKind.WHIP or rec.resource_id != resource_id:
             raise NotFound("no such WHIP session")
         if rec.live:
-            await self.runner.stop(rec.id)
+            await self._stop_session(rec)
+
+    async def _stop_session(self, rec: IngressRecord) -> None:
+        """Stop a live session on whichever node runs it."""
+        if self.remote and rec.node and rec.node != self.node_id:
+            try:
+                await self.remote.stop_ingress(rec.node, rec.id)
+            except Conflict as exc:  # a node that does not answer is lost: the cluster settles its sessions
+                log.warning("ingress %s: could not stop its session on node %s: %s", rec.id, rec.node, exc.message)
+            return
+        await self.stop_here(rec.id)
+
+    async def stop_here(self, ingress_id: str) -> bool:
+        """Stop this node's session of an ingress, and drop its RTMP publisher; False when none runs here."""
+        stopped = await self.runner.stop(ingress_id)
+        rec = await self.store.get_ingress(ingress_id)
+        if rec:
+            await self._drop_publisher(rec)
+        return stopped
 
     async def _session_of_key(self, stream_key: str, kind: InputKind) -> IngressRecord:
         rec = await self.store.ingress_of_key(stream_key)
@@ -404,15 +436,15 @@ class IngressService:
         refuse_too_big(cost, self.dispatcher.capacity, "this server has in all", "this ingress session",
                        "video", "choose a smaller video preset or layers")
         try:
-            # Never queued: a publisher is live now, or refused (nginx drops it; WHIP and the API get 503).
-            placed = await self.dispatcher.admit(Job(ingress_id, None, cost, (0, 0, 0)), False)
+            # Never queued, never placed elsewhere: a publisher is connected to this node now, or refused (nginx
+            # drops it; WHIP and the API get 503).
+            await self.dispatcher.admit_here(Job(ingress_id, None, cost, (0, 0, 0)))
         except CapacityExceeded as exc:
             free = Need(exc.details.get("free", 0), exc.details.get("freeMemoryMb", 0))
-            raise CapacityExceeded(f"no capacity for this ingress session (needs {cost.lacking(free)})",
+            queued = exc.details.get("queued", 0)
+            why = f"{queued} egresses wait for capacity first" if queued else f"needs {cost.lacking(free)}"
+            raise CapacityExceeded(f"no capacity for this ingress session on this node ({why})",
                                    details=exc.details) from None
-        if placed is not Placed.HERE:  # a cluster's dispatcher could place it elsewhere: not served there yet
-            await self.dispatcher.release(ingress_id)
-            raise Unavailable("no capacity for this ingress session on this node")
 
     async def _admit_or_say(self, job: IngressJob, rec: IngressRecord) -> None:
         """Admit a publisher's session; one refused for capacity leaves the reason in the ingress's state (its
@@ -429,7 +461,7 @@ class IngressService:
         resource = "IR_" + random_base62(12)
         rec = await self._change(rec.id, state=IngressState.BUFFERING, resource_id=resource, started_at=time.time(),
                                  ended_at=None, error="", error_code="", tracks=None, input_video=None,
-                                 input_audio=None, room_id="")
+                                 input_audio=None, room_id="", node=self.node_id)
         try:
             pid = await self.runner.start(job)
         except OSError as exc:
@@ -481,6 +513,20 @@ class IngressService:
             if before.live and not rec.live:
                 await self._release(ingress_id)
         return rec
+
+    async def settle_lost(self, ingress_id: str) -> None:
+        """A session of a node the cluster lost ends in error; its cores go back."""
+        rec = await self.store.get_ingress(ingress_id)
+        if rec is None or not rec.live:
+            await self._release(ingress_id)
+            return
+        await self._change(ingress_id, state=IngressState.ERROR, ended_at=time.time(), worker_pid=None,
+                           error_code="NODE_LOST", error=f"node {rec.node or 'unknown'} was lost during this session")
+
+    async def stop_sessions(self) -> None:
+        """Stop every session this node runs (the cluster declared it lost: they count for nothing now)."""
+        for ingress_id in self.runner.running:
+            await self.stop_here(ingress_id)
 
     async def shutdown(self) -> None:
         """Stop every session (its state: INACTIVE, as its worker reports) and the RTMP ingest."""

@@ -106,6 +106,8 @@ class IngressRecord:
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     worker_pid: int | None = None
+    #: the cluster node that runs its current (or last) session; "" on a single node
+    node: str = ""
 
     @property
     def live(self) -> bool:
@@ -256,6 +258,10 @@ class Dispatcher(Protocol):
     async def admit(self, job: Job, queue: bool) -> Placed:
         """Place `job`: it holds its cost on a node and runs there now, or waits in the queue (with `queue`);
         CapacityExceeded when neither."""
+    async def admit_here(self, job: Job) -> None:
+        """Hold `job`'s cost on this node now, for work that can neither wait nor move (an ingress session: its
+        publisher is connected to this node); CapacityExceeded when it does not fit here or egresses wait, Conflict
+        when its id holds capacity already (two publishers of one key on two nodes at once)."""
     async def release(self, egress_id: str) -> list[Job]:
         """An egress ended: its cost is free again. Returns the queued jobs that now hold theirs on this node,
         to run here (those placed on other nodes reach them through their `placed()`)."""

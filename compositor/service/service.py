@@ -82,7 +82,8 @@ class Service:
         self.auto_egress = AutoEgress(store, cluster.sessions if cluster else LocalSessions(), self.start, self.stop)
         #: ingresses, when this node runs them (with `ingress_runner`): their sessions share its capacity
         self.ingress = IngressService(settings, store=store, dispatcher=dispatcher, runner=ingress_runner,
-                                      webhooks=webhooks, release=self._release) if ingress_runner else None
+                                      webhooks=webhooks, release=self._release,
+                                      remote=cluster.control if cluster else None) if ingress_runner else None
 
     @classmethod
     def on_this_node(cls, settings: Settings, runner: NodeRunner | None = None) -> Service:
@@ -93,8 +94,7 @@ class Service:
         runner = runner or _worker_runner(settings)
         return cls(settings, store=store, dispatcher=LocalDispatcher(settings.resources, settings.max_queue),
                    runner=runner, control=runner, webhooks=_webhooks(settings, store),
-                   ingress_runner=IngressRunner(settings.data_dir / "jobs", worker_args=settings.worker_args,
-                                                warm_target=settings.ingress_warm_workers))
+                   ingress_runner=_ingress_runner(settings))
 
     @classmethod
     def in_cluster(cls, settings: Settings, runner: NodeRunner | None = None) -> Service:
@@ -106,7 +106,8 @@ class Service:
         # Other nodes' events wake no one here: look for them now and then.
         webhooks = _webhooks(settings, cluster.store, idle_s=BLOCK_S)
         return cls(settings, store=cluster.store, dispatcher=cluster.dispatcher, runner=local,
-                   control=cluster.control, webhooks=webhooks, cluster=cluster)
+                   control=cluster.control, webhooks=webhooks, cluster=cluster,
+                   ingress_runner=_ingress_runner(settings))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Service:
@@ -141,7 +142,8 @@ class Service:
             node = self.cluster.node
             self._tasks += [asyncio.create_task(node.every(self._keep_lease, "the lease")),
                             asyncio.create_task(node.every(self._find_lost, "the search for lost nodes")),
-                            asyncio.create_task(self.cluster.control.serve())]
+                            asyncio.create_task(self.cluster.control.serve(
+                                self.ingress.stop_here if self.ingress else None))]
         self.runner.replenish()
 
     async def _run_placed(self) -> None:
@@ -157,6 +159,8 @@ class Service:
                   self.cluster.node.id)
         for egress_id in self.runner.running:
             await self.runner.stop(egress_id)
+        if self.ingress:
+            await self.ingress.stop_sessions()
         deadline = time.monotonic() + self.settings.stop_grace_s
         while self.runner.running and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -175,8 +179,12 @@ class Service:
 
     async def _settle_lost(self, egress_id: str) -> None:
         """An egress of a lost node: one it never started waits again (at the queue's head); one it ran ends
-        FAILED (NODE_LOST), its file listed where it was going."""
+        FAILED (NODE_LOST), its file listed where it was going. (An ingress session of the node ends in error.)"""
         rec = await self.store.get(egress_id)
+        if rec is None and self.ingress and await self.store.get_ingress(egress_id):
+            await self.ingress.settle_lost(egress_id)
+            await self.cluster.node.settled_lost(egress_id)
+            return
         if rec is not None and not rec.ended:
             if rec.status == Status.STARTING and rec.worker_pid is None:
                 again = await self.cluster.dispatcher.requeue(egress_id)
@@ -553,6 +561,12 @@ def _worker_runner(settings: Settings) -> WorkerRunner:
     """This node's worker processes, held to the settings' policy."""
     return WorkerRunner(settings.data_dir / "jobs", warm_target=settings.warm_workers, warm_size=settings.warm_size,
                         worker_args=settings.worker_args, worker_env=settings.livekit_env)
+
+
+def _ingress_runner(settings: Settings) -> IngressRunner:
+    """This node's ingress workers, held to the settings' policy."""
+    return IngressRunner(settings.data_dir / "jobs", worker_args=settings.worker_args,
+                         warm_target=settings.ingress_warm_workers)
 
 
 def _webhooks(settings: Settings, store: Store, **kw) -> Webhooks:

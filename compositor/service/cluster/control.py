@@ -1,4 +1,4 @@
-"""`seams.Control` across the cluster: a call for an egress reaches the node that runs it.
+"""`seams.Control` across the cluster: a call for an egress (or an ingress session) reaches the node that runs it.
 
 The caller's node pushes the call to the owner's control list and waits for the answer on a reply key of
 its own; the owner serves its list with its own workers. A call for an egress this node runs goes straight
@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
@@ -55,6 +56,10 @@ class RedisControl:
                                           "command": json.loads(command.wire())})
         return CommandReply.model_validate(answer["reply"])
 
+    async def stop_ingress(self, node_id: str, ingress_id: str) -> bool:
+        """Ask node `node_id` to stop its session of an ingress (it runs where its publisher connected)."""
+        return (await self._call(node_id, {"op": "stop_ingress", "egress_id": ingress_id}))["stopped"]
+
     async def _call(self, owner: str, call: dict) -> dict:
         reply_to = f"{self._p}reply:{secrets.token_hex(8)}"
         await self._r.rpush(f"{self._p}node:{owner}:control", json.dumps({**call, "reply_to": reply_to}))
@@ -66,23 +71,26 @@ class RedisControl:
             raise refusal(answer["error"]["code"], answer["error"]["message"], answer["error"].get("details"))
         return answer
 
-    async def serve(self) -> None:
-        """Answer the calls other nodes send for this node's egresses, until cancelled."""
+    async def serve(self, stop_ingress: Callable[[str], Awaitable[bool]] | None = None) -> None:
+        """Answer the calls other nodes send for this node's egresses (and, with `stop_ingress`, its ingress
+        sessions), until cancelled."""
         inbox = f"{self._p}node:{self.node.id}:control"
         while not self.node.closing:
             try:
                 popped = await self._r.blpop([inbox], timeout=BLOCK_S)
                 if popped:
                     call = json.loads(popped[1])
-                    answer = await self._answer(call)
+                    answer = await self._answer(call, stop_ingress)
                     await self._r.rpush(call["reply_to"], json.dumps(answer))
                     await self._r.expire(call["reply_to"], REPLY_KEEP_S)
             except REDIS_DOWN as exc:
                 log.warning("the control list of node %s: Redis did not answer (%s)", self.node.id, exc)
                 await asyncio.sleep(self.node.every_s)
 
-    async def _answer(self, call: dict) -> dict:
+    async def _answer(self, call: dict, stop_ingress: Callable[[str], Awaitable[bool]] | None) -> dict:
         try:
+            if call["op"] == "stop_ingress":
+                return {"stopped": bool(stop_ingress) and await stop_ingress(call["egress_id"])}
             if call["op"] == "stop":
                 return {"stopped": await self.local.stop(call["egress_id"])}
             reply = await self.local.command(call["egress_id"], COMMAND.validate_python(call["command"]))

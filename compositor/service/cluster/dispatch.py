@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 
-from ...errors import CapacityExceeded
+from ...errors import CapacityExceeded, Conflict
 from ...request import RecordRequest
 from ...storage.config import REVEAL
 from ..dispatch import refuse_too_big
@@ -93,6 +93,19 @@ redis.call('HDEL', p..'cost', id)
 redis.call('HDEL', p..'memory', id)
 return {false, qlen}
 """
+
+# ARGV: prefix, self, id, cores, memory MB. Holds them on this node if it is live, not draining, has them free
+# and no egress waits (the queue goes first); 1 when held, -1 when some node holds that id already.
+_HOLD_HERE = _PICK + """
+local id, cost, mem = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+if redis.call('HEXISTS', p..'owner', id) == 1 then return -1 end
+local lease = tonumber(redis.call('ZSCORE', p..'nodes', self_id))
+if redis.call('LLEN', p..'queue') > 0 or not lease or lease < now() then return 0 end
+local cap, held, draining, memory, mem_held = facts(self_id)
+if not cap or draining or cap - held + %(eps)s < cost or memory - mem_held + %(eps)s < mem then return 0 end
+hold(self_id, id, cost, mem)
+return 1
+""" % {"eps": repr(EPSILON)}
 
 # ARGV: prefix, self, cores, memory MB. Returns {largest cores, largest memory (of any live node), free cores,
 # free memory (on the live node that fits the most of it, by cores first), could it run now (1/0), queued}.
@@ -176,6 +189,7 @@ class RedisDispatcher:
         self._pump = client.register_script(_PUMP)
         self._requeue = client.register_script(_REQUEUE)
         self._withdraw = client.register_script(_WITHDRAW)
+        self._hold_here = client.register_script(_HOLD_HERE)
 
     @property
     def capacity(self) -> Need:
@@ -214,6 +228,16 @@ class RedisDispatcher:
         if placed[0] == "":
             return Placed.QUEUED
         return Placed.HERE if placed[0] == self.node.id else Placed.ELSEWHERE
+
+    async def admit_here(self, job: Job) -> None:
+        held = await self._hold_here(args=[self._p, self.node.id, job.egress_id, job.cost.cores, job.cost.memory_mb])
+        if held == -1:
+            raise Conflict("INGRESS_ACTIVE", f"{job.egress_id} has a session already (one at a time)")
+        if held:
+            return
+        free = await self.free()
+        raise CapacityExceeded(f"no capacity on this node (needs {job.cost.lacking(free)})",
+                               details={**job.cost.details(free), "queued": await self._r.llen(f"{self._p}queue")})
 
     async def _jobs(self, ids: list[str]) -> list[Job]:
         raws = await self._r.mget([f"{self._p}job:{i}" for i in ids]) if ids else []
