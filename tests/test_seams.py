@@ -11,14 +11,14 @@ import redis.asyncio as aioredis
 
 from compositor.api.models import egress_info, recording_info
 from compositor.errors import CapacityExceeded, Conflict, InvalidRequest
-from compositor.protocol import Status, UpdateLayout
+from compositor.protocol import IngressState, Status, UpdateLayout
 from compositor.request import RecordRequest
 from compositor.service import Service, Settings, livekit_info
 from compositor.service.cluster.dispatch import RedisDispatcher
 from compositor.service.cluster.node import ClusterNode
-from compositor.service.cluster.store import RedisStore
+from compositor.service.cluster.store import Fence, Fenced, RedisStore
 from compositor.service.dispatch import LocalDispatcher, memory_limit_mb
-from compositor.service.seams import EgressRecord, Job, Need, OutboxEvent, Placed
+from compositor.service.seams import EgressRecord, IngressRecord, Job, Need, OutboxEvent, Placed
 from compositor.service.settings import ClusterSettings
 from compositor.service.simulation import SimulatedRunner
 from compositor.service.store import SqliteStore
@@ -507,34 +507,87 @@ async def _delivered(receiver: Receiver, name: str, count: int) -> bool:
 
 
 # Ingresses: kept whole, found by their stream key, a state change and its webhooks committed together.
-# (SQLite only: a cluster does not run ingress yet.)
 
-async def test_an_ingress_reads_back_by_id_and_key_and_its_changes_bring_their_webhooks(tmp_path):
-    from compositor.protocol import IngressState
-    from compositor.service.seams import IngressRecord
+def ingress(ingress_id: str = "IN_1", room_name: str = "r", **fields) -> IngressRecord:
+    fields = {"input_type": "rtmp", "participant_identity": "p"} | fields
+    return IngressRecord(id=ingress_id, room_name=room_name, **fields)
 
-    store = SqliteStore(tmp_path / "db")
+
+async def delivered_bodies(store) -> list[str]:
+    """The outbox's events in order (one receiver), each delivered as it is claimed."""
+    bodies = []
+    while due := await store.claim_events(float("inf"), 60):
+        for e in due:
+            bodies.append(e.body)
+            await store.event_delivered(e.seq, 1)
+    return bodies
+
+
+async def test_an_ingress_reads_back_by_id_and_key_and_its_changes_bring_their_webhooks(store):
     hooks = Webhooks(store, ["http://a.test/hook"], "secret", formats=("baxcloud", "livekit"))
-    rec = IngressRecord(id="IN_1", input_type="rtmp", room_name="r", participant_identity="p", stream_key="k" * 20,
-                        video={"preset": "H264_540P_25FPS_2_LAYERS"})
+    rec = ingress(stream_key="k" * 20, video={"preset": "H264_540P_25FPS_2_LAYERS"})
     await store.create_ingress(rec)
     with pytest.raises(Exception):  # one key, one ingress
-        await store.create_ingress(IngressRecord(id="IN_2", input_type="rtmp", room_name="r",
-                                                 participant_identity="q", stream_key="k" * 20))
+        await store.create_ingress(ingress("IN_2", participant_identity="q", stream_key="k" * 20))
+    assert await store.get_ingress("IN_2") is None
     assert await store.ingress_of_key("k" * 20) == await store.get_ingress("IN_1") == rec
     assert await store.ingress_of_key("") is None and await store.ingress_of_key("nope") is None
     for state in (IngressState.BUFFERING, IngressState.PUBLISHING, IngressState.INACTIVE):
         await store.update_ingress("IN_1", events=hooks.for_ingress, state=state, started_at=1.0, ended_at=3.5)
-    rows = store._db.execute("SELECT body FROM outbox ORDER BY seq").fetchall()
-    names = [json.loads(body)["event"] for (body,) in rows]
-    assert names == ["live.started", "ingress_started", "live.ended", "ingress_ended"]
-    ended = json.loads(rows[2][0])["data"]
+    bodies = await delivered_bodies(store)
+    assert [json.loads(body)["event"] for body in bodies] == ["live.started", "ingress_started", "live.ended",
+                                                              "ingress_ended"]
+    ended = json.loads(bodies[2])["data"]
     assert ended["ingressId"] == "IN_1" and ended["durationSec"] == 2.5 and ended["state"] == "INACTIVE"
-    assert "streamKey" not in rows[3][0] and "k" * 20 not in rows[3][0]  # webhooks never carry the key
+    assert "streamKey" not in bodies[3] and "k" * 20 not in bodies[3]  # webhooks never carry the key
     assert [r.id for r in await store.list_ingress(room_name="r")] == ["IN_1"]
     assert await store.list_ingress(room_name="other") == []
     await store.delete_ingress("IN_1")
-    assert await store.get_ingress("IN_1") is None
+    assert await store.get_ingress("IN_1") is None and await store.ingress_of_key("k" * 20) is None
+    assert await store.list_ingress() == []
+    # Its key is free again.
+    await store.create_ingress(ingress("IN_3", stream_key="k" * 20))
+    assert (await store.ingress_of_key("k" * 20)).id == "IN_3"
+
+
+async def test_ingresses_list_newest_first_and_a_room_change_moves_one(store):
+    # Keyless (URL) ingresses: any number of them.
+    for ingress_id, room_name, created_at in (("IN_A", "r", 1.0), ("IN_C", "s", 2.0), ("IN_B", "r", 2.0)):
+        await store.create_ingress(ingress(ingress_id, room_name, input_type="url", created_at=created_at))
+    assert [r.id for r in await store.list_ingress()] == ["IN_B", "IN_C", "IN_A"]  # the same time: by id
+    assert [r.id for r in await store.list_ingress(room_name="r")] == ["IN_B", "IN_A"]
+    moved = await store.update_ingress("IN_B", room_name="s")
+    assert moved.room_name == "s" and moved.updated_at > moved.created_at
+    assert [r.id for r in await store.list_ingress(room_name="r")] == ["IN_A"]
+    assert [r.id for r in await store.list_ingress(room_name="s")] == ["IN_B", "IN_C"]
+    assert await store.get_ingress("IN_B") == moved
+
+
+async def test_an_ingress_change_whose_events_fail_is_not_kept(store):
+    rec = ingress()
+    await store.create_ingress(rec)
+
+    def broken(before, after):
+        raise RuntimeError("composing the events failed")
+
+    with pytest.raises(RuntimeError):
+        await store.update_ingress("IN_1", events=broken, state=IngressState.PUBLISHING)
+    assert await store.get_ingress("IN_1") == rec and await store.event_backlog() == 0
+
+
+async def test_a_fenced_node_changes_no_record(redis_server):
+    client = aioredis.from_url(redis_server.url, decode_responses=True)
+    epoch = Fence("fenced:epoch:n1", "1")
+    store = RedisStore(client, prefix="fenced:", fence=lambda: epoch)
+    await client.set(epoch.key, "1")
+    rec = ingress(stream_key="k" * 20)
+    await store.create_ingress(rec)
+    await client.incr(epoch.key)  # the cluster declared the node lost
+    for write in (store.update_ingress("IN_1", state=IngressState.PUBLISHING), store.delete_ingress("IN_1"),
+                  store.create_ingress(ingress("IN_2")), record(store)):
+        with pytest.raises(Fenced):
+            await write
+    assert await store.list_ingress() == [rec] and await store.get("EG_1") is None
     await store.close()
 
 

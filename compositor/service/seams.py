@@ -8,9 +8,10 @@ Control); benchmarks plug in simulation.SimulatedRunner, which runs no process.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -118,6 +119,17 @@ class IngressRecord:
     def reusable(self) -> bool:
         """RTMP and WHIP take publisher after publisher; a URL is pulled once."""
         return self.input_type != "url"
+
+
+def ingress_to_json(rec: IngressRecord) -> str:
+    """An ingress as every store keeps it: one JSON document of all its fields."""
+    return json.dumps(asdict(rec))
+
+
+def ingress_from_json(raw: str) -> IngressRecord:
+    """The ingress `ingress_to_json` wrote."""
+    data = json.loads(raw)
+    return IngressRecord(**data | {"state": IngressState(data["state"])})
 
 
 @dataclass(frozen=True)

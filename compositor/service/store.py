@@ -17,8 +17,16 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..protocol import ACTIVE_STATUSES, IngressState, Status
-from .seams import EgressRecord, EventsOf, IngressEventsOf, IngressRecord, OutboxEvent
+from ..protocol import ACTIVE_STATUSES, Status
+from .seams import (
+    EgressRecord,
+    EventsOf,
+    IngressEventsOf,
+    IngressRecord,
+    OutboxEvent,
+    ingress_from_json,
+    ingress_to_json,
+)
 
 _COLUMNS = ["id", "room_name", "mode", "layout", "quality", "request", "status", "created_at", "updated_at",
             "started_at", "ended_at", "error", "error_code", "file", "worker_pid", "streams", "outputs", "kind",
@@ -142,14 +150,11 @@ class SqliteStore:
 
     @staticmethod
     def _ingress(row: tuple | None) -> IngressRecord | None:
-        if row is None:
-            return None
-        data = json.loads(row[0])
-        return IngressRecord(**data | {"state": IngressState(data["state"])})
+        return ingress_from_json(row[0]) if row else None
 
     async def create_ingress(self, rec: IngressRecord) -> None:
         self._db.execute("INSERT INTO ingress (id, stream_key, room_name, created_at, data) VALUES (?, ?, ?, ?, ?)",
-                         (rec.id, rec.stream_key, rec.room_name, rec.created_at, json.dumps(dataclasses.asdict(rec))))
+                         (rec.id, rec.stream_key, rec.room_name, rec.created_at, ingress_to_json(rec)))
 
     async def get_ingress(self, ingress_id: str) -> IngressRecord | None:
         return self._ingress(self._db.execute("SELECT data FROM ingress WHERE id = ?", (ingress_id,)).fetchone())
@@ -170,7 +175,7 @@ class SqliteStore:
             assert before is not None, ingress_id
             after = dataclasses.replace(before, **fields, updated_at=time.time())
             self._db.execute("UPDATE ingress SET room_name = ?, data = ? WHERE id = ?",
-                             (after.room_name, json.dumps(dataclasses.asdict(after)), ingress_id))
+                             (after.room_name, ingress_to_json(after), ingress_id))
             self._queue_events(events(before, after) if events else [])
         return after
 

@@ -1,15 +1,17 @@
-"""`seams.Store` on Redis: the egresses, settings and webhook outbox every node of a cluster shares.
+"""`seams.Store` on Redis: the egresses, ingresses, settings and webhook outbox every node of a cluster shares.
 
-Each change is one Lua script, so it is atomic: a compare-and-set of the egress's record (read, changed in
-Python, written back only if nobody wrote it meanwhile, else read again), its indexes, and the webhook events
-the change causes. A node's writes carry its fence (its epoch): once the cluster has declared the node lost,
-they are refused.
+Each change is one Lua script, so it is atomic: a compare-and-set of the egress's or ingress's record (read,
+changed in Python, written back only if nobody wrote it meanwhile, else read again), its indexes, and the webhook
+events the change causes. A node's writes carry its fence (its epoch): once the cluster has declared the node
+lost, they are refused.
 
 Keys, under the prefix: `eg:<id>` (the record, JSON), `eg:all` / `eg:status:<s>` / `eg:room:<r>` /
-`eg:mode:<m>` (sorted sets by creation time), `eg:unfinished` (a set), `setting:<key>`, `seen:<id>`, the
-channel `eg:changed` (each changed egress's id, published by the change's own script), and the
-outbox: `ob:seq`, `ob:e:<seq>` (one event, a hash), `ob:q:<egress>|<url>` (a receiver's pending events of one
-egress, in order), `ob:due` (each such queue by when its head is due), `ob:backlog`.
+`eg:mode:<m>` (sorted sets by creation time), `eg:unfinished` (a set), `in:<id>` (an ingress's record, JSON),
+`in:all` / `in:room:<r>` (sorted sets by creation time), `in:key:<stream key>` (the id of the ingress a non-empty
+stream key names: one each), `setting:<key>`, `seen:<id>`, the channel `eg:changed` (each changed egress's id,
+published by the change's own script), and the outbox: `ob:seq`, `ob:e:<seq>` (one event, a hash),
+`ob:q:<owner>|<url>` (a receiver's pending events of one egress or ingress, in order), `ob:due` (each such queue
+by when its head is due), `ob:backlog`.
 """
 
 from __future__ import annotations
@@ -25,13 +27,22 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...errors import Unavailable
 from ...protocol import Status
-from ..seams import EgressRecord, EventsOf, OutboxEvent
+from ..seams import (
+    EgressRecord,
+    EventsOf,
+    IngressEventsOf,
+    IngressRecord,
+    OutboxEvent,
+    ingress_from_json,
+    ingress_to_json,
+)
 
 #: what Redis raises when it does not answer
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -42,12 +53,37 @@ CLAIM_BATCH = 100
 # How long closing a change subscription may take.
 SOCKET_CLOSE_S = 2.0
 
-_PUT = """
+# Appends the webhook events a change causes to the outbox, within the change's own script (so both commit or
+# neither). ARGV[1] is the prefix; the events are `count` groups of 6 ARGV from `first`: id, url, format, body,
+# created_at, untrusted. Their owner (an egress's or an ingress's id, kept as the event's egress_id) orders them:
+# one queue per owner and receiver.
+_QUEUE_EVENTS = """
+local function queue_events(owner, first, count)
+  local p = ARGV[1]
+  for i = first, first - 1 + 6 * count, 6 do
+    local seq = redis.call('INCR', p..'ob:seq')
+    local q = p..'ob:q:'..owner..'|'..ARGV[i+1]
+    redis.call('HSET', p..'ob:e:'..seq, 'id', ARGV[i], 'egress_id', owner, 'url', ARGV[i+1], 'format', ARGV[i+2],
+               'body', ARGV[i+3], 'created_at', ARGV[i+4], 'next_at', ARGV[i+4], 'attempts', 0, 'q', q,
+               'untrusted', ARGV[i+5])
+    redis.call('RPUSH', q, seq)
+    if redis.call('LLEN', q) == 1 then redis.call('ZADD', p..'ob:due', ARGV[i+4], q) end
+    redis.call('INCR', p..'ob:backlog')
+  end
+end
+"""
+
+# The start of a change of one record (KEYS[1]), shared by every kind. ARGV: prefix, id, the record as read (''
+# when absent), as written ('' to delete), fence key ('' when unfenced), fence value, event count, then the events
+# (see _QUEUE_EVENTS). Refused (FENCED) unless the fence holds; returns 0 when the record is no longer as read.
+_CHANGE = _QUEUE_EVENTS + """
 local p, id = ARGV[1], ARGV[2]
 if ARGV[5] ~= '' and redis.call('GET', ARGV[5]) ~= ARGV[6] then return redis.error_reply('FENCED') end
-local key = p .. 'eg:' .. id
-local cur = redis.call('GET', key)
+local cur = redis.call('GET', KEYS[1])
 if (cur or '') ~= ARGV[3] then return 0 end
+"""
+
+_PUT = _CHANGE + """
 local function index(raw, add)
   if raw == nil or raw == false or raw == '' then return end
   local r = cjson.decode(raw)
@@ -62,23 +98,51 @@ local function index(raw, add)
 end
 index(cur, false)
 if ARGV[4] == '' then
-  redis.call('DEL', key)
+  redis.call('DEL', KEYS[1])
 else
-  redis.call('SET', key, ARGV[4])
+  redis.call('SET', KEYS[1], ARGV[4])
   index(ARGV[4], true)
 end
-for i = 8, 7 + 6 * tonumber(ARGV[7]), 6 do
-  local seq = redis.call('INCR', p..'ob:seq')
-  local q = p..'ob:q:'..id..'|'..ARGV[i+1]
-  redis.call('HSET', p..'ob:e:'..seq, 'id', ARGV[i], 'egress_id', id, 'url', ARGV[i+1], 'format', ARGV[i+2],
-             'body', ARGV[i+3], 'created_at', ARGV[i+4], 'next_at', ARGV[i+4], 'attempts', 0, 'q', q,
-             'untrusted', ARGV[i+5])
-  redis.call('RPUSH', q, seq)
-  if redis.call('LLEN', q) == 1 then redis.call('ZADD', p..'ob:due', ARGV[i+4], q) end
-  redis.call('INCR', p..'ob:backlog')
-end
+queue_events(id, 8, tonumber(ARGV[7]))
 redis.call('PUBLISH', p..'eg:changed', id)
 return 1
+"""
+
+# An ingress's change; -1 (and nothing written) when another ingress has its stream key.
+_PUT_INGRESS = _CHANGE + """
+local old = cur and cjson.decode(cur) or nil
+local new = ARGV[4] ~= '' and cjson.decode(ARGV[4]) or nil
+if new and new.stream_key ~= '' then
+  local holder = redis.call('GET', p..'in:key:'..new.stream_key)
+  if holder and holder ~= id then return -1 end
+end
+local function index(r, add)
+  if not r then return end
+  for _, k in ipairs({p..'in:all', p..'in:room:'..r.room_name}) do
+    if add then redis.call('ZADD', k, r.created_at, id) else redis.call('ZREM', k, id) end
+  end
+  if r.stream_key ~= '' then
+    if add then redis.call('SET', p..'in:key:'..r.stream_key, id) else redis.call('DEL', p..'in:key:'..r.stream_key) end
+  end
+end
+index(old, false)
+if new then
+  redis.call('SET', KEYS[1], ARGV[4])
+  index(new, true)
+else
+  redis.call('DEL', KEYS[1])
+end
+queue_events(id, 8, tonumber(ARGV[7]))
+return 1
+"""
+
+# ARGV: prefix. The records of the ingresses in the sorted set KEYS[1], read at one instant.
+_LIST_INGRESS = """
+local recs = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  table.insert(recs, redis.call('GET', ARGV[1]..'in:'..id))
+end
+return recs
 """
 
 _CLAIM = """
@@ -199,22 +263,38 @@ class RedisStore:
         self._p = prefix
         self.fence = fence
         self._put_script = client.register_script(_PUT)
+        self._put_ingress_script = client.register_script(_PUT_INGRESS)
+        self._list_ingress = client.register_script(_LIST_INGRESS)
         self._claim = client.register_script(_CLAIM)
         self._settle_event = client.register_script(_SETTLE_EVENT)
         self._list = client.register_script(_LIST)
 
-    async def _put(self, egress_id: str, expected: str, new: str, events: list[OutboxEvent] = ()) -> bool:
+    async def _change(self, script: AsyncScript, key: str, owner_id: str, expected: str, new: str,
+                      events: list[OutboxEvent]) -> int:
+        """Run a change's script (see _CHANGE) under this node's fence; what the script returns."""
         fence = self.fence() if self.fence else Fence("", "")
-        args = [self._p, egress_id, expected, new, fence.key, fence.value, len(events)]
+        args = [self._p, owner_id, expected, new, fence.key, fence.value, len(events)]
         for e in events:
             args += [e.event_id, e.url, e.format, e.body, repr(e.created_at), int(e.untrusted)]
         try:
-            return bool(await self._put_script(args=args))
+            return int(await script(keys=[key], args=args))
         except ResponseError as exc:
             if "FENCED" in str(exc):
                 raise Fenced("this node was declared lost by the cluster; it takes no work until it joins "
                              "again") from None
             raise
+
+    async def _put(self, egress_id: str, expected: str, new: str, events: list[OutboxEvent] = ()) -> bool:
+        return bool(await self._change(self._put_script, f"{self._p}eg:{egress_id}", egress_id, expected, new,
+                                       events))
+
+    async def _put_ingress(self, ingress_id: str, expected: str, new: str, events: list[OutboxEvent] = ()) -> bool:
+        done = await self._change(self._put_ingress_script, f"{self._p}in:{ingress_id}", ingress_id, expected, new,
+                                  events)
+        if done < 0:
+            # The key itself is the publisher's secret: never said.
+            raise ValueError(f"another ingress has the stream key of ingress {ingress_id}")
+        return bool(done)
 
     async def create(self, rec: EgressRecord) -> None:
         if not await self._put(rec.id, "", _encode(rec)):
@@ -239,6 +319,49 @@ class RedisStore:
     async def delete(self, egress_id: str) -> None:
         while raw := await self._r.get(f"{self._p}eg:{egress_id}"):
             if await self._put(egress_id, raw, ""):
+                return
+
+    async def create_ingress(self, rec: IngressRecord) -> None:
+        """Store a new ingress; ValueError when its id exists or another ingress has its stream key."""
+        if not await self._put_ingress(rec.id, "", ingress_to_json(rec)):
+            raise ValueError(f"ingress {rec.id} exists already")
+
+    async def get_ingress(self, ingress_id: str) -> IngressRecord | None:
+        """The ingress of that id, if any."""
+        raw = await self._r.get(f"{self._p}in:{ingress_id}")
+        return ingress_from_json(raw) if raw else None
+
+    async def ingress_of_key(self, stream_key: str) -> IngressRecord | None:
+        """The ingress a publisher's stream key names; None for an unknown (or empty) key."""
+        if not stream_key:
+            return None
+        ingress_id = await self._r.get(f"{self._p}in:key:{stream_key}")
+        return await self.get_ingress(ingress_id) if ingress_id else None
+
+    async def update_ingress(self, ingress_id: str, *, events: IngressEventsOf | None = None,
+                             **fields) -> IngressRecord:
+        """Change an ingress; with `events`, the webhook events the change causes go into the outbox with it."""
+        while True:
+            raw = await self._r.get(f"{self._p}in:{ingress_id}")
+            assert raw, ingress_id
+            before = ingress_from_json(raw)
+            after = dataclasses.replace(before, **fields, updated_at=time.time())
+            if await self._put_ingress(ingress_id, raw, ingress_to_json(after),
+                                       events(before, after) if events else []):
+                return after
+            # Written by another node meanwhile: read it again and redo the change on what it is now.
+
+    async def list_ingress(self, *, room_name: str | None = None) -> list[IngressRecord]:
+        """Every ingress (of a room), newest first."""
+        index = f"{self._p}in:room:{room_name}" if room_name else f"{self._p}in:all"
+        recs = [ingress_from_json(r) for r in await self._list_ingress(keys=[index], args=[self._p])]
+        # Ties (the same creation time) by id, as SQLite orders them.
+        return sorted(recs, key=lambda r: (-r.created_at, r.id))
+
+    async def delete_ingress(self, ingress_id: str) -> None:
+        """Forget an ingress (and its stream key); nothing when there is none."""
+        while raw := await self._r.get(f"{self._p}in:{ingress_id}"):
+            if await self._put_ingress(ingress_id, raw, ""):
                 return
 
     async def changes(self) -> AsyncIterator[str | None]:
