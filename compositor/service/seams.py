@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Protocol
 
@@ -127,9 +127,11 @@ def ingress_to_json(rec: IngressRecord) -> str:
 
 
 def ingress_from_json(raw: str) -> IngressRecord:
-    """The ingress `ingress_to_json` wrote."""
+    """The ingress `ingress_to_json` wrote (fields a newer node added are left out: a cluster upgrades node by
+    node)."""
     data = json.loads(raw)
-    return IngressRecord(**data | {"state": IngressState(data["state"])})
+    known = {f.name for f in fields(IngressRecord)}
+    return IngressRecord(**{k: v for k, v in data.items() if k in known} | {"state": IngressState(data["state"])})
 
 
 @dataclass(frozen=True)
