@@ -376,6 +376,10 @@ class RedisStore:
                     message = await pubsub.get_message(timeout=1.0)
                     if message:
                         yield message["data"]
+                    elif asyncio.current_task().cancelling():
+                        # Python 3.11's timeout swallows a cancel that comes as it fires (the read then just
+                        # times out): honoured here, or the service's shutdown waits on this loop for good.
+                        raise asyncio.CancelledError
             except REDIS_DOWN:
                 await asyncio.sleep(1.0)  # Redis is away: subscribe again once it answers
             finally:
