@@ -292,6 +292,9 @@ def test_an_ingress_runs_where_its_publisher_is_any_node_serves_it_and_a_lost_no
         live = wait_state(a, info["ingressId"], "ENDPOINT_PUBLISHING")
         assert live["state"]["resourceId"], live
         livekit.wait_published("in-room", {"encoder": 2})
+        ready = {n: node.call("GET", "/readyz")[1] for n, node in (("a", a), ("b", b))}
+        assert (ready["a"]["ingress"]["active"], ready["b"]["ingress"]["active"]) == (0, 1), ready
+        assert (ready["a"]["freeCapacity"], ready["b"]["freeCapacity"]) == (0.5, 0.25), ready
         # One publisher per key, cluster-wide: the same key pushed to a is refused.
         again = push(f"rtmp://127.0.0.1:{envs['a']['COMPOSITOR_INGRESS_RTMP_PORT']}/live/{info['streamKey']}", 10)
         assert again.wait(10) != 0
