@@ -121,6 +121,9 @@ class IngressRecord:
         return self.input_type != "url"
 
 
+_INGRESS_FIELDS = frozenset(f.name for f in fields(IngressRecord))
+
+
 def ingress_to_json(rec: IngressRecord) -> str:
     """An ingress as every store keeps it: one JSON document of all its fields."""
     return json.dumps(asdict(rec))
@@ -130,8 +133,8 @@ def ingress_from_json(raw: str) -> IngressRecord:
     """The ingress `ingress_to_json` wrote (fields a newer node added are left out: a cluster upgrades node by
     node)."""
     data = json.loads(raw)
-    known = {f.name for f in fields(IngressRecord)}
-    return IngressRecord(**{k: v for k, v in data.items() if k in known} | {"state": IngressState(data["state"])})
+    return IngressRecord(**{k: v for k, v in data.items() if k in _INGRESS_FIELDS}
+                         | {"state": IngressState(data["state"])})
 
 
 @dataclass(frozen=True)
