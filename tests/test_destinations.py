@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from compositor.destinations import parse_stream_url, parse_stream_urls, redact_url
 from compositor.errors import InvalidRequest
-from compositor.pipeline.hls import Playlist
+from compositor.pipeline.hls import Playlist, Playlists
 from compositor.pipeline.streams import FlvTag, classify
-from compositor.plan import resolve
+from compositor.plan import SegmentSettings, resolve
 from compositor.request import RecordRequest
 
 
@@ -96,6 +98,40 @@ def test_live_playlist_is_a_window_of_the_last_segments(tmp_path):
     assert "#EXT-X-MEDIA-SEQUENCE:3" in window and "#EXT-X-PLAYLIST-TYPE:EVENT" not in window
     assert [ln for ln in window if ln.endswith(".ts")] == [f"s_{i:05d}.ts" for i in range(3, 8)]
     assert window[-1] != "#EXT-X-ENDLIST" and playlist.window(5, ended=True).rstrip().endswith("#EXT-X-ENDLIST")
+
+
+def test_the_whole_playlist_is_kept_from_ffmpegs_sliding_one(tmp_path):
+    # ffmpeg lists only its last segments (its muxer keeps ~10 KB per segment listed); the worker keeps them all.
+    muxer = tmp_path / "work" / "window.m3u8"
+    muxer.parent.mkdir()
+    seg = SegmentSettings(directory=tmp_path, pattern="s_%05d.ts", playlist=tmp_path / "p.m3u8",
+                          live_playlist=tmp_path / "live.m3u8", duration=2, timestamp=False)
+
+    def ffmpeg_lists(first: int, last: int, ended: bool = False) -> None:
+        lines = ["#EXTM3U", "#EXT-X-VERSION:6", "#EXT-X-TARGETDURATION:2", f"#EXT-X-MEDIA-SEQUENCE:{first}",
+                 "#EXT-X-INDEPENDENT-SEGMENTS"]
+        for i in range(first, last + 1):
+            lines += [f"#EXTINF:{3.5 if i == 1 else 2.0:.6f},",
+                      f"#EXT-X-PROGRAM-DATE-TIME:2026-01-01T00:00:{2 * i:02d}.000+0000", f"s_{i:05d}.ts"]
+        muxer.write_text("\n".join(lines + (["#EXT-X-ENDLIST"] if ended else [])) + "\n")
+
+    keeper = Playlists(seg, muxer)
+    keeper.update()
+    assert not seg.playlist.exists()  # nothing listed yet: no playlist at all
+    for first, last in [(0, 0), (0, 2), (1, 3), (1, 3), (3, 6)]:
+        ffmpeg_lists(first, last)
+        keeper.update()
+    ffmpeg_lists(5, 8, ended=True)
+    asyncio.run(keeper.stop())
+    lines = seg.playlist.read_text().splitlines()
+    assert [ln for ln in lines if ln.endswith(".ts")] == [f"s_{i:05d}.ts" for i in range(9)]
+    assert lines[:5] == ["#EXTM3U", "#EXT-X-VERSION:6", "#EXT-X-TARGETDURATION:4", "#EXT-X-MEDIA-SEQUENCE:0",
+                         "#EXT-X-PLAYLIST-TYPE:EVENT"]
+    assert "#EXT-X-INDEPENDENT-SEGMENTS" in lines and "#EXT-X-ENDLIST" not in lines  # finish_segments ends it
+    assert sum(ln.startswith("#EXT-X-PROGRAM-DATE-TIME") for ln in lines) == 9
+    assert Playlist.read(seg.playlist).duration == 19.5
+    live = [ln for ln in seg.live_playlist.read_text().splitlines() if ln.endswith(".ts")]
+    assert live == [f"s_{i:05d}.ts" for i in range(4, 9)]
 
 
 def test_outputs_resolve_to_files_and_keyframes(tmp_path):

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import EncoderFailed
 from ..plan import AudioSettings, EgressConfig, SegmentSettings, VideoSettings
 from ..process import ManagedProcess
+from .hls import MUXER_WINDOW
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +128,15 @@ def file_target(container: str, path: Path) -> MuxTarget:
     return MuxTarget("ogg", str(path), (("page_duration", "1000000"),))
 
 
-def hls_target(seg: SegmentSettings) -> MuxTarget:
-    """HLS: the playlist lists a segment only once it is complete (temp_file), with its wall-clock time."""
-    options = [("hls_time", f"{seg.duration:g}"), ("hls_playlist_type", "event"),
+def hls_target(seg: SegmentSettings, muxer_playlist: Path) -> MuxTarget:
+    """HLS: segments into the user's folder; a playlist of the last MUXER_WINDOW of them, each listed once it
+    is complete (temp_file) with its wall-clock time, at `muxer_playlist` (hls.Playlists makes the user's)."""
+    options = [("hls_time", f"{seg.duration:g}"), ("hls_list_size", str(MUXER_WINDOW)),
                ("hls_flags", "program_date_time+independent_segments+temp_file"),
                ("hls_segment_filename", str(seg.directory / seg.pattern))]
     if seg.timestamp:
         options.append(("strftime", "1"))
-    return MuxTarget("hls", str(seg.playlist), tuple(options))
+    return MuxTarget("hls", str(muxer_playlist), tuple(options))
 
 
 def live_pipe_target(fd: int) -> MuxTarget:

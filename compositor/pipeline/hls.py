@@ -1,21 +1,31 @@
-"""HLS around ffmpeg's muxer: the sliding live playlist, and a playlist that always ends.
+"""HLS around ffmpeg's muxer: the whole (EVENT) playlist, the sliding live playlist, and an end for both.
 
-ffmpeg writes one playlist (every segment, EVENT type). The live playlist
-(the last few segments, for players that join late) is made from it while
-recording; at the end both carry #EXT-X-ENDLIST, even if ffmpeg was killed.
+ffmpeg writes a sliding playlist of its last segments into the job's workdir:
+its muxer keeps ~10 KB for each segment it lists, so letting it list every
+segment grew a two-hour recording's encoder by ~35 MB. The worker copies each
+new segment's entry from it into the EVENT playlist the user gets (and the
+live playlist: the last few segments, for players that join late); at the end
+both carry #EXT-X-ENDLIST, even if ffmpeg was killed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..plan import SegmentSettings
 
+log = logging.getLogger(__name__)
+
 LIVE_WINDOW = 5  # segments in the live playlist
+# Segments in ffmpeg's own playlist: the worker reads it every POLL_S, so it may fall this many segments
+# (a minute or more) behind before an entry would be lost.
+MUXER_WINDOW = 60
 ENDLIST = "#EXT-X-ENDLIST"
 POLL_S = 0.5
 
@@ -48,8 +58,12 @@ class Playlist:
 
     @property
     def duration(self) -> float:
-        return sum(float(line.split(":", 1)[1].split(",", 1)[0]) for seg in self.segments
-                   for line in seg if line.startswith("#EXTINF"))
+        return sum(_extinf(seg) for seg in self.segments)
+
+    def text(self) -> str:
+        """The whole playlist."""
+        return "\n".join([*self.header, *(ln for seg in self.segments for ln in seg)]
+                         + ([ENDLIST] if self.ended else [])) + "\n"
 
     def window(self, count: int, ended: bool) -> str:
         """The last `count` segments as a live (sliding) playlist."""
@@ -59,6 +73,11 @@ class Playlist:
         return "\n".join(lines + ([ENDLIST] if ended else [])) + "\n"
 
 
+def _extinf(segment: list[str]) -> float:
+    """A segment's duration, from its #EXTINF line."""
+    return next(float(ln.split(":", 1)[1].split(",", 1)[0]) for ln in segment if ln.startswith("#EXTINF"))
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text` at once: a reader sees the old content or the new, never a part."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -66,34 +85,58 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-class LivePlaylist:
-    """Keeps the live playlist in step with ffmpeg's playlist while recording."""
+class Playlists:
+    """Keeps the EVENT playlist, and the live playlist if asked for, in step with ffmpeg's sliding playlist."""
 
-    def __init__(self, seg: SegmentSettings):
+    def __init__(self, seg: SegmentSettings, muxer_playlist: Path):
+        """`muxer_playlist`: where ffmpeg writes its sliding playlist (see `hls_target`)."""
         self.seg = seg
+        self.muxer_playlist = muxer_playlist
         self._task: asyncio.Task | None = None
-        self._written = -1
+        self._playlist = Playlist(header=[], segments=[], ended=False)
+        self._target = 0  # the longest segment, in whole seconds
+        self._next = 0  # media sequence number of the next segment to copy
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._follow())
 
     async def _follow(self) -> None:
         while True:
-            self.update(ended=False)
+            self.update()
             await asyncio.sleep(POLL_S)
 
-    def update(self, ended: bool) -> None:
-        playlist = Playlist.read(self.seg.playlist)
-        if self.seg.live_playlist and (len(playlist.segments) != self._written or ended):
-            write_atomic(self.seg.live_playlist, playlist.window(LIVE_WINDOW, ended))
-            self._written = len(playlist.segments)
+    def update(self) -> None:
+        """Copy the segments ffmpeg listed since the last call."""
+        window = Playlist.read(self.muxer_playlist)
+        first = next((int(ln.split(":", 1)[1]) for ln in window.header if ln.startswith("#EXT-X-MEDIA-SEQUENCE:")),
+                     0)
+        new = window.segments[max(0, self._next - first):]
+        if not new:
+            return
+        if first > self._next:
+            log.warning("HLS: %d segment(s) slid out of ffmpeg's playlist before they were copied",
+                        first - self._next)
+        self._next = first + len(window.segments)
+        self._target = max(self._target, *(math.ceil(_extinf(seg)) for seg in new))
+        # ffmpeg's header less what belongs to a sliding playlist, and what an EVENT playlist says.
+        opening = [ln for ln in window.header if ln.startswith(("#EXTM3U", "#EXT-X-VERSION"))]
+        rest = [ln for ln in window.header if not ln.startswith(
+            ("#EXTM3U", "#EXT-X-VERSION", "#EXT-X-MEDIA-SEQUENCE", "#EXT-X-TARGETDURATION"))]
+        self._playlist.header = [*opening, f"#EXT-X-TARGETDURATION:{self._target}", "#EXT-X-MEDIA-SEQUENCE:0",
+                                 "#EXT-X-PLAYLIST-TYPE:EVENT", *rest]
+        self._playlist.segments.extend(new)
+        write_atomic(self.seg.playlist, self._playlist.text())
+        if self.seg.live_playlist:
+            write_atomic(self.seg.live_playlist, self._playlist.window(LIVE_WINDOW, ended=False))
 
     async def stop(self) -> None:
+        """Stop following, with every segment ffmpeg listed copied (call after the encoder has ended)."""
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self.update()
 
 
 def finish_segments(seg: SegmentSettings) -> dict:

@@ -25,7 +25,7 @@ from ..errors import AudioFailed, InvalidRequest
 from ..outbound import OutboundPolicy
 from ..process import ManagedProcess
 from .audio import SINK, AudioSink
-from .hls import ENDLIST, Playlist
+from .hls import Playlist, write_atomic
 
 #: a slate image may be this large
 SLATE_MAX_BYTES = 5 * 1024 * 1024
@@ -214,10 +214,7 @@ def cut_playlist(playlist_path: Path, spans: list[tuple[float, float]]) -> list[
             seg = ["#EXT-X-DISCONTINUITY", *seg]
         marked = resumed
         kept.append(seg)
-    text = "\n".join([*playlist.header, *(ln for seg in kept for ln in seg), ENDLIST]) + "\n"
-    tmp = playlist_path.with_name(f".{playlist_path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(playlist_path)
+    write_atomic(playlist_path, Playlist(playlist.header, kept, ended=True).text())
     for f in dropped:
         f.unlink(missing_ok=True)
     return dropped

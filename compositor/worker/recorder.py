@@ -52,7 +52,7 @@ from ..pipeline.encoder import (
     pcm_pipe_target,
 )
 from ..pipeline.finalize import finalize, images_written, thumbnails
-from ..pipeline.hls import LivePlaylist, finish_segments
+from ..pipeline.hls import Playlists, finish_segments
 from ..pipeline.page_server import PageSpec
 from ..pipeline.pause import (
     HIDE_SLATE,
@@ -84,6 +84,7 @@ from .stage import Stage, open_stage, sweep_stale_workdirs
 log = logging.getLogger(__name__)
 
 FIRST_FRAME_TIMEOUT_S = 10.0
+MUXER_PLAYLIST = "hls-window.m3u8"  # ffmpeg's sliding HLS playlist, in the workdir (see pipeline/hls.py)
 #: how often the page's clock is read against the wall clock while recording with sidecars
 PAGE_CLOCK_EVERY_S = 60.0
 
@@ -265,7 +266,7 @@ class Recorder:
         if cfg.output:
             targets.append(file_target(cfg.container, self._partial))
         if cfg.segments:
-            targets.append(hls_target(cfg.segments))
+            targets.append(hls_target(cfg.segments, workdir / MUXER_PLAYLIST))
         if cfg.stream or cfg.images:
             # Closed after the encoder (the exit stack runs backwards): destinations get the stream's end.
             self._fanout = StreamFanout(cfg.stream, cfg.images, cfg.video, self.policy,
@@ -281,6 +282,10 @@ class Recorder:
         first_stamp = workdir / f"{cfg.egress_id}.first-frame"
         if not (self._room_log and FILTER_SAFE_PATH.fullmatch(str(first_stamp))):
             first_stamp = None
+        # Stopped after the encoder (the exit stack runs backwards), so it copies ffmpeg's last segments.
+        playlist = Playlists(cfg.segments, workdir / MUXER_PLAYLIST) if cfg.segments else None
+        if playlist:
+            stack.push_async_callback(playlist.stop)
         encoder = Encoder(build_argv(cfg, display=display.name, pulse_server=sink.server, pulse_source=sink.monitor,
                                      start_epoch=start_epoch, targets=targets, first_stamp=first_stamp),
                           on_progress=self._on_progress, video=cfg.video is not None, pass_fds=pipes)
@@ -290,9 +295,7 @@ class Recorder:
             await self._fanout.start()
         if self._socket:
             await self._socket.start()
-        playlist = LivePlaylist(cfg.segments) if cfg.segments and cfg.segments.live_playlist else None
         if playlist:
-            stack.push_async_callback(playlist.stop)
             playlist.start()
         if self.delivery:
             stack.push_async_callback(self.delivery.stop_following)
