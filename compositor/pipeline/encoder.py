@@ -9,6 +9,7 @@ to start at zero on its own (which is what put audio 45-62 ms off).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import signal
@@ -32,6 +33,8 @@ AUDIO_DELAY_S = 0.046
 # ffmpeg finishes a file within this after SIGINT; past it, it is killed (a
 # stalled output can hang its exit) and the crash-safe partial file is kept.
 STOP_DEADLINE_S = 10.0
+STATS_PERIOD_S = 0.25  # ffmpeg's progress reports
+STAMP_POLL_S = 0.01  # looking for the first frame's stamp, while the encode starts
 
 
 @dataclass
@@ -76,6 +79,15 @@ async def progress_updates(stdout: asyncio.StreamReader) -> AsyncIterator[Progre
             block = {}
 
 
+# Up to this many pixels a second (720p30), one x264 thread keeps up (~6 ms a frame at superfast here) and
+# costs ~5% less of ffmpeg's CPU than sliced threads (bench/record.py); beyond it, x264 picks.
+ONE_THREAD_PIXELS_PER_S = 1280 * 720 * 30
+
+
+def x264_threads(v: VideoSettings) -> list[str]:
+    return ["-threads", "1"] if v.width * v.height * v.fps <= ONE_THREAD_PIXELS_PER_S else []
+
+
 def video_args(v: VideoSettings) -> list[str]:
     gop = max(1, round(v.fps * v.keyframe_interval))
     rate = ["-b:v", f"{v.bitrate_kbps}k", "-maxrate", f"{v.bitrate_kbps}k", "-bufsize", f"{v.bitrate_kbps * 2}k"]
@@ -84,7 +96,7 @@ def video_args(v: VideoSettings) -> list[str]:
         # once (live outputs want that) and it saves ~15% of x264's CPU.
         profile = ["-profile:v", v.profile] if v.profile else []
         return ["-c:v", "libx264", "-preset", v.x264_preset, "-tune", "zerolatency", "-pix_fmt", "yuv420p", *profile,
-                *rate, "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"]
+                *rate, "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0", *x264_threads(v)]
     lib = "libvpx" if v.codec == "vp8" else "libvpx-vp9"
     extra = ["-row-mt", "1"] if v.codec == "vp9" else []
     return ["-c:v", lib, "-deadline", "realtime", "-cpu-used", "8", "-pix_fmt", "yuv420p", *rate,
@@ -169,7 +181,9 @@ def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_s
     first captured frame (or, without video, sound); see `first_capture`.
     """
     argv = ["ffmpeg", "-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-progress", "pipe:1",
-            "-stats_period", "0.25", "-copyts"]
+            "-stats_period", f"{STATS_PERIOD_S:g}", "-copyts",
+            # The filters (capture conversion, first-frame stamp) are light: threads for them cost more than they save.
+            "-filter_threads", "1", "-filter_complex_threads", "1"]
     inputs = 0
     if config.video:
         v = config.video
@@ -216,12 +230,13 @@ FILTER_SAFE_PATH = re.compile(r"[\w./-]+")
 def _stamp_branch(path: Path, audio: bool) -> str:
     """A filter branch that passes the first frame (or sound) only and prints its timestamp into `path`: the
     file starts at 0 (make_zero), and this says where that was on the wall clock. The metadata it adds is what
-    makes the printer print (it prints frames that carry some). The branch ends after that frame: a branch that
-    went on without output would hold the graph open past the others' end (ffmpeg waits on its oldest sink)."""
+    makes the printer print (it prints frames that carry some); `direct` writes it at once, so the worker learns
+    of the first frame from it (Encoder.first_capture). The branch ends after that frame: a branch that went on
+    without output would hold the graph open past the others' end (ffmpeg waits on its oldest sink)."""
     a = "a" if audio else ""
     first = "atrim=end_sample=1" if audio else "trim=end_frame=1"
     return (f"{first},{a}metadata=mode=add:key=compositor:value=first,"
-            f"{a}metadata=mode=print:file={path},{a}nullsink")
+            f"{a}metadata=mode=print:file={path}:direct=1,{a}nullsink")
 
 
 def first_capture(stamp: Path, start_epoch: float) -> float | None:
@@ -232,7 +247,7 @@ def first_capture(stamp: Path, start_epoch: float) -> float | None:
         text = stamp.read_text()
     except OSError:
         return None
-    match = re.search(r"pts_time:(-?[0-9.e+-]+)", text)
+    match = re.search(r"pts_time:(-?[0-9.e+-]+)\n", text)  # the whole line: it may be being written
     return start_epoch + float(match[1]) if match else None
 
 
@@ -240,14 +255,23 @@ class Encoder:
     """Owns the ffmpeg process of one egress and reports its progress."""
 
     def __init__(self, argv: list[str], on_progress: Callable[[Progress], None] | None = None, *,
-                 video: bool = True, pass_fds: tuple[int, ...] = ()):
+                 video: bool = True, pass_fds: tuple[int, ...] = (), first_stamp: Path | None = None,
+                 start_epoch: float = 0.0):
+        """`first_stamp`, `start_epoch`: as given to build_argv; with them, `first_frame` is set as soon as the
+        first frame is captured, and `first_capture` says when that was (else the next progress report, up to
+        STATS_PERIOD_S later, sets it)."""
         self._video = video
         self._proc = ManagedProcess("ffmpeg", argv, stop_signal=signal.SIGINT, stop_timeout=STOP_DEADLINE_S,
                                     stdout_pipe=True, pass_fds=pass_fds)
         self._on_progress = on_progress
+        self._first_stamp = first_stamp
+        self._start_epoch = start_epoch
         self.progress = Progress()
         self.first_frame = asyncio.Event()
+        #: wall time of the first captured frame (sound, without video), once the stamp has it
+        self.first_capture: float | None = None
         self._reader: asyncio.Task | None = None
+        self._stamp_reader: asyncio.Task | None = None
 
     @property
     def process(self) -> ManagedProcess:
@@ -256,6 +280,16 @@ class Encoder:
     async def start(self) -> None:
         await self._proc.start()
         self._reader = asyncio.create_task(self._read_progress())
+        if self._first_stamp:
+            self._stamp_reader = asyncio.create_task(self._read_stamp(self._first_stamp))
+
+    async def _read_stamp(self, stamp: Path) -> None:
+        while not self.first_frame.is_set():
+            self.first_capture = first_capture(stamp, self._start_epoch)
+            if self.first_capture is not None:
+                self.first_frame.set()
+                return
+            await asyncio.sleep(STAMP_POLL_S)
 
     async def _read_progress(self) -> None:
         assert self._proc.proc and self._proc.proc.stdout
@@ -269,16 +303,22 @@ class Encoder:
 
     async def wait(self) -> int:
         code = await self._proc.wait()
-        if self._reader:
-            await self._reader
+        await self._readers_done()
         return code
 
     async def stop(self) -> int | None:
         """Finish the file (SIGINT), killing ffmpeg if it overruns its deadline."""
         code = await self._proc.stop()
+        await self._readers_done()
+        return code
+
+    async def _readers_done(self) -> None:
+        if self._stamp_reader:
+            self._stamp_reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stamp_reader
         if self._reader:
             await self._reader
-        return code
 
     def failure(self) -> EncoderFailed:
         return EncoderFailed(f"the encoder failed: {self._proc.describe_exit()}")

@@ -253,6 +253,7 @@ class Recorder:
             await browser.restrict(pages.base_url, self.policy.allowed)
             self._fatal = (ERROR, REQUEST, BLOCKED)
             await self._until_ready(browser, watched, browser.open(url, cfg.start_timeout))
+            self.timings["page_opened"] = time.time()
             await self._until_ready(browser, watched, self._start_signal(browser), cfg.start_timeout)
             self._fatal = (ERROR,)
             if cfg.participant_filter and not await browser.evaluate(
@@ -280,7 +281,7 @@ class Recorder:
             targets.append(pcm_pipe_target(self._socket.write_fd))
         pipes = tuple(owner.write_fd for owner in (self._fanout, self._socket) if owner)
         first_stamp = workdir / f"{cfg.egress_id}.first-frame"
-        if not (self._room_log and FILTER_SAFE_PATH.fullmatch(str(first_stamp))):
+        if not FILTER_SAFE_PATH.fullmatch(str(first_stamp)):
             first_stamp = None
         # Stopped after the encoder (the exit stack runs backwards), so it copies ffmpeg's last segments.
         playlist = Playlists(cfg.segments, workdir / MUXER_PLAYLIST) if cfg.segments else None
@@ -288,9 +289,11 @@ class Recorder:
             stack.push_async_callback(playlist.stop)
         encoder = Encoder(build_argv(cfg, display=display.name, pulse_server=sink.server, pulse_source=sink.monitor,
                                      start_epoch=start_epoch, targets=targets, first_stamp=first_stamp),
-                          on_progress=self._on_progress, video=cfg.video is not None, pass_fds=pipes)
+                          on_progress=self._on_progress, video=cfg.video is not None, pass_fds=pipes,
+                          first_stamp=first_stamp, start_epoch=start_epoch)
         stack.push_async_callback(encoder.stop)
         await encoder.start()
+        self.timings["encoder_started"] = time.time()
         if self._fanout:
             await self._fanout.start()
         if self._socket:
@@ -305,7 +308,7 @@ class Recorder:
 
         failure = await self._until_first_frame(encoder, browser, watched)
         if failure is None:
-            self.timings["first_frame"] = time.time()
+            self.timings["first_frame"] = encoder.first_capture or time.time()
             if self._room_log:
                 await self._read_page_clock(browser)
                 clock = asyncio.create_task(self._follow_page_clock(browser))
@@ -313,7 +316,8 @@ class Recorder:
             # What this job holds, so a supervisor (or a test) can check it all goes away.
             owners = {"xvfb": display.process, "pulseaudio": sink.process, "chromium": browser.process,
                       "ffmpeg": encoder.process}
-            self._status(Status.ACTIVE, await self._start_notice(browser),
+            # Its time is the first frame's (the egress's startedAt), not when the worker learned of it.
+            self._status(Status.ACTIVE, await self._start_notice(browser), time=round(self.timings["first_frame"], 3),
                          resources={"display": display.name, "workdir": str(workdir),
                                     "pids": {k: p.pid for k, p in owners.items() if p}})
             failure = await self._until_done(encoder, browser, watched)
