@@ -1,7 +1,8 @@
 """Benchmark of `compositor record`: what a recording costs and how right it is.
 
 Four participants with camera-like looping clips (VP8, like a room's
-tracks) at 720p30 and 1080p30, and two 720p30 jobs at once. For each run:
+tracks) at 720p30 and 1080p30, and two 720p30 jobs at once (or four:
+`--only four-720p`, issue 22's density target). For each run:
 cores per media second split by process, distinct frames / expected frames,
 ffmpeg dup/drop counts, A/V offset (sync markers), start latency (command ->
 START_RECORDING -> first frame) and stop latency (SIGINT -> finalized file).
@@ -30,6 +31,8 @@ sys.path.insert(0, str(REPO))
 from compositor import analysis  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: runs of several 720p jobs at once, and how many
+AT_ONCE = {"two-720p": 2, "four-720p": 4}
 HUES = [0, 90, 180, 270]
 
 
@@ -156,7 +159,7 @@ def participants(clips: list[Path]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--only", choices=["720p", "1080p", "two-720p"], action="append")
+    parser.add_argument("--only", choices=["720p", "1080p", *AT_ONCE], action="append")
     parser.add_argument("--x264-preset", help="override the encoder preset for every run")
     parser.add_argument("--keep", type=Path, help="keep the recordings in this folder")
     opts = parser.parse_args()
@@ -171,10 +174,11 @@ def main() -> None:
         runs = opts.only or ["720p", "1080p", "two-720p"]
         for name in runs:
             print(f"running {name} ...", file=sys.stderr, flush=True)
-            if name == "two-720p":
-                threads = [threading.Thread(target=run_job, args=(folder / f"two{i}.mp4", ["--preset", "720p", *common],
-                                                                  opts.seconds, results, f"two-720p#{i + 1}"))
-                           for i in range(2)]
+            if name in AT_ONCE:
+                threads = [threading.Thread(target=run_job, args=(folder / f"{name}-{i}.mp4",
+                                                                  ["--preset", "720p", *common],
+                                                                  opts.seconds, results, f"{name}#{i + 1}"))
+                           for i in range(AT_ONCE[name])]
                 for th in threads:
                     th.start()
                 for th in threads:

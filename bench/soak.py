@@ -105,12 +105,16 @@ class Sampler(threading.Thread):
             tree.append(pid)
             todo += children.get(pid, [])
         out = {"t": time.time(), "cpu": sum(table[p][2] for p in tree if p in table),
-               "worker_mb": 0.0, "chromium_mb": 0.0, "ffmpeg_mb": 0.0}
+               "worker_mb": 0.0, "chromium_mb": 0.0, "ffmpeg_mb": 0.0, "worker_parts_mb": {}}
         for pid in tree:
             group = {"chromium": "chromium_mb", "ffmpeg": "ffmpeg_mb"}.get(
                 next((g for g in ("chromium", "ffmpeg") if g in table.get(pid, (0, ""))[1].lower()), ""),
                 "worker_mb")
-            out[group] += _rss_mb(pid)
+            rss = _rss_mb(pid)
+            out[group] += rss
+            if group == "worker_mb":  # which of the worker's processes grows
+                name = table.get(pid, (0, "?"))[1]
+                out["worker_parts_mb"][name] = out["worker_parts_mb"].get(name, 0.0) + rss
         return out
 
 
@@ -220,6 +224,8 @@ def summarise(args, run: dict, chunks: list[dict], playlist: Path, samples: list
             "freeze_s": round(max((c["freeze_s"] for c in mine), default=0.0), 2),
             **{g: round(float(np.mean([s[g] for s in ticks])), 1) if ticks else None
                for g in ("worker_mb", "chromium_mb", "ffmpeg_mb")},
+            "worker_parts_mb": {name: round(float(np.mean([s["worker_parts_mb"].get(name, 0.0) for s in ticks])), 1)
+                                for name in (ticks[-1]["worker_parts_mb"] if ticks else {})},
             "cores": round((ticks[-1]["cpu"] - ticks[0]["cpu"]) / (ticks[-1]["t"] - ticks[0]["t"]), 3)
             if len(ticks) > 1 else None,
             "hls_ms": _ms(np.mean(hls_here)) if hls_here else None,
