@@ -30,7 +30,7 @@ from ..storage.errors import UploadFailed
 from ..storage.local import LocalSite
 from ..storage.manifest import MANIFEST_VERSION, iso_time, keys_by_kind, manifest_key, manifest_keys, sidecar_kind
 from ..storage.uploader import RetryNotice, RetryPolicy, StoredFile, Uploader
-from .hls import Playlist, write_atomic
+from .hls import Playlist, extinf, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ def build_manifest(*, egress_id: str, room_name: str, staging: Path, file: dict 
         segments = []
         for entry in listed.segments:
             path = playlist.parent / entry[-1]
-            seconds = next(float(t.split(":", 1)[1].split(",", 1)[0]) for t in entry if t.startswith("#EXTINF"))
-            segments.append({"key": key(path), "duration": round(seconds, 3),
+            segments.append({"key": key(path), "duration": round(extinf(entry), 3),
                              "size": path.stat().st_size if path.exists() else 0})
         manifest["playlists"].append({"key": key(playlist), "live_key": key(live_playlist) if live_playlist else None,
                                       "duration": round(listed.duration, 3), "segments": segments})

@@ -58,7 +58,7 @@ class Playlist:
 
     @property
     def duration(self) -> float:
-        return sum(_extinf(seg) for seg in self.segments)
+        return sum(extinf(seg) for seg in self.segments)
 
     def text(self) -> str:
         """The whole playlist."""
@@ -73,7 +73,7 @@ class Playlist:
         return "\n".join(lines + ([ENDLIST] if ended else [])) + "\n"
 
 
-def _extinf(segment: list[str]) -> float:
+def extinf(segment: list[str]) -> float:
     """A segment's duration, from its #EXTINF line."""
     return next(float(ln.split(":", 1)[1].split(",", 1)[0]) for ln in segment if ln.startswith("#EXTINF"))
 
@@ -117,7 +117,7 @@ class Playlists:
             log.warning("HLS: %d segment(s) slid out of ffmpeg's playlist before they were copied",
                         first - self._next)
         self._next = first + len(window.segments)
-        self._target = max(self._target, *(math.ceil(_extinf(seg)) for seg in new))
+        self._target = max(self._target, *(math.ceil(extinf(seg)) for seg in new))
         # ffmpeg's header less what belongs to a sliding playlist, and what an EVENT playlist says.
         opening = [ln for ln in window.header if ln.startswith(("#EXTM3U", "#EXT-X-VERSION"))]
         rest = [ln for ln in window.header if not ln.startswith(

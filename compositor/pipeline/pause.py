@@ -25,7 +25,7 @@ from ..errors import AudioFailed, InvalidRequest
 from ..outbound import OutboundPolicy
 from ..process import ManagedProcess
 from .audio import SINK, AudioSink
-from .hls import Playlist, write_atomic
+from .hls import Playlist, extinf, write_atomic
 
 #: a slate image may be this large
 SLATE_MAX_BYTES = 5 * 1024 * 1024
@@ -205,7 +205,7 @@ def cut_playlist(playlist_path: Path, spans: list[tuple[float, float]]) -> list[
     marked = 0  # spans whose resume is marked
     for seg in playlist.segments:
         start = t
-        t += float(next(ln for ln in seg if ln.startswith("#EXTINF")).split(":", 1)[1].split(",", 1)[0])
+        t += extinf(seg)
         if any(pause - 0.05 <= start and t <= resume + KEYFRAME_LEAD_S + 0.1 for pause, resume in spans):
             dropped.append(playlist_path.parent / seg[-1])
             continue
