@@ -141,13 +141,14 @@ async def watch(server: LiveKitServer, start_push, seconds: float, measure) -> d
 
 
 def _offsets_ms(signed: list[float]) -> dict:
-    """Median and largest A/V offset (ms), and the signed median (+: the sound is late)."""
+    """Median and largest A/V offset (ms), the signed median (+: the sound is late) and each marker's, in order."""
     if not signed:
-        return {"median": None, "median_signed": None, "max": None, "markers": 0}
+        return {"median": None, "median_signed": None, "max": None, "markers": 0, "each": []}
     absolute = [abs(o) for o in signed]
     return {"median": round(statistics.median(absolute) * 1000, 1),
             "median_signed": round(statistics.median(signed) * 1000, 1),
-            "max": round(max(absolute) * 1000, 1), "markers": len(signed)}
+            "max": round(max(absolute) * 1000, 1), "markers": len(signed),
+            "each": [round(o * 1000, 1) for o in signed]}
 
 
 def ingress_workers(serve: Serve) -> set[int]:

@@ -43,6 +43,11 @@ MAX_AHEAD_S = 3.0
 #: Audio the room's source already holds beyond this (a burst, sent at once) would play behind its video from
 #: then on, the source's queue playing out at the input's own pace: the next frame is skipped instead.
 AUDIO_MAX_QUEUED_S = 0.02
+#: Audio is handed to the room this much before its time. WebRTC takes it from the source in 10 ms ticks and
+#: Opus sends it in 20 ms packets, while a picture leaves after its encode of a few ms. Measured with
+#: bench/ingress.py (median offset at a subscriber / in our recording): no lead +35 / +31 ms, sound late;
+#: 25 ms −26…+18 / +11…+37; 40 ms −6…−2 / −6…+19 (three to five runs each).
+AUDIO_LEAD_S = 0.04
 SAMPLE_RATE = 48000
 #: 20 ms, as Opus packs it: half the Python calls of 10 ms frames, for the same sound.
 AUDIO_FRAME = SAMPLE_RATE // 50
@@ -208,7 +213,7 @@ class Pump:
     async def _send_audio(self) -> None:
         while (item := await self._audio_q.get()) is not None:
             t, frame = item
-            if not await self._until(self.clock.due(t)) or self._audio_queued() > AUDIO_MAX_QUEUED_S:
+            if not await self._until(self.clock.due(t) - AUDIO_LEAD_S) or self._audio_queued() > AUDIO_MAX_QUEUED_S:
                 self.dropped["audio"] += 1
                 continue
             await self._audio(frame)

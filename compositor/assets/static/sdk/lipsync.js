@@ -70,7 +70,8 @@ export class LipSync {
 
   async _follow(group) {
     const [audio, video] = await Promise.all([read(group.audio.receiver), read(group.video.receiver)]);
-    // The first time, the means since the tracks began: a first target at once.
+    // The first time, the means since the tracks began: a first target at once, taken whole.
+    const first = !group.last.audio || !group.last.video;
     const [before, beforeVideo] = [group.last.audio ?? {}, group.last.video ?? {}];
     group.last = { audio, video };
     const heard = per(audio, before, 'jitterBufferDelay', 'jitterBufferEmittedCount')
@@ -79,7 +80,7 @@ export class LipSync {
     const shown = per(video, beforeVideo, 'totalDecodeTime', 'framesDecoded');
     if (!Number.isFinite(heard) || !Number.isFinite(shown)) return;
     const want = Math.min(MAX_MS, Math.max(0, (heard - shown) * 1000 + UNCOUNTED_MS));
-    const next = group.target + EASE * (want - group.target);
+    const next = first ? want : group.target + EASE * (want - group.target);
     if (Math.abs(next - group.target) < STEP_MS && want !== 0) return;
     group.target = Math.round(next);
     group.video.receiver.jitterBufferTarget = group.target;
