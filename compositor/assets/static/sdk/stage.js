@@ -137,7 +137,7 @@ export class Stage {
       seen.add(item.key);
       let tile = this.tiles.get(item.key);
       if (!tile) {
-        tile = { el: document.createElement('div'), picture: undefined, participant: null, stopFrames: null };
+        tile = { el: document.createElement('div'), picture: undefined, participant: null, frames: null };
         tile.el.dataset.key = item.key;
         this.root.appendChild(tile.el);
         this.tiles.set(item.key, tile);
@@ -159,7 +159,6 @@ export class Stage {
     }
     for (const [key, tile] of this.tiles) {
       if (!seen.has(key)) {
-        if (tile.stopFrames) tile.stopFrames();
         tile.el.remove();
         this.tiles.delete(key);
       }
@@ -169,7 +168,6 @@ export class Stage {
   // The tile's content for `picture` (a track, or null: the avatar), its label and its reconnecting marker;
   // a camera's pictures are watched from here on.
   _fill(tile, item, picture) {
-    if (tile.stopFrames) tile.stopFrames();
     const content = picture ? picture.attach() : nameTile(item.participant);
     tile.el.replaceChildren(content, nameLabel(item), reconnectingMarker());
     tile.picture = picture;
@@ -178,10 +176,8 @@ export class Stage {
     tile.lastFrameAt = null;
     // Only cameras: a screen share of a still page sends no new frames and is not stalled for it.
     const camera = picture && picture.kind === 'video' && picture.source === CAMERA;
-    tile.stopFrames = camera ? picture.watchFrames(content, () => {
-      tile.lastFrameAt = performance.now();
-      if (tile.stalled) this._setStalled(tile, false);
-    }) : null;
+    tile.frames = camera ? picture.frameCounter(content) : null;
+    tile.frameCount = tile.frames ? tile.frames() : 0;
   }
 
   _setStalled(tile, stalled) {
@@ -191,13 +187,21 @@ export class Stage {
 
   _checkStalls() {
     const now = performance.now();
-    // A page too busy to run this check on time also missed its own frame callbacks: judge nothing this round.
+    // A page too busy to run this check on time was too busy to show pictures as well: judge nothing this
+    // round, only note what came. (Pictures are counted here, not as they come: see Track.frameCounter.)
     const late = now - this._checkedAt > STALL_CHECK_MS * 4;
     this._checkedAt = now;
-    if (late) return;
     for (const tile of this.tiles.values()) {
-      if (tile.lastFrameAt === null || tile.stalled) continue;
-      if (now - tile.lastFrameAt > STALL_MS && !tile.picture.muted) this._setStalled(tile, true);
+      if (!tile.frames) continue;
+      const count = tile.frames();
+      if (count !== tile.frameCount) {
+        tile.frameCount = count;
+        tile.lastFrameAt = now;
+        if (tile.stalled) this._setStalled(tile, false);
+      } else if (!late && tile.lastFrameAt !== null && !tile.stalled && now - tile.lastFrameAt > STALL_MS
+                 && !tile.picture.muted) {
+        this._setStalled(tile, true);
+      }
     }
   }
 }

@@ -10,6 +10,15 @@ const VOICE_LEVEL = 0.2;
 const CLICK_HZ = 3000;
 const CLICK_S = 0.015;
 const FLASH_MS = 100;
+// Marker n comes MARKER_STEPS_MS[n % 10] after second n: the steps cover a frame's time at 30 fps, so a run's
+// markers fall at every place between two captured frames and their mean offset is the recording's, not
+// where one run's frame grid happened to fall (up to ±17 ms of phase, the same for every marker of a run).
+const MARKER_STEPS_MS = [0, 23.3, 10, 30, 16.7, 3.3, 26.7, 13.3, 6.7, 20];
+
+// The room time (ms) of marker n.
+function markerMs(n) {
+  return n * 1000 + MARKER_STEPS_MS[n % MARKER_STEPS_MS.length];
+}
 const AUDIO_LOOKAHEAD_S = 0.3;
 
 function div(className, style = {}) {
@@ -44,16 +53,11 @@ function still(el, frozen) {
   return el;
 }
 
-// A synthetic camera's frames as a network would deliver them: one per
-// display frame, none while the script freezes it (see Track.watchFrames).
-function cameraFrames(spec, onFrame) {
-  let handle = null;
-  const next = () => {
-    if (!spec.frozen) onFrame();
-    handle = requestAnimationFrame(next);
-  };
-  handle = requestAnimationFrame(next);
-  return () => cancelAnimationFrame(handle);
+// A synthetic camera's picture counter: a new picture whenever it is read, none while the script freezes it
+// (see Track.frameCounter).
+function cameraFrames(spec) {
+  let count = 0;
+  return () => (spec.frozen ? count : ++count);
 }
 
 function within(windows, t) {
@@ -99,7 +103,7 @@ export class SyntheticRoom extends Room {
         sid: `TR_${spec.identity}_cam`, kind: 'video', source: CAMERA, participant: p,
         makeElement: () => still(spec.video ? this._trackVideo(videoPicture(spec.video)) : colourPicture(spec.color),
           spec.frozen),
-        frames: (_el, onFrame) => cameraFrames(spec, onFrame),
+        frameCounter: () => cameraFrames(spec),
       }));
     }
     if (spec.tone > 0) {
@@ -147,22 +151,22 @@ export class SyntheticRoom extends Room {
   }
 
   // getOutputTimestamp() maps the audio clock onto performance.now() only
-  // once sound flows; wait for that, then keep a running median of the
-  // mapping (single readings jitter by ~10 ms under load).
+  // once sound flows: wait for that (read often: this wait is most of a warm
+  // start), take the first reading, then keep a running median of the mapping
+  // (single readings jitter by ~10 ms under load; _pumpSound adds one every
+  // 100 ms, well before the first sync marker at 1 s).
   async _audioSettled(timeoutMs = 3000) {
     await this.audio.resume();
     const until = performance.now() + timeoutMs;
-    let last = this.audio.getOutputTimestamp();
+    let first = null;
     while (performance.now() < until) {
-      await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 10));
       const now = this.audio.getOutputTimestamp();
-      if (last.performanceTime > 0 && now.contextTime - last.contextTime > 0.02) break;
-      last = now;
+      if (now.performanceTime <= 0) continue;
+      first ??= now;
+      if (now.contextTime - first.contextTime > 0.02) break;
     }
-    for (let i = 0; i < 5; i++) {
-      this._sampleClock();
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    this._sampleClock();
   }
 
   _sampleClock() {
@@ -292,7 +296,7 @@ export class SyntheticRoom extends Room {
     consent.gain.setValueAtTime(audible ? 1 : 0, this.audio.currentTime);
   }
 
-  // Every whole second: a white flash on every tile and a click, on one clock.
+  // Once a second (markerMs): a white flash on every tile and a click, on one clock.
   _startMarkers() {
     let next = 1;
     const click = (at) => {
@@ -302,13 +306,14 @@ export class SyntheticRoom extends Room {
       osc.stop(at + CLICK_S);
     };
     const queueClicks = () => {
-      for (; next <= this.time() + 2; next += 1) this._sound(next, click);
+      for (; next <= this.time() + 2; next += 1) this._sound(markerMs(next) / 1000, click);
     };
     queueClicks();
     setInterval(queueClicks, 500);
     const frame = (now) => {
       const ms = now - this.t0;
-      document.body.classList.toggle('sync-flash', ms >= 1000 && ms % 1000 < FLASH_MS);
+      const at = markerMs(Math.floor(ms / 1000));
+      document.body.classList.toggle('sync-flash', ms >= 1000 && ms >= at && ms < at + FLASH_MS);
       requestAnimationFrame(frame);
     };
     requestAnimationFrame(frame);
