@@ -336,6 +336,8 @@ class IngressJob(BaseModel):
     audio: IngressAudio | None = IngressAudio()
     #: no media for this long ends the session (a stalled publisher or source)
     stall_s: float = 3.0
+    #: WHIP: the publisher's video goes into the room as it came (no decode, one layer: LiveKit's bypass)
+    pass_video: bool = False
 
 
 class _IngressEvent(_Message):

@@ -282,6 +282,45 @@ def test_whip_from_an_aiortc_publisher(service, livekit):
     wait_state(service, info["ingressId"], "ENDPOINT_INACTIVE", timeout=10)
 
 
+@pytest.mark.parametrize("codec", ["video/VP8", "video/H264"])
+def test_whip_bypass_puts_the_publishers_own_video_in_the_room(service, livekit, codec):
+    """bypassTranscoding (WHIP only, as LiveKit's): the publisher's pictures go into the room as they came, in
+    its codec and one layer, and our recording of the room still shows them (and hears the sound, which is
+    transcoded: the SDK takes no encoded audio)."""
+    from livekit import api
+
+    from tests.support.whip import WhipPublisher
+
+    room = f"pass-{codec[6:].lower()}"
+    info = create(service, inputType="whip", roomName=room, bypassTranscoding=True)
+    assert info["enableTranscoding"] is False
+
+    def video_track():
+        async def call(lkapi):
+            res = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+            return [t for p in res.participants if p.identity == "encoder" for t in p.tracks
+                    if t.type == api.TrackType.VIDEO]
+        return livekit.api(call)
+
+    async def session():
+        publisher = WhipPublisher(rgb=tuple(int(COLOR[i:i + 2], 16) for i in (1, 3, 5)), tone_hz=TONE,
+                                  video_codec=codec)
+        try:
+            location = await publisher.publish(info["url"], info["streamKey"])
+            await asyncio.to_thread(wait_state, service, info["ingressId"], "ENDPOINT_PUBLISHING")
+            tracks = await asyncio.to_thread(video_track)
+            path = await asyncio.to_thread(record_room, service, room)
+            await publisher.stop(location, info["streamKey"])
+            return tracks, path
+        finally:
+            await publisher.close()
+
+    tracks, path = asyncio.run(session())
+    assert len(tracks) == 1 and tracks[0].mime_type.lower() == codec.lower() and not tracks[0].simulcast, tracks
+    shows(path, COLOR, TONE)
+    wait_state(service, info["ingressId"], "ENDPOINT_INACTIVE", timeout=10)
+
+
 def test_a_wrong_whip_key_is_unauthenticated(service):
     status, body, _ = service.call("POST", "/w", None, key="nope")
     assert status in (400, 401)
@@ -299,7 +338,13 @@ def test_the_sdk_ingress_service_drives_the_twirp_api(service):
             changed = await lkapi.ingress.update_ingress(api.UpdateIngressRequest(ingress_id=made.ingress_id,
                                                                                   name="renamed"))
             whip = await lkapi.ingress.create_ingress(api.CreateIngressRequest(
-                input_type=api.IngressInput.WHIP_INPUT, room_name="sdk-room", participant_identity="w"))
+                input_type=api.IngressInput.WHIP_INPUT, room_name="sdk-room", participant_identity="w",
+                enable_transcoding=False))
+            # Bypass is WHIP's only, as LiveKit's: an RTMP ingress cannot be changed to it.
+            with pytest.raises(api.TwirpError) as rtmp_bypass:
+                await lkapi.ingress.update_ingress(api.UpdateIngressRequest(ingress_id=made.ingress_id,
+                                                                            enable_transcoding=False))
+            assert rtmp_bypass.value.code == "invalid_argument"
             gone = await lkapi.ingress.delete_ingress(api.DeleteIngressRequest(ingress_id=made.ingress_id))
             after = await lkapi.ingress.list_ingress(api.ListIngressRequest(room_name="sdk-room"))
             with pytest.raises(api.TwirpError) as bad:
@@ -314,6 +359,7 @@ def test_the_sdk_ingress_service_drives_the_twirp_api(service):
     assert [i.ingress_id for i in listed.items] == [made.ingress_id]
     assert changed.name == "renamed" and changed.room_name == "sdk-room"
     assert whip.url.endswith("/w") and whip.input_type == api.IngressInput.WHIP_INPUT
+    assert made.enable_transcoding and not whip.enable_transcoding and whip.bypass_transcoding
     assert gone.ingress_id == made.ingress_id and [i.ingress_id for i in after.items] == [whip.ingress_id]
     assert bad.code == "invalid_argument"
 

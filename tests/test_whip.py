@@ -11,6 +11,7 @@ import av
 import numpy as np
 import pytest
 
+from compositor.ingress.inputs import PassedVideo
 from compositor.ingress.whip import WhipInput, WhipOfferInvalid
 
 from .support.whip import LOOPBACK, WhipPublisher
@@ -32,6 +33,34 @@ async def collect(frames, seconds: float) -> tuple[list[av.VideoFrame], list[av.
             if frame.time >= seconds:
                 break
     return video, audio
+
+
+@pytest.mark.parametrize("codec", ["video/VP8", "video/H264"])
+async def test_a_passed_video_comes_as_it_was_sent_from_its_first_key_frame(codec):
+    """pass_video (WHIP's bypass): whole encoded pictures in the publisher's codec, the first a key frame that
+    says the picture's size, on the same clock as the (decoded) sound; they decode to what was sent."""
+    publisher = WhipPublisher(rgb=(200, 60, 120), tone_hz=440.0, video_codec=codec, width=320, height=240)
+    whip = await connect(publisher, pass_video=True)
+    frames = whip.frames()
+    try:
+        passed, audio = [], []
+        async with asyncio.timeout(12):
+            async for frame in frames:
+                (passed if isinstance(frame, PassedVideo) else audio).append(frame)
+                if frame.time >= 2.0:
+                    break
+        assert len(passed) >= 15 and len(audio) >= 50, (len(passed), len(audio))
+        assert passed[0].keyframe and {(p.mime_type, p.width, p.height) for p in passed} == {(codec, 320, 240)}
+        assert [p.time for p in passed] == sorted(p.time for p in passed) and passed[-1].time > 1.5
+        decoder = av.CodecContext.create("libvpx" if codec == "video/VP8" else "h264", "r")
+        pictures = [pic for p in passed for pic in decoder.decode(av.Packet(p.data))]
+        assert len(pictures) >= len(passed) - 2, (len(pictures), len(passed))
+        colour = pictures[-1].to_ndarray(format="rgb24").mean(axis=(0, 1))
+        assert np.allclose(colour, publisher.rgb, atol=10), colour
+    finally:
+        await frames.aclose()
+        await whip.close()
+        await publisher.close()
 
 
 def dominant_hz(audio: list[av.AudioFrame]) -> float:

@@ -63,7 +63,7 @@ def ingress_view(service: Service, rec: IngressRecord, origin: str) -> dict:
         stream_key=rec.stream_key, rtmps_url=rtmps, room_name=rec.room_name,
         participant_identity=rec.participant_identity, participant_name=rec.participant_name,
         participant_metadata=rec.participant_metadata, enabled=rec.enabled, reusable=rec.reusable,
-        video=rec.video, audio=rec.audio, created_at=iso(rec.created_at),
+        enable_transcoding=rec.enable_transcoding, video=rec.video, audio=rec.audio, created_at=iso(rec.created_at),
         state=IngressSession(status=rec.state, error=rec.error or None, error_code=rec.error_code or None,
                              resource_id=rec.resource_id or None, room_id=rec.room_id or None,
                              started_at=iso(rec.started_at), ended_at=iso(rec.ended_at),

@@ -177,6 +177,8 @@ class IngressInfo(Model):
     participant_metadata: str
     enabled: bool
     reusable: bool
+    #: false: the publisher's video goes into the room as it came (WHIP's bypassTranscoding)
+    enable_transcoding: bool = True
     video: dict
     audio: dict
     state: IngressSession

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -42,7 +43,30 @@ from .errors import IngressError, InputInvalid, InputStalled, InputUnreachable
 
 log = logging.getLogger(__name__)
 
-Frame = av.VideoFrame | av.AudioFrame
+#: RTP's video clock
+VIDEO_CLOCK = Fraction(1, 90000)
+
+
+@dataclass
+class PassedVideo:
+    """One video frame of a publisher as it came (WHIP's bypass): a whole encoded picture, VP8 or H.264 (Annex
+    B), with the time of a decoded frame (`pts` in `time_base`) and the size its last key frame said."""
+
+    data: bytes
+    mime_type: str
+    keyframe: bool
+    width: int
+    height: int
+    pts: int
+    time_base: Fraction = VIDEO_CLOCK
+
+    @property
+    def time(self) -> float:
+        """Seconds, as av.VideoFrame.time."""
+        return float(self.pts * self.time_base)
+
+
+Frame = av.VideoFrame | av.AudioFrame | PassedVideo
 
 #: Opening a URL or pulling SRT: the time to connect and read the first of it.
 OPEN_TIMEOUT_S = 10.0
@@ -408,13 +432,18 @@ class WhipSource:
         self.whip = whip
 
     async def open(self) -> InputInfo:
-        """The offer's streams."""
+        """The offer's streams (the video's codec; the rest comes with the media)."""
         kinds = self.whip.kinds
-        return InputInfo(video={} if "video" in kinds else None, audio={} if "audio" in kinds else None, live=True)
+        video = {"mime_type": self.whip.video_mime_type} if "video" in kinds else None
+        return InputInfo(video=video, audio={} if "audio" in kinds else None, live=True)
 
     def frames(self) -> AsyncIterator[Frame]:
-        """The peer connection's decoded frames, on one clock."""
+        """The peer connection's frames (decoded, or the video as it came), on one clock."""
         return self.whip.frames()
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a key frame."""
+        self.whip.request_keyframe()
 
     async def close(self) -> None:
         """Close the peer connection."""

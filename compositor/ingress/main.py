@@ -114,10 +114,11 @@ async def ingress(job_file: Path | None, events_mode: str, policy: OutboundPolic
 async def _session(job: IngressJob, events: IngressEvents, policy: OutboundPolicy,
                    stop: asyncio.Event) -> IngressEvent:
     """Open, join, publish and pump; the final event (emitted by the caller once the room is left)."""
-    room = IngressRoom(job)
     async with contextlib.AsyncExitStack() as stack:
         # Last in, first out: the room is left before the input closes, and the gate goes last.
         source = await _input(job, policy, stack)
+        # A passed video's subscribers ask the publisher itself for key frames.
+        room = IngressRoom(job, request_keyframe=source.request_keyframe if isinstance(source, WhipSource) else None)
         stack.push_async_callback(source.close)
         stack.push_async_callback(room.leave)
         try:
@@ -157,7 +158,7 @@ async def _input(job: IngressJob, policy: OutboundPolicy, stack: contextlib.Asyn
         from .whip import WhipInput, WhipOfferInvalid  # only a WHIP ingress needs aiortc's peer connection
 
         try:
-            return WhipSource(WhipInput(job.whip_offer, stall_s=job.stall_s))
+            return WhipSource(WhipInput(job.whip_offer, stall_s=job.stall_s, pass_video=job.pass_video))
         except WhipOfferInvalid as exc:
             raise InputInvalid(str(exc)) from None
     proxy = None

@@ -19,10 +19,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import av
 
 from .errors import InputStalled
+from .inputs import Frame, PassedVideo
 
 log = logging.getLogger(__name__)
-
-Frame = av.VideoFrame | av.AudioFrame
 
 #: A frame this far behind its time is dropped, not sent.
 STALE_S = 0.25
@@ -97,7 +96,8 @@ class Pump:
 
     `video(frame, timestamp_us)` is called with a frame already scaled (`prepare_video`, run off the event
     loop) at its due time; `audio(frame)` with 20 ms of 48 kHz s16 audio at its due time, unless
-    `audio_queued()` says the room's source is already behind.
+    `audio_queued()` says the room's source is already behind. A passed (encoded) picture goes to `video` as
+    it is, and always: a picture left out would break those that refer to it.
     """
 
     def __init__(self, clock: Clock, *, video: VideoSink | None, prepare_video: Callable[[av.VideoFrame], object],
@@ -147,14 +147,15 @@ class Pump:
             except TimeoutError:
                 raise InputStalled(f"no media for {self._stall_s:g} s") from None
             now = time.monotonic()
-            if isinstance(frame, av.VideoFrame):
+            if isinstance(frame, av.VideoFrame | PassedVideo):
                 if self._video is None:
                     continue
                 # A frame without a time follows the last one.
                 t = frame.time if frame.time is not None else (video_t or 0.0) + self._interval
                 video_t = t
                 self.clock.arrived(t, now)
-                self._video_q.put_nowait((t, await asyncio.to_thread(self._prepare, frame)))
+                ready = frame if isinstance(frame, PassedVideo) else await asyncio.to_thread(self._prepare, frame)
+                self._video_q.put_nowait((t, ready))
                 self._last_due["video"] = self.clock.due(t)
             elif self._audio is not None and frame.time is not None:
                 self.clock.arrived(frame.time, now)
@@ -200,8 +201,10 @@ class Pump:
         while (item := await self._video_q.get()) is not None:
             t, frame = item
             due = self.clock.due(t)
+            if isinstance(frame, PassedVideo):
+                await self._until(due)
             # More frames than the track's frame rate: the extra ones go.
-            if (last is not None and 0 <= due - last < 0.9 * self._interval) or not await self._until(due):
+            elif (last is not None and 0 <= due - last < 0.9 * self._interval) or not await self._until(due):
                 self.dropped["video"] += 1
                 continue
             last = due

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import av
@@ -14,7 +15,7 @@ from livekit.rtc.participant import PublishTrackError
 
 from ..protocol import IngressJob
 from .errors import RoomUnreachable
-from .inputs import InputInfo
+from .inputs import InputInfo, PassedVideo
 from .pacing import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ ROOM_ID_TIMEOUT_S = 2.0
 # H.264 (the SDK's OpenH264) rather than its default VP8: measured on a 720p30 push with three simulcast layers,
 # its encoder thread takes ~0.27 of a core against VP8's ~0.35, the largest share of the worker's CPU.
 VIDEO_CODEC = rtc.VideoCodec.H264
+#: a passed video's codec (WHIP's bypass), by its mime type
+PASSED_CODECS = {"video/VP8": rtc.VideoCodec.VP8, "video/H264": rtc.VideoCodec.H264}
 VIDEO_SOURCES = {"camera": rtc.TrackSource.SOURCE_CAMERA, "screen_share": rtc.TrackSource.SOURCE_SCREENSHARE}
 AUDIO_SOURCES = {"microphone": rtc.TrackSource.SOURCE_MICROPHONE,
                  "screen_share_audio": rtc.TrackSource.SOURCE_SCREENSHARE_AUDIO}
@@ -42,12 +45,15 @@ def video_size(info: dict[str, Any], width: int, height: int) -> tuple[int, int]
 class IngressRoom:
     """One participant in the job's room; `lost` is set if the room drops it."""
 
-    def __init__(self, job: IngressJob):
+    def __init__(self, job: IngressJob, request_keyframe: Callable[[], None] | None = None):
+        """`request_keyframe`: asks the input for a key frame, when the room's subscribers want one of a passed
+        video (job.pass_video)."""
         self.job = job
         self.room = rtc.Room()
         self.lost = asyncio.Event()
         self.tracks: list[dict[str, Any]] = []
-        self.video: rtc.VideoSource | None = None
+        self.video: rtc.VideoSource | rtc.EncodedVideoSource | None = None
+        self._request_keyframe = request_keyframe
         self.audio: rtc.AudioSource | None = None
         self.size: tuple[int, int] | None = None
         self._leaving = False
@@ -84,12 +90,19 @@ class IngressRoom:
         spec = self.job.video
         top = spec.layers[0]
         self.size = width, height = video_size(info, top.width, top.height)
-        self.video = rtc.VideoSource(width, height)
         name = spec.name or "video"
+        if self.job.pass_video:
+            # The publisher's own pictures, one layer in its codec (the size: where they start; each says its own).
+            self.video = rtc.EncodedVideoSource(width, height)
+            options = rtc.TrackPublishOptions(
+                source=VIDEO_SOURCES[spec.source], simulcast=False, video_codec=PASSED_CODECS[info["mime_type"]],
+                video_encoder=rtc.VideoEncoderBackend.ENCODER_BACKEND_PRE_ENCODED)
+        else:
+            self.video = rtc.VideoSource(width, height)
+            options = rtc.TrackPublishOptions(
+                source=VIDEO_SOURCES[spec.source], simulcast=len(spec.layers) > 1, video_codec=VIDEO_CODEC,
+                video_encoding=rtc.VideoEncoding(max_bitrate=top.bitrate, max_framerate=spec.fps))
         track = rtc.LocalVideoTrack.create_video_track(name, self.video)
-        options = rtc.TrackPublishOptions(
-            source=VIDEO_SOURCES[spec.source], simulcast=len(spec.layers) > 1, video_codec=VIDEO_CODEC,
-            video_encoding=rtc.VideoEncoding(max_bitrate=top.bitrate, max_framerate=spec.fps))
         publication = await self.room.local_participant.publish_track(track, options)
         self.tracks.append({"sid": publication.sid, "type": "video", "source": spec.source, "name": name,
                             "width": width, "height": height})
@@ -117,9 +130,17 @@ class IngressRoom:
         planes = frame.reformat(width=width, height=height, format="yuv420p").to_ndarray()
         return rtc.VideoFrame(width, height, rtc.VideoBufferType.I420, memoryview(planes.reshape(-1)))
 
-    def send_video(self, frame: rtc.VideoFrame, timestamp_us: int) -> None:
-        """Into the video track; its timestamp is the frame's due time, so the encoder sees the source's pace."""
-        self.video.capture_frame(frame, timestamp_us=timestamp_us)
+    def send_video(self, frame: rtc.VideoFrame | PassedVideo, timestamp_us: int) -> None:
+        """Into the video track; its timestamp is the frame's due time, so the encoder sees the source's pace. A
+        passed picture goes as it is, and a subscriber's wish for a key frame goes on to the input."""
+        if not isinstance(frame, PassedVideo):
+            self.video.capture_frame(frame, timestamp_us=timestamp_us)
+            return
+        kind = rtc.EncodedFrameType.ENCODED_FRAME_KEY if frame.keyframe else rtc.EncodedFrameType.ENCODED_FRAME_DELTA
+        self.video.capture_frame(rtc.EncodedVideoFrame(frame.data, frame.width, frame.height,
+                                                       PASSED_CODECS[frame.mime_type], kind, timestamp_us))
+        if self.video.take_feedback().keyframe_requested and self._request_keyframe:
+            self._request_keyframe()
 
     async def send_audio(self, frame: av.AudioFrame) -> None:
         """20 ms of s16 audio into the audio track."""

@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import contextvars
 import ipaddress
+import logging
 import os
+import queue
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import aioice.ice
 import av
@@ -24,13 +26,18 @@ from aiortc.exceptions import OperationError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcpeerconnection import find_common_codecs
 
+from .inputs import Frame, PassedVideo
+
 #: The codecs an ingress takes, per kind, as LiveKit's WHIP ingress does.
 ACCEPTED_CODECS = {"video": ("video/VP8", "video/H264"), "audio": ("audio/opus",)}
+#: A passed video's asks for a key frame go to the publisher at most this often.
+PLI_EVERY_S = 0.5
 #: Comma-separated local addresses to offer as ICE host candidates when WhipInput is not told (default: every
 #: interface's); a test or a host whose publishers reach it on one address only sets it.
 ICE_ADDRESSES_ENV = "COMPOSITOR_WHIP_ICE_ADDRESSES"
 
-Frame = av.VideoFrame | av.AudioFrame
+log = logging.getLogger(__name__)
+
 
 
 class WhipOfferInvalid(ValueError):
@@ -108,6 +115,65 @@ class _TrackEnded:
     """Queued by a track's reader when the publisher's track ends."""
 
 
+class _PassThrough:
+    """Stands in for the decoder queue of an aiortc receiver (aiortc has no option to skip decoding): each whole
+    encoded picture goes to `deliver` instead, and the receiver's decoder thread only ever gets the end (None),
+    which ends the receiver's track as usual."""
+
+    def __init__(self, deliver: Callable[[object, object], None]):
+        self._deliver = deliver
+        self._end: queue.Queue = queue.Queue()
+
+    def put(self, item) -> None:
+        """From the receiver (on the event loop): (codec, JitterFrame), or None at its end."""
+        if item is None:
+            self._end.put(None)
+        else:
+            self._deliver(*item)
+
+    def get(self):
+        """From the decoder thread: the end."""
+        return self._end.get()
+
+
+def _pass_through(receiver: RTCRtpReceiver, deliver: Callable[[object, object], None]) -> None:
+    """Have `receiver` hand its reassembled pictures to `deliver` rather than decode them. Set before it starts
+    receiving (its decoder thread takes the queue then)."""
+    attribute = "_RTCRtpReceiver__decoder_queue"
+    if not isinstance(getattr(receiver, attribute, None), queue.Queue):
+        raise RuntimeError("this aiortc keeps its decoder queue elsewhere: WHIP bypass needs aiortc 1.10 to 1.16")
+    setattr(receiver, attribute, _PassThrough(deliver))
+
+
+class _PictureFacts:
+    """Whether a publisher's encoded picture is a key frame and, from key frames, the picture's size."""
+
+    def __init__(self, mime_type: str):
+        self.mime_type = mime_type
+        self.size: tuple[int, int] | None = None
+        self._h264 = av.CodecContext.create("h264", "r") if mime_type == "video/H264" else None
+
+    def keyframe(self, data: bytes) -> bool:
+        """Whether `data` starts a picture that needs none before it (and note its size)."""
+        if self._h264 is None:
+            # VP8 (RFC 6386 9.1): bit 0 of the frame tag is 0 on a key frame, whose header has the size.
+            key = len(data) >= 10 and not data[0] & 1 and data[3:6] == b"\x9d\x01\x2a"
+            if key:
+                self.size = (int.from_bytes(data[6:8], "little") & 0x3FFF,
+                             int.from_bytes(data[8:10], "little") & 0x3FFF)
+            return key
+        # H.264: an IDR picture (NAL type 5); its size is what decoding it gives (one picture a GOP).
+        if not any(nal and nal[0] & 0x1F == 5 for nal in data.split(b"\x00\x00\x00\x01")):
+            return False
+        try:
+            pictures = self._h264.decode(av.Packet(data))
+        except av.FFmpegError:
+            return False
+        if pictures:
+            self.size = (pictures[0].width, pictures[0].height)
+        return self.size is not None
+
+
 class WhipInput:
     """A WHIP publisher's media: answers its SDP offer with an aiortc peer connection and yields the decoded frames.
 
@@ -117,11 +183,18 @@ class WhipInput:
     once connected is for the consumer to judge.
     """
 
-    def __init__(self, offer_sdp: str, *, stall_s: float = 3.0, ice_addresses: Sequence[str] | None = None):
+    def __init__(self, offer_sdp: str, *, stall_s: float = 3.0, ice_addresses: Sequence[str] | None = None,
+                 pass_video: bool = False):
+        """`pass_video`: the video comes out as it came (PassedVideo, from its first key frame on), not decoded."""
         if stall_s <= 0:
             raise ValueError("stall_s must be positive")
         self._offer = offer_sdp
         self._codecs = _parse_offer(offer_sdp)
+        self._pass_video = pass_video and "video" in self._codecs
+        self._passed: asyncio.Queue[PassedVideo] = asyncio.Queue()
+        self._facts = _PictureFacts(self._codecs["video"]) if self._pass_video else None
+        self._video_receiver: RTCRtpReceiver | None = None
+        self._pli_at = float("-inf")
         self._stall_s = stall_s
         if ice_addresses is None and (env := os.environ.get(ICE_ADDRESSES_ENV, "").strip()):
             ice_addresses = [a.strip() for a in env.split(",") if a.strip()]
@@ -162,6 +235,10 @@ class WhipInput:
             transceiver = pc.addTransceiver(kind, direction="recvonly")
             transceiver.setCodecPreferences([c for c in RTCRtpReceiver.getCapabilities(kind).codecs
                                              if c.mimeType in (mime, "video/rtx")])
+            if kind == "video":
+                self._video_receiver = transceiver.receiver
+                if self._pass_video:
+                    _pass_through(transceiver.receiver, self._on_picture)
         gathering = ice_host_addresses(self._ice_addresses) if self._ice_addresses else contextlib.nullcontext()
         try:
             with gathering:
@@ -173,6 +250,36 @@ class WhipInput:
         self._tracks = [t.receiver.track for t in pc.getTransceivers() if t.receiver.track is not None]
         self._answered_at = time.monotonic()
         return pc.localDescription.sdp
+
+    @property
+    def video_mime_type(self) -> str | None:
+        """The video codec the answer takes ("video/VP8", "video/H264"); None without video."""
+        return self._codecs.get("video")
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a key frame (an RTCP PLI), as a decoder that lost its pictures would; at most
+        one ask per PLI_EVERY_S."""
+        receiver = self._video_receiver
+        now = time.monotonic()
+        if receiver is None or now - self._pli_at < PLI_EVERY_S:
+            return
+        # The picture's own stream, not its retransmissions' (aiortc keeps no public map of those).
+        rtx = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})
+        ssrcs = [s.source for s in receiver.getSynchronizationSources() if s.source not in rtx]
+        if ssrcs:
+            self._pli_at = now
+            asyncio.ensure_future(receiver._send_rtcp_pli(ssrcs[0]))
+
+    def _on_picture(self, _codec, encoded) -> None:
+        """A whole encoded picture from the video receiver (pass_video); pictures before the first key frame,
+        which nothing could decode, go (and a key frame is asked for)."""
+        key = self._facts.keyframe(encoded.data)
+        if self._facts.size is None:
+            self.request_keyframe()
+            return
+        width, height = self._facts.size
+        self._passed.put_nowait(PassedVideo(encoded.data, self._facts.mime_type, key, width, height,
+                                            encoded.timestamp))
 
     def video_info(self) -> dict | None:
         """What video comes in: {"mime_type", "width", "height", "framerate"}; None before its first frame."""
@@ -193,6 +300,8 @@ class WhipInput:
         queue: asyncio.Queue[Frame | _TrackEnded | None] = asyncio.Queue()
         tasks = [asyncio.create_task(self._read(track, queue)) for track in self._tracks]
         tasks.append(asyncio.create_task(self._watch(queue)))
+        if self._pass_video:
+            tasks.append(asyncio.create_task(self._forward(queue)))
         live = len(self._tracks)
         try:
             while live:
@@ -239,6 +348,11 @@ class WhipInput:
         except MediaStreamError:
             queue.put_nowait(_TrackEnded())
 
+    async def _forward(self, queue: asyncio.Queue) -> None:
+        """The passed pictures into the frames' queue (the video track itself only ever ends)."""
+        while True:
+            queue.put_nowait(await self._passed.get())
+
     async def _watch(self, queue: asyncio.Queue) -> None:
         """Queue the end (None) when the input is over, or when the publisher has not connected in time."""
         remaining = self._answered_at + self._stall_s - time.monotonic()
@@ -254,7 +368,7 @@ class WhipInput:
         now = time.monotonic()
         if self._epoch is None:
             self._epoch = now
-        kind = "video" if isinstance(frame, av.VideoFrame) else "audio"
+        kind = "audio" if isinstance(frame, av.AudioFrame) else "video"
         # aiortc gives each track's frames RTP timestamps counted from its first packet; each track is anchored
         # where its first frame arrived, so the two share a clock (to within their network and jitter delays).
         start, first_pts = self._first.setdefault(kind, (now - self._epoch, frame.pts))

@@ -156,11 +156,18 @@ class IngressRequest(_Model):
                 raise ValueError(f"a URL ingress needs url: an {', '.join(URL_SCHEMES)} URL with a host")
         elif self.url:
             raise ValueError(f"url is the source of a URL ingress; an {self.input_type.value} ingress gets its own")
-        if self.bypass_transcoding or self.enable_transcoding is False:
+        if not self.transcoded and self.input_type != InputKind.WHIP:
             # Said, not ignored: the caller would otherwise believe its stream goes through untouched.
-            raise ValueError("this server always transcodes (simulcast layers from one input): leave "
-                             "bypass_transcoding off and enable_transcoding unset or true")
+            raise ValueError(f"an {self.input_type.value} ingress is always transcoded (simulcast layers from "
+                             "one input), as LiveKit's: bypass_transcoding and enable_transcoding false are for "
+                             "WHIP")
         return self
+
+    @property
+    def transcoded(self) -> bool:
+        """Whether the video is decoded and encoded again (simulcast layers); else, WHIP only, the publisher's
+        own video goes into the room as it came."""
+        return not (self.bypass_transcoding or self.enable_transcoding is False)
 
 
 class IngressUpdate(_Model):
@@ -177,11 +184,14 @@ class IngressUpdate(_Model):
     video: IngressVideoRequest | None = None
     audio: IngressAudioRequest | None = None
 
-    @model_validator(mode="after")
-    def _transcoded(self):
+    @property
+    def transcoded(self) -> bool | None:
+        """The change to whether the video is transcoded (see IngressRequest.transcoded); None: no change."""
         if self.bypass_transcoding or self.enable_transcoding is False:
-            raise ValueError("this server always transcodes: leave bypass_transcoding off")
-        return self
+            return False
+        if self.bypass_transcoding is False or self.enable_transcoding:
+            return True
+        return None
 
 
 def new_ingress_id() -> str:
@@ -283,7 +293,7 @@ class IngressService:
             id=new_ingress_id(), input_type=req.input_type.value, room_name=req.room_name,
             participant_identity=req.participant_identity, name=req.name, participant_name=req.participant_name,
             participant_metadata=req.participant_metadata, url=req.url, enabled=req.enabled,
-            stream_key="" if req.input_type == InputKind.URL else _new_key(),
+            enable_transcoding=req.transcoded, stream_key="" if req.input_type == InputKind.URL else _new_key(),
             video=req.video.model_dump(exclude_defaults=True), audio=req.audio.model_dump(exclude_defaults=True))
         if req.input_type == InputKind.URL:
             refuse_playlist(req.url, "url")
@@ -325,6 +335,12 @@ class IngressService:
                                              "sessions")
         fields = change.model_dump(exclude_none=True, exclude={"video", "audio", "enable_transcoding",
                                                                "bypass_transcoding"})
+        if change.transcoded is not None:
+            if not change.transcoded and rec.input_type != InputKind.WHIP.value:
+                raise InvalidRequest(f"an {rec.input_type} ingress is always transcoded, as LiveKit's: "
+                                     "bypass_transcoding and enable_transcoding false are for WHIP",
+                                     details={"field": "bypassTranscoding"})
+            fields["enable_transcoding"] = change.transcoded
         if change.video is not None:
             fields["video"] = change.video.model_dump(exclude_defaults=True)
         if change.audio is not None:
@@ -426,13 +442,15 @@ class IngressService:
                  .with_ttl(TOKEN_TTL).to_jwt())
         return IngressJob(ingress_id=rec.id, input=InputKind(rec.input_type), source_url=source_url,
                           whip_offer=whip_offer, room_url=ws_url(s.livekit_url), token=token,
-                          video=video_plan(rec.video), audio=audio_plan(rec.audio))
+                          video=video_plan(rec.video), audio=audio_plan(rec.audio),
+                          pass_video=not rec.enable_transcoding)
 
     async def _admit(self, job: IngressJob, ingress_id: str) -> None:
         """Hold the session's cores on this node, or refuse saying why."""
         if self.closing:
             raise Draining("the service is shutting down")
-        cost = ingress_cost(job.video) if job.video else COST_BY_HEIGHT[0][1]
+        # A passed video is neither decoded nor encoded here: such a session costs what one without video does.
+        cost = ingress_cost(job.video) if job.video and not job.pass_video else COST_BY_HEIGHT[0][1]
         refuse_too_big(cost, self.dispatcher.capacity, "this server has in all", "this ingress session",
                        "video", "choose a smaller video preset or layers")
         try:

@@ -251,7 +251,8 @@ def ingress_info(rec: IngressRecord, url: str = "") -> lki.IngressInfo:
     a URL ingress, its source as shown."""
     info = lki.IngressInfo(
         ingress_id=rec.id, name=rec.name, stream_key=rec.stream_key, url=url, input_type=_INPUT[InputKind(
-            rec.input_type)], enable_transcoding=True, room_name=rec.room_name,
+            rec.input_type)], enable_transcoding=rec.enable_transcoding, bypass_transcoding=not rec.enable_transcoding,
+        room_name=rec.room_name,
         participant_identity=rec.participant_identity, participant_name=rec.participant_name,
         participant_metadata=rec.participant_metadata, reusable=rec.reusable, enabled=rec.enabled)
     video, audio = rec.video or {}, rec.audio or {}
