@@ -141,7 +141,7 @@ def _pass_through(receiver: RTCRtpReceiver, deliver: Callable[[object, object], 
     receiving (its decoder thread takes the queue then)."""
     attribute = "_RTCRtpReceiver__decoder_queue"
     if not isinstance(getattr(receiver, attribute, None), queue.Queue):
-        raise RuntimeError("this aiortc keeps its decoder queue elsewhere: WHIP bypass needs aiortc 1.10 to 1.16")
+        raise RuntimeError("this aiortc keeps its decoder queue elsewhere (WHIP bypass is made for aiortc 1.16)")
     setattr(receiver, attribute, _PassThrough(deliver))
 
 
