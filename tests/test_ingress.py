@@ -18,7 +18,7 @@ from livekit import api
 
 from compositor import analysis
 from tools.peers.livekit import API_KEY, API_SECRET
-from tools.peers.receivers import free_port
+from tools.peers.receivers import free_port, free_ports
 
 from .conftest import HttpReceiver
 from .test_service import Server
@@ -36,7 +36,7 @@ def hooks():
 @pytest.fixture(scope="module")
 def service(livekit, hooks, tmp_path_factory):
     """`compositor serve` with RTMP and RTMPS ingest, publishing into the module's livekit-server."""
-    rtmp_port, rtmps_port = free_port(), free_port()
+    rtmp_port, rtmps_port = free_ports(2)
     folder = tmp_path_factory.mktemp("ingress")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout",
                     folder / "key.pem", "-out", folder / "cert.pem", "-subj", "/CN=127.0.0.1"], check=True,
@@ -262,7 +262,7 @@ def test_a_url_the_policy_refuses_is_never_fetched(service):
 
 
 def test_whip_from_an_aiortc_publisher(service, livekit):
-    from tests.support.whip import WhipPublisher
+    from tools.peers.whip import WhipPublisher
 
     info = create(service, inputType="whip", roomName="whip-room")
     assert info["url"] == service.base + "/w"
@@ -289,7 +289,7 @@ def test_whip_bypass_puts_the_publishers_own_video_in_the_room(service, livekit,
     transcoded: the SDK takes no encoded audio)."""
     from livekit import api
 
-    from tests.support.whip import WhipPublisher
+    from tools.peers.whip import WhipPublisher
 
     room = f"pass-{codec[6:].lower()}"
     info = create(service, inputType="whip", roomName=room, bypassTranscoding=True)

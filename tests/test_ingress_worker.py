@@ -443,7 +443,7 @@ async def test_a_publisher_that_stops_sending_is_a_stalled_input(livekit, nginx_
 
 
 async def test_whip_publisher_is_answered_published_and_ends_inactive(livekit, viewer_factory, tmp_path):
-    from .support.whip import LOOPBACK, WhipPublisher
+    from tools.peers.whip import LOOPBACK, WhipPublisher
 
     room = "ingress-whip"
     viewer = await viewer_factory(livekit, room)

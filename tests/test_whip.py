@@ -13,8 +13,7 @@ import pytest
 
 from compositor.ingress.inputs import PassedVideo
 from compositor.ingress.whip import WhipInput, WhipOfferInvalid
-
-from .support.whip import LOOPBACK, WhipPublisher
+from tools.peers.whip import LOOPBACK, WhipPublisher
 
 
 async def connect(publisher: WhipPublisher, **kwargs) -> WhipInput:

@@ -15,11 +15,22 @@ NGINX_RTMP_MODULE = "/usr/lib/nginx/modules/ngx_rtmp_module.so"
 
 
 def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different free TCP ports on 127.0.0.1: each socket stays bound until all are taken, so two calls in a
+    row cannot hand out the same port (a server given one port twice fails to bind its second listener)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def free_udp_port() -> int:
@@ -69,7 +80,8 @@ class NginxRtmp:
         self.records = root / "records"
         for d in (self.records, root / "tmp", root / "logs"):
             d.mkdir(parents=True, exist_ok=True)
-        self.port, self.http_port = port or free_port(), http_port or free_port()
+        ports = free_ports(2)
+        self.port, self.http_port = port or ports[0], http_port or ports[1]
         temp = " ".join(f"{k}_temp_path {root}/tmp;" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         (root / "nginx.conf").write_text(f"""
 load_module {NGINX_RTMP_MODULE};
@@ -101,8 +113,19 @@ http {{
                                       "-e", str(root / "logs/error.log")], start_new_session=True,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: listening(self.port) and listening(self.http_port), 10, "nginx")
+        # `listening` sees any listener on the port; nginx that could not bind keeps retrying for a while, then exits.
+        log = (root / "logs/error.log").read_text(errors="replace")
+        failed = [line for line in log.splitlines() if "bind()" in line]
+        if failed or self.proc.poll() is not None:
+            self.close()
+            raise AssertionError(f"nginx-rtmp did not take its ports: {failed or self.proc.returncode}")
 
     def url(self, app: str, key: str) -> str:
+        """The RTMP address of `app`/`key`; fails with nginx's own log if nginx is no longer running, so a
+        receiver that died shows why instead of as every destination's "connection refused"."""
+        if self.proc.poll() is not None:
+            log = (self.root / "logs/error.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"nginx-rtmp exited ({self.proc.returncode}): {log}")
         return f"rtmp://127.0.0.1:{self.port}/{app}/{key}"
 
     def recordings(self, key: str) -> list[Path]:

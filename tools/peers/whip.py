@@ -1,4 +1,4 @@
-"""A WHIP publisher for the tests: an aiortc client sending a solid-colour picture and a sine tone.
+"""A WHIP publisher for tests and benchmarks: an aiortc client sending a solid-colour picture and a sine tone.
 
 It gathers ICE candidates on 127.0.0.1 only and uses no STUN/TURN server, so it reaches nothing off this host;
 the WhipInput it talks to must be told the same (`ice_addresses=["127.0.0.1"]` or COMPOSITOR_WHIP_ICE_ADDRESSES).
