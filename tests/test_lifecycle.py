@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -136,3 +137,36 @@ def test_a_job_leaves_nothing_in_the_temp_folder(record):
         assert not list(tmp.iterdir()), list(tmp.iterdir())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def test_a_page_that_logs_all_the_time_leaves_nothing_held(tmp_path):
+    """Every console line reaches the worker with a handle to each of its arguments; the browser lets go of them,
+    so a long recording's page talking once a second does not grow the worker, its driver or Chromium."""
+    from compositor.pipeline.browser import MAX_PROBLEMS, Browser
+    from compositor.pipeline.display import Display
+    from compositor.pipeline.sidecars import RoomLog
+
+    display = Display(320, 240)
+    await display.start()
+    browser = Browser(display=display.name, pulse_server=None, width=320, height=240,
+                      profile_dir=tmp_path / "profile", proxy="http://127.0.0.1:9", direct="127.0.0.1:9")
+    try:
+        await browser.start()
+        browser.room_log = RoomLog(limit=10)
+        held = browser.page._impl_obj._connection._objects  # Playwright's handles, by guid
+        before = len(held)
+        await browser.evaluate("""() => {
+            for (let i = 0; i < 1500; i++) {
+                console.log(`ROOM_EVENT ${JSON.stringify({kind: 'speaking', identity: 'p' + i, name: 'P', at: i})}`);
+                console.error('layout trouble', i);
+            }
+        }""")
+        deadline = time.monotonic() + 20
+        while len(held) > before + 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert len(held) <= before + 5, f"{len(held) - before} handles still held"
+        assert len(browser.room_log.events) == 10 and browser.room_log.dropped == 1490
+        assert len(browser.problems) == MAX_PROBLEMS and browser.problems[-1].message == "layout trouble 1499"
+    finally:
+        await browser.stop()
+        await display.stop()

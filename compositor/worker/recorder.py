@@ -599,7 +599,7 @@ class Recorder:
         with contextlib.suppress(asyncio.CancelledError, CompositorError):
             await step_task
         if not done:
-            errors = "; ".join(p.message for p in browser.problems[-3:])
+            errors = "; ".join(p.message for p in list(browser.problems)[-3:])
             raise StartTimeout(f"the page did not signal {START_RECORDING} within {timeout:g} s"
                                + (f" (page errors: {errors})" if errors else ""))
         guard = done.pop()
