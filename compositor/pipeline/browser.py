@@ -223,8 +223,9 @@ class Browser:
     def _release(self, msg: ConsoleMessage) -> None:
         """Let go of a console message's arguments. Playwright keeps a handle to each of them (in Chromium, its
         driver and here) until it is disposed: a page that logs once a second grew the worker by ~15 MB an hour."""
-        if msg.args:
-            task = asyncio.ensure_future(self._dispose(msg.args))
+        handles = msg.args  # each read wraps them anew
+        if handles:
+            task = asyncio.ensure_future(self._dispose(handles))
             self._releasing.add(task)
             task.add_done_callback(self._releasing.discard)
 

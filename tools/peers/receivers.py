@@ -114,18 +114,26 @@ http {{
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: listening(self.port) and listening(self.http_port), 10, "nginx")
         # `listening` sees any listener on the port; nginx that could not bind keeps retrying for a while, then exits.
-        log = (root / "logs/error.log").read_text(errors="replace")
-        failed = [line for line in log.splitlines() if "bind()" in line]
-        if failed or self.proc.poll() is not None:
+        failure = self.failure()
+        if failure:
             self.close()
-            raise AssertionError(f"nginx-rtmp did not take its ports: {failed or self.proc.returncode}")
+            raise AssertionError(failure)
+
+    def failure(self) -> str | None:
+        """Why this nginx is not serving (it exited, or could not bind a port), in nginx's own words; None if it
+        is."""
+        log = (self.root / "logs/error.log").read_text(errors="replace")
+        if self.proc.poll() is not None:
+            return f"nginx-rtmp exited ({self.proc.returncode}): {log[-3000:]}"
+        failed = [line for line in log.splitlines() if "bind()" in line]
+        return f"nginx-rtmp did not take its ports: {failed}" if failed else None
 
     def url(self, app: str, key: str) -> str:
-        """The RTMP address of `app`/`key`; fails with nginx's own log if nginx is no longer running, so a
-        receiver that died shows why instead of as every destination's "connection refused"."""
-        if self.proc.poll() is not None:
-            log = (self.root / "logs/error.log").read_text(errors="replace")[-3000:]
-            raise AssertionError(f"nginx-rtmp exited ({self.proc.returncode}): {log}")
+        """The RTMP address of `app`/`key`; fails if nginx is not serving, so a receiver that died shows why
+        instead of as every destination's "connection refused"."""
+        failure = self.failure()
+        if failure:
+            raise AssertionError(failure)
         return f"rtmp://127.0.0.1:{self.port}/{app}/{key}"
 
     def recordings(self, key: str) -> list[Path]:
