@@ -2,13 +2,16 @@
 
 A room on a livekit-server on 127.0.0.1 holds, all along, a publisher of sync
 markers (a white flash and a 3 kHz click at the same instant, once a second
-of the publisher's clock) and one of a moving test picture; in every window
-`bob` joins and leaves and `dave` shares a screen for a while. The worker
-records it at 720p30 to an MP4, HLS and one RTMP destination (nginx-rtmp) at
-once. Printed per window:
+of the publisher's clock, stepped through a captured frame's time so that
+four markers in a row average out where the capture falls) and one of a
+moving test picture; in every window `bob` joins and leaves and `dave`
+shares a screen for a while. The worker records it at 720p30 to an MP4, HLS
+and one RTMP destination (nginx-rtmp) at once. Printed per window:
 
 - av_ms: mean and worst offset of the markers in the file (sound minus
-  picture; positive: sound late);
+  picture; positive: sound late); stray: flashes paired with a click more
+  than 150 ms away, left out of the mean (a layout change can look like a
+  flash: the marker's tile moves, or a share covers it);
 - clock_ms: where the window's markers fall in the file against where the
   publisher's clock put them (media time minus wall time, from the first
   marker): a recording whose media clock drifts from the wall clock shows it
@@ -55,7 +58,14 @@ from outputs import record  # noqa: E402
 from record import proc_table  # noqa: E402
 
 from compositor import analysis  # noqa: E402
-from tools.peers.livekit import BIN, WHY_MISSING, LiveKitServer, make_clip, make_marker_clip  # noqa: E402
+from tools.peers.livekit import (  # noqa: E402
+    BIN,
+    WHY_MISSING,
+    LiveKitServer,
+    clock_residuals,
+    make_clip,
+    make_marker_clip,
+)
 from tools.peers.receivers import NginxRtmp  # noqa: E402
 
 ROOM = "soak"
@@ -65,6 +75,8 @@ SCHEDULE = [(0.1, "bob", "join"), (0.4, "dave", "share"), (0.7, "dave", "unshare
 # Analysed a minute at a time (at most): a window's frames at once would need gigabytes.
 CHUNK_S = 60.0
 GRAY = (160, 90)
+# A marker's flash and click are never this far apart: a pair farther apart is a layout change taken for a flash.
+STRAY_S = 0.15
 
 
 def make_mover(folder: Path, seconds: int) -> Path:
@@ -157,15 +169,14 @@ def chunk(path: Path, start: float, length: float, out: Path) -> Path:
 
 
 def analyse_chunk(path: Path, start: float, length: float, tmp: Path) -> dict:
-    """A chunk's markers (file times), changes and freezes."""
+    """A chunk's markers (file time of the flash, offset), changes and freezes."""
     part = chunk(path, start, length, tmp / "chunk.mkv")
-    offsets = analysis.av_offsets(part)
-    flashes = [start + f for f in analysis.flash_onsets(part)]
+    markers = [(start + f, offset) for f, offset in analysis.marker_pairs(part)]
     frames = analysis.gray_frames(part, GRAY).astype(np.int16)
     times = analysis.frame_times(part)[: len(frames)]
     changed = (np.abs(np.diff(frames, axis=0)) > 24).sum(axis=(1, 2)) >= 8
     change_times = [float(times[0])] + [float(t) for t, c in zip(times[1:], changed) if c] + [float(times[-1])]
-    return {"offsets": offsets, "flashes": flashes, "frames": len(changed), "distinct": int(changed.sum()),
+    return {"markers": markers, "frames": len(changed), "distinct": int(changed.sum()),
             "freeze_s": float(np.max(np.diff(change_times))) if len(change_times) > 1 else length}
 
 
@@ -197,20 +208,20 @@ def seeks(path: Path, duration: float) -> list[float]:
     return bad
 
 
-def summarise(args, run: dict, chunks: list[dict], playlist: Path, samples: list[dict], wall0: float,
-              first_flash: float) -> dict:
+def summarise(args, run: dict, chunks: list[dict], playlist: Path, samples: list[dict], wall0: float) -> dict:
     """The windows' figures and the run's, with the targets met or not."""
     window_s, windows = args.window * 60, []
     hls = hls_clock(playlist)
+    markers = [m for c in chunks for m in c["markers"] if abs(m[1]) <= STRAY_S]
+    # The publisher flashes once a second of its wall clock (plus its steps): in a file whose clock keeps to the
+    # wall's, each flash lies where the publisher put it, counted from the first one.
+    clock = list(zip([f for f, _ in markers], clock_residuals([f for f, _ in markers])))
     # (A last window of a few frames past the asked length is not one.)
     for k in range(max(int(np.ceil((run["media"] - 1) / window_s)), 1)):
         a, b = k * window_s, min((k + 1) * window_s, run["media"])
         mine = [c for c in chunks if a <= c["start"] < b]
-        offsets = [o for c in mine for o in c["offsets"]]
-        flashes = [f for c in mine for f in c["flashes"]]
-        # The publisher flashes once a second of its wall clock: in a file whose clock keeps to the wall's,
-        # each flash lies a whole number of seconds after the first one.
-        clock = [(f - first_flash) - round(f - first_flash) for f in flashes]
+        offsets = [o for f, o in markers if a <= f < b]
+        here = [r for f, r in clock if a <= f < b]
         ticks = [s for s in samples if wall0 + a <= s["t"] < wall0 + b]
         frames = sum(c["frames"] for c in mine)
         hls_here = [d for m, d in hls if a < m <= b]
@@ -219,7 +230,8 @@ def summarise(args, run: dict, chunks: list[dict], playlist: Path, samples: list
             "av_ms": _ms(np.mean(offsets)) if offsets else None,
             "av_worst_ms": _ms(max(offsets, key=abs)) if offsets else None,
             "markers": len(offsets),
-            "clock_ms": _ms(np.mean(clock)) if clock else None,
+            "stray": sum(abs(o) > STRAY_S for c in mine for _, o in c["markers"]),
+            "clock_ms": _ms(np.mean(here)) if here else None,
             "distinct": round(sum(c["distinct"] for c in mine) / frames, 3) if frames else None,
             "freeze_s": round(max((c["freeze_s"] for c in mine), default=0.0), 2),
             **{g: round(float(np.mean([s[g] for s in ticks])), 1) if ticks else None
@@ -268,14 +280,14 @@ def main() -> int:
     seconds = args.minutes * 60
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp_name:
         tmp = Path(tmp_name)
-        markers = make_marker_clip(tmp / "clips", seconds=int(seconds) + 60)
+        markers = make_marker_clip(tmp / "clips", seconds=int(seconds) + 60, stepped=True)
         mover = make_mover(tmp / "clips", int(seconds) + 60)
         clips = {"bob": make_clip(tmp / "clips", "#3cb44b", 450, seconds=int(seconds) + 60),
                  "share": make_clip(tmp / "clips", "#f58231", 650, seconds=int(seconds) + 60, size="640x360")}
         server, nginx = LiveKitServer(tmp / "lk"), NginxRtmp(tmp / "nginx")
         stop, room_log = threading.Event(), []
         try:
-            server.publish(ROOM, "markers", markers.video, markers.audio)
+            server.publish(ROOM, "markers", markers.video, markers.audio, fps=markers.fps)
             server.publish(ROOM, "mover", mover)
             server.wait_published(ROOM, {"markers": 2, "mover": 1})
             hls = tmp / "hls"
@@ -315,11 +327,10 @@ def main() -> int:
                 length = min(step, media - start)
                 if length > 2:
                     chunks.append({"start": float(start), **analyse_chunk(out, float(start), length, tmp)})
-            flashes = [f for c in chunks for f in c["flashes"]]
             wall0 = active_at[0] if active_at else time.time()
             result = summarise(args, {"media": media, "file": out, "room_log": [
                 {**e, "t": round(e["t"] - wall0, 1)} for e in room_log]}, chunks,
-                next(hls.glob("*.m3u8")), samples, wall0, flashes[0] if flashes else 0.0)
+                next(hls.glob("*.m3u8")), samples, wall0)
         finally:
             stop.set()
             server.close()
@@ -339,7 +350,7 @@ def _worker_pid() -> int:
 
 
 def print_table(result: dict) -> None:
-    keys = ["window", "av_ms", "av_worst_ms", "markers", "clock_ms", "distinct", "freeze_s", "worker_mb",
+    keys = ["window", "av_ms", "av_worst_ms", "markers", "stray", "clock_ms", "distinct", "freeze_s", "worker_mb",
             "chromium_mb", "ffmpeg_mb", "cores", "hls_ms"]
     print(" ".join(f"{k:>12}" for k in keys))
     for w in result["windows"]:

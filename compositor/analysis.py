@@ -142,15 +142,21 @@ def flash_onsets(path: Path | str) -> list[float]:
     return [float(times[i]) for i in range(1, len(high)) if high[i] and not high[i - 1]]
 
 
-def av_offsets(path: Path | str) -> list[float]:
-    """Audio minus video time (s) of each sync marker found in both (positive: sound late)."""
-    clicks = click_onsets(audio_samples(path))
+def marker_pairs(path: Path | str, samples: np.ndarray | None = None) -> list[tuple[float, float]]:
+    """(flash time, audio minus video time) of each sync marker found in both, in seconds (positive: sound
+    late). `samples`: the file's sound, if already decoded."""
+    clicks = click_onsets(audio_samples(path) if samples is None else samples)
     out = []
     for f in flash_onsets(path):
         near = [c for c in clicks if abs(c - f) < 0.4]
         if near:
-            out.append(min(near, key=lambda c: abs(c - f)) - f)
+            out.append((f, min(near, key=lambda c: abs(c - f)) - f))
     return out
+
+
+def av_offsets(path: Path | str) -> list[float]:
+    """Audio minus video time (s) of each sync marker found in both (positive: sound late)."""
+    return [offset for _, offset in marker_pairs(path)]
 
 
 def distinct_frame_ratio(path: Path | str, min_pixels: int = 20, size: tuple[int, int] = (320, 180),

@@ -188,9 +188,7 @@ def test_a_paused_span_is_left_out_of_the_file_and_hls_and_live_shows_the_slate(
     # every marker after it. (A loaded machine delays a marker's flash or click now and then, paused or not: the
     # best marker of each side is what a shift would show in.)
     cut = span["start"] - timings["first_sample"]  # the cut in the file's time
-    clicks = analysis.click_onsets(pcm)
-    paired = [(f, min(near, key=lambda c: abs(c - f)) - f) for f in analysis.flash_onsets(out)
-              if (near := [c for c in clicks if abs(c - f) < 0.4])]
+    paired = analysis.marker_pairs(out, pcm)
     before = [abs(o) for f, o in paired if f < cut - 0.6]
     after = [abs(o) for f, o in paired if f > cut + 0.6]
     assert before and after and min(before) <= 0.05 and min(after) <= 0.05, (paired, cut)

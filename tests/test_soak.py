@@ -9,6 +9,9 @@ import json
 import subprocess
 import sys
 
+from compositor import analysis
+from tools.peers.livekit import STEPPED_FPS, STEPS, clock_residuals, make_marker_clip
+
 from .conftest import REPO
 from .support.livekit import tools_or_skip
 
@@ -37,3 +40,19 @@ def test_the_soak_benchmark_measures_every_window(tmp_path):
                                       "hls_drift_ms"}
     kept = tmp_path / "kept"
     assert (kept / "soak.mp4").exists() and list((kept / "hls").glob("*.m3u8"))
+
+
+def test_stepped_markers_fall_where_the_publisher_put_them(tmp_path):
+    """The soak's markers step through a captured frame's time, flash and click together; taking the steps out
+    puts each flash back on the publisher's second, whichever marker a recording begins with."""
+    clip = make_marker_clip(tmp_path, seconds=12, stepped=True)
+    late = tmp_path / "late.mkv"
+    # A recording that begins 2.5 s into the publisher's clock: its first marker is the third, two steps in.
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-ss", "2.5", "-i", str(clip.video), "-ss", "2.5",
+                    "-i", str(clip.audio), "-c:v", "ffv1", "-c:a", "pcm_s16le", str(late)], check=True)
+    pairs = analysis.marker_pairs(late)
+    flashes = [f for f, _ in pairs]
+    assert len(pairs) >= 8 and all(abs(offset) < 0.005 for _, offset in pairs), pairs
+    # Four places in a captured frame's time, one frame of the clip apart.
+    assert len({round((f - flashes[0]) % 1 * STEPPED_FPS) for f in flashes}) == STEPS, flashes
+    assert max(abs(r) for r in clock_residuals(flashes)) < 0.002, clock_residuals(flashes)

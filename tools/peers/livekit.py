@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class Clip:
     tone: int
     video: Path
     audio: Path
+    fps: int = 15
 
 
 def make_clip(folder: Path, color: str, tone: int, seconds: int = 40, size: str = "320x240") -> Clip:
@@ -49,21 +51,46 @@ def make_clip(folder: Path, color: str, tone: int, seconds: int = 40, size: str 
     return Clip(color, tone, video, audio)
 
 
-def make_marker_clip(folder: Path, seconds: int = 40) -> Clip:
-    """A clip with sync markers: once a second a white flash (2 frames at 15 fps) and a 3 kHz click
-    (analysis.CLICK_HZ) at the same instant, on a dark blue camera."""
+#: A stepped marker clip's frame rate and its steps: marker n comes (n mod STEPS) frames after second n.
+STEPPED_FPS, STEPS = 24, 4
+
+
+def make_marker_clip(folder: Path, seconds: int = 40, stepped: bool = False) -> Clip:
+    """A clip with sync markers: once a second a white flash (~0.13 s) and a 3 kHz click (analysis.CLICK_HZ) at
+    the same instant, on a dark blue camera.
+
+    At 15 fps every flash falls at the same place between two 30 fps captures, so a recording's offsets carry
+    that one capture phase (up to a frame). `stepped` makes a 24 fps clip whose marker n comes (n mod 4)
+    frames after second n: 0, 8.3, 16.7 and 25 ms into a 30 fps capture's frame, so four markers in a row
+    average the phase out."""
     folder.mkdir(parents=True, exist_ok=True)
-    video, audio = folder / "markers.ivf", folder / "markers.ogg"
+    fps, steps = (STEPPED_FPS, STEPS) if stepped else (15, 1)
+    video, audio = folder / f"markers-{fps}.ivf", folder / f"markers-{fps}.ogg"
+    # Time since marker floor(t) began (negative before it): the flash and the click both start at 0.
+    since = f"(mod(t\\,1)-mod(floor(t)\\,{steps})/{fps})"
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
-                    "color=c=0x203060:s=320x240:r=15,drawbox=c=white:t=fill:enable='lt(mod(t\\,1)\\,0.13)'",
+                    f"color=c=0x203060:s=320x240:r={fps},"
+                    f"drawbox=c=white:t=fill:enable='between({since}\\,-0.001\\,0.12)'",
                     "-t", str(seconds), "-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k",
-                    "-g", "15", "-keyint_min", "15", "-auto-alt-ref", "0", "-pix_fmt", "yuv420p", "-y", str(video)],
-                   check=True)
+                    "-g", str(fps), "-keyint_min", str(fps), "-auto-alt-ref", "0", "-pix_fmt", "yuv420p", "-y",
+                    str(video)], check=True)
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
-                    "aevalsrc='if(lt(mod(t\\,1)\\,0.03)\\,0.8*sin(2*PI*3000*t)\\,0)':s=48000:c=mono",
+                    f"aevalsrc='if(between({since}\\,0\\,0.03)\\,0.8*sin(2*PI*3000*t)\\,0)':s=48000:c=mono",
                     "-t", str(seconds), "-c:a", "libopus", "-b:a", "64k", "-frame_duration", "20", "-y", str(audio)],
                    check=True)
-    return Clip("#203060", 0, video, audio)
+    return Clip("#203060", 0, video, audio, fps)
+
+
+def clock_residuals(flashes: list[float]) -> list[float]:
+    """Where each flash falls against the publisher's clock (s), from the first one, the markers' own steps taken
+    out: marker n comes (n mod STEPS) frames after second n, and which step the first flash was, the best fit
+    says (a wrong guess is off by whole frames)."""
+    if not flashes:
+        return []
+    whole = [round(f - flashes[0]) for f in flashes]
+    fits = [[f - flashes[0] - n - (((first + n) % STEPS) - first) / STEPPED_FPS for f, n in zip(flashes, whole)]
+            for first in range(STEPS)]
+    return min(fits, key=statistics.pstdev)
 
 
 class LiveKitServer:
@@ -106,10 +133,10 @@ class LiveKitServer:
         return {"LIVEKIT_URL": self.url, "LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": API_SECRET}
 
     def publish(self, room: str, identity: str, *files: Path, source: str = "", simulcast: bool = False,
-                kind: str = "") -> Publisher:
-        """`identity` joins `room` and publishes `files` (with `simulcast`, its videos are one track's layers), as
-        a participant of `kind` (agent, sip, …; default standard)."""
-        pub = Publisher(self, room, identity, files, source, simulcast, kind)
+                kind: str = "", fps: int = 15) -> Publisher:
+        """`identity` joins `room` and publishes `files` (with `simulcast`, its videos are one track's layers; their
+        frame rate `fps`), as a participant of `kind` (agent, sip, …; default standard)."""
+        pub = Publisher(self, room, identity, files, source, simulcast, kind, fps)
         self.publishers.append(pub)
         return pub
 
@@ -179,10 +206,10 @@ class Publisher:
     """One participant publishing files with lkpub until stopped (it leaves the room then)."""
 
     def __init__(self, server: LiveKitServer, room: str, identity: str, files: tuple[Path, ...], source: str,
-                 simulcast: bool = False, kind: str = ""):
+                 simulcast: bool = False, kind: str = "", fps: int = 15):
         self.identity = identity
         argv = [str(BIN / "lkpub"), "-url", server.url, "-key", API_KEY, "-secret", API_SECRET, "-room", room,
-                "-identity", identity, "-fps", "15", *(["-source", source] if source else []),
+                "-identity", identity, "-fps", str(fps), *(["-source", source] if source else []),
                 *(["-simulcast"] if simulcast else []), *(["-kind", kind] if kind else []), *map(str, files)]
         self.log = server.workdir / f"lkpub-{identity}.log"
         with open(self.log, "ab") as log:
