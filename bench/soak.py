@@ -215,7 +215,8 @@ def summarise(args, run: dict, chunks: list[dict], playlist: Path, samples: list
     markers = [m for c in chunks for m in c["markers"] if abs(m[1]) <= STRAY_S]
     # The publisher flashes once a second of its wall clock (plus its steps): in a file whose clock keeps to the
     # wall's, each flash lies where the publisher put it, counted from the first one.
-    clock = list(zip([f for f, _ in markers], clock_residuals([f for f, _ in markers])))
+    flashes = [f for f, _ in markers]
+    clock = list(zip(flashes, clock_residuals(flashes)))
     # (A last window of a few frames past the asked length is not one.)
     for k in range(max(int(np.ceil((run["media"] - 1) / window_s)), 1)):
         a, b = k * window_s, min((k + 1) * window_s, run["media"])

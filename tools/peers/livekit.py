@@ -23,6 +23,10 @@ WHY_MISSING = ("LiveKit tools missing: install Go 1.22+ (https://go.dev/dl/) and
                "(builds livekit-server and tools/lkpub into .tools/bin)")
 
 
+#: The clips' frame rate, and lkpub's pacing of a clip's video unless told another.
+CLIP_FPS = 15
+
+
 @dataclass(frozen=True)
 class Clip:
     """A participant's pre-encoded camera (VP8 in IVF) and microphone (Opus in OGG)."""
@@ -31,7 +35,7 @@ class Clip:
     tone: int
     video: Path
     audio: Path
-    fps: int = 15
+    fps: int = CLIP_FPS
 
 
 def make_clip(folder: Path, color: str, tone: int, seconds: int = 40, size: str = "320x240") -> Clip:
@@ -41,8 +45,9 @@ def make_clip(folder: Path, color: str, tone: int, seconds: int = 40, size: str 
     video, audio = folder / f"{name}-{size}.ivf", folder / f"{tone}.ogg"
     if not video.exists():
         subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
-                        f"color=c=0x{name}:s={size}:r=15", "-t", str(seconds), "-c:v", "libvpx",
-                        "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k", "-g", "15", "-keyint_min", "15",
+                        f"color=c=0x{name}:s={size}:r={CLIP_FPS}", "-t", str(seconds), "-c:v", "libvpx",
+                        "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k", "-g", str(CLIP_FPS),
+                        "-keyint_min", str(CLIP_FPS),
                         "-auto-alt-ref", "0", "-pix_fmt", "yuv420p", "-y", str(video)], check=True)
     if not audio.exists():
         subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
@@ -64,7 +69,7 @@ def make_marker_clip(folder: Path, seconds: int = 40, stepped: bool = False) -> 
     frames after second n: 0, 8.3, 16.7 and 25 ms into a 30 fps capture's frame, so four markers in a row
     average the phase out."""
     folder.mkdir(parents=True, exist_ok=True)
-    fps, steps = (STEPPED_FPS, STEPS) if stepped else (15, 1)
+    fps, steps = (STEPPED_FPS, STEPS) if stepped else (CLIP_FPS, 1)
     video, audio = folder / f"markers-{fps}.ivf", folder / f"markers-{fps}.ogg"
     # Time since marker floor(t) began (negative before it): the flash and the click both start at 0.
     since = f"(mod(t\\,1)-mod(floor(t)\\,{steps})/{fps})"
@@ -133,7 +138,7 @@ class LiveKitServer:
         return {"LIVEKIT_URL": self.url, "LIVEKIT_API_KEY": API_KEY, "LIVEKIT_API_SECRET": API_SECRET}
 
     def publish(self, room: str, identity: str, *files: Path, source: str = "", simulcast: bool = False,
-                kind: str = "", fps: int = 15) -> Publisher:
+                kind: str = "", fps: int = CLIP_FPS) -> Publisher:
         """`identity` joins `room` and publishes `files` (with `simulcast`, its videos are one track's layers; their
         frame rate `fps`), as a participant of `kind` (agent, sip, …; default standard)."""
         pub = Publisher(self, room, identity, files, source, simulcast, kind, fps)
@@ -206,7 +211,7 @@ class Publisher:
     """One participant publishing files with lkpub until stopped (it leaves the room then)."""
 
     def __init__(self, server: LiveKitServer, room: str, identity: str, files: tuple[Path, ...], source: str,
-                 simulcast: bool = False, kind: str = "", fps: int = 15):
+                 simulcast: bool = False, kind: str = "", fps: int = CLIP_FPS):
         self.identity = identity
         argv = [str(BIN / "lkpub"), "-url", server.url, "-key", API_KEY, "-secret", API_SECRET, "-room", room,
                 "-identity", identity, "-fps", str(fps), *(["-source", source] if source else []),
