@@ -16,6 +16,9 @@ and one RTMP destination (nginx-rtmp) at once. Printed per window:
   publisher's clock put them (media time minus wall time, from the first
   marker): a recording whose media clock drifts from the wall clock shows it
   here;
+- gaps: gaps in bob's steady tone while he is there (a cut, or silence put in): where the sound's way out of
+  Chromium ran late, every voice in the room jumps by that much; a jump of the markers' A/V without a gap is
+  their own jitter buffer's;
 - distinct: share of frames that differ from the one before (the moving
   picture changes every frame it has, 15 fps of 30); freeze_s: the longest
   time without any visible change;
@@ -75,6 +78,7 @@ SCHEDULE = [(0.1, "bob", "join"), (0.4, "dave", "share"), (0.7, "dave", "unshare
 # Analysed a minute at a time (at most): a window's frames at once would need gigabytes.
 CHUNK_S = 60.0
 GRAY = (160, 90)
+BOB_TONE = 450
 # A marker's flash and click are never this far apart: a pair farther apart is a layout change taken for a flash.
 STRAY_S = 0.15
 
@@ -169,14 +173,16 @@ def chunk(path: Path, start: float, length: float, out: Path) -> Path:
 
 
 def analyse_chunk(path: Path, start: float, length: float, tmp: Path) -> dict:
-    """A chunk's markers (file time of the flash, offset), changes and freezes."""
+    """A chunk's markers (file time of the flash, offset), gaps in bob's tone, changes and freezes."""
     part = chunk(path, start, length, tmp / "chunk.mkv")
-    markers = [(start + f, offset) for f, offset in analysis.marker_pairs(part)]
+    samples = analysis.audio_samples(part)
+    markers = [(start + f, offset) for f, offset in analysis.marker_pairs(part, samples)]
     frames = analysis.gray_frames(part, GRAY).astype(np.int16)
     times = analysis.frame_times(part)[: len(frames)]
     changed = (np.abs(np.diff(frames, axis=0)) > 24).sum(axis=(1, 2)) >= 8
     change_times = [float(times[0])] + [float(t) for t, c in zip(times[1:], changed) if c] + [float(times[-1])]
-    return {"markers": markers, "frames": len(changed), "distinct": int(changed.sum()),
+    return {"markers": markers, "gaps": len(analysis.tone_gaps(samples, BOB_TONE)),
+            "frames": len(changed), "distinct": int(changed.sum()),
             "freeze_s": float(np.max(np.diff(change_times))) if len(change_times) > 1 else length}
 
 
@@ -233,6 +239,7 @@ def summarise(args, run: dict, chunks: list[dict], playlist: Path, samples: list
             "markers": len(offsets),
             "stray": sum(abs(o) > STRAY_S for c in mine for _, o in c["markers"]),
             "clock_ms": _ms(np.mean(here)) if here else None,
+            "gaps": sum(c["gaps"] for c in mine),
             "distinct": round(sum(c["distinct"] for c in mine) / frames, 3) if frames else None,
             "freeze_s": round(max((c["freeze_s"] for c in mine), default=0.0), 2),
             **{g: round(float(np.mean([s[g] for s in ticks])), 1) if ticks else None
@@ -283,7 +290,7 @@ def main() -> int:
         tmp = Path(tmp_name)
         markers = make_marker_clip(tmp / "clips", seconds=int(seconds) + 60, stepped=True)
         mover = make_mover(tmp / "clips", int(seconds) + 60)
-        clips = {"bob": make_clip(tmp / "clips", "#3cb44b", 450, seconds=int(seconds) + 60),
+        clips = {"bob": make_clip(tmp / "clips", "#3cb44b", BOB_TONE, seconds=int(seconds) + 60),
                  "share": make_clip(tmp / "clips", "#f58231", 650, seconds=int(seconds) + 60, size="640x360")}
         server, nginx = LiveKitServer(tmp / "lk"), NginxRtmp(tmp / "nginx")
         stop, room_log = threading.Event(), []
@@ -351,8 +358,8 @@ def _worker_pid() -> int:
 
 
 def print_table(result: dict) -> None:
-    keys = ["window", "av_ms", "av_worst_ms", "markers", "stray", "clock_ms", "distinct", "freeze_s", "worker_mb",
-            "chromium_mb", "ffmpeg_mb", "cores", "hls_ms"]
+    keys = ["window", "av_ms", "av_worst_ms", "markers", "stray", "clock_ms", "gaps", "distinct", "freeze_s",
+            "worker_mb", "chromium_mb", "ffmpeg_mb", "cores", "hls_ms"]
     print(" ".join(f"{k:>12}" for k in keys))
     for w in result["windows"]:
         print(" ".join(f"{'-' if w[k] is None else w[k]!s:>12}" for k in keys))

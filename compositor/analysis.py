@@ -97,6 +97,31 @@ def click_onsets(samples: np.ndarray, hz: float = CLICK_HZ, threshold: float = 0
     return onsets
 
 
+def tone_gaps(samples: np.ndarray, freq: float, longest: float = 0.2) -> list[tuple[float, float]]:
+    """(start, length) in seconds of each gap in a steady tone at `freq` Hz: a stretch of up to `longest` where it
+    falls below half its level, with the tone on both sides. What a late audio output leaves in a recording (silence
+    put in, or a cut, seen where it breaks the tone's phase); a tone that stops for longer has stopped, not glitched."""
+    win, hop = AUDIO_RATE // 100, AUDIO_RATE // 200  # 10 ms, every 5 ms
+    if len(samples) < 2 * win:
+        return []
+    kernel = np.exp(-2j * np.pi * freq * np.arange(win) / AUDIO_RATE) * np.hanning(win)
+    frames = np.lib.stride_tricks.sliding_window_view(samples, win)[::hop]
+    env = np.abs(frames @ kernel) * 2 / np.hanning(win).sum()
+    on = env > env.max() * 0.3
+    if not on.any():
+        return []
+    low = env < np.median(env[on]) * 0.5
+    gaps, start = [], None
+    for i in range(1, len(low)):
+        if low[i] and not low[i - 1]:
+            start = i
+        elif start is not None and not low[i]:
+            if (i - start) * hop <= longest * AUDIO_RATE:
+                gaps.append((start * hop / AUDIO_RATE, (i - start) * hop / AUDIO_RATE))
+            start = None
+    return gaps
+
+
 def gray_frames(path: Path | str, size: tuple[int, int]) -> np.ndarray:
     """Every frame of the video, scaled to size (w, h), as N x h x w grey levels."""
     w, h = size
@@ -132,13 +157,24 @@ def keyframe_times(path: Path | str) -> list[float]:
     return [float(r[0]) for r in rows if len(r) > 1 and r[0] != "N/A" and "K" in r[1]]
 
 
+# Frames around each frame that set the level a flash stands out from: a second at 30 fps.
+FLASH_BASE_FRAMES = 31
+
+
 def flash_onsets(path: Path | str) -> list[float]:
     """Times (s) of the first frame of each white sync flash."""
     times, luma = luma_series(path)
-    base = np.median(luma)
-    if luma.max() - base < 20:
+    # A flash (a tenth of a second) stands out from the second around it. Not from the whole file's level: when a
+    # tile comes or goes the picture's level moves by as much as a tile's flash, and flashes on the darker side of
+    # that move were missed.
+    if len(luma) < 2:
         return []
-    high = luma > base + (luma.max() - base) * 0.5
+    half = min(FLASH_BASE_FRAMES, len(luma)) // 2
+    around = np.lib.stride_tricks.sliding_window_view(np.pad(luma, half, mode="reflect"), 2 * half + 1)
+    lift = luma - np.median(around, axis=1)
+    if lift.max() < 20:
+        return []
+    high = lift > lift.max() * 0.5
     return [float(times[i]) for i in range(1, len(high)) if high[i] and not high[i - 1]]
 
 

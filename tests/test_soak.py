@@ -9,6 +9,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+
 from compositor import analysis
 from tools.peers.livekit import STEPPED_FPS, STEPS, clock_residuals, make_marker_clip
 
@@ -30,7 +32,7 @@ def test_the_soak_benchmark_measures_every_window(tmp_path):
     for w in windows:
         # What a window is made of was measured: processes sampled, frames compared, HLS segments dated.
         assert w["worker_mb"] > 0 and w["chromium_mb"] > 0 and w["ffmpeg_mb"] > 0 and w["cores"] > 0, w
-        assert 0 < w["distinct"] <= 1 and w["hls_ms"] is not None, w
+        assert 0 < w["distinct"] <= 1 and w["hls_ms"] is not None and w["gaps"] >= 0, w
     # The publisher's sync markers were found and paired, flash with click.
     assert sum(w["markers"] for w in windows) > 0 and any(w["av_ms"] is not None for w in windows)
     # The room's schedule ran: bob came and went, dave shared a screen and stopped.
@@ -56,3 +58,34 @@ def test_stepped_markers_fall_where_the_publisher_put_them(tmp_path):
     # Four places in a captured frame's time, one frame of the clip apart.
     assert len({round((f - flashes[0]) % 1 * STEPPED_FPS) for f in flashes}) == STEPS, flashes
     assert max(abs(r) for r in clock_residuals(flashes)) < 0.002, clock_residuals(flashes)
+
+
+def test_a_gap_in_a_steady_tone_is_found_and_a_pause_is_not():
+    """What a late audio output leaves in a recording: a cut (the tone jumps ahead) or silence put in. A voice
+    that stops for a while has not glitched."""
+    rate = analysis.AUDIO_RATE
+    t = np.arange(int(4 * rate)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 450 * t)
+    tone[int(1.0 * rate):int(1.03 * rate)] = 0  # 30 ms of silence put in
+    tone[int(2.0 * rate):] = 0.3 * np.sin(2 * np.pi * 450 * (t[int(2.0 * rate):] + 0.03))  # 30 ms cut
+    tone[int(3.0 * rate):int(3.5 * rate)] = 0  # a pause
+    gaps = analysis.tone_gaps(tone.astype(np.float32), 450)
+    assert [round(start, 1) for start, _ in gaps] == [1.0, 2.0], gaps
+    assert 0.025 <= gaps[0][1] <= 0.045, gaps
+    assert analysis.tone_gaps(0.3 * np.sin(2 * np.pi * 450 * t).astype(np.float32), 450) == []
+
+
+def test_flashes_are_found_when_the_picture_around_them_darkens(tmp_path):
+    """A tile leaving darkens the picture by more than a marker's flash lifts it: flashes after it are found
+    all the same, and paired with their clicks."""
+    clip = tmp_path / "markers.mkv"
+    flash = "between(mod(t,1),0,0.1)*gte(t,1)"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "color=c=0x202020:s=320x180:r=30:d=10,"
+                    "drawbox=x=0:y=0:w=160:h=180:c=0xc8c8c8:t=fill:enable='lt(t,5.5)',"
+                    f"drawbox=x=160:y=0:w=160:h=90:c=white:t=fill:enable='{flash}'",
+                    "-f", "lavfi", "-i", f"aevalsrc='0.6*sin(2*PI*3000*t)*{flash}':s=48000:d=10",
+                    "-c:v", "ffv1", "-c:a", "pcm_s16le", str(clip)], check=True)
+    pairs = analysis.marker_pairs(clip)
+    assert [round(f) for f, _ in pairs] == list(range(1, 10)), pairs
+    assert all(abs(offset) < 0.04 for _, offset in pairs), pairs
