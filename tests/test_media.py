@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -28,6 +29,46 @@ def test_each_speaker_is_heard_and_silent_ones_are_not(record):
     assert early[TONE_A] > 0.05 and late[TONE_A] > 0.05, (early, late)
     assert early[TONE_B] < 0.005 < 0.05 < late[TONE_B], (early, late)
     assert early[TONE_C] < 0.005 and late[TONE_C] < 0.005, (early, late)
+
+
+async def test_chromium_plays_at_the_sinks_rate(tmp_path):
+    """The page's sound reaches the sink at the sink's rate: Chromium opens its output at PulseAudio's default
+    rate, so a server left at its 44.1 kHz default would have both Chromium and PulseAudio resample every
+    sample of a 48 kHz recording."""
+    from compositor.pipeline.audio import AudioSink
+    from compositor.pipeline.browser import Browser
+    from compositor.pipeline.display import Display
+
+    display, sink = Display(320, 240), AudioSink(tmp_path / "pulse", 48000)
+    await display.start()
+    await sink.start()
+    browser = Browser(display=display.name, pulse_server=sink.server, width=320, height=240,
+                      profile_dir=tmp_path / "profile", proxy="http://127.0.0.1:9", direct="127.0.0.1:9")
+    try:
+        await browser.start()
+        rate = await browser.evaluate("""async () => {
+            const ctx = new AudioContext();  // at the output device's rate: the page asks for none
+            const tone = ctx.createOscillator();
+            tone.connect(ctx.destination);
+            tone.start();
+            await ctx.resume();
+            return ctx.sampleRate;
+        }""")
+        assert rate == 48000
+        specs: list[str] = []
+        for _ in range(50):
+            listing = subprocess.run(["pactl", "--server", sink.server, "list", "sink-inputs"],
+                                     capture_output=True, text=True, check=True).stdout
+            specs = [line.split(":", 1)[1].strip() for line in listing.splitlines()
+                     if line.strip().startswith("Sample Specification:")]
+            if specs:
+                break
+            await asyncio.sleep(0.1)
+        assert specs and all(spec.endswith(" 48000Hz") for spec in specs), specs
+    finally:
+        await browser.stop()
+        await sink.stop()
+        await display.stop()
 
 
 def test_sync_markers_land_together(record):

@@ -44,6 +44,10 @@ class AudioSink:
 
     async def start(self, timeout: float = 10.0) -> None:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        # Chromium opens its output at the server's default rate (44.1 kHz unless told), not the sink's: the page's
+        # 48 kHz sound went to 44.1 kHz in Chromium and back in PulseAudio on its way to the file.
+        config = self.runtime_dir / "daemon.conf"
+        config.write_text(f"default-sample-rate = {self.sample_rate}\n")
         env = {
             **os.environ,
             "HOME": str(self.runtime_dir),
@@ -51,6 +55,7 @@ class AudioSink:
             "XDG_CONFIG_HOME": str(self.runtime_dir / "config"),
             "PULSE_STATE_PATH": str(self.runtime_dir / "state"),
             "PULSE_RUNTIME_PATH": str(self.runtime_dir),
+            "PULSE_CONFIG": str(config),
         }
         env.pop("DISPLAY", None)  # no X11 bell or session modules
         self._proc = ManagedProcess(
