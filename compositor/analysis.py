@@ -78,16 +78,19 @@ def tone_level(samples: np.ndarray, freq: float, t0: float, t1: float) -> float:
     return float(2 * abs(z) / window.sum() / np.sqrt(2))
 
 
+def _tone_envelope(samples: np.ndarray, hz: float, win: int, hop: int) -> np.ndarray:
+    """Amplitude of a tone at `hz` in each window of `win` samples, one every `hop` (a Hann-windowed one-bin DFT)."""
+    kernel = np.exp(-2j * np.pi * hz * np.arange(win) / AUDIO_RATE) * np.hanning(win)
+    frames = np.lib.stride_tricks.sliding_window_view(samples, win)[::hop]
+    return np.abs(frames @ kernel) * 2 / np.hanning(win).sum()
+
+
 def click_onsets(samples: np.ndarray, hz: float = CLICK_HZ, threshold: float = 0.1) -> list[float]:
     """Times (s) where a burst at `hz` starts (the sync marker click)."""
     hop = 48  # 1 ms
     win = 240  # 5 ms
-    n = np.arange(win)
-    kernel = np.exp(-2j * np.pi * hz * n / AUDIO_RATE) * np.hanning(win)
-    scale = 2 / np.hanning(win).sum()
     starts = np.arange(0, len(samples) - win, hop)
-    frames = np.lib.stride_tricks.sliding_window_view(samples, win)[::hop][: len(starts)]
-    env = np.abs(frames @ kernel) * scale
+    env = _tone_envelope(samples, hz, win, hop)[: len(starts)]
     onsets, last = [], -1.0
     for i in np.flatnonzero(env > threshold):
         t = (starts[i] + win / 2) / AUDIO_RATE
@@ -104,9 +107,7 @@ def tone_gaps(samples: np.ndarray, freq: float, longest: float = 0.2) -> list[tu
     win, hop = AUDIO_RATE // 100, AUDIO_RATE // 200  # 10 ms, every 5 ms
     if len(samples) < 2 * win:
         return []
-    kernel = np.exp(-2j * np.pi * freq * np.arange(win) / AUDIO_RATE) * np.hanning(win)
-    frames = np.lib.stride_tricks.sliding_window_view(samples, win)[::hop]
-    env = np.abs(frames @ kernel) * 2 / np.hanning(win).sum()
+    env = _tone_envelope(samples, freq, win, hop)
     on = env > env.max() * 0.3
     if not on.any():
         return []
