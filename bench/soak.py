@@ -50,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -174,11 +175,12 @@ def chunk(path: Path, start: float, length: float, out: Path) -> Path:
 
 def analyse_chunk(path: Path, start: float, length: float, tmp: Path) -> dict:
     """A chunk's markers (file time of the flash, offset), gaps in bob's tone, changes and freezes."""
-    part = chunk(path, start, length, tmp / "chunk.mkv")
+    part = chunk(path, start, length, tmp / f"chunk-{start:.0f}.mkv")
     samples = analysis.audio_samples(part)
     markers = [(start + f, offset) for f, offset in analysis.marker_pairs(part, samples)]
     frames = analysis.gray_frames(part, GRAY).astype(np.int16)
     times = analysis.frame_times(part)[: len(frames)]
+    part.unlink()
     changed = (np.abs(np.diff(frames, axis=0)) > 24).sum(axis=(1, 2)) >= 8
     change_times = [float(times[0])] + [float(t) for t, c in zip(times[1:], changed) if c] + [float(times[-1])]
     return {"markers": markers, "gaps": len(analysis.tone_gaps(samples, BOB_TONE)),
@@ -329,12 +331,12 @@ def main() -> int:
                 args.keep.mkdir(parents=True, exist_ok=True)
                 subprocess.run(["cp", "-r", str(out), str(hls), str(args.keep)], check=True)
             media = analysis.facts(out).duration
-            chunks = []
             step = min(CHUNK_S, args.window * 60)
-            for start in np.arange(0.0, media, step):
-                length = min(step, media - start)
-                if length > 2:
-                    chunks.append({"start": float(start), **analyse_chunk(out, float(start), length, tmp)})
+            starts = [float(t) for t in np.arange(0.0, media, step) if media - t > 2]
+            # Two at a time (the recording is over: nothing left to disturb), or a 2-hour file takes ~50 minutes.
+            with ThreadPoolExecutor(2) as pool:
+                chunks = [{"start": t, **c} for t, c in zip(starts, pool.map(
+                    lambda t: analyse_chunk(out, t, min(step, media - t), tmp), starts))]
             wall0 = active_at[0] if active_at else time.time()
             result = summarise(args, {"media": media, "file": out, "room_log": [
                 {**e, "t": round(e["t"] - wall0, 1)} for e in room_log]}, chunks,

@@ -78,6 +78,16 @@ def tone_level(samples: np.ndarray, freq: float, t0: float, t1: float) -> float:
     return float(2 * abs(z) / window.sum() / np.sqrt(2))
 
 
+def loudest_level(samples: np.ndarray, freq: float, t0: float, t1: float | None = None, span: float = 1.0) -> float:
+    """A tone's level (as tone_level) in its loudest `span` seconds between t0 and t1 (default: the end).
+
+    For "is it heard": a room's sound reaches the page a moment after the recording starts, later on a loaded
+    machine, so a fixed early stretch can catch it half there."""
+    end = (len(samples) / AUDIO_RATE if t1 is None else t1) - span
+    steps = max(0, int((end - t0) / (span / 4)))
+    return max(tone_level(samples, freq, t0 + k * span / 4, t0 + k * span / 4 + span) for k in range(steps + 1))
+
+
 def _tone_envelope(samples: np.ndarray, hz: float, win: int, hop: int) -> np.ndarray:
     """Amplitude of a tone at `hz` in each window of `win` samples, one every `hop` (a Hann-windowed one-bin DFT)."""
     kernel = np.exp(-2j * np.pi * hz * np.arange(win) / AUDIO_RATE) * np.hanning(win)

@@ -24,16 +24,10 @@ from tools.peers.livekit import make_clip
 HEARD, SILENT = 0.02, 0.003  # a tone's RMS where it plays, and at most where it must not
 
 
-def channels(path, *tones: float, t0: float = 0.5, window: float = 1.0) -> dict[str, list[float]]:
-    """Each tone's level in the left and the right channel: its loudest `window` seconds after t0.
-
-    The loudest stretch, not a fixed one: a room's sound reaches the page a moment after the recording starts, and
-    later on a loaded machine, while a tone that must not play in a channel must not play in any stretch of it."""
-    def loudest(pcm, f: float) -> float:
-        end = len(pcm) / analysis.AUDIO_RATE - window
-        starts = [t0 + k * window / 4 for k in range(max(1, int((end - t0) / (window / 4)) + 1))]
-        return max(analysis.tone_level(pcm, f, t, t + window) for t in starts)
-    return {side: [loudest(pcm, f) for f in tones]
+def channels(path, *tones: float, t0: float = 0.5) -> dict[str, list[float]]:
+    """Each tone's level in the left and the right channel: its loudest second after t0 (a tone that must not play
+    in a channel must not play in any second of it)."""
+    return {side: [analysis.loudest_level(pcm, f, t0) for f in tones]
             for side in ("left", "right") for pcm in [analysis.audio_samples(path, side)]}
 
 

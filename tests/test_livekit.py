@@ -65,7 +65,7 @@ def test_grid_shows_each_publisher_and_reflows_when_one_leaves(livekit, clips, s
     assert near(analysis.region_color(late, 0.45, 0.4, 0.1, 0.2), ALICE[0])
     assert not near(analysis.region_color(late, 0.75, 0.4, 0.1, 0.2), BOB[0])
     sound = analysis.audio_samples(out)
-    assert analysis.tone_level(sound, ALICE[1], 0.5, 3) > 0.02 and analysis.tone_level(sound, BOB[1], 0.5, 3) > 0.02
+    assert all(analysis.loudest_level(sound, tone, 0.5, 3) > 0.02 for tone in (ALICE[1], BOB[1]))
     assert analysis.tone_level(sound, ALICE[1], duration - 2, duration - 0.5) > 0.02
     assert analysis.tone_level(sound, BOB[1], duration - 2, duration - 0.5) < 0.005
     # The sidecars: both there from the start, alice to the end; bob's leave is where his tile goes; each
@@ -201,7 +201,7 @@ def test_audio_only_room_composite(livekit, clips, start_record):
     facts = analysis.facts(done.output)
     assert facts.video_codec is None and facts.audio_codec == "opus" and facts.duration > 2.5
     sound = analysis.audio_samples(done.output)
-    assert analysis.tone_level(sound, ALICE[1], 0.5, 2.5) > 0.02 and analysis.tone_level(sound, BOB[1], 0.5, 2.5) > 0.02
+    assert all(analysis.loudest_level(sound, tone, 0.5) > 0.02 for tone in (ALICE[1], BOB[1]))
 
 
 def test_each_picture_waits_for_its_sound(livekit, tmp_path, start_record):
@@ -256,7 +256,7 @@ def test_screen_share_takes_the_stage(livekit, clips, start_record):
     assert done.code == 0, done.stderr[-2000:]
     assert near(region(done.output, 2.0, 0.45, 0.4), SHARE[0])  # the share fills the frame
     sound = analysis.audio_samples(done.output)
-    assert analysis.tone_level(sound, SHARE[1], 0.5, 2.5) > 0.02  # the share's own sound plays
+    assert analysis.loudest_level(sound, SHARE[1], 0.5) > 0.02  # the share's own sound plays
 
 
 def test_the_service_records_a_room_of_its_livekit_server(livekit, clips, livekit_service):
@@ -273,7 +273,7 @@ def test_the_service_records_a_room_of_its_livekit_server(livekit, clips, liveki
     done = livekit_service.wait_status(info["id"], "COMPLETE", timeout=60)
     path = done["file"]["location"]
     assert near(region(path, 1.0, 0.45, 0.4), ALICE[0])
-    assert analysis.tone_level(analysis.audio_samples(path), ALICE[1], 0.5, 1.5) > 0.02
+    assert analysis.loudest_level(analysis.audio_samples(path), ALICE[1], 0.5) > 0.02
 
 
 def start(server, **body) -> str:
@@ -315,7 +315,7 @@ def test_participant_and_track_composite_egress(livekit, clips, livekit_service)
         path = done[egress]["file"]["location"]
         assert near(region(path, 1.5, 0.2, 0.4), picture) and near(region(path, 1.5, 0.75, 0.4), picture)
         sound = analysis.audio_samples(path)
-        assert analysis.tone_level(sound, voice, 0.5, 2) > 0.02
+        assert analysis.loudest_level(sound, voice, 0.5) > 0.02
         assert analysis.tone_level(sound, other, 0.5, 2) < 0.003
 
 
@@ -334,7 +334,7 @@ def test_track_egress_to_a_websocket_and_to_an_ogg_file(livekit, clips, livekit_
         done = record_together(livekit_service, socket, ogg)
         sound = receiver.samples()
         assert len(sound) > 2 * 48000  # seconds of 48 kHz PCM
-        assert analysis.tone_level(sound, BOB[1], 0.5, 2) > 0.02
+        assert analysis.loudest_level(sound, BOB[1], 0.5) > 0.02
         assert analysis.tone_level(sound, ALICE[1], 0.5, 2) < 0.003
         assert "secret-key" not in str(done[socket])  # the URL's query is redacted
         path = done[ogg]["file"]["location"]
@@ -343,7 +343,7 @@ def test_track_egress_to_a_websocket_and_to_an_ogg_file(livekit, clips, livekit_
         # The track is mono (lkpub publishes it so): so is its file, as LiveKit's untranscoded track egress.
         assert facts.audio_codec == "opus" and facts.video_codec is None and facts.channels == 1
         ogg_sound = analysis.audio_samples(path)
-        assert analysis.tone_level(ogg_sound, ALICE[1], 0.5, 2) > 0.02
+        assert analysis.loudest_level(ogg_sound, ALICE[1], 0.5) > 0.02
         assert analysis.tone_level(ogg_sound, BOB[1], 0.5, 2) < 0.003
     finally:
         receiver.close()
@@ -413,4 +413,4 @@ def test_a_template_written_for_the_egress_sdk_records_unchanged(livekit, clips,
     assert near(region(path, 1.0, 0.45, 0.05), ALICE[0])  # plain: alice's camera up to the top
     assert near(region(path, duration - 0.5, 0.45, 0.05), "#ffffff")  # banner, from the recorder's metadata
     assert near(region(path, duration - 0.5, 0.45, 0.6), ALICE[0])
-    assert analysis.tone_level(analysis.audio_samples(path), ALICE[1], 0.5, 2) > 0.02
+    assert analysis.loudest_level(analysis.audio_samples(path), ALICE[1], 0.5) > 0.02
