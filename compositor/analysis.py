@@ -122,12 +122,16 @@ def tone_gaps(samples: np.ndarray, freq: float, longest: float = 0.2) -> list[tu
     if not on.any():
         return []
     low = env < np.median(env[on]) * 0.5
+    # A tone on both sides means a tenth of a second of it: without the tone, the leak of a click's onset
+    # into its frequency is a blip, and the quiet between two blips is no gap.
+    side = AUDIO_RATE // 10 // hop
     gaps, start = [], None
     for i in range(1, len(low)):
         if low[i] and not low[i - 1]:
             start = i
         elif start is not None and not low[i]:
-            if (i - start) * hop <= longest * AUDIO_RATE:
+            if ((i - start) * hop <= longest * AUDIO_RATE and start >= side
+                    and not low[start - side:start].any() and not low[i:i + side].any() and i + side <= len(low)):
                 gaps.append((start * hop / AUDIO_RATE, (i - start) * hop / AUDIO_RATE))
             start = None
     return gaps

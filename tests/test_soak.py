@@ -75,6 +75,15 @@ def test_a_gap_in_a_steady_tone_is_found_and_a_pause_is_not():
     assert analysis.tone_gaps(0.3 * np.sin(2 * np.pi * 450 * t).astype(np.float32), 450) == []
 
 
+def test_no_gaps_are_found_in_a_tone_that_is_not_there():
+    """A minute of the soak when bob is away: only the markers' clicks, whose onsets leak a blip into bob's
+    frequency once a second. The quiet between the blips is not a gap in his tone."""
+    rate = analysis.AUDIO_RATE
+    t = np.arange(int(6 * rate)) / rate
+    clicks = (0.6 * np.sin(2 * np.pi * 3000 * t) * (np.mod(t, 1) < 0.1)).astype(np.float32)
+    assert analysis.tone_gaps(clicks, 450) == []
+
+
 def test_flashes_are_found_when_the_picture_around_them_darkens(tmp_path):
     """A tile leaving darkens the picture by more than a marker's flash lifts it: flashes after it are found
     all the same, and paired with their clicks."""
