@@ -83,9 +83,12 @@ def loudest_level(samples: np.ndarray, freq: float, t0: float, t1: float | None 
 
     For "is it heard": a room's sound reaches the page a moment after the recording starts, later on a loaded
     machine, so a fixed early stretch can catch it half there."""
-    end = (len(samples) / AUDIO_RATE if t1 is None else t1) - span
-    steps = max(0, int((end - t0) / (span / 4)))
-    return max(tone_level(samples, freq, t0 + k * span / 4, t0 + k * span / 4 + span) for k in range(steps + 1))
+    seg = samples[int(t0 * AUDIO_RATE): None if t1 is None else int(t1 * AUDIO_RATE)]
+    win = int(span * AUDIO_RATE)
+    if len(seg) < win:
+        return tone_level(seg, freq, 0, span)
+    # The envelope is tone_level's one-bin DFT over each span, a quarter span apart; RMS of a sine = peak / √2.
+    return float(_tone_envelope(seg, freq, win, win // 4).max() / np.sqrt(2))
 
 
 def _tone_envelope(samples: np.ndarray, hz: float, win: int, hop: int) -> np.ndarray:
@@ -130,8 +133,9 @@ def tone_gaps(samples: np.ndarray, freq: float, longest: float = 0.2) -> list[tu
         if low[i] and not low[i - 1]:
             start = i
         elif start is not None and not low[i]:
-            if ((i - start) * hop <= longest * AUDIO_RATE and start >= side
-                    and not low[start - side:start].any() and not low[i:i + side].any() and i + side <= len(low)):
+            tone_around = start >= side and i + side <= len(low) and not (low[start - side:start].any()
+                                                                         or low[i:i + side].any())
+            if (i - start) * hop <= longest * AUDIO_RATE and tone_around:
                 gaps.append((start * hop / AUDIO_RATE, (i - start) * hop / AUDIO_RATE))
             start = None
     return gaps
