@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from compositor import analysis
+from compositor.pipeline import encoder
 
 from .conftest import SMALL, HttpReceiver, assert_color, assert_released
 
@@ -81,6 +82,25 @@ def test_sync_markers_land_together(record):
     # frame of phase; within that, sound must land with its flash.
     assert abs(float(np.mean(offsets))) <= 0.04, offsets
     assert max(abs(o) for o in offsets) <= 0.06, offsets
+
+
+def test_captured_frames_keep_the_times_they_were_grabbed(tmp_path):
+    """A capture whose clock started 12.3 ms off the 1/30 s grid keeps that offset against its sound, through the
+    encode's own timing filter and time base. (The `fps` filter moved every frame onto the grid: up to half a
+    frame of A/V error in a run, depending on where x11grab's clock happened to start.)"""
+    out = tmp_path / "grabbed.mkv"
+    grabbed = "testsrc2=s=160x90:r=30:d=3,settb=1/1000000,setpts=PTS+0.0123/TB"  # x11grab's µs time base
+    subprocess.run(["ffmpeg", "-v", "error", "-copyts",
+                    "-f", "lavfi", "-i", grabbed, "-f", "lavfi", "-i", "sine=f=440:d=3",
+                    "-filter_complex", f"[0:v]{encoder.grab_times(30)}[v]", "-map", "[v]", "-map", "1:a",
+                    "-fps_mode", "passthrough", "-enc_time_base:v", encoder.GRAB_TIME_BASE,
+                    "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "pcm_s16le", str(out)], check=True)
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time",
+                            "-of", "csv=p=0", str(out)], capture_output=True, text=True, check=True).stdout
+    times = [float(t) for t in probe.split()]
+    assert len(times) == 90, len(times)
+    # Matroska keeps milliseconds: each frame within one of its grab time, 12.3 ms + n/30 s.
+    assert max(abs(t - (0.0123 + n / 30)) for n, t in enumerate(times)) <= 0.0011, times[:5]
 
 
 @pytest.mark.parametrize("codec", ["VP8", "VP9"])

@@ -88,8 +88,13 @@ def x264_threads(v: VideoSettings) -> list[str]:
     return ["-threads", "1"] if v.width * v.height * v.fps <= ONE_THREAD_PIXELS_PER_S else []
 
 
+def gop_frames(v: VideoSettings) -> int:
+    """Frames from one keyframe to the next."""
+    return max(1, round(v.fps * v.keyframe_interval))
+
+
 def video_args(v: VideoSettings) -> list[str]:
-    gop = max(1, round(v.fps * v.keyframe_interval))
+    gop = gop_frames(v)
     rate = ["-b:v", f"{v.bitrate_kbps}k", "-maxrate", f"{v.bitrate_kbps}k", "-bufsize", f"{v.bitrate_kbps * 2}k"]
     if v.codec == "h264":
         # zerolatency: no lookahead or B-frames. Frames leave the encoder at
@@ -140,10 +145,18 @@ def file_target(container: str, path: Path) -> MuxTarget:
     return MuxTarget("ogg", str(path), (("page_duration", "1000000"),))
 
 
-def hls_target(seg: SegmentSettings, muxer_playlist: Path) -> MuxTarget:
+def hls_target(seg: SegmentSettings, muxer_playlist: Path, video: VideoSettings | None) -> MuxTarget:
     """HLS: segments into the user's folder; a playlist of the last MUXER_WINDOW of them, each listed once it
     is complete (temp_file) with its wall-clock time, at `muxer_playlist` (hls.Playlists makes the user's)."""
-    options = [("hls_time", f"{seg.duration:g}"), ("hls_list_size", str(MUXER_WINDOW)),
+    length = f"{seg.duration:g}"
+    if video:
+        # The muxer cuts segment n at the first keyframe at least n × hls_time in. Keyframes come every `gop`
+        # grabs, a whisker under the keyframe interval (x11grab's period is whole µs: 33333 at 30 fps), so the
+        # segment's length is given in grab time, 10 µs short (more than the 90 kHz clock's rounding; the
+        # shortfall adds up, but reaches a keyframe's spacing only after ~200000 segments).
+        keyframes = round(seg.duration / video.keyframe_interval)
+        length = f"{keyframes * gop_frames(video) * grab_period(video.fps) - 1e-5:.6f}"
+    options = [("hls_time", length), ("hls_list_size", str(MUXER_WINDOW)),
                ("hls_flags", "program_date_time+independent_segments+temp_file"),
                ("hls_segment_filename", str(seg.directory / seg.pattern))]
     if seg.timestamp:
@@ -200,16 +213,15 @@ def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_s
     limited = config.duration is not None
     trim = f",trim=duration={config.duration:.3f}" if limited else ""
     if config.video:
-        # Constant rate made in the filter, from the first captured frame on:
-        # the encoder's own cfr would repeat that frame back to time 0.
-        graph = f"fps={config.video.fps}{trim}[video]"
+        graph = f"{grab_times(config.video.fps)}{trim}[video]"
         if first_stamp:
             graph = f"split[main][first];[first]{_stamp_branch(first_stamp, audio=False)};[main]{graph}"
         argv += ["-filter_complex", f"[0:v]{graph}", "-map", "[video]"]
     if config.audio:
         argv += ["-map", f"{inputs}:a"]
     if config.video:
-        argv += ["-fps_mode", "passthrough", *video_args(config.video)]
+        # Frames keep their grab times (see grab_times): a 1/fps time base would round them onto its own grid.
+        argv += ["-fps_mode", "passthrough", "-enc_time_base:v", GRAB_TIME_BASE, *video_args(config.video)]
     if config.audio:
         # With a picture, the sound ends with it (the muxer's `shortest` cuts it at the picture's last frame,
         # where -shortest alone lets through what was already encoded); alone, it is trimmed the same way.
@@ -221,6 +233,25 @@ def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_s
     limit = ["-shortest", "-fflags", "+shortest"] if limited and config.video and config.audio else []
     argv += [*limit, "-avoid_negative_ts", "make_zero", "-flush_packets", "1", *mux_args(targets)]
     return argv
+
+
+#: the encoder's time base for captured frames: fine enough to keep their grab times (MPEG-TS's own clock)
+GRAB_TIME_BASE = "1:90000"
+
+
+def grab_times(fps: float) -> str:
+    """The filter that gives the captured frames a constant rate from the first on, at the times they were
+    grabbed. x11grab grabs every round(1e6/fps) µs from its start and never skips a grab (a late one is taken at
+    once, and the next on time), so frame N was due N periods after the first. ffmpeg's `fps` filter would
+    instead move every frame to the nearest multiple of 1/fps since START_RECORDING: where x11grab's clock
+    happened to start against that grid moved a run's whole picture by up to half a frame (±17 ms at 30 fps)
+    against its sound."""
+    return f"setpts=STARTPTS+N*{grab_period(fps):.6f}/TB"
+
+
+def grab_period(fps: float) -> float:
+    """Seconds from one x11grab grab to the next: 1/fps in whole µs, as x11grab's clock counts it."""
+    return round(1e6 / fps) / 1e6
 
 
 #: what a path in a filter graph may hold without escaping (a stamp file elsewhere is not asked for)

@@ -47,6 +47,8 @@ from ..pipeline.encoder import (
     build_argv,
     file_target,
     first_capture,
+    gop_frames,
+    grab_period,
     hls_target,
     live_pipe_target,
     pcm_pipe_target,
@@ -267,7 +269,7 @@ class Recorder:
         if cfg.output:
             targets.append(file_target(cfg.container, self._partial))
         if cfg.segments:
-            targets.append(hls_target(cfg.segments, workdir / MUXER_PLAYLIST))
+            targets.append(hls_target(cfg.segments, workdir / MUXER_PLAYLIST, cfg.video))
         if cfg.stream or cfg.images:
             # Closed after the encoder (the exit stack runs backwards): destinations get the stream's end.
             self._fanout = StreamFanout(cfg.stream, cfg.images, cfg.video, self.policy,
@@ -531,7 +533,7 @@ class Recorder:
         cfg = self.config
         if not cfg.video or not (self._partial or cfg.segments) or self.media_start is None:
             return
-        step = max(1, round(cfg.video.fps * cfg.video.keyframe_interval)) / cfg.video.fps
+        step = gop_frames(cfg.video) * grab_period(cfg.video.fps)
         now = time.time() - self.timings["start_recording"]
         next_key = self.media_start + math.ceil((now + KEYFRAME_LEAD_S - self.media_start) / step) * step
         await asyncio.sleep(max(0.0, next_key - KEYFRAME_LEAD_S - now))
@@ -696,7 +698,7 @@ class Recorder:
         if self.config.video:
             if p.frame <= 0:
                 return
-            counted = (p.frame - 1) / self.config.video.fps
+            counted = (p.frame - 1) * grab_period(self.config.video.fps)
         elif p.out_time > 0:
             counted = p.out_time
         else:
