@@ -235,7 +235,7 @@ def summarise(args, run: dict, chunks: list[dict], playlist: Path, samples: list
         frames = sum(c["frames"] for c in mine)
         hls_here = [d for m, d in hls if a < m <= b]
         windows.append({
-            "window": f"{a / 60:g}-{b / 60:g} min",
+            "window": f"{a / 60:g}-{round(b / 60, 2):g} min",
             "av_ms": _ms(np.mean(offsets)) if offsets else None,
             "av_worst_ms": _ms(max(offsets, key=abs)) if offsets else None,
             "markers": len(offsets),

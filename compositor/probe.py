@@ -52,8 +52,12 @@ def facts_from_json(path: Path, data: dict) -> MediaFacts:
     audio = next((s for s in data.get("streams", []) if s.get("codec_type") == "audio"), None)
     fields: dict = {}
     if video:
-        rate = video.get("avg_frame_rate") or video.get("r_frame_rate") or "0/1"
-        fps = float(Fraction(rate)) if rate != "0/0" else 0.0
+        fps = _rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate"))
+        base = _rate(video.get("r_frame_rate"))
+        # A capture's frames are x11grab's whole-µs periods apart (30.0003 a second for 30): its base rate is
+        # the one it was made at.
+        if base and abs(fps - base) <= base * 1e-4:
+            fps = base
         fields.update(video_codec=video.get("codec_name"), width=video.get("width"), height=video.get("height"),
                       fps=round(fps, 3))
     if audio:
@@ -67,3 +71,11 @@ def facts_from_json(path: Path, data: dict) -> MediaFacts:
             pass
     return MediaFacts(path=str(path), size=int(fmt.get("size", 0)), duration=float(fmt.get("duration", 0.0)),
                       format=fmt.get("format_name", ""), **fields)
+
+
+def _rate(text: str | None) -> float:
+    """A frame rate as ffprobe writes it ("30/1"); 0 for none ("0/0", missing)."""
+    try:
+        return float(Fraction(text)) if text else 0.0
+    except (ValueError, ZeroDivisionError):
+        return 0.0

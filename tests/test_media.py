@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from compositor import analysis
+from compositor import analysis, probe
 from compositor.pipeline import encoder
 
 from .conftest import SMALL, HttpReceiver, assert_color, assert_released
@@ -101,6 +101,17 @@ def test_captured_frames_keep_the_times_they_were_grabbed(tmp_path):
     assert len(times) == 90, len(times)
     # Matroska keeps milliseconds: each frame within one of its grab time, 12.3 ms + n/30 s.
     assert max(abs(t - (0.0123 + n / 30)) for n, t in enumerate(times)) <= 0.0011, times[:5]
+
+
+def test_a_captures_frame_rate_is_the_one_it_was_made_at():
+    """x11grab's frames are whole µs apart (16667 at 60 fps): a file of them averages 59.9988 frames a second,
+    and says 60. A rate that really differs from the base one is kept."""
+    def fps(avg, base):
+        return probe.facts_from_json("x.mp4", {"streams": [{"codec_type": "video", "avg_frame_rate": avg,
+                                                             "r_frame_rate": base}]}).fps
+    assert fps("1000000/16667", "60/1") == 60
+    assert fps("30/1", "0/0") == 30
+    assert fps("25/1", "30/1") == 25
 
 
 @pytest.mark.parametrize("codec", ["VP8", "VP9"])

@@ -3,7 +3,9 @@
 Timing: x11grab and pulse both stamp packets with the wall clock, so with
 `-copyts` and the same `-itsoffset` (minus the recording's start instant) the
 two streams keep their true relative timing instead of each being shifted
-to start at zero on its own (which is what put audio 45-62 ms off).
+to start at zero on its own (which is what put audio 45-62 ms off). The
+frames then keep those times (grab_times): no filter moves them onto a grid
+of its own.
 """
 
 from __future__ import annotations
@@ -211,8 +213,9 @@ def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_s
     # A duration is that much media from the first captured frame (or sample): `-t` would count from
     # START_RECORDING, and lose to ffmpeg's own start-up (a few tenths of a second) what it records.
     limited = config.duration is not None
-    trim = f",trim=duration={config.duration:.3f}" if limited else ""
     if config.video:
+        # That many frames: a duration in seconds would keep one more when the grabs fall a whisker short of it.
+        trim = f",trim=end_frame={round(config.duration * config.video.fps)}" if limited else ""
         graph = f"{grab_times(config.video.fps)}{trim}[video]"
         if first_stamp:
             graph = f"split[main][first];[first]{_stamp_branch(first_stamp, audio=False)};[main]{graph}"
