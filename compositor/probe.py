@@ -54,9 +54,11 @@ def facts_from_json(path: Path, data: dict) -> MediaFacts:
     if video:
         fps = _rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate"))
         base = _rate(video.get("r_frame_rate"))
-        # A capture's frames are x11grab's whole-µs periods apart (30.0003 a second for 30): its base rate is
-        # the one it was made at.
-        if base and abs(fps - base) <= base * 1e-4:
+        # A capture's frames are x11grab's whole-µs periods apart (30.0003 a second for 30), and the muxer
+        # guesses its last frame's length: the average is off the rate the file was made at by that much, which
+        # in a short file is up to a frame's worth. Within that, the base rate is the file's.
+        frames = int(video.get("nb_frames") or 0)
+        if base and abs(fps - base) <= base * max(1e-4, 1 / frames if frames > 1 else 0):
             fps = base
         fields.update(video_codec=video.get("codec_name"), width=video.get("width"), height=video.get("height"),
                       fps=round(fps, 3))

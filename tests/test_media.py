@@ -105,13 +105,16 @@ def test_captured_frames_keep_the_times_they_were_grabbed(tmp_path):
 
 def test_a_captures_frame_rate_is_the_one_it_was_made_at():
     """x11grab's frames are whole µs apart (16667 at 60 fps): a file of them averages 59.9988 frames a second,
-    and says 60. A rate that really differs from the base one is kept."""
-    def fps(avg, base):
-        return probe.facts_from_json("x.mp4", {"streams": [{"codec_type": "video", "avg_frame_rate": avg,
-                                                             "r_frame_rate": base}]}).fps
+    and says 60. A short one whose last frame the muxer made shorter averages a little more (60 frames in
+    1.99887 s: 30.017), and says 30. A rate that really differs from the base one is kept."""
+    def fps(avg, base, frames=None):
+        stream = {"codec_type": "video", "avg_frame_rate": avg, "r_frame_rate": base, "nb_frames": frames}
+        return probe.facts_from_json("x.mp4", {"streams": [stream]}).fps
     assert fps("1000000/16667", "60/1") == 60
+    assert fps("60000000/1998870", "30/1", "60") == 30
     assert fps("30/1", "0/0") == 30
     assert fps("25/1", "30/1") == 25
+    assert fps("60000000/1998870", "30/1", "6000") == 30.017
 
 
 @pytest.mark.parametrize("codec", ["VP8", "VP9"])
