@@ -52,8 +52,8 @@ def facts_from_json(path: Path, data: dict) -> MediaFacts:
     audio = next((s for s in data.get("streams", []) if s.get("codec_type") == "audio"), None)
     fields: dict = {}
     if video:
-        fps = _rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate"))
         base = _rate(video.get("r_frame_rate"))
+        fps = _rate(video.get("avg_frame_rate")) or base
         # A capture's frames are x11grab's whole-µs periods apart (30.0003 a second for 30), and the muxer
         # guesses its last frame's length: the average is off the rate the file was made at by that much, which
         # in a short file is up to a frame's worth. Within that, the base rate is the file's.

@@ -95,9 +95,10 @@ def test_captured_frames_keep_the_times_they_were_grabbed(tmp_path):
                     "-filter_complex", f"[0:v]{encoder.grab_times(30)}[v]", "-map", "[v]", "-map", "1:a",
                     "-fps_mode", "passthrough", "-enc_time_base:v", encoder.GRAB_TIME_BASE,
                     "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "pcm_s16le", str(out)], check=True)
-    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts_time",
-                            "-of", "csv=p=0", str(out)], capture_output=True, text=True, check=True).stdout
-    times = [float(t) for t in probe.split()]
+    listing = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                              "packet=pts_time", "-of", "csv=p=0", str(out)],
+                             capture_output=True, text=True, check=True).stdout
+    times = [float(t) for t in listing.split()]
     assert len(times) == 90, len(times)
     # Matroska keeps milliseconds: each frame within one of its grab time, 12.3 ms + n/30 s.
     assert max(abs(t - (0.0123 + n / 30)) for n, t in enumerate(times)) <= 0.0011, times[:5]

@@ -95,6 +95,11 @@ def gop_frames(v: VideoSettings) -> int:
     return max(1, round(v.fps * v.keyframe_interval))
 
 
+def keyframe_spacing(v: VideoSettings) -> float:
+    """Seconds from one keyframe to the next, in grab time: `gop` grabs (a whisker under keyframe_interval)."""
+    return gop_frames(v) * grab_period(v.fps)
+
+
 def video_args(v: VideoSettings) -> list[str]:
     gop = gop_frames(v)
     rate = ["-b:v", f"{v.bitrate_kbps}k", "-maxrate", f"{v.bitrate_kbps}k", "-bufsize", f"{v.bitrate_kbps * 2}k"]
@@ -156,8 +161,7 @@ def hls_target(seg: SegmentSettings, muxer_playlist: Path, video: VideoSettings 
         # grabs, a whisker under the keyframe interval (x11grab's period is whole µs: 33333 at 30 fps), so the
         # segment's length is given in grab time, 10 µs short (more than the 90 kHz clock's rounding; the
         # shortfall adds up, but reaches a keyframe's spacing only after ~200000 segments).
-        keyframes = round(seg.duration / video.keyframe_interval)
-        length = f"{keyframes * gop_frames(video) * grab_period(video.fps) - 1e-5:.6f}"
+        length = f"{round(seg.duration / video.keyframe_interval) * keyframe_spacing(video) - 1e-5:.6f}"
     options = [("hls_time", length), ("hls_list_size", str(MUXER_WINDOW)),
                ("hls_flags", "program_date_time+independent_segments+temp_file"),
                ("hls_segment_filename", str(seg.directory / seg.pattern))]

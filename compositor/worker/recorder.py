@@ -47,9 +47,9 @@ from ..pipeline.encoder import (
     build_argv,
     file_target,
     first_capture,
-    gop_frames,
     grab_period,
     hls_target,
+    keyframe_spacing,
     live_pipe_target,
     pcm_pipe_target,
 )
@@ -533,7 +533,7 @@ class Recorder:
         cfg = self.config
         if not cfg.video or not (self._partial or cfg.segments) or self.media_start is None:
             return
-        step = gop_frames(cfg.video) * grab_period(cfg.video.fps)
+        step = keyframe_spacing(cfg.video)
         now = time.time() - self.timings["start_recording"]
         next_key = self.media_start + math.ceil((now + KEYFRAME_LEAD_S - self.media_start) / step) * step
         await asyncio.sleep(max(0.0, next_key - KEYFRAME_LEAD_S - now))
