@@ -113,9 +113,11 @@ class ManagedProcess:
         return f"{self.name} ended ({how})" + (f": {tail}" if tail else "")
 
     def signal(self, sig: int) -> None:
+        """Signal the child itself. Not its session: what it started is its own to stop (a worker's Playwright
+        driver, still loading, dies of a SIGINT it would ignore a moment later), and stop() kills what is left."""
         if self.running:
             try:
-                os.killpg(self.proc.pid, sig)
+                os.kill(self.proc.pid, sig)
             except ProcessLookupError:
                 pass
 

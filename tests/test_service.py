@@ -124,6 +124,27 @@ def test_stop_before_start_aborts(server):
     assert done["status"] == "ABORTED", done
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def test_a_stop_while_the_workers_browser_driver_loads_aborts_it(server):
+    # The service's SIGINT once went to the worker's whole process group: Playwright's driver, still loading (it
+    # ignores SIGINT once up), died of it, and the egress FAILED with BROWSER_FAILED instead of ending ABORTED.
+    info = server.start()
+    deadline = time.monotonic() + 30
+    while not any("run-driver" in _cmdline(p) and f"--egress-id {info['id']}" in _cmdline(_parent(p))
+                  for p in _pids()):
+        assert time.monotonic() < deadline, "the worker never started Playwright's driver"
+        time.sleep(0.01)
+    server.call("POST", f"/v1/egress/{info['id']}/stop")
+    done = server.wait_status(info["id"], "ABORTED", "COMPLETE", "FAILED")
+    assert done["status"] == "ABORTED", done
+
+
 def test_max_duration_ends_limit_reached(server):
     info = server.start(maxDuration=2)
     done = server.wait_status(info["id"], "LIMIT_REACHED", "COMPLETE", "FAILED")

@@ -164,6 +164,9 @@ class Browser:
         )
         # Playwright's driver starts while Chromium comes up.
         driver, started = await asyncio.gather(self._driver(), self._proc.start(), return_exceptions=True)
+        if isinstance(driver, asyncio.CancelledError):
+            # Not our cancellation (that raises out of gather): Playwright cancels its start when the driver goes.
+            driver = BrowserFailed("Playwright's driver did not start: it went away while starting")
         if isinstance(driver, BaseException):
             raise driver
         self._pw = driver  # stop() stops it from here on, whatever comes next
