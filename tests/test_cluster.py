@@ -307,7 +307,7 @@ def test_an_ingress_runs_where_its_publisher_is_any_node_serves_it_and_a_lost_no
         pusher.kill()
         pusher.wait()
     until(lambda: events_of(webhooks, info["ingressId"]) == ["live.started", "live.ended"], 20,
-          f"live.started then live.ended: {events_of(webhooks, info['ingressId'])}")
+          lambda: f"live.started then live.ended: {events_of(webhooks, info['ingressId'])}")
     # b's cores are back: one 0.25-core session fits its 0.5 again, twice over.
     assert wait_for(lambda: b.call("GET", "/readyz")[1].get("freeCapacity") == 0.5, 10, "b's cores back")
 
@@ -324,7 +324,7 @@ def test_an_ingress_runs_where_its_publisher_is_any_node_serves_it_and_a_lost_no
         pusher.kill()
         pusher.wait()
     until(lambda: events_of(webhooks, info["ingressId"]) == ["live.started", "live.failed"], 20,
-          f"live.started then live.failed: {events_of(webhooks, info['ingressId'])}")
+          lambda: f"live.started then live.failed: {events_of(webhooks, info['ingressId'])}")
     # b's ingress worker went with it.
     wait_for(lambda: not [p for p in _pids() if "compositor ingress" in _cmdline(p)
                           and str(cluster.tmp_path / "b") in _cmdline(p)], 15, "b's ingress worker's end")

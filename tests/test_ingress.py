@@ -11,12 +11,14 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from livekit import api
 
 from compositor import analysis
+from compositor.service.webhooks import EVENT_ID_HEADER
 from tools.peers.livekit import API_KEY, API_SECRET
 from tools.peers.receivers import free_port, free_ports
 
@@ -106,17 +108,27 @@ def shows(path: str, color: str, tone: int) -> None:
 
 
 def events_of(hooks, ingress_id: str, livekit: bool = False) -> list[str]:
-    """The webhook events received for an ingress, in order: BaxCloud's Stream In ones, or LiveKit's."""
+    """The webhook events received for an ingress, in order, each once: BaxCloud's Stream In ones, or LiveKit's.
+    Delivery is at-least-once (an event a node was sending when it was killed goes again from another node): a
+    receiver knows a repeat by its event id (our header; a LiveKit event's own id), as this one does."""
     where = "ingressInfo" if livekit else "data"
-    return [event["event"] for event in (json.loads(body) for _, body in hooks.posts)
-            if event.get(where, {}).get("ingressId") == ingress_id]
+    seen, names = set(), []
+    for headers, body in hooks.posts:
+        event = json.loads(body)
+        key = headers.get(EVENT_ID_HEADER) or event.get("id")
+        if event.get(where, {}).get("ingressId") != ingress_id or key in seen:
+            continue
+        seen.add(key)
+        names.append(event["event"])
+    return names
 
 
-def until(condition, timeout: float, what: str):
+def until(condition, timeout: float, what: str | Callable[[], str]):
+    """Wait for `condition` to hold; `what` (or what it returns, when the wait failed) says what did not."""
     deadline = time.monotonic() + timeout
     while not (value := condition()):
         if time.monotonic() > deadline:
-            raise AssertionError(what)
+            raise AssertionError(what() if callable(what) else what)
         time.sleep(0.1)
     return value
 
@@ -145,10 +157,10 @@ def test_an_rtmp_push_is_in_the_room_and_in_our_recording_of_it(service, livekit
     assert done["state"]["error"] is None
     until(lambda: "encoder" not in livekit.participants("rtmp-room"), 10, "the ingress stayed in the room")
     until(lambda: events_of(hooks, info["ingressId"]) == ["live.started", "live.ended"], 10,
-          f"webhooks: {events_of(hooks, info['ingressId'])}")
+          lambda: f"webhooks: {events_of(hooks, info['ingressId'])}")
     # LiveKit's format is an event of its own, delivered after ours: waited for, not raced.
     until(lambda: events_of(hooks, info["ingressId"], livekit=True) == ["ingress_started", "ingress_ended"], 10,
-          f"LiveKit webhooks: {events_of(hooks, info['ingressId'], livekit=True)}")
+          lambda: f"LiveKit webhooks: {events_of(hooks, info['ingressId'], livekit=True)}")
     # Reusable: the same key goes live again.
     again = push(f"{info['url']}/{info['streamKey']}", seconds=30)
     try:
