@@ -84,6 +84,17 @@ def test_sync_markers_land_together(record):
     assert max(abs(o) for o in offsets) <= 0.06, offsets
 
 
+def test_the_sound_begins_with_the_picture(record):
+    """ffmpeg opens the sound's input after the picture's, once it has probed it: the default probe took 5 MB of
+    frames (22 at 320x180, 0.69 s) and the file began with that much picture and no sound."""
+    run = record("--width", "320", "--height", "180", "--duration", "2", "--participant", f"name=A,tone={TONE_A}")
+    assert run.code == 0, run.stderr[-2000:]
+    listing = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,start_time", "-of",
+                              "csv=p=0", str(run.output)], capture_output=True, text=True, check=True).stdout
+    starts = dict(line.split(",") for line in listing.split())
+    assert float(starts["video"]) == 0 and float(starts["audio"]) <= 0.1, starts
+
+
 def test_captured_frames_keep_the_times_they_were_grabbed(tmp_path):
     """A capture whose clock started 12.3 ms off the 1/30 s grid keeps that offset against its sound, through the
     encode's own timing filter and time base. (The `fps` filter moved every frame onto the grid: up to half a
