@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -50,6 +51,22 @@ def test_signal_stops_cleanly_with_a_faststart_file(start_record, sig):
     assert "moof" not in boxes  # a normal MP4, not the fragmented partial
     assert not any(p.name.endswith(".partial.mp4") for p in done.output.parent.iterdir())
     assert time.monotonic() - sent < 10
+    assert_released(active["resources"])
+
+
+def test_a_second_signal_stops_at_once_and_says_so(start_record):
+    """A person's second Ctrl-C: stop now, not after finishing the file; the job ends INTERRUPTED, and its
+    processes, display and temp dir still go."""
+    run = start_record(*SMALL, "--participant", "name=A")
+    active = run.wait_for_status("ACTIVE")
+    time.sleep(1.5)
+    run.proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    run.proc.send_signal(signal.SIGINT)
+    done = run.finish()
+    assert done.code == 130, done.stderr[-2000:]
+    error = next(e for e in done.events if e["type"] == "error")
+    assert (error["code"], error["message"]) == ("INTERRUPTED", "stopped by a second signal"), error
     assert_released(active["resources"])
 
 
@@ -170,3 +187,20 @@ async def test_a_page_that_logs_all_the_time_leaves_nothing_held(tmp_path):
     finally:
         await browser.stop()
         await display.stop()
+
+
+async def test_a_cancellation_nobody_asked_for_fails_the_job_as_internal():
+    """Only a second signal stops a job at once (INTERRUPTED). A cancellation that a library lets out (Playwright
+    cancels its own start when its driver dies) is the job's failure, and says so, not "a second signal"."""
+    from compositor import worker
+    from compositor.events import EventSink
+    from compositor.outbound import OutboundPolicy
+
+    def request():
+        raise asyncio.CancelledError
+
+    out = io.StringIO()
+    code = await worker.record(worker.WorkerOptions(events=EventSink("json", out), policy=OutboundPolicy()), request)
+    event = json.loads(out.getvalue().splitlines()[-1])
+    assert code == 1 and (event["type"], event["status"], event["code"]) == ("error", "FAILED", "INTERNAL"), event
+    assert "cancelled unexpectedly" in event["message"]

@@ -86,16 +86,22 @@ async def record(options: WorkerOptions, request: Callable[[], RecordRequest] | 
     control = Control(events) if options.control or options.warm else None
     commands = asyncio.create_task(control.run()) if control else None
     try:
-        # Every connection the request leads to goes through the gate, under the worker's policy.
-        async with OutboundGate(options.policy) as gate:
-            if options.warm:
-                outputs = await _warm(options, stop, control, job, gate)
-            else:
-                job.config = resolve(request(), egress_id=options.egress_id, policy=gate.policy)
-                job.recorder = Recorder(job.config, events, stop, gate)
-                if control:
-                    control.recorder = job.recorder
-                outputs = await job.recorder.run()
+        try:
+            # Every connection the request leads to goes through the gate, under the worker's policy.
+            async with OutboundGate(options.policy) as gate:
+                if options.warm:
+                    outputs = await _warm(options, stop, control, job, gate)
+                else:
+                    job.config = resolve(request(), egress_id=options.egress_id, policy=gate.policy)
+                    job.recorder = Recorder(job.config, events, stop, gate)
+                    if control:
+                        control.recorder = job.recorder
+                    outputs = await job.recorder.run()
+        except asyncio.CancelledError:
+            if task.cancelling():
+                raise  # asked twice: stop now (the command line says so)
+            # Nobody cancelled this job: a library let a cancellation of its own out. The owners have cleaned up.
+            raise CompositorError("an internal step of the job was cancelled unexpectedly") from None
     except CompositorError as exc:
         events.emit(ErrorEvent(egress_id=job.config.egress_id if job.config else None, status=_status_of(exc),
                                **exc.to_dict(), file={"path": exc.details["file"]} if "file" in exc.details else None))
