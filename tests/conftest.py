@@ -149,13 +149,24 @@ def start_record(tmp_path):
             run.proc.wait()
 
 
+def _stat(pid: int) -> list[str]:
+    """A process's /proc stat fields after its name (state, parent pid, ...); none once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
 def alive(pid: int) -> bool:
     """True if pid exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != "Z"
+
+
+def _parent(pid: int) -> int:
+    """The pid of a process's parent; 0 once it is gone."""
+    fields = _stat(pid)
+    return int(fields[1]) if fields else 0
 
 
 def assert_released(resources: dict, timeout: float = 5) -> None:

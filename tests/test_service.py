@@ -18,7 +18,7 @@ import pytest
 from compositor import analysis
 from compositor.service.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
 
-from .conftest import KEY, REPO, HttpReceiver, _cmdline, _pids, free_port
+from .conftest import KEY, REPO, HttpReceiver, _cmdline, _parent, _pids, free_port
 
 SMALL = {"advanced": {"width": 640, "height": 360}}
 ROOM = {"room": {"participants": [{"name": "A", "color": "#4363d8", "tone": 450}]}}
@@ -122,13 +122,6 @@ def test_stop_before_start_aborts(server):
     server.call("POST", f"/v1/egress/{info['id']}/stop")
     done = server.wait_status(info["id"], "ABORTED", "COMPLETE")
     assert done["status"] == "ABORTED", done
-
-
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def test_a_stop_while_the_workers_browser_driver_loads_aborts_it(server):
