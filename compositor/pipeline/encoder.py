@@ -209,10 +209,9 @@ def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_s
         # One frame tells ffmpeg all of a grab, one packet all of the sound (their headers have the rest). The
         # default probe (5 MB: 22 frames at 320x180, 2 at 720p) held back the sound's input, which opens after
         # it: the file began without sound for as long (0.69 s at 320x180, 0.06 s at 720p).
-        argv += ["-thread_queue_size", "32", "-probesize", str(PROBE_MIN_BYTES), "-f", "x11grab", "-draw_mouse", "0",
-                 "-framerate", str(v.fps),
-                 "-video_size", f"{v.width}x{v.height}", "-itsoffset", f"{-start_epoch:.6f}",
-                 "-i", f"{display}+0,0"]
+        argv += ["-thread_queue_size", "32", "-probesize", str(PROBE_MIN_BYTES),
+                 "-f", "x11grab", "-draw_mouse", "0", "-framerate", str(v.fps), "-video_size", f"{v.width}x{v.height}",
+                 "-itsoffset", f"{-start_epoch:.6f}", "-i", f"{display}+0,0"]
         inputs += 1
     if config.audio:
         argv += ["-thread_queue_size", "64", "-probesize", str(PROBE_MIN_BYTES), "-f", "pulse", "-server", pulse_server,
