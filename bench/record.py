@@ -144,6 +144,10 @@ def run_job(out: Path, args: list[str], seconds: float, results: dict, key: str)
                     "to_first_frame": round(t["first_frame"] - launched, 3)},
         "stop_s": round(t["finalized"] - sigint_at, 3),
         "stop_s_process_exit": round(exited_at - sigint_at, 3),
+        # Where the page's frames landed against the grabs (pipeline/grab_clock): the median distance, and the
+        # share close enough to show a frame late or early.
+        "landing_to_grab_ms": t.get("landing_to_grab_ms"),
+        "landings_near_grab": t.get("landings_near_grab"),
     }
 
 
@@ -194,7 +198,7 @@ def main() -> None:
 
 def print_table(results: dict) -> None:
     cols = ["run", "cores", "chromium", "ffmpeg", "xvfb", "pulse", "worker", "distinct", "dup/drop", "speed",
-            "A/V mean", "A/V max", "start", "1st frame", "stop"]
+            "A/V mean", "A/V max", "start", "1st frame", "stop", "landing-grab", "near grab"]
     print(" | ".join(cols))
     for name, r in results.items():
         if "error" in r:
@@ -205,7 +209,8 @@ def print_table(results: dict) -> None:
             name, c["total"], c.get("chromium"), c.get("ffmpeg"), c.get("xvfb"), c.get("pulseaudio"), c.get("worker"),
             f"{r['distinct_frames']:.1%}", f"{r['dup_frames']}/{r['drop_frames']}", r["speed"],
             f"{r['av_offset_ms']['mean']} ms", f"{r['av_offset_ms']['max']} ms",
-            f"{r['start_s']['to_start_recording']} s", f"{r['start_s']['to_first_frame']} s", f"{r['stop_s']} s"]))
+            f"{r['start_s']['to_start_recording']} s", f"{r['start_s']['to_first_frame']} s", f"{r['stop_s']} s",
+            f"{r['landing_to_grab_ms']} ms", r["landings_near_grab"]]))
 
 
 if __name__ == "__main__":

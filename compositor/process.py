@@ -138,3 +138,16 @@ class ManagedProcess:
         except (ProcessLookupError, PermissionError):
             pass
         return await self.wait()
+
+
+async def run_tool(name: str, argv: list[str], timeout: float) -> tuple[int, bytes]:
+    """Run a short tool to its end under one owner (stopped whatever happens); its exit code and stdout."""
+    proc = ManagedProcess(name, argv, stdout_pipe=True, stop_timeout=2)
+    await proc.start()
+    try:
+        assert proc.proc and proc.proc.stdout
+        out = await asyncio.wait_for(proc.proc.stdout.read(), timeout)
+        code = await asyncio.wait_for(proc.wait(), timeout)
+    finally:
+        await proc.stop()
+    return code, out

@@ -85,14 +85,15 @@ def test_sync_markers_land_together(record):
 
 
 def test_the_sound_begins_with_the_picture(record):
-    """ffmpeg opens the sound's input after the picture's, once it has probed it: the default probe took 5 MB of
-    frames (22 at 320x180, 0.69 s) and the file began with that much picture and no sound."""
+    """ffmpeg opens the sound's input after the picture's: when it probed the picture first, the default probe
+    took 5 MB of frames (22 at 320x180, 0.69 s) and the file began with that much picture and no sound. The
+    captures are not probed now; the sound may begin a few ms before the first frame."""
     run = record("--width", "320", "--height", "180", "--duration", "2", "--participant", f"name=A,tone={TONE_A}")
     assert run.code == 0, run.stderr[-2000:]
     listing = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,start_time", "-of",
                               "csv=p=0", str(run.output)], capture_output=True, text=True, check=True).stdout
-    starts = dict(line.split(",") for line in listing.split())
-    assert float(starts["video"]) == 0 and float(starts["audio"]) <= 0.2, starts
+    starts = {kind: float(start) for kind, start in (line.split(",") for line in listing.split())}
+    assert min(starts.values()) == 0 and max(starts.values()) <= 0.2, starts
 
 
 def test_captured_frames_keep_the_times_they_were_grabbed(tmp_path):
@@ -116,12 +117,13 @@ def test_captured_frames_keep_the_times_they_were_grabbed(tmp_path):
 
 
 def test_a_captures_frame_rate_is_the_one_it_was_made_at():
-    """x11grab's frames are whole µs apart (16667 at 60 fps): a file of them averages 59.9988 frames a second,
-    and says 60. A short one whose last frame the muxer made shorter averages a little more (60 frames in
+    """Grabs are whole µs apart on Chromium's clock (16666 at 60 fps, 33332 at 30): a file of them averages
+    60.0024 (30.0012) frames a second, and says 60 (30); at x11grab's own 1/fps, 16667 µs, 59.9988 says 60 too. A short one whose last frame the muxer made shorter averages a little more (60 frames in
     1.99887 s: 30.017), and says 30. A rate that really differs from the base one is kept."""
     def fps(avg, base, frames=None):
         stream = {"codec_type": "video", "avg_frame_rate": avg, "r_frame_rate": base, "nb_frames": frames}
         return probe.facts_from_json("x.mp4", {"streams": [stream]}).fps
+    assert fps("1000000/16666", "60/1") == 60 and fps("1000000/33332", "30/1") == 30
     assert fps("1000000/16667", "60/1") == 60
     assert fps("60000000/1998870", "30/1", "60") == 30
     assert fps("30/1", "0/0") == 30
@@ -235,6 +237,67 @@ def test_web_egress_can_wait_for_the_pages_start_signal(record):
     # The page was orange for its first 2 s: none of that is recorded, the first frame is already green.
     assert_color(analysis.frame_at(run.output, 0.05), (0, 0, 1, 1), "#2e8b57")
     assert_released(run.resources)
+
+
+# No sound; a canvas shows the page's frame count at 30 Hz (every other frame of Chromium's 60 Hz) as eight
+# bars, the high bit on the left, white for 1. START_RECORDING comes after `start_after` ms when asked.
+COUNTER_PAGE = """<!doctype html><html><body style="margin:0;background:#000">
+<canvas id="c" width="640" height="360" style="display:block;width:100vw;height:100vh"></canvas>
+<script>
+const g = document.getElementById("c").getContext("2d");
+function draw(now) {
+  const count = Math.floor(now / (1000 / 30)) % 256;
+  for (let bit = 0; bit < 8; bit++) {
+    g.fillStyle = (count >> (7 - bit)) & 1 ? "#fff" : "#000";
+    g.fillRect(bit * 80, 0, 80, 360);
+  }
+  requestAnimationFrame(draw);
+}
+requestAnimationFrame(draw);
+setTimeout(() => console.log("START_RECORDING"), START_AFTER);
+</script></body></html>"""
+
+
+def page_counts(path) -> list[int]:
+    """The frame count each recorded frame of COUNTER_PAGE shows."""
+    bars = analysis.gray_frames(path, (320, 180))[:, 90, 20::40][:, :8] > 128
+    return [int("".join("1" if bit else "0" for bit in frame), 2) for frame in bars]
+
+
+def test_a_page_without_sound_is_recorded_from_its_first_frame(record):
+    """A sink with nothing playing worked in 2 s blocks: ffmpeg, waiting for the first sound before it read
+    any grab, began the file with 2 s of one picture (the count jumped by 60 and then stood still for 60
+    frames). Its own silent input keeps the sink's blocks short."""
+    page = HttpReceiver(page=COUNTER_PAGE.replace("START_AFTER", "0"))
+    try:
+        run = record(*SMALL, "--web-url", page.url, "--duration", "3")
+    finally:
+        page.close()
+    assert run.code == 0, run.stderr[-2000:]
+    counts = page_counts(run.output)
+    steps = [(b - a) % 256 for a, b in zip(counts, counts[1:])]
+    assert len(counts) == 90 and max(steps) <= 3 and steps.count(0) <= 3, counts
+    listing = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+                              "stream=start_time", "-of", "csv=p=0", str(run.output)],
+                             capture_output=True, text=True, check=True).stdout
+    assert float(listing) <= 0.2, listing
+
+
+def test_every_grab_shows_the_pages_next_frame(record):
+    """The grabs keep Chromium's clock and fall between its frames (pipeline/grab_clock): a page that changes
+    at 30 Hz is recorded one change per frame, none shown twice, none skipped. On x11grab's own clock the two
+    beat: in runs where grabs fell near the frames' landing, some frames came twice and others not at all."""
+    page = HttpReceiver(page=COUNTER_PAGE.replace("START_AFTER", "1000"))
+    try:
+        run = record(*SMALL, "--web-url", page.url, "--await-start-signal", "--duration", "4")
+    finally:
+        page.close()
+    assert run.code == 0, run.stderr[-2000:]
+    counts = page_counts(run.output)
+    steps = [(b - a) % 256 for a, b in zip(counts, counts[1:])]
+    assert steps.count(1) >= 0.97 * len(steps), counts
+    timings = run.result["timings"]
+    assert timings["landing_to_grab_ms"] >= 5 and timings["landings_near_grab"] <= 0.05, timings
 
 
 def test_looping_video_file_as_camera(record, tmp_path):

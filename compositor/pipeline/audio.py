@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 from ..errors import AudioFailed
-from ..process import ManagedProcess
+from ..process import ManagedProcess, run_tool
 
 SINK = "compositor"
+#: the silent source that keeps the sink busy
+QUIET = "quiet"
 
 
 class AudioSink:
@@ -65,10 +67,14 @@ class AudioSink:
              "-L", f"module-native-protocol-unix socket={self.socket} auth-anonymous=1",
              "-L", f"module-null-sink sink_name={SINK} rate={self.sample_rate} channels=2 "
                    f"sink_properties=device.description={SINK}",
-             # An idle null sink sleeps in 2 s blocks, and a stream arriving
-             # mid-block is not heard until the block ends (up to 2 s of lost
-             # sound at the start). Suspended instead, it wakes on demand.
-             "-L", "module-suspend-on-idle timeout=0"],
+             # A null sink with nothing playing works in 2 s blocks: a recording of a page that plays no sound
+             # got its first sound 2 s late, and ffmpeg, which waits for it before it reads any grab, began the
+             # file with 2 s of one picture. A silent input of the sink's own keeps its blocks short (50 ms; a
+             # page's own stream asks for ~11, and the sink follows the shortest). Source and sink run on the same
+             # clock, so the loopback matches no rates (adjust_time=0): nothing is resampled.
+             "-L", f"module-null-source source_name={QUIET} rate={self.sample_rate} channels=2",
+             "-L", f"module-loopback source={QUIET} sink={SINK} latency_msec=50 "
+                   "adjust_time=0 source_dont_move=true sink_dont_move=true"],
             env=env,
         )
         await self._proc.start()
@@ -78,6 +84,19 @@ class AudioSink:
                 await self._proc.stop()
                 raise AudioFailed(f"PulseAudio did not start: {self._proc.describe_exit()}")
             await asyncio.sleep(0.02)
+        try:
+            # The sink began its first block (2 s) before the silent input came; restarted, it works in short ones.
+            await self.control("restart the sink", "suspend-sink", SINK, "1")
+            await self.control("restart the sink", "suspend-sink", SINK, "0")
+        except AudioFailed:
+            await self._proc.stop()
+            raise
+
+    async def control(self, what: str, *command: str) -> None:
+        """Run a pactl command on this server; AudioFailed (saying it could not `what`) when it fails."""
+        code, _ = await run_tool("pactl", ["pactl", "--server", self.server, *command], 5)
+        if code != 0:
+            raise AudioFailed(f"could not {what} (pactl exit {code})")
 
     async def _answers(self) -> bool:
         if not self.socket.exists():

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..errors import EncoderFailed
 from ..plan import AudioSettings, EgressConfig, SegmentSettings, VideoSettings
 from ..process import ManagedProcess
+from .grab_clock import locked_period_us
 from .hls import MUXER_WINDOW
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,9 @@ def hls_target(seg: SegmentSettings, muxer_playlist: Path, video: VideoSettings 
     length = f"{seg.duration:g}"
     if video:
         # The muxer cuts segment n at the first keyframe at least n × hls_time in. Keyframes come every `gop`
-        # grabs, a whisker under the keyframe interval (x11grab's period is whole µs: 33333 at 30 fps), so the
-        # segment's length is given in grab time, 10 µs short (more than the 90 kHz clock's rounding; the
-        # shortfall adds up, but reaches a keyframe's spacing only after ~200000 segments).
+        # grabs, a whisker under the keyframe interval (grab_period: 33332 µs at 30 fps), so the segment's length
+        # is given in grab time, 10 µs short (more than the 90 kHz clock's rounding; the shortfall adds up, but
+        # reaches a keyframe's spacing only after ~200000 segments).
         length = f"{round(seg.duration / video.keyframe_interval) * keyframe_spacing(video) - 1e-5:.6f}"
     options = [("hls_time", length), ("hls_list_size", str(MUXER_WINDOW)),
                ("hls_flags", "program_date_time+independent_segments+temp_file"),
@@ -210,7 +211,8 @@ def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_s
         # default probe (5 MB: 22 frames at 320x180, 2 at 720p) held back the sound's input, which opens after
         # it: the file began without sound for as long (0.69 s at 320x180, 0.06 s at 720p).
         argv += ["-thread_queue_size", "32", "-probesize", str(PROBE_MIN_BYTES),
-                 "-f", "x11grab", "-draw_mouse", "0", "-framerate", str(v.fps), "-video_size", f"{v.width}x{v.height}",
+                 "-f", "x11grab", "-draw_mouse", "0", "-framerate", grab_rate(v.fps),
+                 "-video_size", f"{v.width}x{v.height}",
                  "-itsoffset", f"{-start_epoch:.6f}", "-i", f"{display}+0,0"]
         inputs += 1
     if config.audio:
@@ -254,7 +256,7 @@ GRAB_TIME_BASE = "1:90000"
 
 def grab_times(fps: float) -> str:
     """The filter that gives the captured frames a constant rate from the first on, at the times they were
-    grabbed. x11grab grabs every round(1e6/fps) µs from its start and never skips a grab (a late one is taken at
+    grabbed. x11grab grabs every `grab_period` from its start and never skips a grab (a late one is taken at
     once, and the next on time), so frame N was due N periods after the first. ffmpeg's `fps` filter would
     instead move every frame to the nearest multiple of 1/fps since START_RECORDING: where x11grab's clock
     happened to start against that grid moved a run's whole picture by up to half a frame (±17 ms at 30 fps)
@@ -263,8 +265,18 @@ def grab_times(fps: float) -> str:
 
 
 def grab_period(fps: float) -> float:
-    """Seconds from one x11grab grab to the next: 1/fps in whole µs, as x11grab's clock counts it."""
-    return round(1e6 / fps) / 1e6
+    """Seconds from one x11grab grab to the next, in the whole µs x11grab's clock counts: locked to Chromium's
+    frames where `fps` divides them (33332 µs at 30 fps, see grab_clock), else 1/fps."""
+    return _grab_period_us(fps) / 1e6
+
+
+def grab_rate(fps: float) -> str:
+    """x11grab's -framerate for `fps`: the rate of `grab_period`, exactly."""
+    return f"1000000/{_grab_period_us(fps)}"
+
+
+def _grab_period_us(fps: float) -> int:
+    return locked_period_us(fps) or round(1e6 / fps)
 
 
 #: what a path in a filter graph may hold without escaping (a stamp file elsewhere is not asked for)

@@ -13,7 +13,6 @@ just before the next keyframe, and the recording goes on from that keyframe.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from dataclasses import dataclass
@@ -21,9 +20,9 @@ from pathlib import Path
 
 import aiohttp
 
-from ..errors import AudioFailed, InvalidRequest
+from ..errors import InvalidRequest
 from ..outbound import OutboundPolicy
-from ..process import ManagedProcess
+from ..process import run_tool
 from .audio import SINK, AudioSink
 from .hls import Playlist, extinf, write_atomic
 
@@ -112,32 +111,16 @@ async def fetch_slate(url: str, policy: OutboundPolicy, proxy: str | None) -> st
     return f"data:{sniff_image(bytes(data))};base64,{base64.b64encode(data).decode()}"
 
 
-async def _run(name: str, argv: list[str], timeout: float) -> tuple[int, bytes]:
-    """Run a short tool to its end under one owner (stopped whatever happens); its exit code and stdout."""
-    proc = ManagedProcess(name, argv, stdout_pipe=True, stop_timeout=2)
-    await proc.start()
-    try:
-        assert proc.proc and proc.proc.stdout
-        out = await asyncio.wait_for(proc.proc.stdout.read(), timeout)
-        code = await asyncio.wait_for(proc.wait(), timeout)
-    finally:
-        await proc.stop()
-    return code, out
-
-
 async def mute(sink: AudioSink, muted: bool) -> None:
     """Mute or unmute the page's sink: its monitor (what the encoder hears) then carries silence."""
-    code, _ = await _run("pactl", ["pactl", "--server", sink.server, "set-sink-mute", SINK,
-                                   "1" if muted else "0"], 5)
-    if code != 0:
-        raise AudioFailed(f"could not {'mute' if muted else 'unmute'} the sound (pactl exit {code})")
+    await sink.control(f"{'mute' if muted else 'unmute'} the sound", "set-sink-mute", SINK, "1" if muted else "0")
 
 
 async def video_keyframes(path: Path, read_seconds: float | None = None) -> list[float]:
     """The times (seconds, as stamped in the file) of the video keyframes in `path`; only its first
     `read_seconds` when given. Empty when it has none (or cannot be read yet)."""
     interval = ["-read_intervals", f"%+{read_seconds:g}"] if read_seconds else []
-    code, out = await _run("ffprobe", ["ffprobe", "-v", "error", "-select_streams", "v:0", *interval,
+    code, out = await run_tool("ffprobe", ["ffprobe", "-v", "error", "-select_streams", "v:0", *interval,
                                        "-show_entries", "packet=pts_time,flags", "-of", "json", str(path)], 60)
     if code != 0:
         return []
@@ -148,7 +131,7 @@ async def video_keyframes(path: Path, read_seconds: float | None = None) -> list
 
 async def audio_start(path: Path) -> float:
     """When (seconds, as stamped in the file) the sound in `path` starts; 0 when it cannot be read."""
-    code, out = await _run("ffprobe", ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+    code, out = await run_tool("ffprobe", ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
                                        "stream=start_time", "-of", "json", str(path)], 60)
     streams = json.loads(out or b"{}").get("streams", []) if code == 0 else []
     try:

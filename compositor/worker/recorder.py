@@ -54,6 +54,7 @@ from ..pipeline.encoder import (
     pcm_pipe_target,
 )
 from ..pipeline.finalize import finalize, images_written, thumbnails
+from ..pipeline.grab_clock import GrabClock, locked_period_us
 from ..pipeline.hls import Playlists, finish_segments
 from ..pipeline.page_server import PageSpec
 from ..pipeline.pause import (
@@ -228,6 +229,12 @@ class Recorder:
             self._slate.add_done_callback(lambda task: task.cancelled() or task.exception())
             stack.callback(self._slate.cancel)
         watched = [p for p in (display.process, sink.process) if p is not None]
+        # Watches where the page's frames land while it gets ready, to start the grabs between them.
+        period = cfg.video and locked_period_us(cfg.video.fps)
+        grab_clock = GrabClock(display.name, period) if period else None
+        if grab_clock:
+            await grab_clock.start()
+            stack.push_async_callback(grab_clock.stop)
         if cfg.source == "web":
             await self._until_ready(browser, watched, browser.open(cfg.web_url, cfg.start_timeout))
             if cfg.await_start_signal:
@@ -294,7 +301,8 @@ class Recorder:
                           on_progress=self._on_progress, video=cfg.video is not None, pass_fds=pipes,
                           first_stamp=first_stamp, start_epoch=start_epoch)
         stack.push_async_callback(encoder.stop)
-        await encoder.start()
+        async with grab_clock.aligned(lambda: encoder.process.pid) if grab_clock else contextlib.nullcontext():
+            await encoder.start()
         self.timings["encoder_started"] = time.time()
         if self._fanout:
             await self._fanout.start()
@@ -311,6 +319,8 @@ class Recorder:
         failure = await self._until_first_frame(encoder, browser, watched)
         if failure is None:
             self.timings["first_frame"] = encoder.first_capture or time.time()
+            if grab_clock:
+                grab_clock.grabs_began(self.timings["first_frame"])
             if self._room_log:
                 await self._read_page_clock(browser)
                 clock = asyncio.create_task(self._follow_page_clock(browser))
@@ -324,6 +334,10 @@ class Recorder:
                                     "pids": {k: p.pid for k, p in owners.items() if p}})
             failure = await self._until_done(encoder, browser, watched)
         self.timings["stop_requested"] = time.time()
+        if grab_clock:
+            self.timings.update(grab_clock.margins())
+            if grab_clock.released:
+                self.timings["grabs_released"] = grab_clock.released
         if self.media_start is not None:
             self.timings["first_sample"] = start_epoch + self.media_start
         if self.paused:
