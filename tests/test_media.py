@@ -118,8 +118,9 @@ def test_captured_frames_keep_the_times_they_were_grabbed(tmp_path):
 
 def test_a_captures_frame_rate_is_the_one_it_was_made_at():
     """Grabs are whole µs apart on Chromium's clock (16666 at 60 fps, 33332 at 30): a file of them averages
-    60.0024 (30.0012) frames a second, and says 60 (30); at x11grab's own 1/fps, 16667 µs, 59.9988 says 60 too. A short one whose last frame the muxer made shorter averages a little more (60 frames in
-    1.99887 s: 30.017), and says 30. A rate that really differs from the base one is kept."""
+    60.0024 (30.0012) frames a second, and says 60 (30); at x11grab's own 1/fps, 16667 µs, 59.9988 says 60
+    too. A short one whose last frame the muxer made shorter averages a little more (60 frames in 1.99887 s:
+    30.017), and says 30. A rate that really differs from the base one is kept."""
     def fps(avg, base, frames=None):
         stream = {"codec_type": "video", "avg_frame_rate": avg, "r_frame_rate": base, "nb_frames": frames}
         return probe.facts_from_json("x.mp4", {"streams": [stream]}).fps
