@@ -121,7 +121,7 @@ async def video_keyframes(path: Path, read_seconds: float | None = None) -> list
     `read_seconds` when given. Empty when it has none (or cannot be read yet)."""
     interval = ["-read_intervals", f"%+{read_seconds:g}"] if read_seconds else []
     code, out = await run_tool("ffprobe", ["ffprobe", "-v", "error", "-select_streams", "v:0", *interval,
-                                       "-show_entries", "packet=pts_time,flags", "-of", "json", str(path)], 60)
+                                           "-show_entries", "packet=pts_time,flags", "-of", "json", str(path)], 60)
     if code != 0:
         return []
     packets = json.loads(out or b"{}").get("packets", [])
@@ -132,7 +132,7 @@ async def video_keyframes(path: Path, read_seconds: float | None = None) -> list
 async def audio_start(path: Path) -> float:
     """When (seconds, as stamped in the file) the sound in `path` starts; 0 when it cannot be read."""
     code, out = await run_tool("ffprobe", ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-                                       "stream=start_time", "-of", "json", str(path)], 60)
+                                           "stream=start_time", "-of", "json", str(path)], 60)
     streams = json.loads(out or b"{}").get("streams", []) if code == 0 else []
     try:
         return float(streams[0]["start_time"])
