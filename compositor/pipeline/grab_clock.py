@@ -128,7 +128,15 @@ class GrabClock:
         if self._origin is not None:
             x = (now - self._origin) % self.period
             self._distances[round(min(x, self.period - x) * 1000)] += 1
-            self._turns += cmath.exp(2j * math.pi * (now % self.tick) / self.tick)
+            self._turns += self._turn(now)
+
+    def _turn(self, t: float) -> complex:
+        """Where `t` falls in Chromium's tick, as a unit vector: landings average as vectors (phases wrap)."""
+        return cmath.exp(2j * math.pi * (t % self.tick) / self.tick)
+
+    def _phase(self, turns: complex) -> float:
+        """The phase (s into the tick) that summed unit vectors point to."""
+        return (cmath.phase(turns) / (2 * math.pi) % 1) * self.tick
 
     def landing_phase(self) -> float:
         """Where frames land within Chromium's tick (s, against the monotonic clock): measured from the page's
@@ -136,9 +144,9 @@ class GrabClock:
         1-2 ms sooner than they will: less load.)"""
         recent = [t for t in self._landings if t > time.monotonic() - MEASURED_S]
         if len(recent) >= MIN_LANDINGS:
-            turns = sum(cmath.exp(2j * math.pi * (t % self.tick) / self.tick) for t in recent)
+            turns = sum(map(self._turn, recent))
             if abs(turns) >= MIN_CONCENTRATION * len(recent):
-                return (cmath.phase(turns) / (2 * math.pi) % 1) * self.tick
+                return self._phase(turns)
         return LANDING_AFTER_TICK_S
 
     @contextlib.asynccontextmanager
@@ -207,7 +215,7 @@ class GrabClock:
         found = {"landing_to_grab_ms": float(bisect.bisect_left(cumulative, total / 2)),
                  "landings_near_grab": round(sum(self._distances[:round(NEAR_S * 1000)]) / total, 4)}
         # Where in Chromium's tick frames landed, and how far from where the aim expected them (later is +).
-        steady = (cmath.phase(self._turns) / (2 * math.pi) % 1) * self.tick
+        steady = self._phase(self._turns)
         found["landing_phase_ms"] = round(steady * 1000, 1)
         if self._aimed is not None:
             shift = (steady - self._aimed + self.tick / 2) % self.tick - self.tick / 2
