@@ -207,16 +207,19 @@ def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_s
     inputs = 0
     if config.video:
         v = config.video
-        # One frame tells ffmpeg all of a grab, one packet all of the sound (their headers have the rest). The
-        # default probe (5 MB: 22 frames at 320x180, 2 at 720p) held back the sound's input, which opens after
-        # it: the file began without sound for as long (0.69 s at 320x180, 0.06 s at 720p).
+        # One frame tells ffmpeg all of a grab. The default probe (5 MB: 22 frames at 320x180, 2 at 720p) held
+        # back the sound's input, which opens after it: the file began without sound for as long (0.69 s at
+        # 320x180, 0.06 s at 720p).
         argv += ["-thread_queue_size", "32", "-probesize", str(PROBE_MIN_BYTES),
                  "-f", "x11grab", "-draw_mouse", "0", "-framerate", grab_rate(v.fps),
                  "-video_size", f"{v.width}x{v.height}",
                  "-itsoffset", f"{-start_epoch:.6f}", "-i", f"{display}+0,0"]
         inputs += 1
     if config.audio:
-        argv += ["-thread_queue_size", "64", "-probesize", str(PROBE_MIN_BYTES), "-f", "pulse", "-server", pulse_server,
+        # The sound is not probed: its header says all, and a probe waits for its first packet. x11grab's reading
+        # starts only once every input is open, so meanwhile its grabs fell due and were then taken at once: the
+        # file began with a frame, a jump of two or three, and a repeat.
+        argv += ["-thread_queue_size", "64", "-nofind_stream_info", "-f", "pulse", "-server", pulse_server,
                  "-sample_rate", str(config.audio.sample_rate), "-channels", "2",
                  "-itsoffset", f"{AUDIO_DELAY_S - start_epoch:.6f}", "-i", pulse_source]
     # A duration is that much media from the first captured frame (or sample): `-t` would count from
