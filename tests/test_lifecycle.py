@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from compositor import analysis
+from compositor.pipeline.encoder import Encoder
+from compositor.pipeline.pipes import StartGate
 from compositor.worker.stage import sweep_stale_workdirs
 
-from .conftest import SMALL, assert_released, record_argv
+from .conftest import REPO, SMALL, assert_released, record_argv
 
 
 def mp4_top_level_boxes(path) -> list[str]:
@@ -204,3 +207,65 @@ async def test_a_cancellation_nobody_asked_for_fails_the_job_as_internal():
     event = json.loads(out.getvalue().splitlines()[-1])
     assert code == 1 and (event["type"], event["status"], event["code"]) == ("error", "FAILED", "INTERNAL"), event
     assert "cancelled unexpectedly" in event["message"]
+
+
+def gated_argv(gate_fd: int | str, out: Path) -> list[str]:
+    """An encode behind a start gate (pipes.StartGate), of a test picture into `out`."""
+    return ["ffmpeg", "-v", "error", "-nostdin", "-probesize", "32", "-f", "data", "-i", f"pipe:{gate_fd}",
+            "-f", "lavfi", "-i", "testsrc2=s=64x36:r=10", "-map", "1:v", "-c:v", "libx264", "-y", str(out)]
+
+
+async def test_an_encoder_waits_at_its_gate_and_encodes_once_it_opens(tmp_path):
+    """Started early, ffmpeg opens nothing (no capture, no output) until the gate opens; then it encodes."""
+    out = tmp_path / "gated.mkv"
+    gate = StartGate()
+    encoder = Encoder(gated_argv(gate.read_fd, out), gate=gate)
+    await encoder.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert encoder.process.running and not out.exists()
+        encoder.open_gate()
+        await asyncio.sleep(1.5)
+    finally:
+        await encoder.stop()
+    assert len(analysis.frame_times(out)) >= 5 and analysis.frame_at(out, 0.2).shape == (36, 64, 3)
+
+
+async def test_an_encoder_stopped_at_its_gate_is_killed_and_writes_nothing(tmp_path, caplog):
+    """A job that ends before its page is ready: the waiting encoder has nothing to finish. (A signal would not
+    end its wait: the stop would sit out its 10 s deadline, and say so.)"""
+    out = tmp_path / "never.mkv"
+    gate = StartGate()
+    encoder = Encoder(gated_argv(gate.read_fd, out), gate=gate)
+    await encoder.start()
+    await asyncio.sleep(0.3)
+    assert await encoder.stop() == -signal.SIGKILL
+    assert not out.exists()
+    assert "deadline" not in caplog.text
+
+
+def test_a_killed_worker_leaves_no_encoder_waiting_at_its_gate(tmp_path):
+    """SIGKILL of the worker while its encoder waits at the gate: the gate's end closes with the worker, and
+    the encoder, told to stop (its death signal), ends instead of waiting forever."""
+    script = ("import asyncio, json, sys\n"
+              "from compositor.pipeline.encoder import Encoder\n"
+              "from compositor.pipeline.pipes import StartGate\n"
+              "async def main():\n"
+              "    gate = StartGate()\n"
+              "    argv = [a.replace('GATE', str(gate.read_fd)) for a in json.loads(sys.argv[1])]\n"
+              "    encoder = Encoder(argv, gate=gate)\n"
+              "    await encoder.start()\n"
+              "    print(encoder.process.pid, flush=True)\n"
+              "    await asyncio.sleep(60)\n"
+              "asyncio.run(main())\n")
+    argv = json.dumps(gated_argv("GATE", tmp_path / "orphan.mkv"))
+    worker = subprocess.Popen([sys.executable, "-c", script, argv], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    pid = int(worker.stdout.readline())
+    time.sleep(0.3)
+    assert Path(f"/proc/{pid}").exists()
+    worker.kill()
+    worker.wait()
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists(), "the encoder outlived its worker"

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 from collections import deque
 from dataclasses import dataclass
@@ -300,7 +301,10 @@ class Browser:
                                    f"server and the hosts in {OPTION} (--allow-host)")
             await route.abort("blockedbyclient")
 
-        await self.page.route("**/*", guard)
+        # Only what is not the page server's comes here: Playwright matches a pattern in its driver, so the page's
+        # own files load without a round trip through this process each (they loaded one after another, ~10 ms
+        # apart: 130 ms of a warm start).
+        await self.page.route(re.compile(f"^(?!{re.escape(origin)}/)"), guard)
 
     async def open(self, url: str, timeout: float = 20.0) -> None:
         """Navigate to the page and wait for its load event."""

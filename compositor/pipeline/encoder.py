@@ -24,6 +24,7 @@ from ..plan import AudioSettings, EgressConfig, SegmentSettings, VideoSettings
 from ..process import ManagedProcess
 from .grab_clock import locked_period_us
 from .hls import MUXER_WINDOW
+from .pipes import StartGate
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +119,20 @@ def video_args(v: VideoSettings) -> list[str]:
 
 def audio_args(a: AudioSettings, then: str = "") -> list[str]:
     """The sound's encoding; `then` appends filters (",atrim=…") after the resampler."""
+    # The sink's monitor under-delivers while the page's audio stream starts
+    # up; counting samples would then run ahead of the clock. Following the
+    # timestamps (silence into gaps) keeps sound on time with the picture.
+    return ["-af", f"aresample=async=1:min_hard_comp=0.03{then}", *audio_codec(a)]
+
+
+def audio_codec(a: AudioSettings) -> list[str]:
+    """The encoder options that make the sound of `a`."""
     if a.codec == "pcm":
         codec = ["-c:a", "pcm_s16le"]
     else:
         lib = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}[a.codec]
         codec = ["-c:a", lib, "-b:a", f"{a.bitrate_kbps}k"]
-    # The sink's monitor under-delivers while the page's audio stream starts
-    # up; counting samples would then run ahead of the clock. Following the
-    # timestamps (silence into gaps) keeps sound on time with the picture.
-    return ["-af", f"aresample=async=1:min_hard_comp=0.03{then}", *codec, "-ar", str(a.sample_rate),
-            "-ac", str(a.channels)]
+    return [*codec, "-ar", str(a.sample_rate), "-ac", str(a.channels)]
 
 
 @dataclass(frozen=True)
@@ -194,17 +199,24 @@ def mux_args(targets: list[MuxTarget]) -> list[str]:
 
 
 def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_source: str,
-               start_epoch: float, targets: list[MuxTarget], first_stamp: Path | None = None) -> list[str]:
+               start_epoch: float, targets: list[MuxTarget], first_stamp: Path | None = None,
+               gate: int | None = None) -> list[str]:
     """The whole ffmpeg command for one egress: one encode, every output.
 
-    `first_stamp`: a file (its path free of filter syntax: our workdir's) that receives the timestamp of the
-    first captured frame (or, without video, sound); see `first_capture`.
+    `start_epoch`: the wall-clock time the encode's timestamps count from. `first_stamp`: a file (its path free
+    of filter syntax: our workdir's) that receives the timestamp of the first captured frame (or, without video,
+    sound); see `first_capture`. `gate`: the read end of a StartGate, which ffmpeg reads to its end before it
+    opens the captures.
     """
     argv = ["ffmpeg", "-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-progress", "pipe:1",
             "-stats_period", f"{STATS_PERIOD_S:g}", "-copyts",
             # The filters (capture conversion, first-frame stamp) are light: threads for them cost more than they save.
             "-filter_threads", "1", "-filter_complex_threads", "1"]
     inputs = 0
+    if gate is not None:
+        argv += ["-probesize", str(PROBE_MIN_BYTES), "-f", "data", "-i", f"pipe:{gate}"]
+        inputs += 1
+    video_input = inputs
     if config.video:
         v = config.video
         # One frame tells ffmpeg all of a grab. The default probe (5 MB: 22 frames at 320x180, 2 at 720p) held
@@ -231,7 +243,7 @@ def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_s
         graph = f"{grab_times(config.video.fps)}{trim}[video]"
         if first_stamp:
             graph = f"split[main][first];[first]{_stamp_branch(first_stamp, audio=False)};[main]{graph}"
-        argv += ["-filter_complex", f"[0:v]{graph}", "-map", "[video]"]
+        argv += ["-filter_complex", f"[{video_input}:v]{graph}", "-map", "[video]"]
     if config.audio:
         argv += ["-map", f"{inputs}:a"]
     if config.video:
@@ -315,13 +327,16 @@ class Encoder:
 
     def __init__(self, argv: list[str], on_progress: Callable[[Progress], None] | None = None, *,
                  video: bool = True, pass_fds: tuple[int, ...] = (), first_stamp: Path | None = None,
-                 start_epoch: float = 0.0):
+                 start_epoch: float = 0.0, gate: StartGate | None = None):
         """`first_stamp`, `start_epoch`: as given to build_argv; with them, `first_frame` is set as soon as the
         first frame is captured, and `first_capture` says when that was (else the next progress report, up to
-        STATS_PERIOD_S later, sets it)."""
+        STATS_PERIOD_S later, sets it). `gate`: the StartGate given to build_argv (the encoder owns it): the
+        encode starts at `open_gate`, not at `start`."""
         self._video = video
+        self._gate = gate
+        fds = (*pass_fds, gate.read_fd) if gate else pass_fds
         self._proc = ManagedProcess("ffmpeg", argv, stop_signal=signal.SIGINT, stop_timeout=STOP_DEADLINE_S,
-                                    stdout_pipe=True, pass_fds=pass_fds)
+                                    stdout_pipe=True, pass_fds=fds)
         self._on_progress = on_progress
         self._first_stamp = first_stamp
         self._start_epoch = start_epoch
@@ -337,7 +352,12 @@ class Encoder:
         return self._proc
 
     async def start(self) -> None:
-        await self._proc.start()
+        """Start ffmpeg: it encodes from now on, or, behind a gate, from `open_gate`."""
+        try:
+            await self._proc.start()
+        finally:
+            if self._gate:
+                self._gate.spawned()
         self._reader = asyncio.create_task(self._read_progress())
         if self._first_stamp:
             self._stamp_reader = asyncio.create_task(self._read_stamp(self._first_stamp))
@@ -365,8 +385,18 @@ class Encoder:
         await self._readers_done()
         return code
 
+    def open_gate(self) -> None:
+        """Let a gated encoder go on to its captures."""
+        if self._gate:
+            self._gate.open()
+
     async def stop(self) -> int | None:
-        """Finish the file (SIGINT), killing ffmpeg if it overruns its deadline."""
+        """Finish the file (SIGINT), killing ffmpeg if it overruns its deadline. An encoder still behind its gate
+        has nothing to finish: it is killed (a signal would not end its wait on the gate)."""
+        if self._gate:
+            if not self._gate.opened and self._proc.running:
+                self._proc.signal(signal.SIGKILL)
+            self._gate.close()
         code = await self._proc.stop()
         await self._readers_done()
         return code

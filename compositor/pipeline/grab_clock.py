@@ -12,8 +12,9 @@ x11grab grabs on a clock of its own, started when it opens the display. Left alo
 
 So the grabs are locked to Chromium's clock: every whole number of its ticks (33332 µs at 30 fps, see
 `locked_period_us`), starting half a tick away from where frames land. The start is aimed by holding the
-X server (XGrabServer) while ffmpeg starts: x11grab's first request waits, and x11grab starts its clock
-when that reply comes, right after we let go at the aimed moment. Where frames land is read from the X
+X server (XGrabServer) while ffmpeg goes on from its start gate (pipes.StartGate) to open the display:
+x11grab's first request waits, and x11grab starts its clock when that reply comes, right after we let go at
+the aimed moment. Where frames land is read from the X
 server's DAMAGE events while the page gets ready.
 """
 
@@ -151,9 +152,10 @@ class GrabClock:
 
     @contextlib.asynccontextmanager
     async def aligned(self, pid_of: Callable[[], int | None]) -> AsyncIterator[None]:
-        """Hold the server around the block that starts ffmpeg; after it, let go when the grabs will fall half a
-        tick from the landings. `pid_of` gives ffmpeg's pid once started. The server is let go whatever
-        happens (and by the X server itself if this process dies, with its connection)."""
+        """Hold the server around the block that starts ffmpeg (or lets a waiting one go on); after it, let go
+        when the grabs will fall half a tick from the landings. `pid_of` gives ffmpeg's pid once started. The
+        server is let go whatever happens (and by the X server itself if this process dies, with its
+        connection)."""
         x = self._x
         if x is None:
             yield
@@ -161,10 +163,12 @@ class GrabClock:
         phase = self._aimed = self.landing_phase()
         x.grab_server()
         x.sync()
+        pid = pid_of()
+        before = _sockets(pid) if pid else set()
         try:
             yield
             pid = pid_of()
-            aimed = pid is not None and await self._until_connected(pid)
+            aimed = pid is not None and await self._until_connected(pid, before)
             if aimed:
                 await self._until_phase(phase + self.tick / 2 - CONNECT_S)
         finally:
@@ -176,11 +180,10 @@ class GrabClock:
             # x11grab's clock starts here, and its grabs keep to it (a late one is taken at once, the next on time).
             self._origin = time.monotonic() + CONNECT_S
 
-    async def _until_connected(self, pid: int) -> bool:
-        """Until ffmpeg has opened its connection to the display (a socket it did not start with): from then,
-        its first request waits on the held server."""
+    async def _until_connected(self, pid: int, before: set[str]) -> bool:
+        """Until ffmpeg has opened its connection to the display (a socket not among `before`, those it had when
+        the server was taken): from then, its first request waits on the held server."""
         deadline = time.monotonic() + self.max_hold
-        before = _sockets(pid)
         while time.monotonic() < deadline:
             if not Path(f"/proc/{pid}").exists():
                 return False

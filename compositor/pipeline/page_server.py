@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import jinja2
 from aiohttp import web
@@ -24,6 +25,7 @@ from ..request import AudioSpec, IdleStop, Overlays, ParticipantFilter, Particip
 
 PAGE = "/page"
 LIVEKIT_CLIENT_URL = "/vendor/livekit-client.mjs"  # livekit-client's ESM bundle, from npm
+SYNTHETIC = "synthetic:"  # the room URL of the scripted room
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class PageSpec:
     room_name: str
     sync_markers: bool = False
     #: a LiveKit server's ws(s) URL and the recorder's token ("synthetic:": the scripted room)
-    room_url: str = "synthetic:"
+    room_url: str = SYNTHETIC
     token: str = field(default="", repr=False)
     #: the page's query for a participant or track egress (identity, share, tracks)
     focus: dict[str, str] = field(default_factory=dict)
@@ -50,15 +52,16 @@ class PageSpec:
     sidecars: bool = False
 
 
-def render_page(layout: LayoutRef, overlays: dict) -> str:
-    """The layout's page: its template with our context, or TemplateFailed naming the file and line."""
+def render_page(layout: LayoutRef, overlays: dict, live: bool = False) -> str:
+    """The layout's page: its template with our context, or TemplateFailed naming the file and line. `live`: the
+    page joins a LiveKit room (its client is among the modules it asks for up front)."""
     env = jinja2.Environment(loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(layout.folder),
                                                          jinja2.FileSystemLoader(TEMPLATES_DIR)]),
                              autoescape=True, undefined=jinja2.StrictUndefined)
     try:
         return env.get_template(layout.template).render(
             static="/static", assets=layout.assets, layout=layout.name, theme=layout.theme, script=layout.script,
-            params=layout.params, overlays=overlays)
+            params=layout.params, overlays=overlays, modules=page_modules(layout, live))
     except jinja2.TemplateSyntaxError as exc:
         where = f"{_shown(exc.filename or exc.name or layout.template, layout)}:{exc.lineno}"
         raise TemplateFailed(f"{where}: {exc.message}", details={"template": where}) from None
@@ -66,6 +69,60 @@ def render_page(layout: LayoutRef, overlays: dict) -> str:
         where = _template_line(exc, layout)
         raise TemplateFailed(f"{where}: {exc.message or exc}" if where else str(exc),
                              details={"template": where} if where else {}) from None
+
+
+#: the page's first module: it imports the rest of the SDK
+BOOT_MODULE = "/static/sdk/boot.js"
+#: the LiveKit room's module (boot imports it when the page joins one)
+LIVEKIT_MODULE = "/static/sdk/livekit.js"
+#: a module's static imports (`import ... from "url"`, `import "url"`); a dynamic import() is left to the page
+_IMPORT = re.compile(r"""^\s*import\s+(?:[^'";]*?\s+from\s+)?['"]([^'"]+)['"]""", re.MULTILINE)
+#: more than any page of ours imports; past it, the page finds the rest itself
+MAX_MODULES = 64
+
+
+def page_modules(layout: LayoutRef, live: bool = False) -> list[str]:
+    """Every module the page imports before it can start (the SDK's and the layout's script's, followed through
+    their static imports; with `live`, the LiveKit room's), for the page to ask for all at once (modulepreload).
+    Found one import at a time, they took a round trip per level: about 100 ms of every start. Only files this
+    server has are named: a preload that fails would fail the page."""
+    found: list[str] = []
+    pending = [BOOT_MODULE, *([layout.script] if layout.script else []), *([LIVEKIT_MODULE] if live else [])]
+    while pending and len(found) < MAX_MODULES:
+        url = pending.pop(0)
+        if url in found:
+            continue
+        if url == LIVEKIT_CLIENT_URL:  # a bundle: nothing more to follow
+            if LIVEKIT_CLIENT.is_file():
+                found.append(url)
+            continue
+        path = _module_file(url, layout)
+        if path is None:
+            continue
+        found.append(url)
+        for target in _IMPORT.findall(path.read_text(errors="replace")):
+            if not urlsplit(target).scheme:
+                pending.append(urljoin(url, target))
+    return found
+
+
+def _module_file(url: str, layout: LayoutRef) -> Path | None:
+    """The file the page server answers `url` with (the routes below), or None: another server's, or none."""
+    parts = url.split("/", 3)
+    if len(parts) < 3 or parts[0]:
+        return None
+    if parts[1] == "static":
+        folder, relative = STATIC_DIR, "/".join(parts[2:])
+    elif parts[1] == "layouts" and len(parts) == 4 and not parts[2].startswith((".", "_")):
+        folder, relative = LAYOUTS_DIR / parts[2], parts[3]
+    elif parts[1] == "custom" and not layout.builtin:
+        folder, relative = layout.folder, "/".join(parts[2:])
+    else:
+        return None
+    try:
+        return _inside(folder, relative)
+    except web.HTTPNotFound:
+        return None
 
 
 def _template_line(exc: Exception, layout: LayoutRef) -> str:
@@ -131,7 +188,7 @@ class PageServer:
             overlays["logo"] = self.media_url(Path(spec.overlays.logo))
         url = self.page_url(spec)
         try:
-            self._html = render_page(spec.layout, overlays)
+            self._html = render_page(spec.layout, overlays, live=spec.room_url != SYNTHETIC)
         except TemplateFailed as exc:
             self._failure = exc
             raise
@@ -177,7 +234,7 @@ class PageServer:
     def page_url(self, spec: PageSpec) -> str:
         """The page's URL, in the LiveKit template shape (url, token, layout)."""
         query = {"url": spec.room_url, "token": spec.token, "layout": spec.layout.name, "theme": spec.layout.theme}
-        if spec.room_url == "synthetic:":
+        if spec.room_url == SYNTHETIC:
             room = {"name": spec.room_name, "participants": [self._participant_json(p) for p in spec.participants]}
             query["room"] = base64.urlsafe_b64encode(json.dumps(room, separators=(",", ":")).encode()).decode()
         if spec.sync_markers:

@@ -1,4 +1,5 @@
-"""A pipe the encoder writes one of its outputs into, read back by the worker (stream fan-out, WebSocket PCM)."""
+"""Pipes between the worker and its encoder: one the encoder writes an output into, read back by the worker
+(stream fan-out, WebSocket PCM); one that holds the encoder back until the recording starts."""
 
 from __future__ import annotations
 
@@ -42,3 +43,36 @@ class EncoderPipe:
         if self._transport:
             self._transport.close()
             self._transport = None
+
+
+class StartGate:
+    """A pipe the encoder reads before anything else, as an input it leaves unused. Started while the page still
+    loads, ffmpeg does its own start-up (60-70 ms: it loads ~200 libraries) and then waits on this pipe; `open`
+    lets it go on to the captures, which it then opens within a millisecond."""
+
+    def __init__(self) -> None:
+        #: ffmpeg's end (pass it on; `spawned` closes our copy)
+        self.read_fd, self._write_fd = os.pipe()
+        self._ends = [self.read_fd, self._write_fd]
+
+    def spawned(self) -> None:
+        """The encoder holds the read end now."""
+        self._close(self.read_fd)
+
+    @property
+    def opened(self) -> bool:
+        return self._write_fd not in self._ends
+
+    def open(self) -> None:
+        """Let the encoder go on: it reads the end of the pipe. (If this process dies, the kernel does the same.)"""
+        self._close(self._write_fd)
+
+    def close(self) -> None:
+        """Close what is still ours. Idempotent."""
+        for fd in list(self._ends):
+            self._close(fd)
+
+    def _close(self, fd: int) -> None:
+        if fd in self._ends:
+            self._ends.remove(fd)
+            os.close(fd)

@@ -71,6 +71,7 @@ from ..pipeline.pause import (
     video_keyframes,
 )
 from ..pipeline.pcm_socket import PcmSocket
+from ..pipeline.pipes import StartGate
 from ..pipeline.sidecars import ClockSample, MediaClock, RoomLog, write_sidecars
 from ..pipeline.streams import Destination, StreamFanout
 from ..plan import EgressConfig, partial_path
@@ -157,8 +158,10 @@ class Recorder:
         self.pauses: list[Span] = []
         self._sink: AudioSink | None = None
         self._slate: asyncio.Task | None = None
-        #: when (seconds from start_recording) the encode's first sample was captured: its first video frame, or
-        #: its first sound without video; the files' own clocks start there
+        #: the wall-clock time the encode's timestamps count from (set as it starts, before START_RECORDING)
+        self.epoch = time.time()
+        #: when (seconds from `epoch`) the encode's first sample was captured: its first video frame, or its first
+        #: sound without video; the files' own clocks start there
         self.media_start: float | None = None
         #: with sidecars: what the page reported of the room, and its clock read against the wall clock
         self._room_log: RoomLog | None = RoomLog() if config.sidecars else None
@@ -235,6 +238,7 @@ class Recorder:
         if grab_clock:
             await grab_clock.start()
             stack.push_async_callback(grab_clock.stop)
+        encoder, playlist, first_stamp = await self._gated_encoder(stack, stage)
         if cfg.source == "web":
             await self._until_ready(browser, watched, browser.open(cfg.web_url, cfg.start_timeout))
             if cfg.await_start_signal:
@@ -270,39 +274,9 @@ class Recorder:
                 # A page that does not apply the filter would record whom it leaves out: refuse it.
                 raise TemplateFailed("the layout page does not apply the participant filter: it must start with "
                                      "our boot(), as _base.html.j2 does")
-        self.timings["start_recording"] = start_epoch = time.time()
-
-        targets: list[MuxTarget] = []
-        if cfg.output:
-            targets.append(file_target(cfg.container, self._partial))
-        if cfg.segments:
-            targets.append(hls_target(cfg.segments, workdir / MUXER_PLAYLIST, cfg.video))
-        if cfg.stream or cfg.images:
-            # Closed after the encoder (the exit stack runs backwards): destinations get the stream's end.
-            self._fanout = StreamFanout(cfg.stream, cfg.images, cfg.video, self.policy,
-                                        on_change=self._stream_changed)
-            stack.push_async_callback(self._fanout.close)
-            targets.append(live_pipe_target(self._fanout.write_fd))
-        if cfg.websocket:
-            self._socket = PcmSocket(cfg.websocket, cfg.audio.sample_rate, self.gate.url)
-            stack.push_async_callback(self._socket.close)
-            await self._socket.connect()
-            targets.append(pcm_pipe_target(self._socket.write_fd))
-        pipes = tuple(owner.write_fd for owner in (self._fanout, self._socket) if owner)
-        first_stamp = workdir / f"{cfg.egress_id}.first-frame"
-        if not FILTER_SAFE_PATH.fullmatch(str(first_stamp)):
-            first_stamp = None
-        # Stopped after the encoder (the exit stack runs backwards), so it copies ffmpeg's last segments.
-        playlist = Playlists(cfg.segments, workdir / MUXER_PLAYLIST) if cfg.segments else None
-        if playlist:
-            stack.push_async_callback(playlist.stop)
-        encoder = Encoder(build_argv(cfg, display=display.name, pulse_server=sink.server, pulse_source=sink.monitor,
-                                     start_epoch=start_epoch, targets=targets, first_stamp=first_stamp),
-                          on_progress=self._on_progress, video=cfg.video is not None, pass_fds=pipes,
-                          first_stamp=first_stamp, start_epoch=start_epoch)
-        stack.push_async_callback(encoder.stop)
+        self.timings["start_recording"] = time.time()
         async with grab_clock.aligned(lambda: encoder.process.pid) if grab_clock else contextlib.nullcontext():
-            await encoder.start()
+            encoder.open_gate()
         self.timings["encoder_started"] = time.time()
         if self._fanout:
             await self._fanout.start()
@@ -339,7 +313,7 @@ class Recorder:
             if grab_clock.released:
                 self.timings["grabs_released"] = grab_clock.released
         if self.media_start is not None:
-            self.timings["first_sample"] = start_epoch + self.media_start
+            self.timings["first_sample"] = self.epoch + self.media_start
         if self.paused:
             self.pauses[-1].end = self.timings["stop_requested"]  # paused to the end
         self._status(Status.ENDING)
@@ -359,16 +333,58 @@ class Recorder:
                 await self._cut_segments()
             outputs.segments = finish_segments(cfg.segments)
         if cfg.images:
-            outputs.images = images_written(cfg.images.directory, cfg.images.pattern, start_epoch,
+            outputs.images = images_written(cfg.images.directory, cfg.images.pattern, self.epoch,
                                             self._fanout.captures if cfg.images.overwrite else None)
         if cfg.output:
             outputs.file = await self._finish_file(failure)
             if first_stamp and self._page_clock:
-                outputs.sidecars = await self._write_sidecars(outputs.file, first_stamp, start_epoch)
+                outputs.sidecars = await self._write_sidecars(outputs.file, first_stamp)
         elif failure is not None:
             raise failure
         self.timings["finalized"] = time.time()
         return outputs
+
+    async def _gated_encoder(self, stack: contextlib.AsyncExitStack,
+                             stage: Stage) -> tuple[Encoder, Playlists | None, Path | None]:
+        """The encoder with its outputs, started while the page gets ready and waiting at its gate (StartGate)
+        until START_RECORDING: its own start-up is then behind it. Its playlists, and the file that gets its
+        first frame's time, come with it."""
+        cfg = self.config
+        targets: list[MuxTarget] = []
+        if cfg.output:
+            targets.append(file_target(cfg.container, self._partial))
+        if cfg.segments:
+            targets.append(hls_target(cfg.segments, stage.workdir / MUXER_PLAYLIST, cfg.video))
+        if cfg.stream or cfg.images:
+            # Closed after the encoder (the exit stack runs backwards): destinations get the stream's end.
+            self._fanout = StreamFanout(cfg.stream, cfg.images, cfg.video, self.policy,
+                                        on_change=self._stream_changed)
+            stack.push_async_callback(self._fanout.close)
+            targets.append(live_pipe_target(self._fanout.write_fd))
+        if cfg.websocket:
+            self._socket = PcmSocket(cfg.websocket, cfg.audio.sample_rate, self.gate.url)
+            stack.push_async_callback(self._socket.close)
+            await self._socket.connect()
+            targets.append(pcm_pipe_target(self._socket.write_fd))
+        pipes = tuple(owner.write_fd for owner in (self._fanout, self._socket) if owner)
+        first_stamp = stage.workdir / f"{cfg.egress_id}.first-frame"
+        if not FILTER_SAFE_PATH.fullmatch(str(first_stamp)):
+            first_stamp = None
+        # Stopped after the encoder (the exit stack runs backwards), so it copies ffmpeg's last segments.
+        playlist = Playlists(cfg.segments, stage.workdir / MUXER_PLAYLIST) if cfg.segments else None
+        if playlist:
+            stack.push_async_callback(playlist.stop)
+        gate = StartGate()
+        stack.callback(gate.close)  # the encoder closes it when it stops; this, should it never be made
+        self.epoch = time.time()
+        encoder = Encoder(build_argv(cfg, display=stage.display.name, pulse_server=stage.sink.server,
+                                     pulse_source=stage.sink.monitor, start_epoch=self.epoch, targets=targets,
+                                     first_stamp=first_stamp, gate=gate.read_fd),
+                          on_progress=self._on_progress, video=cfg.video is not None, pass_fds=pipes,
+                          first_stamp=first_stamp, start_epoch=self.epoch, gate=gate)
+        stack.push_async_callback(encoder.stop)
+        await encoder.start()
+        return encoder, playlist, first_stamp
 
     async def _finish_file(self, failure: CompositorError | None) -> MediaFacts:
         partial = self._partial
@@ -407,11 +423,11 @@ class Recorder:
                 best = (after - before, ClockSample(page_ms, (before + after) / 2))
         self._page_clock[1:] = [best[1]]  # the first reading and the latest are what MediaClock uses
 
-    async def _write_sidecars(self, facts: MediaFacts, first_stamp: Path, start_epoch: float) -> dict[str, Path]:
+    async def _write_sidecars(self, facts: MediaFacts, first_stamp: Path) -> dict[str, Path]:
         """The participants and speakers sidecars next to the finished file (none if the first frame's time is
         unknown: they would be off by an unknown amount)."""
         cfg = self.config
-        first = first_capture(first_stamp, start_epoch)
+        first = first_capture(first_stamp, self.epoch)
         if first is None:
             log.warning("the first frame's time is unknown; no sidecars")
             return {}
@@ -423,7 +439,7 @@ class Recorder:
 
     def _thumbnails(self) -> list[Path]:
         images = self.config.images
-        return thumbnails(images.directory, images.pattern, self.timings["start_recording"])
+        return thumbnails(images.directory, images.pattern, self.epoch)
 
     def _finished_thumbnails(self) -> list[Path]:
         """The thumbnails no longer being written: all but the newest of a series; the overwritten one is
@@ -548,14 +564,14 @@ class Recorder:
         if not cfg.video or not (self._partial or cfg.segments) or self.media_start is None:
             return
         step = keyframe_spacing(cfg.video)
-        now = time.time() - self.timings["start_recording"]
+        now = time.time() - self.epoch
         next_key = self.media_start + math.ceil((now + KEYFRAME_LEAD_S - self.media_start) / step) * step
         await asyncio.sleep(max(0.0, next_key - KEYFRAME_LEAD_S - now))
 
     def _media_spans(self, origin: float = 0.0) -> list[tuple[float, float]]:
         """The paused spans in seconds from start_recording, or on a clock that reads `origin` at the encode's
         first sample."""
-        shift = self.timings["start_recording"] + (self.media_start or 0.0) - origin
+        shift = self.epoch + (self.media_start or 0.0) - origin
         return [(span.start - shift, span.end - shift) for span in self.pauses]
 
     async def _kept_pieces(self, partial: Path) -> list[tuple[float | None, float | None]]:
@@ -717,7 +733,7 @@ class Recorder:
             counted = p.out_time
         else:
             return
-        start = time.time() - self.timings["start_recording"] - counted
+        start = time.time() - self.epoch - counted
         self.media_start = start if self.media_start is None else min(self.media_start, start)
 
     def _on_progress(self, p: Progress) -> None:

@@ -83,7 +83,9 @@ export class SyntheticRoom extends Room {
     this.routing = routing;
     this.router = null;
     this.t0 = null;
-    this.audio = null;
+    // The sound starts now, while the layout loads: it takes a while to flow (see _audioSettled).
+    this.audio = new AudioContext({ sampleRate: 48000 });
+    this._audioFlowing = this._audioSettled();
     this._soundQueue = [];
     this._clockOffsets = [];
     this._videos = [];
@@ -139,15 +141,13 @@ export class SyntheticRoom extends Room {
       v.addEventListener('error', resolve, { once: true });
       setTimeout(resolve, 5000);
     }))));
-    // Audio and video load side by side: start the sound before waiting.
-    this.audio = new AudioContext({ sampleRate: 48000 });
     if (this.routing) {
       this.router = new AudioRouter(this.audio, this.routing);
       // The script says who joins when: the voices' sides (dual_channel_alternate) follow that order.
       const voices = this.specs.filter((s) => s.tone > 0).sort((a, b) => a.joins - b.joins);
       for (const spec of voices) this.router.takeSide(spec.identity);
     }
-    await Promise.all([videosReady, this._audioSettled()]);
+    await Promise.all([videosReady, this._audioFlowing]);
   }
 
   // getOutputTimestamp() maps the audio clock onto performance.now() only
