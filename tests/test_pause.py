@@ -21,6 +21,8 @@ from aiohttp.test_utils import TestServer
 from compositor import analysis
 from compositor.errors import InvalidRequest
 from compositor.outbound import AddressRefused, AllowedHosts, OutboundPolicy
+from compositor.pipeline.encoder import file_target
+from compositor.pipeline.finalize import finalize
 from compositor.pipeline.pause import (
     SLATE_MAX_BYTES,
     concat_script,
@@ -29,7 +31,9 @@ from compositor.pipeline.pause import (
     kept_pieces,
     sniff_image,
 )
+from compositor.plan import resolve
 from compositor.protocol import COMMAND, Pause, Resume
+from compositor.request import RecordRequest
 
 from .conftest import assert_released
 from .test_service import LK_KEY, LK_SECRET, both_formats_server
@@ -58,6 +62,30 @@ def test_pieces_around_the_spans_start_on_keyframes():
     script = concat_script("/tmp/it's.mp4", [(None, 3.1), (6.0, None)])  # type: ignore[arg-type]
     assert script.splitlines() == ["ffconcat version 1.0", "file '/tmp/it'\\''s.mp4'", "outpoint 3.100000",
                                    "file '/tmp/it'\\''s.mp4'", "inpoint 6.000000"]
+
+
+async def test_a_cut_keeps_the_sound_up_to_the_pause_and_in_step_after_it(tmp_path):
+    """A crash-safe MP4 (fragments of a second, each second's picture stored before its sound) with a flash and
+    a click every second, cut around a pause at 3.5 s that resumes at the keyframe at 6 s. Copied, the sound's
+    pieces lost what lay between the fragment's start and the pause (3.0-3.5 s), and the sound after the cut
+    came that much early (or late, where copied pieces overlapped): it moved with where the pause fell."""
+    partial = tmp_path / "rec.partial.mp4"
+    flashes = "color=c=black:s=160x90:r=30:d=8,format=gray,geq=lum='if(lt(mod(T,1),0.1),235,16)'"
+    clicks = f"aevalsrc='if(lt(mod(t,1),0.03),0.6*sin(2*PI*{analysis.CLICK_HZ}*t),0)|0':s=48000:d=8"
+    target = file_target("mp4", partial)
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", flashes, "-f", "lavfi", "-i", clicks,
+                    "-c:v", "libx264", "-g", "60", "-bf", "0", "-c:a", "aac", "-b:a", "128k",
+                    *[arg for key, value in target.options for arg in (f"-{key}", value)], "-f", "mp4", str(partial)],
+                    check=True)
+    config = resolve(RecordRequest.model_validate({"file": {"filepath": str(tmp_path / "rec.mp4")}}))
+    facts = await finalize(config, partial, [(None, 3.5), (6.0, None)])
+    after = analysis.marker_pairs(facts.path)
+    # The markers at 1, 2, 3 s; then those at 6 and 7 s of the recording, at 3.5 and 4.5 s of the file; each
+    # with its click.
+    assert [round(f, 2) for f, _ in after] == [1.0, 2.0, 3.0, 3.5, 4.5], after
+    assert max(abs(offset) for _, offset in after) <= 0.003, after
+    sound = analysis.audio_samples(facts.path).size / analysis.AUDIO_RATE
+    assert abs(facts.duration - 5.5) <= 0.05 and abs(sound - facts.duration) <= 0.03, (facts.duration, sound)
 
 
 def test_the_playlist_loses_the_paused_segments_and_marks_the_resume(tmp_path):
@@ -185,13 +213,15 @@ def test_a_paused_span_is_left_out_of_the_file_and_hls_and_live_shows_the_slate(
     assert analysis.tone_level(pcm, CY[2], 0.2, facts.duration - 0.1) < 0.003
     assert analysis.tone_level(pcm, ADA[2], 0.3, facts.duration - 0.3) > 0.02
     # The sync markers agree on both sides of the cut: a cut that moved the sound against the picture would move
-    # every marker after it. (A loaded machine delays a marker's flash or click now and then, paused or not: the
-    # best marker of each side is what a shift would show in.)
+    # every marker after it (copied pieces of sound moved it by up to a second). (A loaded machine delays a
+    # marker's flash or click now and then, paused or not: the best marker of each side, and the middle one, are
+    # what a shift would show in.)
     cut = span["start"] - timings["first_sample"]  # the cut in the file's time
     paired = analysis.marker_pairs(out, pcm)
-    before = [abs(o) for f, o in paired if f < cut - 0.6]
-    after = [abs(o) for f, o in paired if f > cut + 0.6]
-    assert before and after and min(before) <= 0.05 and min(after) <= 0.05, (paired, cut)
+    before = [o for f, o in paired if f < cut - 0.6]
+    after = [o for f, o in paired if f > cut + 0.6]
+    assert before and after and min(map(abs, before)) <= 0.05 and min(map(abs, after)) <= 0.05, (paired, cut)
+    assert abs(float(np.median(after) - np.median(before))) <= 0.025, (paired, cut)
     # HLS: the slate's segments are gone, the resume is a discontinuity.
     playlist = (tmp_path / "hls.m3u8").read_text()
     assert playlist.count("#EXT-X-DISCONTINUITY") == 1, playlist

@@ -11,7 +11,8 @@ from ..errors import OutputInvalid
 from ..plan import EgressConfig
 from ..probe import MediaFacts, ProbeError, probe
 from ..process import ManagedProcess
-from .pause import concat_script
+from .encoder import audio_codec
+from .pause import concat_script, sound_pieces
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +24,9 @@ async def finalize(config: EgressConfig, partial: Path,
     MP4 is remuxed (no re-encode) into a faststart file; WebM, OGG and MP3 are
     already complete and are renamed. A paused recording keeps only its
     `pieces` ((inpoint, outpoint) in the file's time, None for its own start
-    or end), joined into one continuous file by ffmpeg's concat demuxer
-    without encoding again. The partial file stays if anything fails.
+    or end), joined into one continuous file: the picture's copied (ffmpeg's
+    concat demuxer), the sound's cut to the sample and encoded again (see
+    pause.py). The partial file stays if anything fails.
     """
     if not partial.exists() or partial.stat().st_size == 0:
         raise OutputInvalid("the encoder wrote nothing")
@@ -33,14 +35,25 @@ async def finalize(config: EgressConfig, partial: Path,
     if config.container == "mp4" or pieces:
         staging = output.with_name(f".{output.name}.{os.getpid()}.tmp")
         script = output.with_name(f".{output.name}.{os.getpid()}.ffconcat")
-        source = ["-i", str(partial)]
+        streams = ["-i", str(partial), "-map", "0", "-c", "copy"]
         if pieces:
-            script.write_text(concat_script(partial.resolve(), pieces))
-            source = ["-f", "concat", "-safe", "0", "-i", str(script)]
+            # From the file's own time 0: the concat demuxer would count the first piece from the file's earliest
+            # timestamp, which a sound's priming may put below 0, and the sound's pieces would not follow.
+            pieces = [(inpoint or 0.0, outpoint) for inpoint, outpoint in pieces]
+            # The sound's pieces, cut to the sample and encoded again (see pause.py), from input 0; the picture's,
+            # copied (each begins on a keyframe), from the next.
+            sound = ["-i", str(partial)] if config.audio else []
+            picture = ["-f", "concat", "-safe", "0", "-i", str(script)] if config.video else []
+            # Both on the file's own clock (ffmpeg would move each input by its own start).
+            streams = ["-copyts", *sound, *picture]
+            if config.audio:
+                streams += ["-filter_complex", sound_pieces(pieces), "-map", "[a]", *audio_codec(config.audio)]
+            if config.video:
+                script.write_text(concat_script(partial.resolve(), pieces))
+                streams += ["-map", f"{1 if sound else 0}:v", "-c:v", "copy"]
         faststart = ["-movflags", "+faststart"] if config.container == "mp4" else []
         remux = ManagedProcess("ffmpeg-remux", ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error",
-                                                *source, "-map", "0", "-c", "copy", *faststart,
-                                                "-f", config.container, "-y", str(staging)],
+                                                *streams, *faststart, "-f", config.container, "-y", str(staging)],
                                stop_timeout=30)
         await remux.start()
         try:

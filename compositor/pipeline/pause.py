@@ -5,10 +5,14 @@ the page shows the slate (a still image, or a plain card) and the sink is
 muted, so they get a still picture and silence. Files and HLS are cut
 afterwards, without a second encode: the file is joined from the pieces of
 the recorded file around each paused span (ffmpeg's concat demuxer, `-c
-copy`), which gives both streams the same offsets (A/V stay in sync at every
-cut). A piece may end on any frame but must begin on a keyframe, and the
+copy`). A piece may end on any frame but must begin on a keyframe, and the
 encoder's keyframes come every 2 s: so resuming waits (on the slate) until
 just before the next keyframe, and the recording goes on from that keyframe.
+The sound is cut to the sample at the same times and encoded again (it is
+cheap): the concat demuxer ends a piece at the first packet past its end in
+any stream, and the crash-safe file stores each second's picture before its
+sound, so a copied piece lost the sound of up to a second before each pause,
+and pieces of sound overlapped at the joins (the sound after a cut came late).
 """
 
 from __future__ import annotations
@@ -159,6 +163,19 @@ def kept_pieces(spans: list[tuple[float, float]], keyframes: list[float] | None
             start = later[0]
     pieces.append((start, None))
     return pieces
+
+
+def sound_pieces(pieces: list[tuple[float, float | None]], source: str = "0:a") -> str:
+    """A filter graph that joins the sound of `source` from `pieces` (file seconds; None: to the end), to the
+    sample, into `[a]`. Each piece starts where its picture's does: at its inpoint, with silence before its first
+    sample if the sound began later (the file's first piece, whose picture may lead)."""
+    branches = [f"[{source}]asplit={len(pieces)}" + "".join(f"[s{i}]" for i in range(len(pieces)))]
+    for i, (inpoint, outpoint) in enumerate(pieces):
+        end = f":end={outpoint:.6f}" if outpoint is not None else ""
+        branches.append(f"[s{i}]atrim=start={inpoint:.6f}{end},asetpts=PTS-{inpoint:.6f}/TB,"
+                        f"aresample=async=1:first_pts=0[p{i}]")
+    joined = "".join(f"[p{i}]" for i in range(len(pieces)))
+    return ";".join(branches) + f";{joined}concat=n={len(pieces)}:v=0:a=1[a]"
 
 
 def concat_script(path: Path, pieces: list[tuple[float | None, float | None]]) -> str:
