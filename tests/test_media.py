@@ -86,8 +86,8 @@ def test_sync_markers_land_together(record):
 
 def test_the_sound_begins_with_the_picture(record):
     """ffmpeg opens the sound's input after the picture's: when it probed the picture first, the default probe
-    took 5 MB of frames (22 at 320x180, 0.69 s) and the file began with that much picture and no sound. The
-    captures are not probed now; the sound may begin a few ms before the first frame."""
+    took 5 MB of frames (22 at 320x180, 0.69 s) and the file began with that much picture and no sound. Now the
+    picture is probed for one frame and the sound not at all: either may begin first, by a few tens of ms."""
     run = record("--width", "320", "--height", "180", "--duration", "2", "--participant", f"name=A,tone={TONE_A}")
     assert run.code == 0, run.stderr[-2000:]
     listing = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,start_time", "-of",
