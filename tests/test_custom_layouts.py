@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -59,6 +60,22 @@ def test_parameter_values_are_escaped(layout_dir):
     html = render_page(resolve_layout(str(layout_dir), {"title": hostile}), Overlays(title=hostile).model_dump())
     assert "<script>console.error" not in html
     assert html.count("&lt;/header&gt;&lt;script&gt;") == 2  # the layout's title and the title overlay
+
+
+def test_the_page_asks_for_its_own_modules_at_once(layout_dir):
+    """modulepreload for what the page imports before it can start: the SDK's modules and the layout's script,
+    followed through their imports. Never a file outside the layout's folder, another server's, or one that is
+    not there: a preload that fails would fail the page."""
+    (layout_dir / "layout.js").write_text("import { x } from './parts/a.js';\nimport '../outside.js';\n"
+                                          "import 'https://cdn.example/x.js';\nexport default function view() {}\n")
+    (layout_dir / "parts").mkdir()
+    (layout_dir / "parts" / "a.js").write_text("import {\n  y,\n} from './b.js';\nexport const x = 1;\n")
+    (layout_dir.parent / "outside.js").write_text("export {};\n")
+    html = render_page(resolve_layout(str(layout_dir)), Overlays().model_dump())
+    preloads = re.findall(r'<link rel="modulepreload" href="([^"]+)">', html)
+    assert preloads[:2] == ["/static/sdk/boot.js", "/custom/layout.js"], preloads
+    assert {"/custom/parts/a.js", "/static/sdk/room.js", "/static/sdk/synthetic.js"} <= set(preloads), preloads
+    assert not [p for p in preloads if "outside" in p or "cdn" in p or p.endswith("/b.js")], preloads
 
 
 @pytest.mark.parametrize("params, message", [

@@ -79,6 +79,8 @@ LIVEKIT_MODULE = "/static/sdk/livekit.js"
 _IMPORT = re.compile(r"""^\s*import\s+(?:[^'";]*?\s+from\s+)?['"]([^'"]+)['"]""", re.MULTILINE)
 #: more than any page of ours imports; past it, the page finds the rest itself
 MAX_MODULES = 64
+#: how much of a module is read for its imports (they come first; a custom layout's folder may hold anything)
+MAX_MODULE_CHARS = 256 * 1024
 
 
 def page_modules(layout: LayoutRef, live: bool = False) -> list[str]:
@@ -100,7 +102,9 @@ def page_modules(layout: LayoutRef, live: bool = False) -> list[str]:
         if path is None:
             continue
         found.append(url)
-        for target in _IMPORT.findall(path.read_text(errors="replace")):
+        with path.open(errors="replace") as module:
+            text = module.read(MAX_MODULE_CHARS)
+        for target in _IMPORT.findall(text):
             if not urlsplit(target).scheme:
                 pending.append(urljoin(url, target))
     return found
