@@ -115,18 +115,16 @@ def _module_file(url: str, layout: LayoutRef) -> Path | None:
     parts = url.split("/", 3)
     if len(parts) < 3 or parts[0]:
         return None
-    if parts[1] == "static":
-        folder, relative = STATIC_DIR, "/".join(parts[2:])
-    elif parts[1] == "layouts" and len(parts) == 4 and not parts[2].startswith((".", "_")):
-        folder, relative = LAYOUTS_DIR / parts[2], parts[3]
-    elif parts[1] == "custom" and not layout.builtin:
-        folder, relative = layout.folder, "/".join(parts[2:])
-    else:
-        return None
     try:
-        return _inside(folder, relative)
+        if parts[1] == "static":
+            return _inside(STATIC_DIR, "/".join(parts[2:]))
+        if parts[1] == "custom" and not layout.builtin:
+            return _inside(layout.folder, "/".join(parts[2:]))
+        if parts[1] == "layouts" and len(parts) == 4:
+            return _inside(_builtin_folder(parts[2]), parts[3])
     except web.HTTPNotFound:
-        return None
+        pass
+    return None
 
 
 def _template_line(exc: Exception, layout: LayoutRef) -> str:
@@ -141,6 +139,13 @@ def _shown(path: str, layout: LayoutRef) -> str:
         if p.is_relative_to(root):
             return str(p.relative_to(root))
     return p.name
+
+
+def _builtin_folder(name: str) -> Path:
+    """A shipped layout's folder, by the name in its URL (never a hidden or private one)."""
+    if name.startswith((".", "_")) or "/" in name:
+        raise web.HTTPNotFound()
+    return LAYOUTS_DIR / name
 
 
 def _inside(folder: Path, relative: str) -> Path:
@@ -207,10 +212,7 @@ class PageServer:
         return web.Response(text=self._html, content_type="text/html")
 
     async def _builtin_file(self, request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"]
-        if name.startswith((".", "_")) or "/" in name:
-            raise web.HTTPNotFound()
-        return web.FileResponse(_inside(LAYOUTS_DIR / name, request.match_info["path"]))
+        return web.FileResponse(_inside(_builtin_folder(request.match_info["name"]), request.match_info["path"]))
 
     async def _custom_file(self, request: web.Request) -> web.StreamResponse:
         """A file of the custom layout's folder (its script, CSS, images, fonts), and nothing outside it."""
