@@ -57,6 +57,20 @@ def test_signal_stops_cleanly_with_a_faststart_file(start_record, sig):
     assert_released(active["resources"])
 
 
+def test_a_stop_as_soon_as_it_starts_keeps_a_file_with_picture_and_sound(start_record):
+    """An egress starts at its first frame, which may come before the sound's first packet, and ffmpeg writes a
+    file only once each stream has one: a stop at once left it empty (FAILED, "the encoder wrote nothing", in 5
+    of 8 tries). A stop waits for the sound to begin."""
+    for _ in range(3):
+        run = start_record(*SMALL, "--participant", "name=A")
+        run.wait_for_status("ACTIVE")
+        run.proc.send_signal(signal.SIGINT)
+        done = run.finish()
+        assert done.code == 0, done.stderr[-2000:]
+        f = done.result["file"]
+        assert (f["video_codec"], f["audio_codec"]) == ("h264", "aac") and f["duration"] > 0, f
+
+
 def test_a_second_signal_stops_at_once_and_says_so(start_record):
     """A person's second Ctrl-C: stop now, not after finishing the file; the job ends INTERRUPTED, and its
     processes, display and temp dir still go."""

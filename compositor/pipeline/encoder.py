@@ -15,6 +15,7 @@ import contextlib
 import logging
 import re
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ AUDIO_DELAY_S = 0.046
 STOP_DEADLINE_S = 10.0
 STATS_PERIOD_S = 0.25  # ffmpeg's progress reports
 STAMP_POLL_S = 0.01  # looking for the first frame's stamp, while the encode starts
+#: a stop waits at most this for the sound's first packet (see Encoder.stop)
+SOUND_WAIT_S = 2.0
 
 
 @dataclass
@@ -200,12 +203,13 @@ def mux_args(targets: list[MuxTarget]) -> list[str]:
 
 def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_source: str,
                start_epoch: float, targets: list[MuxTarget], first_stamp: Path | None = None,
-               gate: int | None = None) -> list[str]:
+               sound_stamp: Path | None = None, gate: int | None = None) -> list[str]:
     """The whole ffmpeg command for one egress: one encode, every output.
 
     `start_epoch`: the wall-clock time the encode's timestamps count from. `first_stamp`: a file (its path free
     of filter syntax: our workdir's) that receives the timestamp of the first captured frame (or, without video,
-    sound); see `first_capture`. `gate`: the read end of a StartGate, which ffmpeg reads to its end before it
+    sound); see `first_capture`. `sound_stamp`: with a picture, a file that receives the first sound's timestamp
+    the same way. `gate`: the read end of a StartGate, which ffmpeg reads to its end before it
     opens the captures.
     """
     argv = ["ffmpeg", "-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-progress", "pipe:1",
@@ -254,8 +258,9 @@ def build_argv(config: EgressConfig, *, display: str, pulse_server: str, pulse_s
         # where -shortest alone lets through what was already encoded); alone, it is trimmed the same way.
         alone = limited and not config.video
         then = f",atrim=duration={config.duration:.3f}" if alone else ""
-        if first_stamp and not config.video:
-            then += f",asplit[main][first];[first]{_stamp_branch(first_stamp, audio=True)};[main]anull"
+        stamp = sound_stamp if config.video else first_stamp
+        if stamp:
+            then += f",asplit[main][first];[first]{_stamp_branch(stamp, audio=True)};[main]anull"
         argv += audio_args(config.audio, then)
     limit = ["-shortest", "-fflags", "+shortest"] if limited and config.video and config.audio else []
     argv += [*limit, "-avoid_negative_ts", "make_zero", "-flush_packets", "1", *mux_args(targets)]
@@ -327,13 +332,14 @@ class Encoder:
 
     def __init__(self, argv: list[str], on_progress: Callable[[Progress], None] | None = None, *,
                  video: bool = True, pass_fds: tuple[int, ...] = (), first_stamp: Path | None = None,
-                 start_epoch: float = 0.0, gate: StartGate | None = None):
+                 sound_stamp: Path | None = None, start_epoch: float = 0.0, gate: StartGate | None = None):
         """`first_stamp`, `start_epoch`: as given to build_argv; with them, `first_frame` is set as soon as the
         first frame is captured, and `first_capture` says when that was (else the next progress report, up to
-        STATS_PERIOD_S later, sets it). `gate`: the StartGate given to build_argv (the encoder owns it): the
-        encode starts at `open_gate`, not at `start`."""
+        STATS_PERIOD_S later, sets it). `sound_stamp`: as given to build_argv (see `stop`). `gate`: the StartGate
+        given to build_argv (the encoder owns it): the encode starts at `open_gate`, not at `start`."""
         self._video = video
         self._gate = gate
+        self._sound_stamp = sound_stamp
         fds = (*pass_fds, gate.read_fd) if gate else pass_fds
         self._proc = ManagedProcess("ffmpeg", argv, stop_signal=signal.SIGINT, stop_timeout=STOP_DEADLINE_S,
                                     stdout_pipe=True, pass_fds=fds)
@@ -392,11 +398,19 @@ class Encoder:
 
     async def stop(self) -> int | None:
         """Finish the file (SIGINT), killing ffmpeg if it overruns its deadline. An encoder still behind its gate
-        has nothing to finish: it is killed (a signal would not end its wait on the gate)."""
+        has nothing to finish: it is killed (a signal would not end its wait on the gate). One whose sound has not
+        begun yet gets it first (SOUND_WAIT_S at most): ffmpeg writes a file only once each of its streams has a
+        packet, and the picture's first frame (the egress's start) may come before the sound's first packet: a
+        stop right after the start would leave nothing."""
         if self._gate:
             if not self._gate.opened and self._proc.running:
                 self._proc.signal(signal.SIGKILL)
             self._gate.close()
+        if self._sound_stamp and self.first_frame.is_set():
+            deadline = time.monotonic() + SOUND_WAIT_S
+            while (self._proc.running and time.monotonic() < deadline
+                   and first_capture(self._sound_stamp, 0.0) is None):
+                await asyncio.sleep(STAMP_POLL_S)
         code = await self._proc.stop()
         await self._readers_done()
         return code

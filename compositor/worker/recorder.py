@@ -368,8 +368,9 @@ class Recorder:
             targets.append(pcm_pipe_target(self._socket.write_fd))
         pipes = tuple(owner.write_fd for owner in (self._fanout, self._socket) if owner)
         first_stamp = stage.workdir / f"{cfg.egress_id}.first-frame"
+        sound_stamp = stage.workdir / f"{cfg.egress_id}.first-sound" if cfg.video and cfg.audio else None
         if not FILTER_SAFE_PATH.fullmatch(str(first_stamp)):
-            first_stamp = None
+            first_stamp = sound_stamp = None
         # Stopped after the encoder (the exit stack runs backwards), so it copies ffmpeg's last segments.
         playlist = Playlists(cfg.segments, stage.workdir / MUXER_PLAYLIST) if cfg.segments else None
         if playlist:
@@ -379,9 +380,9 @@ class Recorder:
         self.epoch = time.time()
         encoder = Encoder(build_argv(cfg, display=stage.display.name, pulse_server=stage.sink.server,
                                      pulse_source=stage.sink.monitor, start_epoch=self.epoch, targets=targets,
-                                     first_stamp=first_stamp, gate=gate.read_fd),
+                                     first_stamp=first_stamp, sound_stamp=sound_stamp, gate=gate.read_fd),
                           on_progress=self._on_progress, video=cfg.video is not None, pass_fds=pipes,
-                          first_stamp=first_stamp, start_epoch=self.epoch, gate=gate)
+                          first_stamp=first_stamp, sound_stamp=sound_stamp, start_epoch=self.epoch, gate=gate)
         stack.push_async_callback(encoder.stop)
         await encoder.start()
         return encoder, playlist, first_stamp
