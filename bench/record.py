@@ -15,6 +15,7 @@ Prints a table and writes bench/results/record.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -148,6 +149,11 @@ def run_job(out: Path, args: list[str], seconds: float, results: dict, key: str)
         # share close enough to show a frame late or early.
         "landing_to_grab_ms": t.get("landing_to_grab_ms"),
         "landings_near_grab": t.get("landings_near_grab"),
+        # where in Chromium's tick they landed, and how far from where the grabs were aimed (later is +)
+        "landing_phase_ms": t.get("landing_phase_ms"),
+        "landing_shift_ms": t.get("landing_shift_ms"),
+        # where they landed, when steady: the next run of the frame is aimed by it (as the service does)
+        "landing_ms": result.get("landing_ms"),
     }
 
 
@@ -166,6 +172,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["720p", "1080p", *AT_ONCE], action="append")
     parser.add_argument("--x264-preset", help="override the encoder preset for every run")
     parser.add_argument("--keep", type=Path, help="keep the recordings in this folder")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="run each this many times; from the second on, aimed by where the last run's frames "
+                             "landed (--landing-ms, as the service aims its next job of a frame)")
+    parser.add_argument("--unaimed", action="store_true", help="with --runs: never pass --landing-ms")
     opts = parser.parse_args()
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-record-") as tmp:
@@ -176,19 +186,28 @@ def main() -> None:
         if opts.x264_preset:
             common += ["--x264-preset", opts.x264_preset]
         runs = opts.only or ["720p", "1080p", "two-720p"]
-        for name in runs:
+        landed: dict[str, float] = {}  # by preset: where the last run's frames landed
+        for name, n in itertools.product(runs, range(opts.runs)):
             print(f"running {name} ...", file=sys.stderr, flush=True)
+            preset = "720p" if name in AT_ONCE else name
+            aim = ["--landing-ms", str(landed[preset])] if preset in landed and not opts.unaimed else []
+            label = f"{name}/{n + 1}" if opts.runs > 1 else name
             if name in AT_ONCE:
+                keys = [f"{label}#{i + 1}" for i in range(AT_ONCE[name])]
                 threads = [threading.Thread(target=run_job, args=(folder / f"{name}-{i}.mp4",
-                                                                  ["--preset", "720p", *common],
-                                                                  opts.seconds, results, f"{name}#{i + 1}"))
-                           for i in range(AT_ONCE[name])]
+                                                                  ["--preset", preset, *common, *aim],
+                                                                  opts.seconds, results, key))
+                           for i, key in enumerate(keys)]
                 for th in threads:
                     th.start()
                 for th in threads:
                     th.join()
             else:
-                run_job(folder / f"{name}.mp4", ["--preset", name, *common], opts.seconds, results, name)
+                keys = [label]
+                run_job(folder / f"{name}.mp4", ["--preset", preset, *common, *aim], opts.seconds, results, label)
+            steady = [results[k]["landing_ms"] for k in keys if results[k].get("landing_ms") is not None]
+            if steady:
+                landed[preset] = steady[0]
     print_table(results)
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +217,7 @@ def main() -> None:
 
 def print_table(results: dict) -> None:
     cols = ["run", "cores", "chromium", "ffmpeg", "xvfb", "pulse", "worker", "distinct", "dup/drop", "speed",
-            "A/V mean", "A/V max", "start", "1st frame", "stop", "landing-grab", "near grab"]
+            "A/V mean", "A/V max", "start", "1st frame", "stop", "landing-grab", "near grab", "shift"]
     print(" | ".join(cols))
     for name, r in results.items():
         if "error" in r:
@@ -210,7 +229,7 @@ def print_table(results: dict) -> None:
             f"{r['distinct_frames']:.1%}", f"{r['dup_frames']}/{r['drop_frames']}", r["speed"],
             f"{r['av_offset_ms']['mean']} ms", f"{r['av_offset_ms']['max']} ms",
             f"{r['start_s']['to_start_recording']} s", f"{r['start_s']['to_first_frame']} s", f"{r['stop_s']} s",
-            f"{r['landing_to_grab_ms']} ms", r["landings_near_grab"]]))
+            f"{r['landing_to_grab_ms']} ms", r["landings_near_grab"], f"{r['landing_shift_ms']} ms"]))
 
 
 if __name__ == "__main__":

@@ -162,6 +162,9 @@ class ResultEvent(_Event):
     storage: str | None = None
     backup_used: bool | None = None
     timings: dict[str, Any] | None = None
+    #: where the page's frames landed in Chromium's tick (ms on the monotonic clock), when steady: the service
+    #: aims the next job of the same frame by it (JobCommand.landing_ms)
+    landing_ms: float | None = None
     stopped_by: str | None = None
     reason: str | None = None
 
@@ -224,6 +227,8 @@ class JobCommand(_Command):
     op: Literal["job"] = "job"
     egress_id: str
     request: dict[str, Any]
+    #: where frames landed in the tick in this node's last job of this frame (ResultEvent.landing_ms)
+    landing_ms: float | None = None
 
 
 class UpdateStreams(_Command):

@@ -12,7 +12,7 @@ from Xlib import display as xdisplay
 
 from compositor.pipeline import encoder
 from compositor.pipeline.display import Display
-from compositor.pipeline.grab_clock import GrabClock, locked_period_us
+from compositor.pipeline.grab_clock import LANDING_AFTER_TICK_S, GrabClock, locked_period_us
 
 
 def test_grabs_keep_chromiums_ticks_where_the_rate_divides_them():
@@ -82,3 +82,11 @@ async def test_a_display_it_cannot_watch_leaves_the_grabs_unaligned():
         entered = True
     assert entered and clock.released is None
     await clock.stop()
+
+
+def test_an_unmeasured_page_is_aimed_by_the_landing_it_was_given():
+    # No landings seen (a page that starts at once): the given one, within the tick; a nonsense one is ignored.
+    assert GrabClock(":4077", 33332, expected_landing=0.0112).landing_phase() == pytest.approx(0.0112)
+    assert GrabClock(":4077", 33332, expected_landing=0.020).landing_phase() == pytest.approx(0.020 - 0.016666)
+    for given in (None, float("nan"), float("inf")):
+        assert GrabClock(":4077", 33332, expected_landing=given).landing_phase() == LANDING_AFTER_TICK_S

@@ -117,6 +117,28 @@ def test_record_start_stop_complete_list_delete(server):
     assert server.call("GET", f"/v1/egress/{info['id']}")[0] == 404
 
 
+def _worker_argv(egress_id: str) -> list[str]:
+    """The command line of the worker recording `egress_id`."""
+    found = [_cmdline(pid).split() for pid in _pids() if f"--egress-id {egress_id} " in _cmdline(pid)]
+    assert found, f"no worker for {egress_id}"
+    return found[0]
+
+
+def test_the_next_job_of_a_frame_is_aimed_by_where_the_last_ones_frames_landed(server):
+    """A room page starts too fast to measure where its frames land: the service tells a job's worker where
+    they landed in the last job of its frame (its result's landing_ms), to aim the grabs by."""
+    aims = []
+    for _ in range(2):
+        info = server.start()
+        server.wait_status(info["id"], "ACTIVE")
+        argv = _worker_argv(info["id"])
+        aims.append(argv[argv.index("--landing-ms") + 1] if "--landing-ms" in argv else None)
+        time.sleep(1.5)
+        server.call("POST", f"/v1/egress/{info['id']}/stop")
+        server.wait_status(info["id"], "COMPLETE")
+    assert aims[0] is None and 0 <= float(aims[1]) < 16.666, aims
+
+
 def test_stop_before_start_aborts(server):
     info = server.start()
     server.call("POST", f"/v1/egress/{info['id']}/stop")

@@ -83,6 +83,10 @@ def _record_parser(sub) -> None:
     p.add_argument("--warm", action="store_true",
                    help="start display, sink and browser (--width/--height, default 1280x720), print a WARM "
                         'status, then take the job from stdin: {"op":"job","egress_id":…,"request":{…}}')
+    p.add_argument("--landing-ms", type=float, metavar="MS",
+                   help="where the page's frames landed in the display's 60 Hz tick in the last job of this frame "
+                        "(its result's landing_ms): the grabs are aimed by it when the page starts too fast to "
+                        "measure (the service passes it)")
     p.add_argument("--sync-markers", action="store_true", default=None,
                    help="flash every tile and click once a second (A/V sync check)")
     p.add_argument("--audio-only", action="store_true", default=None)
@@ -216,7 +220,8 @@ def _live_flags(args: argparse.Namespace, data: dict) -> None:
 def _worker_options(args: argparse.Namespace, events: EventSink) -> worker.WorkerOptions:
     from .. import worker
 
-    return worker.WorkerOptions(events=events, policy=outbound_policy(args), egress_id=args.egress_id)
+    return worker.WorkerOptions(events=events, policy=outbound_policy(args), egress_id=args.egress_id,
+                                landing_ms=getattr(args, "landing_ms", None))
 
 
 def main(argv: list[str] | None = None) -> int:

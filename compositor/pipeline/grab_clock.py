@@ -15,7 +15,9 @@ So the grabs are locked to Chromium's clock: every whole number of its ticks (33
 X server (XGrabServer) while ffmpeg goes on from its start gate (pipes.StartGate) to open the display:
 x11grab's first request waits, and x11grab starts its clock when that reply comes, right after we let go at
 the aimed moment. Where frames land is read from the X
-server's DAMAGE events while the page gets ready.
+server's DAMAGE events while the page gets ready; a page that starts at once (a room: its frames begin with its
+media) gives too few, and is aimed by where the last job of its frame landed (`expected_landing`: the service
+keeps it from each job's result).
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ CHROMIUM_TICK_US = 16666
 #: once, or a loading page's scattered frames), the grabs are aimed as if frames landed between the two: 4 ms or
 #: more from both.
 LANDING_AFTER_TICK_S = 0.0055
+#: landings spread less than this (their mean vector's length, 0-1) measure a steady phase worth aiming the next
+#: job of the frame by (a 720p room of four cameras: 0.66-0.69; a 1080p one, whose frames take more than a tick:
+#: 0.2-0.6)
+STEADY_CONCENTRATION = 0.5
 #: damage within this much of the one before belongs to the same frame (a frame's rectangles come together)
 SAME_FRAME_S = 0.002
 #: landings that measure their phase: this many in the last MEASURED_S, and gathered (their mean vector at least
@@ -81,9 +87,14 @@ class GrabClock:
     `stop()` always closes the connection, and with it any hold of the server.
     """
 
-    def __init__(self, display: str, period_us: int, max_hold: float = MAX_HOLD_S):
+    def __init__(self, display: str, period_us: int, *, expected_landing: float | None = None,
+                 max_hold: float = MAX_HOLD_S):
+        """`expected_landing`: where frames are expected to land in the tick (s) when the page's own cannot be
+        measured before the start; the service passes where they landed in its last job of the frame (a room's
+        frames land later than LANDING_AFTER_TICK_S on a slow machine: 11-13 ms at 720p)."""
         self.display = display
         self.max_hold = max_hold
+        self.expected_landing = expected_landing
         self.period = period_us / 1e6
         self.tick = CHROMIUM_TICK_US / 1e6
         self._x: xdisplay.Display | None = None
@@ -141,13 +152,15 @@ class GrabClock:
 
     def landing_phase(self) -> float:
         """Where frames land within Chromium's tick (s, against the monotonic clock): measured from the page's
-        frames so far when there are enough, else LANDING_AFTER_TICK_S. (Measured before ffmpeg runs, frames land
-        1-2 ms sooner than they will: less load.)"""
+        frames so far when there are enough, else `expected_landing`, else LANDING_AFTER_TICK_S. (Measured before
+        ffmpeg runs, frames land 1-2 ms sooner than they will: less load.)"""
         recent = [t for t in self._landings if t > time.monotonic() - MEASURED_S]
         if len(recent) >= MIN_LANDINGS:
             turns = sum(map(self._turn, recent))
             if abs(turns) >= MIN_CONCENTRATION * len(recent):
                 return self._phase(turns)
+        if self.expected_landing is not None and math.isfinite(self.expected_landing):
+            return self.expected_landing % self.tick
         return LANDING_AFTER_TICK_S
 
     @contextlib.asynccontextmanager
@@ -202,6 +215,14 @@ class GrabClock:
         while time.monotonic() < at:  # the last 2 ms spun: a sleep wakes up to 1 ms late
             pass
 
+    def steady_landing(self) -> float | None:
+        """Where frames landed in the tick since the grabs began (s), when they kept to one phase
+        (STEADY_CONCENTRATION): what the next job of this frame on this machine may aim by; else None."""
+        total = sum(self._distances)
+        if total < MIN_LANDINGS or abs(self._turns) < STEADY_CONCENTRATION * total:
+            return None
+        return self._phase(self._turns)
+
     def grabs_began(self, first_capture: float) -> None:
         """The first grab's wall-clock time: from here each landing's distance to its nearest grab is kept (unless
         the grabs' clock is already known from the release)."""
@@ -217,12 +238,15 @@ class GrabClock:
         cumulative = list(itertools.accumulate(self._distances))
         found = {"landing_to_grab_ms": float(bisect.bisect_left(cumulative, total / 2)),
                  "landings_near_grab": round(sum(self._distances[:round(NEAR_S * 1000)]) / total, 4)}
-        # Where in Chromium's tick frames landed, and how far from where the aim expected them (later is +).
+        # Where in Chromium's tick frames landed, how closely (1: all at one phase), and how far from where the aim
+        # expected them (later is +).
         steady = self._phase(self._turns)
         found["landing_phase_ms"] = round(steady * 1000, 1)
+        found["landing_concentration"] = round(abs(self._turns) / total, 3)
         if self._aimed is not None:
             shift = (steady - self._aimed + self.tick / 2) % self.tick - self.tick / 2
             found["landing_shift_ms"] = round(shift * 1000, 1)
+            found["landing_aimed_ms"] = round(self._aimed * 1000, 1)
         return found
 
     async def stop(self) -> None:

@@ -74,6 +74,10 @@ class WorkerRunner:
         self._delivering: set[str] = set()
         # Where each running egress's file goes: what a crashed worker may have left there.
         self._outputs: dict[str, str | None] = {}
+        # Each running egress's frame, and where the page's frames landed in the last job of each frame
+        # (ResultEvent.landing_ms): the next job of that frame aims its grabs by it.
+        self._frames: dict[str, tuple[int, int]] = {}
+        self._landings: dict[tuple[int, int], float] = {}
         # What the workers said, in order, for events(); None once shut down.
         self._events: asyncio.Queue[tuple[str, Event] | None] = asyncio.Queue()
 
@@ -98,22 +102,26 @@ class WorkerRunner:
         egress_id, request = job.egress_id, job.request
         worker = self._take_warm(job.frame)
         config = self.job_file(egress_id)
+        frame = job.frame[:2]
+        landing_ms = self._landings.get(frame)
         if worker is None or (request.upload and not request.upload.in_place):
             # A warm worker takes its job on stdin; the file is for a restarted service to resume a delivery.
             write_private(config, request.model_dump_json(exclude_none=True, context=REVEAL))
         if worker is not None:
-            command = JobCommand(egress_id=egress_id,
+            command = JobCommand(egress_id=egress_id, landing_ms=landing_ms,
                                  request=request.model_dump(mode="json", exclude_none=True, context=REVEAL))
             worker.proc.stdin.write((command.wire() + "\n").encode())
             # It has its signal handlers already: a stop can go at once.
             self._listening.add(egress_id)
             self.replenish()
         else:
+            landing = ("--landing-ms", str(landing_ms)) if landing_ms is not None else ()
             worker = self._worker(f"worker {egress_id}", "record", "--config", str(config), "--egress-id", egress_id,
-                                  "--control", "stdin", *self.worker_args)
+                                  "--control", "stdin", *landing, *self.worker_args)
             await worker.start()
         self._workers[egress_id] = worker
         self._outputs[egress_id] = request.file.filepath if request.file else None
+        self._frames[egress_id] = frame
         self._followers[egress_id] = asyncio.create_task(self._follow(egress_id, worker))
         return worker.pid
 
@@ -259,6 +267,7 @@ class WorkerRunner:
             self._stop_pending.discard(egress_id)
             self._delivering.discard(egress_id)
             self._outputs.pop(egress_id, None)
+            self._frames.pop(egress_id, None)
             log.info("worker %s ended (%s)", egress_id, worker.proc.returncode if worker.proc else None)
 
     def _apply(self, egress_id: str, event: Event) -> bool:
@@ -266,6 +275,8 @@ class WorkerRunner:
         settles the egress."""
         if isinstance(event, StatusEvent) and event.storing:
             self._delivering.add(egress_id)
+        elif isinstance(event, ResultEvent) and event.landing_ms is not None and egress_id in self._frames:
+            self._landings[self._frames[egress_id]] = event.landing_ms
         elif isinstance(event, CommandReply):
             reply = self._replies.get(event.id)
             if reply and not reply.done():

@@ -41,13 +41,14 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class WorkerOptions:
     """How a worker runs (its flags): where events go, its egress id, its control channel, its policy, and for
-    a warm worker the frame it sets up before its job comes."""
+    a warm worker the frame it sets up before its job comes; `landing_ms`: see Recorder."""
 
     events: EventSink
     policy: OutboundPolicy
     egress_id: str | None = None
     control: bool = False
     warm: tuple[int, int] | None = None
+    landing_ms: float | None = None
 
 
 @dataclass
@@ -93,7 +94,7 @@ async def record(options: WorkerOptions, request: Callable[[], RecordRequest] | 
                     outputs = await _warm(options, stop, control, job, gate)
                 else:
                     job.config = resolve(request(), egress_id=options.egress_id, policy=gate.policy)
-                    job.recorder = Recorder(job.config, events, stop, gate)
+                    job.recorder = Recorder(job.config, events, stop, gate, landing_ms=options.landing_ms)
                     if control:
                         control.recorder = job.recorder
                     outputs = await job.recorder.run()
@@ -114,6 +115,7 @@ async def record(options: WorkerOptions, request: Callable[[], RecordRequest] | 
         result["file"].update(started_at=job.recorder.timings.get("first_frame"),
                               ended_at=job.recorder.timings.get("stop_requested"))
     events.emit(ResultEvent(egress_id=job.config.egress_id, **result, timings=job.recorder.timings,
+                            landing_ms=job.recorder.landing_ms,
                             stopped_by=job.recorder.stopped_by, reason=job.recorder.stop_reason))
     return 0
 
@@ -142,7 +144,8 @@ async def _warm(options: WorkerOptions, stop: asyncio.Event, control: Control, j
             if job.config.frame != (width, height, DEFAULT_SAMPLE_RATE):
                 raise InvalidRequest(f"this warm worker renders {width}x{height} at {DEFAULT_SAMPLE_RATE} Hz; the job "
                                      "needs {}x{} at {} Hz".format(*job.config.frame))
-            job.recorder = control.recorder = Recorder(job.config, options.events, stop, gate)
+            job.recorder = control.recorder = Recorder(job.config, options.events, stop, gate,
+                                                       landing_ms=cmd.landing_ms)
             return await job.recorder.run(stage)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

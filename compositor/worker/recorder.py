@@ -131,8 +131,14 @@ class Outputs:
 class Recorder:
     """Runs one EgressConfig through display, sink, browser and encoder to every output."""
 
-    def __init__(self, config: EgressConfig, events: EventSink, stop: asyncio.Event, gate: OutboundGate):
+    def __init__(self, config: EgressConfig, events: EventSink, stop: asyncio.Event, gate: OutboundGate, *,
+                 landing_ms: float | None = None):
+        """`landing_ms`: where the page's frames landed in Chromium's tick in the last job of this frame (the
+        service's, from its ResultEvent): the grabs are aimed by it when the page's own cannot be measured."""
         self.config = config
+        self._expected_landing = landing_ms / 1000 if landing_ms is not None else None
+        #: where this job's frames landed in the tick (ms), when they kept to one phase: for the next job's aim
+        self.landing_ms: float | None = None
         #: what every connection the request leads to goes through (its policy says where they may go)
         self.gate = gate
         self.policy = gate.policy
@@ -234,7 +240,7 @@ class Recorder:
         watched = [p for p in (display.process, sink.process) if p is not None]
         # Watches where the page's frames land while it gets ready, to start the grabs between them.
         period = cfg.video and locked_period_us(cfg.video.fps)
-        grab_clock = GrabClock(display.name, period) if period else None
+        grab_clock = GrabClock(display.name, period, expected_landing=self._expected_landing) if period else None
         if grab_clock:
             await grab_clock.start()
             stack.push_async_callback(grab_clock.stop)
@@ -310,6 +316,8 @@ class Recorder:
         self.timings["stop_requested"] = time.time()
         if grab_clock:
             self.timings.update(grab_clock.margins())
+            steady = grab_clock.steady_landing()
+            self.landing_ms = round(steady * 1000, 2) if steady is not None else None
             if grab_clock.released:
                 self.timings["grabs_released"] = grab_clock.released
         if self.media_start is not None:
