@@ -152,6 +152,10 @@ def run_job(out: Path, args: list[str], seconds: float, results: dict, key: str)
         # where in Chromium's tick they landed, and how far from where the grabs were aimed (later is +)
         "landing_phase_ms": t.get("landing_phase_ms"),
         "landing_shift_ms": t.get("landing_shift_ms"),
+        # how long the page's frames waited for the grab that showed them, on average, and how far that moved the
+        # sound in the file (MP4)
+        "picture_wait_ms": t.get("picture_wait_ms"),
+        "sound_shift_ms": t.get("sound_shift_ms"),
         # where they landed, when steady: the next run of the frame is aimed by it (as the service does)
         "landing_ms": result.get("landing_ms"),
     }
@@ -217,7 +221,8 @@ def main() -> None:
 
 def print_table(results: dict) -> None:
     cols = ["run", "cores", "chromium", "ffmpeg", "xvfb", "pulse", "worker", "distinct", "dup/drop", "speed",
-            "A/V mean", "A/V max", "start", "1st frame", "stop", "landing-grab", "near grab", "shift"]
+            "A/V mean", "A/V max", "start", "1st frame", "stop", "landing-grab", "near grab", "shift", "wait",
+            "sound shift"]
     print(" | ".join(cols))
     for name, r in results.items():
         if "error" in r:
@@ -229,7 +234,8 @@ def print_table(results: dict) -> None:
             f"{r['distinct_frames']:.1%}", f"{r['dup_frames']}/{r['drop_frames']}", r["speed"],
             f"{r['av_offset_ms']['mean']} ms", f"{r['av_offset_ms']['max']} ms",
             f"{r['start_s']['to_start_recording']} s", f"{r['start_s']['to_first_frame']} s", f"{r['stop_s']} s",
-            f"{r['landing_to_grab_ms']} ms", r["landings_near_grab"], f"{r['landing_shift_ms']} ms"]))
+            f"{r['landing_to_grab_ms']} ms", r["landings_near_grab"], f"{r['landing_shift_ms']} ms",
+            f"{r['picture_wait_ms']} ms", f"{r['sound_shift_ms']} ms"]))
 
 
 if __name__ == "__main__":

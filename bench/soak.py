@@ -62,6 +62,7 @@ from outputs import record  # noqa: E402
 from record import proc_table  # noqa: E402
 
 from compositor import analysis  # noqa: E402
+from compositor.protocol import GRAB_FIGURES  # noqa: E402
 from tools.peers.livekit import (  # noqa: E402
     BIN,
     WHY_MISSING,
@@ -308,7 +309,11 @@ def main() -> int:
             active_at: list[float] = []
             minutes: list[float] = []
 
+            grabs: dict = {}
+
             def on_event(event: dict) -> None:
+                if event["type"] == "result":
+                    grabs.update({k: v for k, v in (event.get("timings") or {}).items() if k.startswith(GRAB_FIGURES)})
                 if event["type"] == "status" and event["status"] == "ACTIVE" and not sampler:
                     active_at.append(time.time())
                     room.start()
@@ -341,6 +346,7 @@ def main() -> int:
             result = summarise(args, {"media": media, "file": out, "room_log": [
                 {**e, "t": round(e["t"] - wall0, 1)} for e in room_log]}, chunks,
                 next(hls.glob("*.m3u8")), samples, wall0)
+            result["grabs"] = grabs
         finally:
             stop.set()
             server.close()
@@ -366,6 +372,7 @@ def print_table(result: dict) -> None:
     for w in result["windows"]:
         print(" ".join(f"{'-' if w[k] is None else w[k]!s:>12}" for k in keys))
     print(f"media {result['media_s']} s ({result['preset']}); seek failures at {result['seek_failures'] or 'none'}")
+    print(f"frames against the grabs: {result.get('grabs')}")
     for name, (value, met) in result["targets"].items():
         print(f"  {name}: {value} {'met' if met else 'NOT met'}")
 

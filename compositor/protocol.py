@@ -169,6 +169,11 @@ class ResultEvent(_Event):
     reason: str | None = None
 
 
+#: the timings of a result (their names begin so) that say how its frames landed against the grabs
+#: (pipeline/grab_clock's margins, and how far that moved the file's sound)
+GRAB_FIGURES = ("landing", "picture_wait", "sound_shift")
+
+
 class ErrorEvent(_Event):
     """The egress failed (or was aborted): why, and the partial file it left, if any (`file.path`)."""
 

@@ -90,3 +90,25 @@ def test_an_unmeasured_page_is_aimed_by_the_landing_it_was_given():
     assert GrabClock(":4077", 33332, expected_landing=0.020).landing_phase() == pytest.approx(0.020 - 0.016666)
     for given in (None, float("nan"), float("inf")):
         assert GrabClock(":4077", 33332, expected_landing=given).landing_phase() == LANDING_AFTER_TICK_S
+
+
+def test_the_sound_is_moved_by_how_long_the_pages_frames_waited_for_their_grabs():
+    """AUDIO_DELAY_S holds for frames that wait half a grab period on average; a page that changes at the grab
+    rate lands on one side of the grabs for a whole run, and its sound is moved by the difference."""
+    def shift(landings: list[float]) -> float | None:
+        clock = GrabClock(":4077", 33332)
+        clock.grabs_began(time.time())
+        origin = time.monotonic()  # (where grabs_began put the first grab, to the µs)
+        for x in landings:
+            clock._landed(origin + x)
+        return clock.sound_shift()
+
+    period, tick = 0.033332, 0.016666
+    # 30 Hz frames landing 8 ms after each grab wait 25.3 ms for the next: 8.7 ms past half a period.
+    assert shift([k * period + 0.008 for k in range(60)]) == pytest.approx(period - 0.008 - period / 2, abs=2e-4)
+    # ... and 25 ms after: they wait 8.3 ms, the sound comes 8.3 ms sooner.
+    assert shift([k * period + 0.025 for k in range(60)]) == pytest.approx(0.008332 - period / 2, abs=2e-4)
+    # 60 Hz frames land on both sides, the grabs aimed half a tick after them: no move.
+    assert shift([k * tick + tick / 2 for k in range(120)]) == pytest.approx(0, abs=2e-4)
+    # Too few to tell.
+    assert shift([k * period + 0.008 for k in range(10)]) is None

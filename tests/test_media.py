@@ -13,8 +13,12 @@ import pytest
 
 from compositor import analysis, probe
 from compositor.pipeline import encoder
+from compositor.pipeline.finalize import finalize
+from compositor.plan import resolve
+from compositor.request import RecordRequest
 
 from .conftest import SMALL, HttpReceiver, assert_color, assert_released
+from .support.media import marker_partial
 
 TONE_A, TONE_B, TONE_C = 450.0, 650.0, 850.0
 
@@ -83,6 +87,27 @@ def test_sync_markers_land_together(record):
     # frame of phase; within that, sound must land with its flash.
     assert abs(float(np.mean(offsets))) <= 0.04, offsets
     assert max(abs(o) for o in offsets) <= 0.06, offsets
+    # The MP4's sound was moved by how long the room's frames waited for their grabs (GrabClock.sound_shift).
+    timings = run.result["timings"]
+    half_period = encoder.grab_period(30) * 1000 / 2
+    assert timings["sound_shift_ms"] == pytest.approx(timings["picture_wait_ms"] - half_period, abs=0.02), timings
+    assert abs(timings["sound_shift_ms"]) <= half_period, timings
+
+
+@pytest.mark.parametrize("shift", [-0.0083, 0.0, 0.0087, -0.03])
+async def test_an_mp4s_sound_is_moved_against_its_picture_and_the_picture_keeps_its_times(tmp_path, shift):
+    """The final MP4 moves its sound by `sound_shift` (GrabClock.sound_shift, measured per run): the markers
+    come that much later or sooner, the flashes where they were. A sound moved before the picture's start is
+    cut there (-30 ms here), not the picture moved."""
+    partial = marker_partial(tmp_path / "rec.partial.mp4", 4, sound_late=0.02)
+    config = resolve(RecordRequest.model_validate({"file": {"filepath": str(tmp_path / "rec.mp4")}}))
+    facts = await finalize(config, partial, sound_shift=shift)
+    pairs = analysis.marker_pairs(facts.path)
+    assert [round(flash, 3) for flash, _ in pairs] == [1.0, 2.0, 3.0], pairs
+    assert all(abs(offset - (0.02 + shift)) <= 0.002 for _, offset in pairs), pairs
+    starts = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,start_time", "-of",
+                             "csv=p=0", str(facts.path)], capture_output=True, text=True, check=True).stdout
+    assert dict(line.split(",") for line in starts.split())["video"] == "0.000000", starts
 
 
 def test_the_sound_begins_with_the_picture(record):

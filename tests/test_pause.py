@@ -21,7 +21,6 @@ from aiohttp.test_utils import TestServer
 from compositor import analysis
 from compositor.errors import InvalidRequest
 from compositor.outbound import AddressRefused, AllowedHosts, OutboundPolicy
-from compositor.pipeline.encoder import file_target
 from compositor.pipeline.finalize import finalize
 from compositor.pipeline.pause import (
     SLATE_MAX_BYTES,
@@ -36,6 +35,7 @@ from compositor.protocol import COMMAND, Pause, Resume
 from compositor.request import RecordRequest
 
 from .conftest import assert_released
+from .support.media import marker_partial
 from .test_service import LK_KEY, LK_SECRET, both_formats_server
 
 SLATE = "#14161a"  # the default card's background
@@ -64,26 +64,21 @@ def test_pieces_around_the_spans_start_on_keyframes():
                                    "file '/tmp/it'\\''s.mp4'", "inpoint 6.000000"]
 
 
-async def test_a_cut_keeps_the_sound_up_to_the_pause_and_in_step_after_it(tmp_path):
+@pytest.mark.parametrize("shift", [0.0, 0.0087])
+async def test_a_cut_keeps_the_sound_up_to_the_pause_and_in_step_after_it(tmp_path, shift):
     """A crash-safe MP4 (fragments of a second, each second's picture stored before its sound) with a flash and
     a click every second, cut around a pause at 3.5 s that resumes at the keyframe at 6 s. Copied, the sound's
     pieces lost what lay between the fragment's start and the pause (3.0-3.5 s), and the sound after the cut
-    came that much early (or late, where copied pieces overlapped): it moved with where the pause fell."""
-    partial = tmp_path / "rec.partial.mp4"
-    flashes = "color=c=black:s=160x90:r=30:d=8,format=gray,geq=lum='if(lt(mod(T,1),0.1),235,16)'"
-    clicks = f"aevalsrc='if(lt(mod(t,1),0.03),0.6*sin(2*PI*{analysis.CLICK_HZ}*t),0)|0':s=48000:d=8"
-    target = file_target("mp4", partial)
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", flashes, "-f", "lavfi", "-i", clicks,
-                    "-c:v", "libx264", "-g", "60", "-bf", "0", "-c:a", "aac", "-b:a", "128k",
-                    *[arg for key, value in target.options for arg in (f"-{key}", value)], "-f", "mp4", str(partial)],
-                    check=True)
+    came that much early (or late, where copied pieces overlapped): it moved with where the pause fell. A sound
+    moved against its picture (`sound_shift`) stays moved by as much in every piece."""
+    partial = marker_partial(tmp_path / "rec.partial.mp4", 8)
     config = resolve(RecordRequest.model_validate({"file": {"filepath": str(tmp_path / "rec.mp4")}}))
-    facts = await finalize(config, partial, [(None, 3.5), (6.0, None)])
+    facts = await finalize(config, partial, [(None, 3.5), (6.0, None)], sound_shift=shift)
     after = analysis.marker_pairs(facts.path)
     # The markers at 1, 2, 3 s; then those at 6 and 7 s of the recording, at 3.5 and 4.5 s of the file; each
     # with its click.
     assert [round(f, 2) for f, _ in after] == [1.0, 2.0, 3.0, 3.5, 4.5], after
-    assert max(abs(offset) for _, offset in after) <= 0.003, after
+    assert max(abs(offset - shift) for _, offset in after) <= 0.003, after
     sound = analysis.audio_samples(facts.path).size / analysis.AUDIO_RATE
     assert abs(facts.duration - 5.5) <= 0.05 and abs(sound - facts.duration) <= 0.03, (facts.duration, sound)
 

@@ -124,19 +124,28 @@ def _worker_argv(egress_id: str) -> list[str]:
     return found[0]
 
 
-def test_the_next_job_of_a_frame_is_aimed_by_where_the_last_ones_frames_landed(server):
+def test_the_next_job_of_a_frame_is_aimed_by_where_the_last_ones_frames_landed(tmp_path):
     """A room page starts too fast to measure where its frames land: the service tells a job's worker where
-    they landed in the last job of its frame (its result's landing_ms), to aim the grabs by."""
-    aims = []
-    for _ in range(2):
-        info = server.start()
-        server.wait_status(info["id"], "ACTIVE")
-        argv = _worker_argv(info["id"])
-        aims.append(argv[argv.index("--landing-ms") + 1] if "--landing-ms" in argv else None)
-        time.sleep(1.5)
-        server.call("POST", f"/v1/egress/{info['id']}/stop")
-        server.wait_status(info["id"], "COMPLETE")
+    they landed in the last job of its frame (its result's landing_ms), to aim the grabs by. Its log (-v) says
+    where each job's frames landed against the grabs: an aim that missed shows there."""
+    server = Server(tmp_path / "data", "-v")
+    aims, ids = [], []
+    try:
+        for _ in range(2):
+            info = server.start()
+            ids.append(info["id"])
+            server.wait_status(info["id"], "ACTIVE")
+            argv = _worker_argv(info["id"])
+            aims.append(argv[argv.index("--landing-ms") + 1] if "--landing-ms" in argv else None)
+            time.sleep(1.5)
+            server.call("POST", f"/v1/egress/{info['id']}/stop")
+            server.wait_status(info["id"], "COMPLETE")
+    finally:
+        server.stop_server()
     assert aims[0] is None and 0 <= float(aims[1]) < 16.666, aims
+    logged = [line for line in server.log.read_text().splitlines() if "its frames against the grabs" in line]
+    assert [next(i for i in ids if i in line) for line in logged] == ids, logged
+    assert all("'landing_phase_ms'" in line and "'sound_shift_ms'" in line for line in logged), logged
 
 
 def test_stop_before_start_aborts(server):

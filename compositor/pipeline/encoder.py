@@ -369,12 +369,17 @@ class Encoder:
             self._stamp_reader = asyncio.create_task(self._read_stamp(self._first_stamp))
 
     async def _read_stamp(self, stamp: Path) -> None:
-        while not self.first_frame.is_set():
-            self.first_capture = first_capture(stamp, self._start_epoch)
-            if self.first_capture is not None:
-                self.first_frame.set()
-                return
+        found = await self._stamped(stamp, self.first_frame.is_set)
+        if found is not None:
+            self.first_capture = found
+            self.first_frame.set()
+
+    async def _stamped(self, stamp: Path, give_up: Callable[[], bool]) -> float | None:
+        """The capture time a stamp file holds (see build_argv) once ffmpeg has written it, looked for every
+        STAMP_POLL_S; None once `give_up()` says so first."""
+        while (found := first_capture(stamp, self._start_epoch)) is None and not give_up():
             await asyncio.sleep(STAMP_POLL_S)
+        return found
 
     async def _read_progress(self) -> None:
         assert self._proc.proc and self._proc.proc.stdout
@@ -408,9 +413,7 @@ class Encoder:
             self._gate.close()
         if self._sound_stamp and self.first_frame.is_set():
             deadline = time.monotonic() + SOUND_WAIT_S
-            while (self._proc.running and time.monotonic() < deadline
-                   and first_capture(self._sound_stamp, 0.0) is None):
-                await asyncio.sleep(STAMP_POLL_S)
+            await self._stamped(self._sound_stamp, lambda: not self._proc.running or time.monotonic() >= deadline)
         code = await self._proc.stop()
         await self._readers_done()
         return code

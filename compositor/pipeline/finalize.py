@@ -18,15 +18,19 @@ log = logging.getLogger(__name__)
 
 
 async def finalize(config: EgressConfig, partial: Path,
-                   pieces: list[tuple[float | None, float | None]] | None = None) -> MediaFacts:
+                   pieces: list[tuple[float | None, float | None]] | None = None, *,
+                   sound_shift: float = 0.0) -> MediaFacts:
     """Make the final file at config.output from `partial` and return its facts.
 
-    MP4 is remuxed (no re-encode) into a faststart file; WebM, OGG and MP3 are
-    already complete and are renamed. A paused recording keeps only its
-    `pieces` ((inpoint, outpoint) in the file's time, None for its own start
-    or end), joined into one continuous file: the picture's copied (ffmpeg's
-    concat demuxer), the sound's cut to the sample and encoded again (see
-    pause.py). The partial file stays if anything fails.
+    MP4 is remuxed (no re-encode) into a faststart file, its sound moved
+    `sound_shift` seconds later against its picture (GrabClock.sound_shift;
+    the picture keeps its times); WebM, OGG and MP3 are already complete and
+    are renamed. (A WebM copied by ffmpeg moves its Opus sound by its
+    pre-skip, ~7 ms: WebM keeps the encoder's timing.) A paused recording
+    keeps only its `pieces` ((inpoint, outpoint) in the file's time, None for
+    its own start or end), joined into one continuous file: the picture's
+    copied (ffmpeg's concat demuxer), the sound's cut to the sample and
+    encoded again (see pause.py). The partial file stays if anything fails.
     """
     if not partial.exists() or partial.stat().st_size == 0:
         raise OutputInvalid("the encoder wrote nothing")
@@ -35,14 +39,19 @@ async def finalize(config: EgressConfig, partial: Path,
     if config.container == "mp4" or pieces:
         staging = output.with_name(f".{output.name}.{os.getpid()}.tmp")
         script = output.with_name(f".{output.name}.{os.getpid()}.ffconcat")
-        streams = ["-i", str(partial), "-map", "0", "-c", "copy"]
+        # An MP4's sound is read as an input of its own, moved against the picture's. On the file's own clock
+        # (-copyts) the picture keeps its times, and a sound moved before 0 is cut there (an edit list).
+        shifted = config.container == "mp4" and config.audio is not None and config.video is not None
+        sound_input = [*(["-itsoffset", f"{sound_shift:.6f}"] if shifted else []), "-i", str(partial)]
+        streams = (["-copyts", "-i", str(partial), *sound_input, "-map", "0:v", "-map", "1:a", "-c", "copy"]
+                   if shifted else ["-i", str(partial), "-map", "0", "-c", "copy"])
         if pieces:
             # From the file's own time 0: the concat demuxer would count the first piece from the file's earliest
             # timestamp, which a sound's priming may put below 0, and the sound's pieces would not follow.
             pieces = [(inpoint or 0.0, outpoint) for inpoint, outpoint in pieces]
             # The sound's pieces, cut to the sample and encoded again (see pause.py), from input 0; the picture's,
             # copied (each begins on a keyframe), from the next.
-            sound = ["-i", str(partial)] if config.audio else []
+            sound = sound_input if config.audio else []
             picture = ["-f", "concat", "-safe", "0", "-i", str(script)] if config.video else []
             # Both on the file's own clock (ffmpeg would move each input by its own start).
             streams = ["-copyts", *sound, *picture]

@@ -69,6 +69,8 @@ CONNECT_S = 0.002
 MAX_HOLD_S = 3.0
 #: a landing this close to a grab may show in it or miss it
 NEAR_S = 0.003
+#: landings that measure how long a run's frames waited for their grabs (a second of a 30 Hz page)
+MIN_WAITS = 30
 
 
 def locked_period_us(fps: float) -> int | None:
@@ -103,6 +105,7 @@ class GrabClock:
         self._distances: list[int] = [0] * (int(self.period * 500) + 2)  # landing to nearest grab, whole ms
         self._aimed: float | None = None  # the landing phase the grabs were aimed by
         self._turns = 0j  # the landings' phases since the grabs began, summed as unit vectors
+        self._waits = 0.0  # each landing's wait for the next grab since the grabs began, summed (s)
         #: when the server was let go (wall clock), once it was held
         self.released: float | None = None
 
@@ -141,6 +144,7 @@ class GrabClock:
             x = (now - self._origin) % self.period
             self._distances[round(min(x, self.period - x) * 1000)] += 1
             self._turns += self._turn(now)
+            self._waits += self.period - x
 
     def _turn(self, t: float) -> complex:
         """Where `t` falls in Chromium's tick, as a unit vector: landings average as vectors (phases wrap)."""
@@ -223,6 +227,22 @@ class GrabClock:
             return None
         return self._phase(self._turns)
 
+    def sound_shift(self) -> float | None:
+        """How much later than the encoder put it the sound belongs with this run's pictures (s; negative:
+        sooner), or None before MIN_WAITS frames landed.
+
+        A frame is captured by the first grab after it lands, so a picture's time in the file is its landing plus
+        its wait for that grab. The encoder's AUDIO_DELAY_S was measured over runs whose waits averaged half a
+        grab period: a page whose frames change on every tick of Chromium's (a room of several cameras) lands on
+        both sides of each grab. A page that changes at the grab rate (a 30 Hz camera or clip) lands on one of
+        Chromium's two tick parities for the whole run, and its frames wait either a quarter or three quarters of
+        a period: its pictures are ~8 ms early or late at 30 fps, by a coin flip per run (measured: a 720p room of
+        four clips, run means of A/V split by its wait, 12-14 ms against 24-26 ms, 15 ms apart)."""
+        total = sum(self._distances)
+        if total < MIN_WAITS:
+            return None
+        return self._waits / total - self.period / 2
+
     def grabs_began(self, first_capture: float) -> None:
         """The first grab's wall-clock time: from here each landing's distance to its nearest grab is kept (unless
         the grabs' clock is already known from the release)."""
@@ -242,6 +262,7 @@ class GrabClock:
         # expected them (later is +).
         steady = self._phase(self._turns)
         found["landing_phase_ms"] = round(steady * 1000, 1)
+        found["picture_wait_ms"] = round(1000 * self._waits / total, 2)
         found["landing_concentration"] = round(abs(self._turns) / total, 3)
         if self._aimed is not None:
             shift = (steady - self._aimed + self.tick / 2) % self.tick - self.tick / 2

@@ -21,6 +21,7 @@ from ..errors import Conflict, refusal
 from ..plan import DEFAULT_SAMPLE_RATE, WARM_SIZE
 from ..process import ManagedProcess
 from ..protocol import (
+    GRAB_FIGURES,
     Command,
     CommandReply,
     ErrorEvent,
@@ -72,11 +73,10 @@ class WorkerRunner:
         self._listening: set[str] = set()
         # Egresses whose worker is storing their outputs: cut short by a shutdown, they resume at the next start.
         self._delivering: set[str] = set()
-        # Where each running egress's file goes: what a crashed worker may have left there.
-        self._outputs: dict[str, str | None] = {}
-        # Each running egress's frame, and where the page's frames landed in the last job of each frame
-        # (ResultEvent.landing_ms): the next job of that frame aims its grabs by it.
-        self._frames: dict[str, tuple[int, int]] = {}
+        # Each running egress's job: where its file goes (what a crashed worker may have left there) and its frame.
+        self._jobs: dict[str, Job] = {}
+        # Where the page's frames landed in the last job of each frame (width, height; ResultEvent.landing_ms): the
+        # next job of that frame aims its grabs by it.
         self._landings: dict[tuple[int, int], float] = {}
         # What the workers said, in order, for events(); None once shut down.
         self._events: asyncio.Queue[tuple[str, Event] | None] = asyncio.Queue()
@@ -102,8 +102,7 @@ class WorkerRunner:
         egress_id, request = job.egress_id, job.request
         worker = self._take_warm(job.frame)
         config = self.job_file(egress_id)
-        frame = job.frame[:2]
-        landing_ms = self._landings.get(frame)
+        landing_ms = self._landings.get(job.frame[:2])
         if worker is None or (request.upload and not request.upload.in_place):
             # A warm worker takes its job on stdin; the file is for a restarted service to resume a delivery.
             write_private(config, request.model_dump_json(exclude_none=True, context=REVEAL))
@@ -120,8 +119,7 @@ class WorkerRunner:
                                   "--control", "stdin", *landing, *self.worker_args)
             await worker.start()
         self._workers[egress_id] = worker
-        self._outputs[egress_id] = request.file.filepath if request.file else None
-        self._frames[egress_id] = frame
+        self._jobs[egress_id] = job
         self._followers[egress_id] = asyncio.create_task(self._follow(egress_id, worker))
         return worker.pid
 
@@ -253,8 +251,8 @@ class WorkerRunner:
                             egress_id)
             else:
                 if not settled:
-                    output = self._outputs.get(egress_id)
-                    kept = left_behind(Path(output)) if output else None
+                    request = self._jobs[egress_id].request
+                    kept = left_behind(Path(request.file.filepath)) if request and request.file else None
                     self._events.put_nowait((egress_id, ErrorEvent(
                         status=Status.FAILED, code="WORKER_CRASHED", time=time.time(),
                         message=f"the worker ended without a result: {worker.describe_exit()}",
@@ -266,8 +264,7 @@ class WorkerRunner:
             self._listening.discard(egress_id)
             self._stop_pending.discard(egress_id)
             self._delivering.discard(egress_id)
-            self._outputs.pop(egress_id, None)
-            self._frames.pop(egress_id, None)
+            self._jobs.pop(egress_id, None)
             log.info("worker %s ended (%s)", egress_id, worker.proc.returncode if worker.proc else None)
 
     def _apply(self, egress_id: str, event: Event) -> bool:
@@ -275,8 +272,13 @@ class WorkerRunner:
         settles the egress."""
         if isinstance(event, StatusEvent) and event.storing:
             self._delivering.add(egress_id)
-        elif isinstance(event, ResultEvent) and event.landing_ms is not None and egress_id in self._frames:
-            self._landings[self._frames[egress_id]] = event.landing_ms
+        elif isinstance(event, ResultEvent) and egress_id in self._jobs:
+            frame = self._jobs[egress_id].frame[:2]
+            grabs = {k: v for k, v in (event.timings or {}).items() if k.startswith(GRAB_FIGURES)}
+            # Each job's figures in the log: an aim that missed (a landing far from where it was aimed) shows here.
+            log.info("%s: its frames against the grabs: %s", egress_id, grabs)
+            if event.landing_ms is not None:
+                self._landings[frame] = event.landing_ms
         elif isinstance(event, CommandReply):
             reply = self._replies.get(event.id)
             if reply and not reply.done():

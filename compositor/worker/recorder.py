@@ -156,6 +156,8 @@ class Recorder:
         self._fanout: StreamFanout | None = None
         self._socket: PcmSocket | None = None
         self._partial: Path | None = partial_path(config.output) if config.output else None
+        #: how much later the file's sound belongs with its pictures than the encoder put it (s; GrabClock.sound_shift)
+        self._sound_shift = 0.0
         self.delivery: Delivery | None = None
         self._browser: Browser | None = None
         #: the outputs are being stored (recording is over)
@@ -318,6 +320,12 @@ class Recorder:
             self.timings.update(grab_clock.margins())
             steady = grab_clock.steady_landing()
             self.landing_ms = round(steady * 1000, 2) if steady is not None else None
+            cfg = self.config
+            # (Moved in an MP4 file only: see finalize.)
+            shift = grab_clock.sound_shift() if cfg.container == "mp4" and cfg.audio and cfg.video else None
+            if shift is not None:
+                self._sound_shift = shift
+                self.timings["sound_shift_ms"] = round(shift * 1000, 2)
             if grab_clock.released:
                 self.timings["grabs_released"] = grab_clock.released
         if self.media_start is not None:
@@ -398,7 +406,8 @@ class Recorder:
     async def _finish_file(self, failure: CompositorError | None) -> MediaFacts:
         partial = self._partial
         try:
-            facts = await finalize(self.config, partial, await self._kept_pieces(partial) if self.pauses else None)
+            facts = await finalize(self.config, partial, await self._kept_pieces(partial) if self.pauses else None,
+                                   sound_shift=self._sound_shift)
         except CompositorError as exc:
             kept = partial if partial.exists() else None
             err = failure or exc
