@@ -151,6 +151,7 @@ def run_job(out: Path, args: list[str], seconds: float, results: dict, key: str)
         "landings_near_grab": t.get("landings_near_grab"),
         # where in Chromium's tick they landed, and how far from where the grabs were aimed (later is +)
         "landing_phase_ms": t.get("landing_phase_ms"),
+        "landing_concentration": t.get("landing_concentration"),
         "landing_shift_ms": t.get("landing_shift_ms"),
         # how long the page's frames waited for the grab that showed them, on average, and how far that moved the
         # sound in the file (MP4)
