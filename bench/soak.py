@@ -62,7 +62,7 @@ from outputs import record  # noqa: E402
 from record import proc_table  # noqa: E402
 
 from compositor import analysis  # noqa: E402
-from compositor.protocol import GRAB_FIGURES  # noqa: E402
+from compositor.protocol import grab_figures  # noqa: E402
 from tools.peers.livekit import (  # noqa: E402
     BIN,
     WHY_MISSING,
@@ -313,7 +313,7 @@ def main() -> int:
 
             def on_event(event: dict) -> None:
                 if event["type"] == "result":
-                    grabs.update({k: v for k, v in (event.get("timings") or {}).items() if k.startswith(GRAB_FIGURES)})
+                    grabs.update(grab_figures(event.get("timings")))
                 if event["type"] == "status" and event["status"] == "ACTIVE" and not sampler:
                     active_at.append(time.time())
                     room.start()

@@ -174,6 +174,11 @@ class ResultEvent(_Event):
 GRAB_FIGURES = ("landing", "picture_wait", "sound_shift")
 
 
+def grab_figures(timings: dict[str, Any] | None) -> dict[str, Any]:
+    """The GRAB_FIGURES among a result's timings."""
+    return {k: v for k, v in (timings or {}).items() if k.startswith(GRAB_FIGURES)}
+
+
 class ErrorEvent(_Event):
     """The egress failed (or was aborted): why, and the partial file it left, if any (`file.path`)."""
 

@@ -21,7 +21,6 @@ from ..errors import Conflict, refusal
 from ..plan import DEFAULT_SAMPLE_RATE, WARM_SIZE
 from ..process import ManagedProcess
 from ..protocol import (
-    GRAB_FIGURES,
     Command,
     CommandReply,
     ErrorEvent,
@@ -31,6 +30,7 @@ from ..protocol import (
     Status,
     StatusEvent,
     WarmEvent,
+    grab_figures,
     parse_event,
 )
 from ..request import RecordRequest, UploadSpec
@@ -274,9 +274,8 @@ class WorkerRunner:
             self._delivering.add(egress_id)
         elif isinstance(event, ResultEvent) and egress_id in self._jobs:
             frame = self._jobs[egress_id].frame[:2]
-            grabs = {k: v for k, v in (event.timings or {}).items() if k.startswith(GRAB_FIGURES)}
             # Each job's figures in the log: an aim that missed (a landing far from where it was aimed) shows here.
-            log.info("%s: its frames against the grabs: %s", egress_id, grabs)
+            log.info("%s: its frames against the grabs: %s", egress_id, grab_figures(event.timings))
             if event.landing_ms is not None:
                 self._landings[frame] = event.landing_ms
         elif isinstance(event, CommandReply):
