@@ -21,6 +21,7 @@ from .paths import LAYOUTS_DIR
 
 THEMES = ("dark", "light")
 DEFAULT_THEME = "dark"
+DEFAULT_LAYOUT = "default"  # what a request without a layout gets
 TEMPLATE = "layout.html.j2"
 SCRIPT = "layout.js"
 MANIFEST = "layout.json"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .destinations import StreamTarget, parse_stream_urls
 from .errors import InvalidRequest
-from .layouts import LayoutRef, resolve_layout
+from .layouts import DEFAULT_LAYOUT, LayoutRef, resolve_layout
 from .livekit_room import server_from_env, with_query
 from .outbound import OutboundPolicy
 from .presets import find_preset, preset_names
@@ -280,7 +280,7 @@ def resolve(req: RecordRequest, egress_id: str | None = None, env: dict | None =
         participants=participants,
         web_url=req.web_url,
         await_start_signal=bool(req.web_url) and req.await_start_signal,
-        layout=resolve_layout("default" if req.template_url else req.layout, req.layout_params),
+        layout=resolve_layout(DEFAULT_LAYOUT if req.template_url else req.layout, req.layout_params),
         overlays=_overlays(req.overlays, policy),
         width=width,
         height=height,

@@ -18,6 +18,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from .errors import InvalidRequest
+from .layouts import DEFAULT_LAYOUT
 from .storage.config import StorageConfig
 
 COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -380,7 +381,7 @@ class RecordRequest(Model):
                                      description="a LiveKit room rendered by your own page (LiveKit's "
                                                  "custom_base_url): opened with ?url=&token=&layout=, it signals "
                                                  "START_RECORDING and END_RECORDING as @livekit/egress-sdk does")
-    layout: str = Field("default", description="a built-in name, or a custom layout folder / .html.j2 file")
+    layout: str = Field(DEFAULT_LAYOUT, description="a built-in name, or a custom layout folder / .html.j2 file")
     layout_params: dict[str, str | float | bool | None] = Field(default_factory=dict,
                                                                 description="values for the layout's parameters")
     overlays: Overlays = Field(default_factory=Overlays)

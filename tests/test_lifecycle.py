@@ -206,6 +206,32 @@ async def test_a_page_that_logs_all_the_time_leaves_nothing_held(tmp_path):
         await display.stop()
 
 
+async def test_a_warm_up_page_leaves_nothing_a_job_would_take_for_its_own(tmp_path):
+    """A warm worker loads a page of ours before its job comes: what that page said (START_RECORDING, errors)
+    must not start the job's recording early or fail it, and the browser is left on a blank page."""
+    from compositor.pipeline.browser import START_RECORDING, Browser
+    from compositor.pipeline.display import Display
+
+    page = ("data:text/html,<script>console.log('START_RECORDING'); console.error('warm trouble');"
+            "setTimeout(() => { throw new Error('warm error'); })</script>")
+    display = Display(320, 240)
+    await display.start()
+    browser = Browser(display=display.name, pulse_server=None, width=320, height=240,
+                      profile_dir=tmp_path / "profile", proxy="http://127.0.0.1:9", direct="127.0.0.1:9")
+    try:
+        await browser.start()
+        await browser.warm_up(page + "<p>warm</p>")
+        assert browser.page.url == "about:blank"
+        assert browser.signals.empty() and not browser.problems
+        # The job's page: its own signal is the one the recorder waits for.
+        await browser.open("data:text/html,<script>setTimeout(() => console.log('START_RECORDING'), 200)</script>")
+        assert browser.signals.empty()
+        await asyncio.wait_for(browser.until_signal(START_RECORDING), 5)
+    finally:
+        await browser.stop()
+        await display.stop()
+
+
 async def test_a_cancellation_nobody_asked_for_fails_the_job_as_internal():
     """Only a second signal stops a job at once (INTERRUPTED). A cancellation that a library lets out (Playwright
     cancels its own start when its driver dies) is the job's failure, and says so, not "a second signal"."""

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ..errors import InvalidRequest
-from ..layouts import CUSTOM_PREFIX, TEMPLATE, THEMES, builtin_layouts, resolve_layout
+from ..layouts import CUSTOM_PREFIX, DEFAULT_LAYOUT, TEMPLATE, THEMES, builtin_layouts, resolve_layout
 from ..livekit_room import SourceFacts
 from ..presets import find_preset, preset_names
 from ..request import (
@@ -103,7 +103,7 @@ class RoomRequest(Model):
     """What every start request names: the room and how to render it."""
 
     room_name: str = Field(min_length=1, max_length=256)
-    layout: LayoutName = "default"
+    layout: LayoutName = DEFAULT_LAYOUT
     quality: QualityName = "720p"
     advanced: EncodingOptions | None = None
     room: RoomSpec | None = Field(None, description="a synthetic room's participants (no room server needed)")
@@ -377,7 +377,7 @@ class AutoEgressConfig(Model):
 
     enabled: bool = False
     mode: Literal["record", "stream", "both"] = "record"
-    layout: LayoutName = "default"
+    layout: LayoutName = DEFAULT_LAYOUT
     quality: QualityName = "720p"
     min_participants: int = Field(1, ge=1, le=1000)
     delay_seconds: float = Field(0, ge=0, le=3600)

@@ -129,6 +129,7 @@ async def _warm(options: WorkerOptions, stop: asyncio.Event, control: Control, j
     try:
         async with contextlib.AsyncExitStack() as stack:
             stage = await open_stage(stack, workdir, width, height, DEFAULT_SAMPLE_RATE, gate)
+            await stage.warm_up()
             options.events.emit(WarmEvent(width=width, height=height))
             stopped = asyncio.ensure_future(stop.wait())
             await asyncio.wait([control.job, stopped], return_when=asyncio.FIRST_COMPLETED)

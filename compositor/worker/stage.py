@@ -14,11 +14,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..layouts import DEFAULT_LAYOUT, resolve_layout
 from ..paths import WORKDIR_PREFIX
 from ..pipeline.audio import AudioSink
 from ..pipeline.browser import Browser, remove_chromium_temp
 from ..pipeline.display import Display
-from ..pipeline.page_server import PageServer
+from ..pipeline.page_server import PageServer, PageSpec
+from ..request import Overlays
 from .gate import OutboundGate
 
 WARM = "warm"  # a warm worker's temp dir carries this instead of an egress id
@@ -43,6 +45,12 @@ class Stage:
     sink: AudioSink
     pages: PageServer
     browser: Browser
+
+    async def warm_up(self) -> None:
+        """Let the browser load a page of ours once (the default layout, an empty synthetic room), so that a
+        warm worker's job opens its page sooner."""
+        layout = resolve_layout(DEFAULT_LAYOUT)
+        await self.browser.warm_up(self.pages.show(PageSpec(layout, Overlays(), (), WARM)))
 
 
 async def open_stage(stack: contextlib.AsyncExitStack, workdir: Path, width: int, height: int,
