@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -176,16 +177,10 @@ def test_a_job_leaves_nothing_in_the_temp_folder(record):
 async def test_a_page_that_logs_all_the_time_leaves_nothing_held(tmp_path):
     """Every console line reaches the worker with a handle to each of its arguments; the browser lets go of them,
     so a long recording's page talking once a second does not grow the worker, its driver or Chromium."""
-    from compositor.pipeline.browser import MAX_PROBLEMS, Browser
-    from compositor.pipeline.display import Display
+    from compositor.pipeline.browser import MAX_PROBLEMS
     from compositor.pipeline.sidecars import RoomLog
 
-    display = Display(320, 240)
-    await display.start()
-    browser = Browser(display=display.name, pulse_server=None, width=320, height=240,
-                      profile_dir=tmp_path / "profile", proxy="http://127.0.0.1:9", direct="127.0.0.1:9")
-    try:
-        await browser.start()
+    async with _lone_browser(tmp_path) as browser:
         browser.room_log = RoomLog(limit=10)
         held = browser.page._impl_obj._connection._objects  # Playwright's handles, by guid
         before = len(held)
@@ -201,32 +196,38 @@ async def test_a_page_that_logs_all_the_time_leaves_nothing_held(tmp_path):
         assert len(held) <= before + 5, f"{len(held) - before} handles still held"
         assert len(browser.room_log.events) == 10 and browser.room_log.dropped == 1490
         assert len(browser.problems) == MAX_PROBLEMS and browser.problems[-1].message == "layout trouble 1499"
-    finally:
-        await browser.stop()
-        await display.stop()
 
 
 async def test_a_warm_up_page_leaves_nothing_a_job_would_take_for_its_own(tmp_path):
     """A warm worker loads a page of ours before its job comes: what that page said (START_RECORDING, errors)
     must not start the job's recording early or fail it, and the browser is left on a blank page."""
-    from compositor.pipeline.browser import START_RECORDING, Browser
-    from compositor.pipeline.display import Display
+    from compositor.pipeline.browser import START_RECORDING
 
     page = ("data:text/html,<script>console.log('START_RECORDING'); console.error('warm trouble');"
-            "setTimeout(() => { throw new Error('warm error'); })</script>")
-    display = Display(320, 240)
-    await display.start()
-    browser = Browser(display=display.name, pulse_server=None, width=320, height=240,
-                      profile_dir=tmp_path / "profile", proxy="http://127.0.0.1:9", direct="127.0.0.1:9")
-    try:
-        await browser.start()
-        await browser.warm_up(page + "<p>warm</p>")
+            "setTimeout(() => { throw new Error('warm error'); })</script><p>warm</p>")
+    async with _lone_browser(tmp_path) as browser:
+        await browser.warm_up(page)
         assert browser.page.url == "about:blank"
         assert browser.signals.empty() and not browser.problems
         # The job's page: its own signal is the one the recorder waits for.
         await browser.open("data:text/html,<script>setTimeout(() => console.log('START_RECORDING'), 200)</script>")
         assert browser.signals.empty()
         await asyncio.wait_for(browser.until_signal(START_RECORDING), 5)
+
+
+@contextlib.asynccontextmanager
+async def _lone_browser(tmp_path: Path):
+    """A started Browser on a small display of its own, its proxy leading nowhere; both stopped after."""
+    from compositor.pipeline.browser import Browser
+    from compositor.pipeline.display import Display
+
+    display = Display(320, 240)
+    await display.start()
+    browser = Browser(display=display.name, pulse_server=None, width=320, height=240,
+                      profile_dir=tmp_path / "profile", proxy="http://127.0.0.1:9", direct="127.0.0.1:9")
+    try:
+        await browser.start()
+        yield browser
     finally:
         await browser.stop()
         await display.stop()
